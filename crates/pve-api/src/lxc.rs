@@ -1,0 +1,206 @@
+//! LXC endpoints (reference §1–§8).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::client::{check_disk, check_node, PveClient};
+use crate::error::ApiError;
+use crate::property_string::{MountConfig, NetConfig, PropertyError};
+use crate::task::Upid;
+use crate::vmid::Vmid;
+
+/// A guest config as `GET .../config` returns it: the key/value map and its `digest`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LxcConfig {
+    pub values: BTreeMap<String, Value>,
+    pub digest: Option<String>,
+}
+
+impl LxcConfig {
+    /// A key as a string (numbers are printed; PVE sends integer keys as JSON numbers).
+    pub fn get_str(&self, key: &str) -> Option<&str> {
+        self.values.get(key).and_then(Value::as_str)
+    }
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.values.get(key)
+    }
+    pub fn net(&self, n: u32) -> Option<Result<NetConfig, PropertyError>> {
+        self.get_str(&format!("net{n}")).map(str::parse)
+    }
+    /// `rootfs` or `mpN`.
+    pub fn mount(&self, key: &str) -> Option<Result<MountConfig, PropertyError>> {
+        let v = self.get_str(key)?;
+        Some(if key == "rootfs" { MountConfig::parse_rootfs(v) } else { MountConfig::parse_mp(v) })
+    }
+    pub fn hostname(&self) -> Option<&str> {
+        self.get_str("hostname")
+    }
+}
+
+/// `GET /nodes/{node}/lxc` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LxcSummary {
+    #[serde(deserialize_with = "int_or_string")]
+    pub vmid: u32,
+    pub status: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub lock: Option<String>,
+    #[serde(default)]
+    pub tags: Option<String>,
+}
+
+/// `GET .../status/current` (reference §6.2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LxcStatus {
+    pub status: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub lock: Option<String>,
+    #[serde(default)]
+    pub tags: Option<String>,
+    #[serde(default)]
+    pub maxdisk: Option<u64>,
+    #[serde(default)]
+    pub uptime: Option<u64>,
+    #[serde(default)]
+    pub pid: Option<u64>,
+}
+
+/// One entry of `GET .../interfaces` (reference §7). Both the old (`hwaddr`, `inet`) and the
+/// PVE 8.4+ fields (`hardware-address`, `ip-addresses`) are read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Interface {
+    pub name: String,
+    #[serde(default)]
+    pub hwaddr: Option<String>,
+    #[serde(default, rename = "hardware-address")]
+    pub hardware_address: Option<String>,
+    #[serde(default)]
+    pub inet: Option<String>,
+    #[serde(default)]
+    pub inet6: Option<String>,
+    #[serde(default, rename = "ip-addresses")]
+    pub ip_addresses: Vec<IpAddress>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IpAddress {
+    #[serde(rename = "ip-address")]
+    pub ip_address: String,
+    #[serde(rename = "ip-address-type")]
+    pub ip_address_type: String,
+    #[serde(default)]
+    pub prefix: Option<u32>,
+}
+
+impl Interface {
+    /// The MAC, from whichever field the server sent.
+    pub fn mac(&self) -> Option<&str> {
+        self.hwaddr.as_deref().or(self.hardware_address.as_deref())
+    }
+    /// The IPv4 address (`a.b.c.d/nn`), from `inet` or `ip-addresses`.
+    pub fn ipv4(&self) -> Option<String> {
+        self.inet.clone().or_else(|| {
+            self.ip_addresses.iter().rev().find(|a| a.ip_address_type == "inet").map(|a| match a.prefix {
+                Some(p) => format!("{}/{p}", a.ip_address),
+                None => a.ip_address.clone(),
+            })
+        })
+    }
+}
+
+pub(crate) fn int_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| serde::de::Error::custom("not a u32")),
+        Value::String(s) => s.parse().map_err(serde::de::Error::custom),
+        other => Err(serde::de::Error::custom(format!("expected an integer, got {other}"))),
+    }
+}
+
+fn upid(s: String) -> Result<Upid, ApiError> {
+    s.parse().map_err(|e: crate::task::UpidError| ApiError::Decode { message: e.to_string() })
+}
+
+fn as_refs(params: &[(String, String)]) -> Vec<(&str, String)> {
+    params.iter().map(|(k, v)| (k.as_str(), v.clone())).collect()
+}
+
+impl PveClient {
+    pub async fn lxc_list(&self, node: &str) -> Result<Vec<LxcSummary>, ApiError> {
+        check_node(node)?;
+        self.get(&format!("/nodes/{node}/lxc"), &[]).await
+    }
+
+    /// `POST /nodes/{node}/lxc` (create, or restore with `restore=1`); returns the UPID.
+    pub async fn lxc_create(&self, node: &str, params: &[(String, String)]) -> Result<Upid, ApiError> {
+        check_node(node)?;
+        upid(self.post(&format!("/nodes/{node}/lxc"), &as_refs(params)).await?)
+    }
+
+    pub async fn lxc_config(&self, node: &str, vmid: Vmid) -> Result<LxcConfig, ApiError> {
+        check_node(node)?;
+        let mut values: BTreeMap<String, Value> = self.get(&format!("/nodes/{node}/lxc/{vmid}/config"), &[]).await?;
+        let digest = values.remove("digest").and_then(|d| d.as_str().map(str::to_string));
+        Ok(LxcConfig { values, digest })
+    }
+
+    /// `PUT .../config` (synchronous; LXC has no async POST). `digest` guards against a
+    /// concurrent change.
+    pub async fn lxc_update_config(&self, node: &str, vmid: Vmid, params: &[(String, String)], digest: Option<&str>) -> Result<(), ApiError> {
+        check_node(node)?;
+        let mut form = as_refs(params);
+        if let Some(d) = digest {
+            form.push(("digest", d.to_string()));
+        }
+        let _: Value = self.put(&format!("/nodes/{node}/lxc/{vmid}/config"), &form).await?;
+        Ok(())
+    }
+
+    /// `PUT .../resize` (async). `size` is PVE's: absolute unless it starts with `+`.
+    pub async fn lxc_resize(&self, node: &str, vmid: Vmid, disk: &str, size: &str) -> Result<Upid, ApiError> {
+        check_node(node)?;
+        check_disk(disk)?;
+        if crate::property_string::parse_disk_size(size.trim_start_matches('+')).is_err() {
+            return Err(ApiError::InvalidInput { field: "size".into(), message: format!("{size:?} does not match \\+?\\d+(\\.\\d+)?[KMGT]?") });
+        }
+        upid(self.put(&format!("/nodes/{node}/lxc/{vmid}/resize"), &[("disk", disk.to_string()), ("size", size.to_string())]).await?)
+    }
+
+    async fn power(&self, node: &str, vmid: Vmid, action: &str) -> Result<Upid, ApiError> {
+        check_node(node)?;
+        upid(self.post(&format!("/nodes/{node}/lxc/{vmid}/status/{action}"), &[]).await?)
+    }
+
+    pub async fn lxc_start(&self, node: &str, vmid: Vmid) -> Result<Upid, ApiError> {
+        self.power(node, vmid, "start").await
+    }
+    pub async fn lxc_stop(&self, node: &str, vmid: Vmid) -> Result<Upid, ApiError> {
+        self.power(node, vmid, "stop").await
+    }
+    pub async fn lxc_shutdown(&self, node: &str, vmid: Vmid) -> Result<Upid, ApiError> {
+        self.power(node, vmid, "shutdown").await
+    }
+
+    pub async fn lxc_status(&self, node: &str, vmid: Vmid) -> Result<LxcStatus, ApiError> {
+        check_node(node)?;
+        self.get(&format!("/nodes/{node}/lxc/{vmid}/status/current"), &[]).await
+    }
+
+    /// `None` when the guest is stopped (PVE answers 200 with `data: null`, reference §7).
+    pub async fn lxc_interfaces(&self, node: &str, vmid: Vmid) -> Result<Option<Vec<Interface>>, ApiError> {
+        check_node(node)?;
+        self.get(&format!("/nodes/{node}/lxc/{vmid}/interfaces"), &[]).await
+    }
+
+    /// `DELETE /nodes/{node}/lxc/{vmid}` (async `vzdestroy`).
+    pub async fn lxc_delete(&self, node: &str, vmid: Vmid, purge: bool, destroy_unreferenced_disks: bool) -> Result<Upid, ApiError> {
+        check_node(node)?;
+        let q = [("purge", u8::from(purge).to_string()), ("destroy-unreferenced-disks", u8::from(destroy_unreferenced_disks).to_string())];
+        upid(self.delete(&format!("/nodes/{node}/lxc/{vmid}"), &q).await?)
+    }
+}
