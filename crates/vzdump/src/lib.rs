@@ -1,1 +1,385 @@
-//! placeholder
+//! Proxmox vzdump LXC archives: a tar stream (plain, gzip or zstd) whose first entry is
+//! `./etc/vzdump/pct.conf` (the guest config), followed by the guest's root filesystem
+//! (pve-container `VZDump/LXC.pm`; `shared/pve-guest-setup.md`).
+//!
+//! Reading streams the archive once and never unpacks to disk, so memory stays flat on
+//! multi-gigabyte archives. Writing produces the same layout.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VzdumpError {
+    #[error("file does not look like a template archive (expected .tar, .tar.gz/.tgz or .tar.zst): {0}")]
+    UnknownFormat(String),
+    #[error("cannot read archive: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("not a vzdump archive: no etc/vzdump/pct.conf")]
+    NoPctConf,
+    #[error("archive entry {path}: {message}")]
+    BadEntry { path: String, message: String },
+    #[error("pct.conf line {line}: {message}")]
+    BadConf { line: usize, message: String },
+    #[error("the first entry written must be pct.conf")]
+    ConfNotFirst,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    /// From the file name, as PVE decides it.
+    pub fn from_path(p: &Path) -> Result<Compression, VzdumpError> {
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.ends_with(".tar.zst") {
+            Ok(Compression::Zstd)
+        } else if name.ends_with(".tar.gz") || name.ends_with(".tgz") {
+            Ok(Compression::Gzip)
+        } else if name.ends_with(".tar") {
+            Ok(Compression::None)
+        } else {
+            Err(VzdumpError::UnknownFormat(name.to_string()))
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+    Hardlink,
+    Other,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryInfo {
+    /// Normalised: no leading `./` or `/` (`etc/machine-id`).
+    pub path: String,
+    pub kind: EntryKind,
+    pub size: u64,
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub link_target: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Stop,
+}
+
+pub const PCT_CONF: &str = "etc/vzdump/pct.conf";
+
+fn decoder<'a, R: Read + 'a>(reader: R, c: Compression) -> Result<Box<dyn Read + 'a>, VzdumpError> {
+    Ok(match c {
+        Compression::None => Box::new(reader),
+        Compression::Gzip => Box::new(flate2::read::GzDecoder::new(reader)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(reader)?),
+    })
+}
+
+fn normalise(p: &str) -> String {
+    let p = p.trim_start_matches("./").trim_start_matches('/');
+    p.trim_end_matches('/').to_string()
+}
+
+/// Visit every entry once, in archive order; `visit` may read the entry's bytes.
+pub fn scan<R: Read>(reader: R, c: Compression, mut visit: impl FnMut(&EntryInfo, &mut dyn Read) -> Result<Flow, VzdumpError>) -> Result<(), VzdumpError> {
+    let mut ar = tar::Archive::new(decoder(reader, c)?);
+    for entry in ar.entries()? {
+        let mut entry = entry?;
+        let raw_path = entry.path()?.to_string_lossy().into_owned();
+        let h = entry.header();
+        let kind = match h.entry_type() {
+            tar::EntryType::Regular | tar::EntryType::Continuous => EntryKind::File,
+            tar::EntryType::Directory => EntryKind::Dir,
+            tar::EntryType::Symlink => EntryKind::Symlink,
+            tar::EntryType::Link => EntryKind::Hardlink,
+            _ => EntryKind::Other,
+        };
+        let info = EntryInfo {
+            path: normalise(&raw_path),
+            kind,
+            size: h.size().unwrap_or(0),
+            mode: h.mode().unwrap_or(0),
+            uid: h.uid().unwrap_or(0),
+            gid: h.gid().unwrap_or(0),
+            link_target: entry.link_name().ok().flatten().map(|l| l.to_string_lossy().into_owned()),
+        };
+        if visit(&info, &mut entry)? == Flow::Stop {
+            break;
+        }
+    }
+    Ok(())
+}
+
+pub fn scan_path(p: &Path, visit: impl FnMut(&EntryInfo, &mut dyn Read) -> Result<Flow, VzdumpError>) -> Result<(), VzdumpError> {
+    let c = Compression::from_path(p)?;
+    scan(BufReader::new(File::open(p)?), c, visit)
+}
+
+/// The archived `pct.conf` text. vzdump writes it first, so this stops at once.
+pub fn read_pct_conf(p: &Path) -> Result<String, VzdumpError> {
+    let mut found = None;
+    scan_path(p, |e, r| {
+        if e.path == PCT_CONF && e.kind == EntryKind::File {
+            let mut s = String::new();
+            r.take(1 << 20).read_to_string(&mut s).map_err(|err| VzdumpError::BadEntry { path: e.path.clone(), message: err.to_string() })?;
+            found = Some(s);
+            return Ok(Flow::Stop);
+        }
+        Ok(Flow::Continue)
+    })?;
+    found.ok_or(VzdumpError::NoPctConf)
+}
+
+/// The main section of a `pct.conf`: ordered key/value pairs, and the description (PVE
+/// stores it as leading `#` comment lines, URL-escaped).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PctConf {
+    pub entries: Vec<(String, String)>,
+    pub description: String,
+}
+
+impl PctConf {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+}
+
+fn unescape_comment(s: &str) -> String {
+    let mut out = Vec::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn parse_pct_conf(text: &str) -> Result<PctConf, VzdumpError> {
+    let mut conf = PctConf::default();
+    for (i, line) in text.lines().enumerate() {
+        if line.starts_with('[') {
+            // A snapshot or [pve:pending] section: not part of the main config.
+            break;
+        }
+        if let Some(c) = line.strip_prefix('#') {
+            conf.description.push_str(&unescape_comment(c));
+            conf.description.push('\n');
+            continue;
+        }
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (k, v) = line.split_once(':').ok_or(VzdumpError::BadConf { line: i + 1, message: "expected 'key: value'".into() })?;
+        let k = k.trim();
+        let ok = !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        if !ok {
+            return Err(VzdumpError::BadConf { line: i + 1, message: format!("bad key {k:?}") });
+        }
+        conf.entries.push((k.to_string(), v.trim().to_string()));
+    }
+    Ok(conf)
+}
+
+/// Writes an archive in vzdump layout: `./etc/vzdump/pct.conf` first, then the rootfs.
+pub struct ArchiveWriter {
+    builder: tar::Builder<Box<dyn Write>>,
+    wrote_conf: bool,
+    finish: Box<dyn FnOnce(Box<dyn Write>) -> std::io::Result<()>>,
+}
+
+impl ArchiveWriter {
+    pub fn create(path: &Path, c: Compression) -> Result<ArchiveWriter, VzdumpError> {
+        let file = BufWriter::new(File::create(path)?);
+        let (w, finish): (Box<dyn Write>, Box<dyn FnOnce(Box<dyn Write>) -> std::io::Result<()>>) = match c {
+            Compression::None => (Box::new(file), Box::new(|mut w: Box<dyn Write>| w.flush())),
+            Compression::Gzip => (Box::new(flate2::write::GzEncoder::new(file, flate2::Compression::fast())), Box::new(|mut w: Box<dyn Write>| w.flush())),
+            Compression::Zstd => (Box::new(zstd::stream::write::Encoder::new(file, 3)?.auto_finish()), Box::new(|mut w: Box<dyn Write>| w.flush())),
+        };
+        let mut builder = tar::Builder::new(w);
+        builder.mode(tar::HeaderMode::Deterministic);
+        Ok(ArchiveWriter { builder, wrote_conf: false, finish })
+    }
+
+    fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_size(size);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_781_037_670);
+        h
+    }
+
+    fn rel(path: &str) -> String {
+        format!("./{}", normalise(path))
+    }
+
+    pub fn pct_conf(&mut self, text: &str) -> Result<(), VzdumpError> {
+        if self.wrote_conf {
+            return Err(VzdumpError::ConfNotFirst);
+        }
+        for d in ["./", "./etc", "./etc/vzdump"] {
+            let mut h = Self::header(tar::EntryType::Directory, 0o755, 0);
+            self.builder.append_data(&mut h, d, std::io::empty())?;
+        }
+        let mut h = Self::header(tar::EntryType::Regular, 0o644, text.len() as u64);
+        self.builder.append_data(&mut h, Self::rel(PCT_CONF), text.as_bytes())?;
+        self.wrote_conf = true;
+        Ok(())
+    }
+
+    fn check(&self) -> Result<(), VzdumpError> {
+        if self.wrote_conf {
+            Ok(())
+        } else {
+            Err(VzdumpError::ConfNotFirst)
+        }
+    }
+
+    pub fn dir(&mut self, path: &str, mode: u32) -> Result<(), VzdumpError> {
+        self.check()?;
+        let mut h = Self::header(tar::EntryType::Directory, mode, 0);
+        self.builder.append_data(&mut h, Self::rel(path), std::io::empty())?;
+        Ok(())
+    }
+
+    pub fn file(&mut self, path: &str, mode: u32, bytes: &[u8]) -> Result<(), VzdumpError> {
+        self.file_from_reader(path, mode, bytes.len() as u64, bytes)
+    }
+
+    pub fn file_from_reader(&mut self, path: &str, mode: u32, size: u64, r: impl Read) -> Result<(), VzdumpError> {
+        self.check()?;
+        let mut h = Self::header(tar::EntryType::Regular, mode, size);
+        self.builder.append_data(&mut h, Self::rel(path), r)?;
+        Ok(())
+    }
+
+    pub fn symlink(&mut self, path: &str, target: &str) -> Result<(), VzdumpError> {
+        self.check()?;
+        let mut h = Self::header(tar::EntryType::Symlink, 0o777, 0);
+        self.builder.append_link(&mut h, Self::rel(path), target)?;
+        Ok(())
+    }
+
+    pub fn finish(self) -> Result<(), VzdumpError> {
+        let w = self.builder.into_inner()?;
+        (self.finish)(w)?;
+        Ok(())
+    }
+}
+
+/// The owner VMID PVE parses from `vzdump-lxc-<vmid>-YYYY_MM_DD-HH_MM_SS.tar[.gz|.zst]`
+/// (pve-storage `parse_volname`); `None` for any other name.
+pub fn owner_vmid_from_name(file_name: &str) -> Option<u32> {
+    let rest = file_name.strip_prefix("vzdump-lxc-")?;
+    let (vmid, rest) = rest.split_once('-')?;
+    if vmid.is_empty() || vmid.len() > 9 || !vmid.bytes().all(|b| b.is_ascii_digit()) || vmid.starts_with('0') {
+        return None;
+    }
+    let stamp = rest.split('.').next()?;
+    let b = stamp.as_bytes();
+    let shape = b.len() == 19 && b.iter().enumerate().all(|(i, c)| match i {
+        4 | 7 | 13 | 16 => *c == b'_',
+        10 => *c == b'-',
+        _ => c.is_ascii_digit(),
+    });
+    let ext = &rest[stamp.len()..];
+    if !shape || !matches!(ext, ".tar" | ".tar.gz" | ".tar.zst" | ".tgz") {
+        return None;
+    }
+    vmid.parse().ok().filter(|v| *v >= 100)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str) -> std::path::PathBuf {
+        let p = dir.join(name);
+        let mut w = ArchiveWriter::create(&p, Compression::from_path(&p).unwrap()).unwrap();
+        w.pct_conf("#golden%3A base\narch: amd64\nnet0: name=eth0,bridge=vmbr0,hwaddr=BC:24:11:63:43:F4,ip=dhcp,type=veth\nunprivileged: 1\n\n[snap1]\narch: i386\n").unwrap();
+        w.dir("etc/ssh", 0o755).unwrap();
+        w.file("etc/machine-id", 0o444, b"").unwrap();
+        w.symlink("var/lib/dbus/machine-id", "/etc/machine-id").unwrap();
+        w.finish().unwrap();
+        p
+    }
+
+    #[test]
+    fn all_compressions_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["vzdump-lxc-9100-2026_06_09-20_41_10.tar", "vzdump-lxc-9100-2026_06_09-20_41_10.tar.gz", "vzdump-lxc-9100-2026_06_09-20_41_10.tar.zst"] {
+            let p = write(dir.path(), name);
+            let conf = parse_pct_conf(&read_pct_conf(&p).unwrap()).unwrap();
+            assert_eq!(conf.get("arch"), Some("amd64"), "{name}: snapshot sections are not the main config");
+            assert_eq!(conf.description, "golden: base\n");
+            let mut seen = Vec::new();
+            scan_path(&p, |e, _| {
+                seen.push((e.path.clone(), e.kind, e.link_target.clone()));
+                Ok(Flow::Continue)
+            })
+            .unwrap();
+            assert!(seen.contains(&("etc/machine-id".into(), EntryKind::File, None)));
+            assert!(seen.contains(&("var/lib/dbus/machine-id".into(), EntryKind::Symlink, Some("/etc/machine-id".into()))));
+        }
+    }
+
+    #[test]
+    fn not_vzdump_garbage_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("plain.tar");
+        {
+            let mut b = tar::Builder::new(File::create(&p).unwrap());
+            let mut h = tar::Header::new_gnu();
+            h.set_size(2);
+            h.set_mode(0o644);
+            b.append_data(&mut h, "hello.txt", &b"hi"[..]).unwrap();
+            b.finish().unwrap();
+        }
+        assert!(matches!(read_pct_conf(&p), Err(VzdumpError::NoPctConf)));
+        let g = dir.path().join("garbage.tar.zst");
+        std::fs::write(&g, b"this is not zstd at all").unwrap();
+        assert!(read_pct_conf(&g).is_err());
+        let good = write(dir.path(), "vzdump-lxc-100-2026_01_01-00_00_00.tar.zst");
+        let bytes = std::fs::read(&good).unwrap();
+        let t = dir.path().join("trunc.tar.zst");
+        std::fs::write(&t, &bytes[..bytes.len() / 3]).unwrap();
+        assert!(scan_path(&t, |_, _| Ok(Flow::Continue)).is_err());
+        assert!(matches!(Compression::from_path(Path::new("x.zip")), Err(VzdumpError::UnknownFormat(_))));
+    }
+
+    #[test]
+    fn owner_vmids() {
+        assert_eq!(owner_vmid_from_name("vzdump-lxc-9100-2026_06_09-20_41_10.tar.zst"), Some(9100));
+        assert_eq!(owner_vmid_from_name("vzdump-lxc-9100-2026_06_09-20_41_10.tar"), Some(9100));
+        assert_eq!(owner_vmid_from_name("vzdump-qemu-9100-2026_06_09-20_41_10.tar.zst"), None);
+        assert_eq!(owner_vmid_from_name("golden.tar.zst"), None);
+        assert_eq!(owner_vmid_from_name("vzdump-lxc-9100-2026_06_09-20_41_10.tar.zst.bak"), None);
+        assert_eq!(owner_vmid_from_name("vzdump-lxc-99-2026_06_09-20_41_10.tar"), None);
+    }
+
+    #[test]
+    fn conf_parse_errors() {
+        assert!(parse_pct_conf("arch amd64\n").is_err());
+        assert!(parse_pct_conf("ar ch: x\n").is_err());
+    }
+}
