@@ -1,0 +1,412 @@
+//! The job engine: an ordered list of idempotent steps, each with observe → act → verify and
+//! an undo, driven against a durable journal (oxidecomputer/steno's saga idea, small; and
+//! kube-rs's reconcile: observe, compare, act, safe to run again at any time).
+//!
+//! The rules the runner enforces:
+//! - `intent(step, attempt, inputs)` is durable **before** `act`; `done(step, observed)` only
+//!   after `observe` confirms the act took effect.
+//! - After a crash, `resume` replays: steps with `done` are skipped, and the first step not
+//!   done is **observed again** — the runner never assumes an act did or did not happen.
+//! - Transient errors retry with backoff + jitter (always re-observing first, so a dispatch
+//!   that maybe reached PVE is never blindly repeated); permanent errors roll back: undo the
+//!   steps that may have acted, in reverse, each undo journaled and itself resumable.
+
+pub mod retry;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use pve_api::{ApiError, PveClient, Upid, WaitOptions};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::journal::{Event, Journal, JournalError, Phase};
+pub use retry::Backoff;
+
+/// What an observation found.
+#[derive(Debug, Clone)]
+pub enum Observed {
+    /// The step's effect is there; the value is what was seen (journaled with `done`).
+    Done(Value),
+    /// Not there yet.
+    NotDone,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// A PVE error; `retry::is_transient` decides whether it is worth another try.
+    #[error("{0}")]
+    Api(#[from] ApiError),
+    /// Not yet, try again (e.g. a lease not visible yet). Bounded by the backoff's attempts.
+    #[error("{0}")]
+    NotYet(String),
+    /// A refusal that no retry can fix (a guest felhom does not own, a shared host key…).
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+impl StepError {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StepError::Api(e) => retry::is_transient(e),
+            StepError::NotYet(_) => true,
+            StepError::Refused(_) | StepError::Journal(_) => false,
+        }
+    }
+}
+
+/// One step of a job. Implementations are enums (static dispatch), so the futures are `Send`
+/// and jobs can run in parallel on the tokio runtime.
+pub trait Step: Copy + Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    /// Whether the step has a compensating action.
+    fn has_undo(&self) -> bool;
+    /// Read PVE (and the journal) to tell whether the step's effect is already there.
+    /// Must not write anything.
+    fn observe(&self, cx: &JobCx) -> impl Future<Output = Result<Observed, StepError>> + Send;
+    /// The inputs the act will use, journaled with the intent (chosen MAC, target size…).
+    fn intent(&self, cx: &JobCx) -> impl Future<Output = Result<Value, StepError>> + Send;
+    /// Make it so (one or a few API calls, waiting for any task).
+    fn act(&self, cx: &JobCx) -> impl Future<Output = Result<(), StepError>> + Send;
+    /// The compensating action; idempotent (observes first).
+    fn undo(&self, cx: &JobCx) -> impl Future<Output = Result<(), StepError>> + Send;
+}
+
+/// Facts a job learns along the way; every fact is journaled (in an intent, note or done
+/// event under `"facts"`) so that a resumed job knows them again.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Facts {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmid: Option<u32>,
+    /// The MAC felhom chose for net0 (upper case, as PVE stores it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub golden_mac: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub golden_rootfs_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_fingerprint: Option<String>,
+}
+
+impl Facts {
+    /// Overlay the facts found in a journaled event's data.
+    pub fn merge(&mut self, data: &Value) {
+        let Some(f) = data.get("facts") else { return };
+        let Ok(new) = serde_json::from_value::<Facts>(f.clone()) else { return };
+        macro_rules! take {
+            ($($field:ident),*) => { $( if new.$field.is_some() { self.$field = new.$field; } )* };
+        }
+        take!(vmid, mac, golden_mac, golden_rootfs_bytes, upid, ip, ssh_fingerprint);
+    }
+}
+
+/// Progress notifications for the CLI (a bar on a TTY, JSON lines for scripts).
+pub trait Progress: Send + Sync {
+    fn event(&self, job: &str, label: &str, event: ProgressEvent<'_>);
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum ProgressEvent<'a> {
+    Step(&'static str),
+    StepDone(&'static str),
+    Retry { step: &'static str, attempt: u32, error: &'a str },
+    Undo(&'static str),
+    Finished { ok: bool },
+}
+
+/// A progress sink that says nothing.
+pub struct Quiet;
+impl Progress for Quiet {
+    fn event(&self, _: &str, _: &str, _: ProgressEvent<'_>) {}
+}
+
+/// Everything a step needs: the client, the journal, the job's facts.
+pub struct JobCx {
+    pub job_id: String,
+    /// Human label for progress output (hostname or VMID).
+    pub label: String,
+    pub node: String,
+    pub client: PveClient,
+    pub journal: Arc<Journal>,
+    pub config: Arc<Config>,
+    pub facts: Mutex<Facts>,
+    pub progress: Arc<dyn Progress>,
+    pub backoff: Backoff,
+    /// The validated spec of a bring-up job (teardown has none).
+    pub spec: Option<crate::spec::GuestSpec>,
+}
+
+impl JobCx {
+    pub fn facts(&self) -> Facts {
+        self.facts.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    pub fn update_facts(&self, f: impl FnOnce(&mut Facts)) {
+        f(&mut self.facts.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+    /// Journal a mid-act fact (a UPID, a chosen MAC) durably.
+    pub fn note(&self, step: &str, facts: Facts) -> Result<(), JournalError> {
+        self.journal.record(&self.job_id, step, 0, Phase::Note, &json!({ "facts": facts }))?;
+        let v = json!({ "facts": facts });
+        self.update_facts(|f| f.merge(&v));
+        Ok(())
+    }
+    pub fn vmid(&self) -> Result<pve_api::Vmid, StepError> {
+        let n = self.facts().vmid.ok_or_else(|| StepError::Refused("internal: no VMID reserved before this step".into()))?;
+        pve_api::Vmid::try_from(n).map_err(|e| StepError::Refused(format!("journal holds an invalid VMID {n}: {e}")))
+    }
+    pub fn wait_options(&self) -> WaitOptions {
+        WaitOptions { deadline: self.config.task_timeout, ..WaitOptions::default() }
+    }
+    /// Wait for a task; the UPID is journaled first so a resumed job can wait for it again.
+    pub async fn wait(&self, step: &str, upid: &Upid) -> Result<(), StepError> {
+        self.note(step, Facts { upid: Some(upid.to_string()), ..Facts::default() })?;
+        self.client.wait_task(upid, &self.wait_options()).await?;
+        Ok(())
+    }
+}
+
+/// How a job run ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    Succeeded,
+    /// Failed permanently and every done step was undone.
+    RolledBack { error: String },
+    /// Failed, and an undo failed too: a person has to look.
+    RollbackIncomplete { error: String, undo_error: String },
+    /// A forward-only job (teardown) failed permanently; it stays resumable.
+    Failed { error: String },
+    /// A step kept failing transiently (PVE unreachable, a lock that never freed); nothing
+    /// was undone and the job stays resumable.
+    Paused { error: String },
+}
+
+impl Outcome {
+    /// The CLI exit code this outcome maps to: 0 ok; 1 failed and rolled back (or a teardown
+    /// refused); 3 failed and not undone — rollback incomplete, or paused on an unreachable
+    /// PVE — which needs a person or `felhom resume`.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Outcome::Succeeded => 0,
+            Outcome::RolledBack { .. } | Outcome::Failed { .. } => 1,
+            Outcome::RollbackIncomplete { .. } | Outcome::Paused { .. } => 3,
+        }
+    }
+}
+
+/// The test hook for crash-safety tests: `FELHOM_CRASH_AT=<step>:<before|after|undo>` makes
+/// the process SIGKILL itself at that point, exactly like a power cut would.
+fn crash_point(step: &str, phase: &str) {
+    if let Ok(spec) = std::env::var("FELHOM_CRASH_AT") {
+        if spec.split(',').any(|s| s == format!("{step}:{phase}")) {
+            tracing::warn!(step, phase, "FELHOM_CRASH_AT: killing this process");
+            // SAFETY: kill(2) on our own pid with SIGKILL has no memory-safety preconditions.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Per-step state replayed from the journal.
+#[derive(Debug, Default)]
+struct Replay {
+    done: HashSet<String>,
+    intended: HashSet<String>,
+    undone: HashSet<String>,
+    attempts: std::collections::HashMap<String, u32>,
+}
+
+fn replay(events: &[Event], facts: &mut Facts) -> Replay {
+    let mut r = Replay::default();
+    for e in events {
+        facts.merge(&e.data);
+        match e.phase {
+            Phase::Intent => {
+                r.intended.insert(e.step.clone());
+                let a = r.attempts.entry(e.step.clone()).or_default();
+                *a = (*a).max(e.attempt);
+            }
+            Phase::Done => {
+                r.done.insert(e.step.clone());
+            }
+            Phase::UndoDone => {
+                r.undone.insert(e.step.clone());
+            }
+            Phase::Note | Phase::UndoIntent | Phase::Error => {}
+        }
+    }
+    r
+}
+
+/// Load a job's facts from its journal events.
+pub fn load_facts(journal: &Journal, job: &str) -> Result<Facts, JournalError> {
+    let mut facts = Facts::default();
+    replay(&journal.events(job)?, &mut facts);
+    Ok(facts)
+}
+
+/// Run (or resume) a job: forward through `steps`, and on a permanent failure roll back if
+/// `rollback` is set. A step that keeps failing *transiently* (PVE unreachable, locks that
+/// never free) pauses the job instead: rolling back a customer's guest because the API was
+/// down for a minute would be the wrong compensation.
+pub async fn run<S: Step>(cx: &JobCx, steps: &[S], rollback: bool) -> Outcome {
+    use crate::journal::JobState;
+    let job = match cx.journal.job(&cx.job_id) {
+        Ok(j) => j,
+        Err(e) => return Outcome::Paused { error: e.to_string() },
+    };
+    let events = match cx.journal.events(&cx.job_id) {
+        Ok(e) => e,
+        Err(e) => return Outcome::Paused { error: e.to_string() },
+    };
+    let mut facts = cx.facts();
+    let rep = replay(&events, &mut facts);
+    cx.update_facts(|f| *f = facts);
+
+    let error = if job.state == JobState::RollingBack {
+        job.error.clone().unwrap_or_else(|| "rollback resumed".into())
+    } else {
+        match forward(cx, steps, &rep).await {
+            Ok(()) => {
+                if let Err(e) = cx.journal.set_job_state(&cx.job_id, JobState::Succeeded, None) {
+                    return Outcome::Paused { error: e.to_string() };
+                }
+                cx.progress.event(&cx.job_id, &cx.label, ProgressEvent::Finished { ok: true });
+                return Outcome::Succeeded;
+            }
+            Err((error, transient)) if transient || !rollback => {
+                // Stays resumable forward: `felhom resume` picks it up again.
+                let _ = cx.journal.set_job_state(&cx.job_id, JobState::Failed, Some(&error));
+                cx.progress.event(&cx.job_id, &cx.label, ProgressEvent::Finished { ok: false });
+                return if transient { Outcome::Paused { error } } else { Outcome::Failed { error } };
+            }
+            Err((error, _)) => error,
+        }
+    };
+    let outcome = roll_back(cx, steps, error).await;
+    cx.progress.event(&cx.job_id, &cx.label, ProgressEvent::Finished { ok: false });
+    outcome
+}
+
+/// Forward through the steps; on failure, the message and whether it was transient.
+async fn forward<S: Step>(cx: &JobCx, steps: &[S], rep: &Replay) -> Result<(), (String, bool)> {
+    for step in steps {
+        let name = step.name();
+        if rep.done.contains(name) {
+            continue;
+        }
+        cx.progress.event(&cx.job_id, &cx.label, ProgressEvent::Step(name));
+        let first_attempt = rep.attempts.get(name).copied().unwrap_or(0);
+        match drive(cx, *step, first_attempt).await {
+            Ok(observed) => {
+                let data = json!({ "observed": observed, "facts": cx.facts() });
+                cx.journal.record(&cx.job_id, name, 0, Phase::Done, &data).map_err(|e| (e.to_string(), true))?;
+                cx.progress.event(&cx.job_id, &cx.label, ProgressEvent::StepDone(name));
+            }
+            Err(e) => {
+                let msg = format!("{name}: {e}");
+                let transient = e.is_transient();
+                let _ = cx.journal.record(&cx.job_id, name, 0, Phase::Error, &json!({ "error": msg, "permanent": !transient }));
+                return Err((msg, transient));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// observe → (intent → act → observe)… until done, a permanent error, or the attempts run out.
+async fn drive<S: Step>(cx: &JobCx, step: S, mut attempt: u32) -> Result<Value, StepError> {
+    let name = step.name();
+    let mut retries = 0u32;
+    loop {
+        let outcome = match step.observe(cx).await {
+            Ok(Observed::Done(v)) => return Ok(v),
+            Ok(Observed::NotDone) => {
+                attempt += 1;
+                let inputs = step.intent(cx).await?;
+                let data = json!({ "inputs": inputs, "facts": cx.facts() });
+                cx.journal.record(&cx.job_id, name, attempt, Phase::Intent, &data)?;
+                crash_point(name, "before");
+                let r = step.act(cx).await;
+                crash_point(name, "after");
+                r
+            }
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(()) => {
+                // Loop: the next observe verifies. An act that "succeeded" without visible
+                // effect counts against the retry budget so the loop stays bounded.
+                retries += 1;
+                if retries > cx.backoff.max_attempts {
+                    return Err(StepError::Refused(format!("no effect after {retries} attempts")));
+                }
+            }
+            Err(e) if e.is_transient() && retries < cx.backoff.max_attempts => {
+                retries += 1;
+                let msg = e.to_string();
+                let _ = cx.journal.record(&cx.job_id, name, attempt, Phase::Error, &json!({ "error": msg, "permanent": false }));
+                cx.progress.event(&cx.job_id, &cx.label, ProgressEvent::Retry { step: name, attempt: retries, error: &msg });
+                tokio::time::sleep(cx.backoff.delay(retries)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn roll_back<S: Step>(cx: &JobCx, steps: &[S], error: String) -> Outcome {
+    let _ = cx.journal.set_job_state(&cx.job_id, crate::journal::JobState::RollingBack, Some(&error));
+    let events = match cx.journal.events(&cx.job_id) {
+        Ok(e) => e,
+        Err(e) => return Outcome::RollbackIncomplete { error, undo_error: e.to_string() },
+    };
+    let mut facts = cx.facts();
+    let rep = replay(&events, &mut facts);
+    cx.update_facts(|f| *f = facts);
+    for step in steps.iter().rev() {
+        let name = step.name();
+        let touched = rep.intended.contains(name) || rep.done.contains(name);
+        if !step.has_undo() || !touched || rep.undone.contains(name) {
+            continue;
+        }
+        cx.progress.event(&cx.job_id, &cx.label, ProgressEvent::Undo(name));
+        if let Err(e) = cx.journal.record(&cx.job_id, name, 0, Phase::UndoIntent, &json!({})) {
+            return Outcome::RollbackIncomplete { error, undo_error: e.to_string() };
+        }
+        crash_point(name, "undo");
+        let mut retries = 0;
+        loop {
+            match step.undo(cx).await {
+                Ok(()) => break,
+                Err(e) if e.is_transient() && retries < cx.backoff.max_attempts => {
+                    retries += 1;
+                    let msg = e.to_string();
+                    let _ = cx.journal.record(&cx.job_id, name, retries, Phase::Error, &json!({ "error": msg, "undo": true, "permanent": false }));
+                    cx.progress.event(&cx.job_id, &cx.label, ProgressEvent::Retry { step: name, attempt: retries, error: &msg });
+                    tokio::time::sleep(cx.backoff.delay(retries)).await;
+                }
+                Err(e) => {
+                    let undo_error = format!("undo {name}: {e}");
+                    let _ = cx.journal.record(&cx.job_id, name, retries, Phase::Error, &json!({ "error": undo_error, "undo": true, "permanent": true }));
+                    let _ = cx.journal.set_job_state(&cx.job_id, crate::journal::JobState::RollbackIncomplete, Some(&format!("{error}; {undo_error}")));
+                    return Outcome::RollbackIncomplete { error, undo_error };
+                }
+            }
+        }
+        if let Err(e) = cx.journal.record(&cx.job_id, name, 0, Phase::UndoDone, &json!({})) {
+            return Outcome::RollbackIncomplete { error, undo_error: e.to_string() };
+        }
+    }
+    let _ = cx.journal.set_job_state(&cx.job_id, crate::journal::JobState::RolledBack, Some(&error));
+    Outcome::RolledBack { error }
+}

@@ -1,0 +1,538 @@
+//! The journal: felhom's durable record of intent and outcome.
+//!
+//! SQLite (bundled), WAL, `synchronous=FULL`: an `intent` row is on disk before the act it
+//! announces, so after a crash at any point `resume` knows which step may have acted and
+//! observes PVE again instead of guessing. Events are append-only; a job's step states are
+//! derived by replaying them (the steno idea, small).
+//!
+//! Leases make "one job per guest" hold across processes: a lease names the job and the
+//! holding process (pid plus its start time, so a recycled pid is not mistaken for the
+//! holder). A lease whose process is gone is taken over; a live one is refused with the
+//! holder's job id.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use pve_api::Vmid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal database error: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("cannot open journal {path}: {message}")]
+    Open { path: String, message: String },
+    #[error("guest {vmid} is held by job {job} (felhom process {pid}); wait for it, or `felhom resume {job}` once it has stopped")]
+    Held { vmid: u32, job: String, pid: u32 },
+    #[error("job {job} is being run by felhom process {pid}")]
+    JobBusy { job: String, pid: u32 },
+    #[error("no job {0} in the journal")]
+    NoSuchJob(String),
+}
+
+/// What kind of job a row is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    Bringup,
+    Teardown,
+}
+
+/// Where a job stands. `Running` and `RollingBack` are the resumable states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Running,
+    RollingBack,
+    Succeeded,
+    RolledBack,
+    RollbackIncomplete,
+    /// A forward-only job (teardown) failed; resumable.
+    Failed,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Running => "running",
+            JobState::RollingBack => "rolling_back",
+            JobState::Succeeded => "succeeded",
+            JobState::RolledBack => "rolled_back",
+            JobState::RollbackIncomplete => "rollback_incomplete",
+            JobState::Failed => "failed",
+        }
+    }
+    fn parse(s: &str) -> JobState {
+        match s {
+            "running" => JobState::Running,
+            "rolling_back" => JobState::RollingBack,
+            "succeeded" => JobState::Succeeded,
+            "rolled_back" => JobState::RolledBack,
+            "failed" => JobState::Failed,
+            _ => JobState::RollbackIncomplete,
+        }
+    }
+    pub fn is_resumable(self) -> bool {
+        matches!(self, JobState::Running | JobState::RollingBack | JobState::Failed)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobRow {
+    pub id: String,
+    pub kind: JobKind,
+    pub vmid: Option<u32>,
+    pub node: String,
+    pub hostname: Option<String>,
+    pub spec: Value,
+    pub state: JobState,
+    pub error: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// One journal event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// About to act (written durably before the act).
+    Intent,
+    /// Something learned mid-act that resume needs (a UPID, a chosen MAC).
+    Note,
+    /// Verified done, with what was observed.
+    Done,
+    /// About to undo.
+    UndoIntent,
+    /// Undo verified.
+    UndoDone,
+    /// An error (transient or permanent) while acting or undoing.
+    Error,
+}
+
+impl Phase {
+    fn as_str(&self) -> &'static str {
+        match self {
+            Phase::Intent => "intent",
+            Phase::Note => "note",
+            Phase::Done => "done",
+            Phase::UndoIntent => "undo_intent",
+            Phase::UndoDone => "undo_done",
+            Phase::Error => "error",
+        }
+    }
+    fn parse(s: &str) -> Phase {
+        match s {
+            "intent" => Phase::Intent,
+            "note" => Phase::Note,
+            "done" => Phase::Done,
+            "undo_intent" => Phase::UndoIntent,
+            "undo_done" => Phase::UndoDone,
+            _ => Phase::Error,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub seq: i64,
+    pub job_id: String,
+    pub step: String,
+    pub attempt: u32,
+    pub phase: Phase,
+    pub data: Value,
+    pub at: i64,
+}
+
+/// A guest felhom made and has recorded: the baseline for drift and uniqueness checks.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GuestRecord {
+    pub vmid: u32,
+    pub node: String,
+    pub job_id: String,
+    pub hostname: String,
+    pub mac: Option<String>,
+    pub ip: Option<String>,
+    pub ssh_fingerprint: Option<String>,
+    pub spec: Value,
+    /// `provisioning`, `active`, `torn_down`.
+    pub state: String,
+}
+
+pub struct Journal {
+    conn: Mutex<Connection>,
+    pid: u32,
+    pid_start: u64,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal").field("pid", &self.pid).finish_non_exhaustive()
+    }
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// A process's start time in clock ticks since boot (`/proc/<pid>/stat` field 22); with
+/// the pid it names one process for good, even after the pid is recycled.
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: split after it.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn process_alive(pid: u32, start: u64) -> bool {
+    process_start(pid) == Some(start)
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    vmid INTEGER,
+    node TEXT NOT NULL,
+    hostname TEXT,
+    spec TEXT NOT NULL,
+    state TEXT NOT NULL,
+    error TEXT,
+    runner_pid INTEGER,
+    runner_start INTEGER,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    step TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    phase TEXT NOT NULL,
+    data TEXT NOT NULL,
+    at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_job ON events(job_id, seq);
+CREATE TABLE IF NOT EXISTS leases (
+    vmid INTEGER PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    pid_start INTEGER NOT NULL,
+    acquired_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS guests (
+    vmid INTEGER PRIMARY KEY,
+    node TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    hostname TEXT NOT NULL,
+    mac TEXT,
+    ip TEXT,
+    ssh_fingerprint TEXT,
+    spec TEXT NOT NULL,
+    state TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+"#;
+
+impl Journal {
+    pub fn open(path: &Path) -> Result<Journal, JournalError> {
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| JournalError::Open { path: path.display().to_string(), message: e.to_string() })?;
+            }
+        }
+        let conn = Connection::open(path).map_err(|e| JournalError::Open { path: path.display().to_string(), message: e.to_string() })?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.execute_batch(SCHEMA)?;
+        let pid = std::process::id();
+        let pid_start = process_start(pid).unwrap_or(0);
+        Ok(Journal { conn: Mutex::new(conn), pid, pid_start })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (every write is a
+        // transaction), so a poisoned mutex is still safe to use.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Insert a new job, claimed by this process.
+    pub fn create_job(&self, id: &str, kind: JobKind, node: &str, hostname: Option<&str>, spec: &Value) -> Result<(), JournalError> {
+        let now = now_ms();
+        self.conn().execute(
+            "INSERT INTO jobs (id, kind, vmid, node, hostname, spec, state, runner_pid, runner_start, created_at, updated_at)
+             VALUES (?1, ?2, NULL, ?3, ?4, ?5, 'running', ?6, ?7, ?8, ?8)",
+            params![id, kind_str(kind), node, hostname, spec.to_string(), self.pid, self.pid_start as i64, now],
+        )?;
+        Ok(())
+    }
+
+    /// Claim a job for this process (resume). Refused while another live process runs it.
+    pub fn claim_job(&self, id: &str) -> Result<(), JournalError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let row: Option<(Option<u32>, Option<i64>)> =
+            tx.query_row("SELECT runner_pid, runner_start FROM jobs WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+        let Some((pid, start)) = row else {
+            return Err(JournalError::NoSuchJob(id.to_string()));
+        };
+        if let (Some(pid), Some(start)) = (pid, start) {
+            if pid != self.pid && process_alive(pid, start as u64) {
+                return Err(JournalError::JobBusy { job: id.to_string(), pid });
+            }
+        }
+        tx.execute("UPDATE jobs SET runner_pid = ?2, runner_start = ?3, updated_at = ?4 WHERE id = ?1", params![id, self.pid, self.pid_start as i64, now_ms()])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn set_job_vmid(&self, id: &str, vmid: Vmid) -> Result<(), JournalError> {
+        self.conn().execute("UPDATE jobs SET vmid = ?2, updated_at = ?3 WHERE id = ?1", params![id, vmid.get(), now_ms()])?;
+        Ok(())
+    }
+
+    pub fn set_job_state(&self, id: &str, state: JobState, error: Option<&str>) -> Result<(), JournalError> {
+        self.conn().execute(
+            "UPDATE jobs SET state = ?2, error = COALESCE(?3, error), updated_at = ?4 WHERE id = ?1",
+            params![id, state.as_str(), error, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    pub fn job(&self, id: &str) -> Result<JobRow, JournalError> {
+        self.conn()
+            .query_row(&format!("{JOB_SELECT} WHERE id = ?1"), [id], job_from_row)
+            .optional()?
+            .ok_or_else(|| JournalError::NoSuchJob(id.to_string()))
+    }
+
+    /// All jobs, newest first.
+    pub fn jobs(&self) -> Result<Vec<JobRow>, JournalError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(&format!("{JOB_SELECT} ORDER BY created_at DESC, id"))?;
+        let rows = st.query_map([], job_from_row)?.collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Jobs that a crash left unfinished and that no live process is running.
+    pub fn resumable_jobs(&self) -> Result<Vec<JobRow>, JournalError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(&format!("{JOB_SELECT} WHERE state IN ('running', 'rolling_back', 'failed') ORDER BY created_at, id"))?;
+        let rows: Vec<(JobRow, Option<u32>, Option<i64>)> = st
+            .query_map([], |r| Ok((job_from_row(r)?, r.get(10)?, r.get(11)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows
+            .into_iter()
+            .filter(|(_, pid, start)| match (pid, start) {
+                (Some(pid), Some(start)) => *pid == self.pid || !process_alive(*pid, *start as u64),
+                _ => true,
+            })
+            .map(|(j, _, _)| j)
+            .collect())
+    }
+
+    /// Append an event. Returns once it is durable (WAL + synchronous=FULL).
+    pub fn record(&self, job: &str, step: &str, attempt: u32, phase: Phase, data: &Value) -> Result<(), JournalError> {
+        self.conn().execute(
+            "INSERT INTO events (job_id, step, attempt, phase, data, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![job, step, attempt, phase.as_str(), data.to_string(), now_ms()],
+        )?;
+        Ok(())
+    }
+
+    pub fn events(&self, job: &str) -> Result<Vec<Event>, JournalError> {
+        let conn = self.conn();
+        let mut st = conn.prepare("SELECT seq, job_id, step, attempt, phase, data, at FROM events WHERE job_id = ?1 ORDER BY seq")?;
+        let rows = st
+            .query_map([job], |r| {
+                let data: String = r.get(5)?;
+                let phase: String = r.get(4)?;
+                Ok(Event {
+                    seq: r.get(0)?,
+                    job_id: r.get(1)?,
+                    step: r.get(2)?,
+                    attempt: r.get(3)?,
+                    phase: Phase::parse(&phase),
+                    data: serde_json::from_str(&data).unwrap_or(Value::Null),
+                    at: r.get(6)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Take the lease on `vmid` for `job`, or say who holds it. A lease held by this same
+    /// job (resume) or by a process that is gone is taken over.
+    pub fn acquire_lease(&self, vmid: Vmid, job: &str) -> Result<(), JournalError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let held: Option<(String, u32, i64)> = tx
+            .query_row("SELECT job_id, pid, pid_start FROM leases WHERE vmid = ?1", [vmid.get()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        if let Some((holder, pid, start)) = held {
+            let mine = holder == job;
+            if !mine && process_alive(pid, start as u64) {
+                return Err(JournalError::Held { vmid: vmid.get(), job: holder, pid });
+            }
+            if !mine {
+                // The holder's process is gone. Its job stays in the journal, resumable;
+                // it will have to take the lease back (and find it held) before acting.
+                tracing::warn!(vmid = vmid.get(), stale_job = %holder, pid, "taking over a stale lease");
+            }
+        }
+        tx.execute(
+            "INSERT INTO leases (vmid, job_id, pid, pid_start, acquired_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(vmid) DO UPDATE SET job_id = excluded.job_id, pid = excluded.pid, pid_start = excluded.pid_start, acquired_at = excluded.acquired_at",
+            params![vmid.get(), job, self.pid, self.pid_start as i64, now_ms()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Release `job`'s lease on `vmid` (no-op if another job holds it now).
+    pub fn release_lease(&self, vmid: Vmid, job: &str) -> Result<(), JournalError> {
+        self.conn().execute("DELETE FROM leases WHERE vmid = ?1 AND job_id = ?2", params![vmid.get(), job])?;
+        Ok(())
+    }
+
+    /// VMIDs leased by any job (candidates for "next free" skip these).
+    pub fn leased_vmids(&self) -> Result<Vec<u32>, JournalError> {
+        let conn = self.conn();
+        let mut st = conn.prepare("SELECT vmid FROM leases")?;
+        let rows = st.query_map([], |r| r.get(0))?.collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    pub fn lease_holder(&self, vmid: Vmid) -> Result<Option<String>, JournalError> {
+        Ok(self.conn().query_row("SELECT job_id FROM leases WHERE vmid = ?1", [vmid.get()], |r| r.get(0)).optional()?)
+    }
+
+    pub fn upsert_guest(&self, g: &GuestRecord) -> Result<(), JournalError> {
+        self.conn().execute(
+            "INSERT INTO guests (vmid, node, job_id, hostname, mac, ip, ssh_fingerprint, spec, state, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT(vmid) DO UPDATE SET node = excluded.node, job_id = excluded.job_id, hostname = excluded.hostname,
+               mac = excluded.mac, ip = excluded.ip, ssh_fingerprint = excluded.ssh_fingerprint, spec = excluded.spec,
+               state = excluded.state, updated_at = excluded.updated_at",
+            params![g.vmid, g.node, g.job_id, g.hostname, g.mac, g.ip, g.ssh_fingerprint, g.spec.to_string(), g.state, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    pub fn guest(&self, vmid: u32) -> Result<Option<GuestRecord>, JournalError> {
+        Ok(self.conn().query_row(&format!("{GUEST_SELECT} WHERE vmid = ?1"), [vmid], guest_from_row).optional()?)
+    }
+
+    /// Every guest felhom recorded that is not torn down.
+    pub fn live_guests(&self) -> Result<Vec<GuestRecord>, JournalError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(&format!("{GUEST_SELECT} WHERE state != 'torn_down' ORDER BY vmid"))?;
+        let rows = st.query_map([], guest_from_row)?.collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    pub fn forget_guest(&self, vmid: u32, job: &str) -> Result<(), JournalError> {
+        self.conn().execute("UPDATE guests SET state = 'torn_down', job_id = ?2, updated_at = ?3 WHERE vmid = ?1", params![vmid, job, now_ms()])?;
+        Ok(())
+    }
+}
+
+fn kind_str(k: JobKind) -> &'static str {
+    match k {
+        JobKind::Bringup => "bringup",
+        JobKind::Teardown => "teardown",
+    }
+}
+
+const JOB_SELECT: &str = "SELECT id, kind, vmid, node, hostname, spec, state, error, created_at, updated_at, runner_pid, runner_start FROM jobs";
+
+fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
+    let kind: String = r.get(1)?;
+    let spec: String = r.get(5)?;
+    let state: String = r.get(6)?;
+    Ok(JobRow {
+        id: r.get(0)?,
+        kind: if kind == "teardown" { JobKind::Teardown } else { JobKind::Bringup },
+        vmid: r.get(2)?,
+        node: r.get(3)?,
+        hostname: r.get(4)?,
+        spec: serde_json::from_str(&spec).unwrap_or(Value::Null),
+        state: JobState::parse(&state),
+        error: r.get(7)?,
+        created_at: r.get(8)?,
+        updated_at: r.get(9)?,
+    })
+}
+
+const GUEST_SELECT: &str = "SELECT vmid, node, job_id, hostname, mac, ip, ssh_fingerprint, spec, state FROM guests";
+
+fn guest_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<GuestRecord> {
+    let spec: String = r.get(7)?;
+    Ok(GuestRecord {
+        vmid: r.get(0)?,
+        node: r.get(1)?,
+        job_id: r.get(2)?,
+        hostname: r.get(3)?,
+        mac: r.get(4)?,
+        ip: r.get(5)?,
+        ssh_fingerprint: r.get(6)?,
+        spec: serde_json::from_str(&spec).unwrap_or(Value::Null),
+        state: r.get(8)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vmid(n: u32) -> Vmid {
+        Vmid::try_from(n).unwrap()
+    }
+
+    #[test]
+    fn events_replay_in_order_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        {
+            let j = Journal::open(&path).unwrap();
+            j.create_job("job1", JobKind::Bringup, "pve", Some("a"), &serde_json::json!({"x": 1})).unwrap();
+            j.record("job1", "restore", 1, Phase::Intent, &serde_json::json!({"mac": "BC:24:11:00:00:01"})).unwrap();
+            j.record("job1", "restore", 1, Phase::Done, &serde_json::json!({})).unwrap();
+        }
+        let j = Journal::open(&path).unwrap();
+        let ev = j.events("job1").unwrap();
+        assert_eq!(ev.iter().map(|e| e.phase.clone()).collect::<Vec<_>>(), vec![Phase::Intent, Phase::Done]);
+        assert_eq!(ev[0].data["mac"], "BC:24:11:00:00:01");
+        assert_eq!(j.job("job1").unwrap().state, JobState::Running);
+    }
+
+    #[test]
+    fn lease_is_exclusive_between_jobs_and_reentrant_for_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("j.db")).unwrap();
+        j.acquire_lease(vmid(1200), "a").unwrap();
+        j.acquire_lease(vmid(1200), "a").unwrap();
+        // Same live process, different job: refused (two jobs never share a guest).
+        match j.acquire_lease(vmid(1200), "b") {
+            Err(JournalError::Held { job, .. }) => assert_eq!(job, "a"),
+            other => panic!("expected Held, got {other:?}"),
+        }
+        j.release_lease(vmid(1200), "a").unwrap();
+        j.acquire_lease(vmid(1200), "b").unwrap();
+    }
+
+    #[test]
+    fn stale_lease_of_dead_process_is_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("j.db")).unwrap();
+        // A pid that cannot exist (beyond pid_max) with a made-up start time.
+        j.conn().execute("INSERT INTO leases (vmid, job_id, pid, pid_start, acquired_at) VALUES (1300, 'dead', 99999999, 1, 0)", []).unwrap();
+        j.acquire_lease(vmid(1300), "alive").unwrap();
+        assert_eq!(j.lease_holder(vmid(1300)).unwrap().as_deref(), Some("alive"));
+    }
+}

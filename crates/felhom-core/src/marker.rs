@@ -1,0 +1,77 @@
+//! The ownership marker felhom writes into a guest's `description` at restore time.
+//!
+//! PVE itself is the shared truth across agents (design.md, "Scale beyond one host"); the
+//! marker is how any felhom process proves a guest is its own before it stops or destroys
+//! it. A guest without it, or with another job's marker, is never touched by rollback.
+//!
+//! The marker is one line: `felhom: job=<id> customer=<id> state=<provisioning|provisioned>`.
+//! PVE returns the description with a trailing `\n` per line (reference §3.1), so parsing is
+//! line-based and tolerant of that.
+
+use std::fmt;
+
+pub const PREFIX: &str = "felhom:";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Marker {
+    pub job: String,
+    pub customer: String,
+    pub state: MarkerState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarkerState {
+    Provisioning,
+    Provisioned,
+}
+
+impl MarkerState {
+    fn as_str(self) -> &'static str {
+        match self {
+            MarkerState::Provisioning => "provisioning",
+            MarkerState::Provisioned => "provisioned",
+        }
+    }
+}
+
+impl fmt::Display for Marker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{PREFIX} job={} customer={} state={}", self.job, self.customer, self.state.as_str())
+    }
+}
+
+impl Marker {
+    /// Find felhom's marker in a description, if there is one.
+    pub fn find(description: &str) -> Option<Marker> {
+        description.lines().find_map(|line| {
+            let rest = line.trim().strip_prefix(PREFIX)?;
+            let mut job = None;
+            let mut customer = None;
+            let mut state = None;
+            for kv in rest.split_whitespace() {
+                match kv.split_once('=') {
+                    Some(("job", v)) => job = Some(v.to_string()),
+                    Some(("customer", v)) => customer = Some(v.to_string()),
+                    Some(("state", "provisioning")) => state = Some(MarkerState::Provisioning),
+                    Some(("state", "provisioned")) => state = Some(MarkerState::Provisioned),
+                    _ => {}
+                }
+            }
+            Some(Marker { job: job?, customer: customer?, state: state? })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_with_pve_trailing_newline() {
+        let m = Marker { job: "j-1".into(), customer: "acme".into(), state: MarkerState::Provisioned };
+        let desc = format!("{m}\n");
+        assert_eq!(Marker::find(&desc), Some(m));
+        assert_eq!(Marker::find("some other guest\n"), None);
+        assert_eq!(Marker::find("felhom: job=x\n"), None, "incomplete markers are not markers");
+    }
+}
