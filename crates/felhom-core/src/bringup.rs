@@ -60,11 +60,17 @@ pub const STEPS: [BringupStep; 9] = [
 ];
 
 fn spec(cx: &JobCx) -> Result<&GuestSpec, StepError> {
-    cx.spec.as_ref().ok_or_else(|| StepError::Refused("internal: a bring-up job without a spec".into()))
+    cx.spec
+        .as_ref()
+        .ok_or_else(|| StepError::Refused("internal: a bring-up job without a spec".into()))
 }
 
 /// The guest's config, or None if there is no guest at that VMID.
-async fn config_of(client: &PveClient, node: &str, vmid: Vmid) -> Result<Option<pve_api::LxcConfig>, StepError> {
+async fn config_of(
+    client: &PveClient,
+    node: &str,
+    vmid: Vmid,
+) -> Result<Option<pve_api::LxcConfig>, StepError> {
     match client.lxc_config(node, vmid).await {
         Ok(c) => Ok(Some(c)),
         Err(ApiError::NotFound { .. }) => Ok(None),
@@ -80,7 +86,9 @@ fn net0_of(cfg: &pve_api::LxcConfig) -> Result<Option<NetConfig>, StepError> {
     match cfg.net(0) {
         None => Ok(None),
         Some(Ok(n)) => Ok(Some(n)),
-        Some(Err(e)) => Err(StepError::Refused(format!("guest net0 is not a valid network property string: {e}"))),
+        Some(Err(e)) => Err(StepError::Refused(format!(
+            "guest net0 is not a valid network property string: {e}"
+        ))),
     }
 }
 
@@ -91,7 +99,12 @@ async fn taken_macs(cx: &JobCx, except: Option<Vmid>) -> Result<HashSet<String>,
     if let Some(g) = cx.facts().golden_mac {
         taken.insert(g.to_ascii_uppercase());
     }
-    let recorded: std::collections::HashMap<u32, GuestRecord> = cx.journal.live_guests()?.into_iter().map(|g| (g.vmid, g)).collect();
+    let recorded: std::collections::HashMap<u32, GuestRecord> = cx
+        .journal
+        .live_guests()?
+        .into_iter()
+        .map(|g| (g.vmid, g))
+        .collect();
     for guest in cx.client.lxc_list(&cx.node).await? {
         let vmid = guest.vmid;
         if Some(vmid) == except.map(|v| v.get()) {
@@ -101,7 +114,9 @@ async fn taken_macs(cx: &JobCx, except: Option<Vmid>) -> Result<HashSet<String>,
             taken.insert(mac.to_ascii_uppercase());
             continue;
         }
-        let Ok(v) = Vmid::try_from(vmid) else { continue };
+        let Ok(v) = Vmid::try_from(vmid) else {
+            continue;
+        };
         if let Some(cfg) = config_of(&cx.client, &cx.node, v).await? {
             for n in 0..32 {
                 if let Some(Ok(net)) = cfg.net(n) {
@@ -117,7 +132,9 @@ async fn taken_macs(cx: &JobCx, except: Option<Vmid>) -> Result<HashSet<String>,
 
 fn fresh_mac(taken: &HashSet<String>) -> String {
     loop {
-        let mac = MacAddr::random(&MAC_PREFIX).to_string().to_ascii_uppercase();
+        let mac = MacAddr::random(&MAC_PREFIX)
+            .to_string()
+            .to_ascii_uppercase();
         if !taken.contains(&mac) {
             return mac;
         }
@@ -125,7 +142,12 @@ fn fresh_mac(taken: &HashSet<String>) -> String {
 }
 
 fn other_live_guests(cx: &JobCx, vmid: Vmid) -> Result<Vec<GuestRecord>, StepError> {
-    Ok(cx.journal.live_guests()?.into_iter().filter(|g| g.vmid != vmid.get()).collect())
+    Ok(cx
+        .journal
+        .live_guests()?
+        .into_iter()
+        .filter(|g| g.vmid != vmid.get())
+        .collect())
 }
 
 fn record_guest(cx: &JobCx, state: &str) -> Result<(), StepError> {
@@ -148,16 +170,27 @@ fn record_guest(cx: &JobCx, state: &str) -> Result<(), StepError> {
 
 /// Where to reach the guest's sshd: `<ip>:22` on a real host, or the simulator's loopback
 /// forward (guest IPs from the simulator are data, never addresses to contact).
-async fn ssh_endpoint(cx: &JobCx, vmid: Vmid, ip: &str) -> Result<Option<(String, u16)>, StepError> {
+async fn ssh_endpoint(
+    cx: &JobCx,
+    vmid: Vmid,
+    ip: &str,
+) -> Result<Option<(String, u16)>, StepError> {
     match cx.config.ssh_endpoint {
         SshEndpoint::Direct => Ok(Some((ip.to_string(), 22))),
-        SshEndpoint::Sim => match cx.client.get_outside_api::<Value>(&format!("/felhom-sim/guests/{vmid}/ssh")).await {
+        SshEndpoint::Sim => match cx
+            .client
+            .get_outside_api::<Value>(&format!("/felhom-sim/guests/{vmid}/ssh"))
+            .await
+        {
             Ok(v) => {
                 let host = v.get("host").and_then(Value::as_str).unwrap_or("127.0.0.1");
                 if !matches!(host, "127.0.0.1" | "::1" | "localhost") {
                     return Err(StepError::Refused(format!("simulator offered a non-loopback SSH endpoint {host}; refusing to contact it")));
                 }
-                let port = v.get("port").and_then(Value::as_u64).and_then(|p| u16::try_from(p).ok());
+                let port = v
+                    .get("port")
+                    .and_then(Value::as_u64)
+                    .and_then(|p| u16::try_from(p).ok());
                 Ok(port.map(|p| (host.to_string(), p)))
             }
             Err(ApiError::NotFound { .. }) => Ok(None),
@@ -182,16 +215,23 @@ impl Step for BringupStep {
     }
 
     fn has_undo(&self) -> bool {
-        matches!(self, BringupStep::Reserve | BringupStep::Restore | BringupStep::Start)
+        matches!(
+            self,
+            BringupStep::Reserve | BringupStep::Restore | BringupStep::Start
+        )
     }
 
     async fn observe(&self, cx: &JobCx) -> Result<Observed, StepError> {
         match self {
             BringupStep::Reserve => {
-                let Some(vmid) = cx.facts().vmid else { return Ok(Observed::NotDone) };
+                let Some(vmid) = cx.facts().vmid else {
+                    return Ok(Observed::NotDone);
+                };
                 let vmid = Vmid::try_from(vmid).map_err(|e| StepError::Refused(e.to_string()))?;
                 // Re-taking our own lease is how a resumed job proves no one else has it.
-                cx.journal.acquire_lease(vmid, &cx.job_id).map_err(|e| StepError::Refused(e.to_string()))?;
+                cx.journal
+                    .acquire_lease(vmid, &cx.job_id)
+                    .map_err(|e| StepError::Refused(e.to_string()))?;
                 Ok(Observed::Done(json!({ "vmid": vmid.get() })))
             }
             BringupStep::Restore => observe_restore(cx).await,
@@ -199,19 +239,31 @@ impl Step for BringupStep {
                 let s = spec(cx)?;
                 let vmid = cx.vmid()?;
                 let Some(cfg) = config_of(&cx.client, &cx.node, vmid).await? else {
-                    return Err(StepError::Refused(format!("guest {vmid} vanished after restore")));
+                    return Err(StepError::Refused(format!(
+                        "guest {vmid} vanished after restore"
+                    )));
                 };
                 let f = cx.facts();
-                let mac = net0_of(&cfg)?.and_then(|n| n.hwaddr).map(|m| m.to_string().to_ascii_uppercase());
+                let mac = net0_of(&cfg)?
+                    .and_then(|n| n.hwaddr)
+                    .map(|m| m.to_string().to_ascii_uppercase());
                 let hostname_ok = cfg.get_str("hostname") == Some(s.hostname.as_str());
                 let mac_ok = match (&mac, &f.mac) {
-                    (Some(have), Some(want)) => have.eq_ignore_ascii_case(want) && !f.golden_mac.as_deref().is_some_and(|g| g.eq_ignore_ascii_case(have)),
+                    (Some(have), Some(want)) => {
+                        have.eq_ignore_ascii_case(want)
+                            && !f
+                                .golden_mac
+                                .as_deref()
+                                .is_some_and(|g| g.eq_ignore_ascii_case(have))
+                    }
                     _ => false,
                 };
                 if hostname_ok && mac_ok {
                     let taken = taken_macs(cx, Some(vmid)).await?;
                     if !taken.contains(mac.as_deref().unwrap_or_default()) {
-                        return Ok(Observed::Done(json!({ "mac": mac, "hostname": s.hostname })));
+                        return Ok(Observed::Done(
+                            json!({ "mac": mac, "hostname": s.hostname }),
+                        ));
                     }
                 }
                 Ok(Observed::NotDone)
@@ -219,7 +271,9 @@ impl Step for BringupStep {
             BringupStep::Rootfs => {
                 let s = spec(cx)?;
                 let vmid = cx.vmid()?;
-                let cfg = config_of(&cx.client, &cx.node, vmid).await?.ok_or_else(|| StepError::Refused(format!("guest {vmid} vanished")))?;
+                let cfg = config_of(&cx.client, &cx.node, vmid)
+                    .await?
+                    .ok_or_else(|| StepError::Refused(format!("guest {vmid} vanished")))?;
                 let size = rootfs_size(&cfg)?;
                 if size >= s.rootfs_size.bytes() {
                     Ok(Observed::Done(json!({ "rootfs_bytes": size })))
@@ -230,12 +284,16 @@ impl Step for BringupStep {
             BringupStep::Mounts => {
                 let s = spec(cx)?;
                 let vmid = cx.vmid()?;
-                let cfg = config_of(&cx.client, &cx.node, vmid).await?.ok_or_else(|| StepError::Refused(format!("guest {vmid} vanished")))?;
+                let cfg = config_of(&cx.client, &cx.node, vmid)
+                    .await?
+                    .ok_or_else(|| StepError::Refused(format!("guest {vmid} vanished")))?;
                 let present = mounts_of(&cfg);
                 let mut seen = Vec::new();
                 for m in &s.mounts {
                     match present.iter().find(|(_, p, _)| p == m.path.as_str()) {
-                        Some((key, _, size)) if *size >= m.size.bytes() => seen.push(json!({ "key": key, "path": m.path, "bytes": size })),
+                        Some((key, _, size)) if *size >= m.size.bytes() => {
+                            seen.push(json!({ "key": key, "path": m.path, "bytes": size }))
+                        }
                         _ => return Ok(Observed::NotDone),
                     }
                 }
@@ -254,9 +312,14 @@ impl Step for BringupStep {
             BringupStep::Ssh => observe_ssh(cx).await,
             BringupStep::Finish => {
                 let vmid = cx.vmid()?;
-                let cfg = config_of(&cx.client, &cx.node, vmid).await?.ok_or_else(|| StepError::Refused(format!("guest {vmid} vanished")))?;
-                let tagged = cfg.get_str("tags").is_some_and(|t| t.split(';').any(|t| t == FELHOM_TAG));
-                let provisioned = marker_of(&cfg).is_some_and(|m| m.job == cx.job_id && m.state == MarkerState::Provisioned);
+                let cfg = config_of(&cx.client, &cx.node, vmid)
+                    .await?
+                    .ok_or_else(|| StepError::Refused(format!("guest {vmid} vanished")))?;
+                let tagged = cfg
+                    .get_str("tags")
+                    .is_some_and(|t| t.split(';').any(|t| t == FELHOM_TAG));
+                let provisioned = marker_of(&cfg)
+                    .is_some_and(|m| m.job == cx.job_id && m.state == MarkerState::Provisioned);
                 if tagged && provisioned {
                     record_guest(cx, "active")?;
                     cx.journal.release_lease(vmid, &cx.job_id)?;
@@ -276,7 +339,9 @@ impl Step for BringupStep {
                 // The MAC is chosen here and journaled with the intent, before the restore is
                 // dispatched, so a resumed job restores with the same MAC or recognises it.
                 if cx.facts().mac.is_none() {
-                    let taken = taken_macs(cx, cx.facts().vmid.and_then(|v| Vmid::try_from(v).ok())).await?;
+                    let taken =
+                        taken_macs(cx, cx.facts().vmid.and_then(|v| Vmid::try_from(v).ok()))
+                            .await?;
                     let mac = fresh_mac(&taken);
                     cx.update_facts(|f| f.mac = Some(mac));
                 }
@@ -300,9 +365,17 @@ impl Step for BringupStep {
                 let s = spec(cx)?;
                 let vmid = cx.vmid()?;
                 // Absolute size, never `+N`: a retried grow cannot grow twice.
-                match cx.client.lxc_resize(&cx.node, vmid, "rootfs", &s.rootfs_size.resize_arg()).await {
+                match cx
+                    .client
+                    .lxc_resize(&cx.node, vmid, "rootfs", &s.rootfs_size.resize_arg())
+                    .await
+                {
                     Ok(upid) => cx.wait(self.name(), &upid).await,
-                    Err(ApiError::Server { message, .. }) if message.contains("disk is already at specified size") => Ok(()),
+                    Err(ApiError::Server { message, .. })
+                        if message.contains("disk is already at specified size") =>
+                    {
+                        Ok(())
+                    }
                     Err(e) => Err(e.into()),
                 }
             }
@@ -311,19 +384,44 @@ impl Step for BringupStep {
                 let vmid = cx.vmid()?;
                 match cx.client.lxc_start(&cx.node, vmid).await {
                     Ok(upid) => cx.wait(self.name(), &upid).await,
-                    Err(ApiError::Server { message, .. }) if message.contains("already running") => Ok(()),
+                    Err(ApiError::Server { message, .. })
+                        if message.contains("already running") =>
+                    {
+                        Ok(())
+                    }
                     Err(e) => Err(e.into()),
                 }
             }
-            BringupStep::Linkup => poll_until(cx, *self, cx.config.linkup_timeout, "no DHCP lease on eth0").await,
-            BringupStep::Ssh => poll_until(cx, *self, cx.config.ssh_timeout, "no SSH host key served (is the golden's first-boot key unit missing? seed F3)").await,
+            BringupStep::Linkup => {
+                poll_until(cx, *self, cx.config.linkup_timeout, "no DHCP lease on eth0").await
+            }
+            BringupStep::Ssh => {
+                poll_until(
+                    cx,
+                    *self,
+                    cx.config.ssh_timeout,
+                    "no SSH host key served (is the golden's first-boot key unit missing? seed F3)",
+                )
+                .await
+            }
             BringupStep::Finish => {
                 let s = spec(cx)?;
                 let vmid = cx.vmid()?;
-                let cfg = config_of(&cx.client, &cx.node, vmid).await?.ok_or_else(|| StepError::Refused(format!("guest {vmid} vanished")))?;
-                let marker = Marker { job: cx.job_id.clone(), customer: s.customer.to_string(), state: MarkerState::Provisioned };
-                let params = vec![("tags".to_string(), tags_for(s).join(";")), ("description".to_string(), marker.to_string())];
-                cx.client.lxc_update_config(&cx.node, vmid, &params, cfg.digest.as_deref()).await?;
+                let cfg = config_of(&cx.client, &cx.node, vmid)
+                    .await?
+                    .ok_or_else(|| StepError::Refused(format!("guest {vmid} vanished")))?;
+                let marker = Marker {
+                    job: cx.job_id.clone(),
+                    customer: s.customer.to_string(),
+                    state: MarkerState::Provisioned,
+                };
+                let params = vec![
+                    ("tags".to_string(), tags_for(s).join(";")),
+                    ("description".to_string(), marker.to_string()),
+                ];
+                cx.client
+                    .lxc_update_config(&cx.node, vmid, &params, cfg.digest.as_deref())
+                    .await?;
                 Ok(())
             }
         }
@@ -366,7 +464,9 @@ fn tags_for(s: &GuestSpec) -> Vec<String> {
 fn rootfs_size(cfg: &pve_api::LxcConfig) -> Result<u64, StepError> {
     match cfg.mount("rootfs") {
         Some(Ok(m)) => Ok(m.size.unwrap_or(0)),
-        Some(Err(e)) => Err(StepError::Refused(format!("guest rootfs is not a valid mount property string: {e}"))),
+        Some(Err(e)) => Err(StepError::Refused(format!(
+            "guest rootfs is not a valid mount property string: {e}"
+        ))),
         None => Err(StepError::Refused("guest has no rootfs".into())),
     }
 }
@@ -391,13 +491,25 @@ async fn act_reserve(cx: &JobCx) -> Result<(), StepError> {
         VmidChoice::Fixed(v) => vec![v],
         VmidChoice::NextFree => {
             let leased: HashSet<u32> = cx.journal.leased_vmids()?.into_iter().collect();
-            let used: HashSet<u32> = cx.client.lxc_list(&cx.node).await?.into_iter().map(|g| g.vmid).collect();
-            range.iter().filter(|v| !leased.contains(&v.get()) && !used.contains(&v.get())).take(64).collect()
+            let used: HashSet<u32> = cx
+                .client
+                .lxc_list(&cx.node)
+                .await?
+                .into_iter()
+                .map(|g| g.vmid)
+                .collect();
+            range
+                .iter()
+                .filter(|v| !leased.contains(&v.get()) && !used.contains(&v.get()))
+                .take(64)
+                .collect()
         }
     };
     for vmid in candidates {
         if !range.contains(vmid) {
-            return Err(StepError::Refused(format!("VMID {vmid} is outside felhom's range {range}")));
+            return Err(StepError::Refused(format!(
+                "VMID {vmid} is outside felhom's range {range}"
+            )));
         }
         match cx.journal.acquire_lease(vmid, &cx.job_id) {
             Ok(()) => {}
@@ -421,7 +533,10 @@ async fn act_reserve(cx: &JobCx) -> Result<(), StepError> {
                 // A guest already sits at the requested VMID. If it carries this job's
                 // marker the restore step will recognise it; otherwise it is not ours.
                 let cfg = config_of(&cx.client, &cx.node, vmid).await?;
-                let ours = cfg.as_ref().and_then(marker_of).is_some_and(|m| m.job == cx.job_id);
+                let ours = cfg
+                    .as_ref()
+                    .and_then(marker_of)
+                    .is_some_and(|m| m.job == cx.job_id);
                 if !ours {
                     cx.journal.release_lease(vmid, &cx.job_id)?;
                     return Err(StepError::Refused(format!("VMID {vmid} already holds a guest felhom did not create for this job; refusing to touch it")));
@@ -433,10 +548,18 @@ async fn act_reserve(cx: &JobCx) -> Result<(), StepError> {
             }
         }
         cx.journal.set_job_vmid(&cx.job_id, vmid)?;
-        cx.note("reserve", Facts { vmid: Some(vmid.get()), ..Facts::default() })?;
+        cx.note(
+            "reserve",
+            Facts {
+                vmid: Some(vmid.get()),
+                ..Facts::default()
+            },
+        )?;
         return Ok(());
     }
-    Err(StepError::Refused(format!("no free VMID in felhom's range {range}")))
+    Err(StepError::Refused(format!(
+        "no free VMID in felhom's range {range}"
+    )))
 }
 
 async fn observe_restore(cx: &JobCx) -> Result<Observed, StepError> {
@@ -454,17 +577,26 @@ async fn observe_restore(cx: &JobCx) -> Result<Observed, StepError> {
             (Some("create"), _) if restore_dispatched(cx)? => {
                 // Our restore is still running (or a crash lost its UPID): wait for the
                 // placeholder's `create` lock to go, then look again.
-                if let Some(upid) = cx.facts().upid.and_then(|u| u.parse::<pve_api::Upid>().ok()).filter(|u| u.task_type == "vzrestore") {
+                if let Some(upid) = cx
+                    .facts()
+                    .upid
+                    .and_then(|u| u.parse::<pve_api::Upid>().ok())
+                    .filter(|u| u.task_type == "vzrestore")
+                {
                     let _ = cx.client.wait_task(&upid, &cx.wait_options()).await;
                 } else {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 if Instant::now() > deadline {
-                    return Err(StepError::Refused(format!("guest {vmid} stayed locked (create) past the task timeout")));
+                    return Err(StepError::Refused(format!(
+                        "guest {vmid} stayed locked (create) past the task timeout"
+                    )));
                 }
             }
             (lock, m) => {
-                let who = m.map(|m| format!("felhom job {}", m.job)).unwrap_or_else(|| "no felhom marker".into());
+                let who = m
+                    .map(|m| format!("felhom job {}", m.job))
+                    .unwrap_or_else(|| "no felhom marker".into());
                 let lock = lock.map(|l| format!(", locked ({l})")).unwrap_or_default();
                 return Err(StepError::Refused(format!("VMID {vmid} holds a guest this job did not create ({who}{lock}); refusing to touch it")));
             }
@@ -473,15 +605,27 @@ async fn observe_restore(cx: &JobCx) -> Result<Observed, StepError> {
 }
 
 fn restore_dispatched(cx: &JobCx) -> Result<bool, StepError> {
-    Ok(cx.journal.events(&cx.job_id)?.iter().any(|e| e.step == "restore" && e.phase == crate::journal::Phase::Intent))
+    Ok(cx
+        .journal
+        .events(&cx.job_id)?
+        .iter()
+        .any(|e| e.step == "restore" && e.phase == crate::journal::Phase::Intent))
 }
 
 async fn act_restore(cx: &JobCx) -> Result<(), StepError> {
     let s = spec(cx)?;
     let vmid = cx.vmid()?;
-    let mac = cx.facts().mac.ok_or_else(|| StepError::Refused("internal: no MAC chosen before restore".into()))?;
-    let net0 = NetConfig::dhcp("eth0", s.bridge.as_str(), &mac).map_err(|e| StepError::Refused(format!("net0: {e}")))?;
-    let marker = Marker { job: cx.job_id.clone(), customer: s.customer.to_string(), state: MarkerState::Provisioning };
+    let mac = cx
+        .facts()
+        .mac
+        .ok_or_else(|| StepError::Refused("internal: no MAC chosen before restore".into()))?;
+    let net0 = NetConfig::dhcp("eth0", s.bridge.as_str(), &mac)
+        .map_err(|e| StepError::Refused(format!("net0: {e}")))?;
+    let marker = Marker {
+        job: cx.job_id.clone(),
+        customer: s.customer.to_string(),
+        state: MarkerState::Provisioning,
+    };
     // Identity is set at restore (F1, F2): hostname and a net0 carrying felhom's MAC, so the
     // guest never exists with the golden's MAC. `storage` is always passed (PVE defaults to
     // `local`, which rarely allows container directories); `rootfs` is not, so archived
@@ -512,10 +656,14 @@ async fn undo_restore(cx: &JobCx) -> Result<(), StepError> {
             (Some("create"), _) => {
                 // Still restoring: a failed restore removes itself; a finished one carries our
                 // marker. Either way, wait for the lock to go before deciding.
-                return Err(StepError::NotYet(format!("guest {vmid} is still being restored (lock: create)")));
+                return Err(StepError::NotYet(format!(
+                    "guest {vmid} is still being restored (lock: create)"
+                )));
             }
             (Some("destroyed"), Some(m)) if m.job == cx.job_id => {
-                return Err(StepError::NotYet(format!("guest {vmid} is being destroyed")));
+                return Err(StepError::NotYet(format!(
+                    "guest {vmid} is being destroyed"
+                )));
             }
             (_, Some(m)) if m.job == cx.job_id => {
                 stop_if_running(cx, vmid, "restore").await?;
@@ -523,7 +671,9 @@ async fn undo_restore(cx: &JobCx) -> Result<(), StepError> {
                 cx.wait("restore", &upid).await?;
             }
             (_, m) => {
-                let who = m.map(|m| format!("felhom job {}", m.job)).unwrap_or_else(|| "no felhom marker".into());
+                let who = m
+                    .map(|m| format!("felhom job {}", m.job))
+                    .unwrap_or_else(|| "no felhom marker".into());
                 return Err(StepError::Refused(format!(
                     "refusing to destroy guest {vmid}: it does not carry this job's ownership marker ({who}); a person must look at it"
                 )));
@@ -547,24 +697,46 @@ async fn stop_if_running(cx: &JobCx, vmid: Vmid, step: &str) -> Result<(), StepE
 async fn act_identity(cx: &JobCx) -> Result<(), StepError> {
     let s = spec(cx)?;
     let vmid = cx.vmid()?;
-    let cfg = config_of(&cx.client, &cx.node, vmid).await?.ok_or_else(|| StepError::Refused(format!("guest {vmid} vanished")))?;
+    let cfg = config_of(&cx.client, &cx.node, vmid)
+        .await?
+        .ok_or_else(|| StepError::Refused(format!("guest {vmid} vanished")))?;
     let taken = taken_macs(cx, Some(vmid)).await?;
     let mut mac = cx.facts().mac.unwrap_or_default();
     if mac.is_empty() || taken.contains(&mac.to_ascii_uppercase()) {
         mac = fresh_mac(&taken);
-        cx.note("identity", Facts { mac: Some(mac.clone()), ..Facts::default() })?;
+        cx.note(
+            "identity",
+            Facts {
+                mac: Some(mac.clone()),
+                ..Facts::default()
+            },
+        )?;
     }
     // Keep every other net0 key; only the MAC changes (and the MAC is always given: a net0
     // without hwaddr would mint yet another one, reference §3.3).
     let net0 = match net0_of(&cfg)? {
-        Some(n) => n.with_hwaddr(&mac).map_err(|e| StepError::Refused(format!("net0: {e}")))?,
-        None => NetConfig::dhcp("eth0", s.bridge.as_str(), &mac).map_err(|e| StepError::Refused(format!("net0: {e}")))?,
+        Some(n) => n
+            .with_hwaddr(&mac)
+            .map_err(|e| StepError::Refused(format!("net0: {e}")))?,
+        None => NetConfig::dhcp("eth0", s.bridge.as_str(), &mac)
+            .map_err(|e| StepError::Refused(format!("net0: {e}")))?,
     };
-    let params = vec![("net0".to_string(), net0.to_string()), ("hostname".to_string(), s.hostname.to_string())];
-    match cx.client.lxc_update_config(&cx.node, vmid, &params, cfg.digest.as_deref()).await {
+    let params = vec![
+        ("net0".to_string(), net0.to_string()),
+        ("hostname".to_string(), s.hostname.to_string()),
+    ];
+    match cx
+        .client
+        .lxc_update_config(&cx.node, vmid, &params, cfg.digest.as_deref())
+        .await
+    {
         Ok(()) => Ok(()),
         // Someone changed the config between our read and write: observe again.
-        Err(ApiError::Server { message, .. }) if message.contains("detected modified configuration") => Err(StepError::NotYet(message)),
+        Err(ApiError::Server { message, .. })
+            if message.contains("detected modified configuration") =>
+        {
+            Err(StepError::NotYet(message))
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -573,23 +745,54 @@ async fn act_mounts(cx: &JobCx) -> Result<(), StepError> {
     let s = spec(cx)?;
     let vmid = cx.vmid()?;
     for m in &s.mounts {
-        let cfg = config_of(&cx.client, &cx.node, vmid).await?.ok_or_else(|| StepError::Refused(format!("guest {vmid} vanished")))?;
+        let cfg = config_of(&cx.client, &cx.node, vmid)
+            .await?
+            .ok_or_else(|| StepError::Refused(format!("guest {vmid} vanished")))?;
         let present = mounts_of(&cfg);
         if let Some((key, _, size)) = present.iter().find(|(_, p, _)| p == m.path.as_str()) {
             if *size < m.size.bytes() {
-                let upid = cx.client.lxc_resize(&cx.node, vmid, key, &m.size.resize_arg()).await?;
+                let upid = cx
+                    .client
+                    .lxc_resize(&cx.node, vmid, key, &m.size.resize_arg())
+                    .await?;
                 cx.wait("mounts", &upid).await?;
             }
             continue;
         }
-        let used: HashSet<String> = present.into_iter().map(|(k, _, _)| k).chain((0..256).map(|n| format!("unused{n}")).filter(|k| cfg.get_str(k).is_some())).collect();
-        let key = (0..256).map(|n| format!("mp{n}")).find(|k| !used.contains(k)).ok_or_else(|| StepError::Refused("no free mpN slot".into()))?;
-        let value = pve_api::MountConfig::new_volume(&format!("{}:{}", m.storage, m.size.gib_string()), m.path.as_str())
-            .map_err(|e| StepError::Refused(format!("mount {}: {e}", m.path)))?;
-        cx.client.lxc_update_config(&cx.node, vmid, &[(key, value.to_string())], cfg.digest.as_deref()).await.map_err(|e| match e {
-            ApiError::Server { message, .. } if message.contains("detected modified configuration") => StepError::NotYet(message),
-            e => e.into(),
-        })?;
+        let used: HashSet<String> = present
+            .into_iter()
+            .map(|(k, _, _)| k)
+            .chain(
+                (0..256)
+                    .map(|n| format!("unused{n}"))
+                    .filter(|k| cfg.get_str(k).is_some()),
+            )
+            .collect();
+        let key = (0..256)
+            .map(|n| format!("mp{n}"))
+            .find(|k| !used.contains(k))
+            .ok_or_else(|| StepError::Refused("no free mpN slot".into()))?;
+        let value = pve_api::MountConfig::new_volume(
+            &format!("{}:{}", m.storage, m.size.gib_string()),
+            m.path.as_str(),
+        )
+        .map_err(|e| StepError::Refused(format!("mount {}: {e}", m.path)))?;
+        cx.client
+            .lxc_update_config(
+                &cx.node,
+                vmid,
+                &[(key, value.to_string())],
+                cfg.digest.as_deref(),
+            )
+            .await
+            .map_err(|e| match e {
+                ApiError::Server { message, .. }
+                    if message.contains("detected modified configuration") =>
+                {
+                    StepError::NotYet(message)
+                }
+                e => e.into(),
+            })?;
     }
     Ok(())
 }
@@ -600,15 +803,28 @@ async fn observe_linkup(cx: &JobCx) -> Result<Observed, StepError> {
     let Some(ifaces) = cx.client.lxc_interfaces(&cx.node, vmid).await? else {
         return Ok(Observed::NotDone);
     };
-    let Some(eth0) = ifaces.iter().find(|i| i.name == "eth0") else { return Ok(Observed::NotDone) };
-    // MACs come back lower-case from iproute2 (reference §7): compare case-insensitively.
-    if !eth0.hwaddr.as_deref().is_some_and(|h| h.eq_ignore_ascii_case(&want)) {
-        return Ok(Observed::NotDone);
-    }
-    let Some(ip) = eth0.inet.as_deref().map(|a| a.split('/').next().unwrap_or(a).to_string()) else {
+    let Some(eth0) = ifaces.iter().find(|i| i.name == "eth0") else {
         return Ok(Observed::NotDone);
     };
-    if let Some(other) = other_live_guests(cx, vmid)?.into_iter().find(|g| g.ip.as_deref() == Some(ip.as_str())) {
+    // MACs come back lower-case from iproute2 (reference §7): compare case-insensitively.
+    if !eth0
+        .hwaddr
+        .as_deref()
+        .is_some_and(|h| h.eq_ignore_ascii_case(&want))
+    {
+        return Ok(Observed::NotDone);
+    }
+    let Some(ip) = eth0
+        .inet
+        .as_deref()
+        .map(|a| a.split('/').next().unwrap_or(a).to_string())
+    else {
+        return Ok(Observed::NotDone);
+    };
+    if let Some(other) = other_live_guests(cx, vmid)?
+        .into_iter()
+        .find(|g| g.ip.as_deref() == Some(ip.as_str()))
+    {
         return Err(StepError::Refused(format!(
             "guest {vmid} got IP {ip}, which guest {} already has: DHCP identity is shared (DUID or client-id from the golden?)",
             other.vmid
@@ -620,16 +836,24 @@ async fn observe_linkup(cx: &JobCx) -> Result<Observed, StepError> {
 
 async fn observe_ssh(cx: &JobCx) -> Result<Observed, StepError> {
     let vmid = cx.vmid()?;
-    let Some(ip) = cx.facts().ip else { return Ok(Observed::NotDone) };
-    let Some((host, port)) = ssh_endpoint(cx, vmid, &ip).await? else { return Ok(Observed::NotDone) };
-    let fp = match crate::ssh_probe::host_key_fingerprint(&host, port, Duration::from_secs(5)).await {
+    let Some(ip) = cx.facts().ip else {
+        return Ok(Observed::NotDone);
+    };
+    let Some((host, port)) = ssh_endpoint(cx, vmid, &ip).await? else {
+        return Ok(Observed::NotDone);
+    };
+    let fp = match crate::ssh_probe::host_key_fingerprint(&host, port, Duration::from_secs(5)).await
+    {
         Ok(fp) => fp,
         Err(e) => {
             tracing::debug!(%vmid, error = %e, "SSH host key not available yet");
             return Ok(Observed::NotDone);
         }
     };
-    if let Some(other) = other_live_guests(cx, vmid)?.into_iter().find(|g| g.ssh_fingerprint.as_deref() == Some(fp.as_str())) {
+    if let Some(other) = other_live_guests(cx, vmid)?
+        .into_iter()
+        .find(|g| g.ssh_fingerprint.as_deref() == Some(fp.as_str()))
+    {
         return Err(StepError::Refused(format!(
             "guest {vmid} presents SSH host key {fp}, the same as guest {}: the golden carries baked host keys (seed F3); rebuild it with `felhom golden recipe` and check it with `felhom golden inspect`",
             other.vmid
@@ -641,7 +865,12 @@ async fn observe_ssh(cx: &JobCx) -> Result<Observed, StepError> {
 }
 
 /// The act of a "wait for the guest" step: observe until done or the deadline.
-async fn poll_until(cx: &JobCx, step: BringupStep, timeout: Duration, what: &str) -> Result<(), StepError> {
+async fn poll_until(
+    cx: &JobCx,
+    step: BringupStep,
+    timeout: Duration,
+    what: &str,
+) -> Result<(), StepError> {
     let deadline = Instant::now() + timeout;
     let mut interval = Duration::from_millis(50);
     loop {
@@ -649,7 +878,10 @@ async fn poll_until(cx: &JobCx, step: BringupStep, timeout: Duration, what: &str
             return Ok(());
         }
         if Instant::now() + interval > deadline {
-            return Err(StepError::Refused(format!("{what} within {}s", timeout.as_secs())));
+            return Err(StepError::Refused(format!(
+                "{what} within {}s",
+                timeout.as_secs()
+            )));
         }
         tokio::time::sleep(interval).await;
         interval = (interval * 3 / 2).min(Duration::from_millis(250));
@@ -666,17 +898,47 @@ pub struct GoldenInfo {
     pub unprivileged: bool,
 }
 
-pub async fn golden_info(client: &PveClient, node: &str, volid: &str) -> Result<GoldenInfo, ApiError> {
+pub async fn golden_info(
+    client: &PveClient,
+    node: &str,
+    volid: &str,
+) -> Result<GoldenInfo, ApiError> {
     let text = client.vzdump_extractconfig(node, volid).await?;
-    let conf = vzdump::parse_pct_conf(&text).map_err(|e| ApiError::Decode { message: format!("golden pct.conf: {e}") })?;
-    let get = |k: &str| conf.entries.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
-    let mac = get("net0").and_then(|v| v.parse::<NetConfig>().ok()).and_then(|n| n.hwaddr).map(|m| m.to_string());
-    let rootfs_bytes = get("rootfs").and_then(|v| pve_api::MountConfig::parse_rootfs(&v).ok()).and_then(|m| m.size);
-    Ok(GoldenInfo { mac, rootfs_bytes, features: get("features"), unprivileged: get("unprivileged").as_deref() == Some("1") })
+    let conf = vzdump::parse_pct_conf(&text).map_err(|e| ApiError::Decode {
+        message: format!("golden pct.conf: {e}"),
+    })?;
+    let get = |k: &str| {
+        conf.entries
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
+    let mac = get("net0")
+        .and_then(|v| v.parse::<NetConfig>().ok())
+        .and_then(|n| n.hwaddr)
+        .map(|m| m.to_string());
+    let rootfs_bytes = get("rootfs")
+        .and_then(|v| pve_api::MountConfig::parse_rootfs(&v).ok())
+        .and_then(|m| m.size);
+    Ok(GoldenInfo {
+        mac,
+        rootfs_bytes,
+        features: get("features"),
+        unprivileged: get("unprivileged").as_deref() == Some("1"),
+    })
 }
 
 /// Build the context for a bring-up job.
-pub fn job_cx(job_id: &str, label: &str, node: &str, client: PveClient, journal: Arc<crate::journal::Journal>, config: Arc<Config>, spec: Option<GuestSpec>, progress: Arc<dyn crate::job::Progress>) -> JobCx {
+pub fn job_cx(
+    job_id: &str,
+    label: &str,
+    node: &str,
+    client: PveClient,
+    journal: Arc<crate::journal::Journal>,
+    config: Arc<Config>,
+    spec: Option<GuestSpec>,
+    progress: Arc<dyn crate::job::Progress>,
+) -> JobCx {
     JobCx {
         job_id: job_id.into(),
         label: label.into(),

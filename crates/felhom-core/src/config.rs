@@ -148,7 +148,10 @@ pub enum ConfigError {
     #[error("no config file: none of {} exists (give --config FILE, or run `felhom sim serve --write-config FILE`)", DEFAULT_CONFIG_PATHS.join(", "))]
     NotFound,
     #[error("cannot read config {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config {path}:\n{errors}")]
     Invalid { path: PathBuf, errors: SpecErrors },
 }
@@ -159,47 +162,90 @@ impl Config {
         if let Some(p) = explicit {
             return Ok(p.to_path_buf());
         }
-        DEFAULT_CONFIG_PATHS.iter().map(PathBuf::from).find(|p| p.exists()).ok_or(ConfigError::NotFound)
+        DEFAULT_CONFIG_PATHS
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .ok_or(ConfigError::NotFound)
     }
 
     pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
         let path = Self::locate(explicit)?;
-        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
         Self::parse(&path, &text)
     }
 
     /// Validate a config text; relative paths inside resolve against the config's directory.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let invalid = |errors: Vec<FieldError>| ConfigError::Invalid { path: path.to_path_buf(), errors: SpecErrors(errors) };
+        let invalid = |errors: Vec<FieldError>| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            errors: SpecErrors(errors),
+        };
         let file: ConfigFile = toml::from_str(text).map_err(|e| {
-            let field = e.span().map(|s| text[..s.start].lines().count().to_string()).map(|l| format!("(line {l})")).unwrap_or_else(|| "(file)".into());
-            invalid(vec![FieldError { field, rule: e.message().to_string() }])
+            let field = e
+                .span()
+                .map(|s| text[..s.start].lines().count().to_string())
+                .map(|l| format!("(line {l})"))
+                .unwrap_or_else(|| "(file)".into());
+            invalid(vec![FieldError {
+                field,
+                rule: e.message().to_string(),
+            }])
         })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
         let mut errors = Vec::new();
-        let mut err = |field: &str, rule: String| errors.push(FieldError { field: field.into(), rule });
+        let mut err = |field: &str, rule: String| {
+            errors.push(FieldError {
+                field: field.into(),
+                rule,
+            })
+        };
 
         let url = match url::Url::parse(&file.pve.url) {
             Ok(u) if u.scheme() == "https" && u.host().is_some() => Some(u),
             Ok(_) => {
-                err("pve.url", format!("must be an https:// URL with a host (plain HTTP is never used); got {}", show(&file.pve.url)));
+                err(
+                    "pve.url",
+                    format!(
+                        "must be an https:// URL with a host (plain HTTP is never used); got {}",
+                        show(&file.pve.url)
+                    ),
+                );
                 None
             }
             Err(e) => {
-                err("pve.url", format!("is not a URL ({e}); got {}", show(&file.pve.url)));
+                err(
+                    "pve.url",
+                    format!("is not a URL ({e}); got {}", show(&file.pve.url)),
+                );
                 None
             }
         };
         let trust = match (&file.pve.fingerprint, &file.pve.ca_file) {
             (Some(_), Some(_)) => {
-                err("pve.fingerprint", "give either fingerprint or ca_file, not both".into());
+                err(
+                    "pve.fingerprint",
+                    "give either fingerprint or ca_file, not both".into(),
+                );
                 None
             }
             (Some(fp), None) => match fp.parse::<CertFingerprint>() {
                 Ok(fp) => Some(TlsTrust::Pinned(fp)),
                 Err(e) => {
-                    err("pve.fingerprint", format!("must be a SHA-256 fingerprint like AA:BB:…(32 bytes): {e}"));
+                    err(
+                        "pve.fingerprint",
+                        format!("must be a SHA-256 fingerprint like AA:BB:…(32 bytes): {e}"),
+                    );
                     None
                 }
             },
@@ -213,7 +259,13 @@ impl Config {
                 None
             }
         };
-        let secret = match load_secret(file.pve.token_secret_file.as_deref().map(resolve).as_deref()) {
+        let secret = match load_secret(
+            file.pve
+                .token_secret_file
+                .as_deref()
+                .map(resolve)
+                .as_deref(),
+        ) {
             Ok(s) => Some(s),
             Err(rule) => {
                 err("pve.token_secret_file", rule);
@@ -224,14 +276,23 @@ impl Config {
         let range = match (Vmid::try_from(lo), Vmid::try_from(hi)) {
             (Ok(lo), Ok(hi)) if lo.get() <= hi.get() => Some(VmidRange { lo, hi }),
             _ => {
-                err("felhom.vmid_range", format!("must be [lo, hi] with 100 <= lo <= hi <= 999999999; got [{lo}, {hi}]"));
+                err(
+                    "felhom.vmid_range",
+                    format!("must be [lo, hi] with 100 <= lo <= hi <= 999999999; got [{lo}, {hi}]"),
+                );
                 None
             }
         };
         for (name, v) in [
             ("felhom.max_parallel", file.felhom.max_parallel),
-            ("felhom.max_parallel_per_node", file.felhom.max_parallel_per_node),
-            ("felhom.max_parallel_per_storage", file.felhom.max_parallel_per_storage),
+            (
+                "felhom.max_parallel_per_node",
+                file.felhom.max_parallel_per_node,
+            ),
+            (
+                "felhom.max_parallel_per_storage",
+                file.felhom.max_parallel_per_storage,
+            ),
         ] {
             if v == 0 || v > 1024 {
                 err(name, format!("must be 1–1024; got {v}"));
@@ -243,7 +304,9 @@ impl Config {
         if !errors.is_empty() {
             return Err(invalid(errors));
         }
-        let (Some(url), Some(trust), Some(token_id), Some(secret), Some(vmid_range)) = (url, trust, token_id, secret, range) else {
+        let (Some(url), Some(trust), Some(token_id), Some(secret), Some(vmid_range)) =
+            (url, trust, token_id, secret, range)
+        else {
             unreachable!("every None above pushed an error")
         };
         Ok(Config {
@@ -290,7 +353,8 @@ fn load_secret(file: Option<&Path>) -> Result<Secret, String> {
 
 fn read_secret_file(path: &Path) -> Result<Secret, String> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(format!(
@@ -299,10 +363,14 @@ fn read_secret_file(path: &Path) -> Result<Secret, String> {
             path.display()
         ));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let s = text.trim();
     if s.is_empty() || s.contains(char::is_whitespace) {
-        return Err(format!("{} must hold exactly one token secret", path.display()));
+        return Err(format!(
+            "{} must hold exactly one token secret",
+            path.display()
+        ));
     }
     Ok(Secret::new(s.to_string()))
 }

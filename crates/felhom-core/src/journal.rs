@@ -77,7 +77,10 @@ impl JobState {
         }
     }
     pub fn is_resumable(self) -> bool {
-        matches!(self, JobState::Running | JobState::RollingBack | JobState::Failed)
+        matches!(
+            self,
+            JobState::Running | JobState::RollingBack | JobState::Failed
+        )
     }
 }
 
@@ -170,12 +173,17 @@ pub struct Journal {
 
 impl std::fmt::Debug for Journal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Journal").field("pid", &self.pid).finish_non_exhaustive()
+        f.debug_struct("Journal")
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
     }
 }
 
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// A process's start time in clock ticks since boot (`/proc/<pid>/stat` field 22); with
@@ -241,10 +249,16 @@ impl Journal {
     pub fn open(path: &Path) -> Result<Journal, JournalError> {
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir).map_err(|e| JournalError::Open { path: path.display().to_string(), message: e.to_string() })?;
+                std::fs::create_dir_all(dir).map_err(|e| JournalError::Open {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
             }
         }
-        let conn = Connection::open(path).map_err(|e| JournalError::Open { path: path.display().to_string(), message: e.to_string() })?;
+        let conn = Connection::open(path).map_err(|e| JournalError::Open {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -252,7 +266,11 @@ impl Journal {
         conn.execute_batch(SCHEMA)?;
         let pid = std::process::id();
         let pid_start = process_start(pid).unwrap_or(0);
-        Ok(Journal { conn: Mutex::new(conn), pid, pid_start })
+        Ok(Journal {
+            conn: Mutex::new(conn),
+            pid,
+            pid_start,
+        })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -262,7 +280,14 @@ impl Journal {
     }
 
     /// Insert a new job, claimed by this process.
-    pub fn create_job(&self, id: &str, kind: JobKind, node: &str, hostname: Option<&str>, spec: &Value) -> Result<(), JournalError> {
+    pub fn create_job(
+        &self,
+        id: &str,
+        kind: JobKind,
+        node: &str,
+        hostname: Option<&str>,
+        spec: &Value,
+    ) -> Result<(), JournalError> {
         let now = now_ms();
         self.conn().execute(
             "INSERT INTO jobs (id, kind, vmid, node, hostname, spec, state, runner_pid, runner_start, created_at, updated_at)
@@ -276,27 +301,46 @@ impl Journal {
     pub fn claim_job(&self, id: &str) -> Result<(), JournalError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let row: Option<(Option<u32>, Option<i64>)> =
-            tx.query_row("SELECT runner_pid, runner_start FROM jobs WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+        let row: Option<(Option<u32>, Option<i64>)> = tx
+            .query_row(
+                "SELECT runner_pid, runner_start FROM jobs WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
         let Some((pid, start)) = row else {
             return Err(JournalError::NoSuchJob(id.to_string()));
         };
         if let (Some(pid), Some(start)) = (pid, start) {
             if pid != self.pid && process_alive(pid, start as u64) {
-                return Err(JournalError::JobBusy { job: id.to_string(), pid });
+                return Err(JournalError::JobBusy {
+                    job: id.to_string(),
+                    pid,
+                });
             }
         }
-        tx.execute("UPDATE jobs SET runner_pid = ?2, runner_start = ?3, updated_at = ?4 WHERE id = ?1", params![id, self.pid, self.pid_start as i64, now_ms()])?;
+        tx.execute(
+            "UPDATE jobs SET runner_pid = ?2, runner_start = ?3, updated_at = ?4 WHERE id = ?1",
+            params![id, self.pid, self.pid_start as i64, now_ms()],
+        )?;
         tx.commit()?;
         Ok(())
     }
 
     pub fn set_job_vmid(&self, id: &str, vmid: Vmid) -> Result<(), JournalError> {
-        self.conn().execute("UPDATE jobs SET vmid = ?2, updated_at = ?3 WHERE id = ?1", params![id, vmid.get(), now_ms()])?;
+        self.conn().execute(
+            "UPDATE jobs SET vmid = ?2, updated_at = ?3 WHERE id = ?1",
+            params![id, vmid.get(), now_ms()],
+        )?;
         Ok(())
     }
 
-    pub fn set_job_state(&self, id: &str, state: JobState, error: Option<&str>) -> Result<(), JournalError> {
+    pub fn set_job_state(
+        &self,
+        id: &str,
+        state: JobState,
+        error: Option<&str>,
+    ) -> Result<(), JournalError> {
         self.conn().execute(
             "UPDATE jobs SET state = ?2, error = COALESCE(?3, error), updated_at = ?4 WHERE id = ?1",
             params![id, state.as_str(), error, now_ms()],
@@ -315,7 +359,9 @@ impl Journal {
     pub fn jobs(&self) -> Result<Vec<JobRow>, JournalError> {
         let conn = self.conn();
         let mut st = conn.prepare(&format!("{JOB_SELECT} ORDER BY created_at DESC, id"))?;
-        let rows = st.query_map([], job_from_row)?.collect::<Result<Vec<_>, _>>()?;
+        let rows = st
+            .query_map([], job_from_row)?
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
 
@@ -337,7 +383,14 @@ impl Journal {
     }
 
     /// Append an event. Returns once it is durable (WAL + synchronous=FULL).
-    pub fn record(&self, job: &str, step: &str, attempt: u32, phase: Phase, data: &Value) -> Result<(), JournalError> {
+    pub fn record(
+        &self,
+        job: &str,
+        step: &str,
+        attempt: u32,
+        phase: Phase,
+        data: &Value,
+    ) -> Result<(), JournalError> {
         self.conn().execute(
             "INSERT INTO events (job_id, step, attempt, phase, data, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![job, step, attempt, phase.as_str(), data.to_string(), now_ms()],
@@ -372,12 +425,20 @@ impl Journal {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let held: Option<(String, u32, i64)> = tx
-            .query_row("SELECT job_id, pid, pid_start FROM leases WHERE vmid = ?1", [vmid.get()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .query_row(
+                "SELECT job_id, pid, pid_start FROM leases WHERE vmid = ?1",
+                [vmid.get()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
             .optional()?;
         if let Some((holder, pid, start)) = held {
             let mine = holder == job;
             if !mine && process_alive(pid, start as u64) {
-                return Err(JournalError::Held { vmid: vmid.get(), job: holder, pid });
+                return Err(JournalError::Held {
+                    vmid: vmid.get(),
+                    job: holder,
+                    pid,
+                });
             }
             if !mine {
                 // The holder's process is gone. Its job stays in the journal, resumable;
@@ -396,7 +457,10 @@ impl Journal {
 
     /// Release `job`'s lease on `vmid` (no-op if another job holds it now).
     pub fn release_lease(&self, vmid: Vmid, job: &str) -> Result<(), JournalError> {
-        self.conn().execute("DELETE FROM leases WHERE vmid = ?1 AND job_id = ?2", params![vmid.get(), job])?;
+        self.conn().execute(
+            "DELETE FROM leases WHERE vmid = ?1 AND job_id = ?2",
+            params![vmid.get(), job],
+        )?;
         Ok(())
     }
 
@@ -404,12 +468,21 @@ impl Journal {
     pub fn leased_vmids(&self) -> Result<Vec<u32>, JournalError> {
         let conn = self.conn();
         let mut st = conn.prepare("SELECT vmid FROM leases")?;
-        let rows = st.query_map([], |r| r.get(0))?.collect::<Result<Vec<_>, _>>()?;
+        let rows = st
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
 
     pub fn lease_holder(&self, vmid: Vmid) -> Result<Option<String>, JournalError> {
-        Ok(self.conn().query_row("SELECT job_id FROM leases WHERE vmid = ?1", [vmid.get()], |r| r.get(0)).optional()?)
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT job_id FROM leases WHERE vmid = ?1",
+                [vmid.get()],
+                |r| r.get(0),
+            )
+            .optional()?)
     }
 
     pub fn upsert_guest(&self, g: &GuestRecord) -> Result<(), JournalError> {
@@ -425,19 +498,33 @@ impl Journal {
     }
 
     pub fn guest(&self, vmid: u32) -> Result<Option<GuestRecord>, JournalError> {
-        Ok(self.conn().query_row(&format!("{GUEST_SELECT} WHERE vmid = ?1"), [vmid], guest_from_row).optional()?)
+        Ok(self
+            .conn()
+            .query_row(
+                &format!("{GUEST_SELECT} WHERE vmid = ?1"),
+                [vmid],
+                guest_from_row,
+            )
+            .optional()?)
     }
 
     /// Every guest felhom recorded that is not torn down.
     pub fn live_guests(&self) -> Result<Vec<GuestRecord>, JournalError> {
         let conn = self.conn();
-        let mut st = conn.prepare(&format!("{GUEST_SELECT} WHERE state != 'torn_down' ORDER BY vmid"))?;
-        let rows = st.query_map([], guest_from_row)?.collect::<Result<Vec<_>, _>>()?;
+        let mut st = conn.prepare(&format!(
+            "{GUEST_SELECT} WHERE state != 'torn_down' ORDER BY vmid"
+        ))?;
+        let rows = st
+            .query_map([], guest_from_row)?
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
 
     pub fn forget_guest(&self, vmid: u32, job: &str) -> Result<(), JournalError> {
-        self.conn().execute("UPDATE guests SET state = 'torn_down', job_id = ?2, updated_at = ?3 WHERE vmid = ?1", params![vmid, job, now_ms()])?;
+        self.conn().execute(
+            "UPDATE guests SET state = 'torn_down', job_id = ?2, updated_at = ?3 WHERE vmid = ?1",
+            params![vmid, job, now_ms()],
+        )?;
         Ok(())
     }
 }
@@ -457,7 +544,11 @@ fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
     let state: String = r.get(6)?;
     Ok(JobRow {
         id: r.get(0)?,
-        kind: if kind == "teardown" { JobKind::Teardown } else { JobKind::Bringup },
+        kind: if kind == "teardown" {
+            JobKind::Teardown
+        } else {
+            JobKind::Bringup
+        },
         vmid: r.get(2)?,
         node: r.get(3)?,
         hostname: r.get(4)?,
@@ -469,7 +560,8 @@ fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
     })
 }
 
-const GUEST_SELECT: &str = "SELECT vmid, node, job_id, hostname, mac, ip, ssh_fingerprint, spec, state FROM guests";
+const GUEST_SELECT: &str =
+    "SELECT vmid, node, job_id, hostname, mac, ip, ssh_fingerprint, spec, state FROM guests";
 
 fn guest_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<GuestRecord> {
     let spec: String = r.get(7)?;
@@ -500,13 +592,31 @@ mod tests {
         let path = dir.path().join("j.db");
         {
             let j = Journal::open(&path).unwrap();
-            j.create_job("job1", JobKind::Bringup, "pve", Some("a"), &serde_json::json!({"x": 1})).unwrap();
-            j.record("job1", "restore", 1, Phase::Intent, &serde_json::json!({"mac": "BC:24:11:00:00:01"})).unwrap();
-            j.record("job1", "restore", 1, Phase::Done, &serde_json::json!({})).unwrap();
+            j.create_job(
+                "job1",
+                JobKind::Bringup,
+                "pve",
+                Some("a"),
+                &serde_json::json!({"x": 1}),
+            )
+            .unwrap();
+            j.record(
+                "job1",
+                "restore",
+                1,
+                Phase::Intent,
+                &serde_json::json!({"mac": "BC:24:11:00:00:01"}),
+            )
+            .unwrap();
+            j.record("job1", "restore", 1, Phase::Done, &serde_json::json!({}))
+                .unwrap();
         }
         let j = Journal::open(&path).unwrap();
         let ev = j.events("job1").unwrap();
-        assert_eq!(ev.iter().map(|e| e.phase.clone()).collect::<Vec<_>>(), vec![Phase::Intent, Phase::Done]);
+        assert_eq!(
+            ev.iter().map(|e| e.phase.clone()).collect::<Vec<_>>(),
+            vec![Phase::Intent, Phase::Done]
+        );
         assert_eq!(ev[0].data["mac"], "BC:24:11:00:00:01");
         assert_eq!(j.job("job1").unwrap().state, JobState::Running);
     }
@@ -533,6 +643,9 @@ mod tests {
         // A pid that cannot exist (beyond pid_max) with a made-up start time.
         j.conn().execute("INSERT INTO leases (vmid, job_id, pid, pid_start, acquired_at) VALUES (1300, 'dead', 99999999, 1, 0)", []).unwrap();
         j.acquire_lease(vmid(1300), "alive").unwrap();
-        assert_eq!(j.lease_holder(vmid(1300)).unwrap().as_deref(), Some("alive"));
+        assert_eq!(
+            j.lease_holder(vmid(1300)).unwrap().as_deref(),
+            Some("alive")
+        );
     }
 }

@@ -7,13 +7,13 @@
 
 pub mod bringup;
 pub mod config;
-// pub mod golden;
-// pub mod identity;
+pub mod golden;
+pub mod identity;
 pub mod job;
 pub mod journal;
 pub mod marker;
-pub mod privileges;
 pub mod ops;
+pub mod privileges;
 pub mod spec;
 pub mod ssh_probe;
 pub mod status;

@@ -36,7 +36,13 @@ impl MarkerState {
 
 impl fmt::Display for Marker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{PREFIX} job={} customer={} state={}", self.job, self.customer, self.state.as_str())
+        write!(
+            f,
+            "{PREFIX} job={} customer={} state={}",
+            self.job,
+            self.customer,
+            self.state.as_str()
+        )
     }
 }
 
@@ -57,7 +63,11 @@ impl Marker {
                     _ => {}
                 }
             }
-            Some(Marker { job: job?, customer: customer?, state: state? })
+            Some(Marker {
+                job: job?,
+                customer: customer?,
+                state: state?,
+            })
         })
     }
 }
@@ -68,10 +78,18 @@ mod tests {
 
     #[test]
     fn round_trip_with_pve_trailing_newline() {
-        let m = Marker { job: "j-1".into(), customer: "acme".into(), state: MarkerState::Provisioned };
+        let m = Marker {
+            job: "j-1".into(),
+            customer: "acme".into(),
+            state: MarkerState::Provisioned,
+        };
         let desc = format!("{m}\n");
         assert_eq!(Marker::find(&desc), Some(m));
         assert_eq!(Marker::find("some other guest\n"), None);
-        assert_eq!(Marker::find("felhom: job=x\n"), None, "incomplete markers are not markers");
+        assert_eq!(
+            Marker::find("felhom: job=x\n"),
+            None,
+            "incomplete markers are not markers"
+        );
     }
 }

@@ -63,18 +63,32 @@ impl Limits {
             storage_cap: config.max_parallel_per_storage,
         }
     }
-    fn sem(map: &std::sync::Mutex<HashMap<String, Arc<Semaphore>>>, key: &str, cap: usize) -> Arc<Semaphore> {
-        map.lock().unwrap_or_else(|p| p.into_inner()).entry(key.to_string()).or_insert_with(|| Arc::new(Semaphore::new(cap))).clone()
+    fn sem(
+        map: &std::sync::Mutex<HashMap<String, Arc<Semaphore>>>,
+        key: &str,
+        cap: usize,
+    ) -> Arc<Semaphore> {
+        map.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(cap)))
+            .clone()
     }
     /// Permits in a fixed order (storage, node, global) so two jobs can never deadlock.
     async fn acquire(&self, node: &str, storage: Option<&str>) -> Vec<OwnedSemaphorePermit> {
         let mut permits = Vec::new();
         if let Some(s) = storage {
-            if let Ok(p) = Self::sem(&self.per_storage, s, self.storage_cap).acquire_owned().await {
+            if let Ok(p) = Self::sem(&self.per_storage, s, self.storage_cap)
+                .acquire_owned()
+                .await
+            {
                 permits.push(p);
             }
         }
-        if let Ok(p) = Self::sem(&self.per_node, node, self.node_cap).acquire_owned().await {
+        if let Ok(p) = Self::sem(&self.per_node, node, self.node_cap)
+            .acquire_owned()
+            .await
+        {
             permits.push(p);
         }
         if let Ok(p) = self.global.clone().acquire_owned().await {
@@ -106,11 +120,32 @@ impl Felhom {
         let client = PveClient::new(config.client.clone())?;
         let journal = Arc::new(Journal::open(&config.journal)?);
         let limits = Arc::new(Limits::new(&config));
-        Ok(Felhom { config: Arc::new(config), client, journal, limits })
+        Ok(Felhom {
+            config: Arc::new(config),
+            client,
+            journal,
+            limits,
+        })
     }
 
-    fn cx(&self, job: &str, label: &str, node: &str, spec: Option<GuestSpec>, progress: Arc<dyn Progress>) -> JobCx {
-        bringup::job_cx(job, label, node, self.client.clone(), self.journal.clone(), self.config.clone(), spec, progress)
+    fn cx(
+        &self,
+        job: &str,
+        label: &str,
+        node: &str,
+        spec: Option<GuestSpec>,
+        progress: Arc<dyn Progress>,
+    ) -> JobCx {
+        bringup::job_cx(
+            job,
+            label,
+            node,
+            self.client.clone(),
+            self.journal.clone(),
+            self.config.clone(),
+            spec,
+            progress,
+        )
     }
 
     /// Everything that can be checked against PVE with reads only, before any job exists:
@@ -119,11 +154,27 @@ impl Felhom {
         let mut errors = Vec::new();
         let many = specs.len() > 1;
         for (i, s) in specs.iter().enumerate() {
-            let prefix = if many { format!("guest[{i}].") } else { String::new() };
-            let mut err = |field: &str, rule: String| errors.push(FieldError { field: format!("{prefix}{field}"), rule });
+            let prefix = if many {
+                format!("guest[{i}].")
+            } else {
+                String::new()
+            };
+            let mut err = |field: &str, rule: String| {
+                errors.push(FieldError {
+                    field: format!("{prefix}{field}"),
+                    rule,
+                })
+            };
             if let VmidChoice::Fixed(v) = s.vmid {
                 if !self.config.vmid_range.contains(v) {
-                    err("vmid", format!("{v} is outside felhom's VMID range {} (felhom.vmid_range in {})", self.config.vmid_range, self.config.path.display()));
+                    err(
+                        "vmid",
+                        format!(
+                            "{v} is outside felhom's VMID range {} (felhom.vmid_range in {})",
+                            self.config.vmid_range,
+                            self.config.path.display()
+                        ),
+                    );
                 } else {
                     match self.client.lxc_config(s.node.as_str(), v).await {
                         Err(ApiError::NotFound { .. }) => {}
@@ -146,21 +197,44 @@ impl Felhom {
                         }
                     }
                 }
-                Err(ApiError::NotFound { message }) | Err(ApiError::Server { message, .. }) => err("golden", format!("cannot read {}: {}", show(s.golden.as_str()), message.trim())),
-                Err(e) => err("golden", format!("cannot read {}: {e}", show(s.golden.as_str()))),
+                Err(ApiError::NotFound { message }) | Err(ApiError::Server { message, .. }) => err(
+                    "golden",
+                    format!(
+                        "cannot read {}: {}",
+                        show(s.golden.as_str()),
+                        message.trim()
+                    ),
+                ),
+                Err(e) => err(
+                    "golden",
+                    format!("cannot read {}: {e}", show(s.golden.as_str())),
+                ),
             }
             let mut storages: Vec<(String, &str)> = vec![("storage".into(), s.storage.as_str())];
-            storages.extend(s.mounts.iter().enumerate().map(|(j, m)| (format!("mount[{j}].storage"), m.storage.as_str())));
+            storages.extend(
+                s.mounts
+                    .iter()
+                    .enumerate()
+                    .map(|(j, m)| (format!("mount[{j}].storage"), m.storage.as_str())),
+            );
             for (field, sid) in storages {
                 match self.client.storage_status(s.node.as_str(), sid).await {
-                    Ok(st) if !st.content.split(',').any(|c| c == "rootdir") => err(&field, format!("storage '{sid}' does not allow container directories (content: {})", st.content)),
+                    Ok(st) if !st.content.split(',').any(|c| c == "rootdir") => err(
+                        &field,
+                        format!(
+                            "storage '{sid}' does not allow container directories (content: {})",
+                            st.content
+                        ),
+                    ),
                     Ok(_) => {}
                     Err(e) => err(&field, format!("storage '{sid}' on node {}: {e}", s.node)),
                 }
             }
             if let Some(pool) = &s.pool {
                 match self.client.pools().await {
-                    Ok(pools) if !pools.iter().any(|p| p.poolid == pool.as_str()) => err("pool", format!("pool '{pool}' does not exist")),
+                    Ok(pools) if !pools.iter().any(|p| p.poolid == pool.as_str()) => {
+                        err("pool", format!("pool '{pool}' does not exist"))
+                    }
                     Ok(_) => {}
                     Err(e) => err("pool", format!("cannot list pools: {e}")),
                 }
@@ -175,12 +249,24 @@ impl Felhom {
         let vmid = match spec.vmid {
             VmidChoice::Fixed(v) => v,
             VmidChoice::NextFree => {
-                let leased: std::collections::HashSet<u32> = self.journal.leased_vmids()?.into_iter().collect();
-                let used: std::collections::HashSet<u32> = self.client.lxc_list(spec.node.as_str()).await?.into_iter().map(|g| g.vmid).collect();
-                self.config.vmid_range.iter().find(|v| !leased.contains(&v.get()) && !used.contains(&v.get())).ok_or_else(|| OpsError::Invalid("no free VMID in range".into()))?
+                let leased: std::collections::HashSet<u32> =
+                    self.journal.leased_vmids()?.into_iter().collect();
+                let used: std::collections::HashSet<u32> = self
+                    .client
+                    .lxc_list(spec.node.as_str())
+                    .await?
+                    .into_iter()
+                    .map(|g| g.vmid)
+                    .collect();
+                self.config
+                    .vmid_range
+                    .iter()
+                    .find(|v| !leased.contains(&v.get()) && !used.contains(&v.get()))
+                    .ok_or_else(|| OpsError::Invalid("no free VMID in range".into()))?
             }
         };
-        let golden = bringup::golden_info(&self.client, spec.node.as_str(), spec.golden.as_str()).await?;
+        let golden =
+            bringup::golden_info(&self.client, spec.node.as_str(), spec.golden.as_str()).await?;
         out.push(("reserve".into(), format!("lease VMID {vmid}")));
         out.push((
             "restore".into(),
@@ -192,40 +278,97 @@ impl Felhom {
                 golden.mac.as_deref().unwrap_or("?")
             ),
         ));
-        out.push(("identity".into(), "verify MAC unique on the node and hostname".into()));
-        let from = golden.rootfs_bytes.map(pve_api::format_disk_size).unwrap_or_else(|| "?".into());
-        out.push(("rootfs".into(), format!("resize rootfs {from} → {} (absolute)", spec.rootfs_size)));
+        out.push((
+            "identity".into(),
+            "verify MAC unique on the node and hostname".into(),
+        ));
+        let from = golden
+            .rootfs_bytes
+            .map(pve_api::format_disk_size)
+            .unwrap_or_else(|| "?".into());
+        out.push((
+            "rootfs".into(),
+            format!("resize rootfs {from} → {} (absolute)", spec.rootfs_size),
+        ));
         for m in &spec.mounts {
-            out.push(("mounts".into(), format!("attach {}:{}G at {}", m.storage, m.size.gib_string(), m.path)));
+            out.push((
+                "mounts".into(),
+                format!(
+                    "attach {}:{}G at {}",
+                    m.storage,
+                    m.size.gib_string(),
+                    m.path
+                ),
+            ));
         }
         out.push(("start".into(), "start the guest".into()));
-        out.push(("linkup".into(), format!("wait ≤{}s for a DHCP lease on eth0", self.config.linkup_timeout.as_secs())));
-        out.push(("ssh".into(), format!("prove a fresh, unique SSH host key (≤{}s)", self.config.ssh_timeout.as_secs())));
+        out.push((
+            "linkup".into(),
+            format!(
+                "wait ≤{}s for a DHCP lease on eth0",
+                self.config.linkup_timeout.as_secs()
+            ),
+        ));
+        out.push((
+            "ssh".into(),
+            format!(
+                "prove a fresh, unique SSH host key (≤{}s)",
+                self.config.ssh_timeout.as_secs()
+            ),
+        ));
         out.push(("finish".into(), "tag and mark provisioned".into()));
         Ok(out)
     }
 
     /// Create and run one bring-up job per spec, in parallel within the limits.
-    pub async fn provision(self: &Arc<Self>, specs: Vec<GuestSpec>, progress: Arc<dyn Progress>) -> Result<Vec<JobReport>, OpsError> {
+    pub async fn provision(
+        self: &Arc<Self>,
+        specs: Vec<GuestSpec>,
+        progress: Arc<dyn Progress>,
+    ) -> Result<Vec<JobReport>, OpsError> {
         let mut handles = Vec::new();
         for spec in specs {
             // Facts known before the first step: the golden's own identity, so the identity
             // step can prove the guest does not carry it (F1).
-            let golden = bringup::golden_info(&self.client, spec.node.as_str(), spec.golden.as_str()).await?;
+            let golden =
+                bringup::golden_info(&self.client, spec.node.as_str(), spec.golden.as_str())
+                    .await?;
             let id = new_job_id(JobKind::Bringup);
-            let value = serde_json::to_value(&spec).map_err(|e| OpsError::Invalid(e.to_string()))?;
-            self.journal.create_job(&id, JobKind::Bringup, spec.node.as_str(), Some(spec.hostname.as_str()), &value)?;
-            let facts = Facts { golden_mac: golden.mac.map(|m| m.to_ascii_uppercase()), golden_rootfs_bytes: golden.rootfs_bytes, ..Facts::default() };
-            self.journal.record(&id, "job", 0, Phase::Note, &json!({ "facts": facts }))?;
+            let value =
+                serde_json::to_value(&spec).map_err(|e| OpsError::Invalid(e.to_string()))?;
+            self.journal.create_job(
+                &id,
+                JobKind::Bringup,
+                spec.node.as_str(),
+                Some(spec.hostname.as_str()),
+                &value,
+            )?;
+            let facts = Facts {
+                golden_mac: golden.mac.map(|m| m.to_ascii_uppercase()),
+                golden_rootfs_bytes: golden.rootfs_bytes,
+                ..Facts::default()
+            };
+            self.journal
+                .record(&id, "job", 0, Phase::Note, &json!({ "facts": facts }))?;
             let me = self.clone();
             let progress = progress.clone();
-            handles.push(tokio::spawn(async move { me.run_bringup(id, spec, progress).await }));
+            handles.push(tokio::spawn(async move {
+                me.run_bringup(id, spec, progress).await
+            }));
         }
         collect(handles).await
     }
 
-    async fn run_bringup(&self, id: String, spec: GuestSpec, progress: Arc<dyn Progress>) -> JobReport {
-        let _permits = self.limits.acquire(spec.node.as_str(), Some(spec.storage.as_str())).await;
+    async fn run_bringup(
+        &self,
+        id: String,
+        spec: GuestSpec,
+        progress: Arc<dyn Progress>,
+    ) -> JobReport {
+        let _permits = self
+            .limits
+            .acquire(spec.node.as_str(), Some(spec.storage.as_str()))
+            .await;
         let (label, node) = (spec.hostname.to_string(), spec.node.to_string());
         let cx = self.cx(&id, &label, &node, Some(spec), progress);
         let outcome = job::run(&cx, &bringup::STEPS, true).await;
@@ -233,19 +376,42 @@ impl Felhom {
     }
 
     /// Start a teardown job per VMID.
-    pub async fn teardown(self: &Arc<Self>, vmids: Vec<Vmid>, progress: Arc<dyn Progress>) -> Result<Vec<JobReport>, OpsError> {
+    pub async fn teardown(
+        self: &Arc<Self>,
+        vmids: Vec<Vmid>,
+        progress: Arc<dyn Progress>,
+    ) -> Result<Vec<JobReport>, OpsError> {
         let mut handles = Vec::new();
         for vmid in vmids {
             if !self.config.vmid_range.contains(vmid) {
-                return Err(OpsError::Invalid(format!("VMID {vmid} is outside felhom's range {}; refusing to touch it", self.config.vmid_range)));
+                return Err(OpsError::Invalid(format!(
+                    "VMID {vmid} is outside felhom's range {}; refusing to touch it",
+                    self.config.vmid_range
+                )));
             }
-            let Some(rec) = self.journal.guest(vmid.get())?.filter(|g| g.state != "torn_down") else {
+            let Some(rec) = self
+                .journal
+                .guest(vmid.get())?
+                .filter(|g| g.state != "torn_down")
+            else {
                 return Err(OpsError::Invalid(format!("felhom has no live record of guest {vmid}; refusing to destroy a guest it did not make")));
             };
             let id = new_job_id(JobKind::Teardown);
-            self.journal.create_job(&id, JobKind::Teardown, &rec.node, Some(&rec.hostname), &json!({ "vmid": vmid.get() }))?;
+            self.journal.create_job(
+                &id,
+                JobKind::Teardown,
+                &rec.node,
+                Some(&rec.hostname),
+                &json!({ "vmid": vmid.get() }),
+            )?;
             self.journal.set_job_vmid(&id, vmid)?;
-            self.journal.record(&id, "job", 0, Phase::Note, &json!({ "facts": Facts { vmid: Some(vmid.get()), ..Facts::default() } }))?;
+            self.journal.record(
+                &id,
+                "job",
+                0,
+                Phase::Note,
+                &json!({ "facts": Facts { vmid: Some(vmid.get()), ..Facts::default() } }),
+            )?;
             let me = self.clone();
             let progress = progress.clone();
             let node = rec.node.clone();
@@ -261,12 +427,19 @@ impl Felhom {
     }
 
     /// Resume one job, or every job a crash left unfinished.
-    pub async fn resume(self: &Arc<Self>, job: Option<&str>, progress: Arc<dyn Progress>) -> Result<Vec<JobReport>, OpsError> {
+    pub async fn resume(
+        self: &Arc<Self>,
+        job: Option<&str>,
+        progress: Arc<dyn Progress>,
+    ) -> Result<Vec<JobReport>, OpsError> {
         let jobs = match job {
             Some(id) => {
                 let row = self.journal.job(id)?;
                 if !(row.state.is_resumable() || row.state == JobState::RollbackIncomplete) {
-                    return Err(OpsError::Invalid(format!("job {id} is {} and has nothing left to do", row.state.as_str())));
+                    return Err(OpsError::Invalid(format!(
+                        "job {id} is {} and has nothing left to do",
+                        row.state.as_str()
+                    )));
                 }
                 vec![row]
             }
@@ -277,12 +450,16 @@ impl Felhom {
             self.journal.claim_job(&row.id)?;
             if row.state == JobState::RollbackIncomplete {
                 // A person looked and asks to try the rollback again.
-                self.journal.set_job_state(&row.id, JobState::RollingBack, None)?;
+                self.journal
+                    .set_job_state(&row.id, JobState::RollingBack, None)?;
             }
             let me = self.clone();
             let progress = progress.clone();
             handles.push(tokio::spawn(async move {
-                let label = row.hostname.clone().unwrap_or_else(|| row.vmid.map(|v| v.to_string()).unwrap_or_default());
+                let label = row
+                    .hostname
+                    .clone()
+                    .unwrap_or_else(|| row.vmid.map(|v| v.to_string()).unwrap_or_default());
                 match row.kind {
                     JobKind::Bringup => {
                         let spec: Option<GuestSpec> = serde_json::from_value(row.spec.clone()).ok();
@@ -305,19 +482,39 @@ impl Felhom {
     }
 
     /// Compare each guest felhom owns with its spec and the journal, and say what drifted.
-    pub async fn status(&self, vmids: &[Vmid]) -> Result<Vec<crate::status::GuestStatus>, OpsError> {
+    pub async fn status(
+        &self,
+        vmids: &[Vmid],
+    ) -> Result<Vec<crate::status::GuestStatus>, OpsError> {
         crate::status::status(self, vmids).await
     }
 
     /// Observe every step of a job without acting (used by `jobs --verbose` and tests).
-    pub async fn observe_steps(&self, spec: GuestSpec, job: &str) -> Vec<(String, Result<bool, String>)> {
-        let cx = self.cx(job, spec.hostname.as_str(), spec.node.as_str(), Some(spec.clone()), Arc::new(job::Quiet));
+    pub async fn observe_steps(
+        &self,
+        spec: GuestSpec,
+        job: &str,
+    ) -> Vec<(String, Result<bool, String>)> {
+        let cx = self.cx(
+            job,
+            spec.hostname.as_str(),
+            spec.node.as_str(),
+            Some(spec.clone()),
+            Arc::new(job::Quiet),
+        );
         if let Ok(f) = job::load_facts(&self.journal, job) {
             cx.update_facts(|x| *x = f);
         }
         let mut out = Vec::new();
-        for s in bringup::STEPS.iter().filter(|s| **s != BringupStep::Reserve) {
-            let r = s.observe(&cx).await.map(|o| matches!(o, Observed::Done(_))).map_err(|e| e.to_string());
+        for s in bringup::STEPS
+            .iter()
+            .filter(|s| **s != BringupStep::Reserve)
+        {
+            let r = s
+                .observe(&cx)
+                .await
+                .map(|o| matches!(o, Observed::Done(_)))
+                .map_err(|e| e.to_string());
             out.push((s.name().to_string(), r));
         }
         out
@@ -326,13 +523,27 @@ impl Felhom {
 
 fn report(cx: &JobCx, kind: JobKind, outcome: Outcome) -> JobReport {
     let f = cx.facts();
-    JobReport { job: cx.job_id.clone(), kind, label: cx.label.clone(), vmid: f.vmid, outcome, ip: f.ip, mac: f.mac, ssh_fingerprint: f.ssh_fingerprint }
+    JobReport {
+        job: cx.job_id.clone(),
+        kind,
+        label: cx.label.clone(),
+        vmid: f.vmid,
+        outcome,
+        ip: f.ip,
+        mac: f.mac,
+        ssh_fingerprint: f.ssh_fingerprint,
+    }
 }
 
-async fn collect(handles: Vec<tokio::task::JoinHandle<JobReport>>) -> Result<Vec<JobReport>, OpsError> {
+async fn collect(
+    handles: Vec<tokio::task::JoinHandle<JobReport>>,
+) -> Result<Vec<JobReport>, OpsError> {
     let mut out = Vec::new();
     for h in handles {
-        out.push(h.await.map_err(|e| OpsError::Invalid(format!("job task panicked: {e}")))?);
+        out.push(
+            h.await
+                .map_err(|e| OpsError::Invalid(format!("job task panicked: {e}")))?,
+        );
     }
     Ok(out)
 }

@@ -36,8 +36,17 @@ impl Scope {
         let first = specs.first()?;
         let pool = first.pool.as_ref().map(|p| p.to_string());
         Some(Scope {
-            vms: pool.as_ref().map(|p| format!("/pool/{p}")).unwrap_or_else(|| "/vms".into()),
-            target_storages: specs.iter().flat_map(|s| std::iter::once(s.storage.to_string()).chain(s.mounts.iter().map(|m| m.storage.to_string()))).collect(),
+            vms: pool
+                .as_ref()
+                .map(|p| format!("/pool/{p}"))
+                .unwrap_or_else(|| "/vms".into()),
+            target_storages: specs
+                .iter()
+                .flat_map(|s| {
+                    std::iter::once(s.storage.to_string())
+                        .chain(s.mounts.iter().map(|m| m.storage.to_string()))
+                })
+                .collect(),
             backup_storage: first.golden.storage().to_string(),
             golden_owner: first.golden.owner_vmid(),
             bridges: specs.iter().map(|s| s.bridge.to_string()).collect(),
@@ -47,7 +56,11 @@ impl Scope {
 }
 
 fn need(out: &mut Vec<Need>, path: &str, privilege: &'static str, why: impl Into<String>) {
-    out.push(Need { path: path.to_string(), privilege, why: why.into() });
+    out.push(Need {
+        path: path.to_string(),
+        privilege,
+        why: why.into(),
+    });
 }
 
 /// What a bring-up step's calls require.
@@ -97,7 +110,12 @@ pub fn teardown_needs(step: TeardownStep, sc: &Scope) -> Vec<Need> {
         TeardownStep::Lease | TeardownStep::Forget => {}
         TeardownStep::Check => need(&mut n, vms, "VM.Audit", "teardown: read the marker"),
         TeardownStep::Stop => need(&mut n, vms, "VM.PowerMgmt", "teardown: stop"),
-        TeardownStep::Destroy => need(&mut n, vms, "VM.Allocate", "teardown/undo restore: DELETE with purge"),
+        TeardownStep::Destroy => need(
+            &mut n,
+            vms,
+            "VM.Allocate",
+            "teardown/undo restore: DELETE with purge",
+        ),
     }
     n
 }
@@ -105,25 +123,51 @@ pub fn teardown_needs(step: TeardownStep, sc: &Scope) -> Vec<Need> {
 /// Everything felhom's configured work needs, merged per path: path → privilege → reasons.
 pub fn required(sc: &Scope) -> BTreeMap<String, BTreeMap<&'static str, Vec<String>>> {
     let mut out: BTreeMap<String, BTreeMap<&'static str, Vec<String>>> = BTreeMap::new();
-    let mut all: Vec<Need> = crate::bringup::STEPS.iter().flat_map(|s| bringup_needs(*s, sc)).collect();
-    all.extend(crate::teardown::STEPS.iter().flat_map(|s| teardown_needs(*s, sc)));
+    let mut all: Vec<Need> = crate::bringup::STEPS
+        .iter()
+        .flat_map(|s| bringup_needs(*s, sc))
+        .collect();
+    all.extend(
+        crate::teardown::STEPS
+            .iter()
+            .flat_map(|s| teardown_needs(*s, sc)),
+    );
     // Validation before any job: storage status and, with a pool, the pool list.
     for s in &sc.target_storages {
-        all.push(Need { path: format!("/storage/{s}"), privilege: "Datastore.Audit", why: "validate: GET storage status (content types, free space)".into() });
+        all.push(Need {
+            path: format!("/storage/{s}"),
+            privilege: "Datastore.Audit",
+            why: "validate: GET storage status (content types, free space)".into(),
+        });
     }
-    all.push(Need { path: format!("/storage/{}", sc.backup_storage), privilege: "Datastore.Audit", why: "preflight: list the golden archive".into() });
+    all.push(Need {
+        path: format!("/storage/{}", sc.backup_storage),
+        privilege: "Datastore.Audit",
+        why: "preflight: list the golden archive".into(),
+    });
     if let Some(p) = &sc.pool {
-        all.push(Need { path: format!("/pool/{p}"), privilege: "Pool.Audit", why: "validate: the pool exists".into() });
+        all.push(Need {
+            path: format!("/pool/{p}"),
+            privilege: "Pool.Audit",
+            why: "validate: the pool exists".into(),
+        });
     }
     for n in all {
-        out.entry(n.path).or_default().entry(n.privilege).or_default().push(n.why);
+        out.entry(n.path)
+            .or_default()
+            .entry(n.privilege)
+            .or_default()
+            .push(n.why);
     }
     out
 }
 
 /// The privileges of the role felhom's token needs (the union over all paths).
 pub fn role_privileges(sc: &Scope) -> BTreeSet<&'static str> {
-    required(sc).into_values().flat_map(|m| m.into_keys()).collect()
+    required(sc)
+        .into_values()
+        .flat_map(|m| m.into_keys())
+        .collect()
 }
 
 /// The `pveum` commands a root operator runs to create the role, user, token and ACLs.
@@ -138,8 +182,12 @@ pub fn pveum_commands(sc: &Scope, token_id: &str) -> Vec<String> {
     for path in required(sc).keys() {
         // With privilege separation both the user and the token need the grant (§8).
         let propagate = if path == "/vms" { " -propagate 1" } else { "" };
-        cmds.push(format!("pveum acl modify {path} -user {user} -role FelhomAgent{propagate}"));
-        cmds.push(format!("pveum acl modify {path} -token '{token_id}' -role FelhomAgent{propagate}"));
+        cmds.push(format!(
+            "pveum acl modify {path} -user {user} -role FelhomAgent{propagate}"
+        ));
+        cmds.push(format!(
+            "pveum acl modify {path} -token '{token_id}' -role FelhomAgent{propagate}"
+        ));
     }
     cmds
 }

@@ -46,7 +46,11 @@ pub fn show_value(value: &str) -> String {
 }
 
 pub(crate) fn show(value: &str) -> String {
-    let mut out: String = value.chars().take(64).flat_map(|c| c.escape_default()).collect();
+    let mut out: String = value
+        .chars()
+        .take(64)
+        .flat_map(|c| c.escape_default())
+        .collect();
     if value.chars().count() > 64 {
         out.push('…');
     }
@@ -90,10 +94,15 @@ macro_rules! string_newtype {
 
 fn validate_hostname(s: &str) -> Result<(), String> {
     if s.is_empty() || s.len() > 253 {
-        return Err(format!("must be 1–253 characters (RFC 1123), got {} characters", s.len()));
+        return Err(format!(
+            "must be 1–253 characters (RFC 1123), got {} characters",
+            s.len()
+        ));
     }
     for label in s.split('.') {
-        let ok_chars = label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        let ok_chars = label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if label.is_empty()
             || label.len() > 63
             || !ok_chars
@@ -117,12 +126,17 @@ string_newtype!(
 fn validate_storage_id(s: &str) -> Result<(), String> {
     let mut b = s.bytes();
     let ok = matches!(b.next(), Some(c) if c.is_ascii_lowercase())
-        && b.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'-' | b'_' | b'.'))
+        && b.all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'-' | b'_' | b'.')
+        })
         && s.len() <= 100;
     if ok {
         Ok(())
     } else {
-        Err(format!("must match PVE's storage id format [a-z][a-z0-9-_.]* (at most 100 characters); got {}", show(s)))
+        Err(format!(
+            "must match PVE's storage id format [a-z][a-z0-9-_.]* (at most 100 characters); got {}",
+            show(s)
+        ))
     }
 }
 string_newtype!(
@@ -134,11 +148,15 @@ string_newtype!(
 fn validate_bridge(s: &str) -> Result<(), String> {
     let ok = !s.is_empty()
         && s.len() <= 15
-        && s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'));
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'));
     if ok {
         Ok(())
     } else {
-        Err(format!("must be a Linux bridge name [A-Za-z0-9-_.] of 1–15 characters; got {}", show(s)))
+        Err(format!(
+            "must be a Linux bridge name [A-Za-z0-9-_.] of 1–15 characters; got {}",
+            show(s)
+        ))
     }
 }
 string_newtype!(
@@ -155,7 +173,10 @@ fn validate_node(s: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("must be a PVE node name [a-zA-Z0-9][a-zA-Z0-9-]*; got {}", show(s)))
+        Err(format!(
+            "must be a PVE node name [a-zA-Z0-9][a-zA-Z0-9-]*; got {}",
+            show(s)
+        ))
     }
 }
 string_newtype!(
@@ -172,7 +193,10 @@ fn validate_customer(s: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("must be [a-z0-9][a-z0-9-]* of at most 63 characters; got {}", show(s)))
+        Err(format!(
+            "must be [a-z0-9][a-z0-9-]* of at most 63 characters; got {}",
+            show(s)
+        ))
     }
 }
 string_newtype!(
@@ -185,11 +209,18 @@ fn validate_pool(s: &str) -> Result<(), String> {
     let ok = !s.is_empty()
         && s.len() <= 100
         && s.split('/').count() <= 3
-        && s.split('/').all(|p| !p.is_empty() && p.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_')));
+        && s.split('/').all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_'))
+        });
     if ok {
         Ok(())
     } else {
-        Err(format!("must be a PVE pool id [A-Za-z0-9.-_]+ (nested at most 3 levels with '/'); got {}", show(s)))
+        Err(format!(
+            "must be a PVE pool id [A-Za-z0-9.-_]+ (nested at most 3 levels with '/'); got {}",
+            show(s)
+        ))
     }
 }
 string_newtype!(
@@ -201,12 +232,17 @@ string_newtype!(
 fn validate_tag(s: &str) -> Result<(), String> {
     let mut b = s.bytes();
     let ok = matches!(b.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
-        && b.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-' | b'+' | b'.'))
+        && b.all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-' | b'+' | b'.')
+        })
         && s.len() <= 64;
     if ok {
         Ok(())
     } else {
-        Err(format!("must match PVE's tag format [a-z0-9_][a-z0-9_-+.]* (lower case); got {}", show(s)))
+        Err(format!(
+            "must match PVE's tag format [a-z0-9_][a-z0-9_-+.]* (lower case); got {}",
+            show(s)
+        ))
     }
 }
 string_newtype!(
@@ -216,7 +252,8 @@ string_newtype!(
 );
 
 fn validate_backup_volid(s: &str) -> Result<(), String> {
-    let rule = "must be a backup volume id '<storage>:backup/vzdump-lxc-<vmid>-<date>.tar[.zst|.gz]'";
+    let rule =
+        "must be a backup volume id '<storage>:backup/vzdump-lxc-<vmid>-<date>.tar[.zst|.gz]'";
     let Some((storage, rest)) = s.split_once(':') else {
         return Err(format!("{rule}; got {}", show(s)));
     };
@@ -226,7 +263,9 @@ fn validate_backup_volid(s: &str) -> Result<(), String> {
     };
     let safe = !file.is_empty()
         && file.len() <= 200
-        && file.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        && file
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
         && !file.starts_with('.');
     let ext = file.ends_with(".tar") || file.ends_with(".tar.zst") || file.ends_with(".tar.gz");
     if !safe || !ext || vzdump::owner_vmid_from_name(file).is_none() {
@@ -246,7 +285,10 @@ impl BackupVolid {
     }
     /// The VMID the archive was made from (PVE checks `VM.Backup` on it, reference §2.4).
     pub fn owner_vmid(&self) -> Option<u32> {
-        self.0.rsplit('/').next().and_then(vzdump::owner_vmid_from_name)
+        self.0
+            .rsplit('/')
+            .next()
+            .and_then(vzdump::owner_vmid_from_name)
     }
 }
 
@@ -282,7 +324,9 @@ impl FromStr for MountPath {
             let ok = !comp.is_empty()
                 && comp != "."
                 && comp != ".."
-                && comp.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-' | b'+' | b'@'));
+                && comp.bytes().all(|c| {
+                    c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-' | b'+' | b'@')
+                });
             if !ok {
                 return Err(format!("{rule}; got {}", show(s)));
             }
@@ -298,7 +342,9 @@ impl fmt::Display for MountPath {
 }
 
 /// A size in bytes, written in specs as `16G`, `512M`, `1T`; always whole MiB and > 0.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
 #[serde(into = "String", try_from = "String")]
 pub struct ByteSize(u64);
 
@@ -315,7 +361,9 @@ const GIB: u64 = 1024 * MIB;
 impl ByteSize {
     pub fn from_bytes(bytes: u64) -> Result<Self, String> {
         if bytes == 0 || bytes % MIB != 0 {
-            return Err(format!("must be a positive whole number of MiB, got {bytes} bytes"));
+            return Err(format!(
+                "must be a positive whole number of MiB, got {bytes} bytes"
+            ));
         }
         Ok(Self(bytes))
     }
@@ -356,17 +404,26 @@ impl FromStr for ByteSize {
     fn from_str(s: &str) -> Result<Self, String> {
         let rule = "must be a size like 16G, 512M or 1T (units K/M/G/T, binary), a whole number of MiB, > 0";
         let t = s.trim();
-        if t.is_empty() || t.starts_with('+') || !t.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'.') {
+        if t.is_empty()
+            || t.starts_with('+')
+            || !t.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'.')
+        {
             return Err(format!("{rule}; got {}", show(s)));
         }
-        let (num, mult) = match t.as_bytes()[t.len() - 1] {
-            b'K' | b'k' => (&t[..t.len() - 1], 1024u64),
-            b'M' | b'm' => (&t[..t.len() - 1], MIB),
-            b'G' | b'g' => (&t[..t.len() - 1], GIB),
-            b'T' | b't' => (&t[..t.len() - 1], 1024 * GIB),
-            _ => return Err(format!("{rule} (a bare number would be bytes in PVE's resize; give a unit); got {}", show(s))),
-        };
-        let value: f64 = num.parse().map_err(|_| format!("{rule}; got {}", show(s)))?;
+        let (num, mult) =
+            match t.as_bytes()[t.len() - 1] {
+                b'K' | b'k' => (&t[..t.len() - 1], 1024u64),
+                b'M' | b'm' => (&t[..t.len() - 1], MIB),
+                b'G' | b'g' => (&t[..t.len() - 1], GIB),
+                b'T' | b't' => (&t[..t.len() - 1], 1024 * GIB),
+                _ => return Err(format!(
+                    "{rule} (a bare number would be bytes in PVE's resize; give a unit); got {}",
+                    show(s)
+                )),
+            };
+        let value: f64 = num
+            .parse()
+            .map_err(|_| format!("{rule}; got {}", show(s)))?;
         if !value.is_finite() || value <= 0.0 || value * mult as f64 > 1e18 {
             return Err(format!("{rule}; got {}", show(s)));
         }
@@ -412,7 +469,10 @@ pub struct GuestSpec {
 /// Mount points per guest: PVE allows mp0..mp255; felhom keeps it to a sane number.
 pub const MAX_MOUNTS: usize = 32;
 /// Mount paths felhom refuses because mounting over them breaks the guest.
-const RESERVED_MOUNT_PATHS: &[&str] = &["/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/run", "/sbin", "/sys", "/usr", "/var"];
+const RESERVED_MOUNT_PATHS: &[&str] = &[
+    "/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/run", "/sbin", "/sys", "/usr",
+    "/var",
+];
 
 /// Collects field errors while walking a TOML table.
 struct Walker<'a> {
@@ -432,7 +492,10 @@ impl<'a> Walker<'a> {
     }
     fn err(&mut self, key: &str, rule: impl Into<String>) {
         let field = self.field(key);
-        self.errors.push(FieldError { field, rule: rule.into() });
+        self.errors.push(FieldError {
+            field,
+            rule: rule.into(),
+        });
     }
     fn raw(&mut self, key: &'static str) -> Option<&'a toml::Value> {
         self.seen.insert(key);
@@ -463,7 +526,12 @@ impl<'a> Walker<'a> {
         }
     }
     fn unknown_keys(&mut self) {
-        let unknown: Vec<String> = self.table.keys().filter(|k| !self.seen.contains(k.as_str())).cloned().collect();
+        let unknown: Vec<String> = self
+            .table
+            .keys()
+            .filter(|k| !self.seen.contains(k.as_str()))
+            .cloned()
+            .collect();
         for k in unknown {
             let shown = show(&k);
             self.err(&k, format!("unknown field {shown} (check the spelling; felhom refuses fields it would ignore)"));
@@ -475,7 +543,10 @@ impl GuestSpec {
     /// Parse a spec file's text: either one guest at the top level or a `[[guest]]` list.
     pub fn parse_many(text: &str) -> Result<Vec<GuestSpec>, SpecErrors> {
         let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            SpecErrors(vec![FieldError { field: "(file)".into(), rule: format!("is not valid TOML: {}", e.message()) }])
+            SpecErrors(vec![FieldError {
+                field: "(file)".into(),
+                rule: format!("is not valid TOML: {}", e.message()),
+            }])
         })?;
         let mut errors = Vec::new();
         let mut specs = Vec::new();
@@ -483,24 +554,40 @@ impl GuestSpec {
             Some(toml::Value::Array(items)) => {
                 if table.len() > 1 {
                     for k in table.keys().filter(|k| *k != "guest") {
-                        errors.push(FieldError { field: k.clone(), rule: "unknown field next to a [[guest]] list".into() });
+                        errors.push(FieldError {
+                            field: k.clone(),
+                            rule: "unknown field next to a [[guest]] list".into(),
+                        });
                     }
                 }
                 if items.is_empty() {
-                    errors.push(FieldError { field: "guest".into(), rule: "must list at least one guest".into() });
+                    errors.push(FieldError {
+                        field: "guest".into(),
+                        rule: "must list at least one guest".into(),
+                    });
                 }
                 for (i, item) in items.iter().enumerate() {
                     match item {
                         toml::Value::Table(t) => {
-                            if let Some(s) = Self::from_table(t, format!("guest[{i}]"), &mut errors) {
+                            if let Some(s) = Self::from_table(t, format!("guest[{i}]"), &mut errors)
+                            {
                                 specs.push(s);
                             }
                         }
-                        other => errors.push(FieldError { field: format!("guest[{i}]"), rule: format!("must be a table, got {}", other.type_str()) }),
+                        other => errors.push(FieldError {
+                            field: format!("guest[{i}]"),
+                            rule: format!("must be a table, got {}", other.type_str()),
+                        }),
                     }
                 }
             }
-            Some(other) => errors.push(FieldError { field: "guest".into(), rule: format!("must be an array of tables ([[guest]]), got {}", other.type_str()) }),
+            Some(other) => errors.push(FieldError {
+                field: "guest".into(),
+                rule: format!(
+                    "must be an array of tables ([[guest]]), got {}",
+                    other.type_str()
+                ),
+            }),
             None => {
                 if let Some(s) = Self::from_table(&table, String::new(), &mut errors) {
                     specs.push(s);
@@ -512,11 +599,20 @@ impl GuestSpec {
         let mut vmids = BTreeSet::new();
         for (i, s) in specs.iter().enumerate() {
             if !hostnames.insert(s.hostname.clone()) {
-                errors.push(FieldError { field: format!("guest[{i}].hostname"), rule: format!("duplicates another guest's hostname {}", show(s.hostname.as_str())) });
+                errors.push(FieldError {
+                    field: format!("guest[{i}].hostname"),
+                    rule: format!(
+                        "duplicates another guest's hostname {}",
+                        show(s.hostname.as_str())
+                    ),
+                });
             }
             if let VmidChoice::Fixed(v) = s.vmid {
                 if !vmids.insert(v) {
-                    errors.push(FieldError { field: format!("guest[{i}].vmid"), rule: format!("duplicates another guest's vmid {v}") });
+                    errors.push(FieldError {
+                        field: format!("guest[{i}].vmid"),
+                        rule: format!("duplicates another guest's vmid {v}"),
+                    });
                 }
             }
         }
@@ -530,32 +626,52 @@ impl GuestSpec {
     /// Parse a spec file from disk.
     pub fn load_many(path: &Path) -> Result<Vec<GuestSpec>, SpecErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            SpecErrors(vec![FieldError { field: "(file)".into(), rule: format!("cannot read {}: {e}", path.display()) }])
+            SpecErrors(vec![FieldError {
+                field: "(file)".into(),
+                rule: format!("cannot read {}: {e}", path.display()),
+            }])
         })?;
         Self::parse_many(&text)
     }
 
-    fn from_table(table: &toml::Table, prefix: String, errors: &mut Vec<FieldError>) -> Option<GuestSpec> {
+    fn from_table(
+        table: &toml::Table,
+        prefix: String,
+        errors: &mut Vec<FieldError>,
+    ) -> Option<GuestSpec> {
         let before = errors.len();
-        let mut w = Walker { prefix, table, errors, seen: BTreeSet::new() };
+        let mut w = Walker {
+            prefix,
+            table,
+            errors,
+            seen: BTreeSet::new(),
+        };
         let customer = w.parsed::<CustomerId>("customer", true);
         let hostname = w.parsed::<Hostname>("hostname", true);
         let vmid = match w.raw("vmid") {
             None => {
-                w.err("vmid", "is required (a number in felhom's VMID range, or \"auto\")");
+                w.err(
+                    "vmid",
+                    "is required (a number in felhom's VMID range, or \"auto\")",
+                );
                 None
             }
-            Some(toml::Value::Integer(n)) => match u32::try_from(*n).ok().and_then(|n| Vmid::try_from(n).ok()) {
-                Some(v) => Some(VmidChoice::Fixed(v)),
-                None => {
-                    w.err("vmid", format!("must be an integer 100–999999999 (PVE's vmid format) or \"auto\"; got {n}"));
-                    None
+            Some(toml::Value::Integer(n)) => {
+                match u32::try_from(*n).ok().and_then(|n| Vmid::try_from(n).ok()) {
+                    Some(v) => Some(VmidChoice::Fixed(v)),
+                    None => {
+                        w.err("vmid", format!("must be an integer 100–999999999 (PVE's vmid format) or \"auto\"; got {n}"));
+                        None
+                    }
                 }
-            },
+            }
             Some(toml::Value::String(s)) if s == "auto" => Some(VmidChoice::NextFree),
             Some(toml::Value::String(s)) => {
                 let shown = show(s);
-                w.err("vmid", format!("must be an integer 100–999999999 or \"auto\"; got the string {shown}"));
+                w.err(
+                    "vmid",
+                    format!("must be an integer 100–999999999 or \"auto\"; got the string {shown}"),
+                );
                 None
             }
             Some(other) => {
@@ -604,38 +720,73 @@ impl GuestSpec {
             None => {}
             Some(toml::Value::Array(items)) => {
                 if items.len() > MAX_MOUNTS {
-                    w.err("mount", format!("at most {MAX_MOUNTS} mount points, got {}", items.len()));
+                    w.err(
+                        "mount",
+                        format!("at most {MAX_MOUNTS} mount points, got {}", items.len()),
+                    );
                 }
                 let mut paths = BTreeSet::new();
                 for (i, item) in items.iter().enumerate() {
                     let field = w.field(&format!("mount[{i}]"));
                     let toml::Value::Table(t) = item else {
                         let ty = item.type_str();
-                        w.err(&format!("mount[{i}]"), format!("must be a table ([[mount]]), got {ty}"));
+                        w.err(
+                            &format!("mount[{i}]"),
+                            format!("must be a table ([[mount]]), got {ty}"),
+                        );
                         continue;
                     };
-                    let mut mw = Walker { prefix: field, table: t, errors: w.errors, seen: BTreeSet::new() };
+                    let mut mw = Walker {
+                        prefix: field,
+                        table: t,
+                        errors: w.errors,
+                        seen: BTreeSet::new(),
+                    };
                     let storage = mw.parsed::<StorageId>("storage", true);
                     let size = mw.parsed::<ByteSize>("size", true);
                     let path = mw.parsed::<MountPath>("path", true);
                     if let Some(p) = &path {
-                        if RESERVED_MOUNT_PATHS.iter().any(|r| p.as_str() == *r || p.as_str().starts_with(&format!("{r}/"))) {
-                            mw.err("path", format!("must not be a system directory (refused: {}); got {}", RESERVED_MOUNT_PATHS.join(" "), show(p.as_str())));
+                        if RESERVED_MOUNT_PATHS
+                            .iter()
+                            .any(|r| p.as_str() == *r || p.as_str().starts_with(&format!("{r}/")))
+                        {
+                            mw.err(
+                                "path",
+                                format!(
+                                    "must not be a system directory (refused: {}); got {}",
+                                    RESERVED_MOUNT_PATHS.join(" "),
+                                    show(p.as_str())
+                                ),
+                            );
                         } else if !paths.insert(p.clone()) {
-                            mw.err("path", format!("duplicates another mount's path {}", show(p.as_str())));
-                        } else if paths.iter().any(|q| q != p && (p.as_str().starts_with(&format!("{}/", q.as_str())) || q.as_str().starts_with(&format!("{}/", p.as_str())))) {
+                            mw.err(
+                                "path",
+                                format!("duplicates another mount's path {}", show(p.as_str())),
+                            );
+                        } else if paths.iter().any(|q| {
+                            q != p
+                                && (p.as_str().starts_with(&format!("{}/", q.as_str()))
+                                    || q.as_str().starts_with(&format!("{}/", p.as_str())))
+                        }) {
                             mw.err("path", format!("nests inside another mount path ({}); PVE mount order would hide one", show(p.as_str())));
                         }
                     }
                     mw.unknown_keys();
                     if let (Some(storage), Some(size), Some(path)) = (storage, size, path) {
-                        mounts.push(MountSpec { storage, size, path });
+                        mounts.push(MountSpec {
+                            storage,
+                            size,
+                            path,
+                        });
                     }
                 }
             }
             Some(other) => {
                 let t = other.type_str();
-                w.err("mount", format!("must be an array of tables ([[mount]]), got {t}"));
+                w.err(
+                    "mount",
+                    format!("must be an array of tables ([[mount]]), got {t}"),
+                );
             }
         }
         w.unknown_keys();
@@ -697,7 +848,11 @@ path = "/srv/data"
             .replace("/srv/data", "/srv/../etc");
         let errs = GuestSpec::parse_many(&bad).unwrap_err();
         let fields: Vec<_> = errs.0.iter().map(|e| e.field.as_str()).collect();
-        assert_eq!(fields, vec!["hostname", "rootfs_size", "mount[0].path"], "{errs}");
+        assert_eq!(
+            fields,
+            vec!["hostname", "rootfs_size", "mount[0].path"],
+            "{errs}"
+        );
     }
 
     #[test]
@@ -705,7 +860,9 @@ path = "/srv/data"
         for h in ["a\nb", "a,b", "a=b", "a;b", "-a", "a-", "A", "a..b", ""] {
             assert!(h.parse::<Hostname>().is_err(), "{h:?}");
         }
-        for p in ["/a,b", "/a=b", "relative", "/a/./b", "/a/../b", "/a//b", "/a/", "/", "/a b", "/a\nb"] {
+        for p in [
+            "/a,b", "/a=b", "relative", "/a/./b", "/a/../b", "/a//b", "/a/", "/", "/a b", "/a\nb",
+        ] {
             assert!(p.parse::<MountPath>().is_err(), "{p:?}");
         }
         for s in ["Local", "a,b", "a=b", "a:b", "1abc", ""] {
@@ -719,8 +876,14 @@ path = "/srv/data"
     fn byte_sizes() {
         assert_eq!("1.5G".parse::<ByteSize>().unwrap().gib_string(), "1.5");
         assert_eq!("512M".parse::<ByteSize>().unwrap().resize_arg(), "512M");
-        assert!("10".parse::<ByteSize>().is_err(), "bare numbers are bytes in PVE; refused");
-        assert!("+2G".parse::<ByteSize>().is_err(), "relative sizes grow twice on retry");
+        assert!(
+            "10".parse::<ByteSize>().is_err(),
+            "bare numbers are bytes in PVE; refused"
+        );
+        assert!(
+            "+2G".parse::<ByteSize>().is_err(),
+            "relative sizes grow twice on retry"
+        );
         assert!("0G".parse::<ByteSize>().is_err());
         assert!("-1G".parse::<ByteSize>().is_err());
         assert!("1.0000001K".parse::<ByteSize>().is_err());
@@ -737,7 +900,9 @@ path = "/srv/data"
 
     #[test]
     fn unknown_fields_and_wrong_types() {
-        let text = GOOD.replace("vmid = 1200", "vmid = \"1200\"\nvmdi = 3").replace("tags = [\"web\"]", "tags = \"web\"");
+        let text = GOOD
+            .replace("vmid = 1200", "vmid = \"1200\"\nvmdi = 3")
+            .replace("tags = [\"web\"]", "tags = \"web\"");
         let errs = GuestSpec::parse_many(&text).unwrap_err();
         let fields: Vec<_> = errs.0.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, vec!["vmid", "tags", "vmdi"], "{errs}");

@@ -33,21 +33,55 @@ impl client::Handler for KeyCatcher {
 }
 
 /// The host key an SSH server at `host:port` proves it holds, as `SHA256:…`.
-pub async fn host_key_fingerprint(host: &str, port: u16, timeout: Duration) -> Result<String, ProbeError> {
+pub async fn host_key_fingerprint(
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> Result<String, ProbeError> {
     let addr = format!("{host}:{port}");
     let caught = Arc::new(Mutex::new(None));
-    let config = Arc::new(client::Config { inactivity_timeout: Some(timeout), ..Default::default() });
+    let config = Arc::new(client::Config {
+        inactivity_timeout: Some(timeout),
+        ..Default::default()
+    });
     let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port)))
         .await
-        .map_err(|_| ProbeError::Unreachable { addr: addr.clone(), message: "connect timed out".into() })?
-        .map_err(|e| ProbeError::Unreachable { addr: addr.clone(), message: e.to_string() })?;
-    let handshake = client::connect_stream(config, stream, KeyCatcher { key: caught.clone() });
+        .map_err(|_| ProbeError::Unreachable {
+            addr: addr.clone(),
+            message: "connect timed out".into(),
+        })?
+        .map_err(|e| ProbeError::Unreachable {
+            addr: addr.clone(),
+            message: e.to_string(),
+        })?;
+    let handshake = client::connect_stream(
+        config,
+        stream,
+        KeyCatcher {
+            key: caught.clone(),
+        },
+    );
     let handle = tokio::time::timeout(timeout, handshake)
         .await
-        .map_err(|_| ProbeError::Handshake { addr: addr.clone(), message: "timed out".into() })?
-        .map_err(|e| ProbeError::Handshake { addr: addr.clone(), message: e.to_string() })?;
-    let _ = handle.disconnect(russh::Disconnect::ByApplication, "felhom host-key probe", "en").await;
+        .map_err(|_| ProbeError::Handshake {
+            addr: addr.clone(),
+            message: "timed out".into(),
+        })?
+        .map_err(|e| ProbeError::Handshake {
+            addr: addr.clone(),
+            message: e.to_string(),
+        })?;
+    let _ = handle
+        .disconnect(
+            russh::Disconnect::ByApplication,
+            "felhom host-key probe",
+            "en",
+        )
+        .await;
     let key = caught.lock().unwrap_or_else(|p| p.into_inner()).take();
-    let key = key.ok_or_else(|| ProbeError::Handshake { addr: addr.clone(), message: "server presented no host key".into() })?;
+    let key = key.ok_or_else(|| ProbeError::Handshake {
+        addr: addr.clone(),
+        message: "server presented no host key".into(),
+    })?;
     Ok(key.fingerprint(HashAlg::Sha256).to_string())
 }

@@ -34,12 +34,26 @@ pub struct GuestStatus {
     pub drift: Vec<Drift>,
 }
 
-fn drift(out: &mut Vec<Drift>, field: &'static str, expected: impl Into<String>, actual: impl Into<String>) {
-    out.push(Drift { field, expected: expected.into(), actual: actual.into() });
+fn drift(
+    out: &mut Vec<Drift>,
+    field: &'static str,
+    expected: impl Into<String>,
+    actual: impl Into<String>,
+) {
+    out.push(Drift {
+        field,
+        expected: expected.into(),
+        actual: actual.into(),
+    });
 }
 
 pub async fn status(f: &Felhom, vmids: &[Vmid]) -> Result<Vec<GuestStatus>, OpsError> {
-    let mut guests: Vec<GuestRecord> = f.journal.live_guests()?.into_iter().filter(|g| g.state == "active").collect();
+    let mut guests: Vec<GuestRecord> = f
+        .journal
+        .live_guests()?
+        .into_iter()
+        .filter(|g| g.state == "active")
+        .collect();
     if !vmids.is_empty() {
         for v in vmids {
             if !guests.iter().any(|g| g.vmid == v.get()) {
@@ -80,29 +94,67 @@ async fn one(f: &Felhom, g: GuestRecord) -> Result<GuestStatus, OpsError> {
     };
     match cfg.get_str("description").and_then(Marker::find) {
         Some(m) if m.job == g.job_id => {}
-        Some(m) => drift(&mut d, "marker", format!("job={}", g.job_id), format!("job={}", m.job)),
-        None => drift(&mut d, "marker", format!("job={}", g.job_id), "no felhom marker"),
+        Some(m) => drift(
+            &mut d,
+            "marker",
+            format!("job={}", g.job_id),
+            format!("job={}", m.job),
+        ),
+        None => drift(
+            &mut d,
+            "marker",
+            format!("job={}", g.job_id),
+            "no felhom marker",
+        ),
     }
-    let mac = cfg.net(0).and_then(Result::ok).and_then(|n| n.hwaddr).map(|m| m.to_string());
+    let mac = cfg
+        .net(0)
+        .and_then(Result::ok)
+        .and_then(|n| n.hwaddr)
+        .map(|m| m.to_string());
     if !eq_ci(mac.as_deref(), g.mac.as_deref()) {
-        drift(&mut d, "mac", g.mac.clone().unwrap_or_default(), mac.clone().unwrap_or_default());
+        drift(
+            &mut d,
+            "mac",
+            g.mac.clone().unwrap_or_default(),
+            mac.clone().unwrap_or_default(),
+        );
     }
     if let Some(spec) = &spec {
         let host = cfg.get_str("hostname").unwrap_or_default();
         if host != spec.hostname.as_str() {
             drift(&mut d, "hostname", spec.hostname.as_str(), host);
         }
-        let size = cfg.mount("rootfs").and_then(Result::ok).and_then(|m| m.size).unwrap_or(0);
+        let size = cfg
+            .mount("rootfs")
+            .and_then(Result::ok)
+            .and_then(|m| m.size)
+            .unwrap_or(0);
         if size < spec.rootfs_size.bytes() {
-            drift(&mut d, "rootfs_size", spec.rootfs_size.to_string(), pve_api::format_disk_size(size));
+            drift(
+                &mut d,
+                "rootfs_size",
+                spec.rootfs_size.to_string(),
+                pve_api::format_disk_size(size),
+            );
         }
         for m in &spec.mounts {
-            let found = (0..256).filter_map(|n| cfg.mount(&format!("mp{n}")).and_then(Result::ok)).find(|mc| mc.mp.as_deref() == Some(m.path.as_str()));
+            let found = (0..256)
+                .filter_map(|n| cfg.mount(&format!("mp{n}")).and_then(Result::ok))
+                .find(|mc| mc.mp.as_deref() == Some(m.path.as_str()));
             match found {
-                None => drift(&mut d, "mount", format!("{} ({})", m.path, m.size), "absent"),
-                Some(mc) if mc.size.unwrap_or(0) < m.size.bytes() => {
-                    drift(&mut d, "mount", format!("{} ({})", m.path, m.size), pve_api::format_disk_size(mc.size.unwrap_or(0)))
-                }
+                None => drift(
+                    &mut d,
+                    "mount",
+                    format!("{} ({})", m.path, m.size),
+                    "absent",
+                ),
+                Some(mc) if mc.size.unwrap_or(0) < m.size.bytes() => drift(
+                    &mut d,
+                    "mount",
+                    format!("{} ({})", m.path, m.size),
+                    pve_api::format_disk_size(mc.size.unwrap_or(0)),
+                ),
                 Some(_) => {}
             }
         }
@@ -115,10 +167,19 @@ async fn one(f: &Felhom, g: GuestRecord) -> Result<GuestStatus, OpsError> {
     let mut fp = None;
     if st.status == "running" {
         if let Some(ifaces) = f.client.lxc_interfaces(&g.node, vmid).await? {
-            ip = ifaces.iter().find(|i| i.name == "eth0").and_then(|i| i.inet.clone()).map(|a| a.split('/').next().unwrap_or(&a).to_string());
+            ip = ifaces
+                .iter()
+                .find(|i| i.name == "eth0")
+                .and_then(|i| i.inet.clone())
+                .map(|a| a.split('/').next().unwrap_or(&a).to_string());
         }
         if ip != g.ip {
-            drift(&mut d, "ip", g.ip.clone().unwrap_or_default(), ip.clone().unwrap_or_default());
+            drift(
+                &mut d,
+                "ip",
+                g.ip.clone().unwrap_or_default(),
+                ip.clone().unwrap_or_default(),
+            );
         }
         let endpoint = match f.config.ssh_endpoint {
             SshEndpoint::Direct => ip.clone().map(|ip| (ip, 22)),
@@ -127,16 +188,35 @@ async fn one(f: &Felhom, g: GuestRecord) -> Result<GuestStatus, OpsError> {
                 .get_outside_api::<serde_json::Value>(&format!("/felhom-sim/guests/{vmid}/ssh"))
                 .await
                 .ok()
-                .and_then(|v| Some(("127.0.0.1".to_string(), u16::try_from(v.get("port")?.as_u64()?).ok()?))),
+                .and_then(|v| {
+                    Some((
+                        "127.0.0.1".to_string(),
+                        u16::try_from(v.get("port")?.as_u64()?).ok()?,
+                    ))
+                }),
         };
         if let Some((host, port)) = endpoint {
-            fp = crate::ssh_probe::host_key_fingerprint(&host, port, Duration::from_secs(5)).await.ok();
+            fp = crate::ssh_probe::host_key_fingerprint(&host, port, Duration::from_secs(5))
+                .await
+                .ok();
         }
         if fp != g.ssh_fingerprint {
-            drift(&mut d, "ssh_host_key", g.ssh_fingerprint.clone().unwrap_or_default(), fp.clone().unwrap_or_else(|| "unreachable".into()));
+            drift(
+                &mut d,
+                "ssh_host_key",
+                g.ssh_fingerprint.clone().unwrap_or_default(),
+                fp.clone().unwrap_or_else(|| "unreachable".into()),
+            );
         }
     }
-    Ok(GuestStatus { status: st.status, ip, mac, ssh_fingerprint: fp, drift: d, ..base })
+    Ok(GuestStatus {
+        status: st.status,
+        ip,
+        mac,
+        ssh_fingerprint: fp,
+        drift: d,
+        ..base
+    })
 }
 
 fn eq_ci(a: Option<&str>, b: Option<&str>) -> bool {

@@ -17,21 +17,36 @@ pub enum TeardownStep {
     Forget,
 }
 
-pub const STEPS: [TeardownStep; 5] = [TeardownStep::Lease, TeardownStep::Check, TeardownStep::Stop, TeardownStep::Destroy, TeardownStep::Forget];
+pub const STEPS: [TeardownStep; 5] = [
+    TeardownStep::Lease,
+    TeardownStep::Check,
+    TeardownStep::Stop,
+    TeardownStep::Destroy,
+    TeardownStep::Forget,
+];
 
 /// The job that made the guest, from the journal; teardown refuses guests felhom has no
 /// record of.
 fn maker_job(cx: &JobCx, vmid: Vmid) -> Result<String, StepError> {
     match cx.journal.guest(vmid.get())? {
         Some(g) => Ok(g.job_id),
-        None => Err(StepError::Refused(format!("felhom has no record of guest {vmid}; refusing to destroy a guest it did not make"))),
+        None => Err(StepError::Refused(format!(
+            "felhom has no record of guest {vmid}; refusing to destroy a guest it did not make"
+        ))),
     }
 }
 
 /// Check the guest at `vmid` is felhom's (range + marker); `None` if it is already gone.
-pub async fn check_owned(cx: &JobCx, vmid: Vmid, expected_job: &str) -> Result<Option<pve_api::LxcConfig>, StepError> {
+pub async fn check_owned(
+    cx: &JobCx,
+    vmid: Vmid,
+    expected_job: &str,
+) -> Result<Option<pve_api::LxcConfig>, StepError> {
     if !cx.config.vmid_range.contains(vmid) {
-        return Err(StepError::Refused(format!("VMID {vmid} is outside felhom's range {}; refusing to touch it", cx.config.vmid_range)));
+        return Err(StepError::Refused(format!(
+            "VMID {vmid} is outside felhom's range {}; refusing to touch it",
+            cx.config.vmid_range
+        )));
     }
     let cfg = match cx.client.lxc_config(&cx.node, vmid).await {
         Ok(c) => c,
@@ -67,13 +82,17 @@ impl Step for TeardownStep {
         let vmid = cx.vmid()?;
         match self {
             TeardownStep::Lease => {
-                cx.journal.acquire_lease(vmid, &cx.job_id).map_err(|e| StepError::Refused(e.to_string()))?;
+                cx.journal
+                    .acquire_lease(vmid, &cx.job_id)
+                    .map_err(|e| StepError::Refused(e.to_string()))?;
                 Ok(Observed::Done(json!({ "vmid": vmid.get() })))
             }
             TeardownStep::Check => {
                 let maker = maker_job(cx, vmid)?;
                 let cfg = check_owned(cx, vmid, &maker).await?;
-                Ok(Observed::Done(json!({ "present": cfg.is_some(), "made_by": maker })))
+                Ok(Observed::Done(
+                    json!({ "present": cfg.is_some(), "made_by": maker }),
+                ))
             }
             TeardownStep::Stop => {
                 let maker = maker_job(cx, vmid)?;
@@ -81,7 +100,11 @@ impl Step for TeardownStep {
                     return Ok(Observed::Done(json!({ "present": false })));
                 }
                 let st = cx.client.lxc_status(&cx.node, vmid).await?;
-                Ok(if st.status == "running" { Observed::NotDone } else { Observed::Done(json!({ "status": st.status })) })
+                Ok(if st.status == "running" {
+                    Observed::NotDone
+                } else {
+                    Observed::Done(json!({ "status": st.status }))
+                })
             }
             TeardownStep::Destroy => {
                 let maker = maker_job(cx, vmid)?;
@@ -91,9 +114,16 @@ impl Step for TeardownStep {
                 }
             }
             TeardownStep::Forget => {
-                let gone = cx.journal.guest(vmid.get())?.is_none_or(|g| g.state == "torn_down");
+                let gone = cx
+                    .journal
+                    .guest(vmid.get())?
+                    .is_none_or(|g| g.state == "torn_down");
                 let leased = cx.journal.lease_holder(vmid)?.as_deref() == Some(cx.job_id.as_str());
-                Ok(if gone && !leased { Observed::Done(Value::Null) } else { Observed::NotDone })
+                Ok(if gone && !leased {
+                    Observed::Done(Value::Null)
+                } else {
+                    Observed::NotDone
+                })
             }
         }
     }
@@ -105,7 +135,9 @@ impl Step for TeardownStep {
     async fn act(&self, cx: &JobCx) -> Result<(), StepError> {
         let vmid = cx.vmid()?;
         match self {
-            TeardownStep::Lease | TeardownStep::Check => Err(StepError::Refused("internal: observe decides this step".into())),
+            TeardownStep::Lease | TeardownStep::Check => Err(StepError::Refused(
+                "internal: observe decides this step".into(),
+            )),
             TeardownStep::Stop => match cx.client.lxc_stop(&cx.node, vmid).await {
                 Ok(upid) => cx.wait(self.name(), &upid).await,
                 Err(ApiError::Server { message, .. }) if message.contains("not running") => Ok(()),

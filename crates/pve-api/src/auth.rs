@@ -40,10 +40,16 @@ impl FromStr for TokenId {
         let (user, realm) = userid.rsplit_once('@').ok_or_else(|| err("no '@'"))?;
         // pve-access-control: user names are any characters but ':' and whitespace (and '@'
         // only in the realm split); realm `[A-Za-z][A-Za-z0-9.\-_]+`; token `[A-Za-z][A-Za-z0-9.\-_]+`.
-        let user_ok = !user.is_empty() && user.len() <= 60 && !user.chars().any(|c| c == ':' || c == '!' || c == '=' || c.is_whitespace() || c.is_control());
+        let user_ok = !user.is_empty()
+            && user.len() <= 60
+            && !user
+                .chars()
+                .any(|c| c == ':' || c == '!' || c == '=' || c.is_whitespace() || c.is_control());
         let ident = |x: &str| {
             let mut b = x.bytes();
-            matches!(b.next(), Some(c) if c.is_ascii_alphabetic()) && b.all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_')) && x.len() <= 64
+            matches!(b.next(), Some(c) if c.is_ascii_alphabetic())
+                && b.all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_'))
+                && x.len() <= 64
         };
         if !user_ok {
             return Err(err("bad user name"));
@@ -54,7 +60,11 @@ impl FromStr for TokenId {
         if !ident(name) {
             return Err(err("bad token name"));
         }
-        Ok(TokenId { user: user.into(), realm: realm.into(), name: name.into() })
+        Ok(TokenId {
+            user: user.into(),
+            realm: realm.into(),
+            name: name.into(),
+        })
     }
 }
 
@@ -118,7 +128,10 @@ impl ApiToken {
 
 impl fmt::Debug for ApiToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ApiToken").field("id", &self.id).field("secret", &self.secret).finish()
+        f.debug_struct("ApiToken")
+            .field("id", &self.id)
+            .field("secret", &self.secret)
+            .finish()
     }
 }
 
@@ -131,14 +144,25 @@ mod tests {
         let t: TokenId = "felhom@pve!agent".parse().unwrap();
         assert_eq!(t.userid(), "felhom@pve");
         assert_eq!(t.to_string(), "felhom@pve!agent");
-        for bad in ["felhom@pve", "felhom!agent", "@pve!a", "f@pve!1a", "f@pve!a b", "f@p ve!a", "f=x@pve!a"] {
+        for bad in [
+            "felhom@pve",
+            "felhom!agent",
+            "@pve!a",
+            "f@pve!1a",
+            "f@pve!a b",
+            "f@p ve!a",
+            "f=x@pve!a",
+        ] {
             assert!(bad.parse::<TokenId>().is_err(), "{bad}");
         }
     }
 
     #[test]
     fn secret_never_prints() {
-        let tok = ApiToken::new("a@pve!b".parse().unwrap(), Secret::new("s3cr3t-value".into()));
+        let tok = ApiToken::new(
+            "a@pve!b".parse().unwrap(),
+            Secret::new("s3cr3t-value".into()),
+        );
         let shown = format!("{tok:?} {} {:?}", tok.secret, tok.secret);
         assert!(!shown.contains("s3cr3t-value"), "{shown}");
         assert!(tok.header_value().ends_with("=s3cr3t-value"));

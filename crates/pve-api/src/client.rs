@@ -27,7 +27,12 @@ pub struct ClientConfig {
 
 impl fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientConfig").field("base_url", &self.base_url.as_str()).field("token", &self.token).field("trust", &self.trust).field("timeout", &self.timeout).finish()
+        f.debug_struct("ClientConfig")
+            .field("base_url", &self.base_url.as_str())
+            .field("token", &self.token)
+            .field("trust", &self.trust)
+            .field("timeout", &self.timeout)
+            .finish()
     }
 }
 
@@ -61,13 +66,18 @@ pub struct PveClient {
 
 impl fmt::Debug for PveClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PveClient").field("base", &self.inner.base.as_str()).field("token_id", &self.inner.token_id).finish_non_exhaustive()
+        f.debug_struct("PveClient")
+            .field("base", &self.inner.base.as_str())
+            .field("token_id", &self.inner.token_id)
+            .finish_non_exhaustive()
     }
 }
 
 /// Percent-encode one path segment (a UPID contains ':' and '!').
 pub(crate) fn encode_segment(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20")
+    url::form_urlencoded::byte_serialize(s.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
 }
 
 /// `reqwest::Error` with its source chain (rustls's pin mismatch lives deep in it).
@@ -88,13 +98,27 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 impl PveClient {
     pub fn new(cfg: ClientConfig) -> Result<PveClient, ApiError> {
         if cfg.base_url.scheme() != "https" {
-            return Err(ApiError::InvalidInput { field: "url".into(), message: format!("must be https:// (plain HTTP would send the token in clear); got {}", cfg.base_url.scheme()) });
+            return Err(ApiError::InvalidInput {
+                field: "url".into(),
+                message: format!(
+                    "must be https:// (plain HTTP would send the token in clear); got {}",
+                    cfg.base_url.scheme()
+                ),
+            });
         }
         if cfg.base_url.host().is_none() {
-            return Err(ApiError::InvalidInput { field: "url".into(), message: "has no host".into() });
+            return Err(ApiError::InvalidInput {
+                field: "url".into(),
+                message: "has no host".into(),
+            });
         }
         let tls = tls_config(&cfg.trust)?;
-        let mut auth = HeaderValue::from_str(&cfg.token.header_value()).map_err(|_| ApiError::InvalidInput { field: "token".into(), message: "the token contains characters not allowed in an HTTP header".into() })?;
+        let mut auth = HeaderValue::from_str(&cfg.token.header_value()).map_err(|_| {
+            ApiError::InvalidInput {
+                field: "token".into(),
+                message: "the token contains characters not allowed in an HTTP header".into(),
+            }
+        })?;
         // Marked sensitive so no layer below prints it.
         auth.set_sensitive(true);
         let mut headers = HeaderMap::new();
@@ -107,15 +131,29 @@ impl PveClient {
             .connect_timeout(Duration::from_secs(10))
             .pool_max_idle_per_host(64)
             .build()
-            .map_err(|e| ApiError::Transport { message: chain(&e), maybe_sent: false })?;
+            .map_err(|e| ApiError::Transport {
+                message: chain(&e),
+                maybe_sent: false,
+            })?;
         let mut base = cfg.base_url.clone();
         base.set_path("");
-        Ok(PveClient { inner: Arc::new(Inner { http, base, token_id: cfg.token.id().to_string(), counters: Counters::default() }) })
+        Ok(PveClient {
+            inner: Arc::new(Inner {
+                http,
+                base,
+                token_id: cfg.token.id().to_string(),
+                counters: Counters::default(),
+            }),
+        })
     }
 
     pub fn stats(&self) -> ClientStats {
         let c = &self.inner.counters;
-        ClientStats { gets: c.gets.load(Ordering::Relaxed), task_polls: c.task_polls.load(Ordering::Relaxed), writes: c.writes.load(Ordering::Relaxed) }
+        ClientStats {
+            gets: c.gets.load(Ordering::Relaxed),
+            task_polls: c.task_polls.load(Ordering::Relaxed),
+            writes: c.writes.load(Ordering::Relaxed),
+        }
     }
 
     pub fn base_url(&self) -> &Url {
@@ -123,15 +161,27 @@ impl PveClient {
     }
 
     fn url(&self, full_path: &str) -> Result<Url, ApiError> {
-        if !full_path.starts_with('/') || full_path.contains("..") || full_path.contains(['\n', '\r', '#', '?']) {
-            return Err(ApiError::InvalidInput { field: "path".into(), message: format!("bad API path {full_path:?}") });
+        if !full_path.starts_with('/')
+            || full_path.contains("..")
+            || full_path.contains(['\n', '\r', '#', '?'])
+        {
+            return Err(ApiError::InvalidInput {
+                field: "path".into(),
+                message: format!("bad API path {full_path:?}"),
+            });
         }
         let mut u = self.inner.base.clone();
         u.set_path(full_path);
         Ok(u)
     }
 
-    async fn send<T: DeserializeOwned>(&self, method: Method, full_path: &str, params: &[(&str, String)], envelope: bool) -> Result<T, ApiError> {
+    async fn send<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        full_path: &str,
+        params: &[(&str, String)],
+        envelope: bool,
+    ) -> Result<T, ApiError> {
         let url = self.url(full_path)?;
         let mut req = self.inner.http.request(method.clone(), url);
         if method == Method::GET || method == Method::DELETE {
@@ -142,10 +192,16 @@ impl PveClient {
             req = req.form(params);
         }
         tracing::debug!(%method, path = full_path, "PVE request");
-        let resp = req.send().await.map_err(|e| ApiError::Transport { message: chain(&e), maybe_sent: !e.is_connect() })?;
+        let resp = req.send().await.map_err(|e| ApiError::Transport {
+            message: chain(&e),
+            maybe_sent: !e.is_connect(),
+        })?;
         let status = resp.status();
         let reason = status.canonical_reason().unwrap_or("").to_string();
-        let body = resp.bytes().await.map_err(|e| ApiError::Transport { message: chain(&e), maybe_sent: true })?;
+        let body = resp.bytes().await.map_err(|e| ApiError::Transport {
+            message: chain(&e),
+            maybe_sent: true,
+        })?;
         if !status.is_success() {
             return Err(classify(status.as_u16(), &reason, &body));
         }
@@ -154,43 +210,81 @@ impl PveClient {
             struct Envelope<T> {
                 data: T,
             }
-            serde_json::from_slice::<Envelope<T>>(&body).map(|e| e.data).map_err(|e| ApiError::Decode { message: format!("{full_path}: {e}") })
+            serde_json::from_slice::<Envelope<T>>(&body)
+                .map(|e| e.data)
+                .map_err(|e| ApiError::Decode {
+                    message: format!("{full_path}: {e}"),
+                })
         } else {
-            serde_json::from_slice::<T>(&body).map_err(|e| ApiError::Decode { message: format!("{full_path}: {e}") })
+            serde_json::from_slice::<T>(&body).map_err(|e| ApiError::Decode {
+                message: format!("{full_path}: {e}"),
+            })
         }
     }
 
-    pub(crate) async fn get_counted<T: DeserializeOwned>(&self, path: &str, query: &[(&str, String)], task_poll: bool) -> Result<T, ApiError> {
-        let c = if task_poll { &self.inner.counters.task_polls } else { &self.inner.counters.gets };
+    pub(crate) async fn get_counted<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        task_poll: bool,
+    ) -> Result<T, ApiError> {
+        let c = if task_poll {
+            &self.inner.counters.task_polls
+        } else {
+            &self.inner.counters.gets
+        };
         c.fetch_add(1, Ordering::Relaxed);
-        self.send(Method::GET, &format!("/api2/json{path}"), query, true).await
+        self.send(Method::GET, &format!("/api2/json{path}"), query, true)
+            .await
     }
 
     /// `GET /api2/json{path}`; returns the envelope's `data`.
-    pub async fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, String)]) -> Result<T, ApiError> {
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<T, ApiError> {
         self.get_counted(path, query, false).await
     }
 
-    pub async fn post<T: DeserializeOwned>(&self, path: &str, form: &[(&str, String)]) -> Result<T, ApiError> {
+    pub async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        form: &[(&str, String)],
+    ) -> Result<T, ApiError> {
         self.inner.counters.writes.fetch_add(1, Ordering::Relaxed);
-        self.send(Method::POST, &format!("/api2/json{path}"), form, true).await
+        self.send(Method::POST, &format!("/api2/json{path}"), form, true)
+            .await
     }
 
-    pub async fn put<T: DeserializeOwned>(&self, path: &str, form: &[(&str, String)]) -> Result<T, ApiError> {
+    pub async fn put<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        form: &[(&str, String)],
+    ) -> Result<T, ApiError> {
         self.inner.counters.writes.fetch_add(1, Ordering::Relaxed);
-        self.send(Method::PUT, &format!("/api2/json{path}"), form, true).await
+        self.send(Method::PUT, &format!("/api2/json{path}"), form, true)
+            .await
     }
 
-    pub async fn delete<T: DeserializeOwned>(&self, path: &str, query: &[(&str, String)]) -> Result<T, ApiError> {
+    pub async fn delete<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<T, ApiError> {
         self.inner.counters.writes.fetch_add(1, Ordering::Relaxed);
-        self.send(Method::DELETE, &format!("/api2/json{path}"), query, true).await
+        self.send(Method::DELETE, &format!("/api2/json{path}"), query, true)
+            .await
     }
 
     /// `GET {path}` outside `/api2` on the same server and TLS trust, without the envelope:
     /// for a simulator's side channel (its state dump, a guest's loopback SSH port).
     pub async fn get_outside_api<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiError> {
         if path.starts_with("/api2") {
-            return Err(ApiError::InvalidInput { field: "path".into(), message: "use get() for /api2 paths".into() });
+            return Err(ApiError::InvalidInput {
+                field: "path".into(),
+                message: "use get() for /api2 paths".into(),
+            });
         }
         self.send(Method::GET, path, &[], false).await
     }
@@ -198,28 +292,52 @@ impl PveClient {
 
 /// Checks for path parameters, so that a hostile value never reaches a URL.
 pub(crate) fn check_node(node: &str) -> Result<(), ApiError> {
-    let ok = node.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric()) && node.len() <= 63 && node.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    let ok = node
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric())
+        && node.len() <= 63
+        && node.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
     if ok {
         Ok(())
     } else {
-        Err(ApiError::InvalidInput { field: "node".into(), message: "must match [a-zA-Z0-9][a-zA-Z0-9-]*".into() })
+        Err(ApiError::InvalidInput {
+            field: "node".into(),
+            message: "must match [a-zA-Z0-9][a-zA-Z0-9-]*".into(),
+        })
     }
 }
 
 pub(crate) fn check_storage(sid: &str) -> Result<(), ApiError> {
-    let ok = sid.bytes().next().is_some_and(|b| b.is_ascii_lowercase()) && sid.len() <= 100 && sid.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'));
+    let ok = sid.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+        && sid.len() <= 100
+        && sid.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+        });
     if ok {
         Ok(())
     } else {
-        Err(ApiError::InvalidInput { field: "storage".into(), message: "must match [a-z][a-z0-9-_.]*".into() })
+        Err(ApiError::InvalidInput {
+            field: "storage".into(),
+            message: "must match [a-z][a-z0-9-_.]*".into(),
+        })
     }
 }
 
 pub(crate) fn check_disk(disk: &str) -> Result<(), ApiError> {
-    let ok = disk == "rootfs" || disk.strip_prefix("mp").is_some_and(|n| !n.is_empty() && n.len() <= 3 && n.bytes().all(|b| b.is_ascii_digit()) && n.parse::<u32>().is_ok_and(|n| n <= 255));
+    let ok = disk == "rootfs"
+        || disk.strip_prefix("mp").is_some_and(|n| {
+            !n.is_empty()
+                && n.len() <= 3
+                && n.bytes().all(|b| b.is_ascii_digit())
+                && n.parse::<u32>().is_ok_and(|n| n <= 255)
+        });
     if ok {
         Ok(())
     } else {
-        Err(ApiError::InvalidInput { field: "disk".into(), message: "must be rootfs or mp0…mp255".into() })
+        Err(ApiError::InvalidInput {
+            field: "disk".into(),
+            message: "must be rootfs or mp0…mp255".into(),
+        })
     }
 }

@@ -24,13 +24,18 @@ impl PveClient {
     /// The lowest free VMID, or (with `vmid`) that VMID if free — 400 `{"vmid": "VM X already
     /// exists"}` if not. Not a reservation. PVE sends a JSON string; both are accepted.
     pub async fn next_id(&self, vmid: Option<Vmid>) -> Result<Vmid, ApiError> {
-        let q: Vec<(&str, String)> = vmid.map(|v| vec![("vmid", v.to_string())]).unwrap_or_default();
+        let q: Vec<(&str, String)> = vmid
+            .map(|v| vec![("vmid", v.to_string())])
+            .unwrap_or_default();
         let v: Value = self.get("/cluster/nextid", &q).await?;
         let n = match &v {
             Value::String(s) => s.parse::<u32>().ok(),
             Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
             _ => None,
         };
-        n.and_then(|n| Vmid::try_from(n).ok()).ok_or_else(|| ApiError::Decode { message: format!("nextid returned {v}") })
+        n.and_then(|n| Vmid::try_from(n).ok())
+            .ok_or_else(|| ApiError::Decode {
+                message: format!("nextid returned {v}"),
+            })
     }
 }

@@ -13,10 +13,17 @@ pub enum ApiError {
     Auth { reason: String },
     /// 403 `Permission check failed (/path, Priv)`.
     #[error("{}", permission_display(.path, .privilege, .message))]
-    Permission { path: Option<String>, privilege: Option<String>, message: String },
+    Permission {
+        path: Option<String>,
+        privilege: Option<String>,
+        message: String,
+    },
     /// 400 `Parameter verification failed.` with a per-field map.
     #[error("PVE refused parameters: {}", param_display(.errors, .message))]
-    Param { message: String, errors: BTreeMap<String, String> },
+    Param {
+        message: String,
+        errors: BTreeMap<String, String>,
+    },
     /// 500 `can't lock file '/run/lock/lxc/pve-config-<vmid>.lock' - got timeout`: another
     /// task held the guest's config lock for 10 s (seed F4).
     #[error("PVE config lock timeout: {message}")]
@@ -42,7 +49,11 @@ pub enum ApiError {
     Decode { message: String },
     /// The task ended with an error; the last lines of its log show why.
     #[error("task {upid} failed: {exitstatus}{}", tail_display(.log_tail))]
-    TaskFailed { upid: String, exitstatus: String, log_tail: Vec<String> },
+    TaskFailed {
+        upid: String,
+        exitstatus: String,
+        log_tail: Vec<String>,
+    },
     /// The task did not end within the wait's deadline.
     #[error("task {upid} still running after {}s", .waited.as_secs())]
     TaskTimeout { upid: String, waited: Duration },
@@ -53,7 +64,9 @@ pub enum ApiError {
 
 fn permission_display(path: &Option<String>, privilege: &Option<String>, message: &str) -> String {
     match (path, privilege) {
-        (Some(p), Some(v)) => format!("permission denied: the token lacks {v} on {p} (PVE: {message})"),
+        (Some(p), Some(v)) => {
+            format!("permission denied: the token lacks {v} on {p} (PVE: {message})")
+        }
         _ => format!("permission denied (PVE: {message})"),
     }
 }
@@ -62,7 +75,11 @@ fn param_display(errors: &BTreeMap<String, String>, message: &str) -> String {
     if errors.is_empty() {
         return message.to_string();
     }
-    errors.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join("; ")
+    errors
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn tail_display(tail: &[String]) -> String {
@@ -90,7 +107,10 @@ impl ApiError {
     pub fn is_transient(&self) -> bool {
         match self {
             ApiError::LockTimeout { .. } | ApiError::Transport { .. } => true,
-            ApiError::Server { status, message } => matches!(status, 502 | 503 | 504 | 595 | 596) || message.contains("got no worker upid"),
+            ApiError::Server { status, message } => {
+                matches!(status, 502 | 503 | 504 | 595 | 596)
+                    || message.contains("got no worker upid")
+            }
             _ => false,
         }
     }
@@ -121,17 +141,38 @@ pub fn classify(status: u16, reason: &str, body: &[u8]) -> ApiError {
         .filter(|m| !m.is_empty())
         .unwrap_or_else(|| reason.trim().to_string());
     match status {
-        401 => ApiError::Auth { reason: if reason.is_empty() { "Authentication failed!".into() } else { reason.to_string() } },
+        401 => ApiError::Auth {
+            reason: if reason.is_empty() {
+                "Authentication failed!".into()
+            } else {
+                reason.to_string()
+            },
+        },
         403 => {
             let (path, privilege) = parse_permission(&message);
-            ApiError::Permission { path, privilege, message }
+            ApiError::Permission {
+                path,
+                privilege,
+                message,
+            }
         }
         400 => {
             let errors = parsed
                 .as_ref()
                 .and_then(|v| v.get("errors"))
                 .and_then(|e| e.as_object())
-                .map(|o| o.iter().map(|(k, v)| (k.clone(), v.as_str().map(|s| s.trim_end().to_string()).unwrap_or_else(|| v.to_string()))).collect())
+                .map(|o| {
+                    o.iter()
+                        .map(|(k, v)| {
+                            (
+                                k.clone(),
+                                v.as_str()
+                                    .map(|s| s.trim_end().to_string())
+                                    .unwrap_or_else(|| v.to_string()),
+                            )
+                        })
+                        .collect()
+                })
                 .unwrap_or_default();
             ApiError::Param { message, errors }
         }
@@ -139,7 +180,10 @@ pub fn classify(status: u16, reason: &str, body: &[u8]) -> ApiError {
         501 => ApiError::NotImplemented { message },
         500 => {
             if let Some(file) = lock_timeout_file(&message) {
-                ApiError::LockTimeout { lock_file: file, message }
+                ApiError::LockTimeout {
+                    lock_file: file,
+                    message,
+                }
             } else if let Some(lock) = locked_kind(&message) {
                 ApiError::Locked { lock, message }
             } else if message.contains("does not exist") {
@@ -156,9 +200,13 @@ pub fn classify(status: u16, reason: &str, body: &[u8]) -> ApiError {
 /// (`(pool 'x' does not exist)`, `(/, Sys.Modify for modifying tag 't')`, `(URI … need
 /// proper ticket.)`) keep what can be read.
 fn parse_permission(msg: &str) -> (Option<String>, Option<String>) {
-    let Some(start) = msg.find("Permission check failed (") else { return (None, None) };
+    let Some(start) = msg.find("Permission check failed (") else {
+        return (None, None);
+    };
     let inner = &msg[start + "Permission check failed (".len()..];
-    let Some(end) = inner.rfind(')') else { return (None, None) };
+    let Some(end) = inner.rfind(')') else {
+        return (None, None);
+    };
     let inner = &inner[..end];
     match inner.split_once(", ") {
         Some((path, privs)) if path.starts_with('/') => {
@@ -180,7 +228,10 @@ fn lock_timeout_file(msg: &str) -> Option<String> {
 }
 
 fn locked_kind(msg: &str) -> Option<String> {
-    let start = msg.find("CT is locked (").or_else(|| msg.find("VM is locked ("))? + "CT is locked (".len();
+    let start = msg
+        .find("CT is locked (")
+        .or_else(|| msg.find("VM is locked ("))?
+        + "CT is locked (".len();
     let rest = &msg[start..];
     Some(rest[..rest.find(')')?].to_string())
 }
@@ -190,53 +241,131 @@ mod tests {
     use super::*;
 
     fn body(msg: &str) -> Vec<u8> {
-        serde_json::json!({ "data": null, "message": msg }).to_string().into_bytes()
+        serde_json::json!({ "data": null, "message": msg })
+            .to_string()
+            .into_bytes()
     }
 
     #[test]
     fn permission_texts() {
-        let e = classify(403, "Permission check failed (/vms/123, VM.Allocate)", &body("Permission check failed (/vms/123, VM.Allocate)\n"));
-        assert_eq!(e, ApiError::Permission { path: Some("/vms/123".into()), privilege: Some("VM.Allocate".into()), message: "Permission check failed (/vms/123, VM.Allocate)".into() });
+        let e = classify(
+            403,
+            "Permission check failed (/vms/123, VM.Allocate)",
+            &body("Permission check failed (/vms/123, VM.Allocate)\n"),
+        );
+        assert_eq!(
+            e,
+            ApiError::Permission {
+                path: Some("/vms/123".into()),
+                privilege: Some("VM.Allocate".into()),
+                message: "Permission check failed (/vms/123, VM.Allocate)".into()
+            }
+        );
         assert!(e.to_string().contains("lacks VM.Allocate on /vms/123"));
-        let e = classify(403, "x", &body("Permission check failed (/, Sys.Modify for modifying tag 'prod')\n"));
-        assert!(matches!(e, ApiError::Permission { path: Some(p), privilege: Some(v), .. } if p == "/" && v == "Sys.Modify"));
-        let e = classify(403, "x", &body("Permission check failed (pool 'x' does not exist)\n"));
-        assert!(matches!(e, ApiError::Permission { path: None, privilege: None, .. }));
+        let e = classify(
+            403,
+            "x",
+            &body("Permission check failed (/, Sys.Modify for modifying tag 'prod')\n"),
+        );
+        assert!(
+            matches!(e, ApiError::Permission { path: Some(p), privilege: Some(v), .. } if p == "/" && v == "Sys.Modify")
+        );
+        let e = classify(
+            403,
+            "x",
+            &body("Permission check failed (pool 'x' does not exist)\n"),
+        );
+        assert!(matches!(
+            e,
+            ApiError::Permission {
+                path: None,
+                privilege: None,
+                ..
+            }
+        ));
         // Old servers: no body, the reason phrase carries it.
-        let e = classify(403, "Permission check failed (/storage/local, Datastore.AllocateSpace)", b"");
-        assert!(matches!(e, ApiError::Permission { privilege: Some(v), .. } if v == "Datastore.AllocateSpace"));
+        let e = classify(
+            403,
+            "Permission check failed (/storage/local, Datastore.AllocateSpace)",
+            b"",
+        );
+        assert!(
+            matches!(e, ApiError::Permission { privilege: Some(v), .. } if v == "Datastore.AllocateSpace")
+        );
     }
 
     #[test]
     fn lock_and_locked_and_missing() {
         let m = "can't lock file '/run/lock/lxc/pve-config-101.lock' - got timeout\n";
-        let e = classify(500, "can't lock file '/run/lock/lxc/pve-config-101.lock' - got timeout", &body(m));
-        assert!(matches!(&e, ApiError::LockTimeout { lock_file, .. } if lock_file == "/run/lock/lxc/pve-config-101.lock"));
+        let e = classify(
+            500,
+            "can't lock file '/run/lock/lxc/pve-config-101.lock' - got timeout",
+            &body(m),
+        );
+        assert!(
+            matches!(&e, ApiError::LockTimeout { lock_file, .. } if lock_file == "/run/lock/lxc/pve-config-101.lock")
+        );
         assert!(e.is_transient());
-        let e = classify(500, "x", &body("unable to restore CT 101 - CT is locked (create)\n"));
+        let e = classify(
+            500,
+            "x",
+            &body("unable to restore CT 101 - CT is locked (create)\n"),
+        );
         assert!(matches!(&e, ApiError::Locked { lock, .. } if lock == "create"));
         assert!(!e.is_transient());
-        let e = classify(500, "x", &body("Configuration file 'nodes/pve/lxc/101.conf' does not exist\n"));
+        let e = classify(
+            500,
+            "x",
+            &body("Configuration file 'nodes/pve/lxc/101.conf' does not exist\n"),
+        );
         assert!(matches!(e, ApiError::NotFound { .. }));
-        let e = classify(500, "CT 101 already running", &body("CT 101 already running\n"));
-        assert!(matches!(&e, ApiError::Server { status: 500, message } if message == "CT 101 already running"));
+        let e = classify(
+            500,
+            "CT 101 already running",
+            &body("CT 101 already running\n"),
+        );
+        assert!(
+            matches!(&e, ApiError::Server { status: 500, message } if message == "CT 101 already running")
+        );
         assert!(!e.is_transient());
     }
 
     #[test]
     fn params_auth_gateway() {
         let b = serde_json::json!({ "data": null, "errors": { "hostname": "invalid format - value does not look like a valid DNS name\n" }, "message": "Parameter verification failed.\n" });
-        let e = classify(400, "Parameter verification failed.", b.to_string().as_bytes());
+        let e = classify(
+            400,
+            "Parameter verification failed.",
+            b.to_string().as_bytes(),
+        );
         match &e {
-            ApiError::Param { errors, .. } => assert_eq!(errors["hostname"], "invalid format - value does not look like a valid DNS name"),
+            ApiError::Param { errors, .. } => assert_eq!(
+                errors["hostname"],
+                "invalid format - value does not look like a valid DNS name"
+            ),
             other => panic!("{other:?}"),
         }
         assert!(e.to_string().contains("hostname: invalid format"));
-        assert!(matches!(classify(401, "Authentication failed!", b""), ApiError::Auth { .. }));
+        assert!(matches!(
+            classify(401, "Authentication failed!", b""),
+            ApiError::Auth { .. }
+        ));
         assert!(classify(503, "Service Unavailable", b"").is_transient());
         assert!(classify(596, "Broken pipe", b"").is_transient());
         assert!(!classify(500, "boom", b"").is_transient());
-        assert!(classify(500, "x", &body("got no worker upid - start worker failed\n")).is_transient());
-        assert!(matches!(classify(501, "Method 'POST /nodes/pve/lxc/100/config' not implemented", b""), ApiError::NotImplemented { .. }));
+        assert!(classify(
+            500,
+            "x",
+            &body("got no worker upid - start worker failed\n")
+        )
+        .is_transient());
+        assert!(matches!(
+            classify(
+                501,
+                "Method 'POST /nodes/pve/lxc/100/config' not implemented",
+                b""
+            ),
+            ApiError::NotImplemented { .. }
+        ));
     }
 }

@@ -24,7 +24,10 @@ pub use client::{ClientConfig, ClientStats, PveClient};
 pub use cluster::VersionInfo;
 pub use error::{classify, ApiError};
 pub use lxc::{Interface, IpAddress, LxcConfig, LxcStatus, LxcSummary};
-pub use property_string::{format_disk_size, parse_disk_size, Features, MacAddr, MountConfig, NetConfig, PropertyError, PropertyString};
+pub use property_string::{
+    format_disk_size, parse_disk_size, Features, MacAddr, MountConfig, NetConfig, PropertyError,
+    PropertyString,
+};
 pub use storage::{PoolInfo, StorageStatus, StorageVolume};
 pub use task::{exit_ok, TaskOutcome, TaskStatus, Upid, UpidError, WaitOptions};
 pub use transport::{CertFingerprint, TlsTrust};

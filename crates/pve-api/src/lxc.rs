@@ -32,7 +32,11 @@ impl LxcConfig {
     /// `rootfs` or `mpN`.
     pub fn mount(&self, key: &str) -> Option<Result<MountConfig, PropertyError>> {
         let v = self.get_str(key)?;
-        Some(if key == "rootfs" { MountConfig::parse_rootfs(v) } else { MountConfig::parse_mp(v) })
+        Some(if key == "rootfs" {
+            MountConfig::parse_rootfs(v)
+        } else {
+            MountConfig::parse_mp(v)
+        })
     }
     pub fn hostname(&self) -> Option<&str> {
         self.get_str("hostname")
@@ -106,28 +110,43 @@ impl Interface {
     /// The IPv4 address (`a.b.c.d/nn`), from `inet` or `ip-addresses`.
     pub fn ipv4(&self) -> Option<String> {
         self.inet.clone().or_else(|| {
-            self.ip_addresses.iter().rev().find(|a| a.ip_address_type == "inet").map(|a| match a.prefix {
-                Some(p) => format!("{}/{p}", a.ip_address),
-                None => a.ip_address.clone(),
-            })
+            self.ip_addresses
+                .iter()
+                .rev()
+                .find(|a| a.ip_address_type == "inet")
+                .map(|a| match a.prefix {
+                    Some(p) => format!("{}/{p}", a.ip_address),
+                    None => a.ip_address.clone(),
+                })
         })
     }
 }
 
 pub(crate) fn int_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     match Value::deserialize(d)? {
-        Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| serde::de::Error::custom("not a u32")),
+        Value::Number(n) => n
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| serde::de::Error::custom("not a u32")),
         Value::String(s) => s.parse().map_err(serde::de::Error::custom),
-        other => Err(serde::de::Error::custom(format!("expected an integer, got {other}"))),
+        other => Err(serde::de::Error::custom(format!(
+            "expected an integer, got {other}"
+        ))),
     }
 }
 
 fn upid(s: String) -> Result<Upid, ApiError> {
-    s.parse().map_err(|e: crate::task::UpidError| ApiError::Decode { message: e.to_string() })
+    s.parse()
+        .map_err(|e: crate::task::UpidError| ApiError::Decode {
+            message: e.to_string(),
+        })
 }
 
 fn as_refs(params: &[(String, String)]) -> Vec<(&str, String)> {
-    params.iter().map(|(k, v)| (k.as_str(), v.clone())).collect()
+    params
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect()
 }
 
 impl PveClient {
@@ -137,43 +156,80 @@ impl PveClient {
     }
 
     /// `POST /nodes/{node}/lxc` (create, or restore with `restore=1`); returns the UPID.
-    pub async fn lxc_create(&self, node: &str, params: &[(String, String)]) -> Result<Upid, ApiError> {
+    pub async fn lxc_create(
+        &self,
+        node: &str,
+        params: &[(String, String)],
+    ) -> Result<Upid, ApiError> {
         check_node(node)?;
-        upid(self.post(&format!("/nodes/{node}/lxc"), &as_refs(params)).await?)
+        upid(
+            self.post(&format!("/nodes/{node}/lxc"), &as_refs(params))
+                .await?,
+        )
     }
 
     pub async fn lxc_config(&self, node: &str, vmid: Vmid) -> Result<LxcConfig, ApiError> {
         check_node(node)?;
-        let mut values: BTreeMap<String, Value> = self.get(&format!("/nodes/{node}/lxc/{vmid}/config"), &[]).await?;
-        let digest = values.remove("digest").and_then(|d| d.as_str().map(str::to_string));
+        let mut values: BTreeMap<String, Value> = self
+            .get(&format!("/nodes/{node}/lxc/{vmid}/config"), &[])
+            .await?;
+        let digest = values
+            .remove("digest")
+            .and_then(|d| d.as_str().map(str::to_string));
         Ok(LxcConfig { values, digest })
     }
 
     /// `PUT .../config` (synchronous; LXC has no async POST). `digest` guards against a
     /// concurrent change.
-    pub async fn lxc_update_config(&self, node: &str, vmid: Vmid, params: &[(String, String)], digest: Option<&str>) -> Result<(), ApiError> {
+    pub async fn lxc_update_config(
+        &self,
+        node: &str,
+        vmid: Vmid,
+        params: &[(String, String)],
+        digest: Option<&str>,
+    ) -> Result<(), ApiError> {
         check_node(node)?;
         let mut form = as_refs(params);
         if let Some(d) = digest {
             form.push(("digest", d.to_string()));
         }
-        let _: Value = self.put(&format!("/nodes/{node}/lxc/{vmid}/config"), &form).await?;
+        let _: Value = self
+            .put(&format!("/nodes/{node}/lxc/{vmid}/config"), &form)
+            .await?;
         Ok(())
     }
 
     /// `PUT .../resize` (async). `size` is PVE's: absolute unless it starts with `+`.
-    pub async fn lxc_resize(&self, node: &str, vmid: Vmid, disk: &str, size: &str) -> Result<Upid, ApiError> {
+    pub async fn lxc_resize(
+        &self,
+        node: &str,
+        vmid: Vmid,
+        disk: &str,
+        size: &str,
+    ) -> Result<Upid, ApiError> {
         check_node(node)?;
         check_disk(disk)?;
         if crate::property_string::parse_disk_size(size.trim_start_matches('+')).is_err() {
-            return Err(ApiError::InvalidInput { field: "size".into(), message: format!("{size:?} does not match \\+?\\d+(\\.\\d+)?[KMGT]?") });
+            return Err(ApiError::InvalidInput {
+                field: "size".into(),
+                message: format!("{size:?} does not match \\+?\\d+(\\.\\d+)?[KMGT]?"),
+            });
         }
-        upid(self.put(&format!("/nodes/{node}/lxc/{vmid}/resize"), &[("disk", disk.to_string()), ("size", size.to_string())]).await?)
+        upid(
+            self.put(
+                &format!("/nodes/{node}/lxc/{vmid}/resize"),
+                &[("disk", disk.to_string()), ("size", size.to_string())],
+            )
+            .await?,
+        )
     }
 
     async fn power(&self, node: &str, vmid: Vmid, action: &str) -> Result<Upid, ApiError> {
         check_node(node)?;
-        upid(self.post(&format!("/nodes/{node}/lxc/{vmid}/status/{action}"), &[]).await?)
+        upid(
+            self.post(&format!("/nodes/{node}/lxc/{vmid}/status/{action}"), &[])
+                .await?,
+        )
     }
 
     pub async fn lxc_start(&self, node: &str, vmid: Vmid) -> Result<Upid, ApiError> {
@@ -188,19 +244,40 @@ impl PveClient {
 
     pub async fn lxc_status(&self, node: &str, vmid: Vmid) -> Result<LxcStatus, ApiError> {
         check_node(node)?;
-        self.get(&format!("/nodes/{node}/lxc/{vmid}/status/current"), &[]).await
+        self.get(&format!("/nodes/{node}/lxc/{vmid}/status/current"), &[])
+            .await
     }
 
     /// `None` when the guest is stopped (PVE answers 200 with `data: null`, reference §7).
-    pub async fn lxc_interfaces(&self, node: &str, vmid: Vmid) -> Result<Option<Vec<Interface>>, ApiError> {
+    pub async fn lxc_interfaces(
+        &self,
+        node: &str,
+        vmid: Vmid,
+    ) -> Result<Option<Vec<Interface>>, ApiError> {
         check_node(node)?;
-        self.get(&format!("/nodes/{node}/lxc/{vmid}/interfaces"), &[]).await
+        self.get(&format!("/nodes/{node}/lxc/{vmid}/interfaces"), &[])
+            .await
     }
 
     /// `DELETE /nodes/{node}/lxc/{vmid}` (async `vzdestroy`).
-    pub async fn lxc_delete(&self, node: &str, vmid: Vmid, purge: bool, destroy_unreferenced_disks: bool) -> Result<Upid, ApiError> {
+    pub async fn lxc_delete(
+        &self,
+        node: &str,
+        vmid: Vmid,
+        purge: bool,
+        destroy_unreferenced_disks: bool,
+    ) -> Result<Upid, ApiError> {
         check_node(node)?;
-        let q = [("purge", u8::from(purge).to_string()), ("destroy-unreferenced-disks", u8::from(destroy_unreferenced_disks).to_string())];
-        upid(self.delete(&format!("/nodes/{node}/lxc/{vmid}"), &q).await?)
+        let q = [
+            ("purge", u8::from(purge).to_string()),
+            (
+                "destroy-unreferenced-disks",
+                u8::from(destroy_unreferenced_disks).to_string(),
+            ),
+        ];
+        upid(
+            self.delete(&format!("/nodes/{node}/lxc/{vmid}"), &q)
+                .await?,
+        )
     }
 }

@@ -40,21 +40,37 @@ fn forbidden_in_value(c: char, allow_semicolon: bool) -> Option<&'static str> {
 }
 
 fn check_value(key: &str, value: &str, allow_semicolon: bool) -> Result<(), PropertyError> {
-    if let Some(what) = value.chars().find_map(|c| forbidden_in_value(c, allow_semicolon)) {
-        return Err(PropertyError::ForbiddenChar { key: key.to_string(), what: what.to_string() });
+    if let Some(what) = value
+        .chars()
+        .find_map(|c| forbidden_in_value(c, allow_semicolon))
+    {
+        return Err(PropertyError::ForbiddenChar {
+            key: key.to_string(),
+            what: what.to_string(),
+        });
     }
     if value.is_empty() {
-        return Err(PropertyError::Invalid { key: key.to_string(), message: "empty value".into() });
+        return Err(PropertyError::Invalid {
+            key: key.to_string(),
+            message: "empty value".into(),
+        });
     }
     Ok(())
 }
 
 fn check_key(key: &str) -> Result<(), PropertyError> {
-    let ok = !key.is_empty() && key.len() <= 64 && key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    let ok = !key.is_empty()
+        && key.len() <= 64
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
     if ok {
         Ok(())
     } else {
-        Err(PropertyError::Malformed(format!("bad key {:?}", key.chars().take(40).collect::<String>())))
+        Err(PropertyError::Malformed(format!(
+            "bad key {:?}",
+            key.chars().take(40).collect::<String>()
+        )))
     }
 }
 
@@ -81,7 +97,12 @@ impl PropertyString {
                 Some((k, v)) => (k, v),
                 None => match default_key {
                     Some(d) if i == 0 => (d, part),
-                    _ => return Err(PropertyError::Malformed(format!("part {:?} has no key", part.chars().take(40).collect::<String>()))),
+                    _ => {
+                        return Err(PropertyError::Malformed(format!(
+                            "part {:?} has no key",
+                            part.chars().take(40).collect::<String>()
+                        )))
+                    }
                 },
             };
             check_key(key)?;
@@ -106,7 +127,10 @@ impl PropertyString {
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.entries
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn remove(&mut self, key: &str) -> Option<String> {
@@ -131,9 +155,14 @@ impl PropertyString {
     pub fn canonical(&self, first: &str, bare_first: bool) -> String {
         let mut parts = Vec::new();
         if let Some(v) = self.get(first) {
-            parts.push(if bare_first { v.to_string() } else { format!("{first}={v}") });
+            parts.push(if bare_first {
+                v.to_string()
+            } else {
+                format!("{first}={v}")
+            });
         }
-        let mut rest: Vec<&(String, String)> = self.entries.iter().filter(|(k, _)| k != first).collect();
+        let mut rest: Vec<&(String, String)> =
+            self.entries.iter().filter(|(k, _)| k != first).collect();
         rest.sort_by(|a, b| a.0.cmp(&b.0));
         parts.extend(rest.into_iter().map(|(k, v)| format!("{k}={v}")));
         parts.join(",")
@@ -142,7 +171,11 @@ impl PropertyString {
 
 impl fmt::Display for PropertyString {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let parts: Vec<String> = self.entries.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let parts: Vec<String> = self
+            .entries
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         f.write_str(&parts.join(","))
     }
 }
@@ -172,7 +205,10 @@ impl MacAddr {
 impl FromStr for MacAddr {
     type Err = PropertyError;
     fn from_str(s: &str) -> Result<Self, PropertyError> {
-        let bad = || PropertyError::Invalid { key: "hwaddr".into(), message: "value does not look like a valid unicast MAC address".into() };
+        let bad = || PropertyError::Invalid {
+            key: "hwaddr".into(),
+            message: "value does not look like a valid unicast MAC address".into(),
+        };
         let parts: Vec<&str> = s.split(':').collect();
         if parts.len() != 6 {
             return Err(bad());
@@ -191,20 +227,47 @@ impl FromStr for MacAddr {
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        write!(f, "{:02X}:{:02X}:{:02X}:{:02X}:{:02X}:{:02X}", b[0], b[1], b[2], b[3], b[4], b[5])
+        write!(
+            f,
+            "{:02X}:{:02X}:{:02X}:{:02X}:{:02X}:{:02X}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
     }
 }
 
 /// PVE's `[-_.\w\d]+` for interface and bridge names.
 fn check_ifname(key: &str, v: &str) -> Result<(), PropertyError> {
-    if !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
+    if !v.is_empty()
+        && v.len() <= 64
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
         Ok(())
     } else {
-        Err(PropertyError::Invalid { key: key.into(), message: "value does not match the regex pattern".into() })
+        Err(PropertyError::Invalid {
+            key: key.into(),
+            message: "value does not match the regex pattern".into(),
+        })
     }
 }
 
-const NET_KEYS: &[&str] = &["name", "bridge", "hwaddr", "ip", "gw", "ip6", "gw6", "firewall", "tag", "trunks", "rate", "mtu", "link_down", "host-managed", "type"];
+const NET_KEYS: &[&str] = &[
+    "name",
+    "bridge",
+    "hwaddr",
+    "ip",
+    "gw",
+    "ip6",
+    "gw6",
+    "firewall",
+    "tag",
+    "trunks",
+    "rate",
+    "mtu",
+    "link_down",
+    "host-managed",
+    "type",
+];
 const NET_BOOLS: &[&str] = &["firewall", "link_down", "host-managed"];
 
 /// PVE accepts `1|on|yes|true` and `0|off|no|false`, stored as `1`/`0`.
@@ -212,7 +275,10 @@ fn normalize_bool(key: &str, v: &str) -> Result<String, PropertyError> {
     match v.to_ascii_lowercase().as_str() {
         "1" | "on" | "yes" | "true" => Ok("1".into()),
         "0" | "off" | "no" | "false" => Ok("0".into()),
-        _ => Err(PropertyError::Invalid { key: key.into(), message: format!("type check ('boolean') failed - got '{v}'") }),
+        _ => Err(PropertyError::Invalid {
+            key: key.into(),
+            message: format!("type check ('boolean') failed - got '{v}'"),
+        }),
     }
 }
 
@@ -234,11 +300,20 @@ impl NetConfig {
         check_ifname("bridge", bridge)?;
         let mac: MacAddr = mac.parse()?;
         if !mac.is_unicast() {
-            return Err(PropertyError::Invalid { key: "hwaddr".into(), message: "value does not look like a valid unicast MAC address".into() });
+            return Err(PropertyError::Invalid {
+                key: "hwaddr".into(),
+                message: "value does not look like a valid unicast MAC address".into(),
+            });
         }
         let mut other = BTreeMap::new();
         other.insert("type".to_string(), "veth".to_string());
-        Ok(NetConfig { name: name.into(), bridge: Some(bridge.into()), hwaddr: Some(mac), ip: Some("dhcp".into()), other })
+        Ok(NetConfig {
+            name: name.into(),
+            bridge: Some(bridge.into()),
+            hwaddr: Some(mac),
+            ip: Some("dhcp".into()),
+            other,
+        })
     }
 
     /// The same NIC with another MAC: every other key is kept (a `netN` written without
@@ -246,9 +321,15 @@ impl NetConfig {
     pub fn with_hwaddr(&self, mac: &str) -> Result<NetConfig, PropertyError> {
         let mac: MacAddr = mac.parse()?;
         if !mac.is_unicast() {
-            return Err(PropertyError::Invalid { key: "hwaddr".into(), message: "value does not look like a valid unicast MAC address".into() });
+            return Err(PropertyError::Invalid {
+                key: "hwaddr".into(),
+                message: "value does not look like a valid unicast MAC address".into(),
+            });
         }
-        Ok(NetConfig { hwaddr: Some(mac), ..self.clone() })
+        Ok(NetConfig {
+            hwaddr: Some(mac),
+            ..self.clone()
+        })
     }
 
     fn to_property_string(&self) -> PropertyString {
@@ -281,7 +362,10 @@ impl FromStr for NetConfig {
                 return Err(PropertyError::UnknownKey(k.to_string()));
             }
         }
-        let name = p.get("name").ok_or_else(|| PropertyError::Missing("name".into()))?.to_string();
+        let name = p
+            .get("name")
+            .ok_or_else(|| PropertyError::Missing("name".into()))?
+            .to_string();
         check_ifname("name", &name)?;
         let bridge = p.get("bridge").map(str::to_string);
         if let Some(b) = &bridge {
@@ -289,17 +373,30 @@ impl FromStr for NetConfig {
         }
         let hwaddr = p.get("hwaddr").map(str::parse::<MacAddr>).transpose()?;
         if hwaddr.is_some_and(|m| !m.is_unicast()) {
-            return Err(PropertyError::Invalid { key: "hwaddr".into(), message: "value does not look like a valid unicast MAC address".into() });
+            return Err(PropertyError::Invalid {
+                key: "hwaddr".into(),
+                message: "value does not look like a valid unicast MAC address".into(),
+            });
         }
         let ip = p.get("ip").map(str::to_string);
         for (k, v) in &p.entries {
             if matches!(k.as_str(), "name" | "bridge" | "hwaddr" | "ip") {
                 continue;
             }
-            let v = if NET_BOOLS.contains(&k.as_str()) { normalize_bool(k, v)? } else { v.clone() };
+            let v = if NET_BOOLS.contains(&k.as_str()) {
+                normalize_bool(k, v)?
+            } else {
+                v.clone()
+            };
             other.insert(k.clone(), v);
         }
-        Ok(NetConfig { name, bridge, hwaddr, ip, other })
+        Ok(NetConfig {
+            name,
+            bridge,
+            hwaddr,
+            ip,
+            other,
+        })
     }
 }
 
@@ -310,8 +407,28 @@ impl fmt::Display for NetConfig {
     }
 }
 
-const MOUNT_KEYS: &[&str] = &["volume", "mp", "size", "acl", "ro", "quota", "backup", "replicate", "shared", "mountoptions", "keepattrs"];
-const MOUNT_BOOLS: &[&str] = &["acl", "ro", "quota", "backup", "replicate", "shared", "keepattrs"];
+const MOUNT_KEYS: &[&str] = &[
+    "volume",
+    "mp",
+    "size",
+    "acl",
+    "ro",
+    "quota",
+    "backup",
+    "replicate",
+    "shared",
+    "mountoptions",
+    "keepattrs",
+];
+const MOUNT_BOOLS: &[&str] = &[
+    "acl",
+    "ro",
+    "quota",
+    "backup",
+    "replicate",
+    "shared",
+    "keepattrs",
+];
 
 /// `rootfs` or `mp[n]` (reference §3.4, §3.6). The default key is `volume`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -324,12 +441,17 @@ pub struct MountConfig {
 }
 
 fn check_mount_path(p: &str) -> Result<(), PropertyError> {
-    let bad = |m: &str| PropertyError::Invalid { key: "mp".into(), message: m.into() };
+    let bad = |m: &str| PropertyError::Invalid {
+        key: "mp".into(),
+        message: m.into(),
+    };
     if !p.starts_with('/') {
         return Err(bad("mount point path must be absolute"));
     }
     if p.contains("/./") || p.contains("/../") || p.ends_with("/..") || p.ends_with("/.") {
-        return Err(bad("mount point path may not contain '.' or '..' components"));
+        return Err(bad(
+            "mount point path may not contain '.' or '..' components",
+        ));
     }
     check_value("mp", p, false)
 }
@@ -337,14 +459,32 @@ fn check_mount_path(p: &str) -> Result<(), PropertyError> {
 impl MountConfig {
     /// A new volume to allocate: `<storage>:<GiB>,mp=<path>` (reference §3.6).
     pub fn new_volume(volume: &str, mp: &str) -> Result<MountConfig, PropertyError> {
-        let (sid, size) = volume.split_once(':').ok_or_else(|| PropertyError::Invalid { key: "volume".into(), message: "expected <storage>:<GiB>".into() })?;
-        let sid_ok = sid.bytes().next().is_some_and(|b| b.is_ascii_lowercase()) && sid.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'));
-        let size_ok = !size.is_empty() && size.bytes().all(|b| b.is_ascii_digit() || b == b'.') && size.parse::<f64>().is_ok_and(|v| v > 0.0);
+        let (sid, size) = volume
+            .split_once(':')
+            .ok_or_else(|| PropertyError::Invalid {
+                key: "volume".into(),
+                message: "expected <storage>:<GiB>".into(),
+            })?;
+        let sid_ok = sid.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+            && sid.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+            });
+        let size_ok = !size.is_empty()
+            && size.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+            && size.parse::<f64>().is_ok_and(|v| v > 0.0);
         if !sid_ok || !size_ok {
-            return Err(PropertyError::Invalid { key: "volume".into(), message: "expected <storage>:<GiB>".into() });
+            return Err(PropertyError::Invalid {
+                key: "volume".into(),
+                message: "expected <storage>:<GiB>".into(),
+            });
         }
         check_mount_path(mp)?;
-        Ok(MountConfig { volume: volume.into(), mp: Some(mp.into()), size: None, other: BTreeMap::new() })
+        Ok(MountConfig {
+            volume: volume.into(),
+            mp: Some(mp.into()),
+            size: None,
+            other: BTreeMap::new(),
+        })
     }
 
     fn parse_with(s: &str, need_mp: bool) -> Result<MountConfig, PropertyError> {
@@ -354,7 +494,10 @@ impl MountConfig {
                 return Err(PropertyError::UnknownKey(k.to_string()));
             }
         }
-        let volume = p.get("volume").ok_or_else(|| PropertyError::Missing("volume".into()))?.to_string();
+        let volume = p
+            .get("volume")
+            .ok_or_else(|| PropertyError::Missing("volume".into()))?
+            .to_string();
         let mp = p.get("mp").map(str::to_string);
         if need_mp && mp.is_none() {
             return Err(PropertyError::Missing("mp".into()));
@@ -368,10 +511,19 @@ impl MountConfig {
             if matches!(k.as_str(), "volume" | "mp" | "size") {
                 continue;
             }
-            let v = if MOUNT_BOOLS.contains(&k.as_str()) { normalize_bool(k, v)? } else { v.clone() };
+            let v = if MOUNT_BOOLS.contains(&k.as_str()) {
+                normalize_bool(k, v)?
+            } else {
+                v.clone()
+            };
             other.insert(k.clone(), v);
         }
-        Ok(MountConfig { volume, mp, size, other })
+        Ok(MountConfig {
+            volume,
+            mp,
+            size,
+            other,
+        })
     }
 
     pub fn parse_rootfs(s: &str) -> Result<MountConfig, PropertyError> {
@@ -406,7 +558,14 @@ impl fmt::Display for MountConfig {
     }
 }
 
-const FEATURE_KEYS: &[&str] = &["nesting", "keyctl", "fuse", "mknod", "force_rw_sys", "mount"];
+const FEATURE_KEYS: &[&str] = &[
+    "nesting",
+    "keyctl",
+    "fuse",
+    "mknod",
+    "force_rw_sys",
+    "mount",
+];
 
 /// `features` (reference §3.4).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -442,7 +601,11 @@ impl FromStr for Features {
 
 impl fmt::Display for Features {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut all: BTreeMap<&str, String> = self.other.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        let mut all: BTreeMap<&str, String> = self
+            .other
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
         if self.nesting {
             all.insert("nesting", "1".into());
         }
@@ -454,21 +617,40 @@ impl fmt::Display for Features {
     }
 }
 
-const UNITS: [(char, u64); 4] = [('T', 1 << 40), ('G', 1 << 30), ('M', 1 << 20), ('K', 1 << 10)];
+const UNITS: [(char, u64); 4] = [
+    ('T', 1 << 40),
+    ('G', 1 << 30),
+    ('M', 1 << 20),
+    ('K', 1 << 10),
+];
 
 /// `\d+(\.\d+)?[KMGT]?` → bytes. A bare number is bytes (reference §5: `size=10` is 10
 /// bytes). A leading `+` (relative resize) is refused here: felhom only resizes absolutely.
 pub fn parse_disk_size(s: &str) -> Result<u64, PropertyError> {
-    let bad = || PropertyError::Invalid { key: "size".into(), message: format!("value '{}' does not match the regex pattern", s.chars().take(40).collect::<String>()) };
+    let bad = || PropertyError::Invalid {
+        key: "size".into(),
+        message: format!(
+            "value '{}' does not match the regex pattern",
+            s.chars().take(40).collect::<String>()
+        ),
+    };
     let (num, mult) = match s.chars().last() {
         Some(c) if c.is_ascii_alphabetic() => {
-            let m = UNITS.iter().find(|(u, _)| *u == c).map(|(_, m)| *m).ok_or_else(bad)?;
+            let m = UNITS
+                .iter()
+                .find(|(u, _)| *u == c)
+                .map(|(_, m)| *m)
+                .ok_or_else(bad)?;
             (&s[..s.len() - 1], m)
         }
         _ => (s, 1),
     };
     let (int, frac) = num.split_once('.').unwrap_or((num, ""));
-    if int.is_empty() || !int.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) || (num.contains('.') && frac.is_empty()) {
+    if int.is_empty()
+        || !int.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+        || (num.contains('.') && frac.is_empty())
+    {
         return Err(bad());
     }
     let v: f64 = num.parse().map_err(|_| bad())?;
@@ -496,14 +678,36 @@ mod tests {
 
     #[test]
     fn net_canonical_form() {
-        let n: NetConfig = "bridge=vmbr0,name=eth0,ip=dhcp,hwaddr=bc:24:11:5e:0a:1f,type=veth,firewall=yes".parse().unwrap();
-        assert_eq!(n.to_string(), "name=eth0,bridge=vmbr0,firewall=1,hwaddr=BC:24:11:5E:0A:1F,ip=dhcp,type=veth");
-        assert!(matches!("name=eth0,foo=1".parse::<NetConfig>(), Err(PropertyError::UnknownKey(k)) if k == "foo"));
-        assert!(matches!("name=eth0,name=eth1".parse::<NetConfig>(), Err(PropertyError::DuplicateKey(_))));
-        assert!(matches!("bridge=vmbr0".parse::<NetConfig>(), Err(PropertyError::Missing(_))));
-        assert!("name=eth0,hwaddr=01:00:00:00:00:00".parse::<NetConfig>().is_err(), "multicast MAC");
+        let n: NetConfig =
+            "bridge=vmbr0,name=eth0,ip=dhcp,hwaddr=bc:24:11:5e:0a:1f,type=veth,firewall=yes"
+                .parse()
+                .unwrap();
+        assert_eq!(
+            n.to_string(),
+            "name=eth0,bridge=vmbr0,firewall=1,hwaddr=BC:24:11:5E:0A:1F,ip=dhcp,type=veth"
+        );
+        assert!(
+            matches!("name=eth0,foo=1".parse::<NetConfig>(), Err(PropertyError::UnknownKey(k)) if k == "foo")
+        );
+        assert!(matches!(
+            "name=eth0,name=eth1".parse::<NetConfig>(),
+            Err(PropertyError::DuplicateKey(_))
+        ));
+        assert!(matches!(
+            "bridge=vmbr0".parse::<NetConfig>(),
+            Err(PropertyError::Missing(_))
+        ));
+        assert!(
+            "name=eth0,hwaddr=01:00:00:00:00:00"
+                .parse::<NetConfig>()
+                .is_err(),
+            "multicast MAC"
+        );
         let n2 = n.with_hwaddr("BC:24:11:00:00:01").unwrap();
-        assert_eq!(n2.to_string(), "name=eth0,bridge=vmbr0,firewall=1,hwaddr=BC:24:11:00:00:01,ip=dhcp,type=veth");
+        assert_eq!(
+            n2.to_string(),
+            "name=eth0,bridge=vmbr0,firewall=1,hwaddr=BC:24:11:00:00:01,ip=dhcp,type=veth"
+        );
     }
 
     #[test]
@@ -513,12 +717,25 @@ mod tests {
         assert_eq!(r.storage(), Some("local-lvm"));
         assert_eq!(r.to_string(), "local-lvm:vm-100-disk-0,size=8G");
         let m = MountConfig::parse_mp("local-lvm:vm-123-disk-1,size=8G,mp=/data,backup=1").unwrap();
-        assert_eq!(m.to_string(), "local-lvm:vm-123-disk-1,backup=1,mp=/data,size=8G");
+        assert_eq!(
+            m.to_string(),
+            "local-lvm:vm-123-disk-1,backup=1,mp=/data,size=8G"
+        );
         assert!(MountConfig::parse_mp("local-lvm:vm-1-disk-1,size=1G").is_err());
         assert!(MountConfig::new_volume("local-lvm:4", "/srv/a,mp=/etc").is_err());
         assert!(MountConfig::new_volume("local-lvm:4", "/srv/../etc").is_err());
-        assert_eq!(MountConfig::new_volume("local-lvm:1.5", "/srv/data").unwrap().to_string(), "local-lvm:1.5,mp=/srv/data");
-        assert_eq!(Features::from_str("nesting=1,keyctl=1").unwrap().to_string(), "keyctl=1,nesting=1");
+        assert_eq!(
+            MountConfig::new_volume("local-lvm:1.5", "/srv/data")
+                .unwrap()
+                .to_string(),
+            "local-lvm:1.5,mp=/srv/data"
+        );
+        assert_eq!(
+            Features::from_str("nesting=1,keyctl=1")
+                .unwrap()
+                .to_string(),
+            "keyctl=1,nesting=1"
+        );
     }
 
     #[test]

@@ -45,17 +45,30 @@ pub struct PoolInfo {
 }
 
 impl PveClient {
-    pub async fn storage_content(&self, node: &str, storage: &str, content: Option<&str>) -> Result<Vec<StorageVolume>, ApiError> {
+    pub async fn storage_content(
+        &self,
+        node: &str,
+        storage: &str,
+        content: Option<&str>,
+    ) -> Result<Vec<StorageVolume>, ApiError> {
         check_node(node)?;
         check_storage(storage)?;
-        let q: Vec<(&str, String)> = content.map(|c| vec![("content", c.to_string())]).unwrap_or_default();
-        self.get(&format!("/nodes/{node}/storage/{storage}/content"), &q).await
+        let q: Vec<(&str, String)> = content
+            .map(|c| vec![("content", c.to_string())])
+            .unwrap_or_default();
+        self.get(&format!("/nodes/{node}/storage/{storage}/content"), &q)
+            .await
     }
 
-    pub async fn storage_status(&self, node: &str, storage: &str) -> Result<StorageStatus, ApiError> {
+    pub async fn storage_status(
+        &self,
+        node: &str,
+        storage: &str,
+    ) -> Result<StorageStatus, ApiError> {
         check_node(node)?;
         check_storage(storage)?;
-        self.get(&format!("/nodes/{node}/storage/{storage}/status"), &[]).await
+        self.get(&format!("/nodes/{node}/storage/{storage}/status"), &[])
+            .await
     }
 
     pub async fn pools(&self) -> Result<Vec<PoolInfo>, ApiError> {
@@ -66,6 +79,10 @@ impl PveClient {
     /// that needs the same privileges as restoring the archive.
     pub async fn vzdump_extractconfig(&self, node: &str, volume: &str) -> Result<String, ApiError> {
         check_node(node)?;
-        self.get(&format!("/nodes/{node}/vzdump/extractconfig"), &[("volume", volume.to_string())]).await
+        self.get(
+            &format!("/nodes/{node}/vzdump/extractconfig"),
+            &[("volume", volume.to_string())],
+        )
+        .await
     }
 }

@@ -30,31 +30,52 @@ impl FromStr for Upid {
     type Err = UpidError;
     fn from_str(s: &str) -> Result<Self, UpidError> {
         let err = || UpidError(s.chars().take(120).collect());
-        let body = s.strip_prefix("UPID:").and_then(|b| b.strip_suffix(':')).ok_or_else(err)?;
+        let body = s
+            .strip_prefix("UPID:")
+            .and_then(|b| b.strip_suffix(':'))
+            .ok_or_else(err)?;
         // The user (a token id may hold '!', never ':') is the last field; split from the left.
         let f: Vec<&str> = body.splitn(7, ':').collect();
         if f.len() != 7 {
             return Err(err());
         }
-        let node_ok = f[0].bytes().next().is_some_and(|b| b.is_ascii_alphanumeric()) && f[0].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        let node_ok = f[0]
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+            && f[0].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
         fn hex(x: &str, min: usize, max: usize) -> Option<u64> {
             let ok = x.len() >= min && x.len() <= max && x.bytes().all(|b| b.is_ascii_hexdigit());
             ok.then(|| u64::from_str_radix(x, 16).ok()).flatten()
         }
-        let pid = hex(f[1], 8, 8).and_then(|x| u32::try_from(x).ok()).ok_or_else(err)?;
+        let pid = hex(f[1], 8, 8)
+            .and_then(|x| u32::try_from(x).ok())
+            .ok_or_else(err)?;
         let pstart = hex(f[2], 8, 9).ok_or_else(err)?;
         let starttime = hex(f[3], 8, 8).ok_or_else(err)?;
         let word = |x: &str| !x.is_empty() && !x.contains(char::is_whitespace) && !x.contains(':');
         if !node_ok || !word(f[4]) || f[5].contains(':') || !word(f[6]) {
             return Err(err());
         }
-        Ok(Upid { node: f[0].into(), pid, pstart, starttime, task_type: f[4].into(), id: f[5].into(), user: f[6].into() })
+        Ok(Upid {
+            node: f[0].into(),
+            pid,
+            pstart,
+            starttime,
+            task_type: f[4].into(),
+            id: f[5].into(),
+            user: f[6].into(),
+        })
     }
 }
 
 impl fmt::Display for Upid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "UPID:{}:{:08X}:{:08X}:{:08X}:{}:{}:{}:", self.node, self.pid, self.pstart, self.starttime, self.task_type, self.id, self.user)
+        write!(
+            f,
+            "UPID:{}:{:08X}:{:08X}:{:08X}:{}:{}:{}:",
+            self.node, self.pid, self.pstart, self.starttime, self.task_type, self.id, self.user
+        )
     }
 }
 
@@ -66,7 +87,9 @@ impl Serialize for Upid {
 
 impl<'de> Deserialize<'de> for Upid {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -96,7 +119,9 @@ pub fn exit_ok(exitstatus: &str) -> Option<u32> {
         return Some(0);
     }
     let n = exitstatus.strip_prefix("WARNINGS: ")?;
-    (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())).then(|| n.parse().ok()).flatten()
+    (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| n.parse().ok())
+        .flatten()
 }
 
 /// How to wait for a task.
@@ -160,33 +185,62 @@ struct LogLine {
 
 impl PveClient {
     pub async fn task_status(&self, upid: &Upid) -> Result<TaskStatus, ApiError> {
-        let path = format!("/nodes/{}/tasks/{}/status", upid.node, crate::client::encode_segment(&upid.to_string()));
+        let path = format!(
+            "/nodes/{}/tasks/{}/status",
+            upid.node,
+            crate::client::encode_segment(&upid.to_string())
+        );
         self.get_counted(&path, &[], true).await
     }
 
     /// Log lines `start..start+limit` (texts only).
-    pub async fn task_log(&self, upid: &Upid, start: u32, limit: u32) -> Result<Vec<String>, ApiError> {
-        let path = format!("/nodes/{}/tasks/{}/log", upid.node, crate::client::encode_segment(&upid.to_string()));
-        let lines: Vec<LogLine> = self.get(&path, &[("start", start.to_string()), ("limit", limit.to_string())]).await?;
+    pub async fn task_log(
+        &self,
+        upid: &Upid,
+        start: u32,
+        limit: u32,
+    ) -> Result<Vec<String>, ApiError> {
+        let path = format!(
+            "/nodes/{}/tasks/{}/log",
+            upid.node,
+            crate::client::encode_segment(&upid.to_string())
+        );
+        let lines: Vec<LogLine> = self
+            .get(
+                &path,
+                &[("start", start.to_string()), ("limit", limit.to_string())],
+            )
+            .await?;
         Ok(lines.into_iter().map(|l| l.t).collect())
     }
 
     /// Wait for a task to stop. `OK` and `WARNINGS: n` are success; anything else is
     /// `TaskFailed` with the last lines of the task log.
-    pub async fn wait_task(&self, upid: &Upid, opts: &WaitOptions) -> Result<TaskOutcome, ApiError> {
+    pub async fn wait_task(
+        &self,
+        upid: &Upid,
+        opts: &WaitOptions,
+    ) -> Result<TaskOutcome, ApiError> {
         let started = Instant::now();
         let mut polls = 0u32;
         loop {
             let pause = opts.interval(polls);
             if started.elapsed() + pause > opts.deadline {
-                return Err(ApiError::TaskTimeout { upid: upid.to_string(), waited: started.elapsed() });
+                return Err(ApiError::TaskTimeout {
+                    upid: upid.to_string(),
+                    waited: started.elapsed(),
+                });
             }
             tokio::time::sleep(pause).await;
             polls += 1;
             let st = match self.task_status(upid).await {
                 Ok(st) => st,
                 // A UPID the server has only just created may not be visible yet.
-                Err(ApiError::Param { .. } | ApiError::NotFound { .. }) if started.elapsed() < opts.not_visible_grace => continue,
+                Err(ApiError::Param { .. } | ApiError::NotFound { .. })
+                    if started.elapsed() < opts.not_visible_grace =>
+                {
+                    continue
+                }
                 Err(e) if e.is_transient() => continue,
                 Err(e) => return Err(e),
             };
@@ -195,13 +249,21 @@ impl PveClient {
             }
             let exit = st.exitstatus.unwrap_or_else(|| "unexpected status".into());
             if let Some(warnings) = exit_ok(&exit) {
-                return Ok(TaskOutcome { exitstatus: exit, warnings, polls });
+                return Ok(TaskOutcome {
+                    exitstatus: exit,
+                    warnings,
+                    polls,
+                });
             }
             let log_tail = match self.task_log(upid, 0, 500).await {
                 Ok(lines) => lines.iter().rev().take(20).rev().cloned().collect(),
                 Err(_) => Vec::new(),
             };
-            return Err(ApiError::TaskFailed { upid: upid.to_string(), exitstatus: exit, log_tail });
+            return Err(ApiError::TaskFailed {
+                upid: upid.to_string(),
+                exitstatus: exit,
+                log_tail,
+            });
         }
     }
 }
@@ -219,9 +281,25 @@ mod tests {
         assert_eq!(u.task_type, "vzrestore");
         assert_eq!(u.user, "agent@pve!prov");
         assert_eq!(u.to_string(), s);
-        assert!("UPID:pve1:0003A2F1:0B8C9D12:66A1B2C3:vzrestore:123:agent@pve!prov".parse::<Upid>().is_err(), "no trailing colon");
-        assert!("UPID:pve1:3A2F1:0B8C9D12:66A1B2C3:vzrestore:123:root@pam:".parse::<Upid>().is_err(), "short pid");
-        assert_eq!("UPID:pve1:0003a2f1:0b8c9d12:66a1b2c3:vzstart:1:root@pam:".parse::<Upid>().unwrap().to_string(), "UPID:pve1:0003A2F1:0B8C9D12:66A1B2C3:vzstart:1:root@pam:");
+        assert!(
+            "UPID:pve1:0003A2F1:0B8C9D12:66A1B2C3:vzrestore:123:agent@pve!prov"
+                .parse::<Upid>()
+                .is_err(),
+            "no trailing colon"
+        );
+        assert!(
+            "UPID:pve1:3A2F1:0B8C9D12:66A1B2C3:vzrestore:123:root@pam:"
+                .parse::<Upid>()
+                .is_err(),
+            "short pid"
+        );
+        assert_eq!(
+            "UPID:pve1:0003a2f1:0b8c9d12:66a1b2c3:vzstart:1:root@pam:"
+                .parse::<Upid>()
+                .unwrap()
+                .to_string(),
+            "UPID:pve1:0003A2F1:0B8C9D12:66A1B2C3:vzstart:1:root@pam:"
+        );
     }
 
     #[test]
@@ -241,7 +319,10 @@ mod tests {
         assert_eq!(o.interval(3), Duration::from_millis(225));
         assert_eq!(o.interval(50), Duration::from_millis(500));
         let total: Duration = (0..20).map(|n| o.interval(n)).sum();
-        assert!(total > Duration::from_secs(5), "20 polls span more than 5 s: {total:?}");
+        assert!(
+            total > Duration::from_secs(5),
+            "20 polls span more than 5 s: {total:?}"
+        );
     }
 
     proptest! {

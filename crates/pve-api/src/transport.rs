@@ -30,7 +30,10 @@ impl FromStr for CertFingerprint {
     fn from_str(s: &str) -> Result<Self, String> {
         let hex: String = s.chars().filter(|c| *c != ':').collect();
         if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!("expected 32 hex bytes, optionally ':'-separated; got {} hex digits", hex.len()));
+            return Err(format!(
+                "expected 32 hex bytes, optionally ':'-separated; got {} hex digits",
+                hex.len()
+            ));
         }
         let mut out = [0u8; 32];
         hex::decode_to_slice(&hex, &mut out).map_err(|e| e.to_string())?;
@@ -72,33 +75,76 @@ struct PinnedVerifier {
 }
 
 impl ServerCertVerifier for PinnedVerifier {
-    fn verify_server_cert(&self, end_entity: &CertificateDer<'_>, _: &[CertificateDer<'_>], _: &ServerName<'_>, _: &[u8], _: UnixTime) -> Result<ServerCertVerified, rustls::Error> {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
         let seen = CertFingerprint::of(end_entity.as_ref());
         if seen == self.pin {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::General(format!("server certificate fingerprint mismatch: pinned {}, server presented {}", self.pin, seen)))
+            Err(rustls::Error::General(format!(
+                "server certificate fingerprint mismatch: pinned {}, server presented {}",
+                self.pin, seen
+            )))
         }
     }
 
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
 pub(crate) fn tls_config(trust: &TlsTrust) -> Result<rustls::ClientConfig, ApiError> {
-    let tls_err = |m: String| ApiError::InvalidInput { field: "tls".into(), message: m };
-    let builder = rustls::ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions().map_err(|e| tls_err(e.to_string()))?;
+    let tls_err = |m: String| ApiError::InvalidInput {
+        field: "tls".into(),
+        message: m,
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_err(e.to_string()))?;
     let cfg = match trust {
-        TlsTrust::Pinned(pin) => builder.dangerous().with_custom_certificate_verifier(Arc::new(PinnedVerifier { pin: *pin, provider: provider() })).with_no_client_auth(),
+        TlsTrust::Pinned(pin) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
+                pin: *pin,
+                provider: provider(),
+            }))
+            .with_no_client_auth(),
         TlsTrust::SystemRoots => {
             let mut roots = rustls::RootCertStore::empty();
             let found = rustls_native_certs::load_native_certs();
@@ -106,20 +152,33 @@ pub(crate) fn tls_config(trust: &TlsTrust) -> Result<rustls::ClientConfig, ApiEr
                 let _ = roots.add(c);
             }
             if roots.is_empty() {
-                return Err(tls_err("no system root certificates found; pin the fingerprint or give a CA file".into()));
+                return Err(tls_err(
+                    "no system root certificates found; pin the fingerprint or give a CA file"
+                        .into(),
+                ));
             }
             builder.with_root_certificates(roots).with_no_client_auth()
         }
         TlsTrust::CaFile(path) => {
             use rustls::pki_types::pem::PemObject;
             let mut roots = rustls::RootCertStore::empty();
-            let certs = CertificateDer::pem_file_iter(path).map_err(|e| tls_err(format!("cannot read CA file {}: {e}", path.display())))?;
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| tls_err(format!("cannot read CA file {}: {e}", path.display())))?;
             for c in certs {
-                let c = c.map_err(|e| tls_err(format!("bad certificate in {}: {e}", path.display())))?;
-                roots.add(c).map_err(|e| tls_err(format!("unusable CA certificate in {}: {e}", path.display())))?;
+                let c =
+                    c.map_err(|e| tls_err(format!("bad certificate in {}: {e}", path.display())))?;
+                roots.add(c).map_err(|e| {
+                    tls_err(format!(
+                        "unusable CA certificate in {}: {e}",
+                        path.display()
+                    ))
+                })?;
             }
             if roots.is_empty() {
-                return Err(tls_err(format!("no certificates in CA file {}", path.display())));
+                return Err(tls_err(format!(
+                    "no certificates in CA file {}",
+                    path.display()
+                )));
             }
             builder.with_root_certificates(roots).with_no_client_auth()
         }
@@ -137,7 +196,13 @@ mod tests {
         let s = fp.to_string();
         assert_eq!(s.len(), 95);
         assert_eq!(s.parse::<CertFingerprint>().unwrap(), fp);
-        assert_eq!(s.replace(':', "").to_lowercase().parse::<CertFingerprint>().unwrap(), fp);
+        assert_eq!(
+            s.replace(':', "")
+                .to_lowercase()
+                .parse::<CertFingerprint>()
+                .unwrap(),
+            fp
+        );
         assert!("AA:BB".parse::<CertFingerprint>().is_err());
     }
 }

@@ -41,11 +41,16 @@ impl From<Vmid> for u32 {
 impl FromStr for Vmid {
     type Err = VmidError;
     fn from_str(s: &str) -> Result<Self, VmidError> {
-        let ok = s.len() >= 3 && s.len() <= 9 && s.bytes().all(|b| b.is_ascii_digit()) && !s.starts_with('0');
+        let ok = s.len() >= 3
+            && s.len() <= 9
+            && s.bytes().all(|b| b.is_ascii_digit())
+            && !s.starts_with('0');
         if !ok {
             return Err(VmidError(s.chars().take(20).collect()));
         }
-        s.parse::<u32>().map_err(|_| VmidError(s.into())).and_then(Vmid::try_from)
+        s.parse::<u32>()
+            .map_err(|_| VmidError(s.into()))
+            .and_then(Vmid::try_from)
     }
 }
 

@@ -69,19 +69,35 @@ struct PveErr {
 }
 
 fn die(msg: impl Into<String>) -> PveErr {
-    PveErr { status: 500, message: msg.into(), errors: None }
+    PveErr {
+        status: 500,
+        message: msg.into(),
+        errors: None,
+    }
 }
 
 fn perm_err(path: &str, privilege: &str) -> PveErr {
-    PveErr { status: 403, message: format!("Permission check failed ({path}, {privilege})"), errors: None }
+    PveErr {
+        status: 403,
+        message: format!("Permission check failed ({path}, {privilege})"),
+        errors: None,
+    }
 }
 
 fn perm_text(text: impl Into<String>) -> PveErr {
-    PveErr { status: 403, message: format!("Permission check failed ({})", text.into()), errors: None }
+    PveErr {
+        status: 403,
+        message: format!("Permission check failed ({})", text.into()),
+        errors: None,
+    }
 }
 
 fn param_err(errors: BTreeMap<String, String>) -> PveErr {
-    PveErr { status: 400, message: "Parameter verification failed.".into(), errors: Some(errors) }
+    PveErr {
+        status: 400,
+        message: "Parameter verification failed.".into(),
+        errors: Some(errors),
+    }
 }
 
 fn param1(key: &str, msg: impl Into<String>) -> PveErr {
@@ -89,7 +105,9 @@ fn param1(key: &str, msg: impl Into<String>) -> PveErr {
 }
 
 fn no_conf(node: &str, vmid: u32) -> PveErr {
-    die(format!("Configuration file 'nodes/{node}/lxc/{vmid}.conf' does not exist"))
+    die(format!(
+        "Configuration file 'nodes/{node}/lxc/{vmid}.conf' does not exist"
+    ))
 }
 
 /// The status line carries the first line of the message (reference §0).
@@ -97,9 +115,16 @@ fn error_response(e: &PveErr) -> Response {
     let first = e.message.lines().next().unwrap_or("").to_string();
     let mut body = json!({ "data": null, "message": format!("{}\n", e.message) });
     if let Some(errs) = &e.errors {
-        body["errors"] = json!(errs.iter().map(|(k, v)| (k.clone(), format!("{v}\n"))).collect::<BTreeMap<_, _>>());
+        body["errors"] = json!(errs
+            .iter()
+            .map(|(k, v)| (k.clone(), format!("{v}\n")))
+            .collect::<BTreeMap<_, _>>());
     }
-    let mut resp = (StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), Json(body)).into_response();
+    let mut resp = (
+        StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        Json(body),
+    )
+        .into_response();
     if let Ok(r) = hyper::ext::ReasonPhrase::try_from(first.into_bytes()) {
         resp.extensions_mut().insert(r);
     }
@@ -175,15 +200,26 @@ fn match_route(method: &str, path: &str) -> Option<(&'static str, BTreeMap<Strin
 }
 
 fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
+    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
 }
 
-fn parse_params(uri: &Uri, headers: &HeaderMap, body: &Bytes) -> Result<BTreeMap<String, String>, PveErr> {
+fn parse_params(
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<BTreeMap<String, String>, PveErr> {
     let mut params = BTreeMap::new();
-    let is_json = headers.get("content-type").and_then(|v| v.to_str().ok()).is_some_and(|c| c.starts_with("application/json"));
+    let is_json = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/json"));
     if !body.is_empty() {
         if is_json {
-            let v: Value = serde_json::from_slice(body).map_err(|e| die(format!("unable to parse JSON body - {e}")))?;
+            let v: Value = serde_json::from_slice(body)
+                .map_err(|e| die(format!("unable to parse JSON body - {e}")))?;
             if let Some(o) = v.as_object() {
                 for (k, v) in o {
                     let s = match v {
@@ -209,7 +245,13 @@ fn parse_params(uri: &Uri, headers: &HeaderMap, body: &Bytes) -> Result<BTreeMap
     Ok(params)
 }
 
-async fn api_entry(AxState(sim): AxState<Arc<Sim>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn api_entry(
+    AxState(sim): AxState<Arc<Sim>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if !sim.cfg.faults.latency.is_zero() {
         tokio::time::sleep(sim.cfg.faults.latency).await;
     }
@@ -225,7 +267,10 @@ async fn api_entry(AxState(sim): AxState<Arc<Sim>>, method: Method, uri: Uri, he
             st.counters.writes += 1;
         }
     });
-    let auth_header = headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let auth_header = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let who = sim.read(|st| auth::authenticate(st, auth_header.as_deref()));
     let who = match who {
         Ok(w) => w,
@@ -251,7 +296,11 @@ async fn api_entry(AxState(sim): AxState<Arc<Sim>>, method: Method, uri: Uri, he
         Err(e) => return error_response(&e),
     };
     let result = match match_route(method.as_str(), &path) {
-        None => Err(PveErr { status: 501, message: format!("Method '{} {}' not implemented", method.as_str(), full), errors: None }),
+        None => Err(PveErr {
+            status: 501,
+            message: format!("Method '{} {}' not implemented", method.as_str(), full),
+            errors: None,
+        }),
         Some((pattern, vars)) => {
             for (k, v) in &vars {
                 if let Some(existing) = params.get(k) {
@@ -280,15 +329,30 @@ async fn api_entry(AxState(sim): AxState<Arc<Sim>>, method: Method, uri: Uri, he
     }
 }
 
-fn log_request(sim: &Sim, method: &str, path: &str, params: &BTreeMap<String, String>, status: u16) {
-    let params: BTreeMap<&String, &String> = params.iter().filter(|(k, _)| k.as_str() != "password").collect();
+fn log_request(
+    sim: &Sim,
+    method: &str,
+    path: &str,
+    params: &BTreeMap<String, String>,
+    status: u16,
+) {
+    let params: BTreeMap<&String, &String> = params
+        .iter()
+        .filter(|(k, _)| k.as_str() != "password")
+        .collect();
     let mut reqs = sim.requests.lock().unwrap_or_else(|p| p.into_inner());
     if reqs.len() < 200_000 {
         reqs.push(json!({ "method": method, "path": path, "params": params, "status": status, "at_ms": now_ms() }));
     }
 }
 
-async fn dispatch(sim: &Arc<Sim>, method: &str, pattern: &'static str, who: Subject, params: BTreeMap<String, String>) -> HResult {
+async fn dispatch(
+    sim: &Arc<Sim>,
+    method: &str,
+    pattern: &'static str,
+    who: Subject,
+    params: BTreeMap<String, String>,
+) -> HResult {
     let node = params.get("node").cloned().unwrap_or_default();
     let req = Req { who, params, node };
     if let Some(n) = req.params.get("node") {
@@ -302,7 +366,11 @@ async fn dispatch(sim: &Arc<Sim>, method: &str, pattern: &'static str, who: Subj
     if method != "GET" {
         if sim.chance(sim.cfg.faults.http503) {
             sim.mutate(|st| st.counters.faults_injected += 1);
-            return Err(PveErr { status: 503, message: "Service Unavailable".into(), errors: None });
+            return Err(PveErr {
+                status: 503,
+                message: "Service Unavailable".into(),
+                errors: None,
+            });
         }
         if let Some(v) = vmid {
             if sim.chance(sim.cfg.faults.lock500) {
@@ -312,17 +380,34 @@ async fn dispatch(sim: &Arc<Sim>, method: &str, pattern: &'static str, who: Subj
                     st.counters.lock500 += 1;
                 });
                 let text = lock_timeout_text(v);
-                return Err(die(if pattern == "/nodes/{node}/lxc" { format!("unable to restore CT {v} - {text}") } else { text }));
+                return Err(die(if pattern == "/nodes/{node}/lxc" {
+                    format!("unable to restore CT {v} - {text}")
+                } else {
+                    text
+                }));
             }
         }
     }
     match (method, pattern) {
-        ("GET", "/version") => Ok(json!({ "version": "9.2.2", "release": "9.2", "repoid": "pve-sim" }).into()),
+        ("GET", "/version") => {
+            Ok(json!({ "version": "9.2.2", "release": "9.2", "repoid": "pve-sim" }).into())
+        }
         ("GET", "/cluster/nextid") => nextid(sim, &req),
         ("GET", "/access/permissions") => permissions(sim, &req),
-        ("GET", "/pools") => Ok(sim.read(|st| json!(st.pools.keys().filter(|p| auth::has(st, &req.who, &format!("/pool/{p}"), "Pool.Audit")).map(|p| json!({ "poolid": p })).collect::<Vec<_>>())).into()),
+        ("GET", "/pools") => Ok(sim
+            .read(|st| {
+                json!(st
+                    .pools
+                    .keys()
+                    .filter(|p| auth::has(st, &req.who, &format!("/pool/{p}"), "Pool.Audit"))
+                    .map(|p| json!({ "poolid": p }))
+                    .collect::<Vec<_>>())
+            })
+            .into()),
         ("POST", "/pools") => create_pool(sim, &req),
-        ("GET", "/nodes") => Ok(sim.read(|st| json!([{ "node": st.node, "status": "online", "type": "node" }])).into()),
+        ("GET", "/nodes") => Ok(sim
+            .read(|st| json!([{ "node": st.node, "status": "online", "type": "node" }]))
+            .into()),
         ("GET", "/nodes/{node}/storage") => storage_list(sim, &req),
         ("GET", "/nodes/{node}/storage/{storage}/status") => storage_status(sim, &req),
         ("GET", "/nodes/{node}/storage/{storage}/content") => storage_content(sim, &req),
@@ -335,17 +420,28 @@ async fn dispatch(sim: &Arc<Sim>, method: &str, pattern: &'static str, who: Subj
         ("GET", "/nodes/{node}/lxc/{vmid}/pending") => pending(sim, &req),
         ("PUT", "/nodes/{node}/lxc/{vmid}/resize") => resize(sim, &req),
         ("GET", "/nodes/{node}/lxc/{vmid}/status/current") => status_current(sim, &req),
-        ("POST", p) if p.starts_with("/nodes/{node}/lxc/{vmid}/status/") => power(sim, &req, p.rsplit('/').next().unwrap_or("")),
+        ("POST", p) if p.starts_with("/nodes/{node}/lxc/{vmid}/status/") => {
+            power(sim, &req, p.rsplit('/').next().unwrap_or(""))
+        }
         ("GET", "/nodes/{node}/lxc/{vmid}/interfaces") => interfaces(sim, &req),
         ("GET", "/nodes/{node}/tasks") => task_list(sim, &req),
         ("GET", "/nodes/{node}/tasks/{upid}/status") => task_status(sim, &req),
         ("GET", "/nodes/{node}/tasks/{upid}/log") => task_log(sim, &req),
-        _ => Err(PveErr { status: 501, message: format!("Method '{method} {pattern}' not implemented"), errors: None }),
+        _ => Err(PveErr {
+            status: 501,
+            message: format!("Method '{method} {pattern}' not implemented"),
+            errors: None,
+        }),
     }
 }
 
 fn validate(req: &Req, allowed: &[(&str, Kind)], required: &[&str]) -> Result<(), PveErr> {
-    params::validate(&req.params, |k| allowed.iter().find(|(n, _)| *n == k).map(|(_, kind)| *kind), required).map_err(param_err)
+    params::validate(
+        &req.params,
+        |k| allowed.iter().find(|(n, _)| *n == k).map(|(_, kind)| *kind),
+        required,
+    )
+    .map_err(param_err)
 }
 
 fn need(st: &State, who: &Subject, path: &str, privilege: &str) -> Result<(), PveErr> {
@@ -377,14 +473,23 @@ fn nextid(sim: &Sim, req: &Req) -> HResult {
             }
             return Ok(json!(v.to_string()).into());
         }
-        let free = (100u32..1_000_000).find(|v| !st.guests.contains_key(v)).ok_or_else(|| die("unable to get any free VMID in range [100, 1000000]"))?;
+        let free = (100u32..1_000_000)
+            .find(|v| !st.guests.contains_key(v))
+            .ok_or_else(|| die("unable to get any free VMID in range [100, 1000000]"))?;
         Ok(json!(free.to_string()).into())
     })
 }
 
 fn permissions(sim: &Sim, req: &Req) -> HResult {
-    validate(req, &[("path", Kind::Str(512)), ("userid", Kind::Str(128))], &[])?;
-    if req.get("userid").is_some_and(|u| u != req.who.userid && Some(u) != req.who.token.as_deref()) {
+    validate(
+        req,
+        &[("path", Kind::Str(512)), ("userid", Kind::Str(128))],
+        &[],
+    )?;
+    if req
+        .get("userid")
+        .is_some_and(|u| u != req.who.userid && Some(u) != req.who.token.as_deref())
+    {
         sim.read(|st| need(st, &req.who, "/access", "Sys.Audit"))?;
     }
     Ok(sim
@@ -400,7 +505,13 @@ fn permissions(sim: &Sim, req: &Req) -> HResult {
                     continue;
                 }
                 let prop = auth::propagates(st, &req.who, &p);
-                out.insert(p, json!(privs.into_iter().map(|v| (v, prop)).collect::<BTreeMap<_, _>>()));
+                out.insert(
+                    p,
+                    json!(privs
+                        .into_iter()
+                        .map(|v| (v, prop))
+                        .collect::<BTreeMap<_, _>>()),
+                );
             }
             Value::Object(out)
         })
@@ -408,7 +519,11 @@ fn permissions(sim: &Sim, req: &Req) -> HResult {
 }
 
 fn create_pool(sim: &Sim, req: &Req) -> HResult {
-    validate(req, &[("poolid", Kind::PoolId), ("comment", Kind::Str(8192))], &["poolid"])?;
+    validate(
+        req,
+        &[("poolid", Kind::PoolId), ("comment", Kind::Str(8192))],
+        &["poolid"],
+    )?;
     let p = req.get("poolid").unwrap_or_default().to_string();
     sim.mutate(|st| {
         need(st, &req.who, &format!("/pool/{p}"), "Pool.Allocate")?;
@@ -426,16 +541,51 @@ fn storage_json(st: &State, s: &crate::state::StorageDef) -> Value {
 }
 
 fn storage_list(sim: &Sim, req: &Req) -> HResult {
-    validate(req, &[NODE, ("content", Kind::Str(64)), ("storage", Kind::StorageId), ("enabled", Kind::Bool)], &[])?;
-    Ok(sim.read(|st| json!(st.storages.iter().filter(|s| auth::has(st, &req.who, &format!("/storage/{}", s.id), "Datastore.Audit") || auth::has(st, &req.who, &format!("/storage/{}", s.id), "Datastore.AllocateSpace")).map(|s| storage_json(st, s)).collect::<Vec<_>>())).into())
+    validate(
+        req,
+        &[
+            NODE,
+            ("content", Kind::Str(64)),
+            ("storage", Kind::StorageId),
+            ("enabled", Kind::Bool),
+        ],
+        &[],
+    )?;
+    Ok(sim
+        .read(|st| {
+            json!(st
+                .storages
+                .iter()
+                .filter(|s| auth::has(
+                    st,
+                    &req.who,
+                    &format!("/storage/{}", s.id),
+                    "Datastore.Audit"
+                ) || auth::has(
+                    st,
+                    &req.who,
+                    &format!("/storage/{}", s.id),
+                    "Datastore.AllocateSpace"
+                ))
+                .map(|s| storage_json(st, s))
+                .collect::<Vec<_>>())
+        })
+        .into())
 }
 
 fn storage_status(sim: &Sim, req: &Req) -> HResult {
     validate(req, &[NODE, ("storage", Kind::StorageId)], &[])?;
     let sid = req.get("storage").unwrap_or_default();
     sim.read(|st| {
-        need_any(st, &req.who, &format!("/storage/{sid}"), &["Datastore.Audit", "Datastore.AllocateSpace"])?;
-        let s = st.storage(sid).ok_or_else(|| die(format!("storage '{sid}' does not exist")))?;
+        need_any(
+            st,
+            &req.who,
+            &format!("/storage/{sid}"),
+            &["Datastore.Audit", "Datastore.AllocateSpace"],
+        )?;
+        let s = st
+            .storage(sid)
+            .ok_or_else(|| die(format!("storage '{sid}' does not exist")))?;
         Ok(storage_json(st, s).into())
     })
 }
@@ -446,10 +596,16 @@ fn backup_files(sim: &Sim, sid: &str) -> Vec<(String, u64, u64)> {
     if let Ok(rd) = std::fs::read_dir(&dir) {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if vzdump::Compression::from_path(std::path::Path::new(&name)).is_ok() && name.starts_with("vzdump-") {
+            if vzdump::Compression::from_path(std::path::Path::new(&name)).is_ok()
+                && name.starts_with("vzdump-")
+            {
                 let meta = e.metadata().ok();
                 let size = meta.as_ref().map(|m| m.len()).unwrap_or(0);
-                let ctime = meta.and_then(|m| m.modified().ok()).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs()).unwrap_or(0);
+                let ctime = meta
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
                 out.push((name, size, ctime));
             }
         }
@@ -459,18 +615,48 @@ fn backup_files(sim: &Sim, sid: &str) -> Vec<(String, u64, u64)> {
 }
 
 fn storage_content(sim: &Sim, req: &Req) -> HResult {
-    validate(req, &[NODE, ("storage", Kind::StorageId), ("content", Kind::Str(64)), ("vmid", Kind::Vmid)], &[])?;
+    validate(
+        req,
+        &[
+            NODE,
+            ("storage", Kind::StorageId),
+            ("content", Kind::Str(64)),
+            ("vmid", Kind::Vmid),
+        ],
+        &[],
+    )?;
     let sid = req.get("storage").unwrap_or_default().to_string();
     let (s, vols) = sim.read(|st| {
-        need_any(st, &req.who, &format!("/storage/{sid}"), &["Datastore.Audit", "Datastore.AllocateSpace"])?;
-        let s = st.storage(&sid).cloned().ok_or_else(|| die(format!("storage '{sid}' does not exist")))?;
-        Ok::<_, PveErr>((s, st.volumes.iter().filter(|v| v.storage == sid).cloned().collect::<Vec<_>>()))
+        need_any(
+            st,
+            &req.who,
+            &format!("/storage/{sid}"),
+            &["Datastore.Audit", "Datastore.AllocateSpace"],
+        )?;
+        let s = st
+            .storage(&sid)
+            .cloned()
+            .ok_or_else(|| die(format!("storage '{sid}' does not exist")))?;
+        Ok::<_, PveErr>((
+            s,
+            st.volumes
+                .iter()
+                .filter(|v| v.storage == sid)
+                .cloned()
+                .collect::<Vec<_>>(),
+        ))
     })?;
     let filter = req.get("content");
     let mut out = Vec::new();
     if s.content.iter().any(|c| c == "backup") && filter.is_none_or(|c| c == "backup") {
         for (name, size, ctime) in backup_files(sim, &sid) {
-            let format = if name.ends_with(".tar.zst") { "tar.zst" } else if name.ends_with(".tar.gz") || name.ends_with(".tgz") { "tar.gz" } else { "tar" };
+            let format = if name.ends_with(".tar.zst") {
+                "tar.zst"
+            } else if name.ends_with(".tar.gz") || name.ends_with(".tgz") {
+                "tar.gz"
+            } else {
+                "tar"
+            };
             out.push(json!({ "volid": format!("{sid}:backup/{name}"), "content": "backup", "size": size, "format": format, "ctime": ctime, "vmid": vzdump::owner_vmid_from_name(&name), "subtype": "lxc" }));
         }
     }
@@ -484,17 +670,36 @@ fn storage_content(sim: &Sim, req: &Req) -> HResult {
 
 /// Archive access (pve-storage `check_volume_access`, reference §2.4): `Datastore.Allocate`
 /// on the storage, or `Datastore.AllocateSpace` plus `VM.Backup` on the archive's owner VMID.
-fn archive_access(sim: &Sim, st: &State, who: &Subject, volid: &str, target_vmid: Option<u32>) -> Result<std::path::PathBuf, PveErr> {
-    let (sid, rest) = volid.split_once(':').ok_or_else(|| die(format!("unable to parse volume ID '{volid}'")))?;
-    let s = st.storage(sid).ok_or_else(|| die(format!("storage '{sid}' does not exist")))?;
+fn archive_access(
+    sim: &Sim,
+    st: &State,
+    who: &Subject,
+    volid: &str,
+    target_vmid: Option<u32>,
+) -> Result<std::path::PathBuf, PveErr> {
+    let (sid, rest) = volid
+        .split_once(':')
+        .ok_or_else(|| die(format!("unable to parse volume ID '{volid}'")))?;
+    let s = st
+        .storage(sid)
+        .ok_or_else(|| die(format!("storage '{sid}' does not exist")))?;
     let Some(name) = rest.strip_prefix("backup/") else {
-        return Err(die(format!("unable to use volume {volid} - content type needs to be 'backup'")));
+        return Err(die(format!(
+            "unable to use volume {volid} - content type needs to be 'backup'"
+        )));
     };
     if !s.content.iter().any(|c| c == "backup") || name.contains('/') || name.starts_with('.') {
-        return Err(die(format!("unable to use volume {volid} - content type needs to be 'backup'")));
+        return Err(die(format!(
+            "unable to use volume {volid} - content type needs to be 'backup'"
+        )));
     }
     if !auth::has(st, who, &format!("/storage/{sid}"), "Datastore.Allocate") {
-        need(st, who, &format!("/storage/{sid}"), "Datastore.AllocateSpace")?;
+        need(
+            st,
+            who,
+            &format!("/storage/{sid}"),
+            "Datastore.AllocateSpace",
+        )?;
         match vzdump::owner_vmid_from_name(name) {
             Some(owner) if Some(owner) == target_vmid => {}
             Some(owner) => need(st, who, &format!("/vms/{owner}"), "VM.Backup")?,
@@ -512,7 +717,11 @@ fn extractconfig(sim: &Sim, req: &Req) -> HResult {
     validate(req, &[NODE, ("volume", Kind::Str(255))], &["volume"])?;
     let volid = req.get("volume").unwrap_or_default();
     let path = sim.read(|st| archive_access(sim, st, &req.who, volid, None))?;
-    let text = vzdump::read_pct_conf(&path).map_err(|e| die(format!("unable to extract configuration from '{volid}' - {e}")))?;
+    let text = vzdump::read_pct_conf(&path).map_err(|e| {
+        die(format!(
+            "unable to extract configuration from '{volid}' - {e}"
+        ))
+    })?;
     Ok(json!(text).into())
 }
 
@@ -540,7 +749,13 @@ fn lxc_list(sim: &Sim, req: &Req) -> HResult {
 }
 
 /// Per-key privileges for config changes (reference §3.5), for set and deleted keys.
-fn check_config_perms(st: &State, who: &Subject, vmid: u32, keys: &[(&str, Option<&str>)], unprivileged_given: Option<bool>) -> Result<(), PveErr> {
+fn check_config_perms(
+    st: &State,
+    who: &Subject,
+    vmid: u32,
+    keys: &[(&str, Option<&str>)],
+    unprivileged_given: Option<bool>,
+) -> Result<(), PveErr> {
     let vms = format!("/vms/{vmid}");
     for (key, value) in keys {
         match *key {
@@ -549,7 +764,10 @@ fn check_config_perms(st: &State, who: &Subject, vmid: u32, keys: &[(&str, Optio
             "hostname" | "nameserver" | "searchdomain" => need(st, who, &vms, "VM.Config.Network")?,
             k if k.starts_with("net") => {
                 need(st, who, &vms, "VM.Config.Network")?;
-                if let Some(b) = value.and_then(|v| v.parse::<pve_api::NetConfig>().ok()).and_then(|n| n.bridge) {
+                if let Some(b) = value
+                    .and_then(|v| v.parse::<pve_api::NetConfig>().ok())
+                    .and_then(|n| n.bridge)
+                {
                     need(st, who, &format!("/sdn/zones/localnetwork/{b}"), "SDN.Use")?;
                 }
             }
@@ -562,7 +780,12 @@ fn check_config_perms(st: &State, who: &Subject, vmid: u32, keys: &[(&str, Optio
                     }
                     if let Some((sid, size)) = vol.split_once(':') {
                         if size.parse::<f64>().is_ok() {
-                            need(st, who, &format!("/storage/{sid}"), "Datastore.AllocateSpace")?;
+                            need(
+                                st,
+                                who,
+                                &format!("/storage/{sid}"),
+                                "Datastore.AllocateSpace",
+                            )?;
                         }
                     }
                 }
@@ -573,12 +796,30 @@ fn check_config_perms(st: &State, who: &Subject, vmid: u32, keys: &[(&str, Optio
                 }
                 let f: pve_api::Features = value.unwrap_or("").parse().unwrap_or_default();
                 if f.keyctl || !f.other.is_empty() {
-                    return Err(PveErr { status: 403, message: "changing feature flags (except nesting) is only allowed for root@pam".into(), errors: None });
+                    return Err(PveErr {
+                        status: 403,
+                        message:
+                            "changing feature flags (except nesting) is only allowed for root@pam"
+                                .into(),
+                        errors: None,
+                    });
                 }
                 need(st, who, &vms, "VM.Allocate")?;
             }
-            k if k.starts_with("dev") && !who.is_root() => return Err(PveErr { status: 403, message: "configuring device passthrough is only allowed for root@pam".into(), errors: None }),
-            "hookscript" if !who.is_root() => return Err(PveErr { status: 403, message: "changing the hookscript is only allowed for root@pam".into(), errors: None }),
+            k if k.starts_with("dev") && !who.is_root() => {
+                return Err(PveErr {
+                    status: 403,
+                    message: "configuring device passthrough is only allowed for root@pam".into(),
+                    errors: None,
+                })
+            }
+            "hookscript" if !who.is_root() => {
+                return Err(PveErr {
+                    status: 403,
+                    message: "changing the hookscript is only allowed for root@pam".into(),
+                    errors: None,
+                })
+            }
             "features" | "hookscript" => {}
             _ => need(st, who, &vms, "VM.Config.Options")?,
         }
@@ -587,7 +828,11 @@ fn check_config_perms(st: &State, who: &Subject, vmid: u32, keys: &[(&str, Optio
 }
 
 fn normalize_tags(v: &str) -> String {
-    let mut tags: Vec<String> = v.split([';', ',', ' ']).filter(|t| !t.is_empty()).map(|t| t.to_ascii_lowercase()).collect();
+    let mut tags: Vec<String> = v
+        .split([';', ',', ' '])
+        .filter(|t| !t.is_empty())
+        .map(|t| t.to_ascii_lowercase())
+        .collect();
     tags.sort();
     tags.dedup();
     tags.join(";")
@@ -601,7 +846,9 @@ fn new_volume_spec(v: &str) -> Option<(String, f64)> {
         return None;
     }
     let ok = !size.is_empty() && size.bytes().all(|b| b.is_ascii_digit() || b == b'.');
-    ok.then(|| size.parse().ok()).flatten().map(|s| (sid.to_string(), s))
+    ok.then(|| size.parse().ok())
+        .flatten()
+        .map(|s| (sid.to_string(), s))
 }
 
 fn fresh_mac() -> String {
@@ -610,7 +857,9 @@ fn fresh_mac() -> String {
 
 /// A `netN` as PVE stores it: canonical, with a fresh MAC if none was given.
 fn store_net(v: &str) -> Result<String, String> {
-    let mut n: pve_api::NetConfig = v.parse().map_err(|e: pve_api::PropertyError| e.to_string())?;
+    let mut n: pve_api::NetConfig = v
+        .parse()
+        .map_err(|e: pve_api::PropertyError| e.to_string())?;
     if n.hwaddr.is_none() {
         n = n.with_hwaddr(&fresh_mac()).map_err(|e| e.to_string())?;
     }
@@ -619,22 +868,34 @@ fn store_net(v: &str) -> Result<String, String> {
 }
 
 async fn create(sim: &Arc<Sim>, req: &Req) -> HResult {
-    params::validate(&req.params, params::create_kind, &["vmid", "ostemplate"]).map_err(param_err)?;
+    params::validate(&req.params, params::create_kind, &["vmid", "ostemplate"])
+        .map_err(param_err)?;
     let vmid = req.vmid();
     let node = req.node.clone();
     if !req.flag("restore") {
-        return Err(die("pve-sim models restore (restore=1) only; create from a template is not simulated"));
+        return Err(die(
+            "pve-sim models restore (restore=1) only; create from a template is not simulated",
+        ));
     }
     let volid = req.get("ostemplate").unwrap_or_default().to_string();
     let storage = req.get("storage").unwrap_or("local").to_string();
     let pool = req.get("pool").map(str::to_string);
-    let config_keys: Vec<(&str, Option<&str>)> = req.params.iter().filter(|(k, _)| params::config_kind(k).is_some()).map(|(k, v)| (k.as_str(), Some(v.as_str()))).collect();
-    let unpriv_given = req.get("unprivileged").map(|v| matches!(v, "1" | "on" | "yes" | "true"));
+    let config_keys: Vec<(&str, Option<&str>)> = req
+        .params
+        .iter()
+        .filter(|(k, _)| params::config_kind(k).is_some())
+        .map(|(k, v)| (k.as_str(), Some(v.as_str())))
+        .collect();
+    let unpriv_given = req
+        .get("unprivileged")
+        .map(|v| matches!(v, "1" | "on" | "yes" | "true"));
 
     let (archive, size) = sim.read(|st| -> Result<(std::path::PathBuf, u64), PveErr> {
         if st.guests.contains_key(&vmid) {
             if req.flag("force") {
-                return Err(die("pve-sim does not model force-restore over an existing CT"));
+                return Err(die(
+                    "pve-sim does not model force-restore over an existing CT",
+                ));
             }
             return Err(die(format!("CT {vmid} already exists on node '{node}'")));
         }
@@ -643,7 +904,9 @@ async fn create(sim: &Arc<Sim>, req: &Req) -> HResult {
                 return Err(perm_text(format!("pool '{p}' does not exist")));
             }
         }
-        let by_pool = pool.as_ref().is_some_and(|p| auth::has(st, &req.who, &format!("/pool/{p}"), "VM.Allocate"));
+        let by_pool = pool
+            .as_ref()
+            .is_some_and(|p| auth::has(st, &req.who, &format!("/pool/{p}"), "VM.Allocate"));
         if !by_pool {
             need(st, &req.who, &format!("/vms/{vmid}"), "VM.Allocate")?;
         }
@@ -658,11 +921,21 @@ async fn create(sim: &Arc<Sim>, req: &Req) -> HResult {
             }
         }
         for sid in storages {
-            let s = st.storage(&sid).ok_or_else(|| param1("storage", format!("storage '{sid}' does not exist")))?;
+            let s = st
+                .storage(&sid)
+                .ok_or_else(|| param1("storage", format!("storage '{sid}' does not exist")))?;
             if !s.content.iter().any(|c| c == "rootdir") {
-                return Err(param1("storage", format!("storage '{sid}' does not support container directories")));
+                return Err(param1(
+                    "storage",
+                    format!("storage '{sid}' does not support container directories"),
+                ));
             }
-            need(st, &req.who, &format!("/storage/{sid}"), "Datastore.AllocateSpace")?;
+            need(
+                st,
+                &req.who,
+                &format!("/storage/{sid}"),
+                "Datastore.AllocateSpace",
+            )?;
         }
         let size = std::fs::metadata(&archive).map(|m| m.len()).unwrap_or(0);
         Ok((archive, size))
@@ -675,19 +948,44 @@ async fn create(sim: &Arc<Sim>, req: &Req) -> HResult {
         if k.starts_with("unused") {
             continue;
         }
-        let stored = if k.starts_with("net") { store_net(v).map_err(|e| param1(k, format!("invalid format - {e}")))? } else if *k == "tags" { normalize_tags(v) } else { v.to_string() };
+        let stored = if k.starts_with("net") {
+            store_net(v).map_err(|e| param1(k, format!("invalid format - {e}")))?
+        } else if *k == "tags" {
+            normalize_tags(v)
+        } else {
+            v.to_string()
+        };
         request_conf.insert(k.to_string(), stored);
     }
 
     // create_and_lock_config: the flock (5 s) and the `lock: create` placeholder.
-    let guard = sim.flock(vmid, model::CREATE_LOCK_TIMEOUT).await.map_err(|e| die(format!("unable to restore CT {vmid} - {e}")))?;
+    let guard = sim
+        .flock(vmid, model::CREATE_LOCK_TIMEOUT)
+        .await
+        .map_err(|e| die(format!("unable to restore CT {vmid} - {e}")))?;
     let who = req.who.clone();
     let upid = sim.mutate(|st| -> Result<String, PveErr> {
         if st.guests.contains_key(&vmid) {
             return Err(die(format!("CT {vmid} already exists on node '{node}'")));
         }
-        st.guests.insert(vmid, Guest { vmid, config: BTreeMap::from([("lock".to_string(), "create".to_string())]), ..Guest::default() });
-        let plan = restore_plan(sim, st, vmid, &archive, &storage, request_conf, req, pool.clone());
+        st.guests.insert(
+            vmid,
+            Guest {
+                vmid,
+                config: BTreeMap::from([("lock".to_string(), "create".to_string())]),
+                ..Guest::default()
+            },
+        );
+        let plan = restore_plan(
+            sim,
+            st,
+            vmid,
+            &archive,
+            &storage,
+            request_conf,
+            req,
+            pool.clone(),
+        );
         let modelled = model::RESTORE_BASE + size / 100_000_000 * model::RESTORE_PER_100MB;
         Ok(sim.new_task(st, "vzrestore", &vmid.to_string(), &who, modelled, plan))
     })?;
@@ -696,8 +994,21 @@ async fn create(sim: &Arc<Sim>, req: &Req) -> HResult {
 }
 
 /// What the `vzrestore` worker will do (reference §2.3): decided now, applied at its end.
-fn restore_plan(sim: &Sim, st: &State, vmid: u32, archive: &std::path::Path, storage: &str, request: BTreeMap<String, String>, req: &Req, pool: Option<String>) -> TaskPlan {
-    let fail = |message: String| TaskPlan::Fail { vmid, message: format!("unable to restore CT {vmid} - {message}"), cleanup_restore: true };
+fn restore_plan(
+    sim: &Sim,
+    st: &State,
+    vmid: u32,
+    archive: &std::path::Path,
+    storage: &str,
+    request: BTreeMap<String, String>,
+    req: &Req,
+    pool: Option<String>,
+) -> TaskPlan {
+    let fail = |message: String| TaskPlan::Fail {
+        vmid,
+        message: format!("unable to restore CT {vmid} - {message}"),
+        cleanup_restore: true,
+    };
     if sim.chance(sim.cfg.faults.task_fail_probability("vzrestore")) {
         return fail("simulated fault: extracting archive failed: Input/output error".into());
     }
@@ -718,19 +1029,29 @@ fn restore_plan(sim: &Sim, st: &State, vmid: u32, archive: &std::path::Path, sto
     let mut conf = request.clone();
     let mut warnings = Vec::new();
     for (k, v) in &archived.entries {
-        let skip = matches!(k.as_str(), "digest" | "rootfs" | "snapshots" | "unprivileged" | "parent" | "template") || k.starts_with("mp") || k.starts_with("unused");
+        let skip = matches!(
+            k.as_str(),
+            "digest" | "rootfs" | "snapshots" | "unprivileged" | "parent" | "template"
+        ) || k.starts_with("mp")
+            || k.starts_with("unused");
         if skip {
             continue;
         }
         if k.starts_with("lxc.") {
             if !who.is_root() {
-                warnings.push(format!("skipping custom lxc option '{k}' for non-root user"));
+                warnings.push(format!(
+                    "skipping custom lxc option '{k}' for non-root user"
+                ));
             }
             continue;
         }
         if k.starts_with("net") && unique {
             // unique=1 re-randomises every archived NIC and overrides request netN.
-            let fresh = v.parse::<pve_api::NetConfig>().ok().and_then(|n| n.with_hwaddr(&fresh_mac()).ok()).map(|n| n.to_string());
+            let fresh = v
+                .parse::<pve_api::NetConfig>()
+                .ok()
+                .and_then(|n| n.with_hwaddr(&fresh_mac()).ok())
+                .map(|n| n.to_string());
             if let Some(f) = fresh {
                 conf.insert(k.clone(), f);
             }
@@ -741,14 +1062,19 @@ fn restore_plan(sim: &Sim, st: &State, vmid: u32, archive: &std::path::Path, sto
                 // Archived NICs keep their MAC; their bridge still needs SDN.Use (checked in the worker).
                 if let Some(b) = v.parse::<pve_api::NetConfig>().ok().and_then(|n| n.bridge) {
                     if !auth::has(st, who, &format!("/sdn/zones/localnetwork/{b}"), "SDN.Use") {
-                        return fail(format!("Permission check failed (/sdn/zones/localnetwork/{b}, SDN.Use)"));
+                        return fail(format!(
+                            "Permission check failed (/sdn/zones/localnetwork/{b}, SDN.Use)"
+                        ));
                     }
                 }
             }
             conf.insert(k.clone(), v.clone());
         }
     }
-    let unprivileged = req.get("unprivileged").map(|v| matches!(v, "1" | "on" | "yes" | "true")).unwrap_or_else(|| archived.get("unprivileged") == Some("1"));
+    let unprivileged = req
+        .get("unprivileged")
+        .map(|v| matches!(v, "1" | "on" | "yes" | "true"))
+        .unwrap_or_else(|| archived.get("unprivileged") == Some("1"));
     if !unprivileged && !auth::has(st, who, "/", "Sys.Modify") {
         return fail("Permission check failed (/, Sys.Modify)".into());
     }
@@ -756,24 +1082,40 @@ fn restore_plan(sim: &Sim, st: &State, vmid: u32, archive: &std::path::Path, sto
         conf.insert("unprivileged".into(), "1".into());
     }
     if !archived.description.is_empty() && !request.contains_key("description") {
-        conf.insert("description".into(), archived.description.trim_end_matches('\n').to_string());
+        conf.insert(
+            "description".into(),
+            archived.description.trim_end_matches('\n').to_string(),
+        );
     }
     // Disks: explicit mode (request rootfs) creates only the request's volumes; storage-only
     // mode recreates the archived rootfs and volume mount points on `storage`.
     let mut volumes: Vec<Volume> = Vec::new();
     let alloc = |sid: &str, bytes: u64, volumes: &mut Vec<Volume>| -> String {
         let volid = st.next_disk_name(sid, vmid, volumes);
-        volumes.push(Volume { volid: volid.clone(), storage: sid.to_string(), owner: vmid, size: bytes });
+        volumes.push(Volume {
+            volid: volid.clone(),
+            storage: sid.to_string(),
+            owner: vmid,
+            size: bytes,
+        });
         volid
     };
     let explicit = request.contains_key("rootfs");
     let mut disks: Vec<(String, String)> = Vec::new();
     if explicit {
-        for (k, v) in request.iter().filter(|(k, _)| *k == "rootfs" || k.starts_with("mp")) {
+        for (k, v) in request
+            .iter()
+            .filter(|(k, _)| *k == "rootfs" || k.starts_with("mp"))
+        {
             disks.push((k.clone(), v.clone()));
         }
     } else {
-        let Some(root) = archived.get("rootfs") else { return fail("rootfs configuration could not be recovered, please check and specify manually!".into()) };
+        let Some(root) = archived.get("rootfs") else {
+            return fail(
+                "rootfs configuration could not be recovered, please check and specify manually!"
+                    .into(),
+            );
+        };
         disks.push(("rootfs".into(), root.to_string()));
         for (k, v) in archived.entries.iter().filter(|(k, _)| k.starts_with("mp")) {
             disks.push((k.clone(), v.clone()));
@@ -783,31 +1125,52 @@ fn restore_plan(sim: &Sim, st: &State, vmid: u32, archive: &std::path::Path, sto
         }
     }
     for (k, v) in disks {
-        let parsed = if k == "rootfs" { pve_api::MountConfig::parse_rootfs(&v) } else { pve_api::MountConfig::parse_mp(&v) };
-        let Ok(mut m) = parsed else { return fail(format!("unable to parse {k}")) };
+        let parsed = if k == "rootfs" {
+            pve_api::MountConfig::parse_rootfs(&v)
+        } else {
+            pve_api::MountConfig::parse_mp(&v)
+        };
+        let Ok(mut m) = parsed else {
+            return fail(format!("unable to parse {k}"));
+        };
         if m.volume.starts_with('/') {
             if !who.is_root() {
-                return fail(format!("restoring '{k}' to bind mount is only possible for root"));
+                return fail(format!(
+                    "restoring '{k}' to bind mount is only possible for root"
+                ));
             }
             conf.insert(k, m.to_string());
             continue;
         }
         let (sid, bytes) = match new_volume_spec(&m.volume) {
-            Some((sid, gib)) if explicit || request.contains_key(&k) => (sid, (gib * GIB as f64) as u64),
+            Some((sid, gib)) if explicit || request.contains_key(&k) => {
+                (sid, (gib * GIB as f64) as u64)
+            }
             _ => match m.size {
                 Some(b) => (storage.to_string(), b),
-                None => return fail("unable to detect disk size - please specify rootfs (size)".into()),
+                None => {
+                    return fail("unable to detect disk size - please specify rootfs (size)".into())
+                }
             },
         };
         m.volume = alloc(&sid, bytes, &mut volumes);
         m.size = Some(bytes);
         conf.insert(k, m.to_string());
     }
-    conf.entry("hostname".into()).or_insert_with(|| format!("CT{vmid}"));
+    conf.entry("hostname".into())
+        .or_insert_with(|| format!("CT{vmid}"));
     conf.entry("memory".into()).or_insert_with(|| "512".into());
     conf.entry("swap".into()).or_insert_with(|| "512".into());
     conf.remove("lock");
-    TaskPlan::Restore { vmid, config: conf, volumes, traits, pool, start: req.flag("start"), warnings }
+    TaskPlan::Restore {
+        vmid,
+        config: conf,
+        volumes,
+        traits,
+        pool,
+        start: req.flag("start"),
+        warnings,
+    }
 }
 
 fn guest_or_err<'a>(st: &'a State, node: &str, vmid: u32) -> Result<&'a Guest, PveErr> {
@@ -834,7 +1197,18 @@ fn digest(g: &Guest) -> String {
     hex::encode(Sha1::digest(config_text(g).as_bytes()))
 }
 
-const INT_KEYS: &[&str] = &["memory", "swap", "cores", "cpuunits", "unprivileged", "onboot", "protection", "template", "tty", "console"];
+const INT_KEYS: &[&str] = &[
+    "memory",
+    "swap",
+    "cores",
+    "cpuunits",
+    "unprivileged",
+    "onboot",
+    "protection",
+    "template",
+    "tty",
+    "console",
+];
 
 fn config_json(g: &Guest) -> Value {
     let mut o = serde_json::Map::new();
@@ -842,7 +1216,9 @@ fn config_json(g: &Guest) -> Value {
         let val = if k == "description" {
             json!(v.lines().map(|l| format!("{l}\n")).collect::<String>())
         } else if INT_KEYS.contains(&k.as_str()) {
-            v.parse::<i64>().map(|n| json!(n)).unwrap_or_else(|_| json!(v))
+            v.parse::<i64>()
+                .map(|n| json!(n))
+                .unwrap_or_else(|_| json!(v))
         } else {
             json!(v)
         };
@@ -854,7 +1230,16 @@ fn config_json(g: &Guest) -> Value {
 
 fn get_config(sim: &Sim, req: &Req) -> HResult {
     sim.read(|st| need(st, &req.who, &format!("/vms/{}", req.vmid()), "VM.Audit"))?;
-    validate(req, &[NODE, VMID, ("current", Kind::Bool), ("snapshot", Kind::Str(40))], &[])?;
+    validate(
+        req,
+        &[
+            NODE,
+            VMID,
+            ("current", Kind::Bool),
+            ("snapshot", Kind::Str(40)),
+        ],
+        &[],
+    )?;
     sim.read(|st| Ok(config_json(guest_or_err(st, &req.node, req.vmid())?).into()))
 }
 
@@ -863,14 +1248,32 @@ fn pending(sim: &Sim, req: &Req) -> HResult {
     validate(req, &[NODE, VMID], &[])?;
     sim.read(|st| {
         let g = guest_or_err(st, &req.node, req.vmid())?;
-        Ok(json!(g.config.iter().map(|(k, v)| json!({ "key": k, "value": v })).collect::<Vec<_>>()).into())
+        Ok(json!(g
+            .config
+            .iter()
+            .map(|(k, v)| json!({ "key": k, "value": v }))
+            .collect::<Vec<_>>())
+        .into())
     })
 }
 
 async fn put_config(sim: &Arc<Sim>, req: &Req) -> HResult {
     let vmid = req.vmid();
     let vms = format!("/vms/{vmid}");
-    sim.read(|st| need_any(st, &req.who, &vms, &["VM.Config.Disk", "VM.Config.CPU", "VM.Config.Memory", "VM.Config.Network", "VM.Config.Options"]))?;
+    sim.read(|st| {
+        need_any(
+            st,
+            &req.who,
+            &vms,
+            &[
+                "VM.Config.Disk",
+                "VM.Config.CPU",
+                "VM.Config.Memory",
+                "VM.Config.Network",
+                "VM.Config.Options",
+            ],
+        )
+    })?;
     params::validate(
         &req.params,
         |k| match k {
@@ -884,8 +1287,21 @@ async fn put_config(sim: &Arc<Sim>, req: &Req) -> HResult {
     )
     .map_err(param_err)?;
     sim.read(|st| guest_or_err(st, &req.node, vmid).map(|_| ()))?;
-    let sets: Vec<(String, String)> = req.params.iter().filter(|(k, _)| params::config_kind(k).is_some()).map(|(k, v)| (k.clone(), v.clone())).collect();
-    let deletes: Vec<String> = req.get("delete").map(|d| d.split([',', ';', ' ']).filter(|s| !s.is_empty()).map(str::to_string).collect()).unwrap_or_default();
+    let sets: Vec<(String, String)> = req
+        .params
+        .iter()
+        .filter(|(k, _)| params::config_kind(k).is_some())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let deletes: Vec<String> = req
+        .get("delete")
+        .map(|d| {
+            d.split([',', ';', ' '])
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
     if sets.is_empty() && deletes.is_empty() {
         return Err(die("no options specified"));
     }
@@ -894,7 +1310,10 @@ async fn put_config(sim: &Arc<Sim>, req: &Req) -> HResult {
             return Err(param1("delete", format!("unknown option '{d}'")));
         }
         if sets.iter().any(|(k, _)| k == d) {
-            return Err(param1("delete", format!("you can't use '-{d}' and -delete {d}' at the same time")));
+            return Err(param1(
+                "delete",
+                format!("you can't use '-{d}' and -delete {d}' at the same time"),
+            ));
         }
     }
     let _guard = sim.flock(vmid, model::LOCK_TIMEOUT).await.map_err(die)?;
@@ -997,7 +1416,22 @@ fn resize(sim: &Arc<Sim>, req: &Req) -> HResult {
     let vmid = req.vmid();
     let vms = format!("/vms/{vmid}");
     sim.read(|st| need(st, &req.who, &vms, "VM.Config.Disk"))?;
-    validate(req, &[NODE, VMID, ("disk", Kind::Enum(&["rootfs", "mp0", "mp1", "mp2", "mp3", "mp4", "mp5", "mp6", "mp7", "mp8", "mp9"])), ("size", Kind::Size), ("digest", Kind::Str(64))], &["disk", "size"])?;
+    validate(
+        req,
+        &[
+            NODE,
+            VMID,
+            (
+                "disk",
+                Kind::Enum(&[
+                    "rootfs", "mp0", "mp1", "mp2", "mp3", "mp4", "mp5", "mp6", "mp7", "mp8", "mp9",
+                ]),
+            ),
+            ("size", Kind::Size),
+            ("digest", Kind::Str(64)),
+        ],
+        &["disk", "size"],
+    )?;
     let disk = req.get("disk").unwrap_or_default().to_string();
     let size = req.get("size").unwrap_or_default().to_string();
     let who = req.who.clone();
@@ -1010,19 +1444,40 @@ fn resize(sim: &Arc<Sim>, req: &Req) -> HResult {
         }
         if let Some(d) = req.get("digest") {
             if d != digest(g) {
-                return Err(die("detected modified configuration - file changed by other user? Try again."));
+                return Err(die(
+                    "detected modified configuration - file changed by other user? Try again.",
+                ));
             }
         }
-        let cur = g.config.get(&disk).ok_or_else(|| die(format!("unable to parse config option '{disk}'")))?;
-        let m = if disk == "rootfs" { pve_api::MountConfig::parse_rootfs(cur) } else { pve_api::MountConfig::parse_mp(cur) }.map_err(|e| die(e.to_string()))?;
+        let cur = g
+            .config
+            .get(&disk)
+            .ok_or_else(|| die(format!("unable to parse config option '{disk}'")))?;
+        let m = if disk == "rootfs" {
+            pve_api::MountConfig::parse_rootfs(cur)
+        } else {
+            pve_api::MountConfig::parse_mp(cur)
+        }
+        .map_err(|e| die(e.to_string()))?;
         let sid = m.storage().unwrap_or_default().to_string();
-        need(st, &who, &format!("/storage/{sid}"), "Datastore.AllocateSpace")?;
-        let current = m.size.ok_or_else(|| die(format!("Could not determine current size of volume '{}'", m.volume)))?;
+        need(
+            st,
+            &who,
+            &format!("/storage/{sid}"),
+            "Datastore.AllocateSpace",
+        )?;
+        let current = m.size.ok_or_else(|| {
+            die(format!(
+                "Could not determine current size of volume '{}'",
+                m.volume
+            ))
+        })?;
         let (relative, num) = match size.strip_prefix('+') {
             Some(n) => (true, n),
             None => (false, size.as_str()),
         };
-        let bytes = pve_api::parse_disk_size(num).map_err(|_| param1("size", "value does not match the regex pattern"))?;
+        let bytes = pve_api::parse_disk_size(num)
+            .map_err(|_| param1("size", "value does not match the regex pattern"))?;
         let target = if relative { current + bytes } else { bytes };
         if target < current {
             return Err(die("unable to shrink disk size"));
@@ -1031,9 +1486,17 @@ fn resize(sim: &Arc<Sim>, req: &Req) -> HResult {
             return Err(die("disk is already at specified size"));
         }
         let plan = if sim.chance(sim.cfg.faults.task_fail_probability("resize")) {
-            TaskPlan::Fail { vmid, message: "simulated fault: resize2fs failed".into(), cleanup_restore: false }
+            TaskPlan::Fail {
+                vmid,
+                message: "simulated fault: resize2fs failed".into(),
+                cleanup_restore: false,
+            }
         } else {
-            TaskPlan::Resize { vmid, disk: disk.clone(), bytes: target }
+            TaskPlan::Resize {
+                vmid,
+                disk: disk.clone(),
+                bytes: target,
+            }
         };
         Ok(sim.new_task(st, "resize", &vmid.to_string(), &who, model::RESIZE, plan))
     })?;
@@ -1076,13 +1539,21 @@ fn power(sim: &Arc<Sim>, req: &Req, action: &str) -> HResult {
     let extra: &[(&str, Kind)] = match action {
         "start" => &[("skiplock", Kind::Bool), ("debug", Kind::Bool)],
         "stop" => &[("skiplock", Kind::Bool), ("overrule-shutdown", Kind::Bool)],
-        "shutdown" => &[("timeout", Kind::Int(0, i64::MAX)), ("forceStop", Kind::Bool)],
+        "shutdown" => &[
+            ("timeout", Kind::Int(0, i64::MAX)),
+            ("forceStop", Kind::Bool),
+        ],
         _ => &[("timeout", Kind::Int(0, i64::MAX))],
     };
-    let allowed: Vec<(&str, Kind)> = [NODE, VMID].into_iter().chain(extra.iter().copied()).collect();
+    let allowed: Vec<(&str, Kind)> = [NODE, VMID]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
     validate(req, &allowed, &[])?;
     if req.flag("skiplock") && !req.who.is_root() {
-        return Err(perm_text("skiplock is only allowed for root@pam".to_string()));
+        return Err(perm_text(
+            "skiplock is only allowed for root@pam".to_string(),
+        ));
     }
     let who = req.who.clone();
     let upid = sim.mutate(|st| -> Result<String, PveErr> {
@@ -1097,7 +1568,11 @@ fn power(sim: &Arc<Sim>, req: &Req, action: &str) -> HResult {
             _ => ("vzreboot", model::START, TaskPlan::Start { vmid }),
         };
         let plan = if sim.chance(sim.cfg.faults.task_fail_probability(ty)) {
-            TaskPlan::Fail { vmid, message: format!("simulated fault: {ty} failed: lxc-start exited with status 1"), cleanup_restore: false }
+            TaskPlan::Fail {
+                vmid,
+                message: format!("simulated fault: {ty} failed: lxc-start exited with status 1"),
+                cleanup_restore: false,
+            }
         } else {
             plan
         };
@@ -1132,13 +1607,35 @@ fn interfaces(sim: &Sim, req: &Req) -> HResult {
             return Ok(Value::Null.into());
         }
         let leased = g.lease_visible_at.is_some_and(|t| now_ms() >= t);
-        let mut out = vec![iface("lo", "00:00:00:00:00:00", Some(("127.0.0.1", 8)), Some(("::1", 128)))];
+        let mut out = vec![iface(
+            "lo",
+            "00:00:00:00:00:00",
+            Some(("127.0.0.1", 8)),
+            Some(("::1", 128)),
+        )];
         for (k, v) in g.config.iter().filter(|(k, _)| k.starts_with("net")) {
             let _ = k;
-            let Ok(n) = v.parse::<pve_api::NetConfig>() else { continue };
-            let Some(mac) = n.hwaddr.map(|m| m.to_string()) else { continue };
-            let ip = if leased { n.bridge.as_ref().and_then(|b| st.leases.get(b)).and_then(|l| l.get(&mac)).cloned() } else { None };
-            out.push(iface(&n.name, &mac.to_ascii_lowercase(), ip.as_deref().map(|a| (a, 16)), None));
+            let Ok(n) = v.parse::<pve_api::NetConfig>() else {
+                continue;
+            };
+            let Some(mac) = n.hwaddr.map(|m| m.to_string()) else {
+                continue;
+            };
+            let ip = if leased {
+                n.bridge
+                    .as_ref()
+                    .and_then(|b| st.leases.get(b))
+                    .and_then(|l| l.get(&mac))
+                    .cloned()
+            } else {
+                None
+            };
+            out.push(iface(
+                &n.name,
+                &mac.to_ascii_lowercase(),
+                ip.as_deref().map(|a| (a, 16)),
+                None,
+            ));
         }
         Ok(json!(out).into())
     })
@@ -1147,25 +1644,49 @@ fn interfaces(sim: &Sim, req: &Req) -> HResult {
 fn destroy(sim: &Arc<Sim>, req: &Req) -> HResult {
     let vmid = req.vmid();
     sim.read(|st| need(st, &req.who, &format!("/vms/{vmid}"), "VM.Allocate"))?;
-    validate(req, &[NODE, VMID, ("purge", Kind::Bool), ("destroy-unreferenced-disks", Kind::Bool), ("force", Kind::Bool)], &[])?;
+    validate(
+        req,
+        &[
+            NODE,
+            VMID,
+            ("purge", Kind::Bool),
+            ("destroy-unreferenced-disks", Kind::Bool),
+            ("force", Kind::Bool),
+        ],
+        &[],
+    )?;
     let who = req.who.clone();
     let upid = sim.mutate(|st| -> Result<String, PveErr> {
         let g = guest_or_err(st, &req.node, vmid)?;
         if g.config.get("protection").is_some_and(|p| p == "1") {
-            return Err(die(format!("can't remove CT {vmid} - protection mode enabled")));
+            return Err(die(format!(
+                "can't remove CT {vmid} - protection mode enabled"
+            )));
         }
         if let Some(l) = g.config.get("lock") {
             return Err(die(format!("CT is locked ({l})")));
         }
         if g.running && !req.flag("force") {
-            return Err(die(format!("unable to destroy CT {vmid} - container is running")));
+            return Err(die(format!(
+                "unable to destroy CT {vmid} - container is running"
+            )));
         }
         if let Some(g) = st.guests.get_mut(&vmid) {
             g.config.insert("lock".into(), "destroyed".into());
             g.running = false;
         }
-        let plan = TaskPlan::Destroy { vmid, destroy_unreferenced: req.flag("destroy-unreferenced-disks") };
-        Ok(sim.new_task(st, "vzdestroy", &vmid.to_string(), &who, model::DESTROY, plan))
+        let plan = TaskPlan::Destroy {
+            vmid,
+            destroy_unreferenced: req.flag("destroy-unreferenced-disks"),
+        };
+        Ok(sim.new_task(
+            st,
+            "vzdestroy",
+            &vmid.to_string(),
+            &who,
+            model::DESTROY,
+            plan,
+        ))
     })?;
     sim.spawn_task(upid.clone(), Some(vmid), None);
     Ok(json!(upid).into())
@@ -1186,7 +1707,11 @@ fn find_task<'a>(st: &'a State, req: &Req) -> Result<&'a crate::state::Task, Pve
     if upid.parse::<pve_api::Upid>().is_err() {
         return Err(param1("upid", "unable to parse worker upid"));
     }
-    let t = st.tasks.iter().find(|t| t.upid == upid).ok_or_else(|| param1("upid", "no such task"))?;
+    let t = st
+        .tasks
+        .iter()
+        .find(|t| t.upid == upid)
+        .ok_or_else(|| param1("upid", "no such task"))?;
     if !task_visible(st, &req.who, t) {
         return Err(perm_err(&format!("/nodes/{}", t.node), "Sys.Audit"));
     }
@@ -1210,18 +1735,51 @@ fn task_status(sim: &Sim, req: &Req) -> HResult {
 }
 
 fn task_log(sim: &Sim, req: &Req) -> HResult {
-    validate(req, &[NODE, ("upid", Kind::Upid), ("start", Kind::Int(0, i64::MAX)), ("limit", Kind::Int(0, i64::MAX)), ("download", Kind::Bool)], &[])?;
+    validate(
+        req,
+        &[
+            NODE,
+            ("upid", Kind::Upid),
+            ("start", Kind::Int(0, i64::MAX)),
+            ("limit", Kind::Int(0, i64::MAX)),
+            ("download", Kind::Bool),
+        ],
+        &[],
+    )?;
     sim.read(|st| {
         let t = find_task(st, req)?;
         let start: usize = req.get("start").and_then(|s| s.parse().ok()).unwrap_or(0);
         let limit: usize = req.get("limit").and_then(|s| s.parse().ok()).unwrap_or(50);
-        let lines: Vec<Value> = t.log.iter().enumerate().skip(start).take(limit).map(|(i, l)| json!({ "n": i + 1, "t": l })).collect();
-        Ok(Reply { data: json!(lines), total: Some(t.log.len()) })
+        let lines: Vec<Value> = t
+            .log
+            .iter()
+            .enumerate()
+            .skip(start)
+            .take(limit)
+            .map(|(i, l)| json!({ "n": i + 1, "t": l }))
+            .collect();
+        Ok(Reply {
+            data: json!(lines),
+            total: Some(t.log.len()),
+        })
     })
 }
 
 fn task_list(sim: &Sim, req: &Req) -> HResult {
-    validate(req, &[NODE, ("limit", Kind::Int(0, i64::MAX)), ("start", Kind::Int(0, i64::MAX)), ("vmid", Kind::Vmid), ("source", Kind::Enum(&["archive", "active", "all"])), ("errors", Kind::Bool), ("typefilter", Kind::Str(64)), ("userfilter", Kind::Str(128))], &[])?;
+    validate(
+        req,
+        &[
+            NODE,
+            ("limit", Kind::Int(0, i64::MAX)),
+            ("start", Kind::Int(0, i64::MAX)),
+            ("vmid", Kind::Vmid),
+            ("source", Kind::Enum(&["archive", "active", "all"])),
+            ("errors", Kind::Bool),
+            ("typefilter", Kind::Str(64)),
+            ("userfilter", Kind::Str(128)),
+        ],
+        &[],
+    )?;
     sim.read(|st| {
         let limit: usize = req.get("limit").and_then(|s| s.parse().ok()).unwrap_or(50);
         let v: Vec<Value> = st
@@ -1243,11 +1801,15 @@ fn loopback_only(peer: &SocketAddr) -> Option<Response> {
     (!peer.ip().is_loopback()).then(|| (StatusCode::FORBIDDEN, "loopback only").into_response())
 }
 
-async fn admin_state(AxState(sim): AxState<Arc<Sim>>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
+async fn admin_state(
+    AxState(sim): AxState<Arc<Sim>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
     if let Some(r) = loopback_only(&peer) {
         return r;
     }
-    let ports: BTreeMap<u32, Option<u16>> = sim.read(|st| st.guests.keys().map(|v| (*v, sim.ssh_port(*v))).collect());
+    let ports: BTreeMap<u32, Option<u16>> =
+        sim.read(|st| st.guests.keys().map(|v| (*v, sim.ssh_port(*v))).collect());
     let locked: Vec<u32> = sim.read(|st| st.guests.keys().copied().collect::<Vec<_>>());
     let body = sim.read(|st| {
         let now = now_ms();
@@ -1283,15 +1845,25 @@ async fn admin_state(AxState(sim): AxState<Arc<Sim>>, ConnectInfo(peer): Connect
         json!({ "node": st.node, "guests": guests, "volumes": st.volumes, "leases": st.leases, "tasks": tasks, "counters": st.counters, "pools": st.pools })
     });
     let mut body = body;
-    body["locks"] = json!(locked.into_iter().filter(|v| sim.is_locked(*v)).collect::<Vec<_>>());
+    body["locks"] = json!(locked
+        .into_iter()
+        .filter(|v| sim.is_locked(*v))
+        .collect::<Vec<_>>());
     Json(body).into_response()
 }
 
-async fn admin_requests(AxState(sim): AxState<Arc<Sim>>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
+async fn admin_requests(
+    AxState(sim): AxState<Arc<Sim>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
     if let Some(r) = loopback_only(&peer) {
         return r;
     }
-    let reqs = sim.requests.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let reqs = sim
+        .requests
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     Json(Value::Array(reqs)).into_response()
 }
 
@@ -1317,12 +1889,26 @@ struct AclReq {
     propagate: bool,
 }
 
-async fn admin_tokens(AxState(sim): AxState<Arc<Sim>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, Json(t): Json<TokenReq>) -> Response {
+async fn admin_tokens(
+    AxState(sim): AxState<Arc<Sim>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(t): Json<TokenReq>,
+) -> Response {
     if let Some(r) = loopback_only(&peer) {
         return r;
     }
-    if !t.userid.contains('@') || t.tokenid.is_empty() || !t.tokenid.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
-        return (StatusCode::BAD_REQUEST, "userid must be user@realm and tokenid [A-Za-z0-9._-]+").into_response();
+    if !t.userid.contains('@')
+        || t.tokenid.is_empty()
+        || !t
+            .tokenid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            "userid must be user@realm and tokenid [A-Za-z0-9._-]+",
+        )
+            .into_response();
     }
     let secret = format!("{:032x}", rand::random::<u128>());
     let id = format!("{}!{}", t.userid, t.tokenid);
@@ -1331,25 +1917,44 @@ async fn admin_tokens(AxState(sim): AxState<Arc<Sim>>, ConnectInfo(peer): Connec
             st.users.push(t.userid.clone());
         }
         st.tokens.retain(|x| x.id != id);
-        st.tokens.push(crate::state::TokenDef { id: id.clone(), secret_sha256: auth::hash_secret(&secret), privsep: t.privsep });
+        st.tokens.push(crate::state::TokenDef {
+            id: id.clone(),
+            secret_sha256: auth::hash_secret(&secret),
+            privsep: t.privsep,
+        });
         st.acl.retain(|a| a.subject != id && a.subject != t.userid);
         for (i, a) in t.acl.iter().enumerate() {
             let role = format!("sim-{}-{}-{i}", t.userid.replace('@', "-"), t.tokenid);
             st.roles.insert(role.clone(), a.privs.clone());
             for subject in [&t.userid, &id] {
-                st.acl.push(crate::state::AclEntry { path: a.path.clone(), subject: subject.clone(), role: role.clone(), propagate: a.propagate });
+                st.acl.push(crate::state::AclEntry {
+                    path: a.path.clone(),
+                    subject: subject.clone(),
+                    role: role.clone(),
+                    propagate: a.propagate,
+                });
             }
         }
     });
     Json(json!({ "tokenid": id, "secret": secret })).into_response()
 }
 
-async fn admin_ssh(AxState(sim): AxState<Arc<Sim>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, AxPath(vmid): AxPath<u32>) -> Response {
+async fn admin_ssh(
+    AxState(sim): AxState<Arc<Sim>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    AxPath(vmid): AxPath<u32>,
+) -> Response {
     if let Some(r) = loopback_only(&peer) {
         return r;
     }
     match sim.ssh_port(vmid) {
         Some(port) => Json(json!({ "host": "127.0.0.1", "port": port })).into_response(),
-        None => (StatusCode::NOT_FOUND, Body::from("{\"message\":\"guest has no SSH endpoint (not running, or no host keys)\"}")).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Body::from(
+                "{\"message\":\"guest has no SSH endpoint (not running, or no host keys)\"}",
+            ),
+        )
+            .into_response(),
     }
 }

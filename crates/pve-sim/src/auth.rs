@@ -28,7 +28,10 @@ impl Subject {
         self.token.clone().unwrap_or_else(|| self.userid.clone())
     }
     pub fn token_name(&self) -> Option<String> {
-        self.token.as_ref().and_then(|t| t.split_once('!')).map(|(_, n)| n.to_string())
+        self.token
+            .as_ref()
+            .and_then(|t| t.split_once('!'))
+            .map(|(_, n)| n.to_string())
     }
 }
 
@@ -45,20 +48,42 @@ pub enum AuthFailure {
 /// `PVEAPIToken=user@realm!id=secret` (a space may stand for the first `=`); the value is
 /// split at its last `=` (pve-access-control `verify_token`).
 pub fn authenticate(state: &State, header: Option<&str>) -> Result<Subject, AuthFailure> {
-    let Some(h) = header else { return Err(AuthFailure::NoTicket) };
-    let rest = h.strip_prefix("PVEAPIToken=").or_else(|| h.strip_prefix("PVEAPIToken ")).ok_or(AuthFailure::NoTicket)?;
+    let Some(h) = header else {
+        return Err(AuthFailure::NoTicket);
+    };
+    let rest = h
+        .strip_prefix("PVEAPIToken=")
+        .or_else(|| h.strip_prefix("PVEAPIToken "))
+        .ok_or(AuthFailure::NoTicket)?;
     let (id, secret) = rest.rsplit_once('=').ok_or(AuthFailure::Failed)?;
-    let token = state.tokens.iter().find(|t| t.id == id).ok_or(AuthFailure::Failed)?;
+    let token = state
+        .tokens
+        .iter()
+        .find(|t| t.id == id)
+        .ok_or(AuthFailure::Failed)?;
     // Constant-time-ish comparison of hashes; the secret never leaves this function.
     let given = hash_secret(secret);
-    if given.len() != token.secret_sha256.len() || given.bytes().zip(token.secret_sha256.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) != 0 {
+    if given.len() != token.secret_sha256.len()
+        || given
+            .bytes()
+            .zip(token.secret_sha256.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            != 0
+    {
         return Err(AuthFailure::Failed);
     }
-    let userid = id.split_once('!').map(|(u, _)| u.to_string()).ok_or(AuthFailure::Failed)?;
+    let userid = id
+        .split_once('!')
+        .map(|(u, _)| u.to_string())
+        .ok_or(AuthFailure::Failed)?;
     if !state.users.contains(&userid) {
         return Err(AuthFailure::Failed);
     }
-    Ok(Subject { userid, token: Some(id.to_string()), privsep: token.privsep })
+    Ok(Subject {
+        userid,
+        token: Some(id.to_string()),
+        privsep: token.privsep,
+    })
 }
 
 fn prefixes(path: &str) -> Vec<String> {
@@ -78,16 +103,30 @@ fn acl_privs(state: &State, subject: &str, path: &str) -> BTreeSet<String> {
     let mut privs = BTreeSet::new();
     for p in prefixes(path) {
         let exact = p == path;
-        let entries: Vec<_> = state.acl.iter().filter(|a| a.subject == subject && a.path == p && (exact || a.propagate)).collect();
+        let entries: Vec<_> = state
+            .acl
+            .iter()
+            .filter(|a| a.subject == subject && a.path == p && (exact || a.propagate))
+            .collect();
         if !entries.is_empty() {
-            privs = entries.iter().flat_map(|a| state.roles.get(&a.role).cloned().unwrap_or_default()).collect();
+            privs = entries
+                .iter()
+                .flat_map(|a| state.roles.get(&a.role).cloned().unwrap_or_default())
+                .collect();
         }
     }
     // Pool ACLs apply to member guests (without propagation, reference §8).
-    if let Some(vmid) = path.strip_prefix("/vms/").and_then(|v| v.parse::<u32>().ok()) {
+    if let Some(vmid) = path
+        .strip_prefix("/vms/")
+        .and_then(|v| v.parse::<u32>().ok())
+    {
         for (pool, members) in &state.pools {
             if members.contains(&vmid) {
-                for a in state.acl.iter().filter(|a| a.subject == subject && a.path == format!("/pool/{pool}")) {
+                for a in state
+                    .acl
+                    .iter()
+                    .filter(|a| a.subject == subject && a.path == format!("/pool/{pool}"))
+                {
                     privs.extend(state.roles.get(&a.role).cloned().unwrap_or_default());
                 }
             }
@@ -99,9 +138,19 @@ fn acl_privs(state: &State, subject: &str, path: &str) -> BTreeSet<String> {
 /// Effective privileges of `who` on `path`.
 pub fn privileges(state: &State, who: &Subject, path: &str) -> BTreeSet<String> {
     if who.is_root() {
-        return crate::state::ALL_PRIVS.iter().map(|s| s.to_string()).collect();
+        return crate::state::ALL_PRIVS
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     }
-    let user = if who.userid == "root@pam" { crate::state::ALL_PRIVS.iter().map(|s| s.to_string()).collect() } else { acl_privs(state, &who.userid, path) };
+    let user = if who.userid == "root@pam" {
+        crate::state::ALL_PRIVS
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    } else {
+        acl_privs(state, &who.userid, path)
+    };
     match &who.token {
         Some(t) if who.privsep => {
             let tok = acl_privs(state, t, path);
@@ -118,7 +167,12 @@ pub fn has(state: &State, who: &Subject, path: &str, privilege: &str) -> bool {
 /// The paths `/access/permissions` reports without a `path` argument: the default top-level
 /// paths plus every ACL path.
 pub fn permission_paths(state: &State) -> BTreeSet<String> {
-    let mut paths: BTreeSet<String> = ["/", "/access", "/nodes", "/pool", "/sdn", "/storage", "/vms"].iter().map(|s| s.to_string()).collect();
+    let mut paths: BTreeSet<String> = [
+        "/", "/access", "/nodes", "/pool", "/sdn", "/storage", "/vms",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     paths.extend(state.acl.iter().map(|a| a.path.clone()));
     paths
 }
@@ -126,7 +180,13 @@ pub fn permission_paths(state: &State) -> BTreeSet<String> {
 /// Whether the privilege would propagate from `path` (the value `/access/permissions` shows).
 pub fn propagates(state: &State, who: &Subject, path: &str) -> u8 {
     let subject = who.token.as_deref().unwrap_or(&who.userid);
-    u8::from(state.acl.iter().any(|a| a.subject == subject && a.path == path && a.propagate) || who.is_root())
+    u8::from(
+        state
+            .acl
+            .iter()
+            .any(|a| a.subject == subject && a.path == path && a.propagate)
+            || who.is_root(),
+    )
 }
 
 #[cfg(test)]
@@ -136,18 +196,29 @@ mod tests {
 
     fn state() -> State {
         let mut s = State::bootstrap("pve");
-        s.tokens.push(TokenDef { id: "felhom@pve!agent".into(), secret_sha256: hash_secret("s"), privsep: true });
+        s.tokens.push(TokenDef {
+            id: "felhom@pve!agent".into(),
+            secret_sha256: hash_secret("s"),
+            privsep: true,
+        });
         s
     }
 
     #[test]
     fn privsep_is_an_intersection() {
         let mut s = state();
-        let who = authenticate(&s, Some("PVEAPIToken=felhom@pve!agent=s")).ok().unwrap();
+        let who = authenticate(&s, Some("PVEAPIToken=felhom@pve!agent=s"))
+            .ok()
+            .unwrap();
         assert!(has(&s, &who, "/vms/1200", "VM.Allocate"));
         // Narrow the token on /vms/1200: the deeper entry wins for the token.
         s.roles.insert("AuditOnly".into(), vec!["VM.Audit".into()]);
-        s.acl.push(AclEntry { path: "/vms/1200".into(), subject: "felhom@pve!agent".into(), role: "AuditOnly".into(), propagate: true });
+        s.acl.push(AclEntry {
+            path: "/vms/1200".into(),
+            subject: "felhom@pve!agent".into(),
+            role: "AuditOnly".into(),
+            propagate: true,
+        });
         assert!(!has(&s, &who, "/vms/1200", "VM.Allocate"));
         assert!(has(&s, &who, "/vms/1200", "VM.Audit"));
         assert!(has(&s, &who, "/vms/1300", "VM.Allocate"));

@@ -16,7 +16,10 @@ use crate::state::{self, ArchiveTraits, State, Task, TaskPlan};
 use crate::SimConfig;
 
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Modelled durations at time scale 1 (milliseconds).
@@ -51,9 +54,23 @@ impl Sim {
             None => {
                 let mut st = State::bootstrap(&cfg.node);
                 // The felhom token; its secret goes to a 0600 file, only its hash to the state.
-                let secret = format!("{:08x}-{:04x}-{:04x}-{:04x}-{:012x}", rand::random::<u32>(), rand::random::<u16>(), rand::random::<u16>(), rand::random::<u16>(), rand::random::<u64>() & 0xffff_ffff_ffff);
-                crate::tls::write_private(&cfg.state_dir.join("felhom-agent.token"), &format!("{secret}\n"))?;
-                st.tokens.push(state::TokenDef { id: "felhom@pve!agent".into(), secret_sha256: crate::auth::hash_secret(&secret), privsep: true });
+                let secret = format!(
+                    "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+                    rand::random::<u32>(),
+                    rand::random::<u16>(),
+                    rand::random::<u16>(),
+                    rand::random::<u16>(),
+                    rand::random::<u64>() & 0xffff_ffff_ffff
+                );
+                crate::tls::write_private(
+                    &cfg.state_dir.join("felhom-agent.token"),
+                    &format!("{secret}\n"),
+                )?;
+                st.tokens.push(state::TokenDef {
+                    id: "felhom@pve!agent".into(),
+                    secret_sha256: crate::auth::hash_secret(&secret),
+                    privsep: true,
+                });
                 state::save(&cfg.state_dir, &st)?;
                 st
             }
@@ -83,7 +100,12 @@ impl Sim {
     }
 
     pub fn chance(&self, p: f64) -> bool {
-        p > 0.0 && self.rng.lock().unwrap_or_else(|e| e.into_inner()).gen_bool(p.min(1.0))
+        p > 0.0
+            && self
+                .rng
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .gen_bool(p.min(1.0))
     }
 
     /// Run `f` on the state, then persist it.
@@ -101,7 +123,12 @@ impl Sim {
     }
 
     fn lock_of(&self, vmid: u32) -> Arc<tokio::sync::Mutex<()>> {
-        self.locks.lock().unwrap_or_else(|p| p.into_inner()).entry(vmid).or_default().clone()
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(vmid)
+            .or_default()
+            .clone()
     }
 
     /// The flock `/run/lock/lxc/pve-config-<vmid>.lock`, waited for up to `timeout_ms`
@@ -118,18 +145,36 @@ impl Sim {
     }
 
     pub fn archive_traits(&self, path: &std::path::Path) -> Result<ArchiveTraits, String> {
-        let size = std::fs::metadata(path).map(|m| m.len()).map_err(|e| e.to_string())?;
+        let size = std::fs::metadata(path)
+            .map(|m| m.len())
+            .map_err(|e| e.to_string())?;
         let key = (path.to_path_buf(), size);
-        if let Some(t) = self.traits_cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        if let Some(t) = self
+            .traits_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
             return Ok(t.clone());
         }
         let t = guest::archive_traits(path).map_err(|e| e.to_string())?;
-        self.traits_cache.lock().unwrap_or_else(|p| p.into_inner()).insert(key, t.clone());
+        self.traits_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, t.clone());
         Ok(t)
     }
 
     /// Register a task (status running) and return its UPID.
-    pub fn new_task(&self, st: &mut State, task_type: &str, id: &str, who: &crate::auth::Subject, modelled_ms: u64, plan: TaskPlan) -> String {
+    pub fn new_task(
+        &self,
+        st: &mut State,
+        task_type: &str,
+        id: &str,
+        who: &crate::auth::Subject,
+        modelled_ms: u64,
+        plan: TaskPlan,
+    ) -> String {
         st.next_pid += 1;
         let start = now_ms();
         let upid = pve_api::Upid {
@@ -160,7 +205,11 @@ impl Sim {
         });
         // Keep the task list bounded like PVE's index (oldest finished tasks drop out).
         if st.tasks.len() > 5000 {
-            let drop = st.tasks.iter().position(|t| t.status == "stopped").unwrap_or(0);
+            let drop = st
+                .tasks
+                .iter()
+                .position(|t| t.status == "stopped")
+                .unwrap_or(0);
             st.tasks.remove(drop);
         }
         upid
@@ -168,7 +217,12 @@ impl Sim {
 
     /// Run a task: take the guest's flock (unless `guard` already holds it), wait out the
     /// modelled duration, apply the plan, record the exit status.
-    pub fn spawn_task(self: &Arc<Self>, upid: String, vmid: Option<u32>, guard: Option<OwnedMutexGuard<()>>) {
+    pub fn spawn_task(
+        self: &Arc<Self>,
+        upid: String,
+        vmid: Option<u32>,
+        guard: Option<OwnedMutexGuard<()>>,
+    ) {
         let sim = self.clone();
         tokio::spawn(async move {
             let guard = match (guard, vmid) {
@@ -182,16 +236,32 @@ impl Sim {
                 },
                 (None, None) => None,
             };
-            let end = sim.read(|st| st.tasks.iter().find(|t| t.upid == upid).map(|t| t.end_ms)).unwrap_or(0);
+            let end = sim
+                .read(|st| st.tasks.iter().find(|t| t.upid == upid).map(|t| t.end_ms))
+                .unwrap_or(0);
             let wait = end.saturating_sub(now_ms());
             tokio::time::sleep(Duration::from_millis(wait)).await;
-            let plan = sim.read(|st| st.tasks.iter().find(|t| t.upid == upid).and_then(|t| t.plan.clone()));
+            let plan = sim.read(|st| {
+                st.tasks
+                    .iter()
+                    .find(|t| t.upid == upid)
+                    .and_then(|t| t.plan.clone())
+            });
             let Some(plan) = plan else { return };
             let follow_up = sim.apply(&upid, plan);
             drop(guard);
             if let Some((vmid, who)) = follow_up {
                 // `start=1` on restore: a separate vzstart task after the lock is released.
-                let upid = sim.mutate(|st| sim.new_task(st, "vzstart", &vmid.to_string(), &who, model::START, TaskPlan::Start { vmid }));
+                let upid = sim.mutate(|st| {
+                    sim.new_task(
+                        st,
+                        "vzstart",
+                        &vmid.to_string(),
+                        &who,
+                        model::START,
+                        TaskPlan::Start { vmid },
+                    )
+                });
                 sim.spawn_task(upid, Some(vmid), None);
             }
             sim.sync_ssh().await;
@@ -200,7 +270,13 @@ impl Sim {
 
     /// After a restart: finish the tasks a previous run left running.
     pub fn resume_tasks(self: &Arc<Self>) {
-        let running: Vec<(String, Option<u32>)> = self.read(|st| st.tasks.iter().filter(|t| t.status == "running").map(|t| (t.upid.clone(), t.id.parse().ok())).collect());
+        let running: Vec<(String, Option<u32>)> = self.read(|st| {
+            st.tasks
+                .iter()
+                .filter(|t| t.status == "running")
+                .map(|t| (t.upid.clone(), t.id.parse().ok()))
+                .collect()
+        });
         for (upid, vmid) in running {
             self.spawn_task(upid, vmid, None);
         }
@@ -242,7 +318,15 @@ impl Sim {
         let dhcp_at = now_ms() + self.scaled_ms(model::DHCP);
         let result = self.mutate(|st| -> Result<Vec<String>, String> {
             match plan {
-                TaskPlan::Restore { vmid, config, volumes, traits, pool, start, warnings } => {
+                TaskPlan::Restore {
+                    vmid,
+                    config,
+                    volumes,
+                    traits,
+                    pool,
+                    start,
+                    warnings,
+                } => {
                     let g = st.guests.entry(vmid).or_default();
                     g.vmid = vmid;
                     g.config = config;
@@ -255,13 +339,21 @@ impl Sim {
                     if start {
                         let task = st.tasks.iter().find(|t| t.upid == upid);
                         if let Some(t) = task {
-                            let who = crate::auth::Subject { userid: t.user.clone(), token: t.tokenid.as_ref().map(|n| format!("{}!{n}", t.user)), privsep: true };
+                            let who = crate::auth::Subject {
+                                userid: t.user.clone(),
+                                token: t.tokenid.as_ref().map(|n| format!("{}!{n}", t.user)),
+                                privsep: true,
+                            };
                             follow_up = Some((vmid, who));
                         }
                     }
                     Ok(warnings)
                 }
-                TaskPlan::Fail { vmid, message, cleanup_restore } => {
+                TaskPlan::Fail {
+                    vmid,
+                    message,
+                    cleanup_restore,
+                } => {
                     if cleanup_restore {
                         st.guests.remove(&vmid);
                         st.volumes.retain(|v| v.owner != vmid);
@@ -269,9 +361,23 @@ impl Sim {
                     Err(message)
                 }
                 TaskPlan::Resize { vmid, disk, bytes } => {
-                    let g = st.guests.get_mut(&vmid).ok_or_else(|| format!("Configuration file 'nodes/{}/lxc/{vmid}.conf' does not exist", st.node))?;
-                    let cur = g.config.get(&disk).cloned().ok_or_else(|| format!("no such disk '{disk}'"))?;
-                    let mut m = if disk == "rootfs" { pve_api::MountConfig::parse_rootfs(&cur) } else { pve_api::MountConfig::parse_mp(&cur) }.map_err(|e| e.to_string())?;
+                    let g = st.guests.get_mut(&vmid).ok_or_else(|| {
+                        format!(
+                            "Configuration file 'nodes/{}/lxc/{vmid}.conf' does not exist",
+                            st.node
+                        )
+                    })?;
+                    let cur = g
+                        .config
+                        .get(&disk)
+                        .cloned()
+                        .ok_or_else(|| format!("no such disk '{disk}'"))?;
+                    let mut m = if disk == "rootfs" {
+                        pve_api::MountConfig::parse_rootfs(&cur)
+                    } else {
+                        pve_api::MountConfig::parse_mp(&cur)
+                    }
+                    .map_err(|e| e.to_string())?;
                     m.size = Some(bytes);
                     g.config.insert(disk, m.to_string());
                     if let Some(v) = st.volumes.iter_mut().find(|v| v.volid == m.volume) {
@@ -281,7 +387,9 @@ impl Sim {
                 }
                 TaskPlan::Start { vmid } => {
                     let node = st.node.clone();
-                    let g = st.guests.get_mut(&vmid).ok_or_else(|| format!("Configuration file 'nodes/{node}/lxc/{vmid}.conf' does not exist"))?;
+                    let g = st.guests.get_mut(&vmid).ok_or_else(|| {
+                        format!("Configuration file 'nodes/{node}/lxc/{vmid}.conf' does not exist")
+                    })?;
                     if let Some(l) = g.config.get("lock") {
                         return Err(format!("CT is locked ({l})"));
                     }
@@ -314,19 +422,29 @@ impl Sim {
                     }
                     Ok(Vec::new())
                 }
-                TaskPlan::Destroy { vmid, destroy_unreferenced } => {
-                    let Some(g) = st.guests.remove(&vmid) else { return Ok(Vec::new()) };
+                TaskPlan::Destroy {
+                    vmid,
+                    destroy_unreferenced,
+                } => {
+                    let Some(g) = st.guests.remove(&vmid) else {
+                        return Ok(Vec::new());
+                    };
                     let referenced: Vec<String> = g
                         .config
                         .iter()
-                        .filter(|(k, _)| *k == "rootfs" || k.starts_with("mp") || k.starts_with("unused"))
+                        .filter(|(k, _)| {
+                            *k == "rootfs" || k.starts_with("mp") || k.starts_with("unused")
+                        })
                         .filter_map(|(_, v)| v.split(',').next().map(str::to_string))
                         .collect();
                     let mut warnings = Vec::new();
                     st.volumes.retain(|v| {
                         let referenced = referenced.contains(&v.volid);
                         if referenced && v.owner != vmid {
-                            warnings.push(format!("volume '{}' is owned by another guest, skipping", v.volid));
+                            warnings.push(format!(
+                                "volume '{}' is owned by another guest, skipping",
+                                v.volid
+                            ));
                             return true;
                         }
                         !(referenced || (destroy_unreferenced && v.owner == vmid))
@@ -337,7 +455,17 @@ impl Sim {
                     }
                     // dnsmasq would keep the lease until it expires; a destroyed MAC never
                     // returns, so drop it to keep the lease table honest.
-                    let macs: Vec<String> = g.config.iter().filter(|(k, _)| k.starts_with("net")).filter_map(|(_, v)| v.parse::<pve_api::NetConfig>().ok()?.hwaddr.map(|m| m.to_string())).collect();
+                    let macs: Vec<String> = g
+                        .config
+                        .iter()
+                        .filter(|(k, _)| k.starts_with("net"))
+                        .filter_map(|(_, v)| {
+                            v.parse::<pve_api::NetConfig>()
+                                .ok()?
+                                .hwaddr
+                                .map(|m| m.to_string())
+                        })
+                        .collect();
                     for leases in st.leases.values_mut() {
                         leases.retain(|mac, _| !macs.contains(mac));
                     }
@@ -351,7 +479,13 @@ impl Sim {
 
     /// Start SSH endpoints for running guests with keys; stop the others.
     pub async fn sync_ssh(&self) {
-        let want: Vec<(u32, String)> = self.read(|st| st.guests.values().filter(|g| g.running).filter_map(|g| Some((g.vmid, g.ssh_key.clone()?))).collect());
+        let want: Vec<(u32, String)> = self.read(|st| {
+            st.guests
+                .values()
+                .filter(|g| g.running)
+                .filter_map(|g| Some((g.vmid, g.ssh_key.clone()?)))
+                .collect()
+        });
         let mut to_start = Vec::new();
         {
             let mut ssh = self.ssh.lock().unwrap_or_else(|p| p.into_inner());
@@ -363,10 +497,16 @@ impl Sim {
             }
         }
         for (vmid, key) in to_start {
-            let Some(k) = guest::parse_key(&key) else { continue };
+            let Some(k) = guest::parse_key(&key) else {
+                continue;
+            };
             match crate::ssh::serve(k).await {
                 Ok(ep) => {
-                    self.ssh.lock().unwrap_or_else(|p| p.into_inner()).entry(vmid).or_insert(ep);
+                    self.ssh
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry(vmid)
+                        .or_insert(ep);
                 }
                 Err(e) => tracing::warn!(vmid, error = %e, "cannot start guest SSH endpoint"),
             }
@@ -375,11 +515,19 @@ impl Sim {
 
     /// Whether a task or call holds the guest's flock right now.
     pub fn is_locked(&self, vmid: u32) -> bool {
-        self.locks.lock().unwrap_or_else(|p| p.into_inner()).get(&vmid).is_some_and(|l| l.try_lock().is_err())
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&vmid)
+            .is_some_and(|l| l.try_lock().is_err())
     }
 
     pub fn ssh_port(&self, vmid: u32) -> Option<u16> {
-        self.ssh.lock().unwrap_or_else(|p| p.into_inner()).get(&vmid).map(|e| e.port)
+        self.ssh
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&vmid)
+            .map(|e| e.port)
     }
 }
 
@@ -396,7 +544,10 @@ pub fn lease(st: &mut State, bridge: &str, mac: &str) -> String {
         return ip.clone();
     }
     let used: std::collections::HashSet<&String> = table.values().collect();
-    let ip = (2u32..65_534).map(|n| format!("10.77.{}.{}", n >> 8, n & 0xff)).find(|ip| !used.contains(ip)).unwrap_or_else(|| "10.77.255.254".into());
+    let ip = (2u32..65_534)
+        .map(|n| format!("10.77.{}.{}", n >> 8, n & 0xff))
+        .find(|ip| !used.contains(ip))
+        .unwrap_or_else(|| "10.77.255.254".into());
     table.insert(mac, ip.clone());
     ip
 }

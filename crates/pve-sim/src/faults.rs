@@ -33,12 +33,18 @@ fn task_type_alias(t: &str) -> &str {
 
 impl FaultSpec {
     pub fn task_fail_probability(&self, task_type: &str) -> f64 {
-        self.task_fail.iter().filter(|(t, _)| t == task_type).map(|(_, p)| *p).fold(0.0, f64::max)
+        self.task_fail
+            .iter()
+            .filter(|(t, _)| t == task_type)
+            .map(|(_, p)| *p)
+            .fold(0.0, f64::max)
     }
 }
 
 fn prob(key: &str, v: &str) -> Result<f64, String> {
-    let p: f64 = v.parse().map_err(|_| format!("{key}: '{v}' is not a probability"))?;
+    let p: f64 = v
+        .parse()
+        .map_err(|_| format!("{key}: '{v}' is not a probability"))?;
     if (0.0..=1.0).contains(&p) {
         Ok(p)
     } else {
@@ -51,7 +57,9 @@ impl FromStr for FaultSpec {
     fn from_str(s: &str) -> Result<Self, String> {
         let mut f = FaultSpec::default();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (k, v) = part.split_once('=').ok_or_else(|| format!("fault '{part}' must be key=value"))?;
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("fault '{part}' must be key=value"))?;
             match k {
                 "lock500" => f.lock500 = prob(k, v)?,
                 "http503" => f.http503 = prob(k, v)?,
@@ -80,12 +88,17 @@ mod tests {
     use super::*;
     #[test]
     fn parse() {
-        let f: FaultSpec = "lock500=0.2,task_fail:restore=0.05,latency=20ms,seed=7".parse().unwrap();
+        let f: FaultSpec = "lock500=0.2,task_fail:restore=0.05,latency=20ms,seed=7"
+            .parse()
+            .unwrap();
         assert_eq!(f.lock500, 0.2);
         assert_eq!(f.task_fail_probability("vzrestore"), 0.05);
         assert_eq!(f.latency, Duration::from_millis(20));
         assert_eq!(f.seed, Some(7));
-        assert!("lock501=1".parse::<FaultSpec>().unwrap_err().contains("lock501"));
+        assert!("lock501=1"
+            .parse::<FaultSpec>()
+            .unwrap_err()
+            .contains("lock501"));
         assert!("lock500=2".parse::<FaultSpec>().is_err());
         assert!("task_fail:boot=0.1".parse::<FaultSpec>().is_err());
         assert_eq!("".parse::<FaultSpec>().unwrap(), FaultSpec::default());

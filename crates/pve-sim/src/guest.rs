@@ -27,13 +27,25 @@ pub fn archive_traits(path: &Path) -> Result<ArchiveTraits, vzdump::VzdumpError>
     vzdump::scan_path(path, |e, r| {
         let p = e.path.as_str();
         match p {
-            "etc/machine-id" if e.kind == vzdump::EntryKind::File => t.machine_id = Some(small(r).trim().to_string()),
-            "etc/ssh/ssh_host_ed25519_key" if e.kind == vzdump::EntryKind::File => t.ssh_host_key = Some(small(r)),
+            "etc/machine-id" if e.kind == vzdump::EntryKind::File => {
+                t.machine_id = Some(small(r).trim().to_string())
+            }
+            "etc/ssh/ssh_host_ed25519_key" if e.kind == vzdump::EntryKind::File => {
+                t.ssh_host_key = Some(small(r))
+            }
             vzdump::PCT_CONF => {
                 let conf = small(r);
-                t.raw_lxc = conf.lines().filter_map(|l| l.split_once(':')).filter(|(k, _)| k.starts_with("lxc.")).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
+                t.raw_lxc = conf
+                    .lines()
+                    .filter_map(|l| l.split_once(':'))
+                    .filter(|(k, _)| k.starts_with("lxc."))
+                    .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                    .collect();
             }
-            _ if p.starts_with("etc/systemd/system/") || p.starts_with("lib/systemd/system/") || p.starts_with("usr/lib/systemd/system/") => {
+            _ if p.starts_with("etc/systemd/system/")
+                || p.starts_with("lib/systemd/system/")
+                || p.starts_with("usr/lib/systemd/system/") =>
+            {
                 let in_wants = p.rsplit('/').nth(1).is_some_and(|d| d.ends_with(".wants"));
                 if in_wants && e.kind == vzdump::EntryKind::Symlink {
                     if let Some(target) = &e.link_target {
@@ -41,7 +53,11 @@ pub fn archive_traits(path: &Path) -> Result<ArchiveTraits, vzdump::VzdumpError>
                     }
                 } else if e.kind == vzdump::EntryKind::File && p.ends_with(".service") {
                     let text = small(r);
-                    let keygen = text.lines().any(|l| l.trim_start().starts_with("ExecStart") && l.contains("ssh-keygen") && l.contains("-A"));
+                    let keygen = text.lines().any(|l| {
+                        l.trim_start().starts_with("ExecStart")
+                            && l.contains("ssh-keygen")
+                            && l.contains("-A")
+                    });
                     units.push((p.rsplit('/').next().unwrap_or(p).to_string(), keygen));
                 }
             }
@@ -49,7 +65,9 @@ pub fn archive_traits(path: &Path) -> Result<ArchiveTraits, vzdump::VzdumpError>
         }
         Ok(vzdump::Flow::Continue)
     })?;
-    t.keygen_unit = units.iter().any(|(name, keygen)| *keygen && wants.contains(name));
+    t.keygen_unit = units
+        .iter()
+        .any(|(name, keygen)| *keygen && wants.contains(name));
     Ok(t)
 }
 
@@ -57,7 +75,9 @@ pub fn archive_traits(path: &Path) -> Result<ArchiveTraits, vzdump::VzdumpError>
 pub fn new_host_key() -> String {
     let seed: [u8; 32] = rand::random();
     let key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
-    key.to_openssh(russh::keys::ssh_key::LineEnding::LF).map(|z| z.to_string()).unwrap_or_default()
+    key.to_openssh(russh::keys::ssh_key::LineEnding::LF)
+        .map(|z| z.to_string())
+        .unwrap_or_default()
 }
 
 pub fn parse_key(pem: &str) -> Option<PrivateKey> {
@@ -70,7 +90,11 @@ pub fn fingerprint(pem: &str) -> Option<String> {
 }
 
 /// What one boot leaves: the machine-id and the host key.
-pub fn boot(traits: &ArchiveTraits, machine_id: &Option<String>, ssh_key: &Option<String>) -> (Option<String>, Option<String>) {
+pub fn boot(
+    traits: &ArchiveTraits,
+    machine_id: &Option<String>,
+    ssh_key: &Option<String>,
+) -> (Option<String>, Option<String>) {
     let mid = match (machine_id, &traits.machine_id) {
         (Some(m), _) => Some(m.clone()),
         // Baked id: every copy shares it.

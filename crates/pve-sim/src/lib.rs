@@ -44,7 +44,10 @@ pub enum SimError {
     #[error("simulator TLS: {0}")]
     Tls(String),
     #[error("simulator listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A running simulator.
@@ -74,8 +77,10 @@ pub fn dump_dir(state_dir: &Path, storage: &str) -> PathBuf {
 /// Start a simulator: load (or bootstrap) the state, finish tasks a previous run left, and
 /// serve HTTPS.
 pub async fn start(cfg: SimConfig) -> Result<SimHandle, SimError> {
-    std::fs::create_dir_all(&cfg.state_dir).map_err(|e| SimError::State(format!("{}: {e}", cfg.state_dir.display())))?;
-    std::fs::create_dir_all(dump_dir(&cfg.state_dir, "local")).map_err(|e| SimError::State(e.to_string()))?;
+    std::fs::create_dir_all(&cfg.state_dir)
+        .map_err(|e| SimError::State(format!("{}: {e}", cfg.state_dir.display())))?;
+    std::fs::create_dir_all(dump_dir(&cfg.state_dir, "local"))
+        .map_err(|e| SimError::State(e.to_string()))?;
     let cert = tls::load_or_create(&cfg.state_dir).map_err(SimError::Tls)?;
     let sim = engine::Sim::open(cfg.clone()).map_err(SimError::State)?;
     sim.resume_tasks();
@@ -88,11 +93,15 @@ pub async fn start(cfg: SimConfig) -> Result<SimHandle, SimError> {
         .with_single_cert(
             {
                 use rustls::pki_types::pem::PemObject;
-                vec![rustls::pki_types::CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).map_err(|e| SimError::Tls(e.to_string()))?]
+                vec![
+                    rustls::pki_types::CertificateDer::from_pem_slice(cert.cert_pem.as_bytes())
+                        .map_err(|e| SimError::Tls(e.to_string()))?,
+                ]
             },
             {
                 use rustls::pki_types::pem::PemObject;
-                rustls::pki_types::PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).map_err(|e| SimError::Tls(e.to_string()))?
+                rustls::pki_types::PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes())
+                    .map_err(|e| SimError::Tls(e.to_string()))?
             },
         )
         .map_err(|e| SimError::Tls(e.to_string()))?;
@@ -100,17 +109,39 @@ pub async fn start(cfg: SimConfig) -> Result<SimHandle, SimError> {
     server_cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     let rustls_cfg = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(server_cfg));
 
-    let listener = std::net::TcpListener::bind(cfg.listen).map_err(|source| SimError::Listen { addr: cfg.listen, source })?;
-    listener.set_nonblocking(true).map_err(|source| SimError::Listen { addr: cfg.listen, source })?;
-    let addr = listener.local_addr().map_err(|source| SimError::Listen { addr: cfg.listen, source })?;
+    let listener = std::net::TcpListener::bind(cfg.listen).map_err(|source| SimError::Listen {
+        addr: cfg.listen,
+        source,
+    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| SimError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| SimError::Listen {
+        addr: cfg.listen,
+        source,
+    })?;
     let app = api::router(sim.clone());
     let handle = axum_server::Handle::new();
     let server = axum_server::from_tcp_rustls(listener, rustls_cfg).handle(handle.clone());
     let server = tokio::spawn(async move {
-        if let Err(e) = server.serve(app.into_make_service_with_connect_info::<SocketAddr>()).await {
+        if let Err(e) = server
+            .serve(app.into_make_service_with_connect_info::<SocketAddr>())
+            .await
+        {
             tracing::error!(error = %e, "simulator server stopped");
         }
     });
-    let url = url::Url::parse(&format!("https://{addr}")).map_err(|e| SimError::State(e.to_string()))?;
-    Ok(SimHandle { url, fingerprint: cert.fingerprint, addr, handle, server, sim })
+    let url =
+        url::Url::parse(&format!("https://{addr}")).map_err(|e| SimError::State(e.to_string()))?;
+    Ok(SimHandle {
+        url,
+        fingerprint: cert.fingerprint,
+        addr,
+        handle,
+        server,
+        sim,
+    })
 }

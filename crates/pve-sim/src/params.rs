@@ -30,7 +30,10 @@ fn is_dns_name(s: &str) -> bool {
     !s.is_empty()
         && s.split('.').all(|l| {
             let b = l.as_bytes();
-            !b.is_empty() && b[0].is_ascii_alphanumeric() && b[b.len() - 1].is_ascii_alphanumeric() && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+            !b.is_empty()
+                && b[0].is_ascii_alphanumeric()
+                && b[b.len() - 1].is_ascii_alphanumeric()
+                && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
         })
 }
 
@@ -42,7 +45,9 @@ fn check(kind: Kind, v: &str) -> Result<(), String> {
             _ => Err(format!("type check ('boolean') failed - got '{v}'")),
         },
         Kind::Int(min, max) => {
-            let n: i64 = v.parse().map_err(|_| format!("type check ('integer') failed - got '{v}'"))?;
+            let n: i64 = v
+                .parse()
+                .map_err(|_| format!("type check ('integer') failed - got '{v}'"))?;
             if n < min {
                 Err(format!("value must have a minimum value of {min}"))
             } else if n > max {
@@ -62,11 +67,16 @@ fn check(kind: Kind, v: &str) -> Result<(), String> {
             if vals.contains(&v) {
                 Ok(())
             } else {
-                Err(format!("value '{v}' does not have a value in the enumeration '{}'", vals.join(", ")))
+                Err(format!(
+                    "value '{v}' does not have a value in the enumeration '{}'",
+                    vals.join(", ")
+                ))
             }
         }
         Kind::Node => {
-            if v.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            if v.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            {
                 Ok(())
             } else {
                 regex()
@@ -74,10 +84,16 @@ fn check(kind: Kind, v: &str) -> Result<(), String> {
         }
         Kind::Vmid => v.parse::<pve_api::Vmid>().map(|_| ()).or_else(|_| regex()),
         Kind::StorageId => {
-            if v.bytes().next().is_some_and(|b| b.is_ascii_lowercase()) && v.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')) {
+            if v.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+                && v.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+                })
+            {
                 Ok(())
             } else {
-                Err(format!("invalid format - storage ID '{v}' contains illegal characters"))
+                Err(format!(
+                    "invalid format - storage ID '{v}' contains illegal characters"
+                ))
             }
         }
         Kind::DnsName => {
@@ -87,14 +103,27 @@ fn check(kind: Kind, v: &str) -> Result<(), String> {
                 Err("invalid format - value does not look like a valid DNS name".into())
             }
         }
-        Kind::Net => v.parse::<pve_api::NetConfig>().map(|_| ()).map_err(|e| format!("invalid format - {e}")),
-        Kind::Mount => pve_api::MountConfig::parse_mp(v).map(|_| ()).map_err(|e| format!("invalid format - {e}")),
-        Kind::Rootfs => pve_api::MountConfig::parse_rootfs(v).map(|_| ()).map_err(|e| format!("invalid format - {e}")),
-        Kind::Features => v.parse::<pve_api::Features>().map(|_| ()).map_err(|e| format!("invalid format - {e}")),
+        Kind::Net => v
+            .parse::<pve_api::NetConfig>()
+            .map(|_| ())
+            .map_err(|e| format!("invalid format - {e}")),
+        Kind::Mount => pve_api::MountConfig::parse_mp(v)
+            .map(|_| ())
+            .map_err(|e| format!("invalid format - {e}")),
+        Kind::Rootfs => pve_api::MountConfig::parse_rootfs(v)
+            .map(|_| ())
+            .map_err(|e| format!("invalid format - {e}")),
+        Kind::Features => v
+            .parse::<pve_api::Features>()
+            .map(|_| ())
+            .map_err(|e| format!("invalid format - {e}")),
         Kind::Tags => {
             let ok = v.split([';', ',', ' ']).filter(|t| !t.is_empty()).all(|t| {
                 let b = t.as_bytes();
-                (b[0].is_ascii_alphanumeric() || b[0] == b'_') && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'+' | b'.'))
+                (b[0].is_ascii_alphanumeric() || b[0] == b'_')
+                    && b.iter().all(|c| {
+                        c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'+' | b'.')
+                    })
             });
             if ok {
                 Ok(())
@@ -103,21 +132,32 @@ fn check(kind: Kind, v: &str) -> Result<(), String> {
             }
         }
         Kind::ConfigIdList => {
-            if v.split([';', ',', ' ']).filter(|t| !t.is_empty()).all(|k| k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')) {
+            if v.split([';', ',', ' ']).filter(|t| !t.is_empty()).all(|k| {
+                k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            }) {
                 Ok(())
             } else {
                 Err("invalid format - invalid configuration ID".into())
             }
         }
-        Kind::Size => pve_api::parse_disk_size(v.trim_start_matches('+')).map(|_| ()).or_else(|_| regex()),
+        Kind::Size => pve_api::parse_disk_size(v.trim_start_matches('+'))
+            .map(|_| ())
+            .or_else(|_| regex()),
         Kind::PoolId => {
-            if !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'/')) {
+            if !v.is_empty()
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'/'))
+            {
                 Ok(())
             } else {
                 Err("invalid format - invalid pool ID".into())
             }
         }
-        Kind::Upid => v.parse::<pve_api::Upid>().map(|_| ()).map_err(|_| "unable to parse worker upid".into()),
+        Kind::Upid => v
+            .parse::<pve_api::Upid>()
+            .map(|_| ())
+            .map_err(|_| "unable to parse worker upid".into()),
     }
 }
 
@@ -127,10 +167,18 @@ pub fn config_kind(key: &str) -> Option<Kind> {
         return n.parse::<u32>().ok().filter(|n| *n < 32).map(|_| Kind::Net);
     }
     if let Some(n) = key.strip_prefix("mp") {
-        return n.parse::<u32>().ok().filter(|n| *n < 256).map(|_| Kind::Mount);
+        return n
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n < 256)
+            .map(|_| Kind::Mount);
     }
     if let Some(n) = key.strip_prefix("unused") {
-        return n.parse::<u32>().ok().filter(|n| *n < 256).map(|_| Kind::Str(255));
+        return n
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n < 256)
+            .map(|_| Kind::Str(255));
     }
     Some(match key {
         "hostname" => Kind::DnsName,
@@ -145,10 +193,35 @@ pub fn config_kind(key: &str) -> Option<Kind> {
         "onboot" | "protection" | "unprivileged" | "template" | "console" => Kind::Bool,
         "tty" => Kind::Int(0, 6),
         "arch" => Kind::Enum(&["amd64", "i386", "arm64", "armhf", "riscv32", "riscv64"]),
-        "ostype" => Kind::Enum(&["debian", "devuan", "ubuntu", "centos", "fedora", "opensuse", "archlinux", "alpine", "gentoo", "nixos", "unmanaged"]),
+        "ostype" => Kind::Enum(&[
+            "debian",
+            "devuan",
+            "ubuntu",
+            "centos",
+            "fedora",
+            "opensuse",
+            "archlinux",
+            "alpine",
+            "gentoo",
+            "nixos",
+            "unmanaged",
+        ]),
         "cmode" => Kind::Enum(&["shell", "console", "tty"]),
-        "lock" => Kind::Enum(&["backup", "create", "destroyed", "disk", "fstrim", "migrate", "mounted", "rollback", "snapshot", "snapshot-delete"]),
-        "nameserver" | "searchdomain" | "timezone" | "startup" | "hookscript" | "cpulimit" => Kind::Str(255),
+        "lock" => Kind::Enum(&[
+            "backup",
+            "create",
+            "destroyed",
+            "disk",
+            "fstrim",
+            "migrate",
+            "mounted",
+            "rollback",
+            "snapshot",
+            "snapshot-delete",
+        ]),
+        "nameserver" | "searchdomain" | "timezone" | "startup" | "hookscript" | "cpulimit" => {
+            Kind::Str(255)
+        }
         _ => return None,
     })
 }
@@ -159,7 +232,9 @@ pub fn create_kind(key: &str) -> Option<Kind> {
         "node" => Kind::Node,
         "vmid" => Kind::Vmid,
         "ostemplate" => Kind::Str(255),
-        "restore" | "force" | "unique" | "start" | "ignore-unpack-errors" | "ha-managed" => Kind::Bool,
+        "restore" | "force" | "unique" | "start" | "ignore-unpack-errors" | "ha-managed" => {
+            Kind::Bool
+        }
         "storage" => Kind::StorageId,
         "pool" => Kind::PoolId,
         "password" => Kind::Str(4096),
@@ -170,11 +245,18 @@ pub fn create_kind(key: &str) -> Option<Kind> {
 }
 
 /// Validate `params` with `kind_of`; unknown names are schema errors.
-pub fn validate(params: &BTreeMap<String, String>, kind_of: impl Fn(&str) -> Option<Kind>, required: &[&str]) -> Result<(), Errors> {
+pub fn validate(
+    params: &BTreeMap<String, String>,
+    kind_of: impl Fn(&str) -> Option<Kind>,
+    required: &[&str],
+) -> Result<(), Errors> {
     let mut errors = Errors::new();
     for r in required {
         if !params.contains_key(*r) {
-            errors.insert(r.to_string(), "property is missing and it is not optional".into());
+            errors.insert(
+                r.to_string(),
+                "property is missing and it is not optional".into(),
+            );
         }
     }
     for (k, v) in params {

@@ -39,7 +39,9 @@ pub async fn serve(key: PrivateKey) -> std::io::Result<SshEndpoint> {
     });
     let task = tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let config = config.clone();
             tokio::spawn(async move {
                 if let Ok(session) = server::run_stream(config, stream, Refuse).await {

@@ -50,13 +50,36 @@ pub struct Volume {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum TaskPlan {
-    Restore { vmid: u32, config: BTreeMap<String, String>, volumes: Vec<Volume>, traits: ArchiveTraits, pool: Option<String>, start: bool, warnings: Vec<String> },
-    Resize { vmid: u32, disk: String, bytes: u64 },
-    Start { vmid: u32 },
-    Stop { vmid: u32 },
-    Destroy { vmid: u32, destroy_unreferenced: bool },
+    Restore {
+        vmid: u32,
+        config: BTreeMap<String, String>,
+        volumes: Vec<Volume>,
+        traits: ArchiveTraits,
+        pool: Option<String>,
+        start: bool,
+        warnings: Vec<String>,
+    },
+    Resize {
+        vmid: u32,
+        disk: String,
+        bytes: u64,
+    },
+    Start {
+        vmid: u32,
+    },
+    Stop {
+        vmid: u32,
+    },
+    Destroy {
+        vmid: u32,
+        destroy_unreferenced: bool,
+    },
     /// A task that fails at its end with this message (injected or modelled failure).
-    Fail { vmid: u32, message: String, cleanup_restore: bool },
+    Fail {
+        vmid: u32,
+        message: String,
+        cleanup_restore: bool,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -188,19 +211,48 @@ pub const GIB: u64 = 1 << 30;
 impl State {
     pub fn bootstrap(node: &str) -> State {
         let mut roles = BTreeMap::new();
-        roles.insert("FelhomAgent".to_string(), FELHOM_AGENT_PRIVS.iter().map(|s| s.to_string()).collect());
-        roles.insert("Administrator".to_string(), ALL_PRIVS.iter().map(|s| s.to_string()).collect());
-        roles.insert("PVESDNUser".to_string(), vec!["SDN.Use".to_string(), "SDN.Audit".to_string()]);
+        roles.insert(
+            "FelhomAgent".to_string(),
+            FELHOM_AGENT_PRIVS.iter().map(|s| s.to_string()).collect(),
+        );
+        roles.insert(
+            "Administrator".to_string(),
+            ALL_PRIVS.iter().map(|s| s.to_string()).collect(),
+        );
+        roles.insert(
+            "PVESDNUser".to_string(),
+            vec!["SDN.Use".to_string(), "SDN.Audit".to_string()],
+        );
         roles.insert("NoAccess".to_string(), Vec::new());
         let acl = vec![
-            AclEntry { path: "/".into(), subject: "felhom@pve".into(), role: "FelhomAgent".into(), propagate: true },
-            AclEntry { path: "/".into(), subject: "felhom@pve!agent".into(), role: "FelhomAgent".into(), propagate: true },
+            AclEntry {
+                path: "/".into(),
+                subject: "felhom@pve".into(),
+                role: "FelhomAgent".into(),
+                propagate: true,
+            },
+            AclEntry {
+                path: "/".into(),
+                subject: "felhom@pve!agent".into(),
+                role: "FelhomAgent".into(),
+                propagate: true,
+            },
         ];
         State {
             node: node.to_string(),
             storages: vec![
-                StorageDef { id: "local".into(), storage_type: "dir".into(), content: vec!["backup".into(), "iso".into(), "vztmpl".into()], total: 100 * GIB },
-                StorageDef { id: "local-lvm".into(), storage_type: "lvmthin".into(), content: vec!["images".into(), "rootdir".into()], total: 2048 * GIB },
+                StorageDef {
+                    id: "local".into(),
+                    storage_type: "dir".into(),
+                    content: vec!["backup".into(), "iso".into(), "vztmpl".into()],
+                    total: 100 * GIB,
+                },
+                StorageDef {
+                    id: "local-lvm".into(),
+                    storage_type: "lvmthin".into(),
+                    content: vec!["images".into(), "rootdir".into()],
+                    total: 2048 * GIB,
+                },
             ],
             bridges: vec!["vmbr0".into()],
             users: vec!["root@pam".into(), "felhom@pve".into()],
@@ -216,7 +268,11 @@ impl State {
     }
 
     pub fn used_bytes(&self, storage: &str) -> u64 {
-        self.volumes.iter().filter(|v| v.storage == storage).map(|v| v.size).sum()
+        self.volumes
+            .iter()
+            .filter(|v| v.storage == storage)
+            .map(|v| v.size)
+            .sum()
     }
 
     /// The next free `vm-<vmid>-disk-<n>` on a storage.
@@ -224,7 +280,12 @@ impl State {
         let mut n = 0;
         loop {
             let volid = format!("{storage}:vm-{vmid}-disk-{n}");
-            if !self.volumes.iter().chain(taken.iter()).any(|v| v.volid == volid) {
+            if !self
+                .volumes
+                .iter()
+                .chain(taken.iter())
+                .any(|v| v.volid == volid)
+            {
                 return volid;
             }
             n += 1;
@@ -242,7 +303,9 @@ pub fn load(dir: &Path) -> Result<Option<State>, String> {
         return Ok(None);
     }
     let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-    serde_json::from_str(&text).map(Some).map_err(|e| format!("{}: {e}", p.display()))
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| format!("{}: {e}", p.display()))
 }
 
 pub fn save(dir: &Path, state: &State) -> Result<(), String> {

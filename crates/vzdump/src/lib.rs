@@ -11,7 +11,9 @@ use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VzdumpError {
-    #[error("file does not look like a template archive (expected .tar, .tar.gz/.tgz or .tar.zst): {0}")]
+    #[error(
+        "file does not look like a template archive (expected .tar, .tar.gz/.tgz or .tar.zst): {0}"
+    )]
     UnknownFormat(String),
     #[error("cannot read archive: {0}")]
     Io(#[from] std::io::Error),
@@ -91,7 +93,11 @@ fn normalise(p: &str) -> String {
 }
 
 /// Visit every entry once, in archive order; `visit` may read the entry's bytes.
-pub fn scan<R: Read>(reader: R, c: Compression, mut visit: impl FnMut(&EntryInfo, &mut dyn Read) -> Result<Flow, VzdumpError>) -> Result<(), VzdumpError> {
+pub fn scan<R: Read>(
+    reader: R,
+    c: Compression,
+    mut visit: impl FnMut(&EntryInfo, &mut dyn Read) -> Result<Flow, VzdumpError>,
+) -> Result<(), VzdumpError> {
     let mut ar = tar::Archive::new(decoder(reader, c)?);
     for entry in ar.entries()? {
         let mut entry = entry?;
@@ -111,7 +117,11 @@ pub fn scan<R: Read>(reader: R, c: Compression, mut visit: impl FnMut(&EntryInfo
             mode: h.mode().unwrap_or(0),
             uid: h.uid().unwrap_or(0),
             gid: h.gid().unwrap_or(0),
-            link_target: entry.link_name().ok().flatten().map(|l| l.to_string_lossy().into_owned()),
+            link_target: entry
+                .link_name()
+                .ok()
+                .flatten()
+                .map(|l| l.to_string_lossy().into_owned()),
         };
         if visit(&info, &mut entry)? == Flow::Stop {
             break;
@@ -120,7 +130,10 @@ pub fn scan<R: Read>(reader: R, c: Compression, mut visit: impl FnMut(&EntryInfo
     Ok(())
 }
 
-pub fn scan_path(p: &Path, visit: impl FnMut(&EntryInfo, &mut dyn Read) -> Result<Flow, VzdumpError>) -> Result<(), VzdumpError> {
+pub fn scan_path(
+    p: &Path,
+    visit: impl FnMut(&EntryInfo, &mut dyn Read) -> Result<Flow, VzdumpError>,
+) -> Result<(), VzdumpError> {
     let c = Compression::from_path(p)?;
     scan(BufReader::new(File::open(p)?), c, visit)
 }
@@ -131,7 +144,12 @@ pub fn read_pct_conf(p: &Path) -> Result<String, VzdumpError> {
     scan_path(p, |e, r| {
         if e.path == PCT_CONF && e.kind == EntryKind::File {
             let mut s = String::new();
-            r.take(1 << 20).read_to_string(&mut s).map_err(|err| VzdumpError::BadEntry { path: e.path.clone(), message: err.to_string() })?;
+            r.take(1 << 20)
+                .read_to_string(&mut s)
+                .map_err(|err| VzdumpError::BadEntry {
+                    path: e.path.clone(),
+                    message: err.to_string(),
+                })?;
             found = Some(s);
             return Ok(Flow::Stop);
         }
@@ -150,7 +168,10 @@ pub struct PctConf {
 
 impl PctConf {
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.entries
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -187,11 +208,19 @@ pub fn parse_pct_conf(text: &str) -> Result<PctConf, VzdumpError> {
         if line.trim().is_empty() {
             continue;
         }
-        let (k, v) = line.split_once(':').ok_or(VzdumpError::BadConf { line: i + 1, message: "expected 'key: value'".into() })?;
+        let (k, v) = line.split_once(':').ok_or(VzdumpError::BadConf {
+            line: i + 1,
+            message: "expected 'key: value'".into(),
+        })?;
         let k = k.trim();
-        let ok = !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        let ok = !k.is_empty()
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
         if !ok {
-            return Err(VzdumpError::BadConf { line: i + 1, message: format!("bad key {k:?}") });
+            return Err(VzdumpError::BadConf {
+                line: i + 1,
+                message: format!("bad key {k:?}"),
+            });
         }
         conf.entries.push((k.to_string(), v.trim().to_string()));
     }
@@ -208,14 +237,30 @@ pub struct ArchiveWriter {
 impl ArchiveWriter {
     pub fn create(path: &Path, c: Compression) -> Result<ArchiveWriter, VzdumpError> {
         let file = BufWriter::new(File::create(path)?);
-        let (w, finish): (Box<dyn Write>, Box<dyn FnOnce(Box<dyn Write>) -> std::io::Result<()>>) = match c {
+        let (w, finish): (
+            Box<dyn Write>,
+            Box<dyn FnOnce(Box<dyn Write>) -> std::io::Result<()>>,
+        ) = match c {
             Compression::None => (Box::new(file), Box::new(|mut w: Box<dyn Write>| w.flush())),
-            Compression::Gzip => (Box::new(flate2::write::GzEncoder::new(file, flate2::Compression::fast())), Box::new(|mut w: Box<dyn Write>| w.flush())),
-            Compression::Zstd => (Box::new(zstd::stream::write::Encoder::new(file, 3)?.auto_finish()), Box::new(|mut w: Box<dyn Write>| w.flush())),
+            Compression::Gzip => (
+                Box::new(flate2::write::GzEncoder::new(
+                    file,
+                    flate2::Compression::fast(),
+                )),
+                Box::new(|mut w: Box<dyn Write>| w.flush()),
+            ),
+            Compression::Zstd => (
+                Box::new(zstd::stream::write::Encoder::new(file, 3)?.auto_finish()),
+                Box::new(|mut w: Box<dyn Write>| w.flush()),
+            ),
         };
         let mut builder = tar::Builder::new(w);
         builder.mode(tar::HeaderMode::Deterministic);
-        Ok(ArchiveWriter { builder, wrote_conf: false, finish })
+        Ok(ArchiveWriter {
+            builder,
+            wrote_conf: false,
+            finish,
+        })
     }
 
     fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
@@ -242,7 +287,8 @@ impl ArchiveWriter {
             self.builder.append_data(&mut h, d, std::io::empty())?;
         }
         let mut h = Self::header(tar::EntryType::Regular, 0o644, text.len() as u64);
-        self.builder.append_data(&mut h, Self::rel(PCT_CONF), text.as_bytes())?;
+        self.builder
+            .append_data(&mut h, Self::rel(PCT_CONF), text.as_bytes())?;
         self.wrote_conf = true;
         Ok(())
     }
@@ -258,7 +304,8 @@ impl ArchiveWriter {
     pub fn dir(&mut self, path: &str, mode: u32) -> Result<(), VzdumpError> {
         self.check()?;
         let mut h = Self::header(tar::EntryType::Directory, mode, 0);
-        self.builder.append_data(&mut h, Self::rel(path), std::io::empty())?;
+        self.builder
+            .append_data(&mut h, Self::rel(path), std::io::empty())?;
         Ok(())
     }
 
@@ -266,7 +313,13 @@ impl ArchiveWriter {
         self.file_from_reader(path, mode, bytes.len() as u64, bytes)
     }
 
-    pub fn file_from_reader(&mut self, path: &str, mode: u32, size: u64, r: impl Read) -> Result<(), VzdumpError> {
+    pub fn file_from_reader(
+        &mut self,
+        path: &str,
+        mode: u32,
+        size: u64,
+        r: impl Read,
+    ) -> Result<(), VzdumpError> {
         self.check()?;
         let mut h = Self::header(tar::EntryType::Regular, mode, size);
         self.builder.append_data(&mut h, Self::rel(path), r)?;
@@ -292,16 +345,21 @@ impl ArchiveWriter {
 pub fn owner_vmid_from_name(file_name: &str) -> Option<u32> {
     let rest = file_name.strip_prefix("vzdump-lxc-")?;
     let (vmid, rest) = rest.split_once('-')?;
-    if vmid.is_empty() || vmid.len() > 9 || !vmid.bytes().all(|b| b.is_ascii_digit()) || vmid.starts_with('0') {
+    if vmid.is_empty()
+        || vmid.len() > 9
+        || !vmid.bytes().all(|b| b.is_ascii_digit())
+        || vmid.starts_with('0')
+    {
         return None;
     }
     let stamp = rest.split('.').next()?;
     let b = stamp.as_bytes();
-    let shape = b.len() == 19 && b.iter().enumerate().all(|(i, c)| match i {
-        4 | 7 | 13 | 16 => *c == b'_',
-        10 => *c == b'-',
-        _ => c.is_ascii_digit(),
-    });
+    let shape = b.len() == 19
+        && b.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 | 13 | 16 => *c == b'_',
+            10 => *c == b'-',
+            _ => c.is_ascii_digit(),
+        });
     let ext = &rest[stamp.len()..];
     if !shape || !matches!(ext, ".tar" | ".tar.gz" | ".tar.zst" | ".tgz") {
         return None;
@@ -319,7 +377,8 @@ mod tests {
         w.pct_conf("#golden%3A base\narch: amd64\nnet0: name=eth0,bridge=vmbr0,hwaddr=BC:24:11:63:43:F4,ip=dhcp,type=veth\nunprivileged: 1\n\n[snap1]\narch: i386\n").unwrap();
         w.dir("etc/ssh", 0o755).unwrap();
         w.file("etc/machine-id", 0o444, b"").unwrap();
-        w.symlink("var/lib/dbus/machine-id", "/etc/machine-id").unwrap();
+        w.symlink("var/lib/dbus/machine-id", "/etc/machine-id")
+            .unwrap();
         w.finish().unwrap();
         p
     }
@@ -327,10 +386,18 @@ mod tests {
     #[test]
     fn all_compressions_round_trip() {
         let dir = tempfile::tempdir().unwrap();
-        for name in ["vzdump-lxc-9100-2026_06_09-20_41_10.tar", "vzdump-lxc-9100-2026_06_09-20_41_10.tar.gz", "vzdump-lxc-9100-2026_06_09-20_41_10.tar.zst"] {
+        for name in [
+            "vzdump-lxc-9100-2026_06_09-20_41_10.tar",
+            "vzdump-lxc-9100-2026_06_09-20_41_10.tar.gz",
+            "vzdump-lxc-9100-2026_06_09-20_41_10.tar.zst",
+        ] {
             let p = write(dir.path(), name);
             let conf = parse_pct_conf(&read_pct_conf(&p).unwrap()).unwrap();
-            assert_eq!(conf.get("arch"), Some("amd64"), "{name}: snapshot sections are not the main config");
+            assert_eq!(
+                conf.get("arch"),
+                Some("amd64"),
+                "{name}: snapshot sections are not the main config"
+            );
             assert_eq!(conf.description, "golden: base\n");
             let mut seen = Vec::new();
             scan_path(&p, |e, _| {
@@ -339,7 +406,11 @@ mod tests {
             })
             .unwrap();
             assert!(seen.contains(&("etc/machine-id".into(), EntryKind::File, None)));
-            assert!(seen.contains(&("var/lib/dbus/machine-id".into(), EntryKind::Symlink, Some("/etc/machine-id".into()))));
+            assert!(seen.contains(&(
+                "var/lib/dbus/machine-id".into(),
+                EntryKind::Symlink,
+                Some("/etc/machine-id".into())
+            )));
         }
     }
 
@@ -364,17 +435,35 @@ mod tests {
         let t = dir.path().join("trunc.tar.zst");
         std::fs::write(&t, &bytes[..bytes.len() / 3]).unwrap();
         assert!(scan_path(&t, |_, _| Ok(Flow::Continue)).is_err());
-        assert!(matches!(Compression::from_path(Path::new("x.zip")), Err(VzdumpError::UnknownFormat(_))));
+        assert!(matches!(
+            Compression::from_path(Path::new("x.zip")),
+            Err(VzdumpError::UnknownFormat(_))
+        ));
     }
 
     #[test]
     fn owner_vmids() {
-        assert_eq!(owner_vmid_from_name("vzdump-lxc-9100-2026_06_09-20_41_10.tar.zst"), Some(9100));
-        assert_eq!(owner_vmid_from_name("vzdump-lxc-9100-2026_06_09-20_41_10.tar"), Some(9100));
-        assert_eq!(owner_vmid_from_name("vzdump-qemu-9100-2026_06_09-20_41_10.tar.zst"), None);
+        assert_eq!(
+            owner_vmid_from_name("vzdump-lxc-9100-2026_06_09-20_41_10.tar.zst"),
+            Some(9100)
+        );
+        assert_eq!(
+            owner_vmid_from_name("vzdump-lxc-9100-2026_06_09-20_41_10.tar"),
+            Some(9100)
+        );
+        assert_eq!(
+            owner_vmid_from_name("vzdump-qemu-9100-2026_06_09-20_41_10.tar.zst"),
+            None
+        );
         assert_eq!(owner_vmid_from_name("golden.tar.zst"), None);
-        assert_eq!(owner_vmid_from_name("vzdump-lxc-9100-2026_06_09-20_41_10.tar.zst.bak"), None);
-        assert_eq!(owner_vmid_from_name("vzdump-lxc-99-2026_06_09-20_41_10.tar"), None);
+        assert_eq!(
+            owner_vmid_from_name("vzdump-lxc-9100-2026_06_09-20_41_10.tar.zst.bak"),
+            None
+        );
+        assert_eq!(
+            owner_vmid_from_name("vzdump-lxc-99-2026_06_09-20_41_10.tar"),
+            None
+        );
     }
 
     #[test]

@@ -101,11 +101,21 @@ impl Facts {
     /// Overlay the facts found in a journaled event's data.
     pub fn merge(&mut self, data: &Value) {
         let Some(f) = data.get("facts") else { return };
-        let Ok(new) = serde_json::from_value::<Facts>(f.clone()) else { return };
+        let Ok(new) = serde_json::from_value::<Facts>(f.clone()) else {
+            return;
+        };
         macro_rules! take {
             ($($field:ident),*) => { $( if new.$field.is_some() { self.$field = new.$field; } )* };
         }
-        take!(vmid, mac, golden_mac, golden_rootfs_bytes, upid, ip, ssh_fingerprint);
+        take!(
+            vmid,
+            mac,
+            golden_mac,
+            golden_rootfs_bytes,
+            upid,
+            ip,
+            ssh_fingerprint
+        );
     }
 }
 
@@ -118,9 +128,15 @@ pub trait Progress: Send + Sync {
 pub enum ProgressEvent<'a> {
     Step(&'static str),
     StepDone(&'static str),
-    Retry { step: &'static str, attempt: u32, error: &'a str },
+    Retry {
+        step: &'static str,
+        attempt: u32,
+        error: &'a str,
+    },
     Undo(&'static str),
-    Finished { ok: bool },
+    Finished {
+        ok: bool,
+    },
 }
 
 /// A progress sink that says nothing.
@@ -154,21 +170,39 @@ impl JobCx {
     }
     /// Journal a mid-act fact (a UPID, a chosen MAC) durably.
     pub fn note(&self, step: &str, facts: Facts) -> Result<(), JournalError> {
-        self.journal.record(&self.job_id, step, 0, Phase::Note, &json!({ "facts": facts }))?;
+        self.journal.record(
+            &self.job_id,
+            step,
+            0,
+            Phase::Note,
+            &json!({ "facts": facts }),
+        )?;
         let v = json!({ "facts": facts });
         self.update_facts(|f| f.merge(&v));
         Ok(())
     }
     pub fn vmid(&self) -> Result<pve_api::Vmid, StepError> {
-        let n = self.facts().vmid.ok_or_else(|| StepError::Refused("internal: no VMID reserved before this step".into()))?;
-        pve_api::Vmid::try_from(n).map_err(|e| StepError::Refused(format!("journal holds an invalid VMID {n}: {e}")))
+        let n = self.facts().vmid.ok_or_else(|| {
+            StepError::Refused("internal: no VMID reserved before this step".into())
+        })?;
+        pve_api::Vmid::try_from(n)
+            .map_err(|e| StepError::Refused(format!("journal holds an invalid VMID {n}: {e}")))
     }
     pub fn wait_options(&self) -> WaitOptions {
-        WaitOptions { deadline: self.config.task_timeout, ..WaitOptions::default() }
+        WaitOptions {
+            deadline: self.config.task_timeout,
+            ..WaitOptions::default()
+        }
     }
     /// Wait for a task; the UPID is journaled first so a resumed job can wait for it again.
     pub async fn wait(&self, step: &str, upid: &Upid) -> Result<(), StepError> {
-        self.note(step, Facts { upid: Some(upid.to_string()), ..Facts::default() })?;
+        self.note(
+            step,
+            Facts {
+                upid: Some(upid.to_string()),
+                ..Facts::default()
+            },
+        )?;
         self.client.wait_task(upid, &self.wait_options()).await?;
         Ok(())
     }
@@ -180,14 +214,23 @@ impl JobCx {
 pub enum Outcome {
     Succeeded,
     /// Failed permanently and every done step was undone.
-    RolledBack { error: String },
+    RolledBack {
+        error: String,
+    },
     /// Failed, and an undo failed too: a person has to look.
-    RollbackIncomplete { error: String, undo_error: String },
+    RollbackIncomplete {
+        error: String,
+        undo_error: String,
+    },
     /// A forward-only job (teardown) failed permanently; it stays resumable.
-    Failed { error: String },
+    Failed {
+        error: String,
+    },
     /// A step kept failing transiently (PVE unreachable, a lock that never freed); nothing
     /// was undone and the job stays resumable.
-    Paused { error: String },
+    Paused {
+        error: String,
+    },
 }
 
 impl Outcome {
@@ -263,38 +306,62 @@ pub async fn run<S: Step>(cx: &JobCx, steps: &[S], rollback: bool) -> Outcome {
     use crate::journal::JobState;
     let job = match cx.journal.job(&cx.job_id) {
         Ok(j) => j,
-        Err(e) => return Outcome::Paused { error: e.to_string() },
+        Err(e) => {
+            return Outcome::Paused {
+                error: e.to_string(),
+            }
+        }
     };
     let events = match cx.journal.events(&cx.job_id) {
         Ok(e) => e,
-        Err(e) => return Outcome::Paused { error: e.to_string() },
+        Err(e) => {
+            return Outcome::Paused {
+                error: e.to_string(),
+            }
+        }
     };
     let mut facts = cx.facts();
     let rep = replay(&events, &mut facts);
     cx.update_facts(|f| *f = facts);
 
     let error = if job.state == JobState::RollingBack {
-        job.error.clone().unwrap_or_else(|| "rollback resumed".into())
+        job.error
+            .clone()
+            .unwrap_or_else(|| "rollback resumed".into())
     } else {
         match forward(cx, steps, &rep).await {
             Ok(()) => {
-                if let Err(e) = cx.journal.set_job_state(&cx.job_id, JobState::Succeeded, None) {
-                    return Outcome::Paused { error: e.to_string() };
+                if let Err(e) = cx
+                    .journal
+                    .set_job_state(&cx.job_id, JobState::Succeeded, None)
+                {
+                    return Outcome::Paused {
+                        error: e.to_string(),
+                    };
                 }
-                cx.progress.event(&cx.job_id, &cx.label, ProgressEvent::Finished { ok: true });
+                cx.progress
+                    .event(&cx.job_id, &cx.label, ProgressEvent::Finished { ok: true });
                 return Outcome::Succeeded;
             }
             Err((error, transient)) if transient || !rollback => {
                 // Stays resumable forward: `felhom resume` picks it up again.
-                let _ = cx.journal.set_job_state(&cx.job_id, JobState::Failed, Some(&error));
-                cx.progress.event(&cx.job_id, &cx.label, ProgressEvent::Finished { ok: false });
-                return if transient { Outcome::Paused { error } } else { Outcome::Failed { error } };
+                let _ = cx
+                    .journal
+                    .set_job_state(&cx.job_id, JobState::Failed, Some(&error));
+                cx.progress
+                    .event(&cx.job_id, &cx.label, ProgressEvent::Finished { ok: false });
+                return if transient {
+                    Outcome::Paused { error }
+                } else {
+                    Outcome::Failed { error }
+                };
             }
             Err((error, _)) => error,
         }
     };
     let outcome = roll_back(cx, steps, error).await;
-    cx.progress.event(&cx.job_id, &cx.label, ProgressEvent::Finished { ok: false });
+    cx.progress
+        .event(&cx.job_id, &cx.label, ProgressEvent::Finished { ok: false });
     outcome
 }
 
@@ -305,18 +372,28 @@ async fn forward<S: Step>(cx: &JobCx, steps: &[S], rep: &Replay) -> Result<(), (
         if rep.done.contains(name) {
             continue;
         }
-        cx.progress.event(&cx.job_id, &cx.label, ProgressEvent::Step(name));
+        cx.progress
+            .event(&cx.job_id, &cx.label, ProgressEvent::Step(name));
         let first_attempt = rep.attempts.get(name).copied().unwrap_or(0);
         match drive(cx, *step, first_attempt).await {
             Ok(observed) => {
                 let data = json!({ "observed": observed, "facts": cx.facts() });
-                cx.journal.record(&cx.job_id, name, 0, Phase::Done, &data).map_err(|e| (e.to_string(), true))?;
-                cx.progress.event(&cx.job_id, &cx.label, ProgressEvent::StepDone(name));
+                cx.journal
+                    .record(&cx.job_id, name, 0, Phase::Done, &data)
+                    .map_err(|e| (e.to_string(), true))?;
+                cx.progress
+                    .event(&cx.job_id, &cx.label, ProgressEvent::StepDone(name));
             }
             Err(e) => {
                 let msg = format!("{name}: {e}");
                 let transient = e.is_transient();
-                let _ = cx.journal.record(&cx.job_id, name, 0, Phase::Error, &json!({ "error": msg, "permanent": !transient }));
+                let _ = cx.journal.record(
+                    &cx.job_id,
+                    name,
+                    0,
+                    Phase::Error,
+                    &json!({ "error": msg, "permanent": !transient }),
+                );
                 return Err((msg, transient));
             }
         }
@@ -335,7 +412,8 @@ async fn drive<S: Step>(cx: &JobCx, step: S, mut attempt: u32) -> Result<Value, 
                 attempt += 1;
                 let inputs = step.intent(cx).await?;
                 let data = json!({ "inputs": inputs, "facts": cx.facts() });
-                cx.journal.record(&cx.job_id, name, attempt, Phase::Intent, &data)?;
+                cx.journal
+                    .record(&cx.job_id, name, attempt, Phase::Intent, &data)?;
                 crash_point(name, "before");
                 let r = step.act(cx).await;
                 crash_point(name, "after");
@@ -349,14 +427,30 @@ async fn drive<S: Step>(cx: &JobCx, step: S, mut attempt: u32) -> Result<Value, 
                 // effect counts against the retry budget so the loop stays bounded.
                 retries += 1;
                 if retries > cx.backoff.max_attempts {
-                    return Err(StepError::Refused(format!("no effect after {retries} attempts")));
+                    return Err(StepError::Refused(format!(
+                        "no effect after {retries} attempts"
+                    )));
                 }
             }
             Err(e) if e.is_transient() && retries < cx.backoff.max_attempts => {
                 retries += 1;
                 let msg = e.to_string();
-                let _ = cx.journal.record(&cx.job_id, name, attempt, Phase::Error, &json!({ "error": msg, "permanent": false }));
-                cx.progress.event(&cx.job_id, &cx.label, ProgressEvent::Retry { step: name, attempt: retries, error: &msg });
+                let _ = cx.journal.record(
+                    &cx.job_id,
+                    name,
+                    attempt,
+                    Phase::Error,
+                    &json!({ "error": msg, "permanent": false }),
+                );
+                cx.progress.event(
+                    &cx.job_id,
+                    &cx.label,
+                    ProgressEvent::Retry {
+                        step: name,
+                        attempt: retries,
+                        error: &msg,
+                    },
+                );
                 tokio::time::sleep(cx.backoff.delay(retries)).await;
             }
             Err(e) => return Err(e),
@@ -365,10 +459,19 @@ async fn drive<S: Step>(cx: &JobCx, step: S, mut attempt: u32) -> Result<Value, 
 }
 
 async fn roll_back<S: Step>(cx: &JobCx, steps: &[S], error: String) -> Outcome {
-    let _ = cx.journal.set_job_state(&cx.job_id, crate::journal::JobState::RollingBack, Some(&error));
+    let _ = cx.journal.set_job_state(
+        &cx.job_id,
+        crate::journal::JobState::RollingBack,
+        Some(&error),
+    );
     let events = match cx.journal.events(&cx.job_id) {
         Ok(e) => e,
-        Err(e) => return Outcome::RollbackIncomplete { error, undo_error: e.to_string() },
+        Err(e) => {
+            return Outcome::RollbackIncomplete {
+                error,
+                undo_error: e.to_string(),
+            }
+        }
     };
     let mut facts = cx.facts();
     let rep = replay(&events, &mut facts);
@@ -379,9 +482,16 @@ async fn roll_back<S: Step>(cx: &JobCx, steps: &[S], error: String) -> Outcome {
         if !step.has_undo() || !touched || rep.undone.contains(name) {
             continue;
         }
-        cx.progress.event(&cx.job_id, &cx.label, ProgressEvent::Undo(name));
-        if let Err(e) = cx.journal.record(&cx.job_id, name, 0, Phase::UndoIntent, &json!({})) {
-            return Outcome::RollbackIncomplete { error, undo_error: e.to_string() };
+        cx.progress
+            .event(&cx.job_id, &cx.label, ProgressEvent::Undo(name));
+        if let Err(e) = cx
+            .journal
+            .record(&cx.job_id, name, 0, Phase::UndoIntent, &json!({}))
+        {
+            return Outcome::RollbackIncomplete {
+                error,
+                undo_error: e.to_string(),
+            };
         }
         crash_point(name, "undo");
         let mut retries = 0;
@@ -391,22 +501,56 @@ async fn roll_back<S: Step>(cx: &JobCx, steps: &[S], error: String) -> Outcome {
                 Err(e) if e.is_transient() && retries < cx.backoff.max_attempts => {
                     retries += 1;
                     let msg = e.to_string();
-                    let _ = cx.journal.record(&cx.job_id, name, retries, Phase::Error, &json!({ "error": msg, "undo": true, "permanent": false }));
-                    cx.progress.event(&cx.job_id, &cx.label, ProgressEvent::Retry { step: name, attempt: retries, error: &msg });
+                    let _ = cx.journal.record(
+                        &cx.job_id,
+                        name,
+                        retries,
+                        Phase::Error,
+                        &json!({ "error": msg, "undo": true, "permanent": false }),
+                    );
+                    cx.progress.event(
+                        &cx.job_id,
+                        &cx.label,
+                        ProgressEvent::Retry {
+                            step: name,
+                            attempt: retries,
+                            error: &msg,
+                        },
+                    );
                     tokio::time::sleep(cx.backoff.delay(retries)).await;
                 }
                 Err(e) => {
                     let undo_error = format!("undo {name}: {e}");
-                    let _ = cx.journal.record(&cx.job_id, name, retries, Phase::Error, &json!({ "error": undo_error, "undo": true, "permanent": true }));
-                    let _ = cx.journal.set_job_state(&cx.job_id, crate::journal::JobState::RollbackIncomplete, Some(&format!("{error}; {undo_error}")));
+                    let _ = cx.journal.record(
+                        &cx.job_id,
+                        name,
+                        retries,
+                        Phase::Error,
+                        &json!({ "error": undo_error, "undo": true, "permanent": true }),
+                    );
+                    let _ = cx.journal.set_job_state(
+                        &cx.job_id,
+                        crate::journal::JobState::RollbackIncomplete,
+                        Some(&format!("{error}; {undo_error}")),
+                    );
                     return Outcome::RollbackIncomplete { error, undo_error };
                 }
             }
         }
-        if let Err(e) = cx.journal.record(&cx.job_id, name, 0, Phase::UndoDone, &json!({})) {
-            return Outcome::RollbackIncomplete { error, undo_error: e.to_string() };
+        if let Err(e) = cx
+            .journal
+            .record(&cx.job_id, name, 0, Phase::UndoDone, &json!({}))
+        {
+            return Outcome::RollbackIncomplete {
+                error,
+                undo_error: e.to_string(),
+            };
         }
     }
-    let _ = cx.journal.set_job_state(&cx.job_id, crate::journal::JobState::RolledBack, Some(&error));
+    let _ = cx.journal.set_job_state(
+        &cx.job_id,
+        crate::journal::JobState::RolledBack,
+        Some(&error),
+    );
     Outcome::RolledBack { error }
 }

@@ -20,14 +20,20 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff { base: Duration::from_millis(100), cap: Duration::from_secs(5), max_attempts: 12 }
+        Backoff {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(5),
+            max_attempts: 12,
+        }
     }
 }
 
 impl Backoff {
     /// The upper bound of the wait before attempt `n` (1-based retry count).
     pub fn ceiling(&self, n: u32) -> Duration {
-        let exp = self.base.saturating_mul(1u32.checked_shl(n.min(20)).unwrap_or(u32::MAX));
+        let exp = self
+            .base
+            .saturating_mul(1u32.checked_shl(n.min(20)).unwrap_or(u32::MAX));
         exp.min(self.cap)
     }
     pub fn delay(&self, n: u32) -> Duration {

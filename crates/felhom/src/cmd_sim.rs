@@ -1,0 +1,142 @@
+//! `felhom sim serve`: the PVE simulator as a standalone HTTPS server.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use felhom_core::config::{write_config_file, ConfigFile, FelhomSection, PveSection, SshEndpoint};
+
+#[derive(Subcommand, Debug)]
+pub enum SimCmd {
+    /// Serve the simulated PVE API over HTTPS until interrupted.
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on (loopback; port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:8006")]
+    pub listen: SocketAddr,
+    /// Where the simulator keeps its state; a restart on the same dir keeps guests, volumes
+    /// and tasks.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: PathBuf,
+    /// Write a ready felhom config (URL, pinned fingerprint, token file) here.
+    #[arg(long, value_name = "FILE")]
+    pub write_config: Option<PathBuf>,
+    /// Injected faults, e.g. "lock500=0.2,task_fail:restore=0.05,latency=20ms,seed=7".
+    #[arg(long, default_value = "")]
+    pub faults: String,
+    /// Multiplies every modelled duration (task times, DHCP delay, lock timeouts).
+    #[arg(long, default_value_t = 1.0)]
+    pub time_scale: f64,
+}
+
+/// The VMID range a simulator-written config gives felhom.
+pub const SIM_VMID_RANGE: [u32; 2] = [1000, 1999];
+/// The golden archive a fresh simulator is seeded with.
+pub const SEED_GOLDEN: &str = "vzdump-lxc-9100-2026_06_09-20_41_10.tar.zst";
+
+/// Put a golden archive, built by the same code `felhom golden` uses, into the simulator's
+/// `local` storage, unless one is there already. Returns its volume id.
+pub fn seed_golden(state_dir: &Path) -> anyhow::Result<String> {
+    let dump = pve_sim::dump_dir(state_dir, "local");
+    std::fs::create_dir_all(&dump).with_context(|| format!("create {}", dump.display()))?;
+    let path = dump.join(SEED_GOLDEN);
+    if !path.exists() {
+        felhom_core::golden::build_golden_archive(
+            &path,
+            &felhom_core::golden::GoldenBuildOptions::default(),
+        )
+        .with_context(|| format!("build golden archive {}", path.display()))?;
+    }
+    Ok(format!("local:backup/{SEED_GOLDEN}"))
+}
+
+/// A felhom config pointing at a running simulator.
+pub fn sim_config(handle: &pve_sim::SimHandle, state_dir: &Path, journal: PathBuf) -> ConfigFile {
+    ConfigFile {
+        pve: PveSection {
+            url: handle.url.to_string(),
+            fingerprint: Some(handle.fingerprint.clone()),
+            ca_file: None,
+            token_id: "felhom@pve!agent".into(),
+            token_secret_file: Some(
+                std::path::absolute(state_dir.join("felhom-agent.token"))
+                    .unwrap_or_else(|_| state_dir.join("felhom-agent.token")),
+            ),
+            timeout_secs: 30,
+        },
+        felhom: FelhomSection {
+            vmid_range: SIM_VMID_RANGE,
+            journal,
+            max_parallel: 16,
+            max_parallel_per_node: 16,
+            max_parallel_per_storage: 16,
+            ssh_endpoint: SshEndpoint::Sim,
+            linkup_timeout_secs: 120,
+            ssh_timeout_secs: 120,
+            task_timeout_secs: 600,
+        },
+    }
+}
+
+pub fn sim_settings(args: &ServeArgs) -> anyhow::Result<pve_sim::SimConfig> {
+    if !(args.time_scale > 0.0 && args.time_scale <= 100.0) {
+        anyhow::bail!(
+            "--time-scale must be > 0 and ≤ 100; got {}",
+            args.time_scale
+        );
+    }
+    if !args.listen.ip().is_loopback() {
+        tracing::warn!(listen = %args.listen, "the simulator is listening beyond loopback");
+    }
+    let faults = args
+        .faults
+        .parse::<pve_sim::FaultSpec>()
+        .map_err(|e| anyhow::anyhow!("--faults: {e}"))?;
+    Ok(pve_sim::SimConfig {
+        listen: args.listen,
+        state_dir: args.state_dir.clone(),
+        node: "pve".into(),
+        faults,
+        time_scale: args.time_scale,
+    })
+}
+
+pub async fn run(cmd: SimCmd) -> anyhow::Result<i32> {
+    match cmd {
+        SimCmd::Serve(args) => {
+            let settings = sim_settings(&args)?;
+            std::fs::create_dir_all(&args.state_dir)
+                .with_context(|| format!("create {}", args.state_dir.display()))?;
+            let golden = seed_golden(&args.state_dir)?;
+            let handle = pve_sim::start(settings)
+                .await
+                .context("start the simulator")?;
+            println!("pve-sim listening on {}", handle.url);
+            println!("certificate fingerprint (SHA-256): {}", handle.fingerprint);
+            println!("golden archive: {golden}");
+            if let Some(path) = &args.write_config {
+                let journal = path
+                    .parent()
+                    .unwrap_or(Path::new("."))
+                    .join("felhom-journal.db");
+                write_config_file(
+                    path,
+                    &sim_config(
+                        &handle,
+                        &args.state_dir,
+                        std::path::absolute(&journal).unwrap_or(journal),
+                    ),
+                )
+                .with_context(|| format!("write {}", path.display()))?;
+                println!("felhom config written to {}", path.display());
+            }
+            tokio::signal::ctrl_c().await.context("wait for Ctrl-C")?;
+            handle.shutdown().await;
+            Ok(0)
+        }
+    }
+}

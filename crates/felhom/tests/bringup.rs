@@ -1,0 +1,122 @@
+//! Bring-up end to end: the real binary against a spawned simulator.
+
+mod common;
+use common::*;
+use serde_json::Value;
+
+fn json(o: &std::process::Output) -> Value {
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", both(o)))
+}
+
+#[test]
+fn provision_status_teardown_round_trip() {
+    let sim = Sim::start();
+    let spec = sim.write_spec("acme.toml", &spec("acme", "1100", MOUNT));
+    let out = sim.felhom(&["--output", "json", "provision", spec.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let rep = json(&out);
+    let job = &rep["jobs"][0];
+    assert_eq!(job["outcome"], "succeeded");
+    assert_eq!(job["vmid"], 1100);
+    let mac = job["mac"].as_str().unwrap().to_string();
+    assert!(job["ssh_fingerprint"]
+        .as_str()
+        .unwrap()
+        .starts_with("SHA256:"));
+
+    let state = sim.state();
+    let g = guest(&state, 1100).expect("guest 1100 exists in the simulator");
+    assert_eq!(g["status"], "running");
+    // F1: never the golden's MAC.
+    assert_ne!(mac.to_ascii_uppercase(), "BC:24:11:63:43:F4");
+    assert_eq!(g["config"]["hostname"], "acme-app");
+    // Absolute grow: exactly the spec's size.
+    assert!(
+        g["config"]["rootfs"].as_str().unwrap().contains("size=12G"),
+        "{}",
+        g["config"]["rootfs"]
+    );
+    assert!(
+        g["config"]["mp0"]
+            .as_str()
+            .unwrap()
+            .contains("mp=/srv/data"),
+        "{}",
+        g["config"]["mp0"]
+    );
+    assert_clean_invariants(&state);
+
+    let st = sim.felhom(&["--output", "json", "status"]);
+    assert_eq!(
+        st.status.code(),
+        Some(0),
+        "status reports drift: {}",
+        both(&st)
+    );
+    assert_eq!(json(&st)["guests"][0]["drift"].as_array().unwrap().len(), 0);
+
+    let td = sim.felhom(&["teardown", "1100"]);
+    assert_eq!(td.status.code(), Some(0), "{}", both(&td));
+    let state = sim.state();
+    assert!(
+        guest(&state, 1100).is_none(),
+        "guest still present after teardown"
+    );
+    assert_eq!(
+        state["volumes"].as_array().map(Vec::len),
+        Some(0),
+        "volumes left: {}",
+        state["volumes"]
+    );
+}
+
+#[test]
+fn plan_writes_nothing() {
+    let sim = Sim::start();
+    let spec = sim.write_spec("p.toml", &spec("plan", "\"auto\"", MOUNT));
+    let before = sim.write_count();
+    let out = sim.felhom(&["plan", spec.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    assert!(
+        stdout(&out).contains("resize rootfs 8G → 12G"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(sim.write_count(), before, "plan must not write");
+}
+
+#[test]
+fn drift_is_reported() {
+    let sim = Sim::start();
+    let spec = sim.write_spec("d.toml", &spec("drift", "1101", ""));
+    let out = sim.felhom(&["provision", spec.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    // Stop the guest behind felhom's back, through the API with felhom's own token.
+    let text = std::fs::read_to_string(&sim.config).unwrap();
+    let cfg = felhom_core::config::Config::parse(&sim.config, &text).unwrap();
+    let client = pve_api::PveClient::new(cfg.client).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let vmid = pve_api::Vmid::try_from(1101).unwrap();
+        let upid = client.lxc_stop("pve", vmid).await.unwrap();
+        client
+            .wait_task(&upid, &pve_api::WaitOptions::default())
+            .await
+            .unwrap();
+    });
+    let st = sim.felhom(&["--output", "json", "status", "1101"]);
+    assert_eq!(st.status.code(), Some(1), "{}", both(&st));
+    let drift = json(&st)["guests"][0]["drift"].clone();
+    assert!(
+        drift
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["field"] == "running"),
+        "{drift}"
+    );
+}

@@ -1,0 +1,230 @@
+//! Test harness: a real `felhom sim serve` child process on loopback with its own state dir,
+//! the real `felhom` binary run against it, and the simulator's state dump to assert on.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_felhom");
+pub const GOLDEN: &str = "local:backup/vzdump-lxc-9100-2026_06_09-20_41_10.tar.zst";
+
+pub struct Sim {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub state_dir: PathBuf,
+    faults: String,
+    time_scale: f64,
+    /// The port of the first start, reused on restart so a running felhom sees the same URL.
+    port: Option<u16>,
+}
+
+impl Sim {
+    /// A simulator with no faults, fast modelled time.
+    pub fn start() -> Sim {
+        Sim::with("", 0.02)
+    }
+
+    pub fn with(faults: &str, time_scale: f64) -> Sim {
+        let dir = tempfile::Builder::new()
+            .prefix("felhom-it-")
+            .tempdir()
+            .expect("tempdir");
+        let state_dir = dir.path().join("sim");
+        let config = dir.path().join("felhom.toml");
+        let mut sim = Sim {
+            child: None,
+            dir,
+            config,
+            state_dir,
+            faults: faults.into(),
+            time_scale,
+            port: None,
+        };
+        sim.spawn();
+        sim
+    }
+
+    fn spawn(&mut self) {
+        let _ = std::fs::remove_file(&self.config);
+        let listen = format!("127.0.0.1:{}", self.port.unwrap_or(0));
+        let child = Command::new(BIN)
+            .args(["sim", "serve", "--listen", &listen, "--state-dir"])
+            .arg(&self.state_dir)
+            .arg("--write-config")
+            .arg(&self.config)
+            .args([
+                "--faults",
+                &self.faults,
+                "--time-scale",
+                &self.time_scale.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn felhom sim serve");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.config.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "simulator did not write its config within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let text = std::fs::read_to_string(&self.config).expect("read config");
+        let url: toml::Table = text.parse().expect("config is TOML");
+        let url = url["pve"]["url"].as_str().expect("pve.url").to_string();
+        self.port = url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim_end_matches('/').parse().ok());
+    }
+
+    /// Kill the simulator (SIGKILL, like a crash) and start it again on the same state dir.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("--config").arg(&self.config).args(args);
+        c.env_remove("FELHOM_CRASH_AT");
+        c
+    }
+
+    pub fn felhom(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run felhom")
+    }
+
+    pub fn felhom_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut c = self.cmd(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().expect("run felhom")
+    }
+
+    pub fn write_spec(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).expect("write spec");
+        p
+    }
+
+    fn client(&self) -> pve_api::PveClient {
+        let text = std::fs::read_to_string(&self.config).expect("read config");
+        let cfg =
+            felhom_core::config::Config::parse(&self.config, &text).expect("sim config is valid");
+        pve_api::PveClient::new(cfg.client).expect("client")
+    }
+
+    /// `GET /felhom-sim/<what>` over the same pinned HTTPS as felhom uses.
+    pub fn get(&self, what: &str) -> Value {
+        let client = self.client();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(client.get_outside_api::<Value>(&format!("/felhom-sim/{what}")))
+            .expect("sim state endpoint")
+    }
+
+    pub fn state(&self) -> Value {
+        self.get("state")
+    }
+
+    /// Count of write requests (POST/PUT/DELETE) under /api2 the simulator has received.
+    pub fn write_count(&self) -> usize {
+        let reqs = self.get("requests");
+        reqs.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|r| matches!(r["method"].as_str(), Some("POST" | "PUT" | "DELETE")))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    pub fn journal(&self) -> PathBuf {
+        self.dir.path().join("felhom-journal.db")
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A spec for one guest; `extra` is appended (e.g. mount tables).
+pub fn spec(customer: &str, vmid: &str, extra: &str) -> String {
+    format!(
+        "customer = \"{customer}\"\nhostname = \"{customer}-app\"\nvmid = {vmid}\ngolden = \"{GOLDEN}\"\nnode = \"pve\"\nstorage = \"local-lvm\"\nrootfs_size = \"12G\"\nbridge = \"vmbr0\"\n{extra}"
+    )
+}
+
+pub const MOUNT: &str =
+    "\n[[mount]]\nstorage = \"local-lvm\"\nsize = \"4G\"\npath = \"/srv/data\"\n";
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+pub fn both(o: &Output) -> String {
+    format!("{}{}", stdout(o), stderr(o))
+}
+
+/// Invariants the simulator state must always satisfy after felhom is done: no volume
+/// without a guest, no two guests with one MAC, IP or SSH key.
+pub fn assert_clean_invariants(state: &Value) {
+    let guests = state["guests"].as_array().cloned().unwrap_or_default();
+    let vmids: Vec<u64> = guests.iter().filter_map(|g| g["vmid"].as_u64()).collect();
+    for v in state["volumes"].as_array().cloned().unwrap_or_default() {
+        let owner = v["owner"].as_u64().unwrap_or(0);
+        assert!(
+            vmids.contains(&owner),
+            "leaked volume {v} (no guest {owner})"
+        );
+    }
+    let mut macs = std::collections::HashSet::new();
+    let mut ips = std::collections::HashSet::new();
+    let mut keys = std::collections::HashSet::new();
+    for g in &guests {
+        for mac in g["macs"].as_array().cloned().unwrap_or_default() {
+            assert!(
+                macs.insert(mac.as_str().unwrap_or_default().to_ascii_uppercase()),
+                "duplicate MAC {mac}"
+            );
+        }
+        if let Some(ip) = g["ip"].as_str() {
+            assert!(ips.insert(ip.to_string()), "duplicate IP {ip}");
+        }
+        if let Some(fp) = g["ssh"]["fingerprint"].as_str() {
+            assert!(keys.insert(fp.to_string()), "duplicate SSH host key {fp}");
+        }
+    }
+}
+
+pub fn guest<'a>(state: &'a Value, vmid: u64) -> Option<&'a Value> {
+    state["guests"]
+        .as_array()?
+        .iter()
+        .find(|g| g["vmid"].as_u64() == Some(vmid))
+}
+
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}
