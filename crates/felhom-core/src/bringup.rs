@@ -17,13 +17,12 @@
 //! What each identity field gets comes from [`crate::identity`], not from ifs scattered here.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pve_api::{ApiError, MacAddr, NetConfig, PveClient, Vmid};
 use serde_json::{json, Value};
 
-use crate::config::{Config, SshEndpoint};
+use crate::config::SshEndpoint;
 use crate::job::{Facts, JobCx, Observed, Step, StepError};
 use crate::journal::GuestRecord;
 use crate::marker::{Marker, MarkerState};
@@ -926,29 +925,4 @@ pub async fn golden_info(
         features: get("features"),
         unprivileged: get("unprivileged").as_deref() == Some("1"),
     })
-}
-
-/// Build the context for a bring-up job.
-pub fn job_cx(
-    job_id: &str,
-    label: &str,
-    node: &str,
-    client: PveClient,
-    journal: Arc<crate::journal::Journal>,
-    config: Arc<Config>,
-    spec: Option<GuestSpec>,
-    progress: Arc<dyn crate::job::Progress>,
-) -> JobCx {
-    JobCx {
-        job_id: job_id.into(),
-        label: label.into(),
-        node: node.into(),
-        client,
-        journal,
-        config,
-        facts: Default::default(),
-        progress,
-        backoff: Default::default(),
-        spec,
-    }
 }

@@ -474,6 +474,21 @@ impl Journal {
         Ok(rows)
     }
 
+    /// The job and process holding `vmid`, if that process is alive and is not this one.
+    pub fn live_lease_holder(&self, vmid: Vmid) -> Result<Option<(String, u32)>, JournalError> {
+        let held: Option<(String, u32, i64)> = self
+            .conn()
+            .query_row(
+                "SELECT job_id, pid, pid_start FROM leases WHERE vmid = ?1",
+                [vmid.get()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        Ok(held
+            .filter(|(_, pid, start)| *pid != self.pid && process_alive(*pid, *start as u64))
+            .map(|(j, pid, _)| (j, pid)))
+    }
+
     pub fn lease_holder(&self, vmid: Vmid) -> Result<Option<String>, JournalError> {
         Ok(self
             .conn()

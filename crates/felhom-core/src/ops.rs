@@ -136,16 +136,18 @@ impl Felhom {
         spec: Option<GuestSpec>,
         progress: Arc<dyn Progress>,
     ) -> JobCx {
-        bringup::job_cx(
-            job,
-            label,
-            node,
-            self.client.clone(),
-            self.journal.clone(),
-            self.config.clone(),
-            spec,
+        JobCx {
+            job_id: job.into(),
+            label: label.into(),
+            node: node.into(),
+            client: self.client.clone(),
+            journal: self.journal.clone(),
+            config: self.config.clone(),
+            facts: Default::default(),
             progress,
-        )
+            backoff: Default::default(),
+            spec,
+        }
     }
 
     /// Everything that can be checked against PVE with reads only, before any job exists:
@@ -174,6 +176,11 @@ impl Felhom {
                             self.config.vmid_range,
                             self.config.path.display()
                         ),
+                    );
+                } else if let Ok(Some((job, pid))) = self.journal.live_lease_holder(v) {
+                    err(
+                        "vmid",
+                        format!("guest {v} is held by job {job} (felhom process {pid}); wait for it to finish"),
                     );
                 } else {
                     match self.client.lxc_config(s.node.as_str(), v).await {

@@ -360,7 +360,7 @@ const GIB: u64 = 1024 * MIB;
 
 impl ByteSize {
     pub fn from_bytes(bytes: u64) -> Result<Self, String> {
-        if bytes == 0 || bytes % MIB != 0 {
+        if bytes == 0 || !bytes.is_multiple_of(MIB) {
             return Err(format!(
                 "must be a positive whole number of MiB, got {bytes} bytes"
             ));
@@ -372,7 +372,7 @@ impl ByteSize {
     }
     /// The size as PVE's `<storage>:<GiB>` allocation syntax wants it (may be fractional).
     pub fn gib_string(self) -> String {
-        if self.0 % GIB == 0 {
+        if self.0.is_multiple_of(GIB) {
             format!("{}", self.0 / GIB)
         } else {
             let v = self.0 as f64 / GIB as f64;
@@ -410,17 +410,18 @@ impl FromStr for ByteSize {
         {
             return Err(format!("{rule}; got {}", show(s)));
         }
-        let (num, mult) =
-            match t.as_bytes()[t.len() - 1] {
-                b'K' | b'k' => (&t[..t.len() - 1], 1024u64),
-                b'M' | b'm' => (&t[..t.len() - 1], MIB),
-                b'G' | b'g' => (&t[..t.len() - 1], GIB),
-                b'T' | b't' => (&t[..t.len() - 1], 1024 * GIB),
-                _ => return Err(format!(
+        let (num, mult) = match t.as_bytes()[t.len() - 1] {
+            b'K' | b'k' => (&t[..t.len() - 1], 1024u64),
+            b'M' | b'm' => (&t[..t.len() - 1], MIB),
+            b'G' | b'g' => (&t[..t.len() - 1], GIB),
+            b'T' | b't' => (&t[..t.len() - 1], 1024 * GIB),
+            _ => {
+                return Err(format!(
                     "{rule} (a bare number would be bytes in PVE's resize; give a unit); got {}",
                     show(s)
-                )),
-            };
+                ))
+            }
+        };
         let value: f64 = num
             .parse()
             .map_err(|_| format!("{rule}; got {}", show(s)))?;
@@ -891,7 +892,7 @@ path = "/srv/data"
 
     #[test]
     fn guest_list_and_duplicates() {
-        let one = GOOD.split("[[mount]]").next().unwrap().replace('\n', "\n");
+        let one = GOOD.split("[[mount]]").next().unwrap();
         let text = format!("[[guest]]\n{one}\n[[guest]]\n{one}");
         let errs = GuestSpec::parse_many(&text).unwrap_err();
         let fields: Vec<_> = errs.0.iter().map(|e| e.field.as_str()).collect();

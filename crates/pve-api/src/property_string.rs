@@ -664,7 +664,7 @@ pub fn parse_disk_size(s: &str) -> Result<u64, PropertyError> {
 /// Bytes → PVE's print (`8G`, `1536M`): the largest unit that divides evenly, else bytes.
 pub fn format_disk_size(bytes: u64) -> String {
     for (u, m) in UNITS {
-        if bytes >= m && bytes % m == 0 {
+        if bytes >= m && bytes.is_multiple_of(m) {
             return format!("{}{u}", bytes / m);
         }
     }

@@ -979,12 +979,14 @@ async fn create(sim: &Arc<Sim>, req: &Req) -> HResult {
         let plan = restore_plan(
             sim,
             st,
-            vmid,
-            &archive,
-            &storage,
-            request_conf,
+            RestoreTarget {
+                vmid,
+                archive: &archive,
+                storage: &storage,
+                request: request_conf,
+                pool: pool.clone(),
+            },
             req,
-            pool.clone(),
         );
         let modelled = model::RESTORE_BASE + size / 100_000_000 * model::RESTORE_PER_100MB;
         Ok(sim.new_task(st, "vzrestore", &vmid.to_string(), &who, modelled, plan))
@@ -994,16 +996,23 @@ async fn create(sim: &Arc<Sim>, req: &Req) -> HResult {
 }
 
 /// What the `vzrestore` worker will do (reference §2.3): decided now, applied at its end.
-fn restore_plan(
-    sim: &Sim,
-    st: &State,
+/// What a restore request asks for, after the synchronous checks.
+struct RestoreTarget<'a> {
     vmid: u32,
-    archive: &std::path::Path,
-    storage: &str,
+    archive: &'a std::path::Path,
+    storage: &'a str,
     request: BTreeMap<String, String>,
-    req: &Req,
     pool: Option<String>,
-) -> TaskPlan {
+}
+
+fn restore_plan(sim: &Sim, st: &State, t: RestoreTarget<'_>, req: &Req) -> TaskPlan {
+    let RestoreTarget {
+        vmid,
+        archive,
+        storage,
+        request,
+        pool,
+    } = t;
     let fail = |message: String| TaskPlan::Fail {
         vmid,
         message: format!("unable to restore CT {vmid} - {message}"),

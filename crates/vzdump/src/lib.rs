@@ -227,39 +227,64 @@ pub fn parse_pct_conf(text: &str) -> Result<PctConf, VzdumpError> {
     Ok(conf)
 }
 
+/// The compressed output of an [`ArchiveWriter`]; finished explicitly so that errors of the
+/// final flush (the gzip trailer, the last zstd frame) are reported, not lost in a drop.
+enum Sink {
+    Plain(BufWriter<File>),
+    Gzip(flate2::write::GzEncoder<BufWriter<File>>),
+    Zstd(zstd::stream::write::Encoder<'static, BufWriter<File>>),
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sink::Plain(w) => w.write(buf),
+            Sink::Gzip(w) => w.write(buf),
+            Sink::Zstd(w) => w.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Sink::Plain(w) => w.flush(),
+            Sink::Gzip(w) => w.flush(),
+            Sink::Zstd(w) => w.flush(),
+        }
+    }
+}
+
+impl Sink {
+    fn finish(self) -> std::io::Result<()> {
+        let mut file = match self {
+            Sink::Plain(w) => w,
+            Sink::Gzip(w) => w.finish()?,
+            Sink::Zstd(w) => w.finish()?,
+        };
+        file.flush()
+    }
+}
+
 /// Writes an archive in vzdump layout: `./etc/vzdump/pct.conf` first, then the rootfs.
 pub struct ArchiveWriter {
-    builder: tar::Builder<Box<dyn Write>>,
+    builder: tar::Builder<Sink>,
     wrote_conf: bool,
-    finish: Box<dyn FnOnce(Box<dyn Write>) -> std::io::Result<()>>,
 }
 
 impl ArchiveWriter {
     pub fn create(path: &Path, c: Compression) -> Result<ArchiveWriter, VzdumpError> {
         let file = BufWriter::new(File::create(path)?);
-        let (w, finish): (
-            Box<dyn Write>,
-            Box<dyn FnOnce(Box<dyn Write>) -> std::io::Result<()>>,
-        ) = match c {
-            Compression::None => (Box::new(file), Box::new(|mut w: Box<dyn Write>| w.flush())),
-            Compression::Gzip => (
-                Box::new(flate2::write::GzEncoder::new(
-                    file,
-                    flate2::Compression::fast(),
-                )),
-                Box::new(|mut w: Box<dyn Write>| w.flush()),
-            ),
-            Compression::Zstd => (
-                Box::new(zstd::stream::write::Encoder::new(file, 3)?.auto_finish()),
-                Box::new(|mut w: Box<dyn Write>| w.flush()),
-            ),
+        let sink = match c {
+            Compression::None => Sink::Plain(file),
+            Compression::Gzip => Sink::Gzip(flate2::write::GzEncoder::new(
+                file,
+                flate2::Compression::fast(),
+            )),
+            Compression::Zstd => Sink::Zstd(zstd::stream::write::Encoder::new(file, 3)?),
         };
-        let mut builder = tar::Builder::new(w);
+        let mut builder = tar::Builder::new(sink);
         builder.mode(tar::HeaderMode::Deterministic);
         Ok(ArchiveWriter {
             builder,
             wrote_conf: false,
-            finish,
         })
     }
 
@@ -334,8 +359,7 @@ impl ArchiveWriter {
     }
 
     pub fn finish(self) -> Result<(), VzdumpError> {
-        let w = self.builder.into_inner()?;
-        (self.finish)(w)?;
+        self.builder.into_inner()?.finish()?;
         Ok(())
     }
 }

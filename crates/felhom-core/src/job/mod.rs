@@ -247,7 +247,9 @@ impl Outcome {
 }
 
 /// The test hook for crash-safety tests: `FELHOM_CRASH_AT=<step>:<before|after|undo>` makes
-/// the process SIGKILL itself at that point, exactly like a power cut would.
+/// the process SIGKILL itself at that point, exactly like a power cut would: `before` is after
+/// the intent is durable and before the act, `after` is after the act and before `done` is
+/// journaled (for a step observed already done, both fire before `done` is journaled).
 fn crash_point(step: &str, phase: &str) {
     if let Ok(spec) = std::env::var("FELHOM_CRASH_AT") {
         if spec.split(',').any(|s| s == format!("{step}:{phase}")) {
@@ -407,7 +409,13 @@ async fn drive<S: Step>(cx: &JobCx, step: S, mut attempt: u32) -> Result<Value, 
     let mut retries = 0u32;
     loop {
         let outcome = match step.observe(cx).await {
-            Ok(Observed::Done(v)) => return Ok(v),
+            Ok(Observed::Done(v)) => {
+                // A step found done without acting still passes its crash points, so a crash
+                // test can kill the process around every step's journal record.
+                crash_point(name, "before");
+                crash_point(name, "after");
+                return Ok(v);
+            }
             Ok(Observed::NotDone) => {
                 attempt += 1;
                 let inputs = step.intent(cx).await?;

@@ -2,7 +2,7 @@
 //! the real `felhom` binary run against it, and the simulator's state dump to assert on.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -218,13 +218,9 @@ pub fn assert_clean_invariants(state: &Value) {
     }
 }
 
-pub fn guest<'a>(state: &'a Value, vmid: u64) -> Option<&'a Value> {
+pub fn guest(state: &Value, vmid: u64) -> Option<&Value> {
     state["guests"]
         .as_array()?
         .iter()
         .find(|g| g["vmid"].as_u64() == Some(vmid))
-}
-
-pub fn exists(p: &Path) -> bool {
-    p.exists()
 }
