@@ -277,6 +277,48 @@ impl PveClient {
             .await
     }
 
+    /// `POST {path}` with a JSON body outside `/api2` (a simulator's side channel), without
+    /// the envelope.
+    pub async fn post_outside_api<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<T, ApiError> {
+        if path.starts_with("/api2") {
+            return Err(ApiError::InvalidInput {
+                field: "path".into(),
+                message: "use post() for /api2 paths".into(),
+            });
+        }
+        let url = self.url(path)?;
+        let resp = self
+            .inner
+            .http
+            .post(url)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| ApiError::Transport {
+                message: chain(&e),
+                maybe_sent: !e.is_connect(),
+            })?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| ApiError::Transport {
+            message: chain(&e),
+            maybe_sent: true,
+        })?;
+        if !status.is_success() {
+            return Err(classify(
+                status.as_u16(),
+                status.canonical_reason().unwrap_or(""),
+                &bytes,
+            ));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::Decode {
+            message: format!("{path}: {e}"),
+        })
+    }
+
     /// `GET {path}` outside `/api2` on the same server and TLS trust, without the envelope:
     /// for a simulator's side channel (its state dump, a guest's loopback SSH port).
     pub async fn get_outside_api<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiError> {
