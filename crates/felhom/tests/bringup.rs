@@ -1,6 +1,8 @@
 //! Bring-up end to end: the real binary against a spawned simulator.
 
 mod common;
+#[path = "../../pve-sim/tests/common/schema.rs"]
+mod schema;
 use common::*;
 use serde_json::Value;
 

@@ -112,6 +112,12 @@ impl PveClient {
                 message: "has no host".into(),
             });
         }
+        if !cfg.base_url.username().is_empty() || cfg.base_url.password().is_some() {
+            return Err(ApiError::InvalidInput {
+                field: "url".into(),
+                message: "must not carry credentials; the API token authenticates".into(),
+            });
+        }
         let tls = tls_config(&cfg.trust)?;
         let mut auth = HeaderValue::from_str(&cfg.token.header_value()).map_err(|_| {
             ApiError::InvalidInput {
@@ -135,8 +141,13 @@ impl PveClient {
                 message: chain(&e),
                 maybe_sent: false,
             })?;
+        // `{base}/api2/json/{path}`: keep a path prefix (PVE behind a reverse proxy at
+        // `https://host/pve/`), drop any query or fragment.
         let mut base = cfg.base_url.clone();
-        base.set_path("");
+        let prefix = base.path().trim_end_matches('/').to_string();
+        base.set_path(&prefix);
+        base.set_query(None);
+        base.set_fragment(None);
         Ok(PveClient {
             inner: Arc::new(Inner {
                 http,
@@ -171,7 +182,11 @@ impl PveClient {
             });
         }
         let mut u = self.inner.base.clone();
-        u.set_path(full_path);
+        let joined = format!(
+            "{}{full_path}",
+            self.inner.base.path().trim_end_matches('/')
+        );
+        u.set_path(&joined);
         Ok(u)
     }
 
@@ -191,13 +206,21 @@ impl PveClient {
         } else {
             req = req.form(params);
         }
+        // Method and path only: headers (the token) never reach a log.
         tracing::debug!(%method, path = full_path, "PVE request");
         let resp = req.send().await.map_err(|e| ApiError::Transport {
             message: chain(&e),
             maybe_sent: !e.is_connect(),
         })?;
         let status = resp.status();
-        let reason = status.canonical_reason().unwrap_or("").to_string();
+        // PVE's own text is the reason phrase (`Permission check failed (…)`); hyper keeps a
+        // non-canonical one as an extension, the canonical one is the fallback.
+        let reason = resp
+            .extensions()
+            .get::<hyper::ext::ReasonPhrase>()
+            .and_then(|r| std::str::from_utf8(r.as_bytes()).ok())
+            .map(str::to_string)
+            .unwrap_or_else(|| status.canonical_reason().unwrap_or("").to_string());
         let body = resp.bytes().await.map_err(|e| ApiError::Transport {
             message: chain(&e),
             maybe_sent: true,
@@ -235,6 +258,18 @@ impl PveClient {
         };
         c.fetch_add(1, Ordering::Relaxed);
         self.send(Method::GET, &format!("/api2/json{path}"), query, true)
+            .await
+    }
+
+    /// `GET /api2/json{path}` decoded whole, for the answers with fields beside `data`
+    /// (the task log's `total`). Counted as a GET.
+    pub(crate) async fn get_whole<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<T, ApiError> {
+        self.inner.counters.gets.fetch_add(1, Ordering::Relaxed);
+        self.send(Method::GET, &format!("/api2/json{path}"), query, false)
             .await
     }
 

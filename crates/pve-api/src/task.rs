@@ -54,7 +54,8 @@ impl FromStr for Upid {
         let pstart = hex(f[2], 8, 9).ok_or_else(err)?;
         let starttime = hex(f[3], 8, 8).ok_or_else(err)?;
         let word = |x: &str| !x.is_empty() && !x.contains(char::is_whitespace) && !x.contains(':');
-        if !node_ok || !word(f[4]) || f[5].contains(':') || !word(f[6]) {
+        let id_ok = !f[5].contains(':') && !f[5].contains(char::is_whitespace);
+        if !node_ok || !word(f[4]) || !id_ok || !word(f[6]) {
             return Err(err());
         }
         Ok(Upid {
@@ -124,19 +125,40 @@ pub fn exit_ok(exitstatus: &str) -> Option<u32> {
         .flatten()
 }
 
-/// How to wait for a task.
+/// How to wait for a task (reference §6.3).
 ///
-/// Polling trades detection latency against requests: the first poll comes fast (many
-/// tasks end within a second), then the interval grows ×1.5 up to `max_interval`. With the
-/// defaults (50 ms, then 100 ms … 500 ms) a task ending after a few seconds is seen within
-/// ~250 ms on average, at ≤ 10 polls per second while it is young and ≤ 2/s later.
-#[derive(Debug, Clone, Copy)]
+/// Polling trades detection latency (how long after a task ends the caller learns of it;
+/// on average half the current interval plus one round trip) against load (requests per
+/// second, each one a pvedaemon/pveproxy worker on the PVE side). The product target is a
+/// median detection ≤ 100 ms while never exceeding 10 polls/s per task. The defaults:
+///
+/// - `first_poll` 50 ms: many tasks (start, stop, a small resize) end within a fraction of
+///   a second, and a fresh UPID is often visible within tens of milliseconds;
+/// - then `min_interval` 100 ms for `fast_polls` polls (~2 s at the 10 polls/s ceiling):
+///   a task ending in this phase is seen ~50 ms later (median), well inside the target;
+/// - then ×1.5 per poll up to `max_interval` 500 ms (≤ 2 polls/s): a task that has run
+///   for seconds is a restore or a big resize, where 250 ms of median latency does not
+///   matter but thirty minutes at 10 polls/s would (18,000 requests);
+/// - `deadline` 30 min (peers: bpg uses 1800 s for create/clone; Ansible's 30 s is too
+///   short for a restore), after which the wait gives up with `TaskTimeout` — the task
+///   itself may still be running.
+///
+/// Set `fast_polls: 0` for a pure ×1.5 back-off from `min_interval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WaitOptions {
+    /// The pause before the first poll.
     pub first_poll: Duration,
+    /// The pause between the following polls, before the back-off starts.
     pub min_interval: Duration,
+    /// How many polls after the first stay at `min_interval`.
+    pub fast_polls: u32,
+    /// The back-off's ceiling.
     pub max_interval: Duration,
+    /// The whole wait, from the call until `TaskTimeout`.
     pub deadline: Duration,
-    /// How long a 400/404 on the status of a just-created UPID counts as "not visible yet".
+    /// How long a 400/404 on the status of a just-created UPID counts as "not visible yet"
+    /// (peers saw a 400 on a fresh UPID, peers.md lesson 4). Measured from the start of the
+    /// wait, because the UPID's `starttime` is the PVE host's clock, not ours.
     pub not_visible_grace: Duration,
 }
 
@@ -145,6 +167,7 @@ impl Default for WaitOptions {
         WaitOptions {
             first_poll: Duration::from_millis(50),
             min_interval: Duration::from_millis(100),
+            fast_polls: 20,
             max_interval: Duration::from_millis(500),
             deadline: Duration::from_secs(1800),
             not_visible_grace: Duration::from_secs(5),
@@ -158,22 +181,36 @@ impl WaitOptions {
         if n == 0 {
             return self.first_poll;
         }
-        let mut d = self.min_interval;
-        for _ in 1..n {
+        let floor = self.min_interval.min(self.max_interval);
+        let growth = n.saturating_sub(1).saturating_sub(self.fast_polls);
+        let mut d = floor;
+        for _ in 0..growth {
             d = d.mul_f64(1.5);
             if d >= self.max_interval {
                 return self.max_interval;
             }
         }
-        d.min(self.max_interval)
+        d
+    }
+
+    /// The pause before poll `n` when `elapsed` has passed since the wait began, clamped so
+    /// the last poll happens at the deadline; `None` once the deadline has passed. Pure.
+    pub fn next_pause(&self, n: u32, elapsed: Duration) -> Option<Duration> {
+        let left = self
+            .deadline
+            .checked_sub(elapsed)
+            .filter(|d| !d.is_zero())?;
+        Some(self.interval(n).min(left))
     }
 }
 
 /// A task that ended well.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskOutcome {
+    /// `OK` or `WARNINGS: n`.
     pub exitstatus: String,
     pub warnings: u32,
+    /// Status requests this wait made.
     pub polls: u32,
 }
 
@@ -183,13 +220,50 @@ struct LogLine {
     t: String,
 }
 
+/// `GET .../log` answers `{"data": [{n, t}], "total": N}`; `total` is outside `data`.
+#[derive(Deserialize)]
+struct LogPage {
+    #[serde(default)]
+    data: Vec<LogLine>,
+    #[serde(default)]
+    total: Option<u64>,
+}
+
+/// How many log lines a `TaskFailed` carries.
+const LOG_TAIL: u32 = 20;
+
+/// What a status-poll error means to the wait loop. Pure.
+fn poll_error_action(e: &ApiError, elapsed: Duration, opts: &WaitOptions) -> PollErrorAction {
+    match e {
+        // A UPID the server has only just created may not be visible yet (PVE answers 400
+        // `no such task`, some proxies 404).
+        ApiError::Param { .. } | ApiError::NotFound { .. } if elapsed < opts.not_visible_grace => {
+            PollErrorAction::Retry
+        }
+        e if e.is_transient() => PollErrorAction::Retry,
+        _ => PollErrorAction::Fail,
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum PollErrorAction {
+    Retry,
+    Fail,
+}
+
 impl PveClient {
-    pub async fn task_status(&self, upid: &Upid) -> Result<TaskStatus, ApiError> {
-        let path = format!(
-            "/nodes/{}/tasks/{}/status",
+    fn task_path(upid: &Upid, tail: &str) -> Result<String, ApiError> {
+        crate::client::check_node(&upid.node)?;
+        Ok(format!(
+            "/nodes/{}/tasks/{}/{tail}",
             upid.node,
             crate::client::encode_segment(&upid.to_string())
-        );
+        ))
+    }
+
+    /// `GET /nodes/{node}/tasks/{upid}/status` (counted in [`crate::ClientStats::task_polls`]).
+    pub async fn task_status(&self, upid: &Upid) -> Result<TaskStatus, ApiError> {
+        let path = Self::task_path(upid, "status")?;
         self.get_counted(&path, &[], true).await
     }
 
@@ -200,51 +274,85 @@ impl PveClient {
         start: u32,
         limit: u32,
     ) -> Result<Vec<String>, ApiError> {
-        let path = format!(
-            "/nodes/{}/tasks/{}/log",
-            upid.node,
-            crate::client::encode_segment(&upid.to_string())
-        );
-        let lines: Vec<LogLine> = self
-            .get(
+        Ok(self.task_log_page(upid, start, limit).await?.0)
+    }
+
+    async fn task_log_page(
+        &self,
+        upid: &Upid,
+        start: u32,
+        limit: u32,
+    ) -> Result<(Vec<String>, Option<u64>), ApiError> {
+        let path = Self::task_path(upid, "log")?;
+        let page: LogPage = self
+            .get_whole(
                 &path,
                 &[("start", start.to_string()), ("limit", limit.to_string())],
             )
             .await?;
-        Ok(lines.into_iter().map(|l| l.t).collect())
+        Ok((page.data.into_iter().map(|l| l.t).collect(), page.total))
     }
 
-    /// Wait for a task to stop. `OK` and `WARNINGS: n` are success; anything else is
-    /// `TaskFailed` with the last lines of the task log.
+    /// The last [`LOG_TAIL`] lines: one page from the start (most task logs are short),
+    /// and if `total` says there is more, the page that ends at `total`.
+    async fn task_log_tail(&self, upid: &Upid) -> Result<Vec<String>, ApiError> {
+        const FIRST: u32 = 200;
+        let (mut lines, total) = self.task_log_page(upid, 0, FIRST).await?;
+        if let Some(total) = total.and_then(|t| u32::try_from(t).ok()) {
+            if total > FIRST {
+                lines = self
+                    .task_log_page(upid, total - LOG_TAIL, LOG_TAIL)
+                    .await?
+                    .0;
+            }
+        }
+        let skip = lines.len().saturating_sub(LOG_TAIL as usize);
+        Ok(lines.split_off(skip))
+    }
+
+    /// Wait for a task to stop, polling as [`WaitOptions`] describes.
+    ///
+    /// `stopped` with `OK` or `WARNINGS: n` is success (`WARNINGS` is PVE's success with
+    /// warnings, peers.md lesson 4); any other exit status is `TaskFailed` with the last
+    /// lines of the task log. Transient errors and a not-yet-visible UPID are retried within
+    /// the deadline; anything else ends the wait at once. The wait never re-dispatches the
+    /// task. Past the deadline: `TaskTimeout` (the task may still be running).
     pub async fn wait_task(
         &self,
         upid: &Upid,
         opts: &WaitOptions,
     ) -> Result<TaskOutcome, ApiError> {
         let started = Instant::now();
+        let timeout = |started: Instant| ApiError::TaskTimeout {
+            upid: upid.to_string(),
+            waited: started.elapsed(),
+        };
         let mut polls = 0u32;
         loop {
-            let pause = opts.interval(polls);
-            if started.elapsed() + pause > opts.deadline {
-                return Err(ApiError::TaskTimeout {
-                    upid: upid.to_string(),
-                    waited: started.elapsed(),
-                });
-            }
+            let pause = opts
+                .next_pause(polls, started.elapsed())
+                .ok_or_else(|| timeout(started))?;
             tokio::time::sleep(pause).await;
             polls += 1;
-            let st = match self.task_status(upid).await {
+            // One request may overrun the deadline by at most one `max_interval`.
+            let budget = opts
+                .deadline
+                .saturating_sub(started.elapsed())
+                .max(opts.max_interval);
+            let res = tokio::time::timeout(budget, self.task_status(upid))
+                .await
+                .map_err(|_| timeout(started))?;
+            let st = match res {
                 Ok(st) => st,
-                // A UPID the server has only just created may not be visible yet.
-                Err(ApiError::Param { .. } | ApiError::NotFound { .. })
-                    if started.elapsed() < opts.not_visible_grace =>
-                {
-                    continue
-                }
-                Err(e) if e.is_transient() => continue,
-                Err(e) => return Err(e),
+                Err(e) => match poll_error_action(&e, started.elapsed(), opts) {
+                    PollErrorAction::Retry => {
+                        tracing::debug!(upid = %upid, error = %e, "task status not available yet");
+                        continue;
+                    }
+                    PollErrorAction::Fail => return Err(e),
+                },
             };
-            if st.is_running() {
+            if st.status != "stopped" {
                 continue;
             }
             let exit = st.exitstatus.unwrap_or_else(|| "unexpected status".into());
@@ -255,10 +363,7 @@ impl PveClient {
                     polls,
                 });
             }
-            let log_tail = match self.task_log(upid, 0, 500).await {
-                Ok(lines) => lines.iter().rev().take(20).rev().cloned().collect(),
-                Err(_) => Vec::new(),
-            };
+            let log_tail = self.task_log_tail(upid).await.unwrap_or_default();
             return Err(ApiError::TaskFailed {
                 upid: upid.to_string(),
                 exitstatus: exit,

@@ -137,7 +137,7 @@ pub(crate) fn tls_config(trust: &TlsTrust) -> Result<rustls::ClientConfig, ApiEr
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| tls_err(e.to_string()))?;
-    let cfg = match trust {
+    let mut cfg = match trust {
         TlsTrust::Pinned(pin) => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
@@ -183,6 +183,9 @@ pub(crate) fn tls_config(trust: &TlsTrust) -> Result<rustls::ClientConfig, ApiEr
             builder.with_root_certificates(roots).with_no_client_auth()
         }
     };
+    // HTTP/1.1 only: PVE speaks nothing else, and its error text lives in the HTTP/1 reason
+    // phrase on servers before 8.3 (reference §0); HTTP/2 has no reason phrase.
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(cfg)
 }
 

@@ -1509,7 +1509,7 @@ fn resize(sim: &Arc<Sim>, req: &Req) -> HResult {
         };
         Ok(sim.new_task(st, "resize", &vmid.to_string(), &who, model::RESIZE, plan))
     })?;
-    sim.spawn_task(upid.clone(), Some(vmid), None);
+    sim.spawn_task(upid.clone(), Some(vmid), sim.try_flock(vmid));
     Ok(json!(upid).into())
 }
 
@@ -1587,7 +1587,7 @@ fn power(sim: &Arc<Sim>, req: &Req, action: &str) -> HResult {
         };
         Ok(sim.new_task(st, ty, &vmid.to_string(), &who, modelled, plan))
     })?;
-    sim.spawn_task(upid.clone(), Some(vmid), None);
+    sim.spawn_task(upid.clone(), Some(vmid), sim.try_flock(vmid));
     Ok(json!(upid).into())
 }
 
@@ -1697,7 +1697,7 @@ fn destroy(sim: &Arc<Sim>, req: &Req) -> HResult {
             plan,
         ))
     })?;
-    sim.spawn_task(upid.clone(), Some(vmid), None);
+    sim.spawn_task(upid.clone(), Some(vmid), sim.try_flock(vmid));
     Ok(json!(upid).into())
 }
 

@@ -30,7 +30,9 @@ pub mod model {
     pub const RESTORE_BASE: u64 = 2_000;
     /// Per 100 MB of archive.
     pub const RESTORE_PER_100MB: u64 = 1_000;
-    pub const RESIZE: u64 = 1_500;
+    /// e2fsck -f + resize2fs of a stopped guest: longer than the 10 s lock timeout, which is
+    /// why the spike's back-to-back PUT got the 500 (F4, reference §10).
+    pub const RESIZE: u64 = 12_000;
     pub const START: u64 = 1_000;
     pub const STOP: u64 = 500;
     pub const DESTROY: u64 = 500;
@@ -511,6 +513,13 @@ impl Sim {
                 Err(e) => tracing::warn!(vmid, error = %e, "cannot start guest SSH endpoint"),
             }
         }
+    }
+
+    /// The flock if nobody holds it right now. A task's worker takes it as it starts, so
+    /// callers take it before answering with the UPID: a request that follows the UPID
+    /// always finds it held.
+    pub fn try_flock(&self, vmid: u32) -> Option<OwnedMutexGuard<()>> {
+        self.lock_of(vmid).try_lock_owned().ok()
     }
 
     /// Whether a task or call holds the guest's flock right now.

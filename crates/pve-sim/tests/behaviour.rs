@@ -1,0 +1,553 @@
+//! The simulator behaves like PVE as the reference describes it: the real client, over real
+//! HTTPS, asserting observable behaviour.
+
+mod common;
+use std::time::{Duration, Instant};
+
+use common::*;
+use pve_api::{ApiError, WaitOptions};
+
+#[tokio::test]
+async fn f4_resize_then_immediate_config_put_times_out_on_the_lock() {
+    let env = Env::start(0.05, "").await;
+    env.restore(1200, &[]).await.unwrap();
+    let upid = env
+        .client
+        .lxc_resize("pve", vmid(1200), "rootfs", "12G")
+        .await
+        .unwrap();
+    // Back to back, as the spike did: the resize task holds the config flock.
+    let put = env
+        .client
+        .lxc_update_config(
+            "pve",
+            vmid(1200),
+            &[("mp0".into(), "local-lvm:1,mp=/mnt/spike-test".into())],
+            None,
+        )
+        .await;
+    match put {
+        Err(ApiError::LockTimeout { lock_file, message }) => {
+            assert_eq!(lock_file, "/run/lock/lxc/pve-config-1200.lock");
+            assert!(message.contains("got timeout"));
+        }
+        other => panic!("expected the F4 lock-timeout 500, got {other:?}"),
+    }
+    env.client
+        .wait_task(&upid, &WaitOptions::default())
+        .await
+        .unwrap();
+    env.client
+        .lxc_update_config(
+            "pve",
+            vmid(1200),
+            &[("mp0".into(), "local-lvm:1,mp=/mnt/spike-test".into())],
+            None,
+        )
+        .await
+        .unwrap();
+    let cfg = env.client.lxc_config("pve", vmid(1200)).await.unwrap();
+    assert!(cfg.get_str("rootfs").unwrap().ends_with("size=12G"));
+    assert!(cfg.get_str("mp0").unwrap().contains("mp=/mnt/spike-test"));
+}
+
+#[tokio::test]
+async fn restore_keeps_the_archived_mac_and_net0_writes_mint_new_ones() {
+    let env = Env::start(0.02, "").await;
+    env.restore(1201, &[]).await.unwrap();
+    let cfg = env.client.lxc_config("pve", vmid(1201)).await.unwrap();
+    assert_eq!(
+        cfg.net(0).unwrap().unwrap().hwaddr.unwrap().to_string(),
+        GOLDEN_MAC,
+        "F1: restore keeps the archived MAC"
+    );
+    assert_eq!(
+        cfg.hostname(),
+        Some("felhom-golden"),
+        "F2: and the archived hostname"
+    );
+
+    // PUT net0 without hwaddr → a fresh BC:24:11 MAC.
+    env.client
+        .lxc_update_config(
+            "pve",
+            vmid(1201),
+            &[("net0".into(), "name=eth0,bridge=vmbr0,ip=dhcp".into())],
+            cfg.digest.as_deref(),
+        )
+        .await
+        .unwrap();
+    let mac = env
+        .client
+        .lxc_config("pve", vmid(1201))
+        .await
+        .unwrap()
+        .net(0)
+        .unwrap()
+        .unwrap()
+        .hwaddr
+        .unwrap()
+        .to_string();
+    assert_ne!(mac, GOLDEN_MAC);
+    assert!(mac.starts_with("BC:24:11:"), "{mac}");
+
+    // Restore with net0 given (no hwaddr) or with unique=1: never the archived MAC.
+    env.restore(1202, &[("net0", "name=eth0,bridge=vmbr0,ip=dhcp")])
+        .await
+        .unwrap();
+    env.restore(1203, &[("unique", "1")]).await.unwrap();
+    for v in [1202, 1203] {
+        let m = env
+            .client
+            .lxc_config("pve", vmid(v))
+            .await
+            .unwrap()
+            .net(0)
+            .unwrap()
+            .unwrap()
+            .hwaddr
+            .unwrap()
+            .to_string();
+        assert_ne!(m, GOLDEN_MAC, "guest {v}");
+    }
+    // A stale digest is refused with PVE's text.
+    let err = env
+        .client
+        .lxc_update_config(
+            "pve",
+            vmid(1201),
+            &[("hostname".into(), "x".into())],
+            cfg.digest.as_deref(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("detected modified configuration"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_token_without_vm_allocate_gets_the_real_403() {
+    let env = Env::start(0.02, "").await;
+    let narrow = env.token("noalloc", serde_json::json!([{ "path": "/", "privs": ["VM.Audit", "Datastore.AllocateSpace", "Datastore.Audit", "VM.Backup", "SDN.Use", "VM.Config.Network"], "propagate": true }])).await;
+    let params: Vec<(String, String)> = [
+        ("vmid", "1300"),
+        ("ostemplate", GOLDEN_VOLID),
+        ("restore", "1"),
+        ("storage", "local-lvm"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    match narrow.lxc_create("pve", &params).await {
+        Err(ApiError::Permission {
+            path,
+            privilege,
+            message,
+        }) => {
+            assert_eq!(path.as_deref(), Some("/vms/1300"));
+            assert_eq!(privilege.as_deref(), Some("VM.Allocate"));
+            assert_eq!(message, "Permission check failed (/vms/1300, VM.Allocate)");
+        }
+        other => panic!("expected 403, got {other:?}"),
+    }
+    let writes_before: u64 = env.state().await["counters"]["writes"].as_u64().unwrap();
+    assert!(writes_before >= 1);
+    // Permission is checked before existence: no VM.Audit → 403 even for a missing guest.
+    let blind = env.token("blind", serde_json::json!([{ "path": "/storage", "privs": ["Datastore.Audit"], "propagate": true }])).await;
+    assert!(matches!(
+        blind.lxc_config("pve", vmid(1999)).await,
+        Err(ApiError::Permission { .. })
+    ));
+    // With VM.Audit, a missing guest is PVE's 500 "does not exist".
+    assert!(
+        matches!(env.client.lxc_config("pve", vmid(1999)).await, Err(ApiError::NotFound { message }) if message.contains("nodes/pve/lxc/1999.conf"))
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_secret_gets_401_after_the_scaled_delay() {
+    let env = Env::start(0.1, "").await;
+    let bad = client_for(env.sim(), "felhom@pve!agent", "not-the-secret");
+    let t = Instant::now();
+    assert!(matches!(bad.version().await, Err(ApiError::Auth { .. })));
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "PVE delays failed logins (3 s × 0.1): {:?}",
+        t.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn interfaces_are_null_when_stopped_and_show_the_lease_when_running() {
+    let env = Env::start(0.02, "").await;
+    env.restore(1204, &[("net0", "name=eth0,bridge=vmbr0,ip=dhcp")])
+        .await
+        .unwrap();
+    assert_eq!(
+        env.client.lxc_interfaces("pve", vmid(1204)).await.unwrap(),
+        None
+    );
+    let upid = env.client.lxc_start("pve", vmid(1204)).await.unwrap();
+    env.client
+        .wait_task(&upid, &WaitOptions::default())
+        .await
+        .unwrap();
+    let mac = env
+        .client
+        .lxc_config("pve", vmid(1204))
+        .await
+        .unwrap()
+        .net(0)
+        .unwrap()
+        .unwrap()
+        .hwaddr
+        .unwrap()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ip = loop {
+        let ifs = env
+            .client
+            .lxc_interfaces("pve", vmid(1204))
+            .await
+            .unwrap()
+            .expect("running guests report interfaces");
+        assert!(ifs.iter().any(|i| i.name == "lo"));
+        let eth0 = ifs.iter().find(|i| i.name == "eth0").unwrap();
+        assert_eq!(
+            eth0.mac().unwrap(),
+            mac.to_ascii_lowercase(),
+            "iproute2 reports lower-case MACs"
+        );
+        if let Some(ip) = eth0.ipv4() {
+            break ip;
+        }
+        assert!(Instant::now() < deadline, "no lease");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(ip.starts_with("10.77.") && ip.ends_with("/16"), "{ip}");
+    assert!(
+        matches!(env.client.lxc_start("pve", vmid(1204)).await, Err(ApiError::Server { message, .. }) if message == "CT 1204 already running")
+    );
+    // A running guest cannot be destroyed without force.
+    let err = env
+        .client
+        .lxc_delete("pve", vmid(1204), true, true)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("unable to destroy CT 1204 - container is running"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_restart_keeps_guests_volumes_tasks_and_the_fingerprint() {
+    let env = Env::start(0.02, "").await;
+    env.restore(1205, &[]).await.unwrap();
+    let fp = env.sim().fingerprint.clone();
+    let before = env.state().await;
+    let env = env.restart().await;
+    assert_eq!(
+        env.sim().fingerprint,
+        fp,
+        "the certificate is kept in the state dir"
+    );
+    let after = env.state().await;
+    assert_eq!(after["guests"][0]["vmid"], 1205);
+    assert_eq!(after["volumes"], before["volumes"]);
+    assert_eq!(
+        after["tasks"].as_array().unwrap().len(),
+        before["tasks"].as_array().unwrap().len()
+    );
+    assert!(env.client.lxc_config("pve", vmid(1205)).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_task_running_across_a_restart_still_finishes() {
+    let env = Env::start(1.0, "").await;
+    let params: Vec<(String, String)> = [
+        ("vmid", "1206"),
+        ("ostemplate", GOLDEN_VOLID),
+        ("restore", "1"),
+        ("storage", "local-lvm"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let upid = env.client.lxc_create("pve", &params).await.unwrap();
+    assert_eq!(
+        env.client
+            .lxc_config("pve", vmid(1206))
+            .await
+            .unwrap()
+            .get_str("lock"),
+        Some("create"),
+        "the VMID is reserved at once"
+    );
+    let env = env.restart().await;
+    let out = env
+        .client
+        .wait_task(&upid, &WaitOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(out.exitstatus, "OK");
+    assert_eq!(
+        env.client
+            .lxc_config("pve", vmid(1206))
+            .await
+            .unwrap()
+            .get_str("lock"),
+        None
+    );
+}
+
+#[tokio::test]
+async fn rootfs_override_drops_archived_mount_points_and_storage_defaults_to_local() {
+    let dir_env = Env::start(0.02, "").await;
+    // A golden with an archived mp0.
+    let dump = pve_sim::dump_dir(dir_env.dir.path(), "local");
+    write_golden(
+        &dump.join("vzdump-lxc-9200-2026_06_09-20_41_10.tar.zst"),
+        &pct_conf("mp0: local-lvm:vm-9200-disk-1,mp=/srv/old,size=2G\n"),
+        true,
+        None,
+    );
+    let with_mp = |vmid: &str, extra: Option<(&str, &str)>| {
+        let mut p: Vec<(String, String)> = [
+            ("vmid", vmid),
+            (
+                "ostemplate",
+                "local:backup/vzdump-lxc-9200-2026_06_09-20_41_10.tar.zst",
+            ),
+            ("restore", "1"),
+            ("storage", "local-lvm"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        if let Some((k, v)) = extra {
+            p.push((k.into(), v.into()));
+        }
+        p
+    };
+    let u = dir_env
+        .client
+        .lxc_create("pve", &with_mp("1210", None))
+        .await
+        .unwrap();
+    dir_env
+        .client
+        .wait_task(&u, &WaitOptions::default())
+        .await
+        .unwrap();
+    assert!(dir_env
+        .client
+        .lxc_config("pve", vmid(1210))
+        .await
+        .unwrap()
+        .get_str("mp0")
+        .unwrap()
+        .contains("mp=/srv/old"));
+    let u = dir_env
+        .client
+        .lxc_create("pve", &with_mp("1211", Some(("rootfs", "local-lvm:10"))))
+        .await
+        .unwrap();
+    dir_env
+        .client
+        .wait_task(&u, &WaitOptions::default())
+        .await
+        .unwrap();
+    let cfg = dir_env.client.lxc_config("pve", vmid(1211)).await.unwrap();
+    assert!(
+        cfg.get_str("mp0").is_none(),
+        "explicit rootfs drops archived mount points"
+    );
+    assert!(cfg.get_str("rootfs").unwrap().ends_with("size=10G"));
+    // storage defaults to `local`, which has no container directories.
+    let p: Vec<(String, String)> = [
+        ("vmid", "1212"),
+        ("ostemplate", GOLDEN_VOLID),
+        ("restore", "1"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    match dir_env.client.lxc_create("pve", &p).await {
+        Err(ApiError::Param { errors, .. }) => assert_eq!(
+            errors["storage"],
+            "storage 'local' does not support container directories"
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn lxc_raw_keys_end_in_warnings_and_injected_failures_leave_nothing() {
+    let env = Env::start(0.02, "task_fail:restore=1.0").await;
+    let dump = pve_sim::dump_dir(env.dir.path(), "local");
+    write_golden(
+        &dump.join("vzdump-lxc-9300-2026_06_09-20_41_10.tar.zst"),
+        &pct_conf("lxc.apparmor.profile: unconfined\n"),
+        true,
+        None,
+    );
+    let err = env.restore(1220, &[]).await.unwrap_err();
+    assert!(
+        matches!(&err, ApiError::TaskFailed { exitstatus, log_tail, .. } if exitstatus.starts_with("unable to restore CT 1220") && log_tail.last().is_some_and(|l| l.starts_with("TASK ERROR"))),
+        "{err:?}"
+    );
+    let st = env.state().await;
+    assert_eq!(st["guests"].as_array().unwrap().len(), 0);
+    assert_eq!(st["volumes"].as_array().unwrap().len(), 0);
+
+    let env = Env::start(0.02, "").await;
+    let dump = pve_sim::dump_dir(env.dir.path(), "local");
+    write_golden(
+        &dump.join("vzdump-lxc-9300-2026_06_09-20_41_10.tar.zst"),
+        &pct_conf("lxc.apparmor.profile: unconfined\n"),
+        true,
+        None,
+    );
+    let p: Vec<(String, String)> = [
+        ("vmid", "1221"),
+        (
+            "ostemplate",
+            "local:backup/vzdump-lxc-9300-2026_06_09-20_41_10.tar.zst",
+        ),
+        ("restore", "1"),
+        ("storage", "local-lvm"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let u = env.client.lxc_create("pve", &p).await.unwrap();
+    let out = env
+        .client
+        .wait_task(&u, &WaitOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        (out.exitstatus.as_str(), out.warnings),
+        ("WARNINGS: 1", 1),
+        "a non-root restore drops lxc.* keys with a warning"
+    );
+}
+
+async fn started_key(env: &Env, v: u32) -> String {
+    env.restore(v, &[("net0", "name=eth0,bridge=vmbr0,ip=dhcp")])
+        .await
+        .unwrap();
+    let upid = env.client.lxc_start("pve", vmid(v)).await.unwrap();
+    env.client
+        .wait_task(&upid, &WaitOptions::default())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(ep) = env
+            .client
+            .get_outside_api::<serde_json::Value>(&format!("/felhom-sim/guests/{v}/ssh"))
+            .await
+        {
+            let port = ep["port"].as_u64().unwrap() as u16;
+            // A real SSH handshake against the guest's endpoint.
+            return felhom_ssh_fingerprint(port).await;
+        }
+        assert!(Instant::now() < deadline, "guest {v} never served SSH");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn felhom_ssh_fingerprint(port: u16) -> String {
+    struct H(std::sync::Arc<std::sync::Mutex<Option<String>>>);
+    impl russh::client::Handler for H {
+        type Error = russh::Error;
+        async fn check_server_key(
+            &mut self,
+            key: &russh::keys::PublicKey,
+        ) -> Result<bool, Self::Error> {
+            *self.0.lock().unwrap() =
+                Some(key.fingerprint(russh::keys::HashAlg::Sha256).to_string());
+            Ok(true)
+        }
+    }
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let h = russh::client::connect(
+        std::sync::Arc::new(russh::client::Config::default()),
+        ("127.0.0.1", port),
+        H(seen.clone()),
+    )
+    .await
+    .unwrap();
+    let _ = h
+        .disconnect(russh::Disconnect::ByApplication, "", "en")
+        .await;
+    let fp = seen.lock().unwrap().clone().unwrap();
+    fp
+}
+
+#[tokio::test]
+async fn first_boot_unit_gives_distinct_keys_and_baked_keys_are_shared() {
+    let env = Env::start(0.02, "").await;
+    let a = started_key(&env, 1230).await;
+    let b = started_key(&env, 1231).await;
+    assert_ne!(
+        a, b,
+        "a golden with the first-boot unit yields a fresh key per guest"
+    );
+    let st = env.state().await;
+    let mids: Vec<_> = st["guests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["machine_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_ne!(mids[0], mids[1], "empty machine-id regenerates per guest");
+
+    // A golden with baked keys: every guest serves the same key.
+    let env2 = Env::start(0.02, "").await;
+    let seed = [7u8; 32];
+    let key = russh::keys::PrivateKey::from(
+        russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&seed),
+    );
+    let pem = key
+        .to_openssh(russh::keys::ssh_key::LineEnding::LF)
+        .unwrap()
+        .to_string();
+    let dump = pve_sim::dump_dir(env2.dir.path(), "local");
+    write_golden(&dump.join(GOLDEN), &pct_conf(""), false, Some(&pem));
+    let c = started_key(&env2, 1232).await;
+    let d = started_key(&env2, 1233).await;
+    assert_eq!(c, d);
+    assert_eq!(
+        c,
+        key.public_key()
+            .fingerprint(russh::keys::HashAlg::Sha256)
+            .to_string()
+    );
+
+    // No unit and no keys: no SSH at all (F3).
+    let env3 = Env::start(0.02, "").await;
+    write_golden(
+        &pve_sim::dump_dir(env3.dir.path(), "local").join(GOLDEN),
+        &pct_conf(""),
+        false,
+        None,
+    );
+    env3.restore(1234, &[]).await.unwrap();
+    let upid = env3.client.lxc_start("pve", vmid(1234)).await.unwrap();
+    env3.client
+        .wait_task(&upid, &WaitOptions::default())
+        .await
+        .unwrap();
+    assert!(matches!(
+        env3.client
+            .get_outside_api::<serde_json::Value>("/felhom-sim/guests/1234/ssh")
+            .await,
+        Err(ApiError::NotFound { .. })
+    ));
+}

@@ -1,0 +1,149 @@
+//! Shared test setup: an in-process simulator over real HTTPS, the real client pinned to
+//! its certificate, and golden archives written with the real vzdump writer.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use pve_api::{
+    ApiToken, CertFingerprint, ClientConfig, PveClient, Secret, TlsTrust, Vmid, WaitOptions,
+};
+use pve_sim::{SimConfig, SimHandle};
+
+pub const GOLDEN: &str = "vzdump-lxc-9100-2026_06_09-20_41_10.tar.zst";
+pub const GOLDEN_VOLID: &str = "local:backup/vzdump-lxc-9100-2026_06_09-20_41_10.tar.zst";
+pub const GOLDEN_MAC: &str = "BC:24:11:63:43:F4";
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub sim: Option<SimHandle>,
+    pub client: PveClient,
+    pub time_scale: f64,
+}
+
+pub fn pct_conf(extra: &str) -> String {
+    format!("arch: amd64\ncores: 2\nfeatures: keyctl=1,nesting=1\nhostname: felhom-golden\nmemory: 2048\nnet0: name=eth0,bridge=vmbr0,hwaddr={GOLDEN_MAC},ip=dhcp,type=veth\nostype: debian\nrootfs: local-lvm:vm-9100-disk-0,size=8G\nswap: 512\nunprivileged: 1\n{extra}")
+}
+
+/// A golden archive: `keygen_unit` adds an enabled first-boot key unit, `key` bakes a host key.
+pub fn write_golden(path: &Path, conf: &str, keygen_unit: bool, key: Option<&str>) {
+    let mut w =
+        vzdump::ArchiveWriter::create(path, vzdump::Compression::from_path(path).unwrap()).unwrap();
+    w.pct_conf(conf).unwrap();
+    w.dir("etc/ssh", 0o755).unwrap();
+    w.file("etc/machine-id", 0o444, b"").unwrap();
+    if keygen_unit {
+        w.file("etc/systemd/system/keys.service", 0o644, b"[Unit]\nConditionPathExists=!/etc/ssh/ssh_host_ed25519_key\n[Service]\nType=oneshot\nExecStart=/usr/bin/ssh-keygen -A\n[Install]\nWantedBy=multi-user.target\n").unwrap();
+        w.symlink(
+            "etc/systemd/system/multi-user.target.wants/keys.service",
+            "/etc/systemd/system/keys.service",
+        )
+        .unwrap();
+    }
+    if let Some(k) = key {
+        w.file("etc/ssh/ssh_host_ed25519_key", 0o600, k.as_bytes())
+            .unwrap();
+    }
+    w.finish().unwrap();
+}
+
+pub fn client_for(sim: &SimHandle, token: &str, secret: &str) -> PveClient {
+    PveClient::new(ClientConfig {
+        base_url: sim.url.clone(),
+        token: ApiToken::new(token.parse().unwrap(), Secret::new(secret.into())),
+        trust: TlsTrust::Pinned(sim.fingerprint.parse::<CertFingerprint>().unwrap()),
+        timeout: Duration::from_secs(30),
+    })
+    .unwrap()
+}
+
+impl Env {
+    pub async fn start(time_scale: f64, faults: &str) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let dump = pve_sim::dump_dir(dir.path(), "local");
+        std::fs::create_dir_all(&dump).unwrap();
+        write_golden(&dump.join(GOLDEN), &pct_conf(""), true, None);
+        Self::boot(dir, time_scale, faults).await
+    }
+
+    async fn boot(dir: tempfile::TempDir, time_scale: f64, faults: &str) -> Env {
+        let sim = pve_sim::start(SimConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            state_dir: dir.path().to_path_buf(),
+            node: "pve".into(),
+            faults: faults.parse().unwrap(),
+            time_scale,
+        })
+        .await
+        .unwrap();
+        let secret = std::fs::read_to_string(dir.path().join("felhom-agent.token")).unwrap();
+        let client = client_for(&sim, "felhom@pve!agent", secret.trim());
+        Env {
+            dir,
+            sim: Some(sim),
+            client,
+            time_scale,
+        }
+    }
+
+    pub fn sim(&self) -> &SimHandle {
+        self.sim.as_ref().unwrap()
+    }
+
+    /// Stop and start the simulator on the same state dir.
+    pub async fn restart(mut self) -> Env {
+        let sim = self.sim.take().unwrap();
+        sim.shutdown().await;
+        let (dir, ts) = (self.dir, self.time_scale);
+        Self::boot(dir, ts, "").await
+    }
+
+    pub async fn state(&self) -> serde_json::Value {
+        self.client
+            .get_outside_api("/felhom-sim/state")
+            .await
+            .unwrap()
+    }
+
+    pub async fn requests(&self) -> serde_json::Value {
+        self.client
+            .get_outside_api("/felhom-sim/requests")
+            .await
+            .unwrap()
+    }
+
+    /// A token made through the simulator's side channel, with these grants.
+    pub async fn token(&self, tokenid: &str, acl: serde_json::Value) -> PveClient {
+        let body = serde_json::json!({ "userid": "narrow@pve", "tokenid": tokenid, "privsep": true, "acl": acl });
+        let reply: serde_json::Value = self
+            .client
+            .post_outside_api("/felhom-sim/tokens", &body)
+            .await
+            .unwrap();
+        client_for(
+            self.sim(),
+            &format!("narrow@pve!{tokenid}"),
+            reply["secret"].as_str().unwrap(),
+        )
+    }
+
+    pub async fn restore(
+        &self,
+        vmid: u32,
+        extra: &[(&str, &str)],
+    ) -> Result<pve_api::TaskOutcome, pve_api::ApiError> {
+        let mut params: Vec<(String, String)> = vec![
+            ("vmid".into(), vmid.to_string()),
+            ("ostemplate".into(), GOLDEN_VOLID.into()),
+            ("restore".into(), "1".into()),
+            ("storage".into(), "local-lvm".into()),
+        ];
+        params.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let upid = self.client.lxc_create("pve", &params).await?;
+        self.client.wait_task(&upid, &WaitOptions::default()).await
+    }
+}
+
+pub fn vmid(n: u32) -> Vmid {
+    Vmid::try_from(n).unwrap()
+}

@@ -1,0 +1,162 @@
+//! Issue #3 item 4: every route the simulator serves exists in PVE's official schema with that
+//! method, and every request the real client sends validates against the endpoint's
+//! parameter schema.
+
+mod common;
+#[path = "common/schema.rs"]
+mod schema;
+
+use std::collections::BTreeMap;
+
+use common::*;
+use pve_api::WaitOptions;
+
+#[test]
+fn every_served_route_exists_in_the_schema() {
+    let s = schema::Schema::load();
+    let mut checked = 0;
+    for (method, path) in pve_sim::routes() {
+        assert!(
+            s.info(method, path).is_some(),
+            "{method} {path} is not in apidata.js"
+        );
+        checked += 1;
+    }
+    eprintln!("schema route checks: {checked}");
+    assert!(checked >= 20);
+}
+
+#[tokio::test]
+async fn every_request_of_a_full_workload_validates() {
+    let env = Env::start(0.02, "").await;
+    let c = &env.client;
+    let w = WaitOptions::default();
+    c.version().await.unwrap();
+    c.next_id(None).await.unwrap();
+    c.next_id(Some(vmid(1400))).await.unwrap();
+    c.permissions(None).await.unwrap();
+    c.permissions(Some("/vms/1400")).await.unwrap();
+    c.storage_content("pve", "local", Some("backup"))
+        .await
+        .unwrap();
+    c.storage_status("pve", "local-lvm").await.unwrap();
+    c.pools().await.unwrap();
+    c.vzdump_extractconfig("pve", GOLDEN_VOLID).await.unwrap();
+    env.restore(
+        1400,
+        &[
+            ("hostname", "conform"),
+            (
+                "net0",
+                "name=eth0,bridge=vmbr0,hwaddr=BC:24:11:00:00:42,ip=dhcp,type=veth",
+            ),
+            ("description", "felhom: job=x customer=y state=provisioning"),
+            ("unique", "0"),
+        ],
+    )
+    .await
+    .unwrap();
+    let v = vmid(1400);
+    let cfg = c.lxc_config("pve", v).await.unwrap();
+    c.lxc_update_config(
+        "pve",
+        v,
+        &[
+            ("hostname".into(), "conform2".into()),
+            ("tags".into(), "felhom;web".into()),
+        ],
+        cfg.digest.as_deref(),
+    )
+    .await
+    .unwrap();
+    let u = c.lxc_resize("pve", v, "rootfs", "10G").await.unwrap();
+    c.wait_task(&u, &w).await.unwrap();
+    c.task_log(&u, 0, 50).await.unwrap();
+    c.lxc_update_config(
+        "pve",
+        v,
+        &[("mp0".into(), "local-lvm:2,mp=/srv/data".into())],
+        None,
+    )
+    .await
+    .unwrap();
+    let u = c.lxc_start("pve", v).await.unwrap();
+    c.wait_task(&u, &w).await.unwrap();
+    c.lxc_status("pve", v).await.unwrap();
+    c.lxc_interfaces("pve", v).await.unwrap();
+    c.lxc_list("pve").await.unwrap();
+    let u = c.lxc_stop("pve", v).await.unwrap();
+    c.wait_task(&u, &w).await.unwrap();
+    let u = c.lxc_delete("pve", v, true, true).await.unwrap();
+    c.wait_task(&u, &w).await.unwrap();
+
+    let s = schema::Schema::load();
+    let mut tally = schema::Tally::default();
+    let reqs = env.requests().await;
+    let reqs = reqs.as_array().unwrap();
+    assert!(reqs.len() >= 25, "workload too small: {}", reqs.len());
+    let mut params_seen = 0;
+    for r in reqs {
+        let params: BTreeMap<String, String> = serde_json::from_value(r["params"].clone()).unwrap();
+        params_seen += params.len();
+        s.validate(
+            r["method"].as_str().unwrap(),
+            r["path"].as_str().unwrap(),
+            &params,
+            &mut tally,
+        );
+    }
+    eprintln!(
+        "schema checks: {} over {} requests ({} params); perl-only patterns skipped: {}",
+        tally.checks,
+        reqs.len(),
+        params_seen,
+        tally.skipped_patterns
+    );
+    assert!(
+        tally.failures.is_empty(),
+        "requests that do not validate:\n{}",
+        tally.failures.join("\n")
+    );
+    assert!(tally.checks >= reqs.len() + params_seen);
+}
+
+#[test]
+fn the_validator_rejects_what_pve_would_reject() {
+    let s = schema::Schema::load();
+    let mut t = schema::Tally::default();
+    let p = |kv: &[(&str, &str)]| {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    s.validate(
+        "PUT",
+        "/nodes/pve/lxc/100/config",
+        &p(&[("node", "pve"), ("vmid", "100"), ("hostnmae", "x")]),
+        &mut t,
+    );
+    s.validate(
+        "POST",
+        "/nodes/pve/lxc",
+        &p(&[
+            ("node", "pve"),
+            ("vmid", "100"),
+            ("ostemplate", "x"),
+            ("restore", "yes"),
+        ]),
+        &mut t,
+    );
+    s.validate(
+        "PUT",
+        "/nodes/pve/lxc/100/config",
+        &p(&[
+            ("node", "pve"),
+            ("vmid", "100"),
+            ("net0", "name=eth0,bogus=1"),
+        ]),
+        &mut t,
+    );
+    s.validate("POST", "/nodes/pve/lxc/100/config", &p(&[]), &mut t);
+    assert_eq!(t.failures.len(), 4, "{:#?}", t.failures);
+}
