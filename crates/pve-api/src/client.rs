@@ -418,3 +418,468 @@ pub(crate) fn check_disk(disk: &str) -> Result<(), ApiError> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The client against a tiny scripted HTTPS server (tokio-rustls, ring) on loopback:
+    //! pinned TLS, the exact bytes sent, reason-phrase fallback, counters. The full PVE
+    //! behaviour is tested against pve-sim in that crate.
+    use std::sync::Mutex;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::auth::{Secret, TokenId};
+    use crate::transport::CertFingerprint;
+    use crate::{Upid, Vmid, WaitOptions};
+
+    const SECRET: &str = "5f0c7a1e-0d7b-4c55-9a64-2b1de3c0ffee";
+
+    struct Server {
+        url: Url,
+        fingerprint: CertFingerprint,
+        seen: Arc<Mutex<Vec<String>>>,
+    }
+
+    /// Serves each scripted raw response to one connection, in order, recording requests.
+    async fn serve(responses: Vec<String>) -> Server {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let cert = ck.cert.der().clone();
+        let fingerprint = CertFingerprint::of(cert.as_ref());
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into());
+        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        tokio::spawn(async move {
+            for resp in responses {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = tls.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length: ")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                seen2
+                    .lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf).to_string());
+                let _ = tls.write_all(resp.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            }
+        });
+        Server {
+            url: format!("https://localhost:{}", addr.port())
+                .parse()
+                .unwrap(),
+            fingerprint,
+            seen,
+        }
+    }
+
+    fn http(status_line: &str, body: &str) -> String {
+        format!(
+            "HTTP/1.1 {status_line}\r\nContent-Type: application/json;charset=UTF-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    fn config(url: Url, trust: TlsTrust) -> ClientConfig {
+        ClientConfig {
+            base_url: url,
+            token: ApiToken::new(
+                "felhom@pve!agent".parse::<TokenId>().unwrap(),
+                Secret::new(SECRET.into()),
+            ),
+            trust,
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn nothing_prints_the_secret() {
+        let cfg = config(
+            "https://pve.example:8006".parse().unwrap(),
+            TlsTrust::Pinned(CertFingerprint([7; 32])),
+        );
+        let client = PveClient::new(cfg.clone()).unwrap();
+        let shown = format!(
+            "{cfg:?} {client:?} {:?} {} {:?}",
+            cfg.token,
+            Secret::new(SECRET.into()),
+            Secret::new(SECRET.into())
+        );
+        assert!(!shown.contains(SECRET), "{shown}");
+        assert!(shown.contains("felhom@pve!agent"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+    }
+
+    #[test]
+    fn plain_http_and_credentials_in_url_are_refused() {
+        let e = PveClient::new(config(
+            "http://pve.example:8006".parse().unwrap(),
+            TlsTrust::Pinned(CertFingerprint([7; 32])),
+        ))
+        .unwrap_err();
+        assert!(
+            matches!(&e, ApiError::InvalidInput { field, .. } if field == "url"),
+            "{e}"
+        );
+        let e = PveClient::new(config(
+            "https://root:pw@pve.example:8006".parse().unwrap(),
+            TlsTrust::Pinned(CertFingerprint([7; 32])),
+        ))
+        .unwrap_err();
+        assert!(matches!(e, ApiError::InvalidInput { .. }));
+    }
+
+    #[test]
+    fn path_inputs_are_checked() {
+        assert!(check_node("pve").is_ok() && check_node("pve-2").is_ok());
+        for bad in ["", "-pve", "pve/../x", "pve node", "pve%2F", "ü"] {
+            assert!(check_node(bad).is_err(), "{bad}");
+        }
+        assert!(check_storage("local-lvm").is_ok() && check_storage("nfs.backup_1").is_ok());
+        for bad in ["", "Local", "1local", "local/x", "local lvm"] {
+            assert!(check_storage(bad).is_err(), "{bad}");
+        }
+        assert!(
+            check_disk("rootfs").is_ok()
+                && check_disk("mp0").is_ok()
+                && check_disk("mp255").is_ok()
+        );
+        for bad in ["mp", "mp256", "mp-1", "net0", "rootfs2", "mp01x"] {
+            assert!(check_disk(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            encode_segment("UPID:pve:0000:a!b@c:"),
+            "UPID%3Apve%3A0000%3Aa%21b%40c%3A"
+        );
+    }
+
+    #[tokio::test]
+    async fn invalid_path_inputs_send_nothing() {
+        let srv = serve(vec![]).await;
+        let c = PveClient::new(config(srv.url.clone(), TlsTrust::Pinned(srv.fingerprint))).unwrap();
+        let vmid = Vmid::try_from(100).unwrap();
+        assert!(matches!(
+            c.lxc_status("pve/..", vmid).await,
+            Err(ApiError::InvalidInput { .. })
+        ));
+        assert!(matches!(
+            c.storage_status("pve", "Bad!").await,
+            Err(ApiError::InvalidInput { .. })
+        ));
+        assert!(matches!(
+            c.lxc_resize("pve", vmid, "net0", "8G").await,
+            Err(ApiError::InvalidInput { .. })
+        ));
+        assert!(matches!(
+            c.lxc_resize("pve", vmid, "rootfs", "8 G").await,
+            Err(ApiError::InvalidInput { .. })
+        ));
+        assert_eq!(c.stats(), ClientStats::default());
+        assert!(srv.seen.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn requests_over_pinned_tls() {
+        let upid = "UPID:pve:0003A2F1:0B8C9D12:66A1B2C3:vzdestroy:123:felhom@pve!agent:";
+        let srv = serve(vec![
+            http("200 OK", r#"{"data":"101"}"#),
+            http("200 OK", &format!(r#"{{"data":"{upid}"}}"#)),
+            http("200 OK", r#"{"data":null}"#),
+            // An old PVE: the message only in the reason phrase, empty body.
+            http("403 Permission check failed (/vms/123, VM.Allocate)", ""),
+            http("401 Authentication failed!", ""),
+            http("200 OK", r#"{"data":{"status":"stopped","exitstatus":"WARNINGS: 2"}}"#),
+            http("200 OK", r#"{"data":{"digest":"abc","hostname":"web1","memory":512,"net0":"name=eth0,bridge=vmbr0,hwaddr=BC:24:11:00:00:01,ip=dhcp,type=veth"}}"#),
+            http("200 OK", r#"{"data":null}"#),
+            http("200 OK", "not json"),
+        ])
+        .await;
+        let c = PveClient::new(config(srv.url.clone(), TlsTrust::Pinned(srv.fingerprint))).unwrap();
+        let vmid = Vmid::try_from(123).unwrap();
+
+        assert_eq!(c.next_id(None).await.unwrap().get(), 101);
+        let u = c.lxc_delete("pve", vmid, true, false).await.unwrap();
+        assert_eq!(u.to_string(), upid);
+        c.lxc_update_config(
+            "pve",
+            vmid,
+            &[
+                ("hostname".into(), "web 1&x".into()),
+                ("onboot".into(), "1".into()),
+            ],
+            Some("abc"),
+        )
+        .await
+        .unwrap();
+        let e = c
+            .lxc_create("pve", &[("vmid".into(), "123".into())])
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e,
+            ApiError::Permission {
+                path: Some("/vms/123".into()),
+                privilege: Some("VM.Allocate".into()),
+                message: "Permission check failed (/vms/123, VM.Allocate)".into()
+            }
+        );
+        let e = c.version().await.unwrap_err();
+        assert_eq!(
+            e,
+            ApiError::Auth {
+                reason: "Authentication failed!".into()
+            }
+        );
+        let st = c.task_status(&u).await.unwrap();
+        assert_eq!(st.exitstatus.as_deref(), Some("WARNINGS: 2"));
+        let cfg = c.lxc_config("pve", vmid).await.unwrap();
+        assert_eq!(cfg.digest.as_deref(), Some("abc"));
+        assert_eq!(cfg.hostname(), Some("web1"));
+        assert_eq!(cfg.get_string("memory").as_deref(), Some("512"));
+        assert_eq!(
+            cfg.net(0).unwrap().unwrap().bridge.as_deref(),
+            Some("vmbr0")
+        );
+        assert_eq!(
+            c.lxc_interfaces("pve", vmid).await.unwrap(),
+            None,
+            "stopped CT: data null"
+        );
+        assert!(matches!(c.pools().await, Err(ApiError::Decode { .. })));
+
+        assert_eq!(
+            c.stats(),
+            ClientStats {
+                gets: 5,
+                task_polls: 1,
+                writes: 3
+            }
+        );
+        let seen = srv.seen.lock().unwrap().clone();
+        let auth = format!("authorization: PVEAPIToken=felhom@pve!agent={SECRET}");
+        for r in &seen {
+            assert!(
+                r.to_ascii_lowercase().contains(&auth.to_ascii_lowercase()),
+                "{r}"
+            );
+        }
+        assert!(
+            seen[0].starts_with("GET /api2/json/cluster/nextid HTTP/1.1"),
+            "{}",
+            seen[0]
+        );
+        assert!(
+            seen[1].starts_with(
+                "DELETE /api2/json/nodes/pve/lxc/123?purge=1&destroy-unreferenced-disks=0 HTTP/1.1"
+            ),
+            "{}",
+            seen[1]
+        );
+        assert!(seen[2].starts_with("PUT /api2/json/nodes/pve/lxc/123/config HTTP/1.1"));
+        assert!(seen[2]
+            .to_ascii_lowercase()
+            .contains("content-type: application/x-www-form-urlencoded"));
+        assert!(
+            seen[2].ends_with("\r\n\r\nhostname=web+1%26x&onboot=1&digest=abc"),
+            "{}",
+            seen[2]
+        );
+        assert!(
+            seen[5].starts_with(
+                "GET /api2/json/nodes/pve/tasks/UPID%3Apve%3A0003A2F1%3A0B8C9D12%3A66A1B2C3%3Avzdestroy%3A123%3Afelhom%40pve%21agent%3A/status HTTP/1.1"
+            ),
+            "{}",
+            seen[5]
+        );
+    }
+
+    #[tokio::test]
+    async fn base_path_prefix_is_kept() {
+        let srv = serve(vec![http(
+            "200 OK",
+            r#"{"data":{"version":"9.1.1","release":"9.1","repoid":"abc"}}"#,
+        )])
+        .await;
+        let mut url = srv.url.clone();
+        url.set_path("/pve/");
+        let c = PveClient::new(config(url, TlsTrust::Pinned(srv.fingerprint))).unwrap();
+        assert_eq!(c.version().await.unwrap().version, "9.1.1");
+        let seen = srv.seen.lock().unwrap().clone();
+        assert!(
+            seen[0].starts_with("GET /pve/api2/json/version HTTP/1.1"),
+            "{}",
+            seen[0]
+        );
+    }
+
+    #[tokio::test]
+    async fn pin_mismatch_fails_closed_naming_both() {
+        let srv = serve(vec![http("200 OK", r#"{"data":{"version":"9"}}"#)]).await;
+        let wrong = CertFingerprint([0xAB; 32]);
+        let c = PveClient::new(config(srv.url.clone(), TlsTrust::Pinned(wrong))).unwrap();
+        let e = c.version().await.unwrap_err();
+        let ApiError::Transport {
+            message,
+            maybe_sent,
+        } = &e
+        else {
+            panic!("{e:?}")
+        };
+        assert!(!maybe_sent, "a failed handshake sent nothing");
+        assert!(message.contains(&wrong.to_string()), "{message}");
+        assert!(message.contains(&srv.fingerprint.to_string()), "{message}");
+        assert!(
+            srv.seen.lock().unwrap().is_empty(),
+            "no request reached the server"
+        );
+    }
+
+    #[tokio::test]
+    async fn connect_refused_is_not_sent() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        let url: Url = format!("https://127.0.0.1:{port}").parse().unwrap();
+        let c = PveClient::new(config(url, TlsTrust::Pinned(CertFingerprint([1; 32])))).unwrap();
+        let e = c.version().await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ApiError::Transport {
+                    maybe_sent: false,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e.is_transient());
+    }
+
+    #[tokio::test]
+    async fn wait_task_outcomes() {
+        let upid: Upid = "UPID:pve:0003A2F1:0B8C9D12:66A1B2C3:vzrestore:123:felhom@pve!agent:"
+            .parse()
+            .unwrap();
+        let fast = WaitOptions {
+            first_poll: Duration::from_millis(1),
+            min_interval: Duration::from_millis(1),
+            max_interval: Duration::from_millis(5),
+            ..WaitOptions::default()
+        };
+        // Not visible yet (400), a lock-free 503, running, then WARNINGS = success.
+        let srv = serve(vec![
+            http("400 Parameter verification failed.", r#"{"data":null,"errors":{"upid":"no such task\n"},"message":"Parameter verification failed.\n"}"#),
+            http("503 Service Unavailable", ""),
+            http("200 OK", r#"{"data":{"status":"running"}}"#),
+            http("200 OK", r#"{"data":{"status":"stopped","exitstatus":"WARNINGS: 1"}}"#),
+        ])
+        .await;
+        let c = PveClient::new(config(srv.url.clone(), TlsTrust::Pinned(srv.fingerprint))).unwrap();
+        let out = c.wait_task(&upid, &fast).await.unwrap();
+        assert_eq!(
+            out,
+            crate::TaskOutcome {
+                exitstatus: "WARNINGS: 1".into(),
+                warnings: 1,
+                polls: 4
+            }
+        );
+        assert_eq!(c.stats().task_polls, 4);
+
+        // Failure: the log tail comes along; a long log is read from its end.
+        let lines: Vec<String> = (1..=20)
+            .map(|n| format!(r#"{{"n":{n},"t":"line {n}"}}"#))
+            .collect();
+        let srv = serve(vec![
+            http(
+                "200 OK",
+                r#"{"data":{"status":"stopped","exitstatus":"unable to restore CT 123 - boom"}}"#,
+            ),
+            http("200 OK", r#"{"data":[{"n":1,"t":"first"}],"total":5000}"#),
+            http(
+                "200 OK",
+                &format!(r#"{{"data":[{}],"total":5000}}"#, lines.join(",")),
+            ),
+        ])
+        .await;
+        let c = PveClient::new(config(srv.url.clone(), TlsTrust::Pinned(srv.fingerprint))).unwrap();
+        let e = c.wait_task(&upid, &fast).await.unwrap_err();
+        let ApiError::TaskFailed {
+            exitstatus,
+            log_tail,
+            ..
+        } = &e
+        else {
+            panic!("{e:?}")
+        };
+        assert_eq!(exitstatus, "unable to restore CT 123 - boom");
+        assert_eq!(log_tail.len(), 20);
+        assert_eq!(log_tail[19], "line 20");
+        let seen = srv.seen.lock().unwrap().clone();
+        assert!(seen[1].contains("/log?start=0&limit=200 "), "{}", seen[1]);
+        assert!(seen[2].contains("/log?start=4980&limit=20 "), "{}", seen[2]);
+
+        // A permission error ends the wait at once; a deadline ends an endless task.
+        let srv = serve(vec![
+            http("403 Permission check failed (/nodes/pve, Sys.Audit)", ""),
+            http("200 OK", r#"{"data":{"status":"running"}}"#),
+            http("200 OK", r#"{"data":{"status":"running"}}"#),
+            http("200 OK", r#"{"data":{"status":"running"}}"#),
+            http("200 OK", r#"{"data":{"status":"running"}}"#),
+            http("200 OK", r#"{"data":{"status":"running"}}"#),
+            http("200 OK", r#"{"data":{"status":"running"}}"#),
+        ])
+        .await;
+        let c = PveClient::new(config(srv.url.clone(), TlsTrust::Pinned(srv.fingerprint))).unwrap();
+        assert!(matches!(
+            c.wait_task(&upid, &fast).await,
+            Err(ApiError::Permission { .. })
+        ));
+        let short = WaitOptions {
+            first_poll: Duration::from_millis(1),
+            min_interval: Duration::from_millis(20),
+            max_interval: Duration::from_millis(20),
+            deadline: Duration::from_millis(70),
+            ..WaitOptions::default()
+        };
+        let e = c.wait_task(&upid, &short).await.unwrap_err();
+        assert!(matches!(e, ApiError::TaskTimeout { .. }), "{e:?}");
+        assert!(!e.is_transient());
+    }
+}

@@ -19,9 +19,19 @@ pub struct LxcConfig {
 }
 
 impl LxcConfig {
-    /// A key as a string (numbers are printed; PVE sends integer keys as JSON numbers).
+    /// A key that PVE sends as a JSON string (`hostname`, `netN`, `description`, …). Integer
+    /// and boolean keys arrive as JSON numbers (reference §0); use [`LxcConfig::get_string`].
     pub fn get_str(&self, key: &str) -> Option<&str> {
         self.values.get(key).and_then(Value::as_str)
+    }
+    /// A key as text whatever its JSON type (`memory` → `"512"`).
+    pub fn get_string(&self, key: &str) -> Option<String> {
+        match self.values.get(key)? {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Bool(b) => Some(u8::from(*b).to_string()),
+            _ => None,
+        }
     }
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.values.get(key)

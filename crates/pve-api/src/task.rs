@@ -419,15 +419,116 @@ mod tests {
     fn intervals_back_off_and_cap() {
         let o = WaitOptions::default();
         assert_eq!(o.interval(0), Duration::from_millis(50));
-        assert_eq!(o.interval(1), Duration::from_millis(100));
-        assert_eq!(o.interval(2), Duration::from_millis(150));
-        assert_eq!(o.interval(3), Duration::from_millis(225));
-        assert_eq!(o.interval(50), Duration::from_millis(500));
-        let total: Duration = (0..20).map(|n| o.interval(n)).sum();
-        assert!(
-            total > Duration::from_secs(5),
-            "20 polls span more than 5 s: {total:?}"
+        // The fast phase: 20 polls at 100 ms (10 polls/s, the ceiling).
+        for n in 1..=21 {
+            assert_eq!(o.interval(n), Duration::from_millis(100), "poll {n}");
+        }
+        assert_eq!(o.interval(22), Duration::from_millis(150));
+        assert_eq!(o.interval(23), Duration::from_millis(225));
+        assert_eq!(o.interval(24), Duration::from_micros(337_500));
+        assert_eq!(o.interval(25), Duration::from_millis(500));
+        assert_eq!(o.interval(u32::MAX), Duration::from_millis(500));
+        // Never more than 10 polls/s, and the fast phase covers the first ~2 s.
+        assert!((1..1000).all(|n| o.interval(n) >= Duration::from_millis(100)));
+        let fast: Duration = (0..=21).map(|n| o.interval(n)).sum();
+        assert!(fast >= Duration::from_secs(2), "{fast:?}");
+        // Median detection latency (half an interval) stays ≤ 100 ms in the fast phase.
+        assert!((1..=21).all(|n| o.interval(n) / 2 <= Duration::from_millis(100)));
+        // Without a fast phase: pure ×1.5 back-off.
+        let pure = WaitOptions { fast_polls: 0, ..o };
+        assert_eq!(pure.interval(1), Duration::from_millis(100));
+        assert_eq!(pure.interval(2), Duration::from_millis(150));
+        assert_eq!(pure.interval(3), Duration::from_millis(225));
+        // A min above the max is capped.
+        let odd = WaitOptions {
+            min_interval: Duration::from_secs(2),
+            ..o
+        };
+        assert_eq!(odd.interval(5), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn pauses_end_at_the_deadline() {
+        let o = WaitOptions {
+            deadline: Duration::from_secs(1),
+            ..WaitOptions::default()
+        };
+        assert_eq!(
+            o.next_pause(0, Duration::ZERO),
+            Some(Duration::from_millis(50))
         );
+        assert_eq!(
+            o.next_pause(3, Duration::from_millis(960)),
+            Some(Duration::from_millis(40)),
+            "the last pause is clamped so a final poll happens at the deadline"
+        );
+        assert_eq!(o.next_pause(3, Duration::from_secs(1)), None);
+        assert_eq!(o.next_pause(3, Duration::from_secs(7)), None);
+    }
+
+    #[test]
+    fn poll_errors() {
+        let o = WaitOptions::default();
+        let young = Duration::from_secs(1);
+        let old = Duration::from_secs(6);
+        let not_yet = crate::error::classify(
+            400,
+            "Parameter verification failed.",
+            br#"{"data":null,"errors":{"upid":"no such task\n"},"message":"Parameter verification failed.\n"}"#,
+        );
+        assert_eq!(
+            poll_error_action(&not_yet, young, &o),
+            PollErrorAction::Retry
+        );
+        assert_eq!(poll_error_action(&not_yet, old, &o), PollErrorAction::Fail);
+        let gone = crate::error::classify(404, "Not Found", b"");
+        assert_eq!(poll_error_action(&gone, young, &o), PollErrorAction::Retry);
+        assert_eq!(poll_error_action(&gone, old, &o), PollErrorAction::Fail);
+        let busy = crate::error::classify(503, "Service Unavailable", b"");
+        assert_eq!(poll_error_action(&busy, old, &o), PollErrorAction::Retry);
+        let net = ApiError::Transport {
+            message: "reset".into(),
+            maybe_sent: true,
+        };
+        assert_eq!(poll_error_action(&net, old, &o), PollErrorAction::Retry);
+        let denied =
+            crate::error::classify(403, "Permission check failed (/nodes/pve, Sys.Audit)", b"");
+        assert_eq!(poll_error_action(&denied, young, &o), PollErrorAction::Fail);
+        let auth = crate::error::classify(401, "Authentication failed!", b"");
+        assert_eq!(poll_error_action(&auth, young, &o), PollErrorAction::Fail);
+    }
+
+    #[test]
+    fn upid_fields_are_checked() {
+        for bad in [
+            "",
+            "UPID:",
+            "upid:pve:0003A2F1:0B8C9D12:66A1B2C3:vzstart:1:root@pam:",
+            "UPID:-pve:0003A2F1:0B8C9D12:66A1B2C3:vzstart:1:root@pam:",
+            "UPID:pve_1:0003A2F1:0B8C9D12:66A1B2C3:vzstart:1:root@pam:",
+            "UPID:pve:0003A2F1:0B8C9D1:66A1B2C3:vzstart:1:root@pam:",
+            "UPID:pve:0003A2F1:0B8C9D12AA:66A1B2C3:vzstart:1:root@pam:",
+            "UPID:pve:0003A2F1:0B8C9D12:66A1B2C:vzstart:1:root@pam:",
+            "UPID:pve:0003A2FG:0B8C9D12:66A1B2C3:vzstart:1:root@pam:",
+            "UPID:pve:0003A2F1:0B8C9D12:66A1B2C3::1:root@pam:",
+            "UPID:pve:0003A2F1:0B8C9D12:66A1B2C3:vzstart:1 2:root@pam:",
+            "UPID:pve:0003A2F1:0B8C9D12:66A1B2C3:vzstart:1::",
+            "UPID:pve:0003A2F1:0B8C9D12:66A1B2C3:vzstart:1:root@pam:extra:",
+        ] {
+            assert!(bad.parse::<Upid>().is_err(), "{bad}");
+        }
+        // 9-digit pstart and an empty id are PVE's own.
+        let u: Upid = "UPID:pve-2:00001234:1B8C9D12A:66A1B2C3:vzdump::root@pam:"
+            .parse()
+            .unwrap();
+        assert_eq!(u.pstart, 0x1B8C9D12A);
+        assert_eq!(u.id, "");
+        assert_eq!(
+            u.to_string(),
+            "UPID:pve-2:00001234:1B8C9D12A:66A1B2C3:vzdump::root@pam:"
+        );
+        let json = serde_json::to_string(&u).unwrap();
+        assert_eq!(serde_json::from_str::<Upid>(&json).unwrap(), u);
     }
 
     proptest! {
