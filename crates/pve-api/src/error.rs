@@ -8,56 +8,72 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
     /// 401: bad secret, unknown or expired token, disabled user (body empty, reason phrase
-    /// `Authentication failed!`; `No ticket` without credentials).
+    /// `Authentication failed!`; `No ticket` without credentials; reference §0). Not
+    /// transient: PVE delays the answer 3 s, and the same token fails the same way again.
     #[error("authentication failed: PVE rejected the API token ({reason}); check the token id and secret")]
     Auth { reason: String },
-    /// 403 `Permission check failed (/path, Priv)`.
+    /// 403 `Permission check failed (/path, Priv)`; `path`/`privilege` are `None` for the
+    /// other shapes (`(pool 'x' does not exist)`, `(URI '…' not available with API token, …)`).
+    /// Not transient: an ACL has to change.
     #[error("{}", permission_display(.path, .privilege, .message))]
     Permission {
         path: Option<String>,
         privilege: Option<String>,
         message: String,
     },
-    /// 400 `Parameter verification failed.` with a per-field map.
+    /// 400 `Parameter verification failed.` with a per-field map (values without their
+    /// trailing `\n`). Not transient: the request itself is wrong.
     #[error("PVE refused parameters: {}", param_display(.errors, .message))]
     Param {
         message: String,
         errors: BTreeMap<String, String>,
     },
     /// 500 `can't lock file '/run/lock/lxc/pve-config-<vmid>.lock' - got timeout`: another
-    /// task held the guest's config lock for 10 s (seed F4).
+    /// task held the guest's config lock for 10 s (reference §4.1). Transient: the holder
+    /// finishes; this is the #1 field complaint (peers.md lesson 3).
     #[error("PVE config lock timeout: {message}")]
     LockTimeout { lock_file: String, message: String },
-    /// 500 `CT is locked (<lock>)`: a persistent lock property (create, destroyed, backup…).
+    /// 500 `CT is locked (<lock>)`, possibly prefixed (`unable to restore CT 101 - CT is
+    /// locked (create)`): a persistent `lock` property (reference §4.2). Not transient at
+    /// this layer: it stays until its task ends or a person unlocks, so the caller decides
+    /// whether to wait for an empty `lock` field.
     #[error("guest is locked ({lock}): {message}")]
     Locked { lock: String, message: String },
-    /// 404, or 500 "… does not exist".
+    /// 404, or 500 "… does not exist" (`Configuration file 'nodes/pve/lxc/101.conf' does not
+    /// exist`). Not transient.
     #[error("not found: {message}")]
     NotFound { message: String },
-    /// 501: unknown path or method.
+    /// 501: unknown path or method (an older PVE, or a typo). Not transient.
     #[error("not implemented by this PVE: {message}")]
     NotImplemented { message: String },
-    /// Any other server error.
+    /// Any other status. Transient only for 502/503/504/595/596 and a 500 `got no worker
+    /// upid`; see [`ApiError::is_transient`].
     #[error("PVE error (HTTP {status}): {message}")]
     Server { status: u16, message: String },
     /// The request did not complete. `maybe_sent` is false only when the connection was
-    /// never established, so PVE cannot have acted on it.
+    /// never established (reqwest `is_connect()`, a failed TLS handshake included), so PVE
+    /// cannot have acted on it; otherwise the request may have been processed, and a
+    /// non-idempotent write must be re-observed before it is repeated (peers.md lesson 1).
+    /// Transient.
     #[error("cannot reach PVE: {message}")]
     Transport { message: String, maybe_sent: bool },
-    /// PVE answered something this client cannot read.
+    /// PVE answered something this client cannot read. Not transient.
     #[error("unexpected PVE response: {message}")]
     Decode { message: String },
-    /// The task ended with an error; the last lines of its log show why.
+    /// The task ended with an error; the last lines of its log show why. Not transient: the
+    /// task ran; re-running it is a new dispatch and the caller's decision.
     #[error("task {upid} failed: {exitstatus}{}", tail_display(.log_tail))]
     TaskFailed {
         upid: String,
         exitstatus: String,
         log_tail: Vec<String>,
     },
-    /// The task did not end within the wait's deadline.
+    /// The task did not end within the wait's deadline. Not transient: the task may still be
+    /// working, so repeating the *operation* could run it twice; waiting again on the same
+    /// UPID is the caller's call.
     #[error("task {upid} still running after {}s", .waited.as_secs())]
     TaskTimeout { upid: String, waited: Duration },
-    /// Refused by this client before anything was sent.
+    /// Refused by this client before anything was sent. Not transient.
     #[error("invalid {field}: {message}")]
     InvalidInput { field: String, message: String },
 }
@@ -65,9 +81,9 @@ pub enum ApiError {
 fn permission_display(path: &Option<String>, privilege: &Option<String>, message: &str) -> String {
     match (path, privilege) {
         (Some(p), Some(v)) => {
-            format!("permission denied: the token lacks {v} on {p} (PVE: {message})")
+            format!("permission denied: token lacks {v} on {p} (PVE: {message})")
         }
-        _ => format!("permission denied (PVE: {message})"),
+        _ => format!("permission denied: {message}"),
     }
 }
 
@@ -141,11 +157,12 @@ pub fn classify(status: u16, reason: &str, body: &[u8]) -> ApiError {
         .filter(|m| !m.is_empty())
         .unwrap_or_else(|| reason.trim().to_string());
     match status {
+        // The body is empty; the reason phrase says `Authentication failed!` or `No ticket`.
         401 => ApiError::Auth {
-            reason: if reason.is_empty() {
+            reason: if message.is_empty() {
                 "Authentication failed!".into()
             } else {
-                reason.to_string()
+                message
             },
         },
         403 => {
@@ -328,6 +345,265 @@ mod tests {
             matches!(&e, ApiError::Server { status: 500, message } if message == "CT 101 already running")
         );
         assert!(!e.is_transient());
+    }
+
+    #[test]
+    fn every_reference_text() {
+        // 401: empty body, the reason phrase is all there is.
+        assert_eq!(
+            classify(401, "Authentication failed!", b""),
+            ApiError::Auth {
+                reason: "Authentication failed!".into()
+            }
+        );
+        assert_eq!(
+            classify(401, "No ticket", b""),
+            ApiError::Auth {
+                reason: "No ticket".into()
+            }
+        );
+        assert_eq!(classify(401, "", b"").status(), Some(401));
+        // 403 variants.
+        let uri = "Permission check failed (URI '/access/ticket' not available with API token, need proper ticket.)";
+        assert_eq!(
+            classify(403, uri, &body(&format!("{uri}\n"))),
+            ApiError::Permission {
+                path: None,
+                privilege: None,
+                message: uri.into()
+            }
+        );
+        let pool = "Permission check failed (pool 'felhom' does not exist)";
+        let e = classify(403, pool, &body(&format!("{pool}\n")));
+        assert_eq!(
+            e,
+            ApiError::Permission {
+                path: None,
+                privilege: None,
+                message: pool.into()
+            }
+        );
+        assert_eq!(e.to_string(), format!("permission denied: {pool}"));
+        let e = classify(
+            403,
+            "x",
+            &body("Permission check failed (/vms/123, VM.Allocate)\n"),
+        );
+        assert_eq!(
+            e.to_string(),
+            "permission denied: token lacks VM.Allocate on /vms/123 (PVE: Permission check failed (/vms/123, VM.Allocate))"
+        );
+        let e = classify(
+            403,
+            "x",
+            &body("Permission check failed (/vms/100, VM.Config.Options)\n"),
+        );
+        assert!(
+            matches!(e, ApiError::Permission { privilege: Some(p), .. } if p == "VM.Config.Options")
+        );
+        // 400: every field, trimmed; the message is kept.
+        let b = serde_json::json!({"data": null, "message": "Parameter verification failed.\n",
+            "errors": {"vmid": "VM 123 already exists\n", "delete": "unknown option 'x'\n"}});
+        let e = classify(
+            400,
+            "Parameter verification failed.",
+            b.to_string().as_bytes(),
+        );
+        let ApiError::Param { message, errors } = &e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(message, "Parameter verification failed.");
+        assert_eq!(errors["vmid"], "VM 123 already exists");
+        assert_eq!(errors["delete"], "unknown option 'x'");
+        assert_eq!(
+            e.to_string(),
+            "PVE refused parameters: delete: unknown option 'x'; vmid: VM 123 already exists"
+        );
+        // A 400 from an old server (no body) keeps the reason phrase.
+        assert_eq!(
+            classify(400, "Parameter verification failed.", b""),
+            ApiError::Param {
+                message: "Parameter verification failed.".into(),
+                errors: BTreeMap::new()
+            }
+        );
+        // 500 lock timeout, with and without a prefix; the storage lock too.
+        for (m, f) in [
+            ("can't lock file '/run/lock/lxc/pve-config-101.lock' - got timeout", "/run/lock/lxc/pve-config-101.lock"),
+            ("unable to create CT 1000 - can't lock file '/run/lock/lxc/pve-config-1000.lock' - got timeout", "/run/lock/lxc/pve-config-1000.lock"),
+            ("can't lock file '/var/lock/pve-manager/pve-storage-local-lvm' - got timeout", "/var/lock/pve-manager/pve-storage-local-lvm"),
+        ] {
+            let e = classify(500, m, &body(&format!("{m}\n")));
+            assert_eq!(e, ApiError::LockTimeout { lock_file: f.into(), message: m.into() });
+            assert!(e.is_transient());
+        }
+        // Old server: the reason phrase alone carries it.
+        assert!(matches!(
+            classify(
+                500,
+                "can't lock file '/run/lock/lxc/pve-config-9.lock' - got timeout",
+                b""
+            ),
+            ApiError::LockTimeout { .. }
+        ));
+        // `can't lock file` without `got timeout` is something else.
+        assert!(matches!(
+            classify(
+                500,
+                "x",
+                &body("can't lock file '/x' - Permission denied\n")
+            ),
+            ApiError::Server { .. }
+        ));
+        // Locked, plain and prefixed.
+        for (m, l) in [
+            ("CT is locked (create)", "create"),
+            ("unable to restore CT 101 - CT is locked (create)", "create"),
+            ("CT is locked (destroyed)", "destroyed"),
+            ("can't remove CT 101 - CT is locked (backup)", "backup"),
+        ] {
+            let e = classify(500, "x", &body(&format!("{m}\n")));
+            assert_eq!(
+                e,
+                ApiError::Locked {
+                    lock: l.into(),
+                    message: m.into()
+                }
+            );
+            assert!(!e.is_transient());
+            assert_eq!(e.status(), Some(500));
+        }
+        // Not found: 404, or 500 "does not exist".
+        assert_eq!(
+            classify(404, "Not Found", b""),
+            ApiError::NotFound {
+                message: "Not Found".into()
+            }
+        );
+        assert!(matches!(
+            classify(500, "x", &body("storage 'nope' does not exist\n")),
+            ApiError::NotFound { .. }
+        ));
+        // 501.
+        let m = "Method 'POST /nodes/pve/lxc/100/config' not implemented";
+        assert_eq!(
+            classify(501, m, &body(m)),
+            ApiError::NotImplemented { message: m.into() }
+        );
+        // Other 5xx: transient only where the reference says so.
+        for (st, transient) in [
+            (500, false),
+            (502, true),
+            (503, true),
+            (504, true),
+            (595, true),
+            (596, true),
+            (599, false),
+        ] {
+            let e = classify(st, "Errors during connection establishment", b"");
+            assert_eq!(e.is_transient(), transient, "{st}");
+            assert_eq!(e.status(), Some(st));
+        }
+        assert!(classify(
+            500,
+            "x",
+            &body("unable to create CT 101 - got no worker upid - start worker failed\n")
+        )
+        .is_transient());
+        // The body's message wins over the (first-line-only) reason phrase.
+        let e = classify(500, "line one", &body("line one\nline two\n"));
+        assert_eq!(
+            e,
+            ApiError::Server {
+                status: 500,
+                message: "line one\nline two".into()
+            }
+        );
+        // Garbage bodies fall back to the reason phrase.
+        assert_eq!(
+            classify(500, "CT 101 already running", b"<html>oops</html>"),
+            ApiError::Server {
+                status: 500,
+                message: "CT 101 already running".into()
+            }
+        );
+        assert_eq!(
+            classify(500, "fallback", br#"{"data":null,"message":""}"#),
+            ApiError::Server {
+                status: 500,
+                message: "fallback".into()
+            }
+        );
+    }
+
+    #[test]
+    fn transient_decisions() {
+        let no = [
+            ApiError::Auth { reason: "x".into() },
+            ApiError::Permission {
+                path: None,
+                privilege: None,
+                message: "x".into(),
+            },
+            ApiError::Param {
+                message: "x".into(),
+                errors: BTreeMap::new(),
+            },
+            ApiError::NotFound {
+                message: "x".into(),
+            },
+            ApiError::NotImplemented {
+                message: "x".into(),
+            },
+            ApiError::Decode {
+                message: "x".into(),
+            },
+            ApiError::TaskFailed {
+                upid: "u".into(),
+                exitstatus: "e".into(),
+                log_tail: vec![],
+            },
+            ApiError::TaskTimeout {
+                upid: "u".into(),
+                waited: Duration::from_secs(1),
+            },
+            ApiError::InvalidInput {
+                field: "f".into(),
+                message: "x".into(),
+            },
+            ApiError::Locked {
+                lock: "create".into(),
+                message: "x".into(),
+            },
+        ];
+        for e in &no {
+            assert!(!e.is_transient(), "{e:?}");
+        }
+        for e in [
+            ApiError::LockTimeout {
+                lock_file: "f".into(),
+                message: "x".into(),
+            },
+            ApiError::Transport {
+                message: "x".into(),
+                maybe_sent: true,
+            },
+            ApiError::Transport {
+                message: "x".into(),
+                maybe_sent: false,
+            },
+        ] {
+            assert!(e.is_transient(), "{e:?}");
+        }
+        let e = ApiError::TaskFailed {
+            upid: "U".into(),
+            exitstatus: "boom".into(),
+            log_tail: vec!["a".into(), "TASK ERROR: boom".into()],
+        };
+        assert_eq!(
+            e.to_string(),
+            "task U failed: boom (log tail: a | TASK ERROR: boom)"
+        );
     }
 
     #[test]
