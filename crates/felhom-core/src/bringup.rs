@@ -23,6 +23,7 @@ use pve_api::{ApiError, MacAddr, NetConfig, PveClient, Vmid};
 use serde_json::{json, Value};
 
 use crate::config::SshEndpoint;
+use crate::identity::{HostnameAction, IdentityPolicy, KeyAction, MacAction};
 use crate::job::{Facts, JobCx, Observed, Step, StepError};
 use crate::journal::GuestRecord;
 use crate::marker::{Marker, MarkerState};
@@ -95,7 +96,11 @@ fn net0_of(cfg: &pve_api::LxcConfig) -> Result<Option<NetConfig>, StepError> {
 /// restored without a reset would share the golden's MAC).
 async fn taken_macs(cx: &JobCx, except: Option<Vmid>) -> Result<HashSet<String>, StepError> {
     let mut taken = HashSet::new();
-    if let Some(g) = cx.facts().golden_mac {
+    // Under the provision policy the golden's MAC is never a guest's (F1); a DR restore
+    // keeps the archived MAC on purpose.
+    let fresh = spec(cx)
+        .is_ok_and(|s| IdentityPolicy::named(s.identity).mac() == MacAction::FreshAtRestore);
+    if let (true, Some(g)) = (fresh, cx.facts().golden_mac) {
         taken.insert(g.to_ascii_uppercase());
     }
     let recorded: std::collections::HashMap<u32, GuestRecord> = cx
@@ -246,15 +251,23 @@ impl Step for BringupStep {
                 let mac = net0_of(&cfg)?
                     .and_then(|n| n.hwaddr)
                     .map(|m| m.to_string().to_ascii_uppercase());
-                let hostname_ok = cfg.get_str("hostname") == Some(s.hostname.as_str());
-                let mac_ok = match (&mac, &f.mac) {
-                    (Some(have), Some(want)) => {
-                        have.eq_ignore_ascii_case(want)
-                            && !f
-                                .golden_mac
-                                .as_deref()
-                                .is_some_and(|g| g.eq_ignore_ascii_case(have))
+                let policy = IdentityPolicy::named(s.identity);
+                let hostname_ok = match policy.hostname() {
+                    HostnameAction::FromSpec => {
+                        cfg.get_str("hostname") == Some(s.hostname.as_str())
                     }
+                    HostnameAction::KeepArchived => true,
+                };
+                let is_golden = |m: &str| {
+                    f.golden_mac
+                        .as_deref()
+                        .is_some_and(|g| g.eq_ignore_ascii_case(m))
+                };
+                let mac_ok = match (&mac, &f.mac, policy.mac()) {
+                    (Some(have), Some(want), MacAction::FreshAtRestore) => {
+                        have.eq_ignore_ascii_case(want) && !is_golden(have)
+                    }
+                    (Some(have), _, MacAction::KeepArchived) => is_golden(have),
                     _ => false,
                 };
                 if hostname_ok && mac_ok {
@@ -338,10 +351,21 @@ impl Step for BringupStep {
                 // The MAC is chosen here and journaled with the intent, before the restore is
                 // dispatched, so a resumed job restores with the same MAC or recognises it.
                 if cx.facts().mac.is_none() {
-                    let taken =
-                        taken_macs(cx, cx.facts().vmid.and_then(|v| Vmid::try_from(v).ok()))
+                    let mac = match IdentityPolicy::named(s.identity).mac() {
+                        MacAction::FreshAtRestore => {
+                            let taken = taken_macs(
+                                cx,
+                                cx.facts().vmid.and_then(|v| Vmid::try_from(v).ok()),
+                            )
                             .await?;
-                    let mac = fresh_mac(&taken);
+                            fresh_mac(&taken)
+                        }
+                        MacAction::KeepArchived => cx.facts().golden_mac.ok_or_else(|| {
+                            StepError::Refused(
+                                "DR restore: the archive's net0 has no MAC to keep".into(),
+                            )
+                        })?,
+                    };
                     cx.update_facts(|f| f.mac = Some(mac));
                 }
                 record_guest(cx, "provisioning")?;
@@ -634,10 +658,12 @@ async fn act_restore(cx: &JobCx) -> Result<(), StepError> {
         ("ostemplate".to_string(), s.golden.to_string()),
         ("restore".to_string(), "1".to_string()),
         ("storage".to_string(), s.storage.to_string()),
-        ("hostname".to_string(), s.hostname.to_string()),
         ("net0".to_string(), net0.to_string()),
         ("description".to_string(), marker.to_string()),
     ];
+    if IdentityPolicy::named(s.identity).hostname() == HostnameAction::FromSpec {
+        params.push(("hostname".to_string(), s.hostname.to_string()));
+    }
     if let Some(pool) = &s.pool {
         params.push(("pool".to_string(), pool.to_string()));
     }
@@ -700,7 +726,14 @@ async fn act_identity(cx: &JobCx) -> Result<(), StepError> {
         .await?
         .ok_or_else(|| StepError::Refused(format!("guest {vmid} vanished")))?;
     let taken = taken_macs(cx, Some(vmid)).await?;
+    let policy = IdentityPolicy::named(s.identity);
     let mut mac = cx.facts().mac.unwrap_or_default();
+    if policy.mac() == MacAction::KeepArchived && taken.contains(&mac.to_ascii_uppercase()) {
+        return Err(StepError::Refused(format!(
+            "DR restore: the archived MAC {mac} is in use by another guest on {}; stop or tear down the original first",
+            cx.node
+        )));
+    }
     if mac.is_empty() || taken.contains(&mac.to_ascii_uppercase()) {
         mac = fresh_mac(&taken);
         cx.note(
@@ -720,10 +753,10 @@ async fn act_identity(cx: &JobCx) -> Result<(), StepError> {
         None => NetConfig::dhcp("eth0", s.bridge.as_str(), &mac)
             .map_err(|e| StepError::Refused(format!("net0: {e}")))?,
     };
-    let params = vec![
-        ("net0".to_string(), net0.to_string()),
-        ("hostname".to_string(), s.hostname.to_string()),
-    ];
+    let mut params = vec![("net0".to_string(), net0.to_string())];
+    if policy.hostname() == HostnameAction::FromSpec {
+        params.push(("hostname".to_string(), s.hostname.to_string()));
+    }
     match cx
         .client
         .lxc_update_config(&cx.node, vmid, &params, cfg.digest.as_deref())
@@ -849,6 +882,20 @@ async fn observe_ssh(cx: &JobCx) -> Result<Observed, StepError> {
             return Ok(Observed::NotDone);
         }
     };
+    let s = spec(cx)?;
+    if IdentityPolicy::named(s.identity).ssh_host_keys() == KeyAction::RequireSameAsRecorded {
+        if let Some(recorded) = cx
+            .journal
+            .recorded_fingerprint(s.hostname.as_str(), vmid.get())?
+        {
+            if recorded != fp {
+                return Err(StepError::Refused(format!(
+                    "DR restore of {}: guest {vmid} presents SSH host key {fp}, but felhom recorded {recorded}; clients would see a changed host key",
+                    s.hostname
+                )));
+            }
+        }
+    }
     if let Some(other) = other_live_guests(cx, vmid)?
         .into_iter()
         .find(|g| g.ssh_fingerprint.as_deref() == Some(fp.as_str()))

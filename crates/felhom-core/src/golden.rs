@@ -180,6 +180,8 @@ in_guest 'apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y {b
 in_guest 'install -m 0755 -d /etc/apt/keyrings'
 in_guest 'curl -fsSL https://download.docker.com/linux/debian/gpg -o /etc/apt/keyrings/docker.asc'
 in_guest 'chmod a+r /etc/apt/keyrings/docker.asc'
+# The $(…) is meant to run inside the guest, not here:
+# shellcheck disable=SC2016
 in_guest 'echo "deb [arch=$(dpkg --print-architecture) signed-by=/etc/apt/keyrings/docker.asc] https://download.docker.com/linux/debian trixie stable" > /etc/apt/sources.list.d/docker.list'
 in_guest 'apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y {docker}'
 in_guest 'mkdir -p /etc/docker'

@@ -82,7 +82,7 @@ pub enum KeyAction {
     RequireSameAsRecorded,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PolicyName {
     Provision,

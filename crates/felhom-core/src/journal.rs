@@ -535,6 +535,23 @@ impl Journal {
         Ok(rows)
     }
 
+    /// The SSH host key felhom last recorded for another guest with this hostname (a DR
+    /// restore must present the same key, so clients see no changed host key).
+    pub fn recorded_fingerprint(
+        &self,
+        hostname: &str,
+        except_vmid: u32,
+    ) -> Result<Option<String>, JournalError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT ssh_fingerprint FROM guests WHERE hostname = ?1 AND vmid != ?2 AND ssh_fingerprint IS NOT NULL ORDER BY updated_at DESC LIMIT 1",
+                params![hostname, except_vmid],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     pub fn forget_guest(&self, vmid: u32, job: &str) -> Result<(), JournalError> {
         self.conn().execute(
             "UPDATE guests SET state = 'torn_down', job_id = ?2, updated_at = ?3 WHERE vmid = ?1",

@@ -16,6 +16,8 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
+use crate::identity::PolicyName;
+
 pub use pve_api::Vmid;
 
 /// One field that failed validation: the dotted field path, the rule, and the offending value
@@ -465,6 +467,14 @@ pub struct GuestSpec {
     pub mounts: Vec<MountSpec>,
     pub pool: Option<PoolId>,
     pub tags: Vec<Tag>,
+    /// What the restore keeps or renews (`provision`: everything fresh; `dr`: keep the
+    /// archived MAC, hostname and SSH keys). See `identity.rs`.
+    #[serde(default = "default_policy")]
+    pub identity: PolicyName,
+}
+
+fn default_policy() -> PolicyName {
+    PolicyName::Provision
 }
 
 /// Mount points per guest: PVE allows mp0..mp255; felhom keeps it to a sane number.
@@ -716,6 +726,24 @@ impl GuestSpec {
                 Vec::new()
             }
         };
+        let identity = match w.raw("identity") {
+            None => Some(PolicyName::Provision),
+            Some(toml::Value::String(p)) => match p.parse::<PolicyName>() {
+                Ok(n) => Some(n),
+                Err(rule) => {
+                    w.err("identity", rule);
+                    None
+                }
+            },
+            Some(other) => {
+                let t = other.type_str();
+                w.err(
+                    "identity",
+                    format!("must be \"provision\" or \"dr\", got {t}"),
+                );
+                None
+            }
+        };
         let mut mounts = Vec::new();
         match w.raw("mount") {
             None => {}
@@ -806,6 +834,7 @@ impl GuestSpec {
             mounts,
             pool,
             tags,
+            identity: identity?,
         })
     }
 }
