@@ -158,6 +158,30 @@ mod tests {
     }
 
     #[test]
+    fn token_id_edges() {
+        let t: TokenId = "first.last@my-realm!tok_1.a-b".parse().unwrap();
+        assert_eq!(
+            (t.user(), t.realm(), t.name()),
+            ("first.last", "my-realm", "tok_1.a-b")
+        );
+        // The user part may hold '@' (an email-like user name); the realm is after the last '@'.
+        let t: TokenId = "me@example.com@pve!a".parse().unwrap();
+        assert_eq!((t.user(), t.realm()), ("me@example.com", "pve"));
+        for bad in [
+            "a@pve!",
+            "a@pve!-x",
+            "a@pve!x!y",
+            "a@!x",
+            "a@1pve!x",
+            "a:b@pve!x",
+            "a@pve!x\n",
+        ] {
+            assert!(bad.parse::<TokenId>().is_err(), "{bad}");
+        }
+        assert_eq!(format!("{:?}", t), "TokenId(me@example.com@pve!a)");
+    }
+
+    #[test]
     fn secret_never_prints() {
         let tok = ApiToken::new(
             "a@pve!b".parse().unwrap(),

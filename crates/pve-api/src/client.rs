@@ -446,8 +446,16 @@ mod tests {
     async fn serve(responses: Vec<String>) -> Server {
         let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
         let cert = ck.cert.der().clone();
-        let fingerprint = CertFingerprint::of(cert.as_ref());
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into());
+        serve_with(cert, key, responses).await
+    }
+
+    async fn serve_with(
+        cert: rustls::pki_types::CertificateDer<'static>,
+        key: rustls::pki_types::PrivateKeyDer<'static>,
+        responses: Vec<String>,
+    ) -> Server {
+        let fingerprint = CertFingerprint::of(cert.as_ref());
         let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -881,5 +889,68 @@ mod tests {
         let e = c.wait_task(&upid, &short).await.unwrap_err();
         assert!(matches!(e, ApiError::TaskTimeout { .. }), "{e:?}");
         assert!(!e.is_transient());
+    }
+
+    #[tokio::test]
+    async fn ca_file_trust() {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca, &ca_key)
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("pve-api-ca-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_path = dir.join("ca.pem");
+        std::fs::write(&ca_path, ca.pem()).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+        let srv = serve_with(
+            leaf.der().clone(),
+            key,
+            vec![http("200 OK", r#"{"data":{"version":"9.1.1"}}"#)],
+        )
+        .await;
+        let c = PveClient::new(config(srv.url.clone(), TlsTrust::CaFile(ca_path.clone()))).unwrap();
+        assert_eq!(c.version().await.unwrap().version, "9.1.1");
+
+        // A CA that did not sign the server's certificate: refused, nothing sent.
+        let other = rcgen::generate_simple_self_signed(vec!["other".to_string()]).unwrap();
+        let other_path = dir.join("other.pem");
+        std::fs::write(&other_path, other.cert.pem()).unwrap();
+        let srv = serve_with(
+            leaf.der().clone(),
+            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+            vec![http("200 OK", r#"{"data":{"version":"9.1.1"}}"#)],
+        )
+        .await;
+        let c = PveClient::new(config(srv.url.clone(), TlsTrust::CaFile(other_path))).unwrap();
+        let e = c.version().await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ApiError::Transport {
+                    maybe_sent: false,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(srv.seen.lock().unwrap().is_empty());
+
+        // Missing and empty CA files are refused at construction.
+        let missing = PveClient::new(config(
+            srv.url.clone(),
+            TlsTrust::CaFile(dir.join("nope.pem")),
+        ));
+        assert!(matches!(missing, Err(ApiError::InvalidInput { .. })));
+        let empty_path = dir.join("empty.pem");
+        std::fs::write(&empty_path, "").unwrap();
+        let empty = PveClient::new(config(srv.url.clone(), TlsTrust::CaFile(empty_path)));
+        assert!(matches!(empty, Err(ApiError::InvalidInput { .. })));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -3,8 +3,23 @@
 //! PVE property strings that refuse injection, UPIDs and task waiting, and the LXC
 //! endpoints felhom uses. No policy and no felhom words: retries are the caller's.
 //!
-//! The behaviour it follows is PVE 9's, as read from the Proxmox sources (see the project's
-//! `shared/pve-reference.md`).
+//! The behaviour it follows is PVE 9's, as read from the Proxmox sources
+//! (`shared/pve-reference.md`; section numbers below are that document's).
+//!
+//! | module | what | why it looks like this |
+//! |---|---|---|
+//! | `auth` | [`TokenId`], [`Secret`], [`ApiToken`] | §0 `PVEAPIToken=user@realm!id=secret`; the secret never prints |
+//! | `transport` | [`TlsTrust`], [`CertFingerprint`] | rustls + ring only; a pin checks the end-entity DER hash and still verifies handshake signatures |
+//! | `client` | [`PveClient`], [`ClientConfig`], [`ClientStats`] | https only; `{base}/api2/json/{path}`; form bodies for POST/PUT, query for GET/DELETE (§0) |
+//! | `error` | [`ApiError`], [`classify`] | one pure classifier of (status, reason phrase, body) and one place deciding what is transient |
+//! | `property_string` | [`PropertyString`], [`NetConfig`], [`MountConfig`], [`Features`], [`MacAddr`], disk sizes | §3.3/§3.4: PVE has no escaping, so unsafe values are refused, never escaped |
+//! | `task` | [`Upid`], [`TaskStatus`], [`WaitOptions`], `wait_task` | §6.3: `WARNINGS: n` is success; a fresh UPID may be invisible for a moment |
+//! | `vmid` | [`Vmid`] | §3.4 `^[1-9][0-9]{2,8}$` |
+//! | `lxc`, `cluster`, `access`, `storage` | typed endpoints | path inputs (node, storage, disk) are validated before anything is sent |
+//!
+//! What a caller must know about retrying: [`ApiError::is_transient`] says whether trying
+//! again may help; `Transport { maybe_sent: true }` means a write may have happened, so
+//! re-observe before repeating it. [`PveClient::wait_task`] never re-dispatches a task.
 
 mod access;
 mod auth;

@@ -145,6 +145,15 @@ pub(crate) fn int_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u3
     }
 }
 
+pub(crate) fn opt_int_or_string<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<u32>, D::Error> {
+    match Option::<Value>::deserialize(d)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => int_or_string(v).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
 fn upid(s: String) -> Result<Upid, ApiError> {
     s.parse()
         .map_err(|e: crate::task::UpidError| ApiError::Decode {
@@ -289,5 +298,75 @@ impl PveClient {
             self.delete(&format!("/nodes/{node}/lxc/{vmid}"), &q)
                 .await?,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_lxc_answers() {
+        // Reference §7: PVE 8.4+ sends both the old and the new fields; MACs lower-case.
+        let v: Vec<Interface> = serde_json::from_str(
+            r#"[{"name":"lo","hwaddr":"00:00:00:00:00:00","inet":"127.0.0.1/8","inet6":"::1/128",
+                 "hardware-address":"00:00:00:00:00:00",
+                 "ip-addresses":[{"ip-address":"127.0.0.1","ip-address-type":"inet","prefix":8}]},
+                {"name":"eth0","hardware-address":"bc:24:11:5e:0a:1f",
+                 "ip-addresses":[{"ip-address":"10.0.0.5","ip-address-type":"inet","prefix":24},
+                                 {"ip-address":"fe80::1","ip-address-type":"inet6","prefix":64}]},
+                {"name":"eth1","hwaddr":"bc:24:11:5e:0a:20","inet":"10.0.1.5/24"}]"#,
+        )
+        .unwrap();
+        assert_eq!(v[1].mac(), Some("bc:24:11:5e:0a:1f"));
+        assert_eq!(v[1].ipv4().as_deref(), Some("10.0.0.5/24"));
+        assert_eq!(v[2].mac(), Some("bc:24:11:5e:0a:20"));
+        assert_eq!(v[2].ipv4().as_deref(), Some("10.0.1.5/24"));
+        let stopped: Option<Vec<Interface>> = serde_json::from_str("null").unwrap();
+        assert!(stopped.is_none());
+
+        let s: LxcStatus = serde_json::from_str(
+            r#"{"vmid":101,"type":"lxc","status":"stopped","name":"web1","lock":"create","tags":"felhom;prod","maxdisk":8589934592,"uptime":0,"ha":{"managed":0}}"#,
+        )
+        .unwrap();
+        assert_eq!(s.lock.as_deref(), Some("create"));
+        assert_eq!(s.maxdisk, Some(8 << 30));
+        let l: Vec<LxcSummary> = serde_json::from_str(
+            r#"[{"vmid":101,"status":"running","name":"web1"},{"vmid":"102","status":"stopped"}]"#,
+        )
+        .unwrap();
+        assert_eq!(l[1].vmid, 102);
+    }
+
+    #[test]
+    fn config_helpers() {
+        let cfg = LxcConfig {
+            values: serde_json::from_str(
+                r#"{"hostname":"web1","memory":512,"onboot":1,"description":"felhom: x\n",
+                    "net0":"name=eth0,bridge=vmbr0,hwaddr=BC:24:11:5E:0A:1F,ip=dhcp,type=veth",
+                    "net1":"name=eth1,bogus=1",
+                    "rootfs":"local-lvm:vm-101-disk-0,size=8G",
+                    "mp0":"local-lvm:vm-101-disk-1,mp=/srv/data,backup=1,size=4G"}"#,
+            )
+            .unwrap(),
+            digest: Some("d".into()),
+        };
+        assert_eq!(cfg.hostname(), Some("web1"));
+        assert_eq!(cfg.get_str("memory"), None);
+        assert_eq!(cfg.get_string("memory").as_deref(), Some("512"));
+        assert_eq!(cfg.get_string("onboot").as_deref(), Some("1"));
+        let n = cfg.net(0).unwrap().unwrap();
+        assert_eq!(n.hwaddr.unwrap().to_string(), "BC:24:11:5E:0A:1F");
+        assert!(matches!(
+            cfg.net(1),
+            Some(Err(PropertyError::UnknownKey(_)))
+        ));
+        assert!(cfg.net(2).is_none());
+        assert_eq!(cfg.mount("rootfs").unwrap().unwrap().size, Some(8 << 30));
+        assert_eq!(
+            cfg.mount("mp0").unwrap().unwrap().mp.as_deref(),
+            Some("/srv/data")
+        );
+        assert!(cfg.mount("mp1").is_none());
     }
 }

@@ -8,6 +8,8 @@ use crate::error::ApiError;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StorageVolume {
     pub volid: String,
+    /// Sent by real servers though apidata.js does not list it; defaulted to be tolerant.
+    #[serde(default)]
     pub content: String,
     #[serde(default)]
     pub size: Option<u64>,
@@ -15,12 +17,15 @@ pub struct StorageVolume {
     pub format: Option<String>,
     #[serde(default)]
     pub ctime: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::lxc::opt_int_or_string")]
     pub vmid: Option<u32>,
+    #[serde(default)]
+    pub notes: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StorageStatus {
+    /// apidata.js: `type`, `content`, `total`, `used`, `avail`, `enabled`, `active`, `shared`.
     #[serde(default, rename = "type")]
     pub storage_type: String,
     #[serde(default)]
@@ -84,5 +89,30 @@ impl PveClient {
             &[("volume", volume.to_string())],
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_storage_answers() {
+        let v: Vec<StorageVolume> = serde_json::from_str(
+            r#"[{"volid":"local:backup/vzdump-lxc-100-2026_01_01-00_00_00.tar.zst","content":"backup","size":123,"format":"tar.zst","ctime":1700000000,"vmid":100},
+                {"volid":"local:vztmpl/debian-13.tar.zst","size":5,"vmid":"101"}]"#,
+        )
+        .unwrap();
+        assert_eq!(v[0].vmid, Some(100));
+        assert_eq!(v[1].vmid, Some(101));
+        assert_eq!(v[1].content, "");
+        let s: StorageStatus = serde_json::from_str(
+            r#"{"type":"lvmthin","content":"rootdir,images","total":100,"used":10,"avail":90,"enabled":1,"active":1,"shared":0}"#,
+        )
+        .unwrap();
+        assert_eq!(s.avail, 90);
+        let p: Vec<PoolInfo> =
+            serde_json::from_str(r#"[{"poolid":"felhom"},{"poolid":"x","comment":"c"}]"#).unwrap();
+        assert_eq!(p[0].poolid, "felhom");
     }
 }

@@ -207,5 +207,47 @@ mod tests {
             fp
         );
         assert!("AA:BB".parse::<CertFingerprint>().is_err());
+        assert!("ZZ".repeat(32).parse::<CertFingerprint>().is_err());
+        assert!(format!("{fp:?}").contains(&s));
+    }
+
+    #[test]
+    fn pinned_verifier_accepts_only_the_pin() {
+        let ck = rcgen::generate_simple_self_signed(vec!["pve".to_string()]).unwrap();
+        let der = ck.cert.der().clone();
+        let pin = CertFingerprint::of(der.as_ref());
+        let name = ServerName::try_from("any.name.at.all").unwrap();
+        let ok = PinnedVerifier {
+            pin,
+            provider: provider(),
+        };
+        assert!(ok
+            .verify_server_cert(&der, &[], &name, &[], UnixTime::now())
+            .is_ok());
+        let wrong = CertFingerprint([0x11; 32]);
+        let bad = PinnedVerifier {
+            pin: wrong,
+            provider: provider(),
+        };
+        let e = bad
+            .verify_server_cert(&der, &[], &name, &[], UnixTime::now())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&wrong.to_string()) && e.contains(&pin.to_string()),
+            "{e}"
+        );
+        // Signature checks use ring's algorithms, never "accept anything".
+        assert!(!ok.supported_verify_schemes().is_empty());
+    }
+
+    #[test]
+    fn tls_configs_build() {
+        let pinned = tls_config(&TlsTrust::Pinned(CertFingerprint([0; 32]))).unwrap();
+        assert_eq!(pinned.alpn_protocols, vec![b"http/1.1".to_vec()]);
+        assert!(matches!(
+            tls_config(&TlsTrust::CaFile("/nonexistent/ca.pem".into())),
+            Err(ApiError::InvalidInput { .. })
+        ));
     }
 }
