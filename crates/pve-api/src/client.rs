@@ -614,10 +614,15 @@ mod tests {
             c.lxc_resize("pve", vmid, "net0", "8G").await,
             Err(ApiError::InvalidInput { .. })
         ));
-        assert!(matches!(
-            c.lxc_resize("pve", vmid, "rootfs", "8 G").await,
-            Err(ApiError::InvalidInput { .. })
-        ));
+        for size in ["8 G", "++8G", "8g", "-1G", "8G,mp=/x"] {
+            assert!(
+                matches!(
+                    c.lxc_resize("pve", vmid, "rootfs", size).await,
+                    Err(ApiError::InvalidInput { .. })
+                ),
+                "{size}"
+            );
+        }
         assert_eq!(c.stats(), ClientStats::default());
         assert!(srv.seen.lock().unwrap().is_empty());
     }

@@ -228,7 +228,7 @@ impl PveClient {
     ) -> Result<Upid, ApiError> {
         check_node(node)?;
         check_disk(disk)?;
-        if crate::property_string::parse_disk_size(size.trim_start_matches('+')).is_err() {
+        if crate::property_string::parse_disk_size(size).is_err() {
             return Err(ApiError::InvalidInput {
                 field: "size".into(),
                 message: format!("{size:?} does not match \\+?\\d+(\\.\\d+)?[KMGT]?"),

@@ -225,7 +225,7 @@ impl FromStr for MacAddr {
         }
         let mut b = [0u8; 6];
         for (i, p) in parts.iter().enumerate() {
-            if p.len() != 2 {
+            if p.len() != 2 || !p.bytes().all(|c| c.is_ascii_hexdigit()) {
                 return Err(bad());
             }
             b[i] = u8::from_str_radix(p, 16).map_err(|_| bad())?;
@@ -1147,6 +1147,7 @@ mod tests {
         assert_eq!(m.to_string(), "BC:24:11:AB:CD:EF");
         assert!("bc-24-11-ab-cd-ef".parse::<MacAddr>().is_err());
         assert!("bc:24:11:ab:cd:eff".parse::<MacAddr>().is_err());
+        assert!("+c:24:11:ab:cd:ef".parse::<MacAddr>().is_err());
         assert!(!"03:00:00:00:00:00".parse::<MacAddr>().unwrap().is_unicast());
     }
 
