@@ -132,6 +132,8 @@ impl PveClient {
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .https_only(true)
+            // PVE never redirects an API call; following one could carry the token elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
             .default_headers(headers)
             .timeout(cfg.timeout)
             .connect_timeout(Duration::from_secs(10))

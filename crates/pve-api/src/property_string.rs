@@ -1296,6 +1296,17 @@ mod tests {
         }
 
         #[test]
+        fn features_round_trip(nesting in any::<bool>(), keyctl in any::<bool>(), fuse in proptest::option::of(any::<bool>()),
+                               mount in proptest::option::of(proptest::collection::vec("[a-z0-9]{1,6}", 1..4))) {
+            let mut f = Features { nesting, keyctl, ..Features::default() };
+            if let Some(b) = fuse { f.set("fuse", if b { "true" } else { "no" }).unwrap(); }
+            if let Some(m) = mount { f.set("mount", &m.join(";")).unwrap(); }
+            let text = f.to_string();
+            let back: Features = text.parse().unwrap();
+            prop_assert_eq!(back, f);
+        }
+
+        #[test]
         fn disk_sizes_round_trip(bytes in 1u64..(1u64 << 50)) {
             prop_assert_eq!(parse_disk_size(&format_disk_size(bytes)).unwrap(), bytes);
         }

@@ -71,5 +71,22 @@ mod tests {
         assert!("0100".parse::<Vmid>().is_err());
         assert!("12a".parse::<Vmid>().is_err());
         assert_eq!("1200".parse::<Vmid>().unwrap().get(), 1200);
+        assert_eq!("999999999".parse::<Vmid>().unwrap().get(), 999_999_999);
+        for bad in [
+            "",
+            "99",
+            "1000000000",
+            "+100",
+            " 100",
+            "100 ",
+            "-100",
+            "1e3",
+        ] {
+            assert!(bad.parse::<Vmid>().is_err(), "{bad:?}");
+        }
+        let v: Vmid = serde_json::from_str("101").unwrap();
+        assert_eq!(v.to_string(), "101");
+        assert_eq!(serde_json::to_string(&v).unwrap(), "101");
+        assert!(serde_json::from_str::<Vmid>("99").is_err());
     }
 }
