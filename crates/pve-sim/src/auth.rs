@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use crate::state::State;
 
 /// Who is asking.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Subject {
     /// `user@realm`.
     pub userid: String,

@@ -15,6 +15,8 @@ pub struct FaultSpec {
     pub task_fail: Vec<(String, f64)>,
     /// Added to every request.
     pub latency: Duration,
+    /// Replaces the modelled DHCP delay after a start (still scaled by `time_scale`).
+    pub dhcp_delay: Option<Duration>,
     /// Seed for the fault RNG, so runs are repeatable.
     pub seed: Option<u64>,
 }
@@ -52,6 +54,23 @@ fn prob(key: &str, v: &str) -> Result<f64, String> {
     }
 }
 
+/// `20ms`, `1.5s`, `2s`.
+fn duration(key: &str, v: &str) -> Result<Duration, String> {
+    let bad = || format!("{key}: '{v}' must be a duration like 20ms or 1.5s");
+    let (num, scale) = if let Some(n) = v.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        return Err(bad());
+    };
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    if !n.is_finite() || n < 0.0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(n * scale))
+}
+
 impl FromStr for FaultSpec {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -64,10 +83,8 @@ impl FromStr for FaultSpec {
                 "lock500" => f.lock500 = prob(k, v)?,
                 "http503" => f.http503 = prob(k, v)?,
                 "seed" => f.seed = Some(v.parse().map_err(|_| format!("seed: '{v}' is not a number"))?),
-                "latency" => {
-                    let ms = v.strip_suffix("ms").ok_or_else(|| format!("latency: '{v}' must be like 20ms"))?;
-                    f.latency = Duration::from_millis(ms.parse().map_err(|_| format!("latency: '{v}' must be like 20ms"))?);
-                }
+                "latency" => f.latency = duration(k, v)?,
+                "dhcp_delay" => f.dhcp_delay = Some(duration(k, v)?),
                 k if k.starts_with("task_fail:") => {
                     let t = task_type_alias(&k["task_fail:".len()..]).to_string();
                     let known = ["vzrestore", "vzcreate", "vzstart", "vzstop", "vzshutdown", "vzdestroy", "resize"];
@@ -76,7 +93,7 @@ impl FromStr for FaultSpec {
                     }
                     f.task_fail.push((t, prob(k, v)?));
                 }
-                other => return Err(format!("unknown fault '{other}' (known: lock500, http503, task_fail:<type>, latency, seed)")),
+                other => return Err(format!("unknown fault '{other}' (known: lock500, http503, task_fail:<type>, latency, dhcp_delay, seed)")),
             }
         }
         Ok(f)
@@ -95,6 +112,9 @@ mod tests {
         assert_eq!(f.task_fail_probability("vzrestore"), 0.05);
         assert_eq!(f.latency, Duration::from_millis(20));
         assert_eq!(f.seed, Some(7));
+        let f: FaultSpec = "dhcp_delay=1.5s,latency=2ms".parse().unwrap();
+        assert_eq!(f.dhcp_delay, Some(Duration::from_millis(1500)));
+        assert!("latency=20".parse::<FaultSpec>().is_err());
         assert!("lock501=1"
             .parse::<FaultSpec>()
             .unwrap_err()

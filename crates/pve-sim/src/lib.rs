@@ -8,14 +8,18 @@
 //! sled-agent idea: the simulator implements the same interface as the real thing). What it
 //! does not model yet is listed in the project's closing notes and in `api.rs`.
 
+mod admin;
 mod api;
+mod archive;
 mod auth;
-mod engine;
+mod error;
 mod faults;
 mod guest;
-mod params;
+mod locks;
+mod sim;
 mod ssh;
 mod state;
+mod tasks;
 mod tls;
 
 use std::net::SocketAddr;
@@ -58,7 +62,7 @@ pub struct SimHandle {
     pub addr: SocketAddr,
     handle: axum_server::Handle,
     server: tokio::task::JoinHandle<()>,
-    sim: Arc<engine::Sim>,
+    sim: Arc<sim::Sim>,
 }
 
 impl SimHandle {
@@ -82,7 +86,7 @@ pub async fn start(cfg: SimConfig) -> Result<SimHandle, SimError> {
     std::fs::create_dir_all(dump_dir(&cfg.state_dir, "local"))
         .map_err(|e| SimError::State(e.to_string()))?;
     let cert = tls::load_or_create(&cfg.state_dir).map_err(SimError::Tls)?;
-    let sim = engine::Sim::open(cfg.clone()).map_err(SimError::State)?;
+    let sim = sim::Sim::open(cfg.clone()).map_err(SimError::State)?;
     sim.resume_tasks();
 
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -35,6 +35,11 @@ pub struct Guest {
     /// Milliseconds since the epoch from which the DHCP lease is visible on `/interfaces`.
     pub lease_visible_at: Option<u64>,
     pub pool: Option<String>,
+    /// `[pve:pending]`: changes a running guest gets at its next start (reference §3.2).
+    #[serde(default)]
+    pub pending: BTreeMap<String, String>,
+    #[serde(default)]
+    pub pending_delete: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -50,6 +55,19 @@ pub struct Volume {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum TaskPlan {
+    /// A restore whose worker has not read the archive yet (the sync phase's result).
+    RestoreRequest {
+        vmid: u32,
+        archive: PathBuf,
+        storage: String,
+        request: BTreeMap<String, String>,
+        pool: Option<String>,
+        start: bool,
+        unique: bool,
+        unprivileged: Option<bool>,
+    },
+    /// A restore after the worker read the archive and allocated the volumes (in the state,
+    /// owned by `vmid`): what is applied at its end.
     Restore {
         vmid: u32,
         config: BTreeMap<String, String>,
@@ -68,6 +86,9 @@ pub enum TaskPlan {
         vmid: u32,
     },
     Stop {
+        vmid: u32,
+    },
+    Reboot {
         vmid: u32,
     },
     Destroy {
@@ -99,6 +120,12 @@ pub struct Task {
     pub end_ms: u64,
     pub modelled_ms: u64,
     pub plan: Option<TaskPlan>,
+    /// Who started it (the worker's privilege checks run as them).
+    #[serde(default)]
+    pub who: Option<crate::auth::Subject>,
+    /// An injected `task_fail` fault: the task ends with an error and leaves nothing behind.
+    #[serde(default)]
+    pub inject_fail: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

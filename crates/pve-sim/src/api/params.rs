@@ -277,3 +277,43 @@ pub fn validate(
         Err(errors)
     }
 }
+
+pub fn normalize_tags(v: &str) -> String {
+    let mut tags: Vec<String> = v
+        .split([';', ',', ' '])
+        .filter(|t| !t.is_empty())
+        .map(|t| t.to_ascii_lowercase())
+        .collect();
+    tags.sort();
+    tags.dedup();
+    tags.join(";")
+}
+
+/// `<storage>:<GiB>` (a new volume), reference §3.6.
+pub fn new_volume_spec(v: &str) -> Option<(String, f64)> {
+    let vol = v.split(',').next()?;
+    let (sid, size) = vol.split_once(':')?;
+    if sid.is_empty() || sid.contains(char::is_whitespace) {
+        return None;
+    }
+    let ok = !size.is_empty() && size.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    ok.then(|| size.parse().ok())
+        .flatten()
+        .map(|s| (sid.to_string(), s))
+}
+
+pub fn fresh_mac() -> String {
+    pve_api::MacAddr::random(&[0xBC, 0x24, 0x11]).to_string()
+}
+
+/// A `netN` as PVE stores it: canonical, with a fresh MAC if none was given.
+pub fn store_net(v: &str) -> Result<String, String> {
+    let mut n: pve_api::NetConfig = v
+        .parse()
+        .map_err(|e: pve_api::PropertyError| e.to_string())?;
+    if n.hwaddr.is_none() {
+        n = n.with_hwaddr(&fresh_mac()).map_err(|e| e.to_string())?;
+    }
+    n.other.insert("type".into(), "veth".into());
+    Ok(n.to_string())
+}

@@ -1,0 +1,179 @@
+//! The simulator's own side channel, outside `/api2` and for loopback peers only: the state
+//! dump tests assert against, the request log the schema conformance test validates, token
+//! creation for narrower tokens, and each guest's SSH endpoint.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path as AxPath, State as AxState};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use crate::auth;
+use crate::sim::{now_ms, Sim};
+
+fn loopback_only(peer: &SocketAddr) -> Option<Response> {
+    (!peer.ip().is_loopback()).then(|| (StatusCode::FORBIDDEN, "loopback only").into_response())
+}
+
+pub async fn state(
+    AxState(sim): AxState<Arc<Sim>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    if let Some(r) = loopback_only(&peer) {
+        return r;
+    }
+    let ports: BTreeMap<u32, Option<u16>> =
+        sim.read(|st| st.guests.keys().map(|v| (*v, sim.ssh_port(*v))).collect());
+    let locked: Vec<u32> = sim.read(|st| st.guests.keys().copied().collect::<Vec<_>>());
+    let body = sim.read(|st| {
+        let now = now_ms();
+        let guests: Vec<Value> = st
+            .guests
+            .values()
+            .map(|g| {
+                let macs: Vec<String> = g.config.iter().filter(|(k, _)| k.starts_with("net")).filter_map(|(_, v)| v.parse::<pve_api::NetConfig>().ok()?.hwaddr.map(|m| m.to_string())).collect();
+                let ip = if g.running && g.lease_visible_at.is_some_and(|t| now >= t) {
+                    g.config
+                        .iter()
+                        .filter(|(k, _)| k.starts_with("net"))
+                        .filter_map(|(_, v)| v.parse::<pve_api::NetConfig>().ok())
+                        .find_map(|n| st.leases.get(n.bridge.as_ref()?)?.get(&n.hwaddr?.to_string()).cloned())
+                } else {
+                    None
+                };
+                json!({
+                    "vmid": g.vmid,
+                    "status": if g.running { "running" } else { "stopped" },
+                    "config": g.config,
+                    "lock": g.config.get("lock"),
+                    "macs": macs,
+                    "ip": ip,
+                    "machine_id": g.machine_id,
+                    "boots": g.boots,
+                    "ssh": { "port": ports.get(&g.vmid).copied().flatten(), "fingerprint": g.ssh_key.as_deref().and_then(crate::guest::fingerprint) },
+                    "pool": g.pool,
+                })
+            })
+            .collect();
+        let tasks: Vec<Value> = st.tasks.iter().map(|t| json!({ "upid": t.upid, "type": t.task_type, "id": t.id, "status": t.status, "exitstatus": t.exitstatus, "start_ms": t.start_ms, "end_ms": t.end_ms, "modelled_ms": t.modelled_ms })).collect();
+        json!({ "node": st.node, "guests": guests, "volumes": st.volumes, "leases": st.leases, "tasks": tasks, "counters": st.counters, "pools": st.pools })
+    });
+    let mut body = body;
+    body["locks"] = json!(locked
+        .into_iter()
+        .filter(|v| sim.is_locked(*v))
+        .collect::<Vec<_>>());
+    Json(body).into_response()
+}
+
+pub async fn requests(
+    AxState(sim): AxState<Arc<Sim>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    if let Some(r) = loopback_only(&peer) {
+        return r;
+    }
+    let reqs = sim
+        .requests
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    Json(Value::Array(reqs)).into_response()
+}
+
+#[derive(serde::Deserialize)]
+pub struct TokenReq {
+    userid: String,
+    tokenid: String,
+    #[serde(default = "yes")]
+    privsep: bool,
+    #[serde(default)]
+    acl: Vec<AclReq>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(serde::Deserialize)]
+pub struct AclReq {
+    path: String,
+    privs: Vec<String>,
+    #[serde(default = "yes")]
+    propagate: bool,
+}
+
+pub async fn tokens(
+    AxState(sim): AxState<Arc<Sim>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(t): Json<TokenReq>,
+) -> Response {
+    if let Some(r) = loopback_only(&peer) {
+        return r;
+    }
+    if !t.userid.contains('@')
+        || t.tokenid.is_empty()
+        || !t
+            .tokenid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            "userid must be user@realm and tokenid [A-Za-z0-9._-]+",
+        )
+            .into_response();
+    }
+    let secret = format!("{:032x}", rand::random::<u128>());
+    let id = format!("{}!{}", t.userid, t.tokenid);
+    sim.mutate(|st| {
+        if !st.users.contains(&t.userid) {
+            st.users.push(t.userid.clone());
+        }
+        st.tokens.retain(|x| x.id != id);
+        st.tokens.push(crate::state::TokenDef {
+            id: id.clone(),
+            secret_sha256: auth::hash_secret(&secret),
+            privsep: t.privsep,
+        });
+        st.acl.retain(|a| a.subject != id && a.subject != t.userid);
+        for (i, a) in t.acl.iter().enumerate() {
+            let role = format!("sim-{}-{}-{i}", t.userid.replace('@', "-"), t.tokenid);
+            st.roles.insert(role.clone(), a.privs.clone());
+            for subject in [&t.userid, &id] {
+                st.acl.push(crate::state::AclEntry {
+                    path: a.path.clone(),
+                    subject: subject.clone(),
+                    role: role.clone(),
+                    propagate: a.propagate,
+                });
+            }
+        }
+    });
+    Json(json!({ "tokenid": id, "secret": secret })).into_response()
+}
+
+pub async fn ssh(
+    AxState(sim): AxState<Arc<Sim>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    AxPath(vmid): AxPath<u32>,
+) -> Response {
+    if let Some(r) = loopback_only(&peer) {
+        return r;
+    }
+    match sim.ssh_port(vmid) {
+        Some(port) => Json(json!({ "host": "127.0.0.1", "port": port })).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Body::from(
+                "{\"message\":\"guest has no SSH endpoint (not running, or no host keys)\"}",
+            ),
+        )
+            .into_response(),
+    }
+}

@@ -1,0 +1,409 @@
+//! The PVE HTTP surface under `/api2/json`: PVE's request pipeline (auth → route →
+//! permission → parameters → handler, reference §0 "Order of checks"), its envelope, and one
+//! module per endpoint family. `ROUTES` is the single source of truth for what is served: the
+//! dispatcher matches against it and the schema conformance test checks it against
+//! `apidata.js`.
+//!
+//! Not modelled (yet): plain create from a template (only restore), force-restore over an
+//! existing guest, HA, replication, firewall files, snapshots, QEMU, clusters of more than one
+//! node, groups in ACLs, tag-access policies other than the default `free`.
+
+mod access;
+mod cluster;
+mod config;
+mod lxc;
+pub(crate) mod params;
+mod status;
+mod storage;
+mod tasks;
+
+pub(crate) use std::collections::BTreeMap;
+pub(crate) use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State as AxState;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+pub(crate) use serde_json::{json, Value};
+
+pub(crate) use crate::auth::{self, Subject};
+pub(crate) use crate::error::*;
+pub(crate) use crate::sim::{model, now_ms, Sim};
+pub(crate) use crate::state::{Guest, State, TaskPlan, Volume, GIB};
+pub(crate) use params::{new_volume_spec, normalize_tags, store_net, Kind};
+
+/// Every route the simulator serves under `/api2/json`: (method, path as in the schema).
+const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/version"),
+    ("GET", "/cluster/nextid"),
+    ("GET", "/access/permissions"),
+    ("GET", "/pools"),
+    ("POST", "/pools"),
+    ("GET", "/nodes"),
+    ("GET", "/nodes/{node}/storage"),
+    ("GET", "/nodes/{node}/storage/{storage}/status"),
+    ("GET", "/nodes/{node}/storage/{storage}/content"),
+    ("GET", "/nodes/{node}/vzdump/extractconfig"),
+    ("GET", "/nodes/{node}/lxc"),
+    ("POST", "/nodes/{node}/lxc"),
+    ("DELETE", "/nodes/{node}/lxc/{vmid}"),
+    ("GET", "/nodes/{node}/lxc/{vmid}/config"),
+    ("PUT", "/nodes/{node}/lxc/{vmid}/config"),
+    ("GET", "/nodes/{node}/lxc/{vmid}/pending"),
+    ("PUT", "/nodes/{node}/lxc/{vmid}/resize"),
+    ("GET", "/nodes/{node}/lxc/{vmid}/status/current"),
+    ("POST", "/nodes/{node}/lxc/{vmid}/status/start"),
+    ("POST", "/nodes/{node}/lxc/{vmid}/status/stop"),
+    ("POST", "/nodes/{node}/lxc/{vmid}/status/shutdown"),
+    ("POST", "/nodes/{node}/lxc/{vmid}/status/reboot"),
+    ("GET", "/nodes/{node}/lxc/{vmid}/interfaces"),
+    ("GET", "/nodes/{node}/tasks"),
+    ("GET", "/nodes/{node}/tasks/{upid}/status"),
+    ("GET", "/nodes/{node}/tasks/{upid}/log"),
+    ("DELETE", "/nodes/{node}/tasks/{upid}"),
+];
+
+/// The routes, for the schema conformance test (single source: the dispatcher uses this).
+pub fn routes() -> Vec<(&'static str, &'static str)> {
+    ROUTES.to_vec()
+}
+
+pub(crate) struct Req {
+    pub who: Subject,
+    pub params: BTreeMap<String, String>,
+    pub node: String,
+}
+
+impl Req {
+    pub fn get(&self, k: &str) -> Option<&str> {
+        self.params.get(k).map(String::as_str)
+    }
+    pub fn flag(&self, k: &str) -> bool {
+        matches!(self.get(k), Some("1" | "on" | "yes" | "true"))
+    }
+    pub fn vmid(&self) -> u32 {
+        self.get("vmid").and_then(|v| v.parse().ok()).unwrap_or(0)
+    }
+}
+
+/// What a handler returns: `data`, plus `total` for task logs.
+pub(crate) struct Reply {
+    pub data: Value,
+    pub total: Option<usize>,
+}
+
+impl From<Value> for Reply {
+    fn from(data: Value) -> Reply {
+        Reply { data, total: None }
+    }
+}
+
+pub(crate) type HResult = Result<Reply, PveErr>;
+
+pub fn router(sim: Arc<Sim>) -> Router {
+    Router::new()
+        .route("/felhom-sim/state", get(crate::admin::state))
+        .route("/felhom-sim/requests", get(crate::admin::requests))
+        .route("/felhom-sim/tokens", post(crate::admin::tokens))
+        .route("/felhom-sim/guests/{vmid}/ssh", get(crate::admin::ssh))
+        .fallback(api_entry)
+        .with_state(sim)
+}
+
+fn match_route(method: &str, path: &str) -> Option<(&'static str, BTreeMap<String, String>)> {
+    let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    for (m, pattern) in ROUTES {
+        if *m != method {
+            continue;
+        }
+        let pat: Vec<&str> = pattern.split('/').skip(1).collect();
+        if pat.len() != segs.len() {
+            continue;
+        }
+        let mut vars = BTreeMap::new();
+        let ok = pat.iter().zip(&segs).all(|(p, s)| {
+            if let Some(name) = p.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+                vars.insert(name.to_string(), percent_decode(s));
+                !s.is_empty()
+            } else {
+                p == s
+            }
+        });
+        if ok {
+            return Some((pattern, vars));
+        }
+    }
+    None
+}
+
+fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+fn parse_params(
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<BTreeMap<String, String>, PveErr> {
+    let mut params = BTreeMap::new();
+    let is_json = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/json"));
+    if !body.is_empty() {
+        if is_json {
+            let v: Value = serde_json::from_slice(body)
+                .map_err(|e| die(format!("unable to parse JSON body - {e}")))?;
+            if let Some(o) = v.as_object() {
+                for (k, v) in o {
+                    let s = match v {
+                        Value::String(s) => s.clone(),
+                        Value::Bool(b) => u8::from(*b).to_string(),
+                        other => other.to_string(),
+                    };
+                    params.insert(k.clone(), s);
+                }
+            }
+        } else {
+            for (k, v) in url::form_urlencoded::parse(body) {
+                params.insert(k.into_owned(), v.into_owned());
+            }
+        }
+    }
+    // Query-string parameters are merged in and override body parameters.
+    if let Some(q) = uri.query() {
+        for (k, v) in url::form_urlencoded::parse(q.as_bytes()) {
+            params.insert(k.into_owned(), v.into_owned());
+        }
+    }
+    Ok(params)
+}
+
+async fn api_entry(
+    AxState(sim): AxState<Arc<Sim>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !sim.cfg.faults.latency.is_zero() {
+        tokio::time::sleep(sim.cfg.faults.latency).await;
+    }
+    let full = uri.path().to_string();
+    let Some(path) = full.strip_prefix("/api2/json") else {
+        return (StatusCode::NOT_FOUND, "").into_response();
+    };
+    let path = if path.is_empty() { "/" } else { path }.to_string();
+    let writes = method != Method::GET;
+    sim.mutate(|st| {
+        st.counters.requests += 1;
+        if writes {
+            st.counters.writes += 1;
+        }
+    });
+    let auth_header = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let who = sim.read(|st| auth::authenticate(st, auth_header.as_deref()));
+    let who = match who {
+        Ok(w) => w,
+        Err(f) => {
+            let reason: &[u8] = match f {
+                auth::AuthFailure::NoTicket => b"No ticket",
+                auth::AuthFailure::Failed => {
+                    // PVE delays failed logins on purpose.
+                    tokio::time::sleep(sim.scaled(model::AUTH_FAIL_DELAY)).await;
+                    b"Authentication failed!"
+                }
+            };
+            log_request(&sim, method.as_str(), &path, &BTreeMap::new(), 401);
+            let mut resp = StatusCode::UNAUTHORIZED.into_response();
+            if let Ok(r) = hyper::ext::ReasonPhrase::try_from(reason) {
+                resp.extensions_mut().insert(r);
+            }
+            return resp;
+        }
+    };
+    let mut params = match parse_params(&uri, &headers, &body) {
+        Ok(p) => p,
+        Err(e) => return error_response(&e),
+    };
+    let result = match match_route(method.as_str(), &path) {
+        None => Err(not_implemented(method.as_str(), &path)),
+        Some((pattern, vars)) => {
+            for (k, v) in &vars {
+                if let Some(existing) = params.get(k) {
+                    if existing != v {
+                        let e = param1(k, "value does not match the path parameter");
+                        log_request(&sim, method.as_str(), &path, &params, 400);
+                        return error_response(&e);
+                    }
+                }
+                params.insert(k.clone(), v.clone());
+            }
+            dispatch(&sim, method.as_str(), pattern, who, params.clone()).await
+        }
+    };
+    let status = result.as_ref().map(|_| 200).unwrap_or_else(|e| e.status);
+    log_request(&sim, method.as_str(), &path, &params, status);
+    match result {
+        Ok(reply) => {
+            let mut body = json!({ "data": reply.data });
+            if let Some(t) = reply.total {
+                body["total"] = json!(t);
+            }
+            Json(body).into_response()
+        }
+        Err(e) => error_response(&e),
+    }
+}
+
+fn log_request(
+    sim: &Sim,
+    method: &str,
+    path: &str,
+    params: &BTreeMap<String, String>,
+    status: u16,
+) {
+    let params: BTreeMap<&String, &String> = params
+        .iter()
+        .filter(|(k, _)| k.as_str() != "password")
+        .collect();
+    let mut reqs = sim.requests.lock().unwrap_or_else(|p| p.into_inner());
+    if reqs.len() < 200_000 {
+        reqs.push(json!({ "method": method, "path": path, "params": params, "status": status, "at_ms": now_ms() }));
+    }
+}
+
+async fn dispatch(
+    sim: &Arc<Sim>,
+    method: &str,
+    pattern: &'static str,
+    who: Subject,
+    params: BTreeMap<String, String>,
+) -> HResult {
+    let node = params.get("node").cloned().unwrap_or_default();
+    let req = Req { who, params, node };
+    if let Some(n) = req.params.get("node") {
+        let ours = sim.read(|st| st.node.clone());
+        if *n != ours {
+            return Err(die(format!("no such cluster node '{n}'")));
+        }
+    }
+    // Injected faults, for mutating guest calls: the config-lock timeout and 503s.
+    let vmid = req.get("vmid").and_then(|v| v.parse::<u32>().ok());
+    if method != "GET" {
+        if sim.chance(sim.cfg.faults.http503) {
+            sim.mutate(|st| st.counters.faults_injected += 1);
+            return Err(PveErr {
+                status: 503,
+                message: "Service Unavailable".into(),
+                errors: None,
+            });
+        }
+        if let Some(v) = vmid {
+            if sim.chance(sim.cfg.faults.lock500) {
+                tokio::time::sleep(sim.scaled(model::INJECTED_LOCK_WAIT)).await;
+                sim.mutate(|st| {
+                    st.counters.faults_injected += 1;
+                    st.counters.lock500 += 1;
+                });
+                let text = lock_timeout_text(v);
+                return Err(die(if pattern == "/nodes/{node}/lxc" {
+                    format!("unable to restore CT {v} - {text}")
+                } else {
+                    text
+                }));
+            }
+        }
+    }
+    match (method, pattern) {
+        ("GET", "/version") => {
+            Ok(json!({ "version": "9.2.2", "release": "9.2", "repoid": "pve-sim" }).into())
+        }
+        ("GET", "/cluster/nextid") => cluster::nextid(sim, &req),
+        ("GET", "/access/permissions") => access::permissions(sim, &req),
+        ("GET", "/pools") => Ok(sim
+            .read(|st| {
+                json!(st
+                    .pools
+                    .keys()
+                    .filter(|p| auth::has(st, &req.who, &format!("/pool/{p}"), "Pool.Audit"))
+                    .map(|p| json!({ "poolid": p }))
+                    .collect::<Vec<_>>())
+            })
+            .into()),
+        ("POST", "/pools") => access::create_pool(sim, &req),
+        ("GET", "/nodes") => Ok(sim
+            .read(|st| json!([{ "node": st.node, "status": "online", "type": "node" }]))
+            .into()),
+        ("GET", "/nodes/{node}/storage") => storage::storage_list(sim, &req),
+        ("GET", "/nodes/{node}/storage/{storage}/status") => storage::storage_status(sim, &req),
+        ("GET", "/nodes/{node}/storage/{storage}/content") => storage::storage_content(sim, &req),
+        ("GET", "/nodes/{node}/vzdump/extractconfig") => storage::extractconfig(sim, &req),
+        ("GET", "/nodes/{node}/lxc") => lxc::lxc_list(sim, &req),
+        ("POST", "/nodes/{node}/lxc") => lxc::create(sim, &req).await,
+        ("DELETE", "/nodes/{node}/lxc/{vmid}") => lxc::destroy(sim, &req),
+        ("GET", "/nodes/{node}/lxc/{vmid}/config") => config::get_config(sim, &req),
+        ("PUT", "/nodes/{node}/lxc/{vmid}/config") => config::put_config(sim, &req).await,
+        ("GET", "/nodes/{node}/lxc/{vmid}/pending") => config::pending(sim, &req),
+        ("PUT", "/nodes/{node}/lxc/{vmid}/resize") => config::resize(sim, &req),
+        ("GET", "/nodes/{node}/lxc/{vmid}/status/current") => status::status_current(sim, &req),
+        ("POST", p) if p.starts_with("/nodes/{node}/lxc/{vmid}/status/") => {
+            status::power(sim, &req, p.rsplit('/').next().unwrap_or(""))
+        }
+        ("GET", "/nodes/{node}/lxc/{vmid}/interfaces") => status::interfaces(sim, &req),
+        ("GET", "/nodes/{node}/tasks") => tasks::task_list(sim, &req),
+        ("GET", "/nodes/{node}/tasks/{upid}/status") => tasks::task_status(sim, &req),
+        ("GET", "/nodes/{node}/tasks/{upid}/log") => tasks::task_log(sim, &req),
+        ("DELETE", "/nodes/{node}/tasks/{upid}") => tasks::task_stop(sim, &req),
+        _ => Err(not_implemented(method, pattern)),
+    }
+}
+
+pub(crate) fn validate(
+    req: &Req,
+    allowed: &[(&str, Kind)],
+    required: &[&str],
+) -> Result<(), PveErr> {
+    params::validate(
+        &req.params,
+        |k| allowed.iter().find(|(n, _)| *n == k).map(|(_, kind)| *kind),
+        required,
+    )
+    .map_err(param_err)
+}
+
+pub(crate) fn need(st: &State, who: &Subject, path: &str, privilege: &str) -> Result<(), PveErr> {
+    if auth::has(st, who, path, privilege) {
+        Ok(())
+    } else {
+        Err(perm_err(path, privilege))
+    }
+}
+
+pub(crate) fn need_any(
+    st: &State,
+    who: &Subject,
+    path: &str,
+    privs: &[&str],
+) -> Result<(), PveErr> {
+    if privs.iter().any(|p| auth::has(st, who, path, p)) {
+        Ok(())
+    } else {
+        Err(perm_err(path, &privs.join("|")))
+    }
+}
+
+pub(crate) const NODE: (&str, Kind) = ("node", Kind::Node);
+pub(crate) const VMID: (&str, Kind) = ("vmid", Kind::Vmid);
+
+pub(crate) fn guest_or_err<'a>(st: &'a State, node: &str, vmid: u32) -> Result<&'a Guest, PveErr> {
+    st.guests.get(&vmid).ok_or_else(|| no_conf(node, vmid))
+}

@@ -1,0 +1,191 @@
+use super::*;
+
+pub(crate) fn storage_json(st: &State, s: &crate::state::StorageDef) -> Value {
+    let used = st.used_bytes(&s.id);
+    json!({ "storage": s.id, "type": s.storage_type, "content": s.content.join(","), "total": s.total, "used": used, "avail": s.total.saturating_sub(used), "enabled": 1, "active": 1, "shared": 0 })
+}
+
+pub(crate) fn storage_list(sim: &Sim, req: &Req) -> HResult {
+    validate(
+        req,
+        &[
+            NODE,
+            ("content", Kind::Str(64)),
+            ("storage", Kind::StorageId),
+            ("enabled", Kind::Bool),
+        ],
+        &[],
+    )?;
+    Ok(sim
+        .read(|st| {
+            json!(st
+                .storages
+                .iter()
+                .filter(|s| auth::has(
+                    st,
+                    &req.who,
+                    &format!("/storage/{}", s.id),
+                    "Datastore.Audit"
+                ) || auth::has(
+                    st,
+                    &req.who,
+                    &format!("/storage/{}", s.id),
+                    "Datastore.AllocateSpace"
+                ))
+                .map(|s| storage_json(st, s))
+                .collect::<Vec<_>>())
+        })
+        .into())
+}
+
+pub(crate) fn storage_status(sim: &Sim, req: &Req) -> HResult {
+    validate(req, &[NODE, ("storage", Kind::StorageId)], &[])?;
+    let sid = req.get("storage").unwrap_or_default();
+    sim.read(|st| {
+        need_any(
+            st,
+            &req.who,
+            &format!("/storage/{sid}"),
+            &["Datastore.Audit", "Datastore.AllocateSpace"],
+        )?;
+        let s = st
+            .storage(sid)
+            .ok_or_else(|| die(format!("storage '{sid}' does not exist")))?;
+        Ok(storage_json(st, s).into())
+    })
+}
+
+pub(crate) fn backup_files(sim: &Sim, sid: &str) -> Vec<(String, u64, u64)> {
+    let dir = crate::dump_dir(&sim.cfg.state_dir, sid);
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(&dir) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if vzdump::Compression::from_path(std::path::Path::new(&name)).is_ok()
+                && name.starts_with("vzdump-")
+            {
+                let meta = e.metadata().ok();
+                let size = meta.as_ref().map(|m| m.len()).unwrap_or(0);
+                let ctime = meta
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                out.push((name, size, ctime));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+pub(crate) fn storage_content(sim: &Sim, req: &Req) -> HResult {
+    validate(
+        req,
+        &[
+            NODE,
+            ("storage", Kind::StorageId),
+            ("content", Kind::Str(64)),
+            ("vmid", Kind::Vmid),
+        ],
+        &[],
+    )?;
+    let sid = req.get("storage").unwrap_or_default().to_string();
+    let (s, vols) = sim.read(|st| {
+        need_any(
+            st,
+            &req.who,
+            &format!("/storage/{sid}"),
+            &["Datastore.Audit", "Datastore.AllocateSpace"],
+        )?;
+        let s = st
+            .storage(&sid)
+            .cloned()
+            .ok_or_else(|| die(format!("storage '{sid}' does not exist")))?;
+        Ok::<_, PveErr>((
+            s,
+            st.volumes
+                .iter()
+                .filter(|v| v.storage == sid)
+                .cloned()
+                .collect::<Vec<_>>(),
+        ))
+    })?;
+    let filter = req.get("content");
+    let mut out = Vec::new();
+    if s.content.iter().any(|c| c == "backup") && filter.is_none_or(|c| c == "backup") {
+        for (name, size, ctime) in backup_files(sim, &sid) {
+            let format = if name.ends_with(".tar.zst") {
+                "tar.zst"
+            } else if name.ends_with(".tar.gz") || name.ends_with(".tgz") {
+                "tar.gz"
+            } else {
+                "tar"
+            };
+            out.push(json!({ "volid": format!("{sid}:backup/{name}"), "content": "backup", "size": size, "format": format, "ctime": ctime, "vmid": vzdump::owner_vmid_from_name(&name), "subtype": "lxc" }));
+        }
+    }
+    if filter.is_none_or(|c| c == "rootdir" || c == "images") {
+        for v in vols {
+            out.push(json!({ "volid": v.volid, "content": "rootdir", "size": v.size, "format": "raw", "vmid": v.owner }));
+        }
+    }
+    Ok(json!(out).into())
+}
+
+/// Archive access (pve-storage `check_volume_access`, reference §2.4): `Datastore.Allocate`
+/// on the storage, or `Datastore.AllocateSpace` plus `VM.Backup` on the archive's owner VMID.
+pub(crate) fn archive_access(
+    sim: &Sim,
+    st: &State,
+    who: &Subject,
+    volid: &str,
+    target_vmid: Option<u32>,
+) -> Result<std::path::PathBuf, PveErr> {
+    let (sid, rest) = volid
+        .split_once(':')
+        .ok_or_else(|| die(format!("unable to parse volume ID '{volid}'")))?;
+    let s = st
+        .storage(sid)
+        .ok_or_else(|| die(format!("storage '{sid}' does not exist")))?;
+    let Some(name) = rest.strip_prefix("backup/") else {
+        return Err(die(format!(
+            "unable to use volume {volid} - content type needs to be 'backup'"
+        )));
+    };
+    if !s.content.iter().any(|c| c == "backup") || name.contains('/') || name.starts_with('.') {
+        return Err(die(format!(
+            "unable to use volume {volid} - content type needs to be 'backup'"
+        )));
+    }
+    if !auth::has(st, who, &format!("/storage/{sid}"), "Datastore.Allocate") {
+        need(
+            st,
+            who,
+            &format!("/storage/{sid}"),
+            "Datastore.AllocateSpace",
+        )?;
+        match vzdump::owner_vmid_from_name(name) {
+            Some(owner) if Some(owner) == target_vmid => {}
+            Some(owner) => need(st, who, &format!("/vms/{owner}"), "VM.Backup")?,
+            None => return Err(perm_text(format!("missing privileges to access {volid}"))),
+        }
+    }
+    let path = crate::dump_dir(&sim.cfg.state_dir, sid).join(name);
+    if !path.exists() {
+        return Err(die(format!("volume '{volid}' does not exist")));
+    }
+    Ok(path)
+}
+
+pub(crate) fn extractconfig(sim: &Sim, req: &Req) -> HResult {
+    validate(req, &[NODE, ("volume", Kind::Str(255))], &["volume"])?;
+    let volid = req.get("volume").unwrap_or_default();
+    let path = sim.read(|st| archive_access(sim, st, &req.who, volid, None))?;
+    let text = vzdump::read_pct_conf(&path).map_err(|e| {
+        die(format!(
+            "unable to extract configuration from '{volid}' - {e}"
+        ))
+    })?;
+    Ok(json!(text).into())
+}

@@ -1,0 +1,773 @@
+//! Tasks: real UPIDs, workers that hold the guest's config flock for their whole run, a
+//! modelled duration (scaled), logs ending in `TASK OK` / `TASK WARNINGS: n` /
+//! `TASK ERROR: msg`. A worker has three phases: `begin` (checks PVE does after taking the
+//! lock; a restore reads the archive and allocates its volumes here), the modelled wait
+//! (interruptible by `DELETE /nodes/{node}/tasks/{upid}`), and `apply` (the durable effect).
+//! Each task's plan is kept in the state, so a restarted simulator reschedules a running task
+//! to finish at its original end time.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::OwnedMutexGuard;
+
+use crate::api::params::{fresh_mac, new_volume_spec};
+use crate::auth::{self, Subject};
+use crate::locks::check_lock;
+use crate::sim::{model, now_ms, Sim};
+use crate::state::{State, Task, TaskPlan, Volume, GIB};
+
+/// Why a worker stopped waiting.
+enum Interrupt {
+    /// `DELETE .../tasks/{upid}`: the task ends with an error.
+    Killed,
+    /// The simulator stops: the task stays `running` for the next start to finish.
+    Shutdown,
+}
+
+impl Sim {
+    /// Register a task (status running) and return its UPID.
+    pub fn new_task(
+        &self,
+        st: &mut State,
+        task_type: &str,
+        id: &str,
+        who: &Subject,
+        modelled_ms: u64,
+        plan: TaskPlan,
+    ) -> String {
+        st.next_pid += 1;
+        let start = now_ms();
+        let upid = pve_api::Upid {
+            node: st.node.clone(),
+            pid: st.next_pid,
+            pstart: 0x0100_0000 + st.next_pid as u64,
+            starttime: start / 1000,
+            task_type: task_type.into(),
+            id: id.into(),
+            user: who.upid_user(),
+        }
+        .to_string();
+        let scaled = self.scaled_ms(modelled_ms);
+        let inject_fail = self.chance(self.cfg.faults.task_fail_probability(task_type));
+        if inject_fail {
+            st.counters.faults_injected += 1;
+        }
+        st.tasks.push(Task {
+            upid: upid.clone(),
+            node: st.node.clone(),
+            task_type: task_type.into(),
+            id: id.into(),
+            user: who.userid.clone(),
+            tokenid: who.token_name(),
+            status: "running".into(),
+            exitstatus: None,
+            log: vec![],
+            start_ms: start,
+            end_ms: start + scaled,
+            modelled_ms: scaled,
+            plan: Some(plan),
+            who: Some(who.clone()),
+            inject_fail,
+        });
+        // Keep the task list bounded like PVE's index (oldest finished tasks drop out).
+        if st.tasks.len() > 5000 {
+            if let Some(drop) = st.tasks.iter().position(|t| t.status == "stopped") {
+                st.tasks.remove(drop);
+            }
+        }
+        upid
+    }
+
+    /// Run a task's worker: take the guest's flock (unless `guard` already holds it), begin,
+    /// wait out the modelled duration, apply the plan, record the exit status.
+    pub fn spawn_task(
+        self: &Arc<Self>,
+        upid: String,
+        vmid: Option<u32>,
+        guard: Option<OwnedMutexGuard<()>>,
+    ) {
+        let sim = self.clone();
+        let kill = Arc::new(tokio::sync::Notify::new());
+        self.cancels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(upid.clone(), kill.clone());
+        tokio::spawn(async move {
+            sim.run_task(&upid, vmid, guard, &kill).await;
+            sim.cancels
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&upid);
+            if !sim.stopping.load(Ordering::SeqCst) {
+                sim.sync_ssh().await;
+            }
+        });
+    }
+
+    async fn interruptible<F: std::future::Future>(
+        &self,
+        kill: &tokio::sync::Notify,
+        fut: F,
+    ) -> Result<F::Output, Interrupt> {
+        let mut stop = self.stop_rx.clone();
+        if *stop.borrow() {
+            return Err(Interrupt::Shutdown);
+        }
+        tokio::select! {
+            out = fut => Ok(out),
+            _ = kill.notified() => Err(Interrupt::Killed),
+            _ = stop.changed() => Err(Interrupt::Shutdown),
+        }
+    }
+
+    async fn run_task(
+        self: &Arc<Self>,
+        upid: &str,
+        vmid: Option<u32>,
+        guard: Option<OwnedMutexGuard<()>>,
+        kill: &tokio::sync::Notify,
+    ) {
+        let guard = match (guard, vmid) {
+            (Some(g), _) => Some(g),
+            (None, Some(v)) => {
+                match self
+                    .interruptible(kill, self.flock(v, model::LOCK_TIMEOUT))
+                    .await
+                {
+                    Ok(Ok(g)) => Some(g),
+                    Ok(Err(msg)) => return self.fail(upid, msg),
+                    Err(Interrupt::Killed) => {
+                        return self.fail(upid, "interrupted by signal".into())
+                    }
+                    Err(Interrupt::Shutdown) => return,
+                }
+            }
+            (None, None) => None,
+        };
+        if let Err(msg) = self.begin(upid).await {
+            return self.fail(upid, msg);
+        }
+        let end = self
+            .read(|st| st.tasks.iter().find(|t| t.upid == upid).map(|t| t.end_ms))
+            .unwrap_or(0);
+        let wait = Duration::from_millis(end.saturating_sub(now_ms()));
+        match self.interruptible(kill, tokio::time::sleep(wait)).await {
+            Ok(()) => {}
+            Err(Interrupt::Killed) => return self.fail(upid, "interrupted by signal".into()),
+            Err(Interrupt::Shutdown) => return,
+        }
+        let follow_up = self.apply(upid);
+        drop(guard);
+        if let Some((vmid, who)) = follow_up {
+            // `start=1` on restore: a separate vzstart task after the lock is released.
+            let upid = self.mutate(|st| {
+                self.new_task(
+                    st,
+                    "vzstart",
+                    &vmid.to_string(),
+                    &who,
+                    model::START,
+                    TaskPlan::Start { vmid },
+                )
+            });
+            self.spawn_task(upid, Some(vmid), None);
+        }
+    }
+
+    /// After a restart: finish the tasks a previous run left running, at their original end.
+    pub fn resume_tasks(self: &Arc<Self>) {
+        let running: Vec<(String, Option<u32>)> = self.read(|st| {
+            st.tasks
+                .iter()
+                .filter(|t| t.status == "running")
+                .map(|t| (t.upid.clone(), t.id.parse().ok()))
+                .collect()
+        });
+        for (upid, vmid) in running {
+            self.spawn_task(upid, vmid, None);
+        }
+        let sim = self.clone();
+        tokio::spawn(async move { sim.sync_ssh().await });
+    }
+
+    /// Kill a running task (`DELETE /nodes/{node}/tasks/{upid}`).
+    pub fn kill_task(&self, upid: &str) {
+        if let Some(n) = self
+            .cancels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(upid)
+        {
+            n.notify_one();
+        }
+    }
+
+    fn log(&self, st: &mut State, upid: &str, line: String) {
+        if let Some(t) = st.tasks.iter_mut().find(|t| t.upid == upid) {
+            t.log.push(line);
+        }
+    }
+
+    /// End a task with an error, undoing what a restore created.
+    fn fail(&self, upid: &str, msg: String) {
+        self.mutate(|st| {
+            cleanup_restore(st, upid);
+            finish(st, upid, Err(msg));
+        });
+    }
+
+    /// The worker's first phase, under the flock.
+    async fn begin(self: &Arc<Self>, upid: &str) -> Result<(), String> {
+        let Some((plan, who)) = self.read(|st| {
+            st.tasks
+                .iter()
+                .find(|t| t.upid == upid)
+                .and_then(|t| Some((t.plan.clone()?, t.who.clone()?)))
+        }) else {
+            return Ok(());
+        };
+        let node = self.read(|st| st.node.clone());
+        let no_conf =
+            |vmid: u32| format!("Configuration file 'nodes/{node}/lxc/{vmid}.conf' does not exist");
+        match plan {
+            TaskPlan::RestoreRequest {
+                vmid,
+                archive,
+                storage,
+                request,
+                pool,
+                start,
+                unique,
+                unprivileged,
+            } => {
+                let sim = self.clone();
+                let archive2 = archive.clone();
+                let read = tokio::task::spawn_blocking(move || {
+                    let conf = crate::archive::pct_conf(&archive2).map_err(|e| e.to_string())?;
+                    let traits = sim.archive_traits(&archive2)?;
+                    Ok::<_, String>((conf, traits))
+                })
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r);
+                let (archived, traits) =
+                    read.map_err(|e| format!("unable to restore CT {vmid} - {e}"))?;
+                let volid = format!(
+                    "{}:backup/{}",
+                    archive
+                        .parent()
+                        .and_then(|p| p.parent())
+                        .and_then(|p| p.file_name())
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    archive
+                        .file_name()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default()
+                );
+                self.mutate(|st| {
+                    let r = RestoreInput {
+                        vmid,
+                        storage: &storage,
+                        request,
+                        unique,
+                        unprivileged,
+                        who: &who,
+                    };
+                    let planned = plan_restore(st, r, &archived);
+                    match planned {
+                        Ok((config, volumes, warnings)) => {
+                            self.log(
+                                st,
+                                upid,
+                                format!("recovering backed-up configuration from '{volid}'"),
+                            );
+                            for v in &volumes {
+                                self.log(
+                                    st,
+                                    upid,
+                                    format!(
+                                        "  Logical volume \"{}\" created.",
+                                        v.volid.split(':').nth(1).unwrap_or("")
+                                    ),
+                                );
+                            }
+                            self.log(st, upid, format!("restoring '{volid}' now.."));
+                            st.volumes.extend(volumes.iter().cloned());
+                            if let Some(t) = st.tasks.iter_mut().find(|t| t.upid == upid) {
+                                t.plan = Some(TaskPlan::Restore {
+                                    vmid,
+                                    config,
+                                    volumes,
+                                    traits,
+                                    pool,
+                                    start,
+                                    warnings,
+                                });
+                            }
+                            Ok(())
+                        }
+                        Err(e) => Err(format!("unable to restore CT {vmid} - {e}")),
+                    }
+                })
+            }
+            TaskPlan::Start { vmid } | TaskPlan::Reboot { vmid } => self.read(|st| {
+                let g = st.guests.get(&vmid).ok_or_else(|| no_conf(vmid))?;
+                check_lock(g, true)?;
+                if g.config.get("template").is_some_and(|t| t == "1") {
+                    return Err("you can't start a CT if it's a template".into());
+                }
+                Ok(())
+            }),
+            TaskPlan::Stop { vmid } => self.read(|st| {
+                let g = st.guests.get(&vmid).ok_or_else(|| no_conf(vmid))?;
+                check_lock(g, true)
+            }),
+            TaskPlan::Destroy { vmid, .. } => self.mutate(|st| {
+                let g = st.guests.get_mut(&vmid).ok_or_else(|| no_conf(vmid))?;
+                g.config.insert("lock".into(), "destroyed".into());
+                g.running = false;
+                g.lease_visible_at = None;
+                Ok(())
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Apply a finished task's plan; returns a follow-up start for `start=1` restores.
+    fn apply(&self, upid: &str) -> Option<(u32, Subject)> {
+        let mut follow_up = None;
+        let dhcp_at = now_ms() + self.dhcp_delay_ms();
+        self.mutate(|st| {
+            let Some(t) = st.tasks.iter().find(|t| t.upid == upid) else {
+                return;
+            };
+            let (Some(plan), inject_fail, ty, who) = (
+                t.plan.clone(),
+                t.inject_fail,
+                t.task_type.clone(),
+                t.who.clone(),
+            ) else {
+                return;
+            };
+            if inject_fail {
+                let vmid: u32 = t.id.parse().unwrap_or(0);
+                let msg = match ty.as_str() {
+                    "vzrestore" => format!("unable to restore CT {vmid} - simulated fault: command 'tar xpf - --zstd' failed: exit code 2"),
+                    "resize" => format!("simulated fault: resize2fs of CT {vmid} failed: exit code 1"),
+                    "vzstart" => format!("simulated fault: startup for container '{vmid}' failed"),
+                    other => format!("simulated fault: {other} of CT {vmid} failed"),
+                };
+                cleanup_restore(st, upid);
+                finish(st, upid, Err(msg));
+                return;
+            }
+            let result = apply_plan(st, plan, dhcp_at);
+            match result {
+                Ok((warnings, start)) => {
+                    if let (Some(vmid), Some(who)) = (start, who) {
+                        follow_up = Some((vmid, who));
+                    }
+                    finish(st, upid, Ok(warnings));
+                }
+                Err(msg) => {
+                    cleanup_restore(st, upid);
+                    finish(st, upid, Err(msg));
+                }
+            }
+        });
+        follow_up
+    }
+}
+
+/// Record a task's end: its last log line and `exitstatus`.
+fn finish(st: &mut State, upid: &str, result: Result<Vec<String>, String>) {
+    if let Some(t) = st.tasks.iter_mut().find(|t| t.upid == upid) {
+        if t.status == "stopped" {
+            return;
+        }
+        t.status = "stopped".into();
+        t.plan = None;
+        t.end_ms = now_ms();
+        match result {
+            Ok(warnings) if warnings.is_empty() => {
+                t.log.push("TASK OK".into());
+                t.exitstatus = Some("OK".into());
+            }
+            Ok(warnings) => {
+                for w in &warnings {
+                    t.log.push(format!("WARN: {w}"));
+                }
+                t.log.push(format!("TASK WARNINGS: {}", warnings.len()));
+                t.exitstatus = Some(format!("WARNINGS: {}", warnings.len()));
+            }
+            Err(msg) => {
+                let msg = msg.trim_end().to_string();
+                t.log.push(msg.clone());
+                t.log.push(format!("TASK ERROR: {msg}"));
+                t.exitstatus = Some(msg.replace('\n', " "));
+            }
+        }
+    }
+}
+
+/// A failed restore removes what it created: its volumes and the placeholder config, so the
+/// VMID is free again (reference §2.3).
+fn cleanup_restore(st: &mut State, upid: &str) {
+    let Some(t) = st.tasks.iter().find(|t| t.upid == upid) else {
+        return;
+    };
+    if t.task_type != "vzrestore" {
+        return;
+    }
+    let vmid: u32 = t.id.parse().unwrap_or(0);
+    let created: Vec<String> = match &t.plan {
+        Some(TaskPlan::Restore { volumes, .. }) => {
+            volumes.iter().map(|v| v.volid.clone()).collect()
+        }
+        _ => Vec::new(),
+    };
+    st.volumes.retain(|v| !created.contains(&v.volid));
+    if st
+        .guests
+        .get(&vmid)
+        .is_some_and(|g| g.config.get("lock").is_some_and(|l| l == "create"))
+    {
+        st.guests.remove(&vmid);
+    }
+}
+
+/// The effect of a plan; `Ok((warnings, start_vmid))`.
+fn apply_plan(
+    st: &mut State,
+    plan: TaskPlan,
+    dhcp_at: u64,
+) -> Result<(Vec<String>, Option<u32>), String> {
+    let node = st.node.clone();
+    let no_conf =
+        |vmid: u32| format!("Configuration file 'nodes/{node}/lxc/{vmid}.conf' does not exist");
+    match plan {
+        TaskPlan::RestoreRequest { vmid, .. } => Err(format!(
+            "unable to restore CT {vmid} - worker did not start"
+        )),
+        TaskPlan::Restore {
+            vmid,
+            config,
+            traits,
+            pool,
+            start,
+            warnings,
+            ..
+        } => {
+            let g = st.guests.entry(vmid).or_default();
+            g.vmid = vmid;
+            g.config = config;
+            g.traits = traits;
+            g.pool = pool.clone();
+            if let Some(p) = pool {
+                let members = st.pools.entry(p).or_default();
+                if !members.contains(&vmid) {
+                    members.push(vmid);
+                }
+            }
+            Ok((warnings, start.then_some(vmid)))
+        }
+        TaskPlan::Fail { message, .. } => Err(message),
+        TaskPlan::Resize { vmid, disk, bytes } => {
+            let g = st.guests.get_mut(&vmid).ok_or_else(|| no_conf(vmid))?;
+            let cur = g
+                .config
+                .get(&disk)
+                .cloned()
+                .ok_or_else(|| format!("no such disk '{disk}'"))?;
+            let mut m = if disk == "rootfs" {
+                pve_api::MountConfig::parse_rootfs(&cur)
+            } else {
+                pve_api::MountConfig::parse_mp(&cur)
+            }
+            .map_err(|e| e.to_string())?;
+            m.size = Some(bytes);
+            g.config.insert(disk, m.to_string());
+            if let Some(v) = st.volumes.iter_mut().find(|v| v.volid == m.volume) {
+                v.size = bytes;
+            }
+            Ok((Vec::new(), None))
+        }
+        TaskPlan::Start { vmid } => {
+            let g = st.guests.get(&vmid).ok_or_else(|| no_conf(vmid))?;
+            if g.running {
+                return Err(format!("CT {vmid} already running"));
+            }
+            boot(st, vmid, dhcp_at);
+            Ok((Vec::new(), None))
+        }
+        TaskPlan::Reboot { vmid } => {
+            if let Some(g) = st.guests.get_mut(&vmid) {
+                g.running = false;
+            }
+            boot(st, vmid, dhcp_at);
+            Ok((Vec::new(), None))
+        }
+        TaskPlan::Stop { vmid } => {
+            if let Some(g) = st.guests.get_mut(&vmid) {
+                g.running = false;
+                g.lease_visible_at = None;
+            }
+            Ok((Vec::new(), None))
+        }
+        TaskPlan::Destroy {
+            vmid,
+            destroy_unreferenced,
+        } => destroy(st, vmid, destroy_unreferenced).map(|w| (w, None)),
+    }
+}
+
+/// Apply `[pve:pending]` to the config (at start and reboot, or on a stopped guest).
+pub fn apply_pending(g: &mut crate::state::Guest) {
+    let pending = std::mem::take(&mut g.pending);
+    for (k, v) in pending {
+        if k.starts_with("mp") {
+            detach_old_mp(g, &k);
+        }
+        g.config.insert(k, v);
+    }
+    for k in std::mem::take(&mut g.pending_delete) {
+        if k.starts_with("mp") {
+            detach_old_mp(g, &k);
+        } else {
+            g.config.remove(&k);
+        }
+    }
+}
+
+/// A replaced or removed `mpN` volume becomes `unusedN`; it is never deleted.
+fn detach_old_mp(g: &mut crate::state::Guest, key: &str) {
+    if let Some(old) = g.config.remove(key) {
+        let vol = old.split(',').next().unwrap_or("").to_string();
+        let vol = vol.strip_prefix("volume=").unwrap_or(&vol).to_string();
+        if vol.starts_with('/') {
+            return;
+        }
+        let n = (0..256)
+            .find(|n| !g.config.contains_key(&format!("unused{n}")))
+            .unwrap_or(255);
+        g.config.insert(format!("unused{n}"), vol);
+    }
+}
+
+/// A boot: pending changes are applied, identity files settle (machine-id, host keys), and
+/// the DHCP client asks for a lease, visible after the modelled delay.
+fn boot(st: &mut State, vmid: u32, dhcp_at: u64) {
+    let Some(g) = st.guests.get_mut(&vmid) else {
+        return;
+    };
+    apply_pending(g);
+    let (mid, key) = crate::guest::boot(&g.traits, &g.machine_id, &g.ssh_key);
+    g.machine_id = mid;
+    g.ssh_key = key;
+    g.running = true;
+    g.boots += 1;
+    g.lease_visible_at = Some(dhcp_at);
+    let nets: Vec<(String, String)> = g
+        .config
+        .iter()
+        .filter(|(k, _)| k.starts_with("net"))
+        .filter_map(|(_, v)| v.parse::<pve_api::NetConfig>().ok())
+        .filter(|n| n.ip.as_deref() == Some("dhcp"))
+        .filter_map(|n| Some((n.bridge.clone()?, n.hwaddr?.to_string())))
+        .collect();
+    for (bridge, mac) in nets {
+        crate::guest::lease(st, &bridge, &mac);
+    }
+}
+
+fn destroy(st: &mut State, vmid: u32, destroy_unreferenced: bool) -> Result<Vec<String>, String> {
+    let Some(g) = st.guests.remove(&vmid) else {
+        return Ok(Vec::new());
+    };
+    let referenced: Vec<String> = g
+        .config
+        .iter()
+        .chain(g.pending.iter())
+        .filter(|(k, _)| *k == "rootfs" || k.starts_with("mp") || k.starts_with("unused"))
+        .filter_map(|(_, v)| v.split(',').next().map(str::to_string))
+        .collect();
+    let mut warnings = Vec::new();
+    st.volumes.retain(|v| {
+        let referenced = referenced.contains(&v.volid);
+        if referenced && v.owner != vmid {
+            warnings.push(format!(
+                "volume '{}' is owned by another guest, skipping",
+                v.volid
+            ));
+            return true;
+        }
+        !(referenced || (destroy_unreferenced && v.owner == vmid))
+    });
+    st.acl.retain(|a| a.path != format!("/vms/{vmid}"));
+    for members in st.pools.values_mut() {
+        members.retain(|m| *m != vmid);
+    }
+    Ok(warnings)
+}
+
+/// What a restore request asks for, after the synchronous checks.
+struct RestoreInput<'a> {
+    vmid: u32,
+    storage: &'a str,
+    request: BTreeMap<String, String>,
+    unique: bool,
+    unprivileged: Option<bool>,
+    who: &'a Subject,
+}
+
+type Planned = (BTreeMap<String, String>, Vec<Volume>, Vec<String>);
+
+/// The `vzrestore` worker's decisions (reference §2.3, `pve-guest-setup.md`): privileges on
+/// archived bridges, the privileged check, the disk layout, and the config merge.
+fn plan_restore(
+    st: &State,
+    r: RestoreInput<'_>,
+    archived: &vzdump::PctConf,
+) -> Result<Planned, String> {
+    let RestoreInput {
+        vmid,
+        storage,
+        request,
+        unique,
+        unprivileged,
+        who,
+    } = r;
+    let mut conf = request.clone();
+    let mut warnings = Vec::new();
+    for (k, v) in &archived.entries {
+        let skip = matches!(
+            k.as_str(),
+            "digest" | "rootfs" | "snapshots" | "unprivileged" | "parent" | "template"
+        ) || k.starts_with("mp")
+            || k.starts_with("unused");
+        if skip {
+            continue;
+        }
+        if k.starts_with("lxc.") {
+            if who.is_root() {
+                conf.insert(k.clone(), v.clone());
+            } else {
+                warnings.push(format!(
+                    "skipping custom lxc option '{k}' for non-root user"
+                ));
+            }
+            continue;
+        }
+        if k.starts_with("net") && unique {
+            // unique=1 re-randomises every archived NIC and overrides a request netN.
+            let fresh = v
+                .parse::<pve_api::NetConfig>()
+                .ok()
+                .and_then(|n| n.with_hwaddr(&fresh_mac()).ok())
+                .map(|n| n.to_string());
+            if let Some(f) = fresh {
+                conf.insert(k.clone(), f);
+            }
+            continue;
+        }
+        if !conf.contains_key(k) {
+            if k.starts_with("net") {
+                // Archived NICs keep their MAC; their bridge still needs SDN.Use.
+                if let Some(b) = v.parse::<pve_api::NetConfig>().ok().and_then(|n| n.bridge) {
+                    let path = format!("/sdn/zones/localnetwork/{b}");
+                    if !auth::has(st, who, &path, "SDN.Use") {
+                        return Err(format!("Permission check failed ({path}, SDN.Use)"));
+                    }
+                }
+            }
+            conf.insert(k.clone(), v.clone());
+        }
+    }
+    let unprivileged = unprivileged.unwrap_or_else(|| archived.get("unprivileged") == Some("1"));
+    if !unprivileged && !auth::has(st, who, "/", "Sys.Modify") {
+        return Err("Permission check failed (/, Sys.Modify)".into());
+    }
+    if unprivileged {
+        conf.insert("unprivileged".into(), "1".into());
+    }
+    if !archived.description.is_empty() && !request.contains_key("description") {
+        conf.insert(
+            "description".into(),
+            archived.description.trim_end_matches('\n').to_string(),
+        );
+    }
+    // Disks: explicit mode (request rootfs) creates only the request's volumes; storage-only
+    // mode recreates the archived rootfs and volume mount points on `storage`.
+    let mut volumes: Vec<Volume> = Vec::new();
+    let explicit = request.contains_key("rootfs");
+    let mut disks: Vec<(String, String)> = Vec::new();
+    if explicit {
+        for (k, v) in request
+            .iter()
+            .filter(|(k, _)| *k == "rootfs" || k.starts_with("mp"))
+        {
+            disks.push((k.clone(), v.clone()));
+        }
+    } else {
+        let root = archived.get("rootfs").ok_or(
+            "rootfs configuration could not be recovered, please check and specify manually!",
+        )?;
+        disks.push(("rootfs".into(), root.to_string()));
+        for (k, v) in archived.entries.iter().filter(|(k, _)| k.starts_with("mp")) {
+            if !request.contains_key(k) {
+                disks.push((k.clone(), v.clone()));
+            }
+        }
+        for (k, v) in request.iter().filter(|(k, _)| k.starts_with("mp")) {
+            disks.push((k.clone(), v.clone()));
+        }
+    }
+    for (k, v) in disks {
+        let parsed = if k == "rootfs" {
+            pve_api::MountConfig::parse_rootfs(&v)
+        } else {
+            pve_api::MountConfig::parse_mp(&v)
+        };
+        let mut m = parsed.map_err(|e| format!("unable to parse {k}: {e}"))?;
+        if m.volume.starts_with('/') {
+            if !who.is_root() {
+                return Err(format!(
+                    "restoring '{k}' to bind mount is only possible for root"
+                ));
+            }
+            conf.insert(k, m.to_string());
+            continue;
+        }
+        let (sid, bytes) = match new_volume_spec(&m.volume) {
+            Some((sid, gib)) if explicit || request.contains_key(&k) => {
+                (sid, (gib * GIB as f64) as u64)
+            }
+            _ => match m.size {
+                Some(b) => (storage.to_string(), b),
+                None => {
+                    return Err("unable to detect disk size - please specify rootfs (size)".into())
+                }
+            },
+        };
+        let volid = st.next_disk_name(&sid, vmid, &volumes);
+        volumes.push(Volume {
+            volid: volid.clone(),
+            storage: sid,
+            owner: vmid,
+            size: bytes,
+        });
+        m.volume = volid;
+        m.size = Some(bytes);
+        conf.insert(k, m.to_string());
+    }
+    conf.entry("hostname".into())
+        .or_insert_with(|| format!("CT{vmid}"));
+    conf.entry("memory".into()).or_insert_with(|| "512".into());
+    conf.entry("swap".into()).or_insert_with(|| "512".into());
+    conf.remove("lock");
+    Ok((conf, volumes, warnings))
+}
