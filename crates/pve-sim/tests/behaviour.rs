@@ -551,3 +551,147 @@ async fn first_boot_unit_gives_distinct_keys_and_baked_keys_are_shared() {
         Err(ApiError::NotFound { .. })
     ));
 }
+
+#[tokio::test]
+async fn a_running_guest_keeps_non_hotplug_changes_pending_until_reboot() {
+    let env = Env::start(0.02, "").await;
+    let c = &env.client;
+    let w = WaitOptions::default();
+    env.restore(1230, &[]).await.unwrap();
+    let u = c.lxc_start("pve", vmid(1230)).await.unwrap();
+    c.wait_task(&u, &w).await.unwrap();
+    c.lxc_update_config(
+        "pve",
+        vmid(1230),
+        &[
+            ("tty".into(), "3".into()),
+            ("hostname".into(), "hot".into()),
+            ("mp0".into(), "local-lvm:1,mp=/srv/hot".into()),
+        ],
+        None,
+    )
+    .await
+    .unwrap();
+    let pending: serde_json::Value = c.get("/nodes/pve/lxc/1230/pending", &[]).await.unwrap();
+    let entry = |k: &str| {
+        pending
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["key"] == k)
+            .cloned()
+            .unwrap_or_default()
+    };
+    // tty waits for the next start; hostname is fast-plugged; a new mp0 is hot-plugged.
+    assert_eq!(entry("tty")["pending"], 3, "{pending}");
+    assert!(entry("tty").get("value").is_none(), "{pending}");
+    assert_eq!(entry("hostname")["value"], "hot");
+    assert!(entry("hostname").get("pending").is_none());
+    assert!(entry("mp0")["value"]
+        .as_str()
+        .unwrap()
+        .starts_with("local-lvm:vm-1230-disk-"));
+    let current: serde_json::Value = c
+        .get("/nodes/pve/lxc/1230/config", &[("current", "1".into())])
+        .await
+        .unwrap();
+    assert!(current.get("tty").is_none());
+    let cfg = c.lxc_config("pve", vmid(1230)).await.unwrap();
+    assert_eq!(cfg.get("tty"), Some(&serde_json::json!(3)));
+
+    // Deleting a mount point of a running guest waits as well; then reboot applies it all.
+    c.lxc_update_config("pve", vmid(1230), &[("delete".into(), "mp0".into())], None)
+        .await
+        .unwrap();
+    let current: serde_json::Value = c
+        .get("/nodes/pve/lxc/1230/config", &[("current", "1".into())])
+        .await
+        .unwrap();
+    assert!(
+        current.get("mp0").is_some(),
+        "mp0 stays until the next start"
+    );
+    let cfg = c.lxc_config("pve", vmid(1230)).await.unwrap();
+    assert!(
+        cfg.get("mp0").is_none(),
+        "the default view applies pending deletes"
+    );
+    let u: pve_api::Upid = c
+        .post::<String>("/nodes/pve/lxc/1230/status/reboot", &[])
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(u.task_type, "vzreboot");
+    c.wait_task(&u, &w).await.unwrap();
+    let pending: serde_json::Value = c.get("/nodes/pve/lxc/1230/pending", &[]).await.unwrap();
+    assert!(
+        pending
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e.get("pending").is_none() && e.get("delete").is_none()),
+        "{pending}"
+    );
+    let cfg = c.lxc_config("pve", vmid(1230)).await.unwrap();
+    assert_eq!(cfg.get("tty"), Some(&serde_json::json!(3)));
+    assert!(cfg.get("mp0").is_none());
+    assert!(cfg
+        .get_str("unused0")
+        .unwrap()
+        .starts_with("local-lvm:vm-1230-disk-"));
+    assert_eq!(
+        c.lxc_status("pve", vmid(1230)).await.unwrap().status,
+        "running"
+    );
+}
+
+#[tokio::test]
+async fn a_killed_restore_leaves_nothing_and_unknown_methods_get_501() {
+    // Time scale 1: the restore worker runs for about 2 s, long enough to stop it.
+    let env = Env::start(1.0, "").await;
+    let c = &env.client;
+    let params: Vec<(String, String)> = [
+        ("vmid", "1240"),
+        ("ostemplate", GOLDEN_VOLID),
+        ("restore", "1"),
+        ("storage", "local-lvm"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let upid = c.lxc_create("pve", &params).await.unwrap();
+    // The VMID is reserved at once: the placeholder shows `lock: create`.
+    let cfg = c.lxc_config("pve", vmid(1240)).await.unwrap();
+    assert_eq!(cfg.get_str("lock"), Some("create"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _: serde_json::Value = c
+        .delete(&format!("/nodes/pve/tasks/{upid}"), &[])
+        .await
+        .unwrap();
+    match c.wait_task(&upid, &WaitOptions::default()).await {
+        Err(ApiError::TaskFailed { exitstatus, .. }) => {
+            assert_eq!(exitstatus, "interrupted by signal")
+        }
+        other => panic!("{other:?}"),
+    }
+    let st = env.state().await;
+    assert!(st["guests"].as_array().unwrap().is_empty(), "{st}");
+    assert!(st["volumes"].as_array().unwrap().is_empty(), "{st}");
+    assert_eq!(c.next_id(Some(vmid(1240))).await.unwrap(), vmid(1240));
+
+    match c
+        .post::<serde_json::Value>("/nodes/pve/lxc/1240/config", &[])
+        .await
+    {
+        Err(ApiError::NotImplemented { message }) => assert_eq!(
+            message.trim_end(),
+            "Method 'POST /nodes/pve/lxc/1240/config' not implemented"
+        ),
+        other => panic!("{other:?}"),
+    }
+    match c.get::<serde_json::Value>("/nodes/pve/tasks/UPID:pve:00001234:01001234:6A000000:vzstart:1:felhom@pve!agent:/status", &[]).await {
+        Err(ApiError::Param { errors, .. }) => assert_eq!(errors["upid"].trim_end(), "no such task"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -85,6 +85,53 @@ async fn every_request_of_a_full_workload_validates() {
     c.lxc_status("pve", v).await.unwrap();
     c.lxc_interfaces("pve", v).await.unwrap();
     c.lxc_list("pve").await.unwrap();
+    let _: serde_json::Value = c.get("/nodes/pve/lxc/1400/pending", &[]).await.unwrap();
+    c.lxc_update_config(
+        "pve",
+        v,
+        &[("tty".into(), "2".into()), ("delete".into(), "mp0".into())],
+        None,
+    )
+    .await
+    .unwrap();
+    let _: serde_json::Value = c
+        .get("/nodes/pve/lxc/1400/config", &[("current", "1".into())])
+        .await
+        .unwrap();
+    let u: pve_api::Upid = c
+        .post::<String>(
+            "/nodes/pve/lxc/1400/status/reboot",
+            &[("timeout", "30".into())],
+        )
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
+    c.wait_task(&u, &w).await.unwrap();
+    let _: serde_json::Value = c
+        .delete(&format!("/nodes/pve/tasks/{u}"), &[])
+        .await
+        .unwrap();
+    let _: serde_json::Value = c
+        .get(
+            "/nodes/pve/tasks",
+            &[("limit", "20".into()), ("vmid", "1400".into())],
+        )
+        .await
+        .unwrap();
+    let _: serde_json::Value = c.get("/nodes", &[]).await.unwrap();
+    let _: serde_json::Value = c.get("/nodes/pve/storage", &[]).await.unwrap();
+    let _: serde_json::Value = c
+        .get(
+            "/access/permissions",
+            &[("path", "/storage/local-lvm".into())],
+        )
+        .await
+        .unwrap();
+    let u = c.lxc_shutdown("pve", v).await.unwrap();
+    c.wait_task(&u, &w).await.unwrap();
+    let u = c.lxc_start("pve", v).await.unwrap();
+    c.wait_task(&u, &w).await.unwrap();
     let u = c.lxc_stop("pve", v).await.unwrap();
     c.wait_task(&u, &w).await.unwrap();
     let u = c.lxc_delete("pve", v, true, true).await.unwrap();
