@@ -30,6 +30,11 @@ pub async fn state(
     let ports: BTreeMap<u32, Option<u16>> =
         sim.read(|st| st.guests.keys().map(|v| (*v, sim.ssh_port(*v))).collect());
     let locked: Vec<u32> = sim.read(|st| st.guests.keys().copied().collect::<Vec<_>>());
+    let flocks: Vec<u32> = locked
+        .iter()
+        .copied()
+        .filter(|v| sim.is_locked(*v))
+        .collect();
     let body = sim.read(|st| {
         let now = now_ms();
         let guests: Vec<Value> = st
@@ -37,15 +42,17 @@ pub async fn state(
             .values()
             .map(|g| {
                 let macs: Vec<String> = g.config.iter().filter(|(k, _)| k.starts_with("net")).filter_map(|(_, v)| v.parse::<pve_api::NetConfig>().ok()?.hwaddr.map(|m| m.to_string())).collect();
-                let ip = if g.running && g.lease_visible_at.is_some_and(|t| now >= t) {
+                let ips: Vec<String> = if g.running && g.lease_visible_at.is_some_and(|t| now >= t) {
                     g.config
                         .iter()
                         .filter(|(k, _)| k.starts_with("net"))
                         .filter_map(|(_, v)| v.parse::<pve_api::NetConfig>().ok())
-                        .find_map(|n| st.leases.get(n.bridge.as_ref()?)?.get(&n.hwaddr?.to_string()).cloned())
+                        .filter_map(|n| st.leases.get(n.bridge.as_ref()?)?.get(&n.hwaddr?.to_string()).cloned())
+                        .collect()
                 } else {
-                    None
+                    Vec::new()
                 };
+                let ip = ips.first().cloned();
                 json!({
                     "vmid": g.vmid,
                     "status": if g.running { "running" } else { "stopped" },
@@ -53,6 +60,10 @@ pub async fn state(
                     "lock": g.config.get("lock"),
                     "macs": macs,
                     "ip": ip,
+                    "ips": ips,
+                    "pending": g.pending,
+                    "pending_delete": g.pending_delete,
+                    "flock_held": flocks.contains(&g.vmid),
                     "machine_id": g.machine_id,
                     "boots": g.boots,
                     "ssh": { "port": ports.get(&g.vmid).copied().flatten(), "fingerprint": g.ssh_key.as_deref().and_then(crate::guest::fingerprint) },
@@ -64,10 +75,7 @@ pub async fn state(
         json!({ "node": st.node, "guests": guests, "volumes": st.volumes, "leases": st.leases, "tasks": tasks, "counters": st.counters, "pools": st.pools })
     });
     let mut body = body;
-    body["locks"] = json!(locked
-        .into_iter()
-        .filter(|v| sim.is_locked(*v))
-        .collect::<Vec<_>>());
+    body["locks"] = json!(flocks);
     Json(body).into_response()
 }
 
@@ -129,7 +137,7 @@ pub async fn tokens(
         )
             .into_response();
     }
-    let secret = format!("{:032x}", rand::random::<u128>());
+    let secret = crate::sim::random_uuid();
     let id = format!("{}!{}", t.userid, t.tokenid);
     sim.mutate(|st| {
         if !st.users.contains(&t.userid) {
@@ -141,17 +149,22 @@ pub async fn tokens(
             secret_sha256: auth::hash_secret(&secret),
             privsep: t.privsep,
         });
-        st.acl.retain(|a| a.subject != id && a.subject != t.userid);
+        // The token's own ACL is replaced; the user's grants accumulate, so several tokens of
+        // one user keep their own (privsep) sets.
+        st.acl.retain(|a| a.subject != id);
         for (i, a) in t.acl.iter().enumerate() {
             let role = format!("sim-{}-{}-{i}", t.userid.replace('@', "-"), t.tokenid);
             st.roles.insert(role.clone(), a.privs.clone());
             for subject in [&t.userid, &id] {
-                st.acl.push(crate::state::AclEntry {
+                let entry = crate::state::AclEntry {
                     path: a.path.clone(),
                     subject: subject.clone(),
                     role: role.clone(),
                     propagate: a.propagate,
-                });
+                };
+                if !st.acl.contains(&entry) {
+                    st.acl.push(entry);
+                }
             }
         }
     });

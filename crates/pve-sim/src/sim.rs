@@ -58,7 +58,7 @@ pub struct Sim {
     traits_cache: Mutex<HashMap<(PathBuf, u64), ArchiveTraits>>,
 }
 
-fn random_uuid() -> String {
+pub fn random_uuid() -> String {
     let b: [u8; 16] = rand::random();
     let mut b = b;
     b[6] = (b[6] & 0x0f) | 0x40;

@@ -444,12 +444,7 @@ pub(crate) fn resize(sim: &Arc<Sim>, req: &Req) -> HResult {
         &[
             NODE,
             VMID,
-            (
-                "disk",
-                Kind::Enum(&[
-                    "rootfs", "mp0", "mp1", "mp2", "mp3", "mp4", "mp5", "mp6", "mp7", "mp8", "mp9",
-                ]),
-            ),
+            ("disk", Kind::ResizeDisk),
             ("size", Kind::Size),
             ("digest", Kind::Str(64)),
         ],

@@ -110,10 +110,26 @@ pub(crate) async fn create(sim: &Arc<Sim>, req: &Req) -> HResult {
     let volid = req.get("ostemplate").unwrap_or_default().to_string();
     let storage = req.get("storage").unwrap_or("local").to_string();
     let pool = req.get("pool").map(str::to_string);
-    let config_keys: Vec<(&str, Option<&str>)> = req
+    // `rootfs`/`mpN` accept a bare number (GiB), which becomes `<storage>:<n>` (§2.1).
+    let normalised: BTreeMap<String, String> = req
         .params
         .iter()
         .filter(|(k, _)| params::config_kind(k).is_some())
+        .map(|(k, v)| {
+            let disk = k == "rootfs" || k.starts_with("mp");
+            let (vol, rest) = v.split_once(',').unwrap_or((v.as_str(), ""));
+            let vol = vol.strip_prefix("volume=").unwrap_or(vol);
+            let bare = !vol.is_empty() && vol.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+            if disk && bare {
+                let sep = if rest.is_empty() { "" } else { "," };
+                (k.clone(), format!("{storage}:{vol}{sep}{rest}"))
+            } else {
+                (k.clone(), v.clone())
+            }
+        })
+        .collect();
+    let config_keys: Vec<(&str, Option<&str>)> = normalised
+        .iter()
         .map(|(k, v)| (k.as_str(), Some(v.as_str())))
         .collect();
     let unpriv_given = req
@@ -176,6 +192,7 @@ pub(crate) async fn create(sim: &Arc<Sim>, req: &Req) -> HResult {
     for (k, v) in &config_keys {
         let v = v.unwrap_or_default();
         if k.starts_with("unused") {
+            // `ignoring 'unusedN', cannot create/restore with unused volume` (a sync warning).
             continue;
         }
         let stored = if k.starts_with("net") {
@@ -253,10 +270,6 @@ pub(crate) fn destroy(sim: &Arc<Sim>, req: &Req) -> HResult {
             return Err(die(format!(
                 "unable to destroy CT {vmid} - container is running"
             )));
-        }
-        if let Some(g) = st.guests.get_mut(&vmid) {
-            g.config.insert("lock".into(), "destroyed".into());
-            g.running = false;
         }
         let plan = TaskPlan::Destroy {
             vmid,

@@ -24,6 +24,8 @@ pub enum Kind {
     Size,
     PoolId,
     Upid,
+    /// `rootfs`, `mp0` … `mp255` (the resize `disk` enum).
+    ResizeDisk,
 }
 
 fn is_dns_name(s: &str) -> bool {
@@ -152,6 +154,23 @@ fn check(kind: Kind, v: &str) -> Result<(), String> {
                 Ok(())
             } else {
                 Err("invalid format - invalid pool ID".into())
+            }
+        }
+        Kind::ResizeDisk => {
+            let ok = v == "rootfs"
+                || v.strip_prefix("mp")
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .is_some_and(|n| n < 256 && !v[2..].starts_with('0') || v == "mp0");
+            if ok {
+                Ok(())
+            } else {
+                let all: Vec<String> = std::iter::once("rootfs".to_string())
+                    .chain((0..256).map(|n| format!("mp{n}")))
+                    .collect();
+                Err(format!(
+                    "value '{v}' does not have a value in the enumeration '{}'",
+                    all.join(", ")
+                ))
             }
         }
         Kind::Upid => v

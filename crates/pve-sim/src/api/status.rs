@@ -107,27 +107,36 @@ pub(crate) fn interfaces(sim: &Sim, req: &Req) -> HResult {
             Some(("127.0.0.1", 8)),
             Some(("::1", 128)),
         )];
-        for (k, v) in g.config.iter().filter(|(k, _)| k.starts_with("net")) {
-            let _ = k;
+        for (_, v) in g.config.iter().filter(|(k, _)| k.starts_with("net")) {
             let Ok(n) = v.parse::<pve_api::NetConfig>() else {
                 continue;
             };
             let Some(mac) = n.hwaddr.map(|m| m.to_string()) else {
                 continue;
             };
-            let ip = if leased {
-                n.bridge
-                    .as_ref()
-                    .and_then(|b| st.leases.get(b))
-                    .and_then(|l| l.get(&mac))
-                    .cloned()
-            } else {
-                None
+            let addr: Option<(String, u32)> = match n.ip.as_deref() {
+                // A DHCP NIC shows up once its client has the lease (like `ip a` after ifup).
+                Some("dhcp") => {
+                    let ip = n
+                        .bridge
+                        .as_ref()
+                        .and_then(|b| st.leases.get(b))
+                        .and_then(|l| l.get(&mac))
+                        .cloned();
+                    match ip {
+                        Some(ip) if leased => Some((ip, 16)),
+                        _ => continue,
+                    }
+                }
+                Some(cidr) if cidr.contains('/') => cidr
+                    .split_once('/')
+                    .and_then(|(a, p)| Some((a.to_string(), p.parse().ok()?))),
+                _ => None,
             };
             out.push(iface(
                 &n.name,
                 &mac.to_ascii_lowercase(),
-                ip.as_deref().map(|a| (a, 16)),
+                addr.as_ref().map(|(a, p)| (a.as_str(), *p)),
                 None,
             ));
         }
