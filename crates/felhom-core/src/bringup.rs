@@ -78,6 +78,25 @@ async fn config_of(
     }
 }
 
+/// The guest's config, refusing a guest that does not carry this job's marker: every step
+/// after the restore acts only on a guest felhom provably made for this job (a resumed job
+/// included — someone may have replaced the guest while felhom was down).
+async fn owned_config(cx: &JobCx, vmid: Vmid) -> Result<pve_api::LxcConfig, StepError> {
+    let cfg = config_of(&cx.client, &cx.node, vmid)
+        .await?
+        .ok_or_else(|| StepError::Refused(format!("guest {vmid} vanished")))?;
+    match marker_of(&cfg) {
+        Some(m) if m.job == cx.job_id => Ok(cfg),
+        Some(m) => Err(StepError::Refused(format!(
+            "guest {vmid} now carries the marker of felhom job {}, not {}; refusing to touch it",
+            m.job, cx.job_id
+        ))),
+        None => Err(StepError::Refused(format!(
+            "guest {vmid} no longer carries felhom's ownership marker; refusing to touch it"
+        ))),
+    }
+}
+
 fn marker_of(cfg: &pve_api::LxcConfig) -> Option<Marker> {
     cfg.get_str("description").and_then(Marker::find)
 }
@@ -242,11 +261,7 @@ impl Step for BringupStep {
             BringupStep::Identity => {
                 let s = spec(cx)?;
                 let vmid = cx.vmid()?;
-                let Some(cfg) = config_of(&cx.client, &cx.node, vmid).await? else {
-                    return Err(StepError::Refused(format!(
-                        "guest {vmid} vanished after restore"
-                    )));
-                };
+                let cfg = owned_config(cx, vmid).await?;
                 let f = cx.facts();
                 let mac = net0_of(&cfg)?
                     .and_then(|n| n.hwaddr)
@@ -283,9 +298,7 @@ impl Step for BringupStep {
             BringupStep::Rootfs => {
                 let s = spec(cx)?;
                 let vmid = cx.vmid()?;
-                let cfg = config_of(&cx.client, &cx.node, vmid)
-                    .await?
-                    .ok_or_else(|| StepError::Refused(format!("guest {vmid} vanished")))?;
+                let cfg = owned_config(cx, vmid).await?;
                 let size = rootfs_size(&cfg)?;
                 if size >= s.rootfs_size.bytes() {
                     Ok(Observed::Done(json!({ "rootfs_bytes": size })))
@@ -296,9 +309,7 @@ impl Step for BringupStep {
             BringupStep::Mounts => {
                 let s = spec(cx)?;
                 let vmid = cx.vmid()?;
-                let cfg = config_of(&cx.client, &cx.node, vmid)
-                    .await?
-                    .ok_or_else(|| StepError::Refused(format!("guest {vmid} vanished")))?;
+                let cfg = owned_config(cx, vmid).await?;
                 let present = mounts_of(&cfg);
                 let mut seen = Vec::new();
                 for m in &s.mounts {
@@ -324,9 +335,7 @@ impl Step for BringupStep {
             BringupStep::Ssh => observe_ssh(cx).await,
             BringupStep::Finish => {
                 let vmid = cx.vmid()?;
-                let cfg = config_of(&cx.client, &cx.node, vmid)
-                    .await?
-                    .ok_or_else(|| StepError::Refused(format!("guest {vmid} vanished")))?;
+                let cfg = owned_config(cx, vmid).await?;
                 let tagged = cfg
                     .get_str("tags")
                     .is_some_and(|t| t.split(';').any(|t| t == FELHOM_TAG));
@@ -430,9 +439,7 @@ impl Step for BringupStep {
             BringupStep::Finish => {
                 let s = spec(cx)?;
                 let vmid = cx.vmid()?;
-                let cfg = config_of(&cx.client, &cx.node, vmid)
-                    .await?
-                    .ok_or_else(|| StepError::Refused(format!("guest {vmid} vanished")))?;
+                let cfg = owned_config(cx, vmid).await?;
                 let marker = Marker {
                     job: cx.job_id.clone(),
                     customer: s.customer.to_string(),
@@ -469,6 +476,7 @@ impl Step for BringupStep {
                 if config_of(&cx.client, &cx.node, vmid).await?.is_none() {
                     return Ok(());
                 }
+                owned_config(cx, vmid).await?;
                 stop_if_running(cx, vmid, "start").await
             }
             _ => Ok(()),
@@ -722,9 +730,7 @@ async fn stop_if_running(cx: &JobCx, vmid: Vmid, step: &str) -> Result<(), StepE
 async fn act_identity(cx: &JobCx) -> Result<(), StepError> {
     let s = spec(cx)?;
     let vmid = cx.vmid()?;
-    let cfg = config_of(&cx.client, &cx.node, vmid)
-        .await?
-        .ok_or_else(|| StepError::Refused(format!("guest {vmid} vanished")))?;
+    let cfg = owned_config(cx, vmid).await?;
     let taken = taken_macs(cx, Some(vmid)).await?;
     let policy = IdentityPolicy::named(s.identity);
     let mut mac = cx.facts().mac.unwrap_or_default();
@@ -777,9 +783,7 @@ async fn act_mounts(cx: &JobCx) -> Result<(), StepError> {
     let s = spec(cx)?;
     let vmid = cx.vmid()?;
     for m in &s.mounts {
-        let cfg = config_of(&cx.client, &cx.node, vmid)
-            .await?
-            .ok_or_else(|| StepError::Refused(format!("guest {vmid} vanished")))?;
+        let cfg = owned_config(cx, vmid).await?;
         let present = mounts_of(&cfg);
         if let Some((key, _, size)) = present.iter().find(|(_, p, _)| p == m.path.as_str()) {
             if *size < m.size.bytes() {

@@ -382,3 +382,17 @@ pub fn write_config_file(path: &Path, file: &ConfigFile) -> std::io::Result<()> 
     std::fs::write(&tmp, format!("# written by felhom; see README.md\n{text}"))?;
     std::fs::rename(tmp, path)
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn arbitrary_config_text_never_panics(text in "\\PC{0,400}") {
+            let _ = Config::parse(Path::new("/tmp/x/felhom.toml"), &text);
+        }
+    }
+}

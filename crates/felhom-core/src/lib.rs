@@ -13,6 +13,7 @@ pub mod job;
 pub mod journal;
 pub mod marker;
 pub mod ops;
+pub mod preflight;
 pub mod privileges;
 pub mod spec;
 pub mod ssh_probe;

@@ -938,3 +938,39 @@ path = "/srv/data"
         assert_eq!(fields, vec!["vmid", "tags", "vmdi"], "{errs}");
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        /// Arbitrary text never panics the spec parser; it yields a spec or field errors.
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,400}") {
+            let _ = GuestSpec::parse_many(&text);
+        }
+
+        /// Valid TOML with arbitrary values in every field: a fully valid spec or errors
+        /// naming fields, never a panic; an accepted spec has no separator in any value.
+        #[test]
+        fn arbitrary_field_values(h in "\\PC{0,40}", p in "\\PC{0,40}", st in "\\PC{0,20}", b in "\\PC{0,20}", size in "\\PC{0,10}", vmid in any::<i64>()) {
+            let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+            let text = format!(
+                "customer = \"c\"\nhostname = \"{}\"\nvmid = {vmid}\ngolden = \"local:backup/vzdump-lxc-9100-2026_06_09-20_41_10.tar.zst\"\nnode = \"pve\"\nstorage = \"{}\"\nrootfs_size = \"{}\"\nbridge = \"{}\"\n[[mount]]\nstorage = \"local-lvm\"\nsize = \"1G\"\npath = \"{}\"\n",
+                esc(&h), esc(&st), esc(&size), esc(&b), esc(&p)
+            );
+            match GuestSpec::parse_many(&text) {
+                Ok(specs) => {
+                    let s = &specs[0];
+                    for v in [s.hostname.as_str(), s.storage.as_str(), s.bridge.as_str(), s.mounts[0].path.as_str()] {
+                        prop_assert!(!v.contains([',', '=', ';', '\n', '\r']), "{v:?}");
+                    }
+                }
+                Err(e) => prop_assert!(!e.0.is_empty() && e.0.iter().all(|f| !f.field.is_empty())),
+            }
+        }
+    }
+}

@@ -328,3 +328,100 @@ pub async fn jobs(config: Option<&Path>, format: OutputFormat) -> anyhow::Result
     }
     Ok(0)
 }
+
+pub async fn preflight(
+    config: Option<&Path>,
+    files: &[PathBuf],
+    guests: u64,
+    format: OutputFormat,
+) -> anyhow::Result<i32> {
+    let specs = match load_specs(files) {
+        Ok(s) => s,
+        Err(e) => return Ok(bad_input(format, "invalid guest spec", &e)),
+    };
+    let f = match open(config, format) {
+        Ok(f) => f,
+        Err(code) => return Ok(code),
+    };
+    let report = match felhom_core::preflight::preflight(&f, &specs, guests).await {
+        Ok(r) => r,
+        Err(e) => {
+            match format {
+                OutputFormat::Json => println!(
+                    "{}",
+                    serde_json::json!({ "ready": null, "error": e.to_string() })
+                ),
+                OutputFormat::Human => eprintln!("cannot tell: {e}"),
+            }
+            return Ok(2);
+        }
+    };
+    match format {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        OutputFormat::Human => {
+            for p in &report.paths {
+                let status = if p.missing.is_empty() {
+                    "ok     "
+                } else {
+                    "MISSING"
+                };
+                println!("{status} {:<36} needs {}", p.path, p.needed.join(","));
+                if !p.missing.is_empty() {
+                    println!("        missing: {}", p.missing.join(","));
+                }
+                if !p.excess.is_empty() {
+                    println!("        warning: more than needed: {}", p.excess.join(","));
+                }
+            }
+            for c in &report.checks {
+                println!(
+                    "{} {:<13} {}",
+                    if c.ok { "ok     " } else { "FAILED " },
+                    c.name,
+                    c.detail
+                );
+            }
+            if !report.grant_commands.is_empty() {
+                println!("\nto grant what is missing, as root on the PVE host:");
+                for c in &report.grant_commands {
+                    println!("  {c}");
+                }
+            }
+            println!("{}", if report.ready { "ready" } else { "not ready" });
+        }
+    }
+    Ok(if report.ready { 0 } else { 1 })
+}
+
+pub fn role(config: Option<&Path>, files: &[PathBuf], format: OutputFormat) -> anyhow::Result<i32> {
+    let specs = match load_specs(files) {
+        Ok(s) => s,
+        Err(e) => return Ok(bad_input(format, "invalid guest spec", &e)),
+    };
+    let token = load_config(config, format)
+        .map(|c| c.client.token.id().to_string())
+        .unwrap_or_else(|_| "felhom@pve!agent".into());
+    let Some(scope) = felhom_core::privileges::Scope::from_specs(&specs) else {
+        return Ok(2);
+    };
+    match format {
+        OutputFormat::Json => {
+            let acl: Vec<_> = felhom_core::privileges::required(&scope)
+                .into_iter()
+                .map(|(path, privs)| serde_json::json!({ "path": path, "privs": privs.keys().collect::<Vec<_>>(), "propagate": path == "/vms" }))
+                .collect();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &serde_json::json!({ "role": "FelhomAgent", "privileges": felhom_core::privileges::role_privileges(&scope), "acl": acl, "commands": felhom_core::privileges::pveum_commands(&scope, &token) })
+                )?
+            );
+        }
+        OutputFormat::Human => {
+            for c in felhom_core::privileges::pveum_commands(&scope, &token) {
+                println!("{c}");
+            }
+        }
+    }
+    Ok(0)
+}

@@ -3,6 +3,7 @@
 //! Thin: parse arguments, call `felhom-core`, render. Exit codes: 0 ok, 1 failed and rolled
 //! back, 2 bad input or config (nothing written), 3 failed and rollback incomplete.
 
+mod bench;
 mod cmd_golden;
 mod cmd_jobs;
 mod cmd_sim;
@@ -56,6 +57,19 @@ enum Command {
     Status { vmids: Vec<String> },
     /// List the jobs in the journal.
     Jobs,
+    /// Is this host and token ready for the work the specs describe? Reads only.
+    Preflight {
+        #[arg(required = true, value_name = "SPEC")]
+        specs: Vec<PathBuf>,
+        /// How many guests of this kind the storage must have room for.
+        #[arg(long, default_value_t = 1)]
+        guests: u64,
+    },
+    /// Print the minimal role, user, token and ACL setup (pveum) for the work the specs describe.
+    Role {
+        #[arg(required = true, value_name = "SPEC")]
+        specs: Vec<PathBuf>,
+    },
     /// Run the whole job end to end on an embedded simulator: three guests in parallel.
     Demo(demo::DemoArgs),
     /// The PVE simulator.
@@ -64,6 +78,9 @@ enum Command {
     /// The golden base: recipe, inspection, identity-reset table.
     #[command(subcommand)]
     Golden(cmd_golden::GoldenCmd),
+    /// Benchmarks that print figures (against an embedded simulator).
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
 }
 
 fn main() -> ExitCode {
@@ -99,9 +116,14 @@ async fn run(cli: Cli) -> i32 {
             cmd_jobs::status(cli.config.as_deref(), &vmids, cli.output).await
         }
         Command::Jobs => cmd_jobs::jobs(cli.config.as_deref(), cli.output).await,
+        Command::Preflight { specs, guests } => {
+            cmd_jobs::preflight(cli.config.as_deref(), &specs, guests, cli.output).await
+        }
+        Command::Role { specs } => cmd_jobs::role(cli.config.as_deref(), &specs, cli.output),
         Command::Demo(args) => demo::run(args, cli.output).await,
         Command::Sim(cmd) => cmd_sim::run(cmd).await,
         Command::Golden(cmd) => cmd_golden::run(cmd, cli.output),
+        Command::Bench(cmd) => bench::run(cmd, cli.output).await,
     };
     match result {
         Ok(code) => code,

@@ -645,3 +645,26 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+        /// Whatever a server sends, classification never panics.
+        #[test]
+        fn classify_never_panics(status in 100u16..600, reason in "\\PC{0,80}", body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = classify(status, &reason, &body);
+        }
+
+        #[test]
+        fn classify_json_messages_never_panic(status in 400u16..600, msg in "\\PC{0,200}") {
+            let body = serde_json::json!({ "data": null, "message": msg, "errors": { "x": msg } }).to_string();
+            let e = classify(status, "", body.as_bytes());
+            let _ = e.to_string();
+            let _ = e.is_transient();
+        }
+    }
+}

@@ -175,14 +175,19 @@ impl PctConf {
     }
 }
 
+/// PVE URL-escapes control characters, `%` and `:` in description comment lines.
 fn unescape_comment(s: &str) -> String {
-    let mut out = Vec::new();
     let b = s.as_bytes();
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
+        if b[i] == b'%' {
+            if let (Some(h), Some(l)) = (
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            ) {
+                out.push(h << 4 | l);
                 i += 3;
                 continue;
             }
@@ -494,5 +499,31 @@ mod tests {
     fn conf_parse_errors() {
         assert!(parse_pct_conf("arch amd64\n").is_err());
         assert!(parse_pct_conf("ar ch: x\n").is_err());
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+        /// Arbitrary bytes as any compression: an error or entries, never a panic.
+        #[test]
+        fn arbitrary_archives_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096), c in 0u8..3) {
+            let c = [Compression::None, Compression::Gzip, Compression::Zstd][c as usize];
+            let _ = scan(&bytes[..], c, |_, r| { let _ = std::io::copy(r, &mut std::io::sink()); Ok(Flow::Continue) });
+        }
+
+        #[test]
+        fn arbitrary_pct_conf_never_panics(text in "\\PC{0,300}") {
+            let _ = parse_pct_conf(&text);
+        }
+
+        #[test]
+        fn owner_vmid_parse_never_panics(name in "\\PC{0,80}") {
+            let _ = owner_vmid_from_name(&name);
+        }
     }
 }

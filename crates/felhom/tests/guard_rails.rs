@@ -1,0 +1,259 @@
+//! Least privilege and guard rails (issue #6): preflight against exact grants, the pin, the
+//! secret never leaking, and felhom refusing guests that are not its own in every command.
+
+mod common;
+use std::os::unix::fs::PermissionsExt;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn client(sim: &Sim) -> pve_api::PveClient {
+    let text = std::fs::read_to_string(&sim.config).unwrap();
+    let cfg = felhom_core::config::Config::parse(&sim.config, &text).unwrap();
+    pve_api::PveClient::new(cfg.client).unwrap()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A config for `sim` using a token made with exactly `acl`.
+fn config_with_token(sim: &Sim, name: &str, acl: &Value) -> std::path::PathBuf {
+    let reply: Value = rt()
+        .block_on(client(sim).post_outside_api(
+            "/felhom-sim/tokens",
+            &json!({ "userid": "preflight@pve", "tokenid": name, "privsep": true, "acl": acl }),
+        ))
+        .unwrap();
+    let secret_file = sim.dir.path().join(format!("{name}.token"));
+    std::fs::write(&secret_file, reply["secret"].as_str().unwrap()).unwrap();
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let text = std::fs::read_to_string(&sim.config).unwrap();
+    let mut t: toml::Table = text.parse().unwrap();
+    t["pve"]["token_id"] = toml::Value::String(format!("preflight@pve!{name}"));
+    t["pve"]["token_secret_file"] = toml::Value::String(secret_file.display().to_string());
+    let p = sim.dir.path().join(format!("{name}.toml"));
+    std::fs::write(&p, toml::to_string(&t).unwrap()).unwrap();
+    p
+}
+
+#[test]
+fn preflight_names_exactly_the_missing_privilege_and_the_role_suffices() {
+    let sim = Sim::start();
+    let spec_path = sim.write_spec("pf.toml", &spec("pf", "1600", MOUNT));
+    let spec = &spec_path;
+    let out = sim.felhom(&["preflight", spec.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the bootstrap token is ready: {}",
+        both(&out)
+    );
+
+    let role = sim.felhom(&["--output", "json", "role", spec.to_str().unwrap()]);
+    let role: Value = serde_json::from_slice(&role.stdout).unwrap();
+    let acl = role["acl"].clone();
+    assert!(role["commands"][0]
+        .as_str()
+        .unwrap()
+        .starts_with("pveum role add FelhomAgent -privs"));
+
+    // Exactly the generated grants: ready, and no excess.
+    let exact = config_with_token(&sim, "exact", &acl);
+    let out = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&exact)
+        .args(["--output", "json", "preflight", spec.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        rep["paths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["excess"].as_array().unwrap().is_empty()),
+        "{rep}"
+    );
+
+    // Each single privilege removed: not ready, naming exactly that privilege and path.
+    let mut tried = 0;
+    for (i, entry) in acl.as_array().unwrap().iter().enumerate() {
+        for (j, privilege) in entry["privs"].as_array().unwrap().iter().enumerate() {
+            let mut narrowed = acl.clone();
+            narrowed[i]["privs"].as_array_mut().unwrap().remove(j);
+            let cfg = config_with_token(&sim, &format!("minus{i}x{j}"), &narrowed);
+            let out = std::process::Command::new(BIN)
+                .arg("--config")
+                .arg(&cfg)
+                .args(["--output", "json", "preflight", spec.to_str().unwrap()])
+                .output()
+                .unwrap();
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "without {privilege} on {}: {}",
+                entry["path"],
+                both(&out)
+            );
+            let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+            let missing: Vec<(String, String)> = rep["paths"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|p| {
+                    p["missing"].as_array().unwrap().iter().map(move |m| {
+                        (
+                            p["path"].as_str().unwrap().to_string(),
+                            m.as_str().unwrap().to_string(),
+                        )
+                    })
+                })
+                .collect();
+            assert_eq!(
+                missing,
+                vec![(
+                    entry["path"].as_str().unwrap().to_string(),
+                    privilege.as_str().unwrap().to_string()
+                )]
+            );
+            assert!(rep["grant_commands"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c.as_str().unwrap().contains(privilege.as_str().unwrap())));
+            tried += 1;
+        }
+    }
+    assert!(tried >= 10, "only {tried} privileges tried");
+}
+
+#[test]
+fn a_wrong_pin_fails_closed_without_writes() {
+    let sim = Sim::start();
+    let text = std::fs::read_to_string(&sim.config).unwrap();
+    let mut t: toml::Table = text.parse().unwrap();
+    t["pve"]["fingerprint"] = toml::Value::String(["AB"; 32].join(":"));
+    let bad = sim.dir.path().join("badpin.toml");
+    std::fs::write(&bad, toml::to_string(&t).unwrap()).unwrap();
+    let spec_path = sim.write_spec("pin.toml", &spec("pin", "1610", ""));
+    let before = sim.write_count();
+    let out = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&bad)
+        .args(["provision", spec_path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        both(&out).contains("fingerprint mismatch"),
+        "{}",
+        both(&out)
+    );
+    assert_eq!(sim.write_count(), before);
+}
+
+#[test]
+fn the_secret_never_leaks() {
+    let sim = Sim::start();
+    let secret = std::fs::read_to_string(sim.state_dir.join("felhom-agent.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let spec_path = sim.write_spec("leak.toml", &spec("leak", "1620", MOUNT));
+    let mut all = String::new();
+    for args in [
+        vec!["provision", spec_path.to_str().unwrap()],
+        vec!["status"],
+        vec!["jobs"],
+        vec!["--output", "json", "jobs"],
+        vec!["teardown", "1620"],
+        vec!["plan", "/nonexistent.toml"],
+    ] {
+        let out = sim.felhom_env(&args, &[("RUST_LOG", "trace"), ("RUST_BACKTRACE", "1")]);
+        all.push_str(&both(&out));
+    }
+    // A failing run too (bad VMID): errors must not carry it either.
+    let bad = sim.write_spec("leak2.toml", &spec("leak", "5", ""));
+    all.push_str(&both(&sim.felhom_env(
+        &["provision", bad.to_str().unwrap()],
+        &[("RUST_LOG", "trace")],
+    )));
+    assert!(all.len() > 500, "the runs printed something");
+    assert!(
+        !all.contains(&secret),
+        "the token secret appeared in output or logs"
+    );
+    let journal = std::fs::read(sim.journal()).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&journal).contains(&secret),
+        "the token secret is in the journal"
+    );
+    let reqs = sim.get("requests").to_string();
+    assert!(
+        !reqs.contains(&secret),
+        "the token secret is in the simulator's request log"
+    );
+    // A world-readable secret file is refused before anything is sent.
+    let token_file = sim.state_dir.join("felhom-agent.token");
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = sim.felhom(&["status"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(both(&out).contains("chmod 600"), "{}", both(&out));
+}
+
+#[test]
+fn guard_rails_in_teardown_rollback_and_resume() {
+    let sim = Sim::start();
+    // Teardown outside the range, and of a VMID felhom has no record of.
+    let out = sim.felhom(&["teardown", "999"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        both(&out).contains("outside felhom's range"),
+        "{}",
+        both(&out)
+    );
+
+    // Resume of a job whose guest lost its marker while felhom was down: refused, untouched.
+    let spec_path = sim.write_spec("gr.toml", &spec("gr", "1630", MOUNT));
+    let out = sim.felhom_env(
+        &["provision", spec_path.to_str().unwrap()],
+        &[("FELHOM_CRASH_AT", "rootfs:before")],
+    );
+    assert!(!out.status.success());
+    let c = client(&sim);
+    rt().block_on(async {
+        let v = pve_api::Vmid::try_from(1630).unwrap();
+        c.lxc_update_config(
+            "pve",
+            v,
+            &[("description".into(), "someone else's guest now".into())],
+            None,
+        )
+        .await
+        .unwrap();
+    });
+    let before = sim.write_count();
+    let out = sim.felhom(&["--output", "json", "resume"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "refused, and the rollback refuses too: {}",
+        both(&out)
+    );
+    assert!(both(&out).contains("ownership marker"), "{}", both(&out));
+    let state = sim.state();
+    assert_eq!(
+        guest(&state, 1630).unwrap()["config"]["description"],
+        "someone else's guest now"
+    );
+    assert_eq!(
+        sim.write_count(),
+        before,
+        "nothing was written to the foreign guest"
+    );
+}
