@@ -6,7 +6,7 @@
 //!
 //! It is the default target of felhom's demo, tests and benchmarks (omicron's simulated
 //! sled-agent idea: the simulator implements the same interface as the real thing). What it
-//! does not model yet is listed in the project's closing notes and in `api.rs`.
+//! does not model yet is listed in `api/mod.rs`.
 
 mod admin;
 mod api;

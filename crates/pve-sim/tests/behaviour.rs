@@ -665,6 +665,13 @@ async fn a_killed_restore_leaves_nothing_and_unknown_methods_get_501() {
     let cfg = c.lxc_config("pve", vmid(1240)).await.unwrap();
     assert_eq!(cfg.get_str("lock"), Some("create"));
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // The worker holds the flock and has allocated the archived rootfs already.
+    let st = env.state().await;
+    assert_eq!(
+        st["volumes"][0]["volid"], "local-lvm:vm-1240-disk-0",
+        "{st}"
+    );
+    assert_eq!(st["locks"], serde_json::json!([1240]));
     let _: serde_json::Value = c
         .delete(&format!("/nodes/pve/tasks/{upid}"), &[])
         .await
@@ -694,4 +701,32 @@ async fn a_killed_restore_leaves_nothing_and_unknown_methods_get_501() {
         Err(ApiError::Param { errors, .. }) => assert_eq!(errors["upid"].trim_end(), "no such task"),
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test]
+async fn injected_lock_timeouts_and_503s_look_like_pve() {
+    let env = Env::start(0.02, "lock500=1.0,seed=3").await;
+    env.restore(1250, &[]).await.unwrap_err();
+    let put = env
+        .client
+        .lxc_update_config("pve", vmid(1250), &[("cores".into(), "1".into())], None)
+        .await;
+    assert!(
+        matches!(&put, Err(ApiError::LockTimeout { lock_file, .. }) if lock_file == "/run/lock/lxc/pve-config-1250.lock"),
+        "{put:?}"
+    );
+    let st = env.state().await;
+    assert!(st["counters"]["lock500"].as_u64().unwrap() >= 2, "{st}");
+    assert!(st["counters"]["faults_injected"].as_u64().unwrap() >= 2);
+    // Reads are never failed by the lock fault.
+    env.client.version().await.unwrap();
+
+    let env = Env::start(0.02, "http503=1.0").await;
+    let e = env.restore(1251, &[]).await.unwrap_err();
+    assert_eq!(e.status(), Some(503), "{e:?}");
+    assert!(e.is_transient());
+    assert!("bogus=1"
+        .parse::<pve_sim::FaultSpec>()
+        .unwrap_err()
+        .contains("bogus"));
 }
