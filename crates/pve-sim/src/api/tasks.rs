@@ -97,7 +97,19 @@ pub(crate) fn task_list(sim: &Sim, req: &Req) -> HResult {
             .filter(|t| task_visible(st, &req.who, t))
             .filter(|t| req.get("vmid").is_none_or(|v| v == t.id))
             .take(limit)
-            .map(|t| json!({ "upid": t.upid, "node": t.node, "type": t.task_type, "id": t.id, "user": t.user, "status": if t.status == "stopped" { t.exitstatus.clone().unwrap_or_default() } else { String::new() }, "starttime": t.start_ms / 1000, "endtime": if t.status == "stopped" { json!(t.end_ms / 1000) } else { Value::Null } }))
+            .map(|t| {
+                let u: Option<pve_api::Upid> = t.upid.parse().ok();
+                let mut v = json!({ "upid": t.upid, "node": t.node, "type": t.task_type, "id": t.id, "user": t.user, "starttime": t.start_ms / 1000, "pid": u.as_ref().map(|u| u.pid), "pstart": u.as_ref().map(|u| u.pstart) });
+                if let Some(tok) = &t.tokenid {
+                    v["tokenid"] = json!(tok);
+                }
+                // Running tasks carry neither `status` nor `endtime` (pve-manager `Tasks.pm`).
+                if t.status == "stopped" {
+                    v["status"] = json!(t.exitstatus.clone().unwrap_or_default());
+                    v["endtime"] = json!(t.end_ms / 1000);
+                }
+                v
+            })
             .collect();
         Ok(json!(v).into())
     })
