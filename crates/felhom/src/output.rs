@@ -121,6 +121,9 @@ pub fn print_reports(reports: &[JobReport], format: OutputFormat) {
             for r in reports {
                 let vmid = r.vmid.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
                 match &r.outcome {
+                    felhom_core::job::Outcome::Succeeded if r.kind == felhom_core::journal::JobKind::Teardown => {
+                        println!("removed {:<20} vmid {vmid:<6} stopped, destroyed with purge, forgotten  (job {})", r.label, r.job)
+                    }
                     felhom_core::job::Outcome::Succeeded => println!(
                         "ok      {:<20} vmid {vmid:<6} ip {:<15} mac {:<17} ssh {}  (job {})",
                         r.label,
