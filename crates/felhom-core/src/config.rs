@@ -93,6 +93,10 @@ pub struct FelhomSection {
     /// Seconds one PVE task (restore, resize, start, destroy) may run.
     #[serde(default = "default_task_timeout")]
     pub task_timeout_secs: u64,
+    /// The work this installation is configured for: guest spec files that `preflight` and
+    /// `role` check when given none (relative paths are relative to this file).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub specs: Vec<PathBuf>,
 }
 
 fn default_parallel() -> usize {
@@ -141,6 +145,8 @@ pub struct Config {
     pub linkup_timeout: Duration,
     pub ssh_timeout: Duration,
     pub task_timeout: Duration,
+    /// `felhom.specs`, resolved against the config file's directory.
+    pub specs: Vec<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -326,6 +332,7 @@ impl Config {
             linkup_timeout: Duration::from_secs(file.felhom.linkup_timeout_secs),
             ssh_timeout: Duration::from_secs(file.felhom.ssh_timeout_secs),
             task_timeout: Duration::from_secs(file.felhom.task_timeout_secs),
+            specs: file.felhom.specs.iter().map(|p| resolve(p)).collect(),
         })
     }
 }

@@ -5,6 +5,7 @@
 //! It talks to PVE only through [`pve_api::PveClient`]; everything PVE-shaped but policy-free
 //! lives there, everything felhom decides lives here.
 
+pub mod adversarial;
 pub mod bringup;
 pub mod config;
 pub mod golden;

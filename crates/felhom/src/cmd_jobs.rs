@@ -58,6 +58,20 @@ fn open(path: Option<&Path>, format: OutputFormat) -> Result<Arc<Felhom>, i32> {
 }
 
 /// Parse every spec file; all field errors of all files at once.
+/// The work `preflight` and `role` check: the SPEC files given, else the config's
+/// `felhom.specs`; neither is bad input.
+fn load_work(files: &[PathBuf], configured: &[PathBuf]) -> Result<Vec<GuestSpec>, Vec<FieldError>> {
+    let files = if files.is_empty() { configured } else { files };
+    if files.is_empty() {
+        return Err(vec![FieldError {
+            field: "SPEC".into(),
+            rule: "no work to check: give SPEC files, or list them in the config as felhom.specs"
+                .into(),
+        }]);
+    }
+    load_specs(files)
+}
+
 fn load_specs(files: &[PathBuf]) -> Result<Vec<GuestSpec>, Vec<FieldError>> {
     let mut specs = Vec::new();
     let mut errors = Vec::new();
@@ -335,13 +349,13 @@ pub async fn preflight(
     guests: u64,
     format: OutputFormat,
 ) -> anyhow::Result<i32> {
-    let specs = match load_specs(files) {
-        Ok(s) => s,
-        Err(e) => return Ok(bad_input(format, "invalid guest spec", &e)),
-    };
     let f = match open(config, format) {
         Ok(f) => f,
         Err(code) => return Ok(code),
+    };
+    let specs = match load_work(files, &f.config.specs) {
+        Ok(s) => s,
+        Err(e) => return Ok(bad_input(format, "invalid guest spec", &e)),
     };
     let report = match felhom_core::preflight::preflight(&f, &specs, guests).await {
         Ok(r) => r,
@@ -394,13 +408,24 @@ pub async fn preflight(
 }
 
 pub fn role(config: Option<&Path>, files: &[PathBuf], format: OutputFormat) -> anyhow::Result<i32> {
-    let specs = match load_specs(files) {
+    // The config is optional here: a root operator may print the role before felhom has a
+    // token. Without one, SPEC files are required.
+    let cfg = if files.is_empty() {
+        match load_config(config, format) {
+            Ok(c) => Some(c),
+            Err(code) => return Ok(code),
+        }
+    } else {
+        Config::load(config).ok()
+    };
+    let configured = cfg.as_ref().map(|c| c.specs.as_slice()).unwrap_or_default();
+    let specs = match load_work(files, configured) {
         Ok(s) => s,
         Err(e) => return Ok(bad_input(format, "invalid guest spec", &e)),
     };
-    let token = load_config(config, format)
+    let token = cfg
         .map(|c| c.client.token.id().to_string())
-        .unwrap_or_else(|_| "felhom@pve!agent".into());
+        .unwrap_or_else(|| "felhom@pve!agent".into());
     let Some(scope) = felhom_core::privileges::Scope::from_specs(&specs) else {
         return Ok(2);
     };

@@ -59,7 +59,8 @@ enum Command {
     Jobs,
     /// Is this host and token ready for the work the specs describe? Reads only.
     Preflight {
-        #[arg(required = true, value_name = "SPEC")]
+        /// Spec files (default: the config's `felhom.specs`).
+        #[arg(value_name = "SPEC")]
         specs: Vec<PathBuf>,
         /// How many guests of this kind the storage must have room for.
         #[arg(long, default_value_t = 1)]
@@ -67,7 +68,8 @@ enum Command {
     },
     /// Print the minimal role, user, token and ACL setup (pveum) for the work the specs describe.
     Role {
-        #[arg(required = true, value_name = "SPEC")]
+        /// Spec files (default: the config's `felhom.specs`).
+        #[arg(value_name = "SPEC")]
         specs: Vec<PathBuf>,
     },
     /// Run the whole job end to end on an embedded simulator: three guests in parallel.

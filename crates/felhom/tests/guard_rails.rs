@@ -132,6 +132,45 @@ fn preflight_names_exactly_the_missing_privilege_and_the_role_suffices() {
     assert!(tried >= 10, "only {tried} privileges tried");
 }
 
+/// With no SPEC, preflight and role check the work the config names (`felhom.specs`);
+/// with neither, they refuse with exit 2 and say what to give.
+#[test]
+fn preflight_and_role_default_to_the_configured_work() {
+    let sim = Sim::start();
+    let out = sim.felhom(&["preflight"]);
+    assert_eq!(out.status.code(), Some(2), "{}", both(&out));
+    assert!(both(&out).contains("felhom.specs"), "{}", both(&out));
+
+    sim.write_spec("work.toml", &spec("work", "1610", MOUNT));
+    let text = std::fs::read_to_string(&sim.config).unwrap();
+    let mut t: toml::Table = text.parse().unwrap();
+    t["felhom"].as_table_mut().unwrap().insert(
+        "specs".into(),
+        toml::Value::Array(vec![toml::Value::String("work.toml".into())]),
+    );
+    let cfg = sim.dir.path().join("with-work.toml");
+    std::fs::write(&cfg, toml::to_string(&t).unwrap()).unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(BIN)
+            .arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--output", "json", "preflight"]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rep["ready"], true, "{rep}");
+    let out = run(&["role"]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    assert!(
+        stdout(&out).contains("pveum role add FelhomAgent"),
+        "{}",
+        both(&out)
+    );
+}
+
 #[test]
 fn a_wrong_pin_fails_closed_without_writes() {
     let sim = Sim::start();
@@ -204,6 +243,65 @@ fn the_secret_never_leaks() {
     let out = sim.felhom(&["status"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(both(&out).contains("chmod 600"), "{}", both(&out));
+}
+
+/// Without `pve.token_secret_file`, the secret comes from systemd credentials
+/// (`$CREDENTIALS_DIRECTORY/felhom-token`), else from `FELHOM_TOKEN_SECRET`; with none of
+/// them felhom refuses before sending anything, naming where a secret may come from.
+#[test]
+fn the_secret_comes_from_credentials_or_the_environment() {
+    let sim = Sim::start();
+    let spec_path = sim.write_spec("sec.toml", &spec("sec", "1620", MOUNT));
+    let secret = std::fs::read_to_string(sim.state_dir.join("felhom-agent.token")).unwrap();
+    let text = std::fs::read_to_string(&sim.config).unwrap();
+    let mut t: toml::Table = text.parse().unwrap();
+    t["pve"].as_table_mut().unwrap().remove("token_secret_file");
+    let cfg = sim.dir.path().join("no-secret-file.toml");
+    std::fs::write(&cfg, toml::to_string(&t).unwrap()).unwrap();
+    let creds = sim.dir.path().join("credentials");
+    std::fs::create_dir(&creds).unwrap();
+    let run = |env: &[(&str, &str)]| {
+        let mut c = std::process::Command::new(BIN);
+        c.arg("--config")
+            .arg(&cfg)
+            .args(["preflight", spec_path.to_str().unwrap()])
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .env_remove("FELHOM_TOKEN_SECRET");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let before = sim.write_count();
+
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(2), "{}", both(&out));
+    for named in [
+        "pve.token_secret_file",
+        "felhom-token",
+        "FELHOM_TOKEN_SECRET",
+    ] {
+        assert!(both(&out).contains(named), "{named}: {}", both(&out));
+    }
+
+    let out = run(&[("FELHOM_TOKEN_SECRET", secret.trim())]);
+    assert_eq!(out.status.code(), Some(0), "env: {}", both(&out));
+
+    let cred = creds.join("felhom-token");
+    std::fs::write(&cred, &secret).unwrap();
+    std::fs::set_permissions(&cred, std::fs::Permissions::from_mode(0o400)).unwrap();
+    let creds_dir = creds.to_str().unwrap();
+    // The credential wins over a wrong environment value.
+    let out = run(&[
+        ("CREDENTIALS_DIRECTORY", creds_dir),
+        (
+            "FELHOM_TOKEN_SECRET",
+            "00000000-0000-0000-0000-000000000000",
+        ),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "credentials: {}", both(&out));
+    assert!(!both(&out).contains(secret.trim()));
+    assert_eq!(sim.write_count(), before, "preflight wrote to PVE");
 }
 
 #[test]

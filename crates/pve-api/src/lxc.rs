@@ -370,3 +370,70 @@ mod tests {
         assert!(cfg.mount("mp1").is_none());
     }
 }
+
+/// Whatever JSON a server answers, decoding it into the LXC answer types and using their
+/// accessors returns values or errors, never a panic.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            "\\PC{0,40}".prop_map(Value::String),
+            // Property-string-like text, so the parsers behind the accessors get exercised.
+            "([a-z0-9-]{1,8}(=[A-Za-z0-9:/._-]{0,12})?,){0,5}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 32, 6, |inner| {
+            let keys = prop_oneof![
+                Just("net0".to_string()),
+                Just("rootfs".to_string()),
+                Just("mp0".to_string()),
+                Just("hostname".to_string()),
+                Just("name".to_string()),
+                Just("vmid".to_string()),
+                Just("status".to_string()),
+                Just("hwaddr".to_string()),
+                Just("inet".to_string()),
+                Just("ip-addresses".to_string()),
+                Just("ip-address".to_string()),
+                Just("ip-address-type".to_string()),
+                Just("prefix".to_string()),
+                "[a-z-]{1,10}",
+            ];
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map(keys, inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+        #[test]
+        fn arbitrary_answers_never_panic(v in json()) {
+            let text = v.to_string();
+            if let Ok(values) = serde_json::from_value::<BTreeMap<String, Value>>(v.clone()) {
+                let cfg = LxcConfig { values, digest: None };
+                let _ = cfg.hostname();
+                let _ = cfg.get_string("memory");
+                let _ = cfg.net(0);
+                let _ = cfg.mount("rootfs");
+                let _ = cfg.mount("mp0");
+            }
+            if let Ok(list) = serde_json::from_str::<Option<Vec<Interface>>>(&text) {
+                for i in list.into_iter().flatten() {
+                    let _ = (i.mac(), i.ipv4());
+                }
+            }
+            let _ = serde_json::from_str::<LxcStatus>(&text);
+            let _ = serde_json::from_str::<Vec<LxcSummary>>(&text);
+            let _ = serde_json::from_str::<LxcSummary>(&text);
+        }
+    }
+}

@@ -15,6 +15,7 @@ mod auth;
 mod error;
 mod faults;
 mod guest;
+pub mod invariants;
 mod locks;
 mod sim;
 mod ssh;

@@ -169,13 +169,10 @@ impl Drop for Sim {
 
 /// A spec for one guest; `extra` is appended (e.g. mount tables).
 pub fn spec(customer: &str, vmid: &str, extra: &str) -> String {
-    format!(
-        "customer = \"{customer}\"\nhostname = \"{customer}-app\"\nvmid = {vmid}\ngolden = \"{GOLDEN}\"\nnode = \"pve\"\nstorage = \"local-lvm\"\nrootfs_size = \"12G\"\nbridge = \"vmbr0\"\n{extra}"
-    )
+    felhom_core::adversarial::base_spec(customer, vmid, GOLDEN, extra)
 }
 
-pub const MOUNT: &str =
-    "\n[[mount]]\nstorage = \"local-lvm\"\nsize = \"4G\"\npath = \"/srv/data\"\n";
+pub const MOUNT: &str = felhom_core::adversarial::BASE_MOUNT;
 
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -188,34 +185,10 @@ pub fn both(o: &Output) -> String {
 }
 
 /// Invariants the simulator state must always satisfy after felhom is done: no volume
-/// without a guest, no two guests with one MAC, IP or SSH key.
+/// without a guest, no two guests with one MAC, IP or SSH key (`pve_sim::invariants`).
 pub fn assert_clean_invariants(state: &Value) {
-    let guests = state["guests"].as_array().cloned().unwrap_or_default();
-    let vmids: Vec<u64> = guests.iter().filter_map(|g| g["vmid"].as_u64()).collect();
-    for v in state["volumes"].as_array().cloned().unwrap_or_default() {
-        let owner = v["owner"].as_u64().unwrap_or(0);
-        assert!(
-            vmids.contains(&owner),
-            "leaked volume {v} (no guest {owner})"
-        );
-    }
-    let mut macs = std::collections::HashSet::new();
-    let mut ips = std::collections::HashSet::new();
-    let mut keys = std::collections::HashSet::new();
-    for g in &guests {
-        for mac in g["macs"].as_array().cloned().unwrap_or_default() {
-            assert!(
-                macs.insert(mac.as_str().unwrap_or_default().to_ascii_uppercase()),
-                "duplicate MAC {mac}"
-            );
-        }
-        if let Some(ip) = g["ip"].as_str() {
-            assert!(ips.insert(ip.to_string()), "duplicate IP {ip}");
-        }
-        if let Some(fp) = g["ssh"]["fingerprint"].as_str() {
-            assert!(keys.insert(fp.to_string()), "duplicate SSH host key {fp}");
-        }
-    }
+    let v = pve_sim::invariants::check(state);
+    assert!(v.is_clean(), "invariants violated: {v:?}");
 }
 
 pub fn guest(state: &Value, vmid: u64) -> Option<&Value> {

@@ -2,25 +2,20 @@
 //! against the naive baseline script (`bench/naive_bringup.py`). Figures, not assertions.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
-use clap::{Args, Subcommand};
+use clap::Args;
+
+use super::sim_child::SimChild;
 use felhom_core::config::Config;
 use felhom_core::ops::Felhom;
 use felhom_core::spec::GuestSpec;
 use serde_json::{json, Value};
 
 use crate::OutputFormat;
-
-#[derive(Subcommand, Debug)]
-pub enum BenchCmd {
-    /// Wall time vs the critical-path floor, requests per guest, task-finish detection
-    /// latency, RSS and CPU, and the naive baseline, for each batch size.
-    Perf(PerfArgs),
-}
 
 #[derive(Args, Debug)]
 pub struct PerfArgs {
@@ -36,52 +31,6 @@ pub struct PerfArgs {
     /// Skip the naive baseline.
     #[arg(long)]
     pub no_naive: bool,
-}
-
-/// The simulator as a child process, so felhom's own RSS and CPU are measured alone.
-struct SimChild {
-    child: Child,
-    dir: tempfile::TempDir,
-}
-
-impl SimChild {
-    fn start(time_scale: f64) -> anyhow::Result<SimChild> {
-        let dir = tempfile::Builder::new().prefix("felhom-bench-").tempdir()?;
-        let cfg = dir.path().join("felhom.toml");
-        let child = Command::new(std::env::current_exe()?)
-            .args([
-                "sim",
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--time-scale",
-                &time_scale.to_string(),
-                "--state-dir",
-            ])
-            .arg(dir.path().join("sim"))
-            .arg("--write-config")
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("start the simulator")?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !cfg.exists() {
-            anyhow::ensure!(Instant::now() < deadline, "simulator did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(SimChild { child, dir })
-    }
-    fn config(&self) -> PathBuf {
-        self.dir.path().join("felhom.toml")
-    }
-}
-
-impl Drop for SimChild {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn rusage() -> (f64, u64) {
@@ -142,7 +91,7 @@ fn naive_script() -> PathBuf {
 }
 
 async fn one_batch(n: usize, args: &PerfArgs) -> anyhow::Result<Value> {
-    let sim = SimChild::start(args.time_scale)?;
+    let sim = SimChild::start(args.time_scale, "")?;
     let mut config = Config::load(Some(&sim.config()))?;
     config.max_parallel = args.concurrency;
     config.max_parallel_per_node = args.concurrency;
@@ -234,7 +183,7 @@ async fn one_batch(n: usize, args: &PerfArgs) -> anyhow::Result<Value> {
     let naive = if args.no_naive {
         Value::Null
     } else {
-        let nsim = SimChild::start(args.time_scale)?;
+        let nsim = SimChild::start(args.time_scale, "")?;
         let out = Command::new("python3")
             .arg(naive_script())
             .arg(nsim.config())
@@ -262,9 +211,9 @@ async fn one_batch(n: usize, args: &PerfArgs) -> anyhow::Result<Value> {
     }))
 }
 
-pub async fn run(cmd: BenchCmd, format: OutputFormat) -> anyhow::Result<i32> {
-    match cmd {
-        BenchCmd::Perf(args) => {
+pub async fn run(args: PerfArgs, format: OutputFormat) -> anyhow::Result<i32> {
+    {
+        {
             anyhow::ensure!(
                 args.time_scale > 0.0 && args.concurrency > 0,
                 "--time-scale and --concurrency must be > 0"

@@ -1,0 +1,27 @@
+//! `felhom bench`: benchmarks against an embedded simulator that print figures (a table, or
+//! JSON with `--output json`). They measure; the tests assert.
+
+mod perf;
+mod reliability;
+mod sim_child;
+
+use clap::Subcommand;
+
+use crate::OutputFormat;
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCmd {
+    /// Wall time vs the critical-path floor, requests per guest, task-finish detection
+    /// latency, RSS and CPU, and the naive baseline, for each batch size.
+    Perf(perf::PerfArgs),
+    /// Crash points, a soak under transient faults with a simulator restart, and bad
+    /// inputs: what ended correct, and what leaked (all must be 0). Exit 1 if anything did.
+    Reliability(reliability::ReliabilityArgs),
+}
+
+pub async fn run(cmd: BenchCmd, format: OutputFormat) -> anyhow::Result<i32> {
+    match cmd {
+        BenchCmd::Perf(args) => perf::run(args, format).await,
+        BenchCmd::Reliability(args) => reliability::run(args, format).await,
+    }
+}

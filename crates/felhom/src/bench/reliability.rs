@@ -1,0 +1,408 @@
+//! `felhom bench reliability`: does the job survive what real hosts do to it? Three parts,
+//! each against a simulator child process and the real `felhom` binary as child processes:
+//!
+//! 1. **Crash points**: every bring-up step × {before, after} its act, the process SIGKILLed
+//!    there (`FELHOM_CRASH_AT`), then `felhom resume`. Correct = the guest is up, grown once,
+//!    with exactly its volumes and the journal's MAC.
+//! 2. **Soak**: N guests in one batch under injected transient faults, with the simulator
+//!    SIGKILLed and restarted mid-run; then one `felhom resume`. Each guest ends succeeded,
+//!    rolled back, or stuck (needs a person).
+//! 3. **Bad inputs**: every hostile spec of [`felhom_core::adversarial`] through `provision`
+//!    and `plan`, and malformed VMIDs through `teardown`: all must exit 2 and cause 0 writes.
+//!
+//! What must be 0 everywhere (leaked/detached volumes, duplicate MACs, IPs and SSH keys)
+//! is judged by [`pve_sim::invariants`], the same rules the integration tests assert.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use felhom_core::adversarial::{base_spec, hostile_specs, BASE_MOUNT};
+use felhom_core::bringup::STEPS;
+use felhom_core::job::Step;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::sim_child::SimChild;
+use crate::OutputFormat;
+
+/// The spec's rootfs size, which a guest must have exactly once grown to.
+const ROOTFS: &str = "12G";
+
+#[derive(Args, Debug)]
+pub struct ReliabilityArgs {
+    /// Guests in the soak batch.
+    #[arg(long, default_value_t = 50)]
+    pub guests: usize,
+    /// Transient faults injected during the soak (the simulator's `--faults` syntax):
+    /// by default one mutating request in ten hits the config-lock 500 and one request in
+    /// ten a 503, i.e. about 20% of writes see a transient error.
+    #[arg(long, default_value = "lock500=0.1,http503=0.1")]
+    pub faults: String,
+    /// Seed of the simulator's fault generator, so a run can be repeated.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Simulator time scale.
+    #[arg(long, default_value_t = 0.02)]
+    pub time_scale: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct CrashPoints {
+    tried: usize,
+    correct: usize,
+    /// `step:phase` → what was wrong, for each point that did not end correct.
+    wrong: Vec<(String, String)>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Soak {
+    guests: usize,
+    faults: String,
+    simulator_restarts: usize,
+    succeeded: usize,
+    rolled_back: usize,
+    stuck: usize,
+    resumed: bool,
+    transient_faults_injected: u64,
+    lock500: u64,
+    wall_s: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Leaks {
+    leaked_volumes: usize,
+    detached_volumes: usize,
+    duplicate_macs: usize,
+    duplicate_ips: usize,
+    duplicate_ssh_keys: usize,
+    double_grows: usize,
+    details: Vec<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct BadInputs {
+    tried: usize,
+    refused_exit_2: usize,
+    writes_caused: u64,
+    /// Inputs that were not refused with exit 2.
+    accepted: Vec<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Report {
+    crash_points: CrashPoints,
+    soak: Soak,
+    leaks: Leaks,
+    bad_inputs: BadInputs,
+}
+
+impl Report {
+    fn all_good(&self) -> bool {
+        let l = &self.leaks;
+        self.crash_points.correct == self.crash_points.tried
+            && self.soak.stuck == 0
+            && self.soak.succeeded + self.soak.rolled_back == self.soak.guests
+            && l.leaked_volumes
+                + l.detached_volumes
+                + l.duplicate_macs
+                + l.duplicate_ips
+                + l.duplicate_ssh_keys
+                + l.double_grows
+                == 0
+            && self.bad_inputs.refused_exit_2 == self.bad_inputs.tried
+            && self.bad_inputs.writes_caused == 0
+    }
+}
+
+fn golden() -> String {
+    format!("local:backup/{}", crate::cmd_sim::SEED_GOLDEN)
+}
+
+fn json_out(out: &std::process::Output) -> Value {
+    serde_json::from_slice(out.stdout.trim_ascii()).unwrap_or(Value::Null)
+}
+
+/// The value of `size=` in a `rootfs`/`mpN` property string.
+fn size_of(prop: &str) -> Option<&str> {
+    prop.split(',').find_map(|kv| kv.strip_prefix("size="))
+}
+
+fn tally(leaks: &mut Leaks, state: &Value, context: &str) {
+    let v = pve_sim::invariants::check(state);
+    leaks.leaked_volumes += v.leaked_volumes.len();
+    leaks.detached_volumes += v.detached_volumes.len();
+    leaks.duplicate_macs += v.duplicate_macs.len();
+    leaks.duplicate_ips += v.duplicate_ips.len();
+    leaks.duplicate_ssh_keys += v.duplicate_keys.len();
+    if !v.is_clean() {
+        leaks.details.push(format!("{context}: {v:?}"));
+    }
+    for g in state["guests"].as_array().into_iter().flatten() {
+        let rootfs = g["config"]["rootfs"].as_str().unwrap_or_default();
+        if size_of(rootfs) != Some(ROOTFS) {
+            leaks.double_grows += 1;
+            leaks.details.push(format!(
+                "{context}: guest {} has rootfs {rootfs}, want size={ROOTFS}",
+                g["vmid"]
+            ));
+        }
+    }
+}
+
+async fn crash_points(sim: &SimChild, leaks: &mut Leaks) -> anyhow::Result<CrashPoints> {
+    let mut r = CrashPoints::default();
+    let golden = golden();
+    for (i, step) in STEPS.iter().enumerate() {
+        for (j, phase) in ["before", "after"].into_iter().enumerate() {
+            let point = format!("{}:{phase}", step.name());
+            let vmid = 1100 + 2 * i + j;
+            let path = sim.dir().join(format!("crash-{vmid}.toml"));
+            std::fs::write(
+                &path,
+                base_spec(
+                    &format!("crash{vmid}"),
+                    &vmid.to_string(),
+                    &golden,
+                    BASE_MOUNT,
+                ),
+            )?;
+            let spec = path.to_string_lossy();
+            r.tried += 1;
+            let out = sim.felhom(&["provision", &spec], &[("FELHOM_CRASH_AT", &point)])?;
+            if out.status.signal() != Some(libc::SIGKILL) {
+                r.wrong
+                    .push((point, format!("not killed there: {:?}", out.status)));
+                continue;
+            }
+            let out = sim.felhom(&["--output", "json", "resume"], &[])?;
+            let rep = json_out(&out);
+            let state = sim.get("state").await?;
+            let guest = state["guests"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|g| g["vmid"].as_u64() == Some(vmid as u64));
+            let owned = state["volumes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|v| v["owner"].as_u64() == Some(vmid as u64))
+                .count();
+            let pve_mac = guest
+                .and_then(|g| g["macs"][0].as_str())
+                .map(str::to_ascii_uppercase);
+            let journal_mac = rep["jobs"][0]["mac"].as_str().map(str::to_ascii_uppercase);
+            let problem = if out.status.code() != Some(0) {
+                Some(format!("resume exited {:?}: {rep}", out.status.code()))
+            } else if guest.map(|g| &g["status"]) != Some(&json!("running")) {
+                Some("guest not running after resume".to_string())
+            } else if owned != 2 {
+                Some(format!("{owned} volumes, want rootfs + one mount"))
+            } else if pve_mac.is_none() || pve_mac != journal_mac {
+                Some(format!("MAC: PVE {pve_mac:?}, journal {journal_mac:?}"))
+            } else {
+                None
+            };
+            match problem {
+                Some(p) => r.wrong.push((point, p)),
+                None => r.correct += 1,
+            }
+        }
+    }
+    tally(leaks, &sim.get("state").await?, "crash points");
+    Ok(r)
+}
+
+async fn soak(args: &ReliabilityArgs, leaks: &mut Leaks) -> anyhow::Result<Soak> {
+    let faults = format!("{},seed={}", args.faults, args.seed);
+    let mut sim = SimChild::start(args.time_scale, &faults)?;
+    let golden = golden();
+    let mut text = String::new();
+    for i in 0..args.guests {
+        text.push_str("[[guest]]\n");
+        let one = base_spec(&format!("soak{i}"), "\"auto\"", &golden, BASE_MOUNT);
+        text.push_str(&one.replace("[[mount]]", "[[guest.mount]]"));
+        text.push('\n');
+    }
+    let path = sim.dir().join("soak.toml");
+    std::fs::write(&path, text)?;
+    let spec = path.to_string_lossy().into_owned();
+
+    let t0 = Instant::now();
+    let mut child = sim
+        .felhom_cmd(&["--output", "json", "provision", &spec], &[])?
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start felhom provision")?;
+    // Restart the simulator once about a third of the guests exist: mid-run, with tasks,
+    // locks and polls in flight.
+    let threshold = args.guests.div_ceil(3).max(1);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut restarts = 0;
+    while Instant::now() < deadline && child.try_wait()?.is_none() {
+        let n = sim
+            .get("state")
+            .await
+            .ok()
+            .and_then(|s| s["guests"].as_array().map(Vec::len))
+            .unwrap_or(0);
+        if n >= threshold {
+            sim.restart()?;
+            restarts += 1;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
+    let first = json_out(&out);
+    let all_done = first["jobs"]
+        .as_array()
+        .is_some_and(|j| j.len() == args.guests && j.iter().all(|j| j["outcome"] == "succeeded"));
+    // Whatever the restart left paused or unfinished, one resume must finish.
+    let resumed = !all_done;
+    if resumed {
+        sim.felhom(&["--output", "json", "resume"], &[])?;
+    }
+    let wall_s = t0.elapsed().as_secs_f64();
+
+    let jobs = json_out(&sim.felhom(&["--output", "json", "jobs"], &[])?);
+    let mut r = Soak {
+        guests: args.guests,
+        faults,
+        simulator_restarts: restarts,
+        resumed,
+        wall_s,
+        ..Soak::default()
+    };
+    for j in jobs["jobs"].as_array().into_iter().flatten() {
+        match j["state"].as_str() {
+            Some("succeeded") => r.succeeded += 1,
+            Some("rolled_back") => r.rolled_back += 1,
+            _ => r.stuck += 1,
+        }
+    }
+    let state = sim.get("state").await?;
+    r.transient_faults_injected = state["counters"]["faults_injected"].as_u64().unwrap_or(0);
+    r.lock500 = state["counters"]["lock500"].as_u64().unwrap_or(0);
+    tally(leaks, &state, "soak");
+    Ok(r)
+}
+
+async fn bad_inputs(sim: &SimChild) -> anyhow::Result<BadInputs> {
+    let mut r = BadInputs::default();
+    let writes = |s: &Value| s["counters"]["writes"].as_u64().unwrap_or(0);
+    let before = writes(&sim.get("state").await?);
+    let mut runs: Vec<(String, Vec<String>)> = Vec::new();
+    for (i, case) in hostile_specs(&golden()).into_iter().enumerate() {
+        let path = sim.dir().join(format!("hostile-{i}.toml"));
+        std::fs::write(&path, &case.text)?;
+        let p = path.to_string_lossy().into_owned();
+        for cmd in ["provision", "plan"] {
+            runs.push((format!("{cmd}: {}", case.name), vec![cmd.into(), p.clone()]));
+        }
+    }
+    for vmid in ["abc", "1100,ip=1", "99", "4294967296", "-1", "1100\n"] {
+        runs.push((
+            format!("teardown {vmid:?}"),
+            vec!["teardown".into(), vmid.into()],
+        ));
+    }
+    for (name, argv) in runs {
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let out = sim.felhom(&argv, &[])?;
+        r.tried += 1;
+        if out.status.code() == Some(2) {
+            r.refused_exit_2 += 1;
+        } else {
+            r.accepted
+                .push(format!("{name}: exit {:?}", out.status.code()));
+        }
+    }
+    r.writes_caused = writes(&sim.get("state").await?).saturating_sub(before);
+    Ok(r)
+}
+
+pub async fn run(args: ReliabilityArgs, format: OutputFormat) -> anyhow::Result<i32> {
+    anyhow::ensure!(
+        (1..=500).contains(&args.guests),
+        "--guests must be 1–500, got {}",
+        args.guests
+    );
+    anyhow::ensure!(
+        args.time_scale > 0.0,
+        "--time-scale must be > 0, got {}",
+        args.time_scale
+    );
+    args.faults
+        .parse::<pve_sim::FaultSpec>()
+        .map_err(|e| anyhow::anyhow!("--faults: {e}"))?;
+    let mut report = Report::default();
+    {
+        let sim = SimChild::start(args.time_scale, "")?;
+        report.bad_inputs = bad_inputs(&sim).await?;
+        report.crash_points = crash_points(&sim, &mut report.leaks).await?;
+    }
+    report.soak = soak(&args, &mut report.leaks).await?;
+    let good = report.all_good();
+    match format {
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "reliability": report, "all_good": good }))?
+        ),
+        OutputFormat::Human => print_table(&report, good),
+    }
+    Ok(if good { 0 } else { 1 })
+}
+
+fn print_table(r: &Report, good: bool) {
+    let c = &r.crash_points;
+    let s = &r.soak;
+    let l = &r.leaks;
+    let b = &r.bad_inputs;
+    println!("felhom bench reliability");
+    println!("{:<44} {:>8}", "what", "count");
+    let row = |k: &str, v: String| println!("{k:<44} {v:>8}");
+    row(
+        "crash points tried (9 steps x before/after)",
+        c.tried.to_string(),
+    );
+    row("crash points ended correct", c.correct.to_string());
+    row("soak guests", s.guests.to_string());
+    row("soak simulator restarts", s.simulator_restarts.to_string());
+    row(
+        "soak faults injected",
+        s.transient_faults_injected.to_string(),
+    );
+    row("soak succeeded", s.succeeded.to_string());
+    row("soak rolled back", s.rolled_back.to_string());
+    row("soak stuck", s.stuck.to_string());
+    row(
+        "soak needed a resume",
+        if s.resumed { "yes" } else { "no" }.into(),
+    );
+    row("soak wall s (incl. resume)", format!("{:.1}", s.wall_s));
+    row("leaked volumes", l.leaked_volumes.to_string());
+    row("detached volumes", l.detached_volumes.to_string());
+    row("duplicate MACs", l.duplicate_macs.to_string());
+    row("duplicate IPs", l.duplicate_ips.to_string());
+    row("duplicate SSH host keys", l.duplicate_ssh_keys.to_string());
+    row("double grows", l.double_grows.to_string());
+    row("bad inputs tried", b.tried.to_string());
+    row("bad inputs refused (exit 2)", b.refused_exit_2.to_string());
+    row("writes caused by bad inputs", b.writes_caused.to_string());
+    println!("soak faults: {}", s.faults);
+    for (point, why) in &c.wrong {
+        println!("crash point {point}: {why}");
+    }
+    for d in &l.details {
+        println!("leak: {d}");
+    }
+    for a in &b.accepted {
+        println!("bad input not refused: {a}");
+    }
+    println!("{}", if good { "all good" } else { "NOT ALL GOOD" });
+}
