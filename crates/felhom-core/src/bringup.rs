@@ -81,10 +81,20 @@ async fn config_of(
 /// The guest's config, refusing a guest that does not carry this job's marker: every step
 /// after the restore acts only on a guest felhom provably made for this job (a resumed job
 /// included — someone may have replaced the guest while felhom was down).
+///
+/// An observe's read is shared with the next observe and the act's first guard while
+/// nothing is written in between ([`JobCx::cached_config`]).
 async fn owned_config(cx: &JobCx, vmid: Vmid) -> Result<pve_api::LxcConfig, StepError> {
-    let cfg = config_of(&cx.client, &cx.node, vmid)
-        .await?
-        .ok_or_else(|| StepError::Refused(format!("guest {vmid} vanished")))?;
+    let cfg = match cx.cached_config(vmid.get()) {
+        Some(cfg) => cfg,
+        None => {
+            let cfg = config_of(&cx.client, &cx.node, vmid)
+                .await?
+                .ok_or_else(|| StepError::Refused(format!("guest {vmid} vanished")))?;
+            cx.cache_config(vmid.get(), &cfg);
+            cfg
+        }
+    };
     match marker_of(&cfg) {
         Some(m) if m.job == cx.job_id => Ok(cfg),
         Some(m) => Err(StepError::Refused(format!(
@@ -603,6 +613,8 @@ async fn observe_restore(cx: &JobCx) -> Result<Observed, StepError> {
         match (cfg.get_str("lock"), marker_of(&cfg)) {
             (None, Some(m)) if m.job == cx.job_id => {
                 let mac = net0_of(&cfg)?.and_then(|n| n.hwaddr).map(|m| m.to_string());
+                // Ours: the identity step's observe may start from this read.
+                cx.cache_config(vmid.get(), &cfg);
                 return Ok(Observed::Done(json!({ "vmid": vmid.get(), "mac": mac })));
             }
             (Some("create"), _) if restore_dispatched(cx)? => {
@@ -914,28 +926,49 @@ async fn observe_ssh(cx: &JobCx) -> Result<Observed, StepError> {
     Ok(Observed::Done(json!({ "fingerprint": fp })))
 }
 
-/// The act of a "wait for the guest" step: observe until done or the deadline.
+/// The act of a "wait for the guest" step: observe until done or the deadline. Polled like
+/// a PVE task (`WaitOptions::next_pause_hinted`): once this host's lease or key time is
+/// known, one look inside it and one at its end, then a short back-off.
 async fn poll_until(
     cx: &JobCx,
     step: BringupStep,
     timeout: Duration,
     what: &str,
 ) -> Result<(), StepError> {
-    let deadline = Instant::now() + timeout;
-    let mut interval = Duration::from_millis(50);
-    loop {
+    // The engine observed "not yet" just before this act: the first look waits a little.
+    let opts = pve_api::WaitOptions {
+        first_poll: Duration::from_millis(50),
+        min_interval: Duration::from_millis(50),
+        fast_polls: 0,
+        max_interval: Duration::from_millis(250),
+        deadline: timeout,
+        ..pve_api::WaitOptions::default()
+    };
+    let hint = cx.waits.expected(step.name());
+    let started = Instant::now();
+    let mut not_yet_at = Duration::ZERO;
+    for n in 0.. {
+        let Some(pause) = opts.next_pause_hinted(n, started.elapsed(), hint) else {
+            break;
+        };
+        tokio::time::sleep(pause).await;
+        let looked = started.elapsed();
         if let Observed::Done(_) = step.observe(cx).await? {
+            cx.waits.record(
+                step.name(),
+                pve_api::durations::Bracket {
+                    lo: not_yet_at,
+                    hi: started.elapsed(),
+                },
+            );
             return Ok(());
         }
-        if Instant::now() + interval > deadline {
-            return Err(StepError::Refused(format!(
-                "{what} within {}s",
-                timeout.as_secs()
-            )));
-        }
-        tokio::time::sleep(interval).await;
-        interval = (interval * 3 / 2).min(Duration::from_millis(250));
+        not_yet_at = looked;
     }
+    Err(StepError::Refused(format!(
+        "{what} within {}s",
+        timeout.as_secs()
+    )))
 }
 
 /// What the golden archive says about itself, read with `vzdump/extractconfig` (a read: the

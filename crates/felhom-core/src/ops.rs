@@ -104,6 +104,11 @@ pub struct Felhom {
     pub client: PveClient,
     pub journal: Arc<Journal>,
     pub limits: Arc<Limits>,
+    /// Learned durations of the waits on guests (DHCP lease, SSH keys), shared by all jobs.
+    pub waits: Arc<pve_api::durations::TaskDurations>,
+    /// What each golden archive says about itself, by (node, volid): a vzdump archive never
+    /// changes under its name (the name carries its timestamp), so one read per process.
+    golden: std::sync::Mutex<std::collections::HashMap<(String, String), bringup::GoldenInfo>>,
 }
 
 pub fn new_job_id(kind: JobKind) -> String {
@@ -125,6 +130,8 @@ impl Felhom {
             client,
             journal,
             limits,
+            waits: Default::default(),
+            golden: Default::default(),
         })
     }
 
@@ -147,7 +154,33 @@ impl Felhom {
             progress,
             backoff: Default::default(),
             spec,
+            config_cache: Default::default(),
+            acting: Default::default(),
+            waits: self.waits.clone(),
         }
+    }
+
+    /// [`bringup::golden_info`], read once per archive and process.
+    pub async fn golden_info(
+        &self,
+        node: &str,
+        volid: &str,
+    ) -> Result<bringup::GoldenInfo, ApiError> {
+        let key = (node.to_string(), volid.to_string());
+        if let Some(g) = self
+            .golden
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(g.clone());
+        }
+        let g = bringup::golden_info(&self.client, node, volid).await?;
+        self.golden
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, g.clone());
+        Ok(g)
     }
 
     /// Everything that can be checked against PVE with reads only, before any job exists:
@@ -193,7 +226,7 @@ impl Felhom {
                     }
                 }
             }
-            match bringup::golden_info(&self.client, s.node.as_str(), s.golden.as_str()).await {
+            match self.golden_info(s.node.as_str(), s.golden.as_str()).await {
                 Ok(g) => {
                     if let Some(bytes) = g.rootfs_bytes {
                         if s.rootfs_size.bytes() < bytes {
@@ -224,8 +257,15 @@ impl Felhom {
                     .enumerate()
                     .map(|(j, m)| (format!("mount[{j}].storage"), m.storage.as_str())),
             );
+            let mut seen = std::collections::HashMap::new();
             for (field, sid) in storages {
-                match self.client.storage_status(s.node.as_str(), sid).await {
+                let status = match seen.get(sid) {
+                    Some(st) => st,
+                    None => seen
+                        .entry(sid)
+                        .or_insert(self.client.storage_status(s.node.as_str(), sid).await),
+                };
+                match status {
                     Ok(st) if !st.content.split(',').any(|c| c == "rootdir") => err(
                         &field,
                         format!(
@@ -272,8 +312,9 @@ impl Felhom {
                     .ok_or_else(|| OpsError::Invalid("no free VMID in range".into()))?
             }
         };
-        let golden =
-            bringup::golden_info(&self.client, spec.node.as_str(), spec.golden.as_str()).await?;
+        let golden = self
+            .golden_info(spec.node.as_str(), spec.golden.as_str())
+            .await?;
         out.push(("reserve".into(), format!("lease VMID {vmid}")));
         out.push((
             "restore".into(),
@@ -337,9 +378,9 @@ impl Felhom {
         for spec in specs {
             // Facts known before the first step: the golden's own identity, so the identity
             // step can prove the guest does not carry it (F1).
-            let golden =
-                bringup::golden_info(&self.client, spec.node.as_str(), spec.golden.as_str())
-                    .await?;
+            let golden = self
+                .golden_info(spec.node.as_str(), spec.golden.as_str())
+                .await?;
             let id = new_job_id(JobKind::Bringup);
             let value =
                 serde_json::to_value(&spec).map_err(|e| OpsError::Invalid(e.to_string()))?;

@@ -56,6 +56,7 @@ struct Inner {
     base: Url,
     token_id: String,
     counters: Counters,
+    durations: crate::durations::TaskDurations,
 }
 
 /// A PVE API client. Cheap to clone (shared connection pool and counters).
@@ -156,8 +157,14 @@ impl PveClient {
                 base,
                 token_id: cfg.token.id().to_string(),
                 counters: Counters::default(),
+                durations: Default::default(),
             }),
         })
+    }
+
+    /// What this client learned of task durations (shared by its clones).
+    pub(crate) fn durations(&self) -> &crate::durations::TaskDurations {
+        &self.inner.durations
     }
 
     pub fn stats(&self) -> ClientStats {

@@ -25,6 +25,7 @@ mod access;
 mod auth;
 mod client;
 mod cluster;
+pub mod durations;
 mod error;
 mod lxc;
 mod property_string;

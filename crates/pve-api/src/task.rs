@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::client::PveClient;
+use crate::durations::Bracket;
 use crate::error::ApiError;
 
 /// `UPID:<node>:<pid 8 hex>:<pstart 8–9 hex>:<starttime 8 hex>:<type>:<id>:<user>:`
@@ -77,6 +78,14 @@ impl fmt::Display for Upid {
             "UPID:{}:{:08X}:{:08X}:{:08X}:{}:{}:{}:",
             self.node, self.pid, self.pstart, self.starttime, self.task_type, self.id, self.user
         )
+    }
+}
+
+impl Upid {
+    /// The UPID as one percent-encoded URL path segment, as it appears in request paths
+    /// (`/nodes/{node}/tasks/{upid}/status`).
+    pub fn path_segment(&self) -> String {
+        crate::client::encode_segment(&self.to_string())
     }
 }
 
@@ -162,6 +171,10 @@ pub struct WaitOptions {
     pub not_visible_grace: Duration,
 }
 
+/// A bracket on a task's end narrower than this is not bisected any further: below it the
+/// request round trip and the host's scheduling blur the measurement anyway.
+const BRACKET_NARROW: Duration = Duration::from_millis(10);
+
 impl Default for WaitOptions {
     fn default() -> Self {
         WaitOptions {
@@ -196,11 +209,35 @@ impl WaitOptions {
     /// The pause before poll `n` when `elapsed` has passed since the wait began, clamped so
     /// the last poll happens at the deadline; `None` once the deadline has passed. Pure.
     pub fn next_pause(&self, n: u32, elapsed: Duration) -> Option<Duration> {
+        self.next_pause_hinted(n, elapsed, None)
+    }
+
+    /// [`WaitOptions::next_pause`] when tasks of this type were seen to end inside `hint`
+    /// (see [`crate::durations`]): one poll in the middle of the bracket (unless it is
+    /// already narrow), one at its upper end, and only then the usual cadence. Pure.
+    pub fn next_pause_hinted(
+        &self,
+        n: u32,
+        elapsed: Duration,
+        hint: Option<Bracket>,
+    ) -> Option<Duration> {
         let left = self
             .deadline
             .checked_sub(elapsed)
             .filter(|d| !d.is_zero())?;
-        Some(self.interval(n).min(left))
+        let targets = hint.map(|b| {
+            let mid = (b.lo + b.hi) / 2;
+            let bisect = b.hi - b.lo > BRACKET_NARROW;
+            [bisect.then_some(mid), Some(b.hi)]
+        });
+        let pause = targets
+            .into_iter()
+            .flatten()
+            .flatten()
+            .find(|t| *t > elapsed)
+            .map(|t| t - elapsed)
+            .unwrap_or_else(|| self.interval(n));
+        Some(pause.min(left))
     }
 }
 
@@ -328,12 +365,16 @@ impl PveClient {
             waited: started.elapsed(),
         };
         let mut polls = 0u32;
+        let hint = self.durations().expected(&upid.task_type);
+        // The last moment the task was seen running: the lower end of its bracket.
+        let mut running_at = Duration::ZERO;
         loop {
             let pause = opts
-                .next_pause(polls, started.elapsed())
+                .next_pause_hinted(polls, started.elapsed(), hint)
                 .ok_or_else(|| timeout(started))?;
             tokio::time::sleep(pause).await;
             polls += 1;
+            let sent = started.elapsed();
             // One request may overrun the deadline by at most one `max_interval`.
             let budget = opts
                 .deadline
@@ -353,10 +394,18 @@ impl PveClient {
                 },
             };
             if st.status != "stopped" {
+                running_at = sent;
                 continue;
             }
             let exit = st.exitstatus.unwrap_or_else(|| "unexpected status".into());
             if let Some(warnings) = exit_ok(&exit) {
+                self.durations().record(
+                    &upid.task_type,
+                    Bracket {
+                        lo: running_at,
+                        hi: started.elapsed(),
+                    },
+                );
                 return Ok(TaskOutcome {
                     exitstatus: exit,
                     warnings,
@@ -445,6 +494,35 @@ mod tests {
             ..o
         };
         assert_eq!(odd.interval(5), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn a_known_bracket_is_bisected_then_its_end_polled() {
+        let o = WaitOptions::default();
+        let ms = Duration::from_millis;
+        let b = Bracket {
+            lo: ms(200),
+            hi: ms(300),
+        };
+        // No first poll at 50 ms: straight to the middle of the bracket, then its end.
+        assert_eq!(o.next_pause_hinted(0, ms(0), Some(b)), Some(ms(250)));
+        assert_eq!(o.next_pause_hinted(1, ms(252), Some(b)), Some(ms(48)));
+        // Past the bracket (a slower task): the usual cadence.
+        assert_eq!(o.next_pause_hinted(2, ms(301), Some(b)), Some(ms(100)));
+        // A narrow bracket is not bisected.
+        let narrow = Bracket {
+            lo: ms(295),
+            hi: ms(300),
+        };
+        assert_eq!(o.next_pause_hinted(0, ms(0), Some(narrow)), Some(ms(300)));
+        // The deadline still clamps.
+        let short = WaitOptions {
+            deadline: ms(120),
+            ..o
+        };
+        assert_eq!(short.next_pause_hinted(0, ms(0), Some(b)), Some(ms(120)));
+        // Without a hint: exactly next_pause.
+        assert_eq!(o.next_pause_hinted(0, ms(0), None), o.next_pause(0, ms(0)));
     }
 
     #[test]

@@ -730,3 +730,31 @@ async fn injected_lock_timeouts_and_503s_look_like_pve() {
         .unwrap_err()
         .contains("bogus"));
 }
+
+/// The client learns how long a task type runs (`pve_api::durations`): the first resize is
+/// found by the usual cadence, later ones with one poll inside the learned bracket and one
+/// at its end.
+#[tokio::test]
+async fn later_tasks_of_a_type_are_found_with_two_polls() {
+    let env = Env::start(0.05, "").await; // resize: 12 s × 0.05 = 600 ms
+    let mut polls = Vec::new();
+    for v in 1290..1294 {
+        env.restore(v, &[]).await.unwrap();
+        let upid = env
+            .client
+            .lxc_resize("pve", vmid(v), "rootfs", "12G")
+            .await
+            .unwrap();
+        let out = env
+            .client
+            .wait_task(&upid, &WaitOptions::default())
+            .await
+            .unwrap();
+        polls.push(out.polls);
+    }
+    assert!(polls[0] >= 5, "first resize: usual cadence, {polls:?}");
+    assert!(
+        polls[1..].iter().all(|p| *p <= 3),
+        "later resizes: the learned bracket, {polls:?}"
+    );
+}

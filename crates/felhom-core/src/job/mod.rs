@@ -159,6 +159,16 @@ pub struct JobCx {
     pub backoff: Backoff,
     /// The validated spec of a bring-up job (teardown has none).
     pub spec: Option<crate::spec::GuestSpec>,
+    /// The guest config as an observe last read it. Nothing is written between the observe
+    /// that verified one step, the observe of the next and the start of its act, so those
+    /// share one read; the act takes the config (its later reads, after its own writes, go
+    /// to PVE) and the engine forgets it after every act and around every undo.
+    pub config_cache: Mutex<Option<(u32, pve_api::LxcConfig)>>,
+    /// Set by the engine while an act or undo runs: reads then are not kept.
+    pub acting: std::sync::atomic::AtomicBool,
+    /// How long this host takes for the waits on the guest that are not PVE tasks (DHCP
+    /// lease, SSH keys), learned like task durations, shared by all jobs of this process.
+    pub waits: Arc<pve_api::durations::TaskDurations>,
 }
 
 impl JobCx {
@@ -180,6 +190,39 @@ impl JobCx {
         let v = json!({ "facts": facts });
         self.update_facts(|f| f.merge(&v));
         Ok(())
+    }
+    /// The config of `vmid` an observe read, if nothing was written since. Outside an act
+    /// it stays cached; inside one it is taken, so the act's later reads go to PVE.
+    pub fn cached_config(&self, vmid: u32) -> Option<pve_api::LxcConfig> {
+        let mut c = self.config_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if c.as_ref().is_some_and(|(v, _)| *v == vmid) {
+            if self.is_acting() {
+                return c.take().map(|(_, cfg)| cfg);
+            }
+            return c.as_ref().map(|(_, cfg)| cfg.clone());
+        }
+        None
+    }
+    /// Keep a config an observe read (a read inside an act or undo is not kept).
+    pub fn cache_config(&self, vmid: u32, cfg: &pve_api::LxcConfig) {
+        if !self.is_acting() {
+            *self.config_cache.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((vmid, cfg.clone()));
+        }
+    }
+    fn forget_config(&self) {
+        *self.config_cache.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+    fn is_acting(&self) -> bool {
+        self.acting.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    /// Enter or leave an act or undo; leaving forgets the cached config.
+    fn set_acting(&self, acting: bool) {
+        self.acting
+            .store(acting, std::sync::atomic::Ordering::SeqCst);
+        if !acting {
+            self.forget_config();
+        }
     }
     pub fn vmid(&self) -> Result<pve_api::Vmid, StepError> {
         let n = self.facts().vmid.ok_or_else(|| {
@@ -423,7 +466,9 @@ async fn drive<S: Step>(cx: &JobCx, step: S, mut attempt: u32) -> Result<Value, 
                 cx.journal
                     .record(&cx.job_id, name, attempt, Phase::Intent, &data)?;
                 crash_point(name, "before");
+                cx.set_acting(true);
                 let r = step.act(cx).await;
+                cx.set_acting(false);
                 crash_point(name, "after");
                 r
             }
@@ -504,7 +549,11 @@ async fn roll_back<S: Step>(cx: &JobCx, steps: &[S], error: String) -> Outcome {
         crash_point(name, "undo");
         let mut retries = 0;
         loop {
-            match step.undo(cx).await {
+            cx.forget_config();
+            cx.set_acting(true);
+            let r = step.undo(cx).await;
+            cx.set_acting(false);
+            match r {
                 Ok(()) => break,
                 Err(e) if e.is_transient() && retries < cx.backoff.max_attempts => {
                     retries += 1;

@@ -1,0 +1,171 @@
+//! What a client has learned of how long each task type runs on its host, so that
+//! `wait_task` can sleep through most of a task and poll right where it is likely to end.
+//!
+//! Why: a bring-up mostly waits on PVE tasks, and the time from a task's end to the poll
+//! that sees it is pure loss on every step. Polling densely the whole time would find the
+//! end quickly but costs requests (and PVE's `pvedaemon` workers); polling sparsely is cheap
+//! but late. Tasks of one type on one host take much the same time (the same golden is
+//! restored, the same resize made, the same container started), so each wait brackets its
+//! task's duration between the last poll that saw it running and the first that saw it
+//! stopped, and later waits of that type poll once inside the known bracket (narrowing it,
+//! like a bisection) and once at its upper end. Two polls per task, and a detection latency
+//! that shrinks to the width of the bracket.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// How many recent tasks per type the estimate is drawn from.
+const KEEP: usize = 16;
+
+/// A bracket on one task's duration, measured from the start of the wait: it was still
+/// running at `lo` and had stopped by `hi`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bracket {
+    pub lo: Duration,
+    pub hi: Duration,
+}
+
+/// Recent brackets per task type (`vzrestore`, `resize`, `vzstart`, …).
+#[derive(Debug, Default)]
+pub struct TaskDurations {
+    by_type: Mutex<HashMap<String, VecDeque<Bracket>>>,
+}
+
+impl TaskDurations {
+    /// Record a task that ended well (failed tasks end early and say nothing of the next).
+    pub fn record(&self, task_type: &str, b: Bracket) {
+        if b.lo >= b.hi {
+            return;
+        }
+        let mut map = self.by_type.lock().unwrap_or_else(|p| p.into_inner());
+        let q = map.entry(task_type.to_string()).or_default();
+        if q.len() == KEEP {
+            q.pop_front();
+        }
+        q.push_back(b);
+    }
+
+    /// Where the next task of this type is expected to end, as a bracket; `None` until one
+    /// has been seen.
+    pub fn expected(&self, task_type: &str) -> Option<Bracket> {
+        let map = self.by_type.lock().unwrap_or_else(|p| p.into_inner());
+        estimate(map.get(task_type)?.iter().copied())
+    }
+}
+
+/// The intersection of the brackets when they agree (durations that barely vary); when they
+/// do not (a task that waited on a lock, a loaded host), the medians of their ends.
+pub fn estimate(brackets: impl Iterator<Item = Bracket>) -> Option<Bracket> {
+    let v: Vec<Bracket> = brackets.collect();
+    let lo = v.iter().map(|b| b.lo).max()?;
+    let hi = v.iter().map(|b| b.hi).min()?;
+    if lo < hi {
+        return Some(Bracket { lo, hi });
+    }
+    let median = |mut xs: Vec<Duration>| {
+        xs.sort_unstable();
+        xs[xs.len() / 2]
+    };
+    let lo = median(v.iter().map(|b| b.lo).collect());
+    let hi = median(v.iter().map(|b| b.hi).collect());
+    (lo < hi).then_some(Bracket { lo, hi })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn agreeing_brackets_intersect() {
+        let e = estimate(
+            [
+                Bracket {
+                    lo: ms(50),
+                    hi: ms(270),
+                },
+                Bracket {
+                    lo: ms(160),
+                    hi: ms(300),
+                },
+                Bracket {
+                    lo: ms(200),
+                    hi: ms(240),
+                },
+            ]
+            .into_iter(),
+        );
+        assert_eq!(
+            e,
+            Some(Bracket {
+                lo: ms(200),
+                hi: ms(240)
+            })
+        );
+    }
+
+    #[test]
+    fn disagreeing_brackets_fall_back_to_medians() {
+        let e = estimate(
+            [
+                Bracket {
+                    lo: ms(100),
+                    hi: ms(200),
+                },
+                Bracket {
+                    lo: ms(900),
+                    hi: ms(1000),
+                },
+                Bracket {
+                    lo: ms(150),
+                    hi: ms(250),
+                },
+            ]
+            .into_iter(),
+        );
+        assert_eq!(
+            e,
+            Some(Bracket {
+                lo: ms(150),
+                hi: ms(250)
+            })
+        );
+        assert_eq!(estimate(std::iter::empty()), None);
+    }
+
+    #[test]
+    fn keeps_the_recent_tasks_of_each_type() {
+        let d = TaskDurations::default();
+        assert_eq!(d.expected("resize"), None);
+        d.record(
+            "resize",
+            Bracket {
+                lo: ms(5),
+                hi: ms(1),
+            },
+        );
+        assert_eq!(d.expected("resize"), None, "an empty bracket is ignored");
+        for i in 0..40 {
+            d.record(
+                "resize",
+                Bracket {
+                    lo: ms(1000 + i),
+                    hi: ms(1300),
+                },
+            );
+        }
+        // Only the last KEEP count: the highest lower bound is the 40th.
+        assert_eq!(
+            d.expected("resize"),
+            Some(Bracket {
+                lo: ms(1039),
+                hi: ms(1300)
+            })
+        );
+        assert_eq!(d.expected("vzstart"), None);
+    }
+}
