@@ -3,11 +3,15 @@
 //! (pve-container `VZDump/LXC.pm`; `shared/pve-guest-setup.md`).
 //!
 //! Reading streams the archive once and never unpacks to disk, so memory stays flat on
-//! multi-gigabyte archives. Writing produces the same layout.
+//! multi-gigabyte archives. Writing produces the same layout, from synthetic entries or from a
+//! real root filesystem directory ([`ArchiveWriter::add_tree`]).
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
+
+mod tree;
+pub use tree::{excluded, TreeStats, EXCLUDES};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VzdumpError {
@@ -269,9 +273,32 @@ impl Sink {
 }
 
 /// Writes an archive in vzdump layout: `./etc/vzdump/pct.conf` first, then the rootfs.
+///
+/// Member names keep their leading `./` exactly as GNU tar writes them on a PVE host: PVE
+/// finds the config by listing the archive with `tar tf` and matching
+/// `\./etc/vzdump/(pct|vps)\.conf$` (pve-storage `extract_vzdump_config_tar`), so an archive
+/// whose member is plain `etc/vzdump/pct.conf` fails its restore with "archive contains no
+/// configuration file". The tar crate's path setters drop `./`, so names are written raw here
+/// (with GNU long-name entries past 100 bytes).
 pub struct ArchiveWriter {
     builder: tar::Builder<Sink>,
     wrote_conf: bool,
+}
+
+/// The GNU long-name (`L`) or long-link (`K`) entry that carries a name too long for the
+/// 100-byte header field.
+fn long_name_header(len: usize, kind: u8) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    let name = b"././@LongLink";
+    h.as_old_mut().name[..name.len()].copy_from_slice(name);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_size(len as u64 + 1);
+    h.set_entry_type(tar::EntryType::new(kind));
+    h.set_cksum();
+    h
 }
 
 impl ArchiveWriter {
@@ -304,21 +331,65 @@ impl ArchiveWriter {
         h
     }
 
+    /// `./etc/x` for `etc/x`, `/etc/x` or `./etc/x`; `./` for the root.
     fn rel(path: &str) -> String {
         format!("./{}", normalise(path))
+    }
+
+    /// Write one entry under the exact member `name` (and link target), then its data.
+    fn append_raw(
+        &mut self,
+        mut h: tar::Header,
+        name: &str,
+        link: Option<&[u8]>,
+        data: impl Read,
+    ) -> Result<(), VzdumpError> {
+        let bad = |what: &str| VzdumpError::BadEntry {
+            path: name.to_string(),
+            message: format!("{what} contains a NUL byte"),
+        };
+        let name_bytes = name.as_bytes();
+        if name_bytes.contains(&0) {
+            return Err(bad("name"));
+        }
+        let field_len = h.as_old().name.len();
+        if name_bytes.len() >= field_len {
+            let lh = long_name_header(name_bytes.len(), b'L');
+            self.builder.append(&lh, name_bytes.chain(&[0u8][..]))?;
+        }
+        let n = name_bytes.len().min(field_len);
+        let field = &mut h.as_old_mut().name;
+        field.fill(0);
+        field[..n].copy_from_slice(&name_bytes[..n]);
+        if let Some(link) = link {
+            if link.contains(&0) {
+                return Err(bad("link target"));
+            }
+            let field_len = h.as_old().linkname.len();
+            if link.len() >= field_len {
+                let lh = long_name_header(link.len(), b'K');
+                self.builder.append(&lh, link.chain(&[0u8][..]))?;
+            }
+            let n = link.len().min(field_len);
+            let field = &mut h.as_old_mut().linkname;
+            field.fill(0);
+            field[..n].copy_from_slice(&link[..n]);
+        }
+        h.set_cksum();
+        self.builder.append(&h, data)?;
+        Ok(())
     }
 
     pub fn pct_conf(&mut self, text: &str) -> Result<(), VzdumpError> {
         if self.wrote_conf {
             return Err(VzdumpError::ConfNotFirst);
         }
-        for d in ["./", "./etc", "./etc/vzdump"] {
-            let mut h = Self::header(tar::EntryType::Directory, 0o755, 0);
-            self.builder.append_data(&mut h, d, std::io::empty())?;
+        for d in ["./", "./etc/", "./etc/vzdump/"] {
+            let h = Self::header(tar::EntryType::Directory, 0o755, 0);
+            self.append_raw(h, d, None, std::io::empty())?;
         }
-        let mut h = Self::header(tar::EntryType::Regular, 0o644, text.len() as u64);
-        self.builder
-            .append_data(&mut h, Self::rel(PCT_CONF), text.as_bytes())?;
+        let h = Self::header(tar::EntryType::Regular, 0o644, text.len() as u64);
+        self.append_raw(h, &Self::rel(PCT_CONF), None, text.as_bytes())?;
         self.wrote_conf = true;
         Ok(())
     }
@@ -333,10 +404,9 @@ impl ArchiveWriter {
 
     pub fn dir(&mut self, path: &str, mode: u32) -> Result<(), VzdumpError> {
         self.check()?;
-        let mut h = Self::header(tar::EntryType::Directory, mode, 0);
-        self.builder
-            .append_data(&mut h, Self::rel(path), std::io::empty())?;
-        Ok(())
+        let h = Self::header(tar::EntryType::Directory, mode, 0);
+        let name = format!("{}/", Self::rel(path).trim_end_matches('/'));
+        self.append_raw(h, &name, None, std::io::empty())
     }
 
     pub fn file(&mut self, path: &str, mode: u32, bytes: &[u8]) -> Result<(), VzdumpError> {
@@ -351,16 +421,19 @@ impl ArchiveWriter {
         r: impl Read,
     ) -> Result<(), VzdumpError> {
         self.check()?;
-        let mut h = Self::header(tar::EntryType::Regular, mode, size);
-        self.builder.append_data(&mut h, Self::rel(path), r)?;
-        Ok(())
+        let h = Self::header(tar::EntryType::Regular, mode, size);
+        self.append_raw(h, &Self::rel(path), None, r)
     }
 
     pub fn symlink(&mut self, path: &str, target: &str) -> Result<(), VzdumpError> {
         self.check()?;
-        let mut h = Self::header(tar::EntryType::Symlink, 0o777, 0);
-        self.builder.append_link(&mut h, Self::rel(path), target)?;
-        Ok(())
+        let h = Self::header(tar::EntryType::Symlink, 0o777, 0);
+        self.append_raw(
+            h,
+            &Self::rel(path),
+            Some(target.as_bytes()),
+            std::io::empty(),
+        )
     }
 
     pub fn finish(self) -> Result<(), VzdumpError> {
