@@ -9,6 +9,7 @@ pub mod adversarial;
 pub mod bringup;
 pub mod config;
 pub mod golden;
+pub mod golden_build;
 pub mod identity;
 pub mod job;
 pub mod journal;

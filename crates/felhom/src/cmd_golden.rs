@@ -1,10 +1,14 @@
-//! `felhom golden recipe | inspect | identity`.
+//! `felhom golden recipe | build | inspect | identity`.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use felhom_core::golden::{self, RecipeParams, Severity};
+use felhom_core::golden_build::{self, BuildError, BuildOptions, DockerChoice};
 use felhom_core::identity::{IdentityPolicy, PolicyName};
+use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::OutputFormat;
 
@@ -12,6 +16,8 @@ use crate::OutputFormat;
 pub enum GoldenCmd {
     /// Print the root-side recipe that builds a golden base, as a POSIX shell script.
     Recipe(RecipeArgs),
+    /// Build a golden archive here with mmdebstrap, no PVE host needed (root; Debian mirror).
+    Build(BuildArgs),
     /// Check a vzdump archive as a golden base (streams it; never unpacks to disk).
     Inspect(InspectArgs),
     /// Print the identity-reset table and what a policy does with each field.
@@ -33,6 +39,42 @@ pub struct RecipeArgs {
     pub template: String,
     #[arg(long, default_value = "local")]
     pub backup_storage: String,
+}
+
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    /// The archive to write (.tar.zst). To upload it to a PVE backup storage, name it
+    /// vzdump-lxc-<vmid>-YYYY_MM_DD-HH_MM_SS.tar.zst.
+    #[arg(long, value_name = "ARCHIVE")]
+    pub out: PathBuf,
+    /// Debian suite or codename.
+    #[arg(long, default_value = golden_build::DEFAULT_SUITE)]
+    pub suite: String,
+    /// Debian mirror (http or https); it stays in the golden's sources.list.
+    #[arg(long, value_name = "URL", default_value = golden_build::DEFAULT_MIRROR)]
+    pub mirror: String,
+    /// Docker in the golden: Debian's docker.io (from the same mirror), or none (inspection
+    /// then reports docker-missing).
+    #[arg(long, value_enum, default_value_t = DockerArg::Debian)]
+    pub docker: DockerArg,
+    /// Extra Debian packages, comma-separated.
+    #[arg(long, value_delimiter = ',', value_name = "PKG,…")]
+    pub packages: Vec<String>,
+    /// Build a deliberately broken golden (tests of felhom's failure handling).
+    #[arg(long, value_enum, hide = true)]
+    pub defect: Vec<BuildDefect>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DockerArg {
+    None,
+    Debian,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BuildDefect {
+    /// No first-boot SSH host-key unit: restored guests boot without host keys.
+    NoFirstBootUnit,
 }
 
 #[derive(Args, Debug)]
@@ -66,6 +108,7 @@ pub fn run(cmd: GoldenCmd, format: OutputFormat) -> anyhow::Result<i32> {
             print!("{}", golden::recipe(&p));
             Ok(0)
         }
+        GoldenCmd::Build(a) => build(a, format),
         GoldenCmd::Inspect(a) => match golden::inspect_path(&a.archive) {
             Err(e) => {
                 match format {
@@ -141,6 +184,94 @@ pub fn run(cmd: GoldenCmd, format: OutputFormat) -> anyhow::Result<i32> {
                 }
             }
             Ok(0)
+        }
+    }
+}
+
+/// `golden build`: exit 0 built, 1 the build failed (nothing left behind), 2 bad input or a
+/// host that cannot build (not root, no mmdebstrap), nothing run.
+fn build(a: BuildArgs, format: OutputFormat) -> anyhow::Result<i32> {
+    let opts = BuildOptions {
+        out: a.out,
+        suite: a.suite,
+        mirror: (a.mirror != golden_build::DEFAULT_MIRROR).then_some(a.mirror),
+        docker: match a.docker {
+            DockerArg::None => DockerChoice::None,
+            DockerArg::Debian => DockerChoice::Debian,
+        },
+        packages: a.packages,
+        first_boot_unit: !a.defect.contains(&BuildDefect::NoFirstBootUnit),
+    };
+    let spinner = (format == OutputFormat::Human && std::io::stderr().is_terminal()).then(|| {
+        let b = ProgressBar::new_spinner();
+        b.set_style(
+            ProgressStyle::with_template("{spinner} {elapsed:>4} {wide_msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        b.enable_steady_tick(Duration::from_millis(120));
+        b
+    });
+    let progress = |msg: &str| match (&spinner, format) {
+        (Some(b), _) => b.set_message(msg.to_string()),
+        (None, OutputFormat::Human) => eprintln!("golden build: {msg}"),
+        (None, OutputFormat::Json) => {}
+    };
+    let result = golden_build::build(&opts, &progress);
+    if let Some(b) = &spinner {
+        b.finish_and_clear();
+    }
+    match result {
+        Ok(r) => {
+            match format {
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&r)?),
+                OutputFormat::Human => {
+                    println!(
+                        "built {} ({} bytes): Debian {} + {}, docker {}, first-boot unit {}",
+                        r.archive.display(),
+                        r.archive_bytes,
+                        r.suite,
+                        r.mirror,
+                        r.docker,
+                        if r.first_boot_unit { "yes" } else { "NO" }
+                    );
+                    println!(
+                        "  rootfs {} files, {} bytes uncompressed; mmdebstrap {:.1}s, archive {:.1}s; net0 hwaddr {}",
+                        r.files, r.uncompressed_bytes, r.mmdebstrap_secs, r.archive_secs, r.hwaddr
+                    );
+                    println!("  inputs {}", r.input_hash);
+                    for w in &r.warnings {
+                        println!("  warning: {w}");
+                    }
+                    println!(
+                        "check it with: felhom golden inspect {}",
+                        r.archive.display()
+                    );
+                }
+            }
+            Ok(0)
+        }
+        Err(e) => {
+            let code = match e {
+                BuildError::Invalid(_) | BuildError::NotRoot | BuildError::MmdebstrapMissing => 2,
+                BuildError::Mmdebstrap { .. } | BuildError::Io { .. } | BuildError::Archive(_) => 1,
+            };
+            match format {
+                OutputFormat::Json => {
+                    let fields: Vec<_> = match &e {
+                        BuildError::Invalid(errs) => errs
+                            .iter()
+                            .map(|f| serde_json::json!({ "field": f.field, "rule": f.rule }))
+                            .collect(),
+                        _ => Vec::new(),
+                    };
+                    println!(
+                        "{}",
+                        serde_json::json!({ "error": e.to_string(), "fields": fields })
+                    );
+                }
+                OutputFormat::Human => eprintln!("error: {e}"),
+            }
+            Ok(code)
         }
     }
 }

@@ -76,6 +76,7 @@ fn clean_golden_and_one_archive_per_defect() {
         (Defect::DockerMissing, &["docker-missing"]),
         (Defect::HistoryLeftIn, &["shell-history"]),
         (Defect::NoDhcpClient, &["no-dhcp-client"]),
+        (Defect::NoIfupdown, &["no-ifupdown"]),
     ];
     for (i, (defect, want)) in cases.iter().enumerate() {
         // Each compression the archive reader supports takes a turn.

@@ -1,7 +1,7 @@
 //! Archiving a root filesystem directory the way vzdump does: numeric owners, modes and
 //! mtimes kept, symlinks stored as links, hard links stored once, the extended attributes
-//! PVE's restore extracts (`user.*`, `security.capability`), one file system only, and
-//! vzdump's excludes.
+//! PVE's restore extracts (`user.*`, `security.capability`) and POSIX ACLs as GNU tar's pax
+//! records, one file system only, and vzdump's excludes.
 //!
 //! GNU tar does this on a PVE host; here it is done in-process so that a golden can be
 //! written in one streamed pass with `pct.conf` first, without a tar binary or a temporary
@@ -30,10 +30,48 @@ fn xattr_wanted(name: &[u8]) -> bool {
     name.starts_with(b"user.") || name == b"security.capability"
 }
 
-/// POSIX ACLs are stored as xattrs on Linux; GNU tar archives them as `SCHILY.acl.*` text,
-/// which this writer does not produce. They are reported instead of silently dropped.
-fn is_acl(name: &[u8]) -> bool {
-    name == b"system.posix_acl_access" || name == b"system.posix_acl_default"
+/// POSIX ACLs, stored by Linux as binary xattrs, go into the archive the way GNU tar
+/// `--acls --numeric-owner` writes them: pax records `SCHILY.acl.access` / `.default` with
+/// the ACL as text and numeric ids (PVE's restore passes `--acls`; names would be resolved
+/// against the PVE host's users, not the guest's).
+fn acl_pax_key(name: &[u8]) -> Option<&'static str> {
+    match name {
+        b"system.posix_acl_access" => Some("SCHILY.acl.access"),
+        b"system.posix_acl_default" => Some("SCHILY.acl.default"),
+        _ => None,
+    }
+}
+
+/// The kernel's `posix_acl_xattr` layout (version 2, then 8-byte entries: tag, permissions,
+/// id) as ACL text: `user::rwx,group::r-x,group:4:r-x,mask::r-x,other::r-x`.
+pub fn acl_xattr_to_text(raw: &[u8]) -> Option<String> {
+    let (head, rest) = raw.split_first_chunk::<4>()?;
+    if u32::from_le_bytes(*head) != 2 || rest.len() % 8 != 0 {
+        return None;
+    }
+    let mut out = Vec::new();
+    for e in rest.chunks_exact(8) {
+        let tag = u16::from_le_bytes([e[0], e[1]]);
+        let perm = u16::from_le_bytes([e[2], e[3]]);
+        let id = u32::from_le_bytes([e[4], e[5], e[6], e[7]]);
+        if perm & !0o7 != 0 {
+            return None;
+        }
+        let rwx: String = [(4, 'r'), (2, 'w'), (1, 'x')]
+            .iter()
+            .map(|(bit, c)| if perm & bit != 0 { *c } else { '-' })
+            .collect();
+        out.push(match tag {
+            0x01 => format!("user::{rwx}"),
+            0x02 => format!("user:{id}:{rwx}"),
+            0x04 => format!("group::{rwx}"),
+            0x08 => format!("group:{id}:{rwx}"),
+            0x10 => format!("mask::{rwx}"),
+            0x20 => format!("other::{rwx}"),
+            _ => return None,
+        });
+    }
+    Some(out.join(","))
 }
 
 /// What [`ArchiveWriter::add_tree`] wrote.
@@ -56,7 +94,9 @@ pub struct TreeStats {
     pub sockets_skipped: u64,
     /// Mount points whose contents were skipped (`--one-file-system`).
     pub other_fs_skipped: Vec<String>,
-    /// Paths that had POSIX ACLs, which this writer does not archive.
+    /// Entries whose POSIX ACLs were archived.
+    pub acl_entries: u64,
+    /// Paths whose ACL xattr could not be read as an ACL (left out).
     pub acls_dropped: Vec<String>,
 }
 
@@ -94,11 +134,12 @@ fn os_err(p: &Path, what: &str) -> VzdumpError {
     }
 }
 
-/// The extended attributes of `p` itself (never of a symlink's target): the kept ones, and
-/// whether it has an ACL.
-/// An extended attribute: name and raw value.
+/// A pax record for an extended attribute or ACL: key and raw value.
 type Xattr = (Vec<u8>, Vec<u8>);
 
+/// The pax records for the extended attributes of `p` itself (never of a symlink's target):
+/// the kept xattrs as `SCHILY.xattr.*`, ACLs as `SCHILY.acl.*`; and whether an ACL could not
+/// be decoded.
 fn read_xattrs(p: &Path) -> Result<(Vec<Xattr>, bool), VzdumpError> {
     let cp = c_path(p)?;
     // SAFETY: a valid NUL-terminated path; a null buffer with size 0 asks for the size.
@@ -121,14 +162,11 @@ fn read_xattrs(p: &Path) -> Result<(Vec<Xattr>, bool), VzdumpError> {
         return Err(os_err(p, "llistxattr"));
     }
     names.truncate(got as usize);
-    let mut kept = Vec::new();
-    let mut acl = false;
+    let mut records = Vec::new();
+    let mut bad_acl = false;
     for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        if is_acl(name) {
-            acl = true;
-            continue;
-        }
-        if !xattr_wanted(name) {
+        let acl_key = acl_pax_key(name);
+        if acl_key.is_none() && !xattr_wanted(name) {
             continue;
         }
         let cname = CString::new(name).map_err(|_| os_err(p, "xattr name"))?;
@@ -151,9 +189,19 @@ fn read_xattrs(p: &Path) -> Result<(Vec<Xattr>, bool), VzdumpError> {
             return Err(os_err(p, "lgetxattr"));
         }
         value.truncate(got as usize);
-        kept.push((name.to_vec(), value));
+        match acl_key {
+            Some(key) => match acl_xattr_to_text(&value) {
+                Some(text) => records.push((key.as_bytes().to_vec(), text.into_bytes())),
+                None => bad_acl = true,
+            },
+            None => {
+                let mut key = b"SCHILY.xattr.".to_vec();
+                key.extend_from_slice(name);
+                records.push((key, value));
+            }
+        }
     }
-    Ok((kept, acl))
+    Ok((records, bad_acl))
 }
 
 /// One pax record, `"<len> <key>=<value>\n"`, where `<len>` counts the whole record,
@@ -200,10 +248,14 @@ impl Walk<'_> {
             return Ok(());
         }
         let mut data = Vec::new();
-        for (name, value) in xattrs {
-            let mut key = b"SCHILY.xattr.".to_vec();
-            key.extend_from_slice(name);
-            data.extend(pax_record(&key, value));
+        for (key, value) in xattrs {
+            data.extend(pax_record(key, value));
+        }
+        if xattrs.iter().any(|(k, _)| k.starts_with(b"SCHILY.acl.")) {
+            self.stats.acl_entries += 1;
+        }
+        if xattrs.iter().any(|(k, _)| k.starts_with(b"SCHILY.xattr.")) {
+            self.stats.xattr_entries += 1;
         }
         let mut h = tar::Header::new_ustar();
         h.set_entry_type(tar::EntryType::XHeader);
@@ -212,7 +264,6 @@ impl Walk<'_> {
         h.set_mtime(0);
         self.w
             .append_raw(h, "./PaxHeaders/xattrs", None, &data[..])?;
-        self.stats.xattr_entries += 1;
         Ok(())
     }
 
@@ -222,8 +273,8 @@ impl Walk<'_> {
             self.stats.sockets_skipped += 1;
             return Ok(());
         }
-        let (xattrs, acl) = read_xattrs(path)?;
-        if acl {
+        let (xattrs, bad_acl) = read_xattrs(path)?;
+        if bad_acl {
             self.stats.acls_dropped.push(member.to_string());
         }
         if ft.is_symlink() {
@@ -376,6 +427,20 @@ mod tests {
     }
 
     #[test]
+    fn acl_text_refuses_what_is_not_an_acl() {
+        assert_eq!(acl_xattr_to_text(&[]), None);
+        assert_eq!(acl_xattr_to_text(&1u32.to_le_bytes()), None, "version 1");
+        let mut v = 2u32.to_le_bytes().to_vec();
+        assert_eq!(acl_xattr_to_text(&v).as_deref(), Some(""));
+        v.extend([0x02, 0, 6, 0, 0xe8, 0x03, 0, 0]);
+        assert_eq!(acl_xattr_to_text(&v).as_deref(), Some("user:1000:rw-"));
+        v.push(0);
+        assert_eq!(acl_xattr_to_text(&v), None, "not whole entries");
+        let bad_tag = [2u32.to_le_bytes().to_vec(), vec![0x40, 0, 7, 0, 0, 0, 0, 0]].concat();
+        assert_eq!(acl_xattr_to_text(&bad_tag), None);
+    }
+
+    #[test]
     fn pax_records_count_their_own_length() {
         for n in [0usize, 1, 5, 80, 88, 89, 90, 990, 995, 1000, 9990] {
             let v = vec![b'x'; n];
@@ -444,6 +509,34 @@ mod tests {
                 std::io::Error::last_os_error()
             );
         }
+        // An ACL as the kernel stores it: user::rwx group::r-x group:4:r-x mask::r-x
+        // other::r-x (what systemd puts on /var/log/journal for the adm group).
+        let acl: Vec<u8> = std::iter::once(2u32.to_le_bytes().to_vec())
+            .chain(
+                [
+                    (0x01u16, 7u16, u32::MAX),
+                    (0x04, 5, u32::MAX),
+                    (0x08, 5, 4),
+                    (0x10, 5, u32::MAX),
+                    (0x20, 5, u32::MAX),
+                ]
+                .iter()
+                .map(|(t, p, id)| {
+                    [
+                        t.to_le_bytes().to_vec(),
+                        p.to_le_bytes().to_vec(),
+                        id.to_le_bytes().to_vec(),
+                    ]
+                    .concat()
+                }),
+            )
+            .flatten()
+            .collect();
+        assert!(
+            set_xattr(&root.join("etc/ssh"), "system.posix_acl_access", &acl),
+            "setting an ACL needs a file system with ACLs: {}",
+            std::io::Error::last_os_error()
+        );
         let long = "d".repeat(120);
         std::fs::create_dir_all(root.join(&long)).unwrap();
         std::fs::write(root.join(&long).join("f"), b"long").unwrap();
@@ -457,6 +550,8 @@ mod tests {
         assert_eq!(stats.hardlinks, 1);
         assert_eq!(stats.excluded, 4, "{stats:?}");
         assert_eq!(stats.xattr_entries, 1);
+        assert_eq!(stats.acl_entries, 1);
+        assert!(stats.acls_dropped.is_empty());
 
         let mut seen = Vec::new();
         scan_path(&out, |e, _| {
@@ -516,9 +611,16 @@ mod tests {
         let mut ar = tar::Archive::new(zstd::stream::read::Decoder::new(f).unwrap());
         let mut raw = Vec::new();
         let mut found = Vec::new();
+        let mut acl_text = None;
         for e in ar.entries().unwrap() {
             let mut e = e.unwrap();
             let name = String::from_utf8(e.path_bytes().into_owned()).unwrap();
+            if name == "./etc/ssh/" {
+                for x in e.pax_extensions().unwrap().unwrap() {
+                    let x = x.unwrap();
+                    acl_text = Some((x.key().unwrap().to_string(), x.value().unwrap().to_string()));
+                }
+            }
             if name == "./etc/motd" {
                 for x in e.pax_extensions().unwrap().unwrap() {
                     let x = x.unwrap();
@@ -533,6 +635,13 @@ mod tests {
             Some("./etc/vzdump/pct.conf")
         );
         assert!(raw.contains(&format!("./{long}/f")), "long names keep ./");
+        assert_eq!(
+            acl_text,
+            Some((
+                "SCHILY.acl.access".to_string(),
+                "user::rwx,group::r-x,group:4:r-x,mask::r-x,other::r-x".to_string()
+            ))
+        );
         // The pax records read back byte for byte; trusted.* left out.
         found.sort();
         assert_eq!(
