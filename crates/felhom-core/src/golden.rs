@@ -50,9 +50,10 @@ pub const BASE_PACKAGES: &[&str] = &[
 /// Docker from Docker's own apt repository (the seed's recipe).
 pub const DOCKER_PACKAGES: &[&str] = &["docker-ce", "docker-ce-cli", "containerd.io"];
 /// Debian's own Docker (`felhom golden build --docker debian`): it comes from the Debian
-/// mirror, so a golden can be built where Docker's repository is not reachable. It brings
-/// containerd, runc and tini as dependencies; `dockerd` is `/usr/sbin/dockerd`.
-pub const DEBIAN_DOCKER_PACKAGES: &[&str] = &["docker.io"];
+/// mirror, so a golden can be built where Docker's repository is not reachable. `docker.io`
+/// brings the daemon (`/usr/sbin/dockerd`), containerd, runc and tini; the `docker` command
+/// is in `docker-cli`, only a Recommends of `docker.io`, which mmdebstrap does not install.
+pub const DEBIAN_DOCKER_PACKAGES: &[&str] = &["docker.io", "docker-cli"];
 /// `overlay2` is the overlay storage driver Docker's graphdriver store uses; in an
 /// unprivileged LXC guest with nesting=1 Docker 28+ reports the containerd `overlayfs`
 /// snapshotter (F6). Pinning `overlay2` keeps Docker off `vfs` (a full copy per layer),

@@ -633,6 +633,7 @@ mod tests {
             "ifupdown",
             "isc-dhcp-client",
             "docker.io",
+            "docker-cli",
         ] {
             assert!(inc.iter().any(|i| i == p), "{p} in {inc:?}");
         }
@@ -837,9 +838,9 @@ mod tests {
             &["trixie", "/x/dir with space/rootfs", DEFAULT_MIRROR]
         );
         assert!(args.contains(&"--variant=minbase".to_string()));
-        assert!(args
-            .iter()
-            .any(|a| a.starts_with("--include=systemd,") && a.ends_with(",docker.io,vim")));
+        assert!(args.iter().any(
+            |a| a.starts_with("--include=systemd,") && a.ends_with(",docker.io,docker-cli,vim")
+        ));
         // The hook is constant; the script reaches it through the environment.
         assert!(args.contains(&format!("--customize-hook={FINISH_HOOK}")));
         let script = golden::guest_finish_script(o.finish());

@@ -200,7 +200,7 @@ fn mmdebstrap_gets_plain_arguments_and_its_failure_is_reported() {
     assert_eq!(args[dd + 3], "https://deb.debian.org/debian");
     assert!(
         args.iter()
-            .any(|a| a.starts_with("--include=") && a.ends_with(",docker.io,vim,g++")),
+            .any(|a| a.starts_with("--include=") && a.ends_with(",docker.io,docker-cli,vim,g++")),
         "{args:?}"
     );
     assert_eq!(
@@ -443,6 +443,7 @@ fn real_golden_is_clean_and_complete() {
         "ifupdown",
         "isc-dhcp-client",
         "docker.io",
+        "docker-cli",
     ] {
         assert!(installed(status, pkg), "{pkg} installed");
     }
@@ -451,6 +452,11 @@ fn real_golden_is_clean_and_complete() {
         Some(golden::DOCKER_DAEMON_JSON)
     );
     assert_eq!(all["usr/sbin/dockerd"].info.kind, vzdump::EntryKind::File);
+    assert_eq!(
+        all["usr/bin/docker"].info.kind,
+        vzdump::EntryKind::File,
+        "the CLI too"
+    );
     assert_eq!(
         all["usr/sbin/init"].info.link_target.as_deref(),
         Some("../lib/systemd/systemd")
