@@ -243,6 +243,13 @@ CREATE TABLE IF NOT EXISTS guests (
     state TEXT NOT NULL,
     updated_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS durations (
+    kind TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    lo_ms INTEGER NOT NULL,
+    hi_ms INTEGER NOT NULL,
+    PRIMARY KEY (kind, seq)
+);
 "#;
 
 impl Journal {
@@ -277,6 +284,37 @@ impl Journal {
         // A panic while holding the lock leaves SQLite consistent (every write is a
         // transaction), so a poisoned mutex is still safe to use.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replace the learned durations (`kind` → brackets `(lo_ms, hi_ms)`, oldest first): how
+    /// long this host's tasks and guest waits take, so the next process polls where tasks
+    /// end instead of learning again (`pve_api::durations`).
+    pub fn save_durations(&self, items: &[(String, u64, u64)]) -> Result<(), JournalError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM durations", [])?;
+        for (seq, (kind, lo, hi)) in items.iter().enumerate() {
+            tx.execute(
+                "INSERT INTO durations (kind, seq, lo_ms, hi_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![kind, seq as i64, *lo as i64, *hi as i64],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The learned durations, in the order they were saved.
+    pub fn load_durations(&self) -> Result<Vec<(String, u64, u64)>, JournalError> {
+        let conn = self.conn();
+        let mut st = conn.prepare("SELECT kind, lo_ms, hi_ms FROM durations ORDER BY seq")?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?.max(0) as u64,
+                r.get::<_, i64>(2)?.max(0) as u64,
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Insert a new job, claimed by this process.

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use pve_api::{ApiError, PveClient, Vmid};
 use serde::Serialize;
@@ -125,14 +126,55 @@ impl Felhom {
         let client = PveClient::new(config.client.clone())?;
         let journal = Arc::new(Journal::open(&config.journal)?);
         let limits = Arc::new(Limits::new(&config));
-        Ok(Felhom {
+        let felhom = Felhom {
             config: Arc::new(config),
             client,
             journal,
             limits,
             waits: Default::default(),
             golden: Default::default(),
-        })
+        };
+        felhom.recall_durations()?;
+        Ok(felhom)
+    }
+
+    /// Durations are kept as `task:<type>` (PVE tasks, learned by the client) and
+    /// `wait:<step>` (waits on the guest).
+    fn recall_durations(&self) -> Result<(), OpsError> {
+        for (kind, lo, hi) in self.journal.load_durations()? {
+            let b = pve_api::durations::Bracket {
+                lo: Duration::from_millis(lo),
+                hi: Duration::from_millis(hi),
+            };
+            if let Some(t) = kind.strip_prefix("task:") {
+                self.client.durations().record(t, b);
+            } else if let Some(w) = kind.strip_prefix("wait:") {
+                self.waits.record(w, b);
+            }
+        }
+        Ok(())
+    }
+
+    /// Persist what this process learned of the host's durations (after every batch).
+    fn remember_durations(&self) {
+        let ms = |d: Duration| d.as_millis() as u64;
+        let items: Vec<(String, u64, u64)> = self
+            .client
+            .durations()
+            .snapshot()
+            .into_iter()
+            .map(|(t, b)| (format!("task:{t}"), ms(b.lo), ms(b.hi)))
+            .chain(
+                self.waits
+                    .snapshot()
+                    .into_iter()
+                    .map(|(w, b)| (format!("wait:{w}"), ms(b.lo), ms(b.hi))),
+            )
+            .collect();
+        if let Err(e) = self.journal.save_durations(&items) {
+            // Only an optimisation is lost: the next run learns again.
+            tracing::warn!(error = %e, "cannot save learned durations");
+        }
     }
 
     fn cx(
@@ -404,7 +446,9 @@ impl Felhom {
                 me.run_bringup(id, spec, progress).await
             }));
         }
-        collect(handles).await
+        let reports = collect(handles).await;
+        self.remember_durations();
+        reports
     }
 
     async fn run_bringup(
@@ -471,7 +515,9 @@ impl Felhom {
                 report(&cx, JobKind::Teardown, outcome)
             }));
         }
-        collect(handles).await
+        let reports = collect(handles).await;
+        self.remember_durations();
+        reports
     }
 
     /// Resume one job, or every job a crash left unfinished.
@@ -526,7 +572,9 @@ impl Felhom {
                 }
             }));
         }
-        collect(handles).await
+        let reports = collect(handles).await;
+        self.remember_durations();
+        reports
     }
 
     /// Compare each guest felhom owns with its spec and the journal, and say what drifted.

@@ -122,3 +122,36 @@ fn drift_is_reported() {
         "{drift}"
     );
 }
+
+/// What one run learned of the host's task durations is in the journal: the next process
+/// polls each task inside the learned bracket and at its end, instead of learning again.
+#[test]
+fn the_next_process_polls_where_tasks_end() {
+    let sim = Sim::with("", 0.2); // restore 400 ms, resize 2.4 s, start 200 ms
+    let status_polls = |sim: &Sim| {
+        sim.get("requests")
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| {
+                r["path"]
+                    .as_str()
+                    .is_some_and(|p| p.contains("/tasks/") && p.ends_with("/status"))
+            })
+            .count()
+    };
+    let first = sim.write_spec("learn-a.toml", &spec("learna", "1410", ""));
+    let out = sim.felhom(&["provision", first.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let cold = status_polls(&sim);
+    let second = sim.write_spec("learn-b.toml", &spec("learnb", "1411", ""));
+    let out = sim.felhom(&["provision", second.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let warm = status_polls(&sim) - cold;
+    // Three tasks (restore, resize, start): two polls each when the bracket holds, a third
+    // when the host's timing wobbled past it.
+    assert!(
+        warm <= 9 && warm * 2 < cold,
+        "cold run {cold} polls, warm run {warm}"
+    );
+}

@@ -44,6 +44,17 @@ pub struct ClientStats {
     pub writes: u64,
 }
 
+impl ClientStats {
+    /// The requests sent after `earlier` was taken.
+    pub fn since(&self, earlier: &ClientStats) -> ClientStats {
+        ClientStats {
+            gets: self.gets - earlier.gets,
+            task_polls: self.task_polls - earlier.task_polls,
+            writes: self.writes - earlier.writes,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Counters {
     gets: AtomicU64,
@@ -162,8 +173,9 @@ impl PveClient {
         })
     }
 
-    /// What this client learned of task durations (shared by its clones).
-    pub(crate) fn durations(&self) -> &crate::durations::TaskDurations {
+    /// What this client learned of task durations (shared by its clones); a caller may
+    /// persist it and feed it to the next client for the same host.
+    pub fn durations(&self) -> &crate::durations::TaskDurations {
         &self.inner.durations
     }
 

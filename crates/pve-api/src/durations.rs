@@ -46,6 +46,18 @@ impl TaskDurations {
         q.push_back(b);
     }
 
+    /// Every kept bracket, by type, oldest first: what a caller persists so that the next
+    /// process starts knowing this host (and feeds back with [`TaskDurations::record`]).
+    pub fn snapshot(&self) -> Vec<(String, Bracket)> {
+        let map = self.by_type.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<(String, Bracket)> = map
+            .iter()
+            .flat_map(|(t, q)| q.iter().map(move |b| (t.clone(), *b)))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     /// Where the next task of this type is expected to end, as a bracket; `None` until one
     /// has been seen.
     pub fn expected(&self, task_type: &str) -> Option<Bracket> {
@@ -167,5 +179,12 @@ mod tests {
             })
         );
         assert_eq!(d.expected("vzstart"), None);
+        let snap = d.snapshot();
+        assert_eq!(snap.len(), KEEP);
+        let again = TaskDurations::default();
+        for (t, b) in snap {
+            again.record(&t, b);
+        }
+        assert_eq!(again.expected("resize"), d.expected("resize"));
     }
 }

@@ -31,6 +31,11 @@ pub struct PerfArgs {
     /// Skip the naive baseline.
     #[arg(long)]
     pub no_naive: bool,
+    /// Bring one guest up and down first, so the batch starts from what an earlier run on
+    /// this host learned of its task durations (an installation's steady state; the
+    /// journal keeps them between runs).
+    #[arg(long)]
+    pub warm: bool,
 }
 
 fn rusage() -> (f64, u64) {
@@ -99,6 +104,17 @@ async fn one_batch(n: usize, args: &PerfArgs) -> anyhow::Result<Value> {
     let felhom = Arc::new(Felhom::open(config)?);
     let golden = format!("local:backup/{}", crate::cmd_sim::SEED_GOLDEN);
     let specs = specs(n, &golden)?;
+    let warm_vmid = felhom.config.vmid_range.hi;
+    if args.warm {
+        let mut warm = specs[0].clone();
+        warm.vmid = felhom_core::spec::VmidChoice::Fixed(warm_vmid);
+        warm.hostname = "warmup".parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let quiet = Arc::new(felhom_core::job::Quiet);
+        felhom.provision(vec![warm], quiet.clone()).await?;
+        felhom.teardown(vec![warm_vmid], quiet).await?;
+    }
+    let warm_id = warm_vmid.to_string();
+    let stats0 = felhom.client.stats();
     let (cpu0, _) = rusage();
     let t0 = Instant::now();
     let reports = felhom
@@ -110,7 +126,7 @@ async fn one_batch(n: usize, args: &PerfArgs) -> anyhow::Result<Value> {
         .iter()
         .filter(|r| r.outcome == felhom_core::job::Outcome::Succeeded)
         .count();
-    let stats = felhom.client.stats();
+    let stats = felhom.client.stats().since(&stats0);
     let state: Value = felhom.client.get_outside_api("/felhom-sim/state").await?;
     let requests: Value = felhom
         .client
@@ -119,7 +135,13 @@ async fn one_batch(n: usize, args: &PerfArgs) -> anyhow::Result<Value> {
 
     // Floor: each guest's modelled task chain plus the modelled DHCP delay.
     let dhcp_ms = (1500.0 * args.time_scale) as u64;
-    let tasks = state["tasks"].as_array().cloned().unwrap_or_default();
+    let tasks: Vec<Value> = state["tasks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["id"].as_str() != Some(warm_id.as_str()))
+        .cloned()
+        .collect();
     let mut chains = Vec::new();
     for r in &reports {
         let Some(vmid) = r.vmid else { continue };
@@ -215,7 +237,7 @@ async fn one_batch(n: usize, args: &PerfArgs) -> anyhow::Result<Value> {
     };
     let per_guest = |x: u64| x as f64 / n.max(1) as f64;
     Ok(json!({
-        "guests": n, "succeeded": ok, "concurrency": args.concurrency, "time_scale": args.time_scale,
+        "guests": n, "warm": args.warm, "succeeded": ok, "concurrency": args.concurrency, "time_scale": args.time_scale,
         "wall_s": wall, "floor_s": floor, "wall_over_floor": wall / floor,
         "requests_per_guest": per_guest(stats.gets + stats.task_polls + stats.writes),
         "writes_per_guest": per_guest(stats.writes), "polls_per_guest": per_guest(stats.task_polls), "other_gets_per_guest": per_guest(stats.gets),
@@ -246,8 +268,14 @@ pub async fn run(args: PerfArgs, format: OutputFormat) -> anyhow::Result<i32> {
                 ),
                 OutputFormat::Human => {
                     println!(
-                        "felhom bench perf (time scale {}, concurrency {})",
-                        args.time_scale, args.concurrency
+                        "felhom bench perf (time scale {}, concurrency {}, {})",
+                        args.time_scale,
+                        args.concurrency,
+                        if args.warm {
+                            "warm: durations learned by an earlier guest"
+                        } else {
+                            "cold: nothing learned yet"
+                        }
                     );
                     println!("{:>5} {:>4} {:>8} {:>8} {:>6} {:>8} {:>6} {:>6} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>6} {:>5} {:>9} {:>9} {:>7}", "N", "ok", "wall_s", "floor_s", "ratio", "req/g", "wr/g", "poll/g", "det_med", "det_p99", "wr_med", "wr_p99", "poll/s", "rss_MB", "cpu_s", "l500", "naive_s", "naive_r/g", "req_x");
                     for r in &rows {
