@@ -178,7 +178,9 @@ const BRACKET_NARROW: Duration = Duration::from_millis(10);
 impl Default for WaitOptions {
     fn default() -> Self {
         WaitOptions {
-            first_poll: Duration::from_millis(50),
+            // Not sooner than the cadence: a task of about a second is then polled at most
+            // 10 times a second from its first poll to its last.
+            first_poll: Duration::from_millis(100),
             min_interval: Duration::from_millis(100),
             fast_polls: 20,
             max_interval: Duration::from_millis(500),
@@ -467,7 +469,7 @@ mod tests {
     #[test]
     fn intervals_back_off_and_cap() {
         let o = WaitOptions::default();
-        assert_eq!(o.interval(0), Duration::from_millis(50));
+        assert_eq!(o.interval(0), Duration::from_millis(100));
         // The fast phase: 20 polls at 100 ms (10 polls/s, the ceiling).
         for n in 1..=21 {
             assert_eq!(o.interval(n), Duration::from_millis(100), "poll {n}");
@@ -533,7 +535,7 @@ mod tests {
         };
         assert_eq!(
             o.next_pause(0, Duration::ZERO),
-            Some(Duration::from_millis(50))
+            Some(Duration::from_millis(100))
         );
         assert_eq!(
             o.next_pause(3, Duration::from_millis(960)),
