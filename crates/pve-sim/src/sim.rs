@@ -139,6 +139,17 @@ impl Sim {
         self.scaled_ms(base)
     }
 
+    /// A task's modelled time plus up to 10%: real task times vary (load, disk), and a
+    /// poller must not be able to look good by landing on round numbers. Never shorter, so
+    /// a resize still outlasts the lock timeout (F4).
+    pub fn jittered_ms(&self, ms: u64) -> u64 {
+        ms + self
+            .rng
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .gen_range(0..=ms / 10)
+    }
+
     pub fn chance(&self, p: f64) -> bool {
         p > 0.0
             && self

@@ -50,7 +50,7 @@ impl Sim {
             user: who.upid_user(),
         }
         .to_string();
-        let scaled = self.scaled_ms(modelled_ms);
+        let scaled = self.scaled_ms(self.jittered_ms(modelled_ms));
         let inject_fail = self.chance(self.cfg.faults.task_fail_probability(task_type));
         if inject_fail {
             st.counters.faults_injected += 1;
