@@ -148,10 +148,9 @@ fn the_next_process_polls_where_tasks_end() {
     let out = sim.felhom(&["provision", second.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", both(&out));
     let warm = status_polls(&sim) - cold;
-    // Three tasks (restore, resize, start): two polls each when the bracket holds, a third
-    // when the host's timing wobbled past it.
-    assert!(
-        warm <= 9 && warm * 2 < cold,
-        "cold run {cold} polls, warm run {warm}"
-    );
+    eprintln!("task status polls: cold run {cold}, warm run {warm}");
+    // Three tasks (restore, resize, start). Cold, each is polled every 100 ms from the
+    // start; warm, from the earliest moment the last run saw it still running (the
+    // simulator varies task times by up to 10%, so a few cadence polls may follow).
+    assert!(warm * 3 <= cold, "cold run {cold} polls, warm run {warm}");
 }

@@ -7,9 +7,11 @@
 //! but late. Tasks of one type on one host take much the same time (the same golden is
 //! restored, the same resize made, the same container started), so each wait brackets its
 //! task's duration between the last poll that saw it running and the first that saw it
-//! stopped, and later waits of that type poll once inside the known bracket (narrowing it,
-//! like a bisection) and once at its upper end. Two polls per task, and a detection latency
-//! that shrinks to the width of the bracket.
+//! stopped. Later waits of that type sleep until the earliest moment such a task was seen
+//! still running, then poll at the usual cadence: detection stays within one interval while
+//! the polls before the likely end are skipped. Where durations barely vary the bracket is
+//! narrow, and a wait polls once inside it (narrowing it further, like a bisection) and once
+//! at its end.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -66,8 +68,10 @@ impl TaskDurations {
     }
 }
 
-/// The intersection of the brackets when they agree (durations that barely vary); when they
-/// do not (a task that waited on a lock, a loaded host), the medians of their ends.
+/// The intersection of the brackets when they agree (durations that barely vary, so later
+/// waits can narrow it further); when they do not (real task times vary with load), their
+/// envelope: from the earliest moment a task of this type was still running to the latest
+/// it was seen stopped.
 pub fn estimate(brackets: impl Iterator<Item = Bracket>) -> Option<Bracket> {
     let v: Vec<Bracket> = brackets.collect();
     let lo = v.iter().map(|b| b.lo).max()?;
@@ -75,13 +79,9 @@ pub fn estimate(brackets: impl Iterator<Item = Bracket>) -> Option<Bracket> {
     if lo < hi {
         return Some(Bracket { lo, hi });
     }
-    let median = |mut xs: Vec<Duration>| {
-        xs.sort_unstable();
-        xs[xs.len() / 2]
-    };
-    let lo = median(v.iter().map(|b| b.lo).collect());
-    let hi = median(v.iter().map(|b| b.hi).collect());
-    (lo < hi).then_some(Bracket { lo, hi })
+    let lo = v.iter().map(|b| b.lo).min()?;
+    let hi = v.iter().map(|b| b.hi).max()?;
+    Some(Bracket { lo, hi })
 }
 
 #[cfg(test)]
@@ -121,7 +121,7 @@ mod tests {
     }
 
     #[test]
-    fn disagreeing_brackets_fall_back_to_medians() {
+    fn disagreeing_brackets_give_their_envelope() {
         let e = estimate(
             [
                 Bracket {
@@ -142,8 +142,8 @@ mod tests {
         assert_eq!(
             e,
             Some(Bracket {
-                lo: ms(150),
-                hi: ms(250)
+                lo: ms(100),
+                hi: ms(1000)
             })
         );
         assert_eq!(estimate(std::iter::empty()), None);

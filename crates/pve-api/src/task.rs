@@ -215,8 +215,10 @@ impl WaitOptions {
     }
 
     /// [`WaitOptions::next_pause`] when tasks of this type were seen to end inside `hint`
-    /// (see [`crate::durations`]): one poll in the middle of the bracket (unless it is
-    /// already narrow), one at its upper end, and only then the usual cadence. Pure.
+    /// (see [`crate::durations`]): sleep until the bracket starts, then poll at
+    /// `min_interval` landing on its end; a bracket narrower than `min_interval` gets one
+    /// poll in its middle (unless it is already narrow) and one at its end; past the bracket,
+    /// the usual cadence. Pure.
     pub fn next_pause_hinted(
         &self,
         n: u32,
@@ -227,18 +229,26 @@ impl WaitOptions {
             .deadline
             .checked_sub(elapsed)
             .filter(|d| !d.is_zero())?;
-        let targets = hint.map(|b| {
-            let mid = (b.lo + b.hi) / 2;
-            let bisect = b.hi - b.lo > BRACKET_NARROW;
-            [bisect.then_some(mid), Some(b.hi)]
-        });
-        let pause = targets
-            .into_iter()
-            .flatten()
-            .flatten()
-            .find(|t| *t > elapsed)
-            .map(|t| t - elapsed)
-            .unwrap_or_else(|| self.interval(n));
+        let pause = match hint {
+            Some(b) => {
+                let width = b.hi - b.lo;
+                let first = if width > self.min_interval {
+                    b.lo
+                } else if width > BRACKET_NARROW {
+                    (b.lo + b.hi) / 2
+                } else {
+                    b.hi
+                };
+                if elapsed < first {
+                    first - elapsed
+                } else if elapsed < b.hi {
+                    self.min_interval.min(b.hi - elapsed)
+                } else {
+                    self.interval(n)
+                }
+            }
+            None => self.interval(n),
+        };
         Some(pause.min(left))
     }
 }
@@ -511,6 +521,14 @@ mod tests {
         assert_eq!(o.next_pause_hinted(1, ms(252), Some(b)), Some(ms(48)));
         // Past the bracket (a slower task): the usual cadence.
         assert_eq!(o.next_pause_hinted(2, ms(301), Some(b)), Some(ms(100)));
+        // A wide bracket (durations that vary): sleep to its start, then the cadence.
+        let wide = Bracket {
+            lo: ms(1000),
+            hi: ms(2000),
+        };
+        assert_eq!(o.next_pause_hinted(0, ms(0), Some(wide)), Some(ms(1000)));
+        assert_eq!(o.next_pause_hinted(1, ms(1003), Some(wide)), Some(ms(100)));
+        assert_eq!(o.next_pause_hinted(9, ms(1950), Some(wide)), Some(ms(50)));
         // A narrow bracket is not bisected.
         let narrow = Bracket {
             lo: ms(295),
