@@ -487,28 +487,36 @@ async fn drive<S: Step>(cx: &JobCx, step: S, mut attempt: u32) -> Result<Value, 
             }
             Err(e) if e.is_transient() && retries < cx.backoff.max_attempts => {
                 retries += 1;
-                let msg = e.to_string();
-                let _ = cx.journal.record(
-                    &cx.job_id,
+                retry_later(
+                    cx,
                     name,
                     attempt,
-                    Phase::Error,
-                    &json!({ "error": msg, "permanent": false }),
-                );
-                cx.progress.event(
-                    &cx.job_id,
-                    &cx.label,
-                    ProgressEvent::Retry {
-                        step: name,
-                        attempt: retries,
-                        error: &msg,
-                    },
-                );
-                tokio::time::sleep(cx.backoff.delay(retries)).await;
+                    retries,
+                    json!({ "error": e.to_string(), "permanent": false }),
+                )
+                .await;
             }
             Err(e) => return Err(e),
         }
     }
+}
+
+/// A transient error: journal it (`data` carries the error text), tell the progress sink,
+/// and sleep the backoff for this retry. Forward steps and undos retry alike.
+async fn retry_later(cx: &JobCx, step: &'static str, attempt: u32, retries: u32, data: Value) {
+    let _ = cx
+        .journal
+        .record(&cx.job_id, step, attempt, Phase::Error, &data);
+    cx.progress.event(
+        &cx.job_id,
+        &cx.label,
+        ProgressEvent::Retry {
+            step,
+            attempt: retries,
+            error: data["error"].as_str().unwrap_or_default(),
+        },
+    );
+    tokio::time::sleep(cx.backoff.delay(retries)).await;
 }
 
 async fn roll_back<S: Step>(cx: &JobCx, steps: &[S], error: String) -> Outcome {
@@ -557,24 +565,14 @@ async fn roll_back<S: Step>(cx: &JobCx, steps: &[S], error: String) -> Outcome {
                 Ok(()) => break,
                 Err(e) if e.is_transient() && retries < cx.backoff.max_attempts => {
                     retries += 1;
-                    let msg = e.to_string();
-                    let _ = cx.journal.record(
-                        &cx.job_id,
+                    retry_later(
+                        cx,
                         name,
                         retries,
-                        Phase::Error,
-                        &json!({ "error": msg, "undo": true, "permanent": false }),
-                    );
-                    cx.progress.event(
-                        &cx.job_id,
-                        &cx.label,
-                        ProgressEvent::Retry {
-                            step: name,
-                            attempt: retries,
-                            error: &msg,
-                        },
-                    );
-                    tokio::time::sleep(cx.backoff.delay(retries)).await;
+                        retries,
+                        json!({ "error": e.to_string(), "undo": true, "permanent": false }),
+                    )
+                    .await;
                 }
                 Err(e) => {
                     let undo_error = format!("undo {name}: {e}");
