@@ -928,7 +928,7 @@ async fn observe_ssh(cx: &JobCx) -> Result<Observed, StepError> {
 
 /// The act of a "wait for the guest" step: observe until done or the deadline. Polled like
 /// a PVE task (`WaitOptions::next_pause_hinted`): once this host's lease or key time is
-/// known, one look inside it and one at its end, then a short back-off.
+/// known, one look at its start, a look every 50 ms to its end, then a short back-off.
 async fn poll_until(
     cx: &JobCx,
     step: BringupStep,

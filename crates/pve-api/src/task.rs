@@ -171,10 +171,6 @@ pub struct WaitOptions {
     pub not_visible_grace: Duration,
 }
 
-/// A bracket on a task's end narrower than this is not bisected any further: below it the
-/// request round trip and the host's scheduling blur the measurement anyway.
-const BRACKET_NARROW: Duration = Duration::from_millis(10);
-
 impl Default for WaitOptions {
     fn default() -> Self {
         WaitOptions {
@@ -215,9 +211,9 @@ impl WaitOptions {
     }
 
     /// [`WaitOptions::next_pause`] when tasks of this type were seen to end inside `hint`
-    /// (see [`crate::durations`]): sleep until the bracket starts, then poll at
-    /// `min_interval` landing on its end; a bracket narrower than `min_interval` gets one
-    /// poll in its middle (unless it is already narrow) and one at its end; past the bracket,
+    /// (see [`crate::durations`]): sleep until the bracket starts and look there (a task
+    /// seen running then keeps the bracket's start honest; one already stopped says tasks
+    /// got faster), then poll every `min_interval` landing on its end; past the bracket,
     /// the usual cadence. Pure.
     pub fn next_pause_hinted(
         &self,
@@ -230,24 +226,9 @@ impl WaitOptions {
             .checked_sub(elapsed)
             .filter(|d| !d.is_zero())?;
         let pause = match hint {
-            Some(b) => {
-                let width = b.hi - b.lo;
-                let first = if width > self.min_interval {
-                    b.lo
-                } else if width > BRACKET_NARROW {
-                    (b.lo + b.hi) / 2
-                } else {
-                    b.hi
-                };
-                if elapsed < first {
-                    first - elapsed
-                } else if elapsed < b.hi {
-                    self.min_interval.min(b.hi - elapsed)
-                } else {
-                    self.interval(n)
-                }
-            }
-            None => self.interval(n),
+            Some(b) if elapsed < b.lo => b.lo - elapsed,
+            Some(b) if elapsed < b.hi => self.min_interval.min(b.hi - elapsed),
+            _ => self.interval(n),
         };
         Some(pause.min(left))
     }
@@ -509,19 +490,19 @@ mod tests {
     }
 
     #[test]
-    fn a_known_bracket_is_bisected_then_its_end_polled() {
+    fn a_known_bracket_is_entered_at_its_start_and_polled_to_its_end() {
         let o = WaitOptions::default();
         let ms = Duration::from_millis;
         let b = Bracket {
             lo: ms(200),
             hi: ms(300),
         };
-        // No first poll at 50 ms: straight to the middle of the bracket, then its end.
-        assert_eq!(o.next_pause_hinted(0, ms(0), Some(b)), Some(ms(250)));
-        assert_eq!(o.next_pause_hinted(1, ms(252), Some(b)), Some(ms(48)));
+        // No polls at 100 ms: straight to the bracket's start, then its end.
+        assert_eq!(o.next_pause_hinted(0, ms(0), Some(b)), Some(ms(200)));
+        assert_eq!(o.next_pause_hinted(1, ms(202), Some(b)), Some(ms(98)));
         // Past the bracket (a slower task): the usual cadence.
         assert_eq!(o.next_pause_hinted(2, ms(301), Some(b)), Some(ms(100)));
-        // A wide bracket (durations that vary): sleep to its start, then the cadence.
+        // A wide bracket (durations that vary): the cadence inside it, landing on its end.
         let wide = Bracket {
             lo: ms(1000),
             hi: ms(2000),
@@ -529,12 +510,6 @@ mod tests {
         assert_eq!(o.next_pause_hinted(0, ms(0), Some(wide)), Some(ms(1000)));
         assert_eq!(o.next_pause_hinted(1, ms(1003), Some(wide)), Some(ms(100)));
         assert_eq!(o.next_pause_hinted(9, ms(1950), Some(wide)), Some(ms(50)));
-        // A narrow bracket is not bisected.
-        let narrow = Bracket {
-            lo: ms(295),
-            hi: ms(300),
-        };
-        assert_eq!(o.next_pause_hinted(0, ms(0), Some(narrow)), Some(ms(300)));
         // The deadline still clamps.
         let short = WaitOptions {
             deadline: ms(120),

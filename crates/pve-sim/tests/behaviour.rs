@@ -732,11 +732,13 @@ async fn injected_lock_timeouts_and_503s_look_like_pve() {
 }
 
 /// The client learns how long a task type runs (`pve_api::durations`): the first resize is
-/// found by the usual cadence, later ones with one poll inside the learned bracket and one
-/// at its end.
+/// found by the usual cadence (a poll every 100 ms), later ones by sleeping to the learned
+/// bracket's start and polling to its end. Task times vary (+0..10% in the sim) and a busy
+/// machine delays polls, so the bound is "well under half the first wait's polls", not an
+/// exact count.
 #[tokio::test]
-async fn later_tasks_of_a_type_are_found_with_two_polls() {
-    let env = Env::start(0.05, "").await; // resize: 12 s × 0.05 = 600 ms
+async fn later_tasks_of_a_type_are_found_with_few_polls() {
+    let env = Env::start(0.1, "").await; // resize: 12 s × 0.1 = 1.2 s
     let mut polls = Vec::new();
     for v in 1290..1294 {
         env.restore(v, &[]).await.unwrap();
@@ -752,9 +754,9 @@ async fn later_tasks_of_a_type_are_found_with_two_polls() {
             .unwrap();
         polls.push(out.polls);
     }
-    assert!(polls[0] >= 5, "first resize: usual cadence, {polls:?}");
+    assert!(polls[0] >= 10, "first resize: usual cadence, {polls:?}");
     assert!(
-        polls[1..].iter().all(|p| *p <= 3),
+        polls[1..].iter().all(|p| *p * 3 <= polls[0]),
         "later resizes: the learned bracket, {polls:?}"
     );
 }
