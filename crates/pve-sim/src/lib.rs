@@ -17,6 +17,7 @@ mod faults;
 mod guest;
 pub mod invariants;
 mod locks;
+pub mod runtime;
 mod sim;
 mod ssh;
 mod state;
@@ -29,6 +30,7 @@ use std::sync::Arc;
 
 pub use api::routes;
 pub use faults::FaultSpec;
+pub use runtime::{GuestRuntime, RuntimeError};
 pub use state::{State, FELHOM_AGENT_PRIVS};
 
 /// How to run a simulator.
@@ -40,6 +42,9 @@ pub struct SimConfig {
     pub faults: FaultSpec,
     /// Multiplies every modelled duration (tasks, DHCP, lock timeouts, the 401 delay).
     pub time_scale: f64,
+    /// What the guests are (`runtime/mod.rs`): modelled records (the default) or real LXC
+    /// containers.
+    pub guests: GuestRuntime,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +53,8 @@ pub enum SimError {
     State(String),
     #[error("simulator TLS: {0}")]
     Tls(String),
+    #[error("simulator guest runtime: {0}")]
+    Runtime(#[from] RuntimeError),
     #[error("simulator listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -67,10 +74,25 @@ pub struct SimHandle {
 }
 
 impl SimHandle {
+    /// Stop serving. With the lxc runtime, running containers are stopped and the network
+    /// namespaces and DHCP servers removed (`runtime::lxc::Lxc::shutdown`).
     pub async fn shutdown(self) {
         self.handle.shutdown();
         let _ = self.server.await;
         self.sim.shutdown();
+        if let Some(lxc) = self.sim.runtime.lxc().cloned() {
+            let _ = tokio::task::spawn_blocking(move || lxc.shutdown()).await;
+        }
+    }
+
+    /// The state dump `GET /felhom-sim/state` serves (for in-process users such as the demo).
+    pub async fn state(&self) -> serde_json::Value {
+        admin::dump(&self.sim).await
+    }
+
+    /// Which runtime the guests use.
+    pub fn guests(&self) -> GuestRuntime {
+        self.sim.runtime.kind()
     }
 }
 
@@ -87,7 +109,18 @@ pub async fn start(cfg: SimConfig) -> Result<SimHandle, SimError> {
     std::fs::create_dir_all(dump_dir(&cfg.state_dir, "local"))
         .map_err(|e| SimError::State(e.to_string()))?;
     let cert = tls::load_or_create(&cfg.state_dir).map_err(SimError::Tls)?;
-    let sim = sim::Sim::open(cfg.clone()).map_err(SimError::State)?;
+    let runtime = match cfg.guests {
+        GuestRuntime::Modelled => runtime::Runtime::Modelled,
+        GuestRuntime::Lxc => {
+            let dir = cfg.state_dir.clone();
+            let lxc = tokio::task::spawn_blocking(move || runtime::lxc::Lxc::open(&dir))
+                .await
+                .map_err(|e| SimError::State(e.to_string()))??;
+            runtime::Runtime::Lxc(Arc::new(lxc))
+        }
+    };
+    let sim = sim::Sim::open(cfg.clone(), runtime).map_err(SimError::State)?;
+    sim.reconcile_runtime().await;
     sim.resume_tasks();
 
     let provider = Arc::new(rustls::crypto::ring::default_provider());

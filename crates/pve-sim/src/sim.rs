@@ -11,6 +11,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::runtime::Runtime;
 use crate::ssh::SshEndpoint;
 use crate::state::{self, ArchiveTraits, State};
 use crate::SimConfig;
@@ -55,6 +56,8 @@ pub struct Sim {
     rng: Mutex<StdRng>,
     pub requests: Mutex<Vec<serde_json::Value>>,
     ssh: Mutex<HashMap<u32, SshEndpoint>>,
+    /// What the guests are: modelled records or real containers.
+    pub(crate) runtime: Runtime,
     traits_cache: Mutex<HashMap<(PathBuf, u64), ArchiveTraits>>,
 }
 
@@ -75,7 +78,7 @@ pub fn random_uuid() -> String {
 }
 
 impl Sim {
-    pub fn open(cfg: SimConfig) -> Result<Arc<Sim>, String> {
+    pub fn open(cfg: SimConfig, runtime: Runtime) -> Result<Arc<Sim>, String> {
         let st = match state::load(&cfg.state_dir)? {
             Some(st) => st,
             None => {
@@ -108,6 +111,7 @@ impl Sim {
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
             requests: Mutex::default(),
             ssh: Mutex::default(),
+            runtime,
             traits_cache: Mutex::default(),
         }))
     }
@@ -198,13 +202,16 @@ impl Sim {
         Ok(t)
     }
 
-    /// Start SSH endpoints for running guests with keys; stop the others.
-    pub async fn sync_ssh(&self) {
-        let want: Vec<(u32, String)> = self.read(|st| {
+    /// Start SSH endpoints for running guests (modelled: those with keys; real: all, the
+    /// guest's own sshd answers or not); stop the others.
+    pub async fn sync_ssh(self: &Arc<Self>) {
+        let real = self.runtime.lxc().is_some();
+        let want: Vec<(u32, Option<String>)> = self.read(|st| {
             st.guests
                 .values()
                 .filter(|g| g.running)
-                .filter_map(|g| Some((g.vmid, g.ssh_key.clone()?)))
+                .filter(|g| real || g.ssh_key.is_some())
+                .map(|g| (g.vmid, g.ssh_key.clone()))
                 .collect()
         });
         let mut to_start = Vec::new();
@@ -218,10 +225,27 @@ impl Sim {
             }
         }
         for (vmid, key) in to_start {
-            let Some(k) = crate::guest::parse_key(&key) else {
-                continue;
+            let ep = match (&self.runtime, key) {
+                (Runtime::Lxc(lxc), _) => {
+                    let sim = Arc::downgrade(self);
+                    let lxc = lxc.clone();
+                    let target: crate::runtime::forward::Target = Arc::new(move || {
+                        let conf = sim
+                            .upgrade()?
+                            .read(|st| st.guests.get(&vmid).map(|g| g.config.clone()))?;
+                        lxc.ssh_target(&conf)
+                    });
+                    crate::runtime::forward::serve(target).await
+                }
+                (Runtime::Modelled, Some(key)) => {
+                    let Some(k) = crate::guest::parse_key(&key) else {
+                        continue;
+                    };
+                    crate::ssh::serve(k).await
+                }
+                (Runtime::Modelled, None) => continue,
             };
-            match crate::ssh::serve(k).await {
+            match ep {
                 Ok(ep) => {
                     self.ssh
                         .lock()
@@ -231,6 +255,50 @@ impl Sim {
                 }
                 Err(e) => tracing::warn!(vmid, error = %e, "cannot start guest SSH endpoint"),
             }
+        }
+    }
+
+    /// At start with the real runtime: guests the state says are running keep running only
+    /// if their container still does (a killed simulator leaves them up; a stopped one took
+    /// them down); volume directories the state no longer has are removed.
+    pub async fn reconcile_runtime(self: &Arc<Self>) {
+        let Some(lxc) = self.runtime.lxc().cloned() else {
+            return;
+        };
+        let (running, bridges, keep) = self.read(|st| {
+            (
+                st.guests
+                    .values()
+                    .filter(|g| g.running)
+                    .map(|g| (g.vmid, g.config.clone()))
+                    .collect::<Vec<_>>(),
+                st.bridges.clone(),
+                st.volumes
+                    .iter()
+                    .map(|v| v.volid.clone())
+                    .collect::<Vec<_>>(),
+            )
+        });
+        let stopped = tokio::task::spawn_blocking(move || {
+            if let Err(e) = lxc.collect_volumes(&keep) {
+                tracing::warn!(error = %e, "cannot remove a volume directory");
+            }
+            running
+                .into_iter()
+                .filter(|(vmid, conf)| !lxc.adopt(*vmid, conf, &bridges))
+                .map(|(vmid, _)| vmid)
+                .collect::<Vec<u32>>()
+        })
+        .await
+        .unwrap_or_default();
+        if !stopped.is_empty() {
+            self.mutate(|st| {
+                for v in stopped {
+                    if let Some(g) = st.guests.get_mut(&v) {
+                        g.running = false;
+                    }
+                }
+            });
         }
     }
 

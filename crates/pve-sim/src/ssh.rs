@@ -21,6 +21,13 @@ pub struct SshEndpoint {
     task: JoinHandle<()>,
 }
 
+impl SshEndpoint {
+    /// An endpoint whose accept loop is `task` (aborted when the endpoint is dropped).
+    pub fn new(port: u16, task: JoinHandle<()>) -> SshEndpoint {
+        SshEndpoint { port, task }
+    }
+}
+
 impl Drop for SshEndpoint {
     fn drop(&mut self) {
         self.task.abort();
@@ -50,5 +57,5 @@ pub async fn serve(key: PrivateKey) -> std::io::Result<SshEndpoint> {
             });
         }
     });
-    Ok(SshEndpoint { port, task })
+    Ok(SshEndpoint::new(port, task))
 }

@@ -70,6 +70,9 @@ pub enum TaskPlan {
     /// owned by `vmid`): what is applied at its end.
     Restore {
         vmid: u32,
+        /// The archive (the real runtime unpacks it while the task runs).
+        #[serde(default)]
+        archive: Option<PathBuf>,
         config: BTreeMap<String, String>,
         volumes: Vec<Volume>,
         traits: ArchiveTraits,

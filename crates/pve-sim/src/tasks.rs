@@ -7,7 +7,7 @@
 //! to finish at its original end time.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +18,9 @@ use crate::auth::{self, Subject};
 use crate::locks::check_lock;
 use crate::sim::{model, now_ms, Sim};
 use crate::state::{State, Task, TaskPlan, Volume, GIB};
+
+/// The blocking part of a real-runtime task: its task-log lines, or its error.
+type RealJob = tokio::task::JoinHandle<Result<Vec<String>, String>>;
 
 /// Why a worker stopped waiting.
 enum Interrupt {
@@ -150,16 +153,70 @@ impl Sim {
         if let Err(msg) = self.begin(upid).await {
             return self.fail(upid, msg);
         }
-        let end = self
-            .read(|st| st.tasks.iter().find(|t| t.upid == upid).map(|t| t.end_ms))
-            .unwrap_or(0);
-        let wait = Duration::from_millis(end.saturating_sub(now_ms()));
-        match self.interruptible(kill, tokio::time::sleep(wait)).await {
-            Ok(()) => {}
-            Err(Interrupt::Killed) => return self.fail(upid, "interrupted by signal".into()),
-            Err(Interrupt::Shutdown) => return,
+        // The real runtime does the work where the modelled runtime waits.
+        let real = match self.runtime.lxc() {
+            Some(lxc) => self.real_work(lxc, upid).await,
+            None => None,
+        };
+        match real {
+            Some((job, cancel)) => {
+                let mut stop = self.stop_rx.clone();
+                let mut job = job;
+                let outcome = tokio::select! {
+                    r = &mut job => Some(r),
+                    _ = kill.notified() => None,
+                    _ = stop.changed() => None,
+                };
+                let outcome = match outcome {
+                    Some(r) => r,
+                    None => {
+                        // Stop the work (a restore's tar is killed) and wait for it to end
+                        // before anything is cleaned up.
+                        cancel.store(true, Ordering::SeqCst);
+                        let _ = job.await;
+                        if self.stopping.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        Ok(Err("interrupted by signal".into()))
+                    }
+                };
+                let logged = match outcome {
+                    Ok(Ok(lines)) => Ok(lines),
+                    Ok(Err(msg)) => Err(msg),
+                    Err(e) => Err(format!("worker failed: {e}")),
+                };
+                match logged {
+                    Ok(lines) => self.mutate(|st| {
+                        for l in lines {
+                            self.log(st, upid, l);
+                        }
+                    }),
+                    Err(msg) => {
+                        let msg = self.real_error(upid, msg);
+                        self.fail(upid, msg);
+                        self.collect_volumes().await;
+                        return;
+                    }
+                }
+            }
+            None => {
+                let end = self
+                    .read(|st| st.tasks.iter().find(|t| t.upid == upid).map(|t| t.end_ms))
+                    .unwrap_or(0);
+                let wait = Duration::from_millis(end.saturating_sub(now_ms()));
+                match self.interruptible(kill, tokio::time::sleep(wait)).await {
+                    Ok(()) => {}
+                    Err(Interrupt::Killed) => {
+                        return self.fail(upid, "interrupted by signal".into())
+                    }
+                    Err(Interrupt::Shutdown) => return,
+                }
+            }
         }
         let follow_up = self.apply(upid);
+        if self.runtime.lxc().is_some() {
+            self.collect_volumes().await;
+        }
         drop(guard);
         if let Some((vmid, who)) = follow_up {
             // `start=1` on restore: a separate vzstart task after the lock is released.
@@ -174,6 +231,111 @@ impl Sim {
                 )
             });
             self.spawn_task(upid, Some(vmid), None);
+        }
+    }
+
+    /// A real-runtime failure as PVE words it for the task type.
+    fn real_error(&self, upid: &str, msg: String) -> String {
+        let (ty, id) = self
+            .read(|st| {
+                st.tasks
+                    .iter()
+                    .find(|t| t.upid == upid)
+                    .map(|t| (t.task_type.clone(), t.id.clone()))
+            })
+            .unwrap_or_default();
+        match ty.as_str() {
+            "vzrestore" => format!("unable to restore CT {id} - {msg}"),
+            _ => msg,
+        }
+    }
+
+    /// The lxc runtime's part of a task (a blocking job and its cancel flag), or `None`
+    /// when the task has nothing real to do (resize, injected failures: modelled waits).
+    async fn real_work(
+        self: &Arc<Self>,
+        lxc: &Arc<crate::runtime::lxc::Lxc>,
+        upid: &str,
+    ) -> Option<(RealJob, Arc<AtomicBool>)> {
+        use crate::runtime::RuntimeError;
+        type Job = Box<dyn FnOnce(&AtomicBool) -> Result<Vec<String>, RuntimeError> + Send>;
+        let (plan, ty) = self.read(|st| {
+            st.tasks
+                .iter()
+                .find(|t| t.upid == upid)
+                .map(|t| (t.plan.clone(), t.task_type.clone()))
+        })?;
+        let bridges = self.read(|st| st.bridges.clone());
+        let l = lxc.clone();
+        // The config a start boots with: pending changes applied, as PVE applies them first.
+        let effective = |vmid: u32, want_running: Option<bool>| {
+            self.read(|st| -> Result<BTreeMap<String, String>, String> {
+                let g = st
+                    .guests
+                    .get(&vmid)
+                    .ok_or_else(|| format!("CT {vmid} does not exist"))?;
+                if want_running == Some(false) && g.running {
+                    return Err(format!("CT {vmid} already running"));
+                }
+                let mut g = g.clone();
+                apply_pending(&mut g);
+                Ok(g.config)
+            })
+        };
+        let job: Result<Job, String> = match plan? {
+            TaskPlan::Restore {
+                config,
+                archive: Some(archive),
+                ..
+            } => Ok(Box::new(move |cancel| l.restore(&archive, &config, cancel))),
+            TaskPlan::Start { vmid } => effective(vmid, Some(false))
+                .map(|conf| -> Job { Box::new(move |_| l.start(vmid, &conf, &bridges)) }),
+            TaskPlan::Reboot { vmid } => effective(vmid, None).map(|conf| -> Job {
+                Box::new(move |_| {
+                    let mut log = l.stop(vmid, &conf, Duration::from_secs(60))?;
+                    log.extend(l.start(vmid, &conf, &bridges)?);
+                    Ok(log)
+                })
+            }),
+            TaskPlan::Stop { vmid } => {
+                let conf = self.read(|st| st.guests.get(&vmid).map(|g| g.config.clone()))?;
+                // vzshutdown is the clean one (PVE's default timeout 60 s); vzstop gets a
+                // short grace before the kill.
+                let grace = Duration::from_secs(if ty == "vzshutdown" { 60 } else { 10 });
+                Ok(Box::new(move |_| l.stop(vmid, &conf, grace)))
+            }
+            TaskPlan::Destroy {
+                vmid,
+                destroy_unreferenced,
+            } => {
+                let (conf, volumes) = self.read(|st| {
+                    let conf = st.guests.get(&vmid).map(|g| g.config.clone());
+                    (conf, destroyed_volumes(st, vmid, destroy_unreferenced))
+                });
+                let conf = conf?;
+                Ok(Box::new(move |_| l.destroy(vmid, &conf, &volumes)))
+            }
+            _ => return None,
+        };
+        let cancel = Arc::new(AtomicBool::new(false));
+        let c2 = cancel.clone();
+        let handle = match job {
+            Ok(job) => tokio::task::spawn_blocking(move || job(&c2).map_err(|e| e.to_string())),
+            Err(msg) => tokio::spawn(async move { Err(msg) }),
+        };
+        Some((handle, cancel))
+    }
+
+    /// Remove the lxc runtime's directories of volumes the state no longer has.
+    async fn collect_volumes(&self) {
+        let Some(lxc) = self.runtime.lxc().cloned() else {
+            return;
+        };
+        let keep: Vec<String> =
+            self.read(|st| st.volumes.iter().map(|v| v.volid.clone()).collect());
+        let r = tokio::task::spawn_blocking(move || lxc.collect_volumes(&keep)).await;
+        if let Ok(Err(e)) = r {
+            tracing::warn!(error = %e, "cannot remove a volume directory");
         }
     }
 
@@ -300,6 +462,7 @@ impl Sim {
                             if let Some(t) = st.tasks.iter_mut().find(|t| t.upid == upid) {
                                 t.plan = Some(TaskPlan::Restore {
                                     vmid,
+                                    archive: Some(archive.clone()),
                                     config,
                                     volumes,
                                     traits,
@@ -341,6 +504,7 @@ impl Sim {
     fn apply(&self, upid: &str) -> Option<(u32, Subject)> {
         let mut follow_up = None;
         let dhcp_at = now_ms() + self.dhcp_delay_ms();
+        let real = self.runtime.lxc().is_some();
         self.mutate(|st| {
             let Some(t) = st.tasks.iter().find(|t| t.upid == upid) else {
                 return;
@@ -365,7 +529,7 @@ impl Sim {
                 finish(st, upid, Err(msg));
                 return;
             }
-            let result = apply_plan(st, plan, dhcp_at);
+            let result = apply_plan(st, plan, dhcp_at, real);
             match result {
                 Ok((warnings, start)) => {
                     if let (Some(vmid), Some(who)) = (start, who) {
@@ -445,6 +609,7 @@ fn apply_plan(
     st: &mut State,
     plan: TaskPlan,
     dhcp_at: u64,
+    real: bool,
 ) -> Result<(Vec<String>, Option<u32>), String> {
     let node = st.node.clone();
     let no_conf =
@@ -501,14 +666,14 @@ fn apply_plan(
             if g.running {
                 return Err(format!("CT {vmid} already running"));
             }
-            boot(st, vmid, dhcp_at);
+            boot(st, vmid, dhcp_at, real);
             Ok((Vec::new(), None))
         }
         TaskPlan::Reboot { vmid } => {
             if let Some(g) = st.guests.get_mut(&vmid) {
                 g.running = false;
             }
-            boot(st, vmid, dhcp_at);
+            boot(st, vmid, dhcp_at, real);
             Ok((Vec::new(), None))
         }
         TaskPlan::Stop { vmid } => {
@@ -559,12 +724,19 @@ fn detach_old_mp(g: &mut crate::state::Guest, key: &str) {
 }
 
 /// A boot: pending changes are applied, identity files settle (machine-id, host keys), and
-/// the DHCP client asks for a lease, visible after the modelled delay.
-fn boot(st: &mut State, vmid: u32, dhcp_at: u64) {
+/// the DHCP client asks for a lease, visible after the modelled delay. With a real runtime
+/// (`real`) the guest itself did all that: only the record changes.
+fn boot(st: &mut State, vmid: u32, dhcp_at: u64, real: bool) {
     let Some(g) = st.guests.get_mut(&vmid) else {
         return;
     };
     apply_pending(g);
+    if real {
+        g.running = true;
+        g.boots += 1;
+        g.lease_visible_at = None;
+        return;
+    }
     let (mid, key) = crate::guest::boot(&g.traits, &g.machine_id, &g.ssh_key);
     g.machine_id = mid;
     g.ssh_key = key;
@@ -582,6 +754,27 @@ fn boot(st: &mut State, vmid: u32, dhcp_at: u64) {
     for (bridge, mac) in nets {
         crate::guest::lease(st, &bridge, &mac);
     }
+}
+
+/// The volumes a destroy of `vmid` deletes: those of its config (`rootfs`, `mpN`, `unusedN`,
+/// pending ones too) that it owns, and with `destroy-unreferenced-disks` every other one it
+/// owns. Exactly what [`destroy`] removes from the state.
+fn destroyed_volumes(st: &State, vmid: u32, destroy_unreferenced: bool) -> Vec<String> {
+    let Some(g) = st.guests.get(&vmid) else {
+        return Vec::new();
+    };
+    let referenced: Vec<String> = g
+        .config
+        .iter()
+        .chain(g.pending.iter())
+        .filter(|(k, _)| *k == "rootfs" || k.starts_with("mp") || k.starts_with("unused"))
+        .filter_map(|(_, v)| v.split(',').next().map(str::to_string))
+        .collect();
+    st.volumes
+        .iter()
+        .filter(|v| v.owner == vmid && (destroy_unreferenced || referenced.contains(&v.volid)))
+        .map(|v| v.volid.clone())
+        .collect()
 }
 
 fn destroy(st: &mut State, vmid: u32, destroy_unreferenced: bool) -> Result<Vec<String>, String> {

@@ -30,6 +30,7 @@ pub(crate) use serde_json::{json, Value};
 
 pub(crate) use crate::auth::{self, Subject};
 pub(crate) use crate::error::*;
+pub(crate) use crate::runtime::Runtime;
 pub(crate) use crate::sim::{model, now_ms, Sim};
 pub(crate) use crate::state::{Guest, State, TaskPlan, Volume, GIB};
 pub(crate) use params::{new_volume_spec, normalize_tags, store_net, Kind};
@@ -358,7 +359,7 @@ async fn dispatch(
         ("POST", p) if p.starts_with("/nodes/{node}/lxc/{vmid}/status/") => {
             status::power(sim, &req, p.rsplit('/').next().unwrap_or(""))
         }
-        ("GET", "/nodes/{node}/lxc/{vmid}/interfaces") => status::interfaces(sim, &req),
+        ("GET", "/nodes/{node}/lxc/{vmid}/interfaces") => status::interfaces(sim, &req).await,
         ("GET", "/nodes/{node}/tasks") => tasks::task_list(sim, &req),
         ("GET", "/nodes/{node}/tasks/{upid}/status") => tasks::task_status(sim, &req),
         ("GET", "/nodes/{node}/tasks/{upid}/log") => tasks::task_log(sim, &req),

@@ -17,7 +17,8 @@ pub(crate) fn status_current(sim: &Sim, req: &Req) -> HResult {
             "uptime": if g.running { 1 } else { 0 }, "ha": { "managed": 0 },
         });
         if g.running {
-            v["pid"] = json!(100_000 + g.vmid);
+            let real = sim.runtime.lxc().and_then(|l| l.cached_pid(g.vmid));
+            v["pid"] = json!(real.map_or(100_000 + i64::from(g.vmid), i64::from));
         }
         if let Some(l) = g.config.get("lock") {
             v["lock"] = json!(l);
@@ -71,75 +72,29 @@ pub(crate) fn power(sim: &Arc<Sim>, req: &Req, action: &str) -> HResult {
     Ok(json!(upid).into())
 }
 
-pub(crate) fn iface(
-    name: &str,
-    mac: &str,
-    inet: Option<(&str, u32)>,
-    inet6: Option<(&str, u32)>,
-) -> Value {
-    let mut addrs = Vec::new();
-    let mut v = json!({ "name": name, "hwaddr": mac, "hardware-address": mac });
-    if let Some((a, p)) = inet {
-        v["inet"] = json!(format!("{a}/{p}"));
-        addrs.push(json!({ "ip-address": a, "ip-address-type": "inet", "prefix": p }));
-    }
-    if let Some((a, p)) = inet6 {
-        v["inet6"] = json!(format!("{a}/{p}"));
-        addrs.push(json!({ "ip-address": a, "ip-address-type": "inet6", "prefix": p }));
-    }
-    v["ip-addresses"] = json!(addrs);
-    v
-}
-
-pub(crate) fn interfaces(sim: &Sim, req: &Req) -> HResult {
+/// `GET /nodes/{node}/lxc/{vmid}/interfaces`: `null` for a stopped guest (PVE's PID lookup
+/// fails and the handler returns undef); otherwise what the runtime sees.
+pub(crate) async fn interfaces(sim: &Sim, req: &Req) -> HResult {
     sim.read(|st| need(st, &req.who, &format!("/vms/{}", req.vmid()), "VM.Audit"))?;
     validate(req, &[NODE, VMID], &[])?;
-    sim.read(|st| {
-        let g = guest_or_err(st, &req.node, req.vmid())?;
-        if !g.running {
-            // PVE: the PID lookup fails and the handler returns undef → `data: null`.
-            return Ok(Value::Null.into());
-        }
-        let leased = g.lease_visible_at.is_some_and(|t| now_ms() >= t);
-        let mut out = vec![iface(
-            "lo",
-            "00:00:00:00:00:00",
-            Some(("127.0.0.1", 8)),
-            Some(("::1", 128)),
-        )];
-        for (_, v) in g.config.iter().filter(|(k, _)| k.starts_with("net")) {
-            let Ok(n) = v.parse::<pve_api::NetConfig>() else {
-                continue;
-            };
-            let Some(mac) = n.hwaddr.map(|m| m.to_string()) else {
-                continue;
-            };
-            let addr: Option<(String, u32)> = match n.ip.as_deref() {
-                // A DHCP NIC shows up once its client has the lease (like `ip a` after ifup).
-                Some("dhcp") => {
-                    let ip = n
-                        .bridge
-                        .as_ref()
-                        .and_then(|b| st.leases.get(b))
-                        .and_then(|l| l.get(&mac))
-                        .cloned();
-                    match ip {
-                        Some(ip) if leased => Some((ip, 16)),
-                        _ => continue,
-                    }
-                }
-                Some(cidr) if cidr.contains('/') => cidr
-                    .split_once('/')
-                    .and_then(|(a, p)| Some((a.to_string(), p.parse().ok()?))),
-                _ => None,
-            };
-            out.push(iface(
-                &n.name,
-                &mac.to_ascii_lowercase(),
-                addr.as_ref().map(|(a, p)| (a.as_str(), *p)),
-                None,
-            ));
-        }
-        Ok(json!(out).into())
-    })
+    let vmid = req.vmid();
+    let modelled = sim.read(|st| -> Result<Option<Value>, PveErr> {
+        let g = guest_or_err(st, &req.node, vmid)?;
+        Ok(match (&sim.runtime, g.running) {
+            (_, false) => Some(Value::Null),
+            (Runtime::Modelled, true) => Some(crate::runtime::modelled::interfaces(st, g)),
+            (Runtime::Lxc(_), true) => None,
+        })
+    })?;
+    if let Some(v) = modelled {
+        return Ok(v.into());
+    }
+    let Some(lxc) = sim.runtime.lxc().cloned() else {
+        return Ok(Value::Null.into());
+    };
+    let v = tokio::task::spawn_blocking(move || lxc.interfaces(vmid))
+        .await
+        .ok()
+        .flatten();
+    Ok(v.unwrap_or(Value::Null).into())
 }

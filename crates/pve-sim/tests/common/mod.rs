@@ -73,6 +73,7 @@ impl Env {
             node: "pve".into(),
             faults: faults.parse().unwrap(),
             time_scale,
+            guests: Default::default(),
         })
         .await
         .unwrap();
