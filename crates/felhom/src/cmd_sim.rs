@@ -31,6 +31,31 @@ pub struct ServeArgs {
     /// Multiplies every modelled duration (task times, DHCP delay, lock timeouts).
     #[arg(long, default_value_t = 1.0)]
     pub time_scale: f64,
+    /// What guests are: `modelled` records (default), or real `lxc` containers booted from
+    /// their restored rootfs, each on a bridge inside a network namespace of the simulator
+    /// with its own DHCP server (needs root, lxc, uidmap, dnsmasq-base, iproute2, zstd).
+    #[arg(long, value_enum, default_value_t = GuestsArg::Modelled)]
+    pub guests: GuestsArg,
+    /// A golden archive to put on the `local` backup storage (as the seed golden's volume id).
+    /// Needed with `--guests lxc`: the built-in seed golden is synthetic and cannot boot;
+    /// make a real one with `felhom golden build`.
+    #[arg(long, value_name = "ARCHIVE")]
+    pub golden: Option<PathBuf>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestsArg {
+    Modelled,
+    Lxc,
+}
+
+impl From<GuestsArg> for pve_sim::GuestRuntime {
+    fn from(g: GuestsArg) -> Self {
+        match g {
+            GuestsArg::Modelled => pve_sim::GuestRuntime::Modelled,
+            GuestsArg::Lxc => pve_sim::GuestRuntime::Lxc,
+        }
+    }
 }
 
 /// The VMID range a simulator-written config gives felhom.
@@ -52,6 +77,53 @@ pub fn seed_golden(state_dir: &Path) -> anyhow::Result<String> {
         .with_context(|| format!("build golden archive {}", path.display()))?;
     }
     Ok(format!("local:backup/{SEED_GOLDEN}"))
+}
+
+/// Put a real golden archive on the simulator's `local` backup storage under the seed
+/// golden's name (keeping its compression suffix), hard-linked when it can be, copied
+/// otherwise. Returns its volume id.
+pub fn place_golden(state_dir: &Path, archive: &Path) -> anyhow::Result<String> {
+    let name = archive
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let suffix = [".tar.zst", ".tar.gz", ".tar"]
+        .into_iter()
+        .find(|s| name.ends_with(s))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "--golden {}: must be a .tar.zst, .tar.gz or .tar vzdump archive",
+                archive.display()
+            )
+        })?;
+    let stem = SEED_GOLDEN.trim_end_matches(".tar.zst");
+    place_archive(state_dir, archive, &format!("{stem}{suffix}"))
+}
+
+/// Put `archive` on the `local` backup storage as `name` (hard link, else copy); returns
+/// its volume id.
+pub fn place_archive(state_dir: &Path, archive: &Path, name: &str) -> anyhow::Result<String> {
+    let dump = pve_sim::dump_dir(state_dir, "local");
+    std::fs::create_dir_all(&dump).with_context(|| format!("create {}", dump.display()))?;
+    let dest = dump.join(name);
+    let _ = std::fs::remove_file(&dest);
+    if std::fs::hard_link(archive, &dest).is_err() {
+        std::fs::copy(archive, &dest)
+            .with_context(|| format!("copy {} to {}", archive.display(), dest.display()))?;
+    }
+    Ok(format!("local:backup/{name}"))
+}
+
+/// Wait for Ctrl-C or SIGTERM (how a supervisor or a test stops the simulator: with the lxc
+/// runtime the shutdown that follows removes its namespaces and DHCP servers).
+pub async fn interrupted() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("install the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("wait for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
 }
 
 /// A felhom config pointing at a running simulator.
@@ -103,6 +175,7 @@ pub fn sim_settings(args: &ServeArgs) -> anyhow::Result<pve_sim::SimConfig> {
         node: "pve".into(),
         faults,
         time_scale: args.time_scale,
+        guests: args.guests.into(),
     })
 }
 
@@ -112,13 +185,22 @@ pub async fn run(cmd: SimCmd) -> anyhow::Result<i32> {
             let settings = sim_settings(&args)?;
             std::fs::create_dir_all(&args.state_dir)
                 .with_context(|| format!("create {}", args.state_dir.display()))?;
-            let golden = seed_golden(&args.state_dir)?;
+            let golden = match (&args.golden, args.guests) {
+                (Some(g), _) => place_golden(&args.state_dir, g)?,
+                (None, GuestsArg::Modelled) => seed_golden(&args.state_dir)?,
+                (None, GuestsArg::Lxc) => String::new(),
+            };
             let handle = pve_sim::start(settings)
                 .await
                 .context("start the simulator")?;
             println!("pve-sim listening on {}", handle.url);
             println!("certificate fingerprint (SHA-256): {}", handle.fingerprint);
-            println!("golden archive: {golden}");
+            if golden.is_empty() {
+                println!("golden archive: none (the synthetic seed golden cannot boot as a real guest; pass --golden ARCHIVE, made with `felhom golden build`)");
+            } else {
+                println!("golden archive: {golden}");
+            }
+            println!("guests: {}", handle.guests());
             if let Some(path) = &args.write_config {
                 let journal = path
                     .parent()
@@ -135,7 +217,7 @@ pub async fn run(cmd: SimCmd) -> anyhow::Result<i32> {
                 .with_context(|| format!("write {}", path.display()))?;
                 println!("felhom config written to {}", path.display());
             }
-            tokio::signal::ctrl_c().await.context("wait for Ctrl-C")?;
+            interrupted().await?;
             handle.shutdown().await;
             Ok(0)
         }

@@ -68,6 +68,7 @@ pub async fn run(args: DemoArgs, format: OutputFormat) -> anyhow::Result<i32> {
         node: "pve".into(),
         faults: pve_sim::FaultSpec::default(),
         time_scale: args.time_scale,
+        guests: Default::default(),
     })
     .await
     .context("start the embedded simulator")?;
