@@ -2,10 +2,11 @@
 //! the real `felhom` binary run against it, and the simulator's state dump to assert on.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use felhom_core::golden_build::BuildOptions;
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_felhom");
@@ -18,6 +19,10 @@ pub struct Sim {
     pub state_dir: PathBuf,
     faults: String,
     time_scale: f64,
+    /// More `sim serve` arguments (`--guests lxc --golden …`).
+    extra: Vec<String>,
+    /// Stopped with SIGTERM (the lxc runtime cleans up on a clean stop), not SIGKILL.
+    graceful: bool,
     /// The port of the first start, reused on restart so a running felhom sees the same URL.
     port: Option<u16>,
 }
@@ -42,10 +47,65 @@ impl Sim {
             state_dir,
             faults: faults.into(),
             time_scale,
+            extra: Vec::new(),
+            graceful: false,
             port: None,
         };
         sim.spawn();
         sim
+    }
+
+    /// A simulator whose guests are real LXC containers restored from `golden` (placed as
+    /// the seed golden, [`GOLDEN`]). Its directory is reachable by the guests' shifted root
+    /// (mode 0711), which LXC needs to mount their rootfs.
+    pub fn lxc(golden: &Path, time_scale: f64) -> Sim {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix("felhom-it-lxc-")
+            .tempdir()
+            .expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))
+            .expect("chmod the test dir");
+        let state_dir = dir.path().join("sim");
+        let config = dir.path().join("felhom.toml");
+        let mut sim = Sim {
+            child: None,
+            dir,
+            config,
+            state_dir,
+            faults: String::new(),
+            time_scale,
+            extra: vec![
+                "--guests".into(),
+                "lxc".into(),
+                "--golden".into(),
+                golden.display().to_string(),
+            ],
+            graceful: true,
+            port: None,
+        };
+        sim.spawn();
+        sim
+    }
+
+    /// Stop the simulator as a supervisor would (SIGTERM) and wait for it; its exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        // SAFETY: kill has no memory-safety preconditions; the child is ours.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                return c.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn spawn(&mut self) {
@@ -62,6 +122,7 @@ impl Sim {
                 "--time-scale",
                 &self.time_scale.to_string(),
             ])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -163,6 +224,9 @@ impl Sim {
 
 impl Drop for Sim {
     fn drop(&mut self) {
+        if self.graceful {
+            self.stop();
+        }
         self.kill();
     }
 }
@@ -196,4 +260,75 @@ pub fn guest(state: &Value, vmid: u64) -> Option<&Value> {
         .as_array()?
         .iter()
         .find(|g| g["vmid"].as_u64() == Some(vmid))
+}
+
+/// Root and mmdebstrap, or a failure that says what is missing (never a silent skip).
+pub fn require_build_host() {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        panic!("building a real golden needs root (mmdebstrap's root mode); run the tests as root, as CI does");
+    }
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("mmdebstrap").is_file()))
+        .unwrap_or(false);
+    if !found {
+        panic!(
+            "mmdebstrap is not installed: apt-get install mmdebstrap (CI's .ci/run installs it)"
+        );
+    }
+}
+
+/// A built golden from `target/felhom-test-cache/`, built once per input hash through the real
+/// binary (`felhom golden build` + `cli`, which must build what `opts` describes). A lock
+/// keeps parallel test processes (golden_build, real_guests) from building one twice.
+pub fn cached_golden(opts: &BuildOptions, cli: &[&str]) -> (PathBuf, serde_json::Value) {
+    require_build_host();
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("felhom-test-cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let hash = opts.input_hash();
+    let archive = cache.join(format!("golden-{}.tar.zst", &hash[..16]));
+    let report = cache.join(format!("golden-{}.json", &hash[..16]));
+    let lock = std::fs::File::create(cache.join(format!("golden-{}.lock", &hash[..16]))).unwrap();
+    // SAFETY: a valid open descriptor; the lock is released when `lock` is dropped.
+    assert_eq!(
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) },
+        0
+    );
+    if !(archive.exists() && report.exists()) {
+        let mut args = vec![
+            "--output",
+            "json",
+            "golden",
+            "build",
+            "--out",
+            archive.to_str().unwrap(),
+        ];
+        args.extend_from_slice(cli);
+        let o = Command::new(BIN).args(&args).output().expect("run felhom");
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "golden build {cli:?}: {}",
+            both(&o)
+        );
+        std::fs::write(&report, &o.stdout).unwrap();
+    }
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(
+        r["input_hash"],
+        hash.as_str(),
+        "the CLI builds what BuildOptions describes"
+    );
+    eprintln!(
+        "golden {cli:?}: mmdebstrap {:.1}s, archive {:.1}s, {} bytes ({} files, {} bytes uncompressed)",
+        r["mmdebstrap_secs"].as_f64().unwrap(),
+        r["archive_secs"].as_f64().unwrap(),
+        r["archive_bytes"],
+        r["files"],
+        r["uncompressed_bytes"]
+    );
+    (archive, r)
 }
