@@ -38,7 +38,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -83,6 +83,7 @@ pub fn preflight() -> Result<(), RuntimeError> {
             return Err(RuntimeError::MissingTool { tool, package });
         }
     }
+    check_subids()?;
     if !Path::new(LXC_CONFIG_DIR).join("common.conf").is_file() {
         return Err(RuntimeError::Host(format!(
             "LXC's shipped configuration in {LXC_CONFIG_DIR} (apt-get install lxc)"
@@ -133,7 +134,6 @@ pub struct Lxc {
     nics: Mutex<HashMap<u32, Vec<StartedNic>>>,
     boots: Arc<Mutex<HashMap<u32, BootTimes>>>,
     generation: std::sync::atomic::AtomicU64,
-    subids: OnceLock<Result<(), String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -219,20 +219,17 @@ fn chown(p: &Path, uid: u32, gid: u32) -> Result<(), RuntimeError> {
 }
 
 /// `root:100000:65536` in `/etc/subuid` and `/etc/subgid`: `newuidmap` refuses the id map
-/// otherwise (real-guests.md). PVE hosts ship it; this host may not.
-fn ensure_subids() -> Result<(), String> {
+/// otherwise (real-guests.md). PVE hosts ship it. The simulator checks and says what to add
+/// rather than edit the host's `/etc` itself (`scripts/test` adds it on a test machine).
+fn check_subids() -> Result<(), RuntimeError> {
     for f in ["/etc/subuid", "/etc/subgid"] {
         let text = std::fs::read_to_string(f).unwrap_or_default();
-        if text.lines().any(|l| l.trim() == SUBID_LINE) {
-            continue;
+        if !text.lines().any(|l| l.trim() == SUBID_LINE) {
+            return Err(RuntimeError::Host(format!(
+                "the line `{SUBID_LINE}` in {f} (the id range PVE maps unprivileged guests to; \
+                 add it with `usermod --add-subuids 100000-165535 --add-subgids 100000-165535 root`)"
+            )));
         }
-        let mut new = text.clone();
-        if !new.is_empty() && !new.ends_with('\n') {
-            new.push('\n');
-        }
-        new.push_str(SUBID_LINE);
-        new.push('\n');
-        std::fs::write(f, new).map_err(|e| format!("add {SUBID_LINE} to {f}: {e}"))?;
     }
     Ok(())
 }
@@ -280,7 +277,6 @@ impl Lxc {
             nics: Mutex::default(),
             boots: Arc::default(),
             generation: Default::default(),
-            subids: OnceLock::new(),
         };
         mkdir(&lx.root, 0o711)?;
         mkdir(&lx.lxc_path, 0o711)?;
@@ -585,9 +581,6 @@ impl Lxc {
         conf: &BTreeMap<String, String>,
         bridges: &[String],
     ) -> Result<Vec<String>, RuntimeError> {
-        if let Err(e) = self.subids.get_or_init(ensure_subids) {
-            return Err(RuntimeError::Host(e.clone()));
-        }
         if let Some(pid) = self.running_pid(vmid) {
             // A simulator restarted while the container kept running.
             return Ok(vec![format!(
