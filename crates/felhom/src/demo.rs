@@ -3,9 +3,16 @@
 //! with that archive on its backup storage, brings up three customer guests in parallel
 //! through the real client over real HTTPS, prints their IPs and SSH host-key fingerprints,
 //! and tears them down again.
+//!
+//! `felhom demo --real` does the same with real guests: a real Debian golden (built with
+//! `felhom golden build` once and cached, or `--golden ARCHIVE`) and the simulator's lxc
+//! runtime, so each guest boots as an unprivileged LXC container with systemd as PID 1,
+//! leases its address from the simulator's DHCP server and proves its own SSH host key.
+//! The demo then shows what each guest says about itself from the inside.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
@@ -14,7 +21,7 @@ use felhom_core::job::Outcome;
 use felhom_core::ops::Felhom;
 use felhom_core::spec::GuestSpec;
 
-use crate::cmd_sim::{seed_golden, sim_config};
+use crate::cmd_sim::{place_golden, seed_golden, sim_config};
 use crate::output::{self, CliProgress, OutputFormat};
 
 #[derive(Args, Debug)]
@@ -28,6 +35,13 @@ pub struct DemoArgs {
     /// Keep the guests (and print the state dir) instead of tearing them down.
     #[arg(long)]
     pub keep: bool,
+    /// Real guests: boot each as an LXC container from a real golden (root; lxc, uidmap,
+    /// dnsmasq-base, mmdebstrap). The golden is built once and cached (about 30 s).
+    #[arg(long)]
+    pub real: bool,
+    /// With --real: this golden archive instead of the cached build.
+    #[arg(long, value_name = "ARCHIVE", requires = "real")]
+    pub golden: Option<PathBuf>,
 }
 
 const CUSTOMERS: &[&str] = &[
@@ -47,8 +61,22 @@ pub async fn run(args: DemoArgs, format: OutputFormat) -> anyhow::Result<i32> {
     std::fs::create_dir_all(&state)?;
     let human = format == OutputFormat::Human;
 
-    let golden = seed_golden(&state)?;
-    let golden_path = pve_sim::dump_dir(&state, "local").join(crate::cmd_sim::SEED_GOLDEN);
+    let (golden, golden_path) = if args.real {
+        pve_sim::runtime::lxc::preflight().map_err(|e| {
+            anyhow::anyhow!("felhom demo --real: {e} (or run the demo without --real)")
+        })?;
+        let archive = match &args.golden {
+            Some(p) => p.clone(),
+            None => cached_golden(human)?,
+        };
+        let volid = place_golden(&state, &archive)?;
+        let name = volid.trim_start_matches("local:backup/");
+        (volid.clone(), pve_sim::dump_dir(&state, "local").join(name))
+    } else {
+        let golden = seed_golden(&state)?;
+        let path = pve_sim::dump_dir(&state, "local").join(crate::cmd_sim::SEED_GOLDEN);
+        (golden, path)
+    };
     let report =
         felhom_core::golden::inspect_path(&golden_path).context("inspect the golden archive")?;
     if human {
@@ -68,7 +96,11 @@ pub async fn run(args: DemoArgs, format: OutputFormat) -> anyhow::Result<i32> {
         node: "pve".into(),
         faults: pve_sim::FaultSpec::default(),
         time_scale: args.time_scale,
-        guests: Default::default(),
+        guests: if args.real {
+            pve_sim::GuestRuntime::Lxc
+        } else {
+            pve_sim::GuestRuntime::Modelled
+        },
     })
     .await
     .context("start the embedded simulator")?;
@@ -109,6 +141,9 @@ pub async fn run(args: DemoArgs, format: OutputFormat) -> anyhow::Result<i32> {
         .filter(|r| r.outcome == Outcome::Succeeded)
         .filter_map(|r| r.vmid.and_then(|v| pve_api::Vmid::try_from(v).ok()))
         .collect();
+    if args.real && human && !vmids.is_empty() {
+        show_real_guests(&sim, &vmids).await;
+    }
     let mut down_secs = 0.0;
     if args.keep {
         let kept = dir.keep();
@@ -129,11 +164,99 @@ pub async fn run(args: DemoArgs, format: OutputFormat) -> anyhow::Result<i32> {
     sim.shutdown().await;
     if human {
         println!(
-            "demo: {} guest(s) up in {up_secs:.2}s, torn down in {down_secs:.2}s, {:.2}s in all (time scale {})",
+            "demo: {} {}guest(s) up in {up_secs:.2}s, torn down in {down_secs:.2}s, {:.2}s in all (time scale {})",
             args.guests,
+            if args.real { "real " } else { "" },
             started.elapsed().as_secs_f64(),
             args.time_scale
         );
     }
     Ok(code)
+}
+
+/// The golden `--real` boots: built with the product's own builder (Docker from Debian, the
+/// first-boot key unit) into the user's cache, keyed by the build's input hash so a changed
+/// recipe is rebuilt and an unchanged one is reused.
+fn cached_golden(human: bool) -> anyhow::Result<PathBuf> {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("felhom");
+    std::fs::create_dir_all(&cache).with_context(|| format!("create {}", cache.display()))?;
+    let probe = felhom_core::golden_build::BuildOptions::new("golden.tar.zst");
+    let hash = probe.input_hash();
+    let out = cache.join(format!("golden-{}.tar.zst", &hash[..16]));
+    if out.is_file() {
+        if human {
+            println!("golden: reusing {}", out.display());
+        }
+        return Ok(out);
+    }
+    if human {
+        println!(
+            "golden: building {} (once; felhom golden build)",
+            out.display()
+        );
+    }
+    let opts = felhom_core::golden_build::BuildOptions {
+        out: out.clone(),
+        ..probe
+    };
+    let progress = |line: &str| {
+        if human {
+            println!("  {line}");
+        }
+    };
+    let report = felhom_core::golden_build::build(&opts, &progress)
+        .map_err(|e| anyhow::anyhow!("build the demo's golden: {e}"))?;
+    if human {
+        println!(
+            "golden: {} bytes in {:.1}s",
+            std::fs::metadata(&report.archive)
+                .map(|m| m.len())
+                .unwrap_or(0),
+            report.mmdebstrap_secs + report.archive_secs
+        );
+    }
+    Ok(out)
+}
+
+/// What each real guest says about itself, read by the simulator from outside (its disk,
+/// its namespaces, the DHCP server's leases): the proof that identity was reset for real.
+async fn show_real_guests(sim: &pve_sim::SimHandle, vmids: &[pve_api::Vmid]) {
+    println!("real guests (read from their disks and namespaces):");
+    for vmid in vmids {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let g = loop {
+            let state = sim.state().await;
+            let g = state["guests"]
+                .as_array()
+                .and_then(|gs| gs.iter().find(|g| g["vmid"] == vmid.get()))
+                .cloned()
+                .unwrap_or_default();
+            if g["lxc"]["boot"]["systemd_state"].is_string() || Instant::now() > deadline {
+                break g;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        let lx = &g["lxc"];
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_string();
+        let leases: Vec<String> = lx["leases"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|l| format!("{} on {}", text(&l["ip"]), text(&l["mac"])))
+                    .collect()
+            })
+            .unwrap_or_default();
+        println!(
+            "  {vmid} {}: systemd {}, machine-id {}, host key {}, lease {}",
+            text(&lx["uts_hostname"]),
+            text(&lx["boot"]["systemd_state"]),
+            text(&lx["machine_id"]),
+            text(&lx["host_key_fingerprint"]),
+            leases.join(" ")
+        );
+    }
 }
