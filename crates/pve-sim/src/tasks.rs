@@ -763,13 +763,7 @@ fn destroyed_volumes(st: &State, vmid: u32, destroy_unreferenced: bool) -> Vec<S
     let Some(g) = st.guests.get(&vmid) else {
         return Vec::new();
     };
-    let referenced: Vec<String> = g
-        .config
-        .iter()
-        .chain(g.pending.iter())
-        .filter(|(k, _)| *k == "rootfs" || k.starts_with("mp") || k.starts_with("unused"))
-        .filter_map(|(_, v)| v.split(',').next().map(str::to_string))
-        .collect();
+    let referenced = referenced_volumes(g);
     st.volumes
         .iter()
         .filter(|v| v.owner == vmid && (destroy_unreferenced || referenced.contains(&v.volid)))
@@ -777,17 +771,22 @@ fn destroyed_volumes(st: &State, vmid: u32, destroy_unreferenced: bool) -> Vec<S
         .collect()
 }
 
-fn destroy(st: &mut State, vmid: u32, destroy_unreferenced: bool) -> Result<Vec<String>, String> {
-    let Some(g) = st.guests.remove(&vmid) else {
-        return Ok(Vec::new());
-    };
-    let referenced: Vec<String> = g
-        .config
+/// The volume ids a guest's config (and pending changes) reference: rootfs, mount points,
+/// unused disks.
+fn referenced_volumes(g: &crate::state::Guest) -> Vec<String> {
+    g.config
         .iter()
         .chain(g.pending.iter())
         .filter(|(k, _)| *k == "rootfs" || k.starts_with("mp") || k.starts_with("unused"))
         .filter_map(|(_, v)| v.split(',').next().map(str::to_string))
-        .collect();
+        .collect()
+}
+
+fn destroy(st: &mut State, vmid: u32, destroy_unreferenced: bool) -> Result<Vec<String>, String> {
+    let Some(g) = st.guests.remove(&vmid) else {
+        return Ok(Vec::new());
+    };
+    let referenced = referenced_volumes(&g);
     let mut warnings = Vec::new();
     st.volumes.retain(|v| {
         let referenced = referenced.contains(&v.volid);

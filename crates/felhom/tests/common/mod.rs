@@ -38,21 +38,7 @@ impl Sim {
             .prefix("felhom-it-")
             .tempdir()
             .expect("tempdir");
-        let state_dir = dir.path().join("sim");
-        let config = dir.path().join("felhom.toml");
-        let mut sim = Sim {
-            child: None,
-            dir,
-            config,
-            state_dir,
-            faults: faults.into(),
-            time_scale,
-            extra: Vec::new(),
-            graceful: false,
-            port: None,
-        };
-        sim.spawn();
-        sim
+        Sim::spawn_in(dir, faults, time_scale, Vec::new(), false)
     }
 
     /// A simulator whose guests are real LXC containers restored from `golden` (placed as
@@ -66,6 +52,22 @@ impl Sim {
             .expect("tempdir");
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))
             .expect("chmod the test dir");
+        let extra = vec![
+            "--guests".into(),
+            "lxc".into(),
+            "--golden".into(),
+            golden.display().to_string(),
+        ];
+        Sim::spawn_in(dir, "", time_scale, extra, true)
+    }
+
+    fn spawn_in(
+        dir: tempfile::TempDir,
+        faults: &str,
+        time_scale: f64,
+        extra: Vec<String>,
+        graceful: bool,
+    ) -> Sim {
         let state_dir = dir.path().join("sim");
         let config = dir.path().join("felhom.toml");
         let mut sim = Sim {
@@ -73,15 +75,10 @@ impl Sim {
             dir,
             config,
             state_dir,
-            faults: String::new(),
+            faults: faults.into(),
             time_scale,
-            extra: vec![
-                "--guests".into(),
-                "lxc".into(),
-                "--golden".into(),
-                golden.display().to_string(),
-            ],
-            graceful: true,
+            extra,
+            graceful,
             port: None,
         };
         sim.spawn();
