@@ -15,7 +15,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How many recent tasks per type the estimate is drawn from.
 const KEEP: usize = 16;
@@ -28,10 +28,21 @@ pub struct Bracket {
     pub hi: Duration,
 }
 
-/// Recent brackets per task type (`vzrestore`, `resize`, `vzstart`, …).
+/// How long a dispatch time is kept for a UPID nobody waited on.
+const DISPATCH_TTL: Duration = Duration::from_secs(6 * 3600);
+
+/// Recent brackets per task type (`vzrestore`, `resize`, `vzstart`, …), and when each task
+/// this client started was dispatched.
+///
+/// Brackets are measured from the dispatch (the moment the request that started the task
+/// was sent), not from the start of the wait: under load the answer carrying the UPID can
+/// take hundreds of milliseconds, during which the task already runs, and a bracket
+/// measured from the wait would then lie later than the task's real end, so the next wait
+/// would sleep past it. From the dispatch, a slow answer can only make a wait look early.
 #[derive(Debug, Default)]
 pub struct TaskDurations {
     by_type: Mutex<HashMap<String, VecDeque<Bracket>>>,
+    dispatched: Mutex<HashMap<String, Instant>>,
 }
 
 impl TaskDurations {
@@ -46,6 +57,20 @@ impl TaskDurations {
             q.pop_front();
         }
         q.push_back(b);
+    }
+
+    /// Note that the request which started task `upid` was sent at `sent`.
+    pub fn dispatched(&self, upid: &str, sent: Instant) {
+        let mut map = self.dispatched.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, t| t.elapsed() < DISPATCH_TTL);
+        map.insert(upid.to_string(), sent);
+    }
+
+    /// When the request that started `upid` was sent, if this client sent it; kept so a
+    /// second wait on the same task (after a transient error) measures from the same origin.
+    pub fn dispatch_of(&self, upid: &str) -> Option<Instant> {
+        let map = self.dispatched.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(upid).copied()
     }
 
     /// Every kept bracket, by type, oldest first: what a caller persists so that the next

@@ -10,6 +10,7 @@ use crate::error::ApiError;
 use crate::property_string::{MountConfig, NetConfig, PropertyError};
 use crate::task::Upid;
 use crate::vmid::Vmid;
+use std::time::Instant;
 
 /// A guest config as `GET .../config` returns it: the key/value map and its `digest`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -154,13 +155,6 @@ pub(crate) fn opt_int_or_string<'de, D: serde::Deserializer<'de>>(
     }
 }
 
-fn upid(s: String) -> Result<Upid, ApiError> {
-    s.parse()
-        .map_err(|e: crate::task::UpidError| ApiError::Decode {
-            message: e.to_string(),
-        })
-}
-
 fn as_refs(params: &[(String, String)]) -> Vec<(&str, String)> {
     params
         .iter()
@@ -169,6 +163,18 @@ fn as_refs(params: &[(String, String)]) -> Vec<(&str, String)> {
 }
 
 impl PveClient {
+    /// The UPID an async call answered, noted with the moment its request was sent (the
+    /// origin [`crate::durations`] measures task durations from).
+    fn task_started(&self, answer: String, sent: Instant) -> Result<Upid, ApiError> {
+        let upid: Upid = answer
+            .parse()
+            .map_err(|e: crate::task::UpidError| ApiError::Decode {
+                message: e.to_string(),
+            })?;
+        self.durations().dispatched(&upid.to_string(), sent);
+        Ok(upid)
+    }
+
     pub async fn lxc_list(&self, node: &str) -> Result<Vec<LxcSummary>, ApiError> {
         check_node(node)?;
         self.get(&format!("/nodes/{node}/lxc"), &[]).await
@@ -181,10 +187,11 @@ impl PveClient {
         params: &[(String, String)],
     ) -> Result<Upid, ApiError> {
         check_node(node)?;
-        upid(
-            self.post(&format!("/nodes/{node}/lxc"), &as_refs(params))
-                .await?,
-        )
+        let sent = Instant::now();
+        let answer = self
+            .post(&format!("/nodes/{node}/lxc"), &as_refs(params))
+            .await?;
+        self.task_started(answer, sent)
     }
 
     pub async fn lxc_config(&self, node: &str, vmid: Vmid) -> Result<LxcConfig, ApiError> {
@@ -234,21 +241,23 @@ impl PveClient {
                 message: format!("{size:?} does not match \\+?\\d+(\\.\\d+)?[KMGT]?"),
             });
         }
-        upid(
-            self.put(
+        let sent = Instant::now();
+        let answer = self
+            .put(
                 &format!("/nodes/{node}/lxc/{vmid}/resize"),
                 &[("disk", disk.to_string()), ("size", size.to_string())],
             )
-            .await?,
-        )
+            .await?;
+        self.task_started(answer, sent)
     }
 
     async fn power(&self, node: &str, vmid: Vmid, action: &str) -> Result<Upid, ApiError> {
         check_node(node)?;
-        upid(
-            self.post(&format!("/nodes/{node}/lxc/{vmid}/status/{action}"), &[])
-                .await?,
-        )
+        let sent = Instant::now();
+        let answer = self
+            .post(&format!("/nodes/{node}/lxc/{vmid}/status/{action}"), &[])
+            .await?;
+        self.task_started(answer, sent)
     }
 
     pub async fn lxc_start(&self, node: &str, vmid: Vmid) -> Result<Upid, ApiError> {
@@ -294,10 +303,11 @@ impl PveClient {
                 u8::from(destroy_unreferenced_disks).to_string(),
             ),
         ];
-        upid(
-            self.delete(&format!("/nodes/{node}/lxc/{vmid}"), &q)
-                .await?,
-        )
+        let sent = Instant::now();
+        let answer = self
+            .delete(&format!("/nodes/{node}/lxc/{vmid}"), &q)
+            .await?;
+        self.task_started(answer, sent)
     }
 }
 

@@ -358,16 +358,26 @@ impl PveClient {
             waited: started.elapsed(),
         };
         let mut polls = 0u32;
-        let hint = self.durations().expected(&upid.task_type);
+        // Durations are measured from the task's dispatch (`durations.rs`). A task this
+        // client did not start (another process's, or one resumed from a journal) has no
+        // known origin: it is waited for at the usual cadence and teaches nothing.
+        let dispatch = self.durations().dispatch_of(&upid.to_string());
+        let origin = dispatch.unwrap_or(started);
+        let hint = dispatch.and_then(|_| self.durations().expected(&upid.task_type));
+        // The schedule counts from the origin; the deadline still from this call.
+        let schedule = WaitOptions {
+            deadline: opts.deadline + started.saturating_duration_since(origin),
+            ..*opts
+        };
         // The last moment the task was seen running: the lower end of its bracket.
         let mut running_at = Duration::ZERO;
         loop {
-            let pause = opts
-                .next_pause_hinted(polls, started.elapsed(), hint)
+            let pause = schedule
+                .next_pause_hinted(polls, origin.elapsed(), hint)
                 .ok_or_else(|| timeout(started))?;
             tokio::time::sleep(pause).await;
             polls += 1;
-            let sent = started.elapsed();
+            let sent = origin.elapsed();
             // One request may overrun the deadline by at most one `max_interval`.
             let budget = opts
                 .deadline
@@ -392,13 +402,15 @@ impl PveClient {
             }
             let exit = st.exitstatus.unwrap_or_else(|| "unexpected status".into());
             if let Some(warnings) = exit_ok(&exit) {
-                self.durations().record(
-                    &upid.task_type,
-                    Bracket {
-                        lo: running_at,
-                        hi: started.elapsed(),
-                    },
-                );
+                if dispatch.is_some() {
+                    self.durations().record(
+                        &upid.task_type,
+                        Bracket {
+                            lo: running_at,
+                            hi: origin.elapsed(),
+                        },
+                    );
+                }
                 return Ok(TaskOutcome {
                     exitstatus: exit,
                     warnings,

@@ -760,3 +760,68 @@ async fn later_tasks_of_a_type_are_found_with_few_polls() {
         "later resizes: the learned bracket, {polls:?}"
     );
 }
+
+/// Durations are measured from the task's dispatch. A client that did not start the task (a
+/// process resuming from its journal) knows no origin: even with the learned brackets it
+/// waits at the usual cadence, and its wait adds no bracket.
+#[tokio::test]
+async fn a_task_of_unknown_dispatch_is_waited_at_the_cadence_and_teaches_nothing() {
+    let env = Env::start(0.1, "").await; // resize: 1.2 s
+    for v in 1295..1297 {
+        env.restore(v, &[]).await.unwrap();
+        let upid = env
+            .client
+            .lxc_resize("pve", vmid(v), "rootfs", "12G")
+            .await
+            .unwrap();
+        env.client
+            .wait_task(&upid, &WaitOptions::default())
+            .await
+            .unwrap();
+    }
+    // A second process: it starts from what the first learned (as felhom does, from the
+    // journal), but the resize was dispatched by the first.
+    let secret = std::fs::read_to_string(env.dir.path().join("felhom-agent.token")).unwrap();
+    let other = client_for(env.sim(), "felhom@pve!agent", secret.trim());
+    for (t, b) in env.client.durations().snapshot() {
+        other.durations().record(&t, b);
+    }
+    let learned = other.durations().snapshot().len();
+    env.restore(1297, &[]).await.unwrap();
+    let upid = env
+        .client
+        .lxc_resize("pve", vmid(1297), "rootfs", "12G")
+        .await
+        .unwrap();
+    let out = other
+        .wait_task(&upid, &WaitOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        out.polls >= 8,
+        "the cadence, not the bracket: {}",
+        out.polls
+    );
+    assert_eq!(
+        other.durations().snapshot().len(),
+        learned,
+        "nothing learned"
+    );
+    // The client that dispatched it would have used the bracket.
+    let upid = env
+        .client
+        .lxc_resize("pve", vmid(1296), "rootfs", "13G")
+        .await
+        .unwrap();
+    let mine = env
+        .client
+        .wait_task(&upid, &WaitOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        mine.polls * 2 <= out.polls,
+        "{} vs {}",
+        mine.polls,
+        out.polls
+    );
+}

@@ -280,15 +280,18 @@ pub async fn run(args: PerfArgs, format: OutputFormat) -> anyhow::Result<i32> {
                     println!("{:>5} {:>4} {:>8} {:>8} {:>6} {:>8} {:>6} {:>6} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>6} {:>5} {:>9} {:>9} {:>7}", "N", "ok", "wall_s", "floor_s", "ratio", "req/g", "wr/g", "poll/g", "det_med", "det_p99", "wr_med", "wr_p99", "poll/s", "rss_MB", "cpu_s", "l500", "naive_s", "naive_r/g", "req_x");
                     for r in &rows {
                         let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
-                        let naive_rg = r["naive"]["requests"]
-                            .as_f64()
-                            .map(|x| x / f("guests"))
-                            .unwrap_or(f64::NAN);
+                        let n = |k: &str| r[k].as_u64().unwrap_or(0);
+                        // The naive columns stay empty ("-") when it was not run.
+                        let opt = |v: Option<f64>, width: usize, prec: usize| match v {
+                            Some(x) => format!("{x:>width$.prec$}"),
+                            None => format!("{:>width$}", "-"),
+                        };
+                        let naive_rg = r["naive"]["requests"].as_f64().map(|x| x / f("guests"));
                         println!(
-                            "{:>5} {:>4} {:>8.2} {:>8.2} {:>6.2} {:>8.1} {:>6.1} {:>6.1} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>6.1} {:>7.1} {:>6.2} {:>5} {:>9.2} {:>9.1} {:>7.2}",
-                            r["guests"], r["succeeded"], f("wall_s"), f("floor_s"), f("wall_over_floor"), f("requests_per_guest"), f("writes_per_guest"), f("polls_per_guest"),
-                            f("detection_ms_median"), f("detection_ms_p99"), f("next_write_ms_median"), f("next_write_ms_p99"), f("max_polls_per_s_per_task"), f("peak_rss_mb"), f("cpu_s"), r["lock500"],
-                            r["naive"]["wall_s"].as_f64().unwrap_or(f64::NAN), naive_rg, f("naive_request_ratio")
+                            "{:>5} {:>4} {:>8.2} {:>8.2} {:>6.2} {:>8.1} {:>6.1} {:>6.1} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>6.1} {:>7.1} {:>6.2} {:>5} {} {} {}",
+                            n("guests"), n("succeeded"), f("wall_s"), f("floor_s"), f("wall_over_floor"), f("requests_per_guest"), f("writes_per_guest"), f("polls_per_guest"),
+                            f("detection_ms_median"), f("detection_ms_p99"), f("next_write_ms_median"), f("next_write_ms_p99"), f("max_polls_per_s_per_task"), f("peak_rss_mb"), f("cpu_s"), n("lock500"),
+                            opt(r["naive"]["wall_s"].as_f64(), 9, 2), opt(naive_rg, 9, 1), opt(r["naive_request_ratio"].as_f64(), 7, 2)
                         );
                     }
                 }
