@@ -742,17 +742,7 @@ async fn later_tasks_of_a_type_are_found_with_few_polls() {
     let mut polls = Vec::new();
     for v in 1290..1294 {
         env.restore(v, &[]).await.unwrap();
-        let upid = env
-            .client
-            .lxc_resize("pve", vmid(v), "rootfs", "12G")
-            .await
-            .unwrap();
-        let out = env
-            .client
-            .wait_task(&upid, &WaitOptions::default())
-            .await
-            .unwrap();
-        polls.push(out.polls);
+        polls.push(resize_and_wait(&env, v, "12G").await);
     }
     assert!(polls[0] >= 10, "first resize: usual cadence, {polls:?}");
     assert!(
@@ -769,15 +759,7 @@ async fn a_task_of_unknown_dispatch_is_waited_at_the_cadence_and_teaches_nothing
     let env = Env::start(0.1, "").await; // resize: 1.2 s
     for v in 1295..1297 {
         env.restore(v, &[]).await.unwrap();
-        let upid = env
-            .client
-            .lxc_resize("pve", vmid(v), "rootfs", "12G")
-            .await
-            .unwrap();
-        env.client
-            .wait_task(&upid, &WaitOptions::default())
-            .await
-            .unwrap();
+        resize_and_wait(&env, v, "12G").await;
     }
     // A second process: it starts from what the first learned (as felhom does, from the
     // journal), but the resize was dispatched by the first.
@@ -807,21 +789,21 @@ async fn a_task_of_unknown_dispatch_is_waited_at_the_cadence_and_teaches_nothing
         learned,
         "nothing learned"
     );
-    // The client that dispatched it would have used the bracket.
+    // The client that dispatched it uses the bracket.
+    let mine = resize_and_wait(&env, 1296, "13G").await;
+    assert!(mine * 2 <= out.polls, "{mine} vs {}", out.polls);
+}
+
+/// Resize guest `v`'s rootfs and wait for it; the polls spent.
+async fn resize_and_wait(env: &Env, v: u32, size: &str) -> u32 {
     let upid = env
         .client
-        .lxc_resize("pve", vmid(1296), "rootfs", "13G")
+        .lxc_resize("pve", vmid(v), "rootfs", size)
         .await
         .unwrap();
-    let mine = env
-        .client
+    env.client
         .wait_task(&upid, &WaitOptions::default())
         .await
-        .unwrap();
-    assert!(
-        mine.polls * 2 <= out.polls,
-        "{} vs {}",
-        mine.polls,
-        out.polls
-    );
+        .unwrap()
+        .polls
 }
