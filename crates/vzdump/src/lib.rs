@@ -336,6 +336,19 @@ impl ArchiveWriter {
         format!("./{}", normalise(path))
     }
 
+    /// Put `bytes` into a header's name or link field, as GNU tar does: truncated there, and
+    /// whole in a preceding long-name (`L`) or long-link (`K`) entry when it does not fit.
+    fn put_name(&mut self, bytes: &[u8], kind: u8, field: &mut [u8]) -> Result<(), VzdumpError> {
+        if bytes.len() >= field.len() {
+            let lh = long_name_header(bytes.len(), kind);
+            self.builder.append(&lh, bytes.chain(&[0u8][..]))?;
+        }
+        let n = bytes.len().min(field.len());
+        field.fill(0);
+        field[..n].copy_from_slice(&bytes[..n]);
+        Ok(())
+    }
+
     /// Write one entry under the exact member `name` (and link target), then its data.
     fn append_raw(
         &mut self,
@@ -352,28 +365,12 @@ impl ArchiveWriter {
         if name_bytes.contains(&0) {
             return Err(bad("name"));
         }
-        let field_len = h.as_old().name.len();
-        if name_bytes.len() >= field_len {
-            let lh = long_name_header(name_bytes.len(), b'L');
-            self.builder.append(&lh, name_bytes.chain(&[0u8][..]))?;
-        }
-        let n = name_bytes.len().min(field_len);
-        let field = &mut h.as_old_mut().name;
-        field.fill(0);
-        field[..n].copy_from_slice(&name_bytes[..n]);
+        self.put_name(name_bytes, b'L', &mut h.as_old_mut().name)?;
         if let Some(link) = link {
             if link.contains(&0) {
                 return Err(bad("link target"));
             }
-            let field_len = h.as_old().linkname.len();
-            if link.len() >= field_len {
-                let lh = long_name_header(link.len(), b'K');
-                self.builder.append(&lh, link.chain(&[0u8][..]))?;
-            }
-            let n = link.len().min(field_len);
-            let field = &mut h.as_old_mut().linkname;
-            field.fill(0);
-            field[..n].copy_from_slice(&link[..n]);
+            self.put_name(link, b'K', &mut h.as_old_mut().linkname)?;
         }
         h.set_cksum();
         self.builder.append(&h, data)?;
