@@ -226,22 +226,32 @@ fn cached_golden(human: bool) -> anyhow::Result<PathBuf> {
 /// its namespaces, the DHCP server's leases): the proof that identity was reset for real.
 async fn show_real_guests(sim: &pve_sim::SimHandle, vmids: &[pve_api::Vmid]) {
     println!("real guests (read from their disks and namespaces):");
-    for vmid in vmids {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let g = loop {
-            let state = sim.state().await;
-            let g = state["guests"]
-                .as_array()
-                .and_then(|gs| gs.iter().find(|g| g["vmid"] == vmid.get()))
-                .cloned()
-                .unwrap_or_default();
-            if g["lxc"]["boot"]["systemd_state"].is_string() || Instant::now() > deadline {
-                break g;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        };
+    // One state dump serves every guest (each dump runs a few processes per guest); it is
+    // taken again until every guest's systemd has answered, or a minute has passed.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let guests: Vec<serde_json::Value> = loop {
+        let state = sim.state().await;
+        let guests: Vec<serde_json::Value> = vmids
+            .iter()
+            .map(|vmid| {
+                state["guests"]
+                    .as_array()
+                    .and_then(|gs| gs.iter().find(|g| g["vmid"] == vmid.get()))
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect();
+        let booted = guests
+            .iter()
+            .all(|g| g["lxc"]["boot"]["systemd_state"].is_string());
+        if booted || Instant::now() > deadline {
+            break guests;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_string();
+    for (vmid, g) in vmids.iter().zip(&guests) {
         let lx = &g["lxc"];
-        let text = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_string();
         let leases: Vec<String> = lx["leases"]
             .as_array()
             .map(|a| {
