@@ -10,6 +10,7 @@ pub mod bringup;
 pub mod config;
 pub mod golden;
 pub mod golden_build;
+pub mod guest;
 pub mod identity;
 pub mod job;
 pub mod journal;

@@ -14,9 +14,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::bringup::{self, BringupStep};
 use crate::config::Config;
+use crate::guest::{GoldenInfo, Ownership, PickError, VmidPicker};
 use crate::job::{self, Facts, JobCx, Observed, Outcome, Progress, Step};
 use crate::journal::{JobKind, JobState, Journal, Phase};
-use crate::marker::Marker;
 use crate::spec::{show, FieldError, GuestSpec, VmidChoice};
 use crate::teardown;
 
@@ -109,7 +109,7 @@ pub struct Felhom {
     pub waits: Arc<pve_api::durations::TaskDurations>,
     /// What each golden archive says about itself, by (node, volid): a vzdump archive never
     /// changes under its name (the name carries its timestamp), so one read per process.
-    golden: std::sync::Mutex<std::collections::HashMap<(String, String), bringup::GoldenInfo>>,
+    golden: std::sync::Mutex<std::collections::HashMap<(String, String), GoldenInfo>>,
 }
 
 pub fn new_job_id(kind: JobKind) -> String {
@@ -202,12 +202,8 @@ impl Felhom {
         }
     }
 
-    /// [`bringup::golden_info`], read once per archive and process.
-    pub async fn golden_info(
-        &self,
-        node: &str,
-        volid: &str,
-    ) -> Result<bringup::GoldenInfo, ApiError> {
+    /// [`crate::guest::golden_info`], read once per archive and process.
+    pub async fn golden_info(&self, node: &str, volid: &str) -> Result<GoldenInfo, ApiError> {
         let key = (node.to_string(), volid.to_string());
         if let Some(g) = self
             .golden
@@ -217,7 +213,7 @@ impl Felhom {
         {
             return Ok(g.clone());
         }
-        let g = bringup::golden_info(&self.client, node, volid).await?;
+        let g = crate::guest::golden_info(&self.client, node, volid).await?;
         self.golden
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -260,9 +256,9 @@ impl Felhom {
                 } else {
                     match self.client.lxc_config(s.node.as_str(), v).await {
                         Err(ApiError::NotFound { .. }) => {}
-                        Ok(cfg) => match cfg.get_str("description").and_then(Marker::find) {
-                            Some(m) => err("vmid", format!("{v} already holds a guest made by felhom job {} (see `felhom status {v}`)", m.job)),
-                            None => err("vmid", format!("{v} already holds a guest that felhom does not own; refusing to touch it")),
+                        Ok(cfg) => match Ownership::of(&cfg, "") {
+                            Ownership::Ours(m) | Ownership::OtherJob(m) => err("vmid", format!("{v} already holds a guest made by felhom job {} (see `felhom status {v}`)", m.job)),
+                            Ownership::Unmarked => err("vmid", format!("{v} already holds a guest that felhom does not own; refusing to touch it")),
                         },
                         Err(e) => err("vmid", format!("cannot check VMID {v}: {e}")),
                     }
@@ -332,82 +328,57 @@ impl Felhom {
         errors
     }
 
-    /// What `provision` would do, reading only.
-    pub async fn plan(&self, spec: &GuestSpec) -> Result<Vec<(String, String)>, OpsError> {
+    /// The VMIDs `provision` would give these specs, in order (fixed ones as given, "auto"
+    /// ones the lowest free in turn): `plan` shows them and `provision` reserves them first.
+    pub async fn pick_vmids(&self, specs: &[GuestSpec]) -> Result<Vec<Option<Vmid>>, OpsError> {
+        let mut pickers: HashMap<String, VmidPicker> = HashMap::new();
         let mut out = Vec::new();
-        let vmid = match spec.vmid {
-            VmidChoice::Fixed(v) => v,
-            VmidChoice::NextFree => {
-                let leased: std::collections::HashSet<u32> =
-                    self.journal.leased_vmids()?.into_iter().collect();
-                let used: std::collections::HashSet<u32> = self
-                    .client
-                    .lxc_list(spec.node.as_str())
-                    .await?
-                    .into_iter()
-                    .map(|g| g.vmid)
-                    .collect();
-                self.config
-                    .vmid_range
-                    .iter()
-                    .find(|v| !leased.contains(&v.get()) && !used.contains(&v.get()))
-                    .ok_or_else(|| OpsError::Invalid("no free VMID in range".into()))?
+        for s in specs {
+            let node = s.node.to_string();
+            if !pickers.contains_key(&node) {
+                let p = VmidPicker::new(&self.client, &self.journal, &node, self.config.vmid_range)
+                    .await
+                    .map_err(|e| match e {
+                        PickError::Api(e) => OpsError::Api(e),
+                        PickError::Journal(e) => OpsError::Journal(e),
+                    })?;
+                pickers.insert(node.clone(), p);
             }
-        };
+            out.push(pickers.get_mut(&node).and_then(|p| p.pick(s.vmid)));
+        }
+        Ok(out)
+    }
+
+    /// What `provision` would do for one spec that gets `vmid`, reading only: each step's
+    /// own plan line.
+    pub async fn plan(
+        &self,
+        spec: &GuestSpec,
+        vmid: Option<Vmid>,
+    ) -> Result<Vec<(String, String)>, OpsError> {
+        let vmid = vmid.ok_or_else(|| {
+            OpsError::Invalid(format!(
+                "no free VMID in felhom's range {}",
+                self.config.vmid_range
+            ))
+        })?;
         let golden = self
             .golden_info(spec.node.as_str(), spec.golden.as_str())
             .await?;
-        out.push(("reserve".into(), format!("lease VMID {vmid}")));
-        out.push((
-            "restore".into(),
-            format!(
-                "restore {} to {vmid} on {} with hostname {} and a fresh MAC (golden's {} is never used)",
-                spec.golden,
-                spec.storage,
-                spec.hostname,
-                golden.mac.as_deref().unwrap_or("?")
-            ),
-        ));
-        out.push((
-            "identity".into(),
-            "verify MAC unique on the node and hostname".into(),
-        ));
-        let from = golden
-            .rootfs_bytes
-            .map(pve_api::format_disk_size)
-            .unwrap_or_else(|| "?".into());
-        out.push((
-            "rootfs".into(),
-            format!("resize rootfs {from} → {} (absolute)", spec.rootfs_size),
-        ));
-        for m in &spec.mounts {
-            out.push((
-                "mounts".into(),
-                format!(
-                    "attach {}:{}G at {}",
-                    m.storage,
-                    m.size.gib_string(),
-                    m.path
-                ),
-            ));
-        }
-        out.push(("start".into(), "start the guest".into()));
-        out.push((
-            "linkup".into(),
-            format!(
-                "wait ≤{}s for a DHCP lease on eth0",
-                self.config.linkup_timeout.as_secs()
-            ),
-        ));
-        out.push((
-            "ssh".into(),
-            format!(
-                "prove a fresh, unique SSH host key (≤{}s)",
-                self.config.ssh_timeout.as_secs()
-            ),
-        ));
-        out.push(("finish".into(), "tag and mark provisioned".into()));
-        Ok(out)
+        let p = bringup::PlanCx {
+            spec,
+            vmid,
+            golden: &golden,
+            config: &self.config,
+        };
+        Ok(bringup::STEPS
+            .iter()
+            .flat_map(|s| {
+                s.plan(&p)
+                    .into_iter()
+                    .map(|line| (s.name().to_string(), line))
+            })
+            .collect())
     }
 
     /// Create and run one bring-up job per spec, in parallel within the limits.
@@ -416,8 +387,9 @@ impl Felhom {
         specs: Vec<GuestSpec>,
         progress: Arc<dyn Progress>,
     ) -> Result<Vec<JobReport>, OpsError> {
+        let vmids = self.pick_vmids(&specs).await?;
         let mut handles = Vec::new();
-        for spec in specs {
+        for (spec, vmid) in specs.into_iter().zip(vmids) {
             // Facts known before the first step: the golden's own identity, so the identity
             // step can prove the guest does not carry it (F1).
             let golden = self
@@ -436,6 +408,7 @@ impl Felhom {
             let facts = Facts {
                 golden_mac: golden.mac.map(|m| m.to_ascii_uppercase()),
                 golden_rootfs_bytes: golden.rootfs_bytes,
+                vmid_hint: vmid.map(|v| v.get()),
                 ..Facts::default()
             };
             self.journal

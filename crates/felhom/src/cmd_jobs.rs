@@ -150,9 +150,10 @@ pub async fn plan(
         Ok(s) => s,
         Err(code) => return Ok(code),
     };
+    let vmids = f.pick_vmids(&specs).await.context("plan")?;
     let mut plans = Vec::new();
-    for s in &specs {
-        let steps = f.plan(s).await.context("plan")?;
+    for (s, vmid) in specs.iter().zip(vmids) {
+        let steps = f.plan(s, vmid).await.context("plan")?;
         plans.push((s.hostname.to_string(), steps));
     }
     match format {

@@ -95,6 +95,10 @@ pub struct Facts {
     pub ip: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_fingerprint: Option<String>,
+    /// The VMID `plan` would show for an "auto" spec, chosen in spec order before the job
+    /// runs; the reserve step tries it first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmid_hint: Option<u32>,
 }
 
 impl Facts {
@@ -114,7 +118,8 @@ impl Facts {
             golden_rootfs_bytes,
             upid,
             ip,
-            ssh_fingerprint
+            ssh_fingerprint,
+            vmid_hint
         );
     }
 }

@@ -1,0 +1,85 @@
+//! Step 9, finish: the guest carries felhom's tags (`felhom`, `customer-<id>`, the spec's)
+//! and a marker that says `provisioned`; the journal records it as active and the VMID lease
+//! is released.
+
+use serde_json::{json, Value};
+
+use super::identity::modified_is_not_yet;
+use super::{owned_config, record_guest, spec, Drift, GuestView, PlanCx};
+use crate::guest::{self, Ownership};
+use crate::job::{JobCx, Observed, StepError};
+use crate::marker::{Marker, MarkerState};
+use crate::spec::GuestSpec;
+
+/// The tag every felhom guest carries.
+pub const FELHOM_TAG: &str = "felhom";
+
+/// The tags a guest of this spec carries, sorted as PVE keeps them.
+pub fn tags_for(s: &GuestSpec) -> Vec<String> {
+    let mut tags: Vec<String> = vec![FELHOM_TAG.into(), format!("customer-{}", s.customer)];
+    tags.extend(s.tags.iter().map(|t| t.to_string()));
+    tags.sort();
+    tags.dedup();
+    tags
+}
+
+pub(super) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
+    let vmid = cx.vmid()?;
+    let cfg = owned_config(cx, vmid).await?;
+    let tagged = guest::tags_of(&cfg).iter().any(|t| t == FELHOM_TAG);
+    let provisioned = matches!(
+        Ownership::of(&cfg, &cx.job_id),
+        Ownership::Ours(m) if m.state == MarkerState::Provisioned
+    );
+    if tagged && provisioned {
+        record_guest(cx, "active")?;
+        cx.journal.release_lease(vmid, &cx.job_id)?;
+        Ok(Observed::Done(json!({ "tags": cfg.get_str("tags") })))
+    } else {
+        Ok(Observed::NotDone)
+    }
+}
+
+pub(super) fn intent(cx: &JobCx) -> Result<Value, StepError> {
+    Ok(json!({ "tags": tags_for(spec(cx)?) }))
+}
+
+pub(super) async fn act(cx: &JobCx) -> Result<(), StepError> {
+    let s = spec(cx)?;
+    let vmid = cx.vmid()?;
+    let cfg = owned_config(cx, vmid).await?;
+    let marker = Marker {
+        job: cx.job_id.clone(),
+        customer: s.customer.to_string(),
+        state: MarkerState::Provisioned,
+    };
+    let params = vec![
+        ("tags".to_string(), tags_for(s).join(";")),
+        ("description".to_string(), marker.to_string()),
+    ];
+    cx.client
+        .lxc_update_config(&cx.node, vmid, &params, cfg.digest.as_deref())
+        .await
+        .map_err(modified_is_not_yet)
+}
+
+pub(super) fn plan(p: &PlanCx) -> Vec<String> {
+    vec![format!(
+        "tag ({}) and mark provisioned",
+        tags_for(p.spec).join(", ")
+    )]
+}
+
+/// Every tag the spec asks for is there.
+pub(super) fn drift(v: &GuestView) -> Vec<Drift> {
+    let Some(spec) = v.spec else {
+        return Vec::new();
+    };
+    let want = tags_for(spec);
+    let have = guest::tags_of(v.cfg);
+    if want.iter().all(|t| have.contains(t)) {
+        Vec::new()
+    } else {
+        vec![Drift::new("tags", want.join(";"), have.join(";"))]
+    }
+}

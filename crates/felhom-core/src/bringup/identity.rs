@@ -1,0 +1,201 @@
+//! Step 3, identity: the guest's net0 MAC is the one felhom chose (never the golden's, never
+//! another guest's on the node: seed F1) and its hostname is the spec's; under the DR policy
+//! the archived MAC and hostname are kept instead ([`crate::identity`] decides which).
+//! Act: one `PUT config` of net0 (every other net0 key kept) and hostname, with the digest of
+//! the config it was decided on.
+
+use std::collections::{HashMap, HashSet};
+
+use pve_api::{ApiError, MacAddr, NetConfig, Vmid};
+use serde_json::{json, Value};
+
+use super::{net0_of, owned_config, spec, Drift, GuestView, PlanCx};
+use crate::guest;
+use crate::identity::{HostnameAction, IdentityPolicy, MacAction};
+use crate::job::{Facts, JobCx, Observed, StepError};
+use crate::journal::GuestRecord;
+
+/// PVE's default MAC prefix (Proxmox OUI, `datacenter.cfg mac_prefix`, reference §3.3).
+pub const MAC_PREFIX: [u8; 3] = [0xBC, 0x24, 0x11];
+
+pub(super) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
+    let s = spec(cx)?;
+    let vmid = cx.vmid()?;
+    let cfg = owned_config(cx, vmid).await?;
+    let f = cx.facts();
+    let mac = guest::mac_of(&cfg);
+    let policy = IdentityPolicy::named(s.identity);
+    let hostname_ok = match policy.hostname() {
+        HostnameAction::FromSpec => cfg.get_str("hostname") == Some(s.hostname.as_str()),
+        HostnameAction::KeepArchived => true,
+    };
+    let is_golden = |m: &str| {
+        f.golden_mac
+            .as_deref()
+            .is_some_and(|g| g.eq_ignore_ascii_case(m))
+    };
+    let mac_ok = match (&mac, &f.mac, policy.mac()) {
+        (Some(have), Some(want), MacAction::FreshAtRestore) => {
+            have.eq_ignore_ascii_case(want) && !is_golden(have)
+        }
+        (Some(have), _, MacAction::KeepArchived) => is_golden(have),
+        _ => false,
+    };
+    if hostname_ok && mac_ok {
+        let taken = taken_macs(cx, Some(vmid)).await?;
+        if !taken.contains(mac.as_deref().unwrap_or_default()) {
+            return Ok(Observed::Done(
+                json!({ "mac": mac, "hostname": s.hostname }),
+            ));
+        }
+    }
+    Ok(Observed::NotDone)
+}
+
+pub(super) fn intent(cx: &JobCx) -> Result<Value, StepError> {
+    let s = spec(cx)?;
+    Ok(json!({ "hostname": s.hostname, "mac": cx.facts().mac }))
+}
+
+pub(super) async fn act(cx: &JobCx) -> Result<(), StepError> {
+    let s = spec(cx)?;
+    let vmid = cx.vmid()?;
+    let cfg = owned_config(cx, vmid).await?;
+    let taken = taken_macs(cx, Some(vmid)).await?;
+    let policy = IdentityPolicy::named(s.identity);
+    let mut mac = cx.facts().mac.unwrap_or_default();
+    if policy.mac() == MacAction::KeepArchived && taken.contains(&mac.to_ascii_uppercase()) {
+        return Err(StepError::Refused(format!(
+            "DR restore: the archived MAC {mac} is in use by another guest on {}; stop or tear down the original first",
+            cx.node
+        )));
+    }
+    if mac.is_empty() || taken.contains(&mac.to_ascii_uppercase()) {
+        mac = fresh_mac(&taken);
+        cx.note(
+            "identity",
+            Facts {
+                mac: Some(mac.clone()),
+                ..Facts::default()
+            },
+        )?;
+    }
+    // Keep every other net0 key; only the MAC changes (and the MAC is always given: a net0
+    // without hwaddr would mint yet another one, reference §3.3).
+    let net0 = match net0_of(&cfg)? {
+        Some(n) => n
+            .with_hwaddr(&mac)
+            .map_err(|e| StepError::Refused(format!("net0: {e}")))?,
+        None => NetConfig::dhcp("eth0", s.bridge.as_str(), &mac)
+            .map_err(|e| StepError::Refused(format!("net0: {e}")))?,
+    };
+    let mut params = vec![("net0".to_string(), net0.to_string())];
+    if policy.hostname() == HostnameAction::FromSpec {
+        params.push(("hostname".to_string(), s.hostname.to_string()));
+    }
+    cx.client
+        .lxc_update_config(&cx.node, vmid, &params, cfg.digest.as_deref())
+        .await
+        .map_err(modified_is_not_yet)
+}
+
+/// Someone changed the config between our read and our write (PVE's digest check,
+/// reference §3.2): observe again rather than fail.
+pub(super) fn modified_is_not_yet(e: ApiError) -> StepError {
+    match e {
+        ApiError::Server { message, .. } if message.contains("detected modified configuration") => {
+            StepError::NotYet(message)
+        }
+        e => e.into(),
+    }
+}
+
+/// MACs in use on the node, other than `except`'s, plus the golden's (F1: every guest
+/// restored without a reset would share the golden's MAC).
+pub(super) async fn taken_macs(
+    cx: &JobCx,
+    except: Option<Vmid>,
+) -> Result<HashSet<String>, StepError> {
+    let mut taken = HashSet::new();
+    // Under the provision policy the golden's MAC is never a guest's (F1); a DR restore
+    // keeps the archived MAC on purpose.
+    let fresh = spec(cx)
+        .is_ok_and(|s| IdentityPolicy::named(s.identity).mac() == MacAction::FreshAtRestore);
+    if let (true, Some(g)) = (fresh, cx.facts().golden_mac) {
+        taken.insert(g.to_ascii_uppercase());
+    }
+    let recorded: HashMap<u32, GuestRecord> = cx
+        .journal
+        .live_guests()?
+        .into_iter()
+        .map(|g| (g.vmid, g))
+        .collect();
+    for g in cx.client.lxc_list(&cx.node).await? {
+        if Some(g.vmid) == except.map(|v| v.get()) {
+            continue;
+        }
+        if let Some(mac) = recorded.get(&g.vmid).and_then(|r| r.mac.clone()) {
+            taken.insert(mac.to_ascii_uppercase());
+            continue;
+        }
+        let Ok(v) = Vmid::try_from(g.vmid) else {
+            continue;
+        };
+        if let Some(cfg) = guest::config_of(&cx.client, &cx.node, v).await? {
+            taken.extend(guest::all_macs(&cfg));
+        }
+    }
+    Ok(taken)
+}
+
+pub(super) fn fresh_mac(taken: &HashSet<String>) -> String {
+    loop {
+        let mac = MacAddr::random(&MAC_PREFIX)
+            .to_string()
+            .to_ascii_uppercase();
+        if !taken.contains(&mac) {
+            return mac;
+        }
+    }
+}
+
+pub(super) fn plan(p: &PlanCx) -> Vec<String> {
+    let policy = IdentityPolicy::named(p.spec.identity);
+    vec![match (policy.mac(), policy.hostname()) {
+        (MacAction::FreshAtRestore, HostnameAction::FromSpec) => format!(
+            "verify the MAC is felhom's, unique on {} and not the golden's; hostname {}",
+            p.spec.node, p.spec.hostname
+        ),
+        _ => format!(
+            "verify the archived MAC is not in use by another guest on {} (DR)",
+            p.spec.node
+        ),
+    }]
+}
+
+/// MAC against the record, hostname against the spec.
+pub(super) fn drift(v: &GuestView) -> Vec<Drift> {
+    let mut d = Vec::new();
+    let mac = guest::mac_of(v.cfg);
+    let same = match (mac.as_deref(), v.record.mac.as_deref()) {
+        (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+        (None, None) => true,
+        _ => false,
+    };
+    if !same {
+        d.push(Drift::new(
+            "mac",
+            v.record.mac.clone().unwrap_or_default(),
+            mac.unwrap_or_default(),
+        ));
+    }
+    if let Some(spec) = v.spec {
+        if IdentityPolicy::named(spec.identity).hostname() == HostnameAction::FromSpec {
+            let host = v.cfg.get_str("hostname").unwrap_or_default();
+            if host != spec.hostname.as_str() {
+                d.push(Drift::new("hostname", spec.hostname.as_str(), host));
+            }
+        }
+    }
+    d
+}

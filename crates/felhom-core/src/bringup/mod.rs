@@ -1,0 +1,339 @@
+//! The bring-up job (seed Phase 7.1): restore the golden into a customer guest with a fresh
+//! identity, grow it, attach data, start it, and prove it is on the network with SSH host
+//! keys of its own.
+//!
+//! | # | step | module | observe | act | undo |
+//! |---|---|---|---|---|---|
+//! | 1 | reserve | [`reserve`] | lease on the VMID held by this job | pick the VMID, take the lease | release the lease |
+//! | 2 | restore | [`restore`] | guest exists with this job's marker | `POST lxc` restore=1 with hostname, net0 (felhom's MAC), marker; wait | stop + destroy with purge, only with this job's marker |
+//! | 3 | identity | [`identity`] | MAC = chosen, ≠ golden, unique; hostname = spec | `PUT config` net0 + hostname with digest | – |
+//! | 4 | rootfs | [`rootfs`] | rootfs size ≥ spec | `PUT resize` to the absolute size; wait | – |
+//! | 5 | mounts | [`mounts`] | an `mpN` per spec path, size ≥ spec | `PUT config mpN=<sid>:<GiB>,mp=<path>` | – |
+//! | 6 | start | [`start`] | status running (guest ours) | `POST status/start`; wait | stop |
+//! | 7 | linkup | [`linkup`] | eth0 has inet, its MAC = config, IP unique | poll with deadline | – |
+//! | 8 | ssh | [`ssh`] | host key proven by a handshake, unlike every other guest's | poll with deadline | – |
+//! | 9 | finish | [`finish`] | tags + marker say provisioned | `PUT config` tags + description | – |
+//!
+//! Each step's module holds everything about that step: `observe`, `intent`, `act`, `undo`,
+//! the line `plan` prints for it, and the drift check `status` runs for it. This file keeps
+//! the step list and what the steps share (the ownership guard, the guest record). What each
+//! identity field gets comes from [`crate::identity`]; what PVE says about a guest is read
+//! through [`crate::guest`].
+
+pub mod finish;
+pub mod identity;
+pub mod linkup;
+pub mod mounts;
+pub mod reserve;
+pub mod restore;
+pub mod rootfs;
+pub mod ssh;
+pub mod start;
+
+use std::time::{Duration, Instant};
+
+use pve_api::{LxcConfig, Vmid};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::guest::{self, GoldenInfo, Ownership};
+use crate::job::{JobCx, Observed, Step, StepError};
+use crate::journal::GuestRecord;
+use crate::spec::GuestSpec;
+
+pub use crate::guest::golden_info;
+pub use finish::FELHOM_TAG;
+pub use identity::MAC_PREFIX;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BringupStep {
+    Reserve,
+    Restore,
+    Identity,
+    Rootfs,
+    Mounts,
+    Start,
+    Linkup,
+    Ssh,
+    Finish,
+}
+
+pub const STEPS: [BringupStep; 9] = [
+    BringupStep::Reserve,
+    BringupStep::Restore,
+    BringupStep::Identity,
+    BringupStep::Rootfs,
+    BringupStep::Mounts,
+    BringupStep::Start,
+    BringupStep::Linkup,
+    BringupStep::Ssh,
+    BringupStep::Finish,
+];
+
+/// What `plan` knows about one guest: the spec, the VMID it will get, the golden's facts.
+pub struct PlanCx<'a> {
+    pub spec: &'a GuestSpec,
+    pub vmid: Vmid,
+    pub golden: &'a GoldenInfo,
+    pub config: &'a Config,
+}
+
+/// What `status` read of one live guest, once, for every step's drift check.
+pub struct GuestView<'a> {
+    pub spec: Option<&'a GuestSpec>,
+    pub record: &'a GuestRecord,
+    pub cfg: &'a LxcConfig,
+    /// `running`, `stopped`…
+    pub status: &'a str,
+    /// eth0's address, read only when the guest runs.
+    pub ip: Option<&'a str>,
+    /// The host key a handshake proved (`None`: unreachable), read only when it runs.
+    pub ssh_fingerprint: Option<&'a str>,
+}
+
+/// One field where the guest differs from its spec or its record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Drift {
+    pub field: &'static str,
+    pub expected: String,
+    pub actual: String,
+}
+
+impl Drift {
+    pub fn new(
+        field: &'static str,
+        expected: impl Into<String>,
+        actual: impl Into<String>,
+    ) -> Self {
+        Drift {
+            field,
+            expected: expected.into(),
+            actual: actual.into(),
+        }
+    }
+}
+
+impl BringupStep {
+    /// What `plan` says this step will do (one line per action; none for a no-op).
+    pub fn plan(&self, p: &PlanCx) -> Vec<String> {
+        match self {
+            BringupStep::Reserve => reserve::plan(p),
+            BringupStep::Restore => restore::plan(p),
+            BringupStep::Identity => identity::plan(p),
+            BringupStep::Rootfs => rootfs::plan(p),
+            BringupStep::Mounts => mounts::plan(p),
+            BringupStep::Start => start::plan(p),
+            BringupStep::Linkup => linkup::plan(p),
+            BringupStep::Ssh => ssh::plan(p),
+            BringupStep::Finish => finish::plan(p),
+        }
+    }
+
+    /// Where a live guest no longer is what this step made it.
+    pub fn drift(&self, v: &GuestView) -> Vec<Drift> {
+        match self {
+            BringupStep::Reserve => Vec::new(),
+            BringupStep::Restore => restore::drift(v),
+            BringupStep::Identity => identity::drift(v),
+            BringupStep::Rootfs => rootfs::drift(v),
+            BringupStep::Mounts => mounts::drift(v),
+            BringupStep::Start => start::drift(v),
+            BringupStep::Linkup => linkup::drift(v),
+            BringupStep::Ssh => ssh::drift(v),
+            BringupStep::Finish => finish::drift(v),
+        }
+    }
+}
+
+impl Step for BringupStep {
+    fn name(&self) -> &'static str {
+        match self {
+            BringupStep::Reserve => "reserve",
+            BringupStep::Restore => "restore",
+            BringupStep::Identity => "identity",
+            BringupStep::Rootfs => "rootfs",
+            BringupStep::Mounts => "mounts",
+            BringupStep::Start => "start",
+            BringupStep::Linkup => "linkup",
+            BringupStep::Ssh => "ssh",
+            BringupStep::Finish => "finish",
+        }
+    }
+
+    fn has_undo(&self) -> bool {
+        matches!(
+            self,
+            BringupStep::Reserve | BringupStep::Restore | BringupStep::Start
+        )
+    }
+
+    async fn observe(&self, cx: &JobCx) -> Result<Observed, StepError> {
+        match self {
+            BringupStep::Reserve => reserve::observe(cx).await,
+            BringupStep::Restore => restore::observe(cx).await,
+            BringupStep::Identity => identity::observe(cx).await,
+            BringupStep::Rootfs => rootfs::observe(cx).await,
+            BringupStep::Mounts => mounts::observe(cx).await,
+            BringupStep::Start => start::observe(cx).await,
+            BringupStep::Linkup => linkup::observe(cx).await,
+            BringupStep::Ssh => ssh::observe(cx).await,
+            BringupStep::Finish => finish::observe(cx).await,
+        }
+    }
+
+    async fn intent(&self, cx: &JobCx) -> Result<Value, StepError> {
+        match self {
+            BringupStep::Reserve => reserve::intent(cx),
+            BringupStep::Restore => restore::intent(cx).await,
+            BringupStep::Identity => identity::intent(cx),
+            BringupStep::Rootfs => rootfs::intent(cx),
+            BringupStep::Mounts => mounts::intent(cx),
+            BringupStep::Start | BringupStep::Linkup | BringupStep::Ssh => {
+                spec(cx)?;
+                Ok(serde_json::json!({}))
+            }
+            BringupStep::Finish => finish::intent(cx),
+        }
+    }
+
+    async fn act(&self, cx: &JobCx) -> Result<(), StepError> {
+        match self {
+            BringupStep::Reserve => reserve::act(cx).await,
+            BringupStep::Restore => restore::act(cx).await,
+            BringupStep::Identity => identity::act(cx).await,
+            BringupStep::Rootfs => rootfs::act(cx).await,
+            BringupStep::Mounts => mounts::act(cx).await,
+            BringupStep::Start => start::act(cx).await,
+            BringupStep::Linkup => linkup::act(cx).await,
+            BringupStep::Ssh => ssh::act(cx).await,
+            BringupStep::Finish => finish::act(cx).await,
+        }
+    }
+
+    async fn undo(&self, cx: &JobCx) -> Result<(), StepError> {
+        match self {
+            BringupStep::Reserve => reserve::undo(cx),
+            BringupStep::Restore => restore::undo(cx).await,
+            BringupStep::Start => start::undo(cx).await,
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The job's spec (a bring-up job always has one).
+fn spec(cx: &JobCx) -> Result<&GuestSpec, StepError> {
+    cx.spec
+        .as_ref()
+        .ok_or_else(|| StepError::Refused("internal: a bring-up job without a spec".into()))
+}
+
+/// The guest's config, refusing a guest that does not carry this job's marker: every step
+/// after the restore acts only on a guest felhom provably made for this job (a resumed job
+/// included — someone may have replaced the guest while felhom was down).
+///
+/// An observe's read is shared with the next observe and the act's first guard while
+/// nothing is written in between ([`JobCx::cached_config`]).
+async fn owned_config(cx: &JobCx, vmid: Vmid) -> Result<LxcConfig, StepError> {
+    let cfg = match cx.cached_config(vmid.get()) {
+        Some(cfg) => cfg,
+        None => {
+            let cfg = guest::config_of(&cx.client, &cx.node, vmid)
+                .await?
+                .ok_or_else(|| StepError::Refused(format!("guest {vmid} vanished")))?;
+            cx.cache_config(vmid.get(), &cfg);
+            cfg
+        }
+    };
+    match Ownership::of(&cfg, &cx.job_id) {
+        Ownership::Ours(_) => Ok(cfg),
+        Ownership::OtherJob(m) => Err(StepError::Refused(format!(
+            "guest {vmid} now carries the marker of felhom job {}, not {}; refusing to touch it",
+            m.job, cx.job_id
+        ))),
+        Ownership::Unmarked => Err(StepError::Refused(format!(
+            "guest {vmid} no longer carries felhom's ownership marker; refusing to touch it"
+        ))),
+    }
+}
+
+fn net0_of(cfg: &LxcConfig) -> Result<Option<pve_api::NetConfig>, StepError> {
+    guest::net0_of(cfg).map_err(StepError::Refused)
+}
+
+fn other_live_guests(cx: &JobCx, vmid: Vmid) -> Result<Vec<GuestRecord>, StepError> {
+    Ok(cx
+        .journal
+        .live_guests()?
+        .into_iter()
+        .filter(|g| g.vmid != vmid.get())
+        .collect())
+}
+
+/// The journal's record of this guest, in `state` (`provisioning` until finish).
+fn record_guest(cx: &JobCx, state: &str) -> Result<(), StepError> {
+    let s = spec(cx)?;
+    let f = cx.facts();
+    let Some(vmid) = f.vmid else { return Ok(()) };
+    cx.journal.upsert_guest(&GuestRecord {
+        vmid,
+        node: cx.node.clone(),
+        job_id: cx.job_id.clone(),
+        hostname: s.hostname.to_string(),
+        mac: f.mac,
+        ip: f.ip,
+        ssh_fingerprint: f.ssh_fingerprint,
+        spec: serde_json::to_value(s).unwrap_or(Value::Null),
+        state: state.into(),
+    })?;
+    Ok(())
+}
+
+/// The act of a "wait for the guest" step: observe until done or the deadline. Polled like
+/// a PVE task (`WaitOptions::next_pause_hinted`): once this host's lease or key time is
+/// known, one look at its start, a look every 50 ms to its end, then a short back-off.
+async fn poll_until(
+    cx: &JobCx,
+    step: BringupStep,
+    timeout: Duration,
+    what: &str,
+) -> Result<(), StepError> {
+    // The engine observed "not yet" just before this act: the first look waits a little.
+    let opts = pve_api::WaitOptions {
+        first_poll: Duration::from_millis(50),
+        min_interval: Duration::from_millis(50),
+        fast_polls: 0,
+        max_interval: Duration::from_millis(250),
+        deadline: timeout,
+        ..pve_api::WaitOptions::default()
+    };
+    let hint = cx.waits.expected(step.name());
+    let started = Instant::now();
+    let mut not_yet_at = Duration::ZERO;
+    for n in 0.. {
+        let Some(pause) = opts.next_pause_hinted(n, started.elapsed(), hint) else {
+            break;
+        };
+        tokio::time::sleep(pause).await;
+        let looked = started.elapsed();
+        let seen = match step {
+            BringupStep::Linkup => linkup::look(cx).await?,
+            _ => ssh::look(cx).await?,
+        };
+        if let Observed::Done(_) = seen {
+            cx.waits.record(
+                step.name(),
+                pve_api::durations::Bracket {
+                    lo: not_yet_at,
+                    hi: started.elapsed(),
+                },
+            );
+            return Ok(());
+        }
+        not_yet_at = looked;
+    }
+    Err(StepError::Refused(format!(
+        "{what} within {}s",
+        timeout.as_secs()
+    )))
+}

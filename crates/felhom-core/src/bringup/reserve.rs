@@ -1,0 +1,131 @@
+//! Step 1, reserve: pick the guest's VMID and hold felhom's journal lease on it.
+//!
+//! The lease is felhom's (two felhom processes never build on one VMID); PVE's own claim is
+//! the restore's placeholder config. A fixed VMID that already holds a guest is refused unless
+//! the guest carries this job's marker (a resumed job whose restore got that far).
+
+use std::collections::HashSet;
+
+use pve_api::{ApiError, Vmid};
+use serde_json::{json, Value};
+
+use super::{spec, PlanCx};
+use crate::guest::{self, Ownership, VmidPicker};
+use crate::job::{Facts, JobCx, Observed, StepError};
+use crate::journal::JournalError;
+use crate::spec::VmidChoice;
+
+pub(super) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
+    let Some(vmid) = cx.facts().vmid else {
+        return Ok(Observed::NotDone);
+    };
+    let vmid = Vmid::try_from(vmid).map_err(|e| StepError::Refused(e.to_string()))?;
+    // Re-taking our own lease is how a resumed job proves no one else has it.
+    cx.journal
+        .acquire_lease(vmid, &cx.job_id)
+        .map_err(|e| StepError::Refused(e.to_string()))?;
+    Ok(Observed::Done(json!({ "vmid": vmid.get() })))
+}
+
+pub(super) fn intent(cx: &JobCx) -> Result<Value, StepError> {
+    let s = spec(cx)?;
+    Ok(json!({ "vmid": s.vmid, "range": cx.config.vmid_range, "preferred": cx.facts().vmid_hint }))
+}
+
+pub(super) async fn act(cx: &JobCx) -> Result<(), StepError> {
+    let s = spec(cx)?;
+    let range = cx.config.vmid_range;
+    let candidates: Vec<Vmid> = match s.vmid {
+        VmidChoice::Fixed(v) => vec![v],
+        VmidChoice::NextFree => {
+            // The VMID `plan` showed (chosen for this job in spec order) first, then the
+            // next free ones if another process took it meanwhile.
+            let picker = VmidPicker::new(&cx.client, &cx.journal, &cx.node, range)
+                .await
+                .map_err(|e| match e {
+                    guest::PickError::Api(e) => StepError::Api(e),
+                    guest::PickError::Journal(e) => StepError::Journal(e),
+                })?;
+            let free: Vec<Vmid> = picker.candidates().take(64).collect();
+            let hint = cx
+                .facts()
+                .vmid_hint
+                .and_then(|v| Vmid::try_from(v).ok())
+                .filter(|v| free.contains(v));
+            let mut seen = HashSet::new();
+            hint.into_iter()
+                .chain(free)
+                .filter(|v| seen.insert(v.get()))
+                .collect()
+        }
+    };
+    for vmid in candidates {
+        if !range.contains(vmid) {
+            return Err(StepError::Refused(format!(
+                "VMID {vmid} is outside felhom's range {range}"
+            )));
+        }
+        match cx.journal.acquire_lease(vmid, &cx.job_id) {
+            Ok(()) => {}
+            Err(e @ JournalError::Held { .. }) => {
+                if matches!(s.vmid, VmidChoice::Fixed(_)) {
+                    return Err(StepError::Refused(e.to_string()));
+                }
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        // VMIDs are cluster-wide: ask the cluster whether it is free (not a reservation —
+        // the lease is felhom's; the restore's placeholder config is PVE's).
+        match cx.client.next_id(Some(vmid)).await {
+            Ok(_) => {}
+            Err(ApiError::Param { .. }) if matches!(s.vmid, VmidChoice::NextFree) => {
+                cx.journal.release_lease(vmid, &cx.job_id)?;
+                continue;
+            }
+            Err(ApiError::Param { .. }) => {
+                // A guest already sits at the requested VMID. If it carries this job's
+                // marker the restore step will recognise it; otherwise it is not ours.
+                let ours = guest::config_of(&cx.client, &cx.node, vmid)
+                    .await?
+                    .is_some_and(|cfg| Ownership::of(&cfg, &cx.job_id).is_ours());
+                if !ours {
+                    cx.journal.release_lease(vmid, &cx.job_id)?;
+                    return Err(StepError::Refused(format!("VMID {vmid} already holds a guest felhom did not create for this job; refusing to touch it")));
+                }
+            }
+            Err(e) => {
+                cx.journal.release_lease(vmid, &cx.job_id)?;
+                return Err(e.into());
+            }
+        }
+        cx.journal.set_job_vmid(&cx.job_id, vmid)?;
+        cx.note(
+            "reserve",
+            Facts {
+                vmid: Some(vmid.get()),
+                ..Facts::default()
+            },
+        )?;
+        return Ok(());
+    }
+    Err(StepError::Refused(format!(
+        "no free VMID in felhom's range {range}"
+    )))
+}
+
+pub(super) fn undo(cx: &JobCx) -> Result<(), StepError> {
+    if let Some(v) = cx.facts().vmid.and_then(|v| Vmid::try_from(v).ok()) {
+        if let Some(g) = cx.journal.guest(v.get())? {
+            if g.job_id == cx.job_id && g.state == "provisioning" {
+                cx.journal.forget_guest(v.get(), &cx.job_id)?;
+            }
+        }
+        cx.journal.release_lease(v, &cx.job_id)?;
+    }
+    Ok(())
+}
+
+pub(super) fn plan(p: &PlanCx) -> Vec<String> {
+    vec![format!("lease VMID {}", p.vmid)]
+}

@@ -1,0 +1,198 @@
+//! Step 2, restore: `POST /nodes/{node}/lxc` with `restore=1` from the golden, with the
+//! hostname, a net0 carrying the MAC felhom chose (journaled with the intent, before the
+//! dispatch) and the ownership marker, so the guest never exists with the golden's identity
+//! (seed F1, F2). Undo: stop and destroy with purge, only a guest that carries this job's
+//! marker.
+
+use std::time::{Duration, Instant};
+
+use pve_api::NetConfig;
+use serde_json::{json, Value};
+
+use super::identity::{fresh_mac, taken_macs};
+use super::start::stop_if_running;
+use super::{net0_of, record_guest, spec, Drift, GuestView, PlanCx};
+use crate::guest::{self, Ownership};
+use crate::identity::{HostnameAction, IdentityPolicy, MacAction};
+use crate::job::{JobCx, Observed, StepError};
+use crate::journal::Phase;
+use crate::marker::{Marker, MarkerState};
+
+pub(super) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
+    let vmid = cx.vmid()?;
+    let deadline = Instant::now() + cx.config.task_timeout;
+    loop {
+        let Some(cfg) = guest::config_of(&cx.client, &cx.node, vmid).await? else {
+            return Ok(Observed::NotDone);
+        };
+        let owner = Ownership::of(&cfg, &cx.job_id);
+        match (cfg.get_str("lock"), owner.is_ours()) {
+            (None, true) => {
+                let mac = net0_of(&cfg)?.and_then(|n| n.hwaddr).map(|m| m.to_string());
+                // Ours: the identity step's observe may start from this read.
+                cx.cache_config(vmid.get(), &cfg);
+                return Ok(Observed::Done(json!({ "vmid": vmid.get(), "mac": mac })));
+            }
+            (Some("create"), _) if dispatched(cx)? => {
+                // Our restore is still running (or a crash lost its UPID): wait for the
+                // placeholder's `create` lock to go, then look again.
+                if let Some(upid) = cx
+                    .facts()
+                    .upid
+                    .and_then(|u| u.parse::<pve_api::Upid>().ok())
+                    .filter(|u| u.task_type == "vzrestore")
+                {
+                    let _ = cx.client.wait_task(&upid, &cx.wait_options()).await;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                if Instant::now() > deadline {
+                    return Err(StepError::Refused(format!(
+                        "guest {vmid} stayed locked (create) past the task timeout"
+                    )));
+                }
+            }
+            (lock, _) => {
+                let lock = lock.map(|l| format!(", locked ({l})")).unwrap_or_default();
+                return Err(StepError::Refused(format!(
+                    "VMID {vmid} holds a guest this job did not create ({}{lock}); refusing to touch it",
+                    owner.describe()
+                )));
+            }
+        }
+    }
+}
+
+/// Whether this job ever dispatched its restore (an intent is journaled before the POST).
+fn dispatched(cx: &JobCx) -> Result<bool, StepError> {
+    Ok(cx
+        .journal
+        .events(&cx.job_id)?
+        .iter()
+        .any(|e| e.step == "restore" && e.phase == Phase::Intent))
+}
+
+pub(super) async fn intent(cx: &JobCx) -> Result<Value, StepError> {
+    let s = spec(cx)?;
+    // The MAC is chosen here and journaled with the intent, before the restore is
+    // dispatched, so a resumed job restores with the same MAC or recognises it.
+    if cx.facts().mac.is_none() {
+        let mac = match IdentityPolicy::named(s.identity).mac() {
+            MacAction::FreshAtRestore => {
+                let except = cx
+                    .facts()
+                    .vmid
+                    .and_then(|v| pve_api::Vmid::try_from(v).ok());
+                fresh_mac(&taken_macs(cx, except).await?)
+            }
+            MacAction::KeepArchived => cx.facts().golden_mac.ok_or_else(|| {
+                StepError::Refused("DR restore: the archive's net0 has no MAC to keep".into())
+            })?,
+        };
+        cx.update_facts(|f| f.mac = Some(mac));
+    }
+    record_guest(cx, "provisioning")?;
+    Ok(
+        json!({ "golden": s.golden, "storage": s.storage, "hostname": s.hostname, "mac": cx.facts().mac }),
+    )
+}
+
+pub(super) async fn act(cx: &JobCx) -> Result<(), StepError> {
+    let s = spec(cx)?;
+    let vmid = cx.vmid()?;
+    let mac = cx
+        .facts()
+        .mac
+        .ok_or_else(|| StepError::Refused("internal: no MAC chosen before restore".into()))?;
+    let net0 = NetConfig::dhcp("eth0", s.bridge.as_str(), &mac)
+        .map_err(|e| StepError::Refused(format!("net0: {e}")))?;
+    let marker = Marker {
+        job: cx.job_id.clone(),
+        customer: s.customer.to_string(),
+        state: MarkerState::Provisioning,
+    };
+    // Identity is set at restore (F1, F2): hostname and a net0 carrying felhom's MAC, so the
+    // guest never exists with the golden's MAC. `storage` is always passed (PVE defaults to
+    // `local`, which rarely allows container directories); `rootfs` is not, so archived
+    // mount points are kept (reference §2.3 step 5).
+    let mut params = vec![
+        ("vmid".to_string(), vmid.to_string()),
+        ("ostemplate".to_string(), s.golden.to_string()),
+        ("restore".to_string(), "1".to_string()),
+        ("storage".to_string(), s.storage.to_string()),
+        ("net0".to_string(), net0.to_string()),
+        ("description".to_string(), marker.to_string()),
+    ];
+    if IdentityPolicy::named(s.identity).hostname() == HostnameAction::FromSpec {
+        params.push(("hostname".to_string(), s.hostname.to_string()));
+    }
+    if let Some(pool) = &s.pool {
+        params.push(("pool".to_string(), pool.to_string()));
+    }
+    let upid = cx.client.lxc_create(&cx.node, &params).await?;
+    cx.wait("restore", &upid).await
+}
+
+pub(super) async fn undo(cx: &JobCx) -> Result<(), StepError> {
+    let vmid = cx.vmid()?;
+    loop {
+        let Some(cfg) = guest::config_of(&cx.client, &cx.node, vmid).await? else {
+            return Ok(());
+        };
+        let owner = Ownership::of(&cfg, &cx.job_id);
+        match (cfg.get_str("lock"), owner.is_ours()) {
+            (Some("create"), _) => {
+                // Still restoring: a failed restore removes itself; a finished one carries our
+                // marker. Either way, wait for the lock to go before deciding.
+                return Err(StepError::NotYet(format!(
+                    "guest {vmid} is still being restored (lock: create)"
+                )));
+            }
+            (Some("destroyed"), true) => {
+                return Err(StepError::NotYet(format!(
+                    "guest {vmid} is being destroyed"
+                )));
+            }
+            (_, true) => {
+                stop_if_running(cx, vmid, "restore").await?;
+                let upid = cx.client.lxc_delete(&cx.node, vmid, true, true).await?;
+                cx.wait("restore", &upid).await?;
+            }
+            (_, false) => {
+                return Err(StepError::Refused(format!(
+                    "refusing to destroy guest {vmid}: it does not carry this job's ownership marker ({}); a person must look at it",
+                    owner.describe()
+                )));
+            }
+        }
+    }
+}
+
+pub(super) fn plan(p: &PlanCx) -> Vec<String> {
+    let s = p.spec;
+    let golden_mac = p.golden.mac.as_deref().unwrap_or("?");
+    let mac = match IdentityPolicy::named(s.identity).mac() {
+        MacAction::FreshAtRestore => {
+            format!("a fresh MAC (golden's {golden_mac} is never used)")
+        }
+        MacAction::KeepArchived => format!("the archived MAC {golden_mac} (DR)"),
+    };
+    let hostname = match IdentityPolicy::named(s.identity).hostname() {
+        HostnameAction::FromSpec => format!("hostname {}", s.hostname),
+        HostnameAction::KeepArchived => "the archived hostname (DR)".to_string(),
+    };
+    vec![format!(
+        "restore {} to {} on {} with {hostname} and {mac}",
+        s.golden, p.vmid, s.storage
+    )]
+}
+
+/// The marker must still name the job the journal says made the guest.
+pub(super) fn drift(v: &GuestView) -> Vec<Drift> {
+    let expected = format!("job={}", v.record.job_id);
+    match Ownership::of(v.cfg, &v.record.job_id) {
+        Ownership::Ours(_) => Vec::new(),
+        Ownership::OtherJob(m) => vec![Drift::new("marker", expected, format!("job={}", m.job))],
+        Ownership::Unmarked => vec![Drift::new("marker", expected, "no felhom marker")],
+    }
+}

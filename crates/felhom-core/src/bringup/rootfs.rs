@@ -1,0 +1,73 @@
+//! Step 4, rootfs: grow the root disk to the spec's absolute size (`PUT resize size=<N>G`,
+//! never `+N`, so a retried grow cannot grow twice), and wait for the task so the next config
+//! write never meets the resize's lock (seed F4). PVE cannot shrink a disk: `validate`
+//! refuses a spec below the golden's size before any job exists.
+
+use pve_api::ApiError;
+use serde_json::{json, Value};
+
+use super::{owned_config, spec, Drift, GuestView, PlanCx};
+use crate::guest;
+use crate::job::{JobCx, Observed, StepError};
+
+pub(super) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
+    let s = spec(cx)?;
+    let vmid = cx.vmid()?;
+    let cfg = owned_config(cx, vmid).await?;
+    let size = guest::rootfs_bytes(&cfg).map_err(StepError::Refused)?;
+    if size >= s.rootfs_size.bytes() {
+        Ok(Observed::Done(json!({ "rootfs_bytes": size })))
+    } else {
+        Ok(Observed::NotDone)
+    }
+}
+
+pub(super) fn intent(cx: &JobCx) -> Result<Value, StepError> {
+    Ok(json!({ "size": spec(cx)?.rootfs_size.resize_arg() }))
+}
+
+pub(super) async fn act(cx: &JobCx) -> Result<(), StepError> {
+    let s = spec(cx)?;
+    let vmid = cx.vmid()?;
+    match cx
+        .client
+        .lxc_resize(&cx.node, vmid, "rootfs", &s.rootfs_size.resize_arg())
+        .await
+    {
+        Ok(upid) => cx.wait("rootfs", &upid).await,
+        Err(ApiError::Server { message, .. })
+            if message.contains("disk is already at specified size") =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(super) fn plan(p: &PlanCx) -> Vec<String> {
+    let from = p
+        .golden
+        .rootfs_bytes
+        .map(pve_api::format_disk_size)
+        .unwrap_or_else(|| "?".into());
+    vec![format!(
+        "resize rootfs {from} → {} (absolute)",
+        p.spec.rootfs_size
+    )]
+}
+
+pub(super) fn drift(v: &GuestView) -> Vec<Drift> {
+    let Some(spec) = v.spec else {
+        return Vec::new();
+    };
+    let size = guest::rootfs_bytes(v.cfg).unwrap_or(0);
+    if size < spec.rootfs_size.bytes() {
+        vec![Drift::new(
+            "rootfs_size",
+            spec.rootfs_size.to_string(),
+            pve_api::format_disk_size(size),
+        )]
+    } else {
+        Vec::new()
+    }
+}

@@ -1,0 +1,68 @@
+//! Step 6, start: `POST status/start` and wait for the task. Like every step after the
+//! restore it first proves the guest is this job's (a VMID destroyed and reused by someone
+//! else while felhom was down is never started). Undo: stop it, same proof.
+
+use pve_api::{ApiError, Vmid};
+use serde_json::json;
+
+use super::{owned_config, Drift, GuestView, PlanCx};
+use crate::guest;
+use crate::job::{JobCx, Observed, StepError};
+
+pub(super) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
+    let vmid = cx.vmid()?;
+    owned_config(cx, vmid).await?;
+    let st = cx.client.lxc_status(&cx.node, vmid).await?;
+    if st.status == "running" {
+        Ok(Observed::Done(json!({ "status": st.status })))
+    } else {
+        Ok(Observed::NotDone)
+    }
+}
+
+pub(super) async fn act(cx: &JobCx) -> Result<(), StepError> {
+    let vmid = cx.vmid()?;
+    owned_config(cx, vmid).await?;
+    match cx.client.lxc_start(&cx.node, vmid).await {
+        Ok(upid) => cx.wait("start", &upid).await,
+        Err(ApiError::Server { message, .. }) if message.contains("already running") => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(super) async fn undo(cx: &JobCx) -> Result<(), StepError> {
+    let vmid = cx.vmid()?;
+    if guest::config_of(&cx.client, &cx.node, vmid)
+        .await?
+        .is_none()
+    {
+        return Ok(());
+    }
+    owned_config(cx, vmid).await?;
+    stop_if_running(cx, vmid, "start").await
+}
+
+/// Stop the guest if it runs (the caller has proved it is ours), waiting for the task.
+pub(super) async fn stop_if_running(cx: &JobCx, vmid: Vmid, step: &str) -> Result<(), StepError> {
+    let st = cx.client.lxc_status(&cx.node, vmid).await?;
+    if st.status != "running" {
+        return Ok(());
+    }
+    match cx.client.lxc_stop(&cx.node, vmid).await {
+        Ok(upid) => cx.wait(step, &upid).await,
+        Err(ApiError::Server { message, .. }) if message.contains("not running") => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(super) fn plan(_: &PlanCx) -> Vec<String> {
+    vec!["start the guest".into()]
+}
+
+pub(super) fn drift(v: &GuestView) -> Vec<Drift> {
+    if v.status == "running" {
+        Vec::new()
+    } else {
+        vec![Drift::new("running", "running", v.status)]
+    }
+}

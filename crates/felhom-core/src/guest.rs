@@ -1,0 +1,297 @@
+//! What PVE says about a guest, each fact read in exactly one place.
+//!
+//! Bring-up, teardown, `plan` and `status` all ask the same questions of PVE: is there a
+//! guest at this VMID, is it felhom's, what MAC, size and mounts does it have, where is its
+//! SSH server, which VMID would a new guest get. They used to answer them each in their own
+//! way and disagreed (status hard-coded the simulator's SSH host; `plan` picked VMID 1000 for
+//! every "auto" guest). Every one of those answers lives here now:
+//!
+//! | question | here |
+//! |---|---|
+//! | the config at a VMID, or "no guest" | [`config_of`] |
+//! | whose guest is it | [`Ownership::of`] (`Ours` / `OtherJob` / `Unmarked`) |
+//! | net0, its MAC, rootfs size, `mpN` mounts, tags | [`net0_of`], [`mac_of`], [`rootfs_bytes`], [`mounts_of`], [`tags_of`] |
+//! | eth0's IP | [`eth0_ip`] |
+//! | where to reach the guest's sshd | [`ssh_endpoint`] |
+//! | which VMIDs new guests get | [`VmidPicker`] (plan and provision share it) |
+//! | what the golden archive says about itself | [`golden_info`] |
+
+use std::collections::HashSet;
+
+use pve_api::{ApiError, LxcConfig, NetConfig, PveClient, Vmid};
+use serde_json::Value;
+
+use crate::config::{Config, SshEndpoint, VmidRange};
+use crate::journal::Journal;
+use crate::marker::Marker;
+use crate::spec::VmidChoice;
+
+/// The guest's config, or `None` if there is no guest at that VMID.
+pub async fn config_of(
+    client: &PveClient,
+    node: &str,
+    vmid: Vmid,
+) -> Result<Option<LxcConfig>, ApiError> {
+    match client.lxc_config(node, vmid).await {
+        Ok(c) => Ok(Some(c)),
+        Err(ApiError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whose guest a config describes, as far as felhom can prove it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ownership {
+    /// The marker names the job asked about.
+    Ours(Marker),
+    /// felhom's marker, but of another job.
+    OtherJob(Marker),
+    /// No felhom marker: never felhom's to touch.
+    Unmarked,
+}
+
+impl Ownership {
+    /// Classify `cfg` against the job that claims it.
+    pub fn of(cfg: &LxcConfig, job: &str) -> Ownership {
+        match marker_of(cfg) {
+            Some(m) if m.job == job => Ownership::Ours(m),
+            Some(m) => Ownership::OtherJob(m),
+            None => Ownership::Unmarked,
+        }
+    }
+
+    pub fn is_ours(&self) -> bool {
+        matches!(self, Ownership::Ours(_))
+    }
+
+    /// Who holds the guest, for refusal messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Ownership::Ours(m) | Ownership::OtherJob(m) => format!("felhom job {}", m.job),
+            Ownership::Unmarked => "no felhom marker".into(),
+        }
+    }
+}
+
+pub fn marker_of(cfg: &LxcConfig) -> Option<Marker> {
+    cfg.get_str("description").and_then(Marker::find)
+}
+
+/// net0, or an error if PVE holds something that does not parse as a network property.
+pub fn net0_of(cfg: &LxcConfig) -> Result<Option<NetConfig>, String> {
+    match cfg.net(0) {
+        None => Ok(None),
+        Some(Ok(n)) => Ok(Some(n)),
+        Some(Err(e)) => Err(format!(
+            "guest net0 is not a valid network property string: {e}"
+        )),
+    }
+}
+
+/// net0's MAC, upper case as PVE stores it (None when absent or unparsable).
+pub fn mac_of(cfg: &LxcConfig) -> Option<String> {
+    net0_of(cfg)
+        .ok()
+        .flatten()
+        .and_then(|n| n.hwaddr)
+        .map(|m| m.to_string().to_ascii_uppercase())
+}
+
+/// Every MAC a config carries on any `netN`.
+pub fn all_macs(cfg: &LxcConfig) -> impl Iterator<Item = String> + '_ {
+    (0..32).filter_map(|n| match cfg.net(n) {
+        Some(Ok(net)) => net.hwaddr.map(|m| m.to_string().to_ascii_uppercase()),
+        _ => None,
+    })
+}
+
+/// The rootfs size in bytes.
+pub fn rootfs_bytes(cfg: &LxcConfig) -> Result<u64, String> {
+    match cfg.mount("rootfs") {
+        Some(Ok(m)) => Ok(m.size.unwrap_or(0)),
+        Some(Err(e)) => Err(format!(
+            "guest rootfs is not a valid mount property string: {e}"
+        )),
+        None => Err("guest has no rootfs".into()),
+    }
+}
+
+/// One `mpN` of a guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountSeen {
+    pub key: String,
+    pub path: String,
+    pub bytes: u64,
+}
+
+/// Every `mpN` that parses.
+pub fn mounts_of(cfg: &LxcConfig) -> Vec<MountSeen> {
+    (0..256)
+        .filter_map(|n| {
+            let key = format!("mp{n}");
+            match cfg.mount(&key) {
+                Some(Ok(m)) => Some(MountSeen {
+                    key,
+                    path: m.mp.clone().unwrap_or_default(),
+                    bytes: m.size.unwrap_or(0),
+                }),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// The config's tags (PVE separates them with `;`, reference §9).
+pub fn tags_of(cfg: &LxcConfig) -> Vec<String> {
+    let mut t: Vec<String> = cfg
+        .get_str("tags")
+        .unwrap_or_default()
+        .split([';', ',', ' '])
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect();
+    t.sort();
+    t.dedup();
+    t
+}
+
+/// eth0's IPv4 address without its prefix length, from `/interfaces` (`None` when the guest
+/// is stopped or has no lease yet).
+pub fn eth0_ip(ifaces: &[pve_api::Interface]) -> Option<String> {
+    ifaces
+        .iter()
+        .find(|i| i.name == "eth0")
+        .and_then(|i| i.inet.as_deref())
+        .map(|a| a.split('/').next().unwrap_or(a).to_string())
+}
+
+/// Where to reach the guest's sshd: `<ip>:22` on a real host, or the simulator's loopback
+/// forward. Guest IPs from the simulator are data, never addresses to contact, so a
+/// simulator that offers anything but loopback is refused (`Err`). `Ok(None)`: not yet.
+pub async fn ssh_endpoint(
+    client: &PveClient,
+    config: &Config,
+    vmid: Vmid,
+    ip: &str,
+) -> Result<Option<(String, u16)>, EndpointError> {
+    match config.ssh_endpoint {
+        SshEndpoint::Direct => Ok(Some((ip.to_string(), 22))),
+        SshEndpoint::Sim => match client
+            .get_outside_api::<Value>(&format!("/felhom-sim/guests/{vmid}/ssh"))
+            .await
+        {
+            Ok(v) => {
+                let host = v.get("host").and_then(Value::as_str).unwrap_or("127.0.0.1");
+                if !matches!(host, "127.0.0.1" | "::1" | "localhost") {
+                    return Err(EndpointError::NotLoopback(host.to_string()));
+                }
+                let port = v
+                    .get("port")
+                    .and_then(Value::as_u64)
+                    .and_then(|p| u16::try_from(p).ok());
+                Ok(port.map(|p| (host.to_string(), p)))
+            }
+            Err(ApiError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(EndpointError::Api(e)),
+        },
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error("simulator offered a non-loopback SSH endpoint {0}; refusing to contact it")]
+    NotLoopback(String),
+    #[error(transparent)]
+    Api(#[from] ApiError),
+}
+
+/// Chooses VMIDs for new guests: the lowest in felhom's range that no guest on the node uses,
+/// no live journal lease holds, and no earlier pick of this picker took. `plan` and
+/// `provision` both walk their specs in order through one picker, so `plan` shows exactly the
+/// VMIDs `provision` reserves first (a concurrent felhom process may still take one: the
+/// reserve step then moves to the next free one and says so).
+pub struct VmidPicker {
+    range: VmidRange,
+    taken: HashSet<u32>,
+}
+
+impl VmidPicker {
+    pub async fn new(
+        client: &PveClient,
+        journal: &Journal,
+        node: &str,
+        range: VmidRange,
+    ) -> Result<VmidPicker, PickError> {
+        let mut taken: HashSet<u32> = journal.leased_vmids()?.into_iter().collect();
+        taken.extend(client.lxc_list(node).await?.into_iter().map(|g| g.vmid));
+        Ok(VmidPicker { range, taken })
+    }
+
+    /// The VMID a spec gets: its fixed one, or the next free one (then taken for later picks).
+    pub fn pick(&mut self, choice: VmidChoice) -> Option<Vmid> {
+        match choice {
+            VmidChoice::Fixed(v) => {
+                self.taken.insert(v.get());
+                Some(v)
+            }
+            VmidChoice::NextFree => {
+                let v = self.candidates().next()?;
+                self.taken.insert(v.get());
+                Some(v)
+            }
+        }
+    }
+
+    /// Free VMIDs in order, without taking them.
+    pub fn candidates(&self) -> impl Iterator<Item = Vmid> + '_ {
+        self.range.iter().filter(|v| !self.taken.contains(&v.get()))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PickError {
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
+    #[error(transparent)]
+    Api(#[from] ApiError),
+}
+
+/// What the golden archive says about itself, read with `vzdump/extractconfig` (a read: the
+/// same privileges the restore needs, and zero writes).
+#[derive(Debug, Clone)]
+pub struct GoldenInfo {
+    pub mac: Option<String>,
+    pub rootfs_bytes: Option<u64>,
+    pub features: Option<String>,
+    pub unprivileged: bool,
+}
+
+pub async fn golden_info(
+    client: &PveClient,
+    node: &str,
+    volid: &str,
+) -> Result<GoldenInfo, ApiError> {
+    let text = client.vzdump_extractconfig(node, volid).await?;
+    let conf = vzdump::parse_pct_conf(&text).map_err(|e| ApiError::Decode {
+        message: format!("golden pct.conf: {e}"),
+    })?;
+    let get = |k: &str| {
+        conf.entries
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
+    let mac = get("net0")
+        .and_then(|v| v.parse::<NetConfig>().ok())
+        .and_then(|n| n.hwaddr)
+        .map(|m| m.to_string());
+    let rootfs_bytes = get("rootfs")
+        .and_then(|v| pve_api::MountConfig::parse_rootfs(&v).ok())
+        .and_then(|m| m.size);
+    Ok(GoldenInfo {
+        mac,
+        rootfs_bytes,
+        features: get("features"),
+        unprivileged: get("unprivileged").as_deref() == Some("1"),
+    })
+}
