@@ -12,8 +12,8 @@ use serde::Serialize;
 
 /// The unit that makes SSH host keys when they are missing (F3). Conditioned on the key
 /// files, never on `ConditionFirstBoot`: an empty machine-id is not a first boot, which is
-/// exactly why Debian 13's own `sshd-keygen.service` skips (real-guests.md). Debian's
-/// guards and socket activation are covered (peers.md A5).
+/// exactly why Debian 13's own `sshd-keygen.service` skips (docs/guests.md, "Measured"). Debian's
+/// guards and socket activation are covered (docs/lessons.md A5).
 pub const FIRST_BOOT_UNIT_NAME: &str = "felhom-ssh-hostkeys.service";
 pub const FIRST_BOOT_UNIT: &str = "\
 [Unit]
@@ -39,7 +39,7 @@ pub const SYSTEM_PACKAGES: &[&str] = &["systemd", "systemd-sysv", "dbus", "iprou
 
 /// Packages the golden needs besides Docker: sshd, and ifupdown with a DHCP client, because
 /// PVE writes `/etc/network/interfaces` with `iface eth0 inet dhcp` at every start
-/// (pve-guest-setup.md) and nothing else would bring eth0 up.
+/// (docs/guests.md, "Start") and nothing else would bring eth0 up.
 pub const BASE_PACKAGES: &[&str] = &[
     "openssh-server",
     "ifupdown",
@@ -65,9 +65,10 @@ pub const DHCP_CLIENT_PACKAGES: &[&str] = &["isc-dhcp-client", "dhcpcd-base", "d
 /// Storage drivers inspection accepts.
 pub const OVERLAY_DRIVERS: &[&str] = &["overlay2", "overlayfs"];
 
-/// The identity clean (seed §2 step 3), plus DHCP leases/DUIDs and the random seed (peers A5),
-/// and the build machine's DNS servers (PVE writes `/etc/resolv.conf` at every start; an
-/// offline build would otherwise ship the build host's resolver to every customer).
+/// The identity clean (seed §2 step 3), plus DHCP leases/DUIDs and the random seed
+/// (docs/lessons.md A5), and the build machine's DNS servers (PVE writes `/etc/resolv.conf`
+/// at every start; an offline build would otherwise ship the build host's resolver to every
+/// customer).
 /// Shell lines, run inside the build guest by [`guest_finish_script`].
 pub const IDENTITY_CLEAN: &[&str] = &[
     "systemctl stop docker containerd || true",
@@ -858,7 +859,7 @@ fn check_fs(s: &Seen, f: &mut Findings<'_>) {
         }
     }
     // PVE writes `iface eth0 inet dhcp` into /etc/network/interfaces at every start
-    // (pve-guest-setup.md); only ifupdown reads that file, and its dhcp method runs one of
+    // (docs/guests.md, "Start"); only ifupdown reads that file, and its dhcp method runs one of
     // these clients. Missing either, the guest never gets its DHCP address.
     if !s.dpkg.contains("ifupdown") {
         f.add("no-ifupdown", Severity::Error, "var/lib/dpkg/status", "ifupdown is not installed: PVE configures eth0 in /etc/network/interfaces at start, and nothing else reads that file, so the guest can never get its address", "apt-get install -y ifupdown");

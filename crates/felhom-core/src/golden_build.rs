@@ -38,10 +38,11 @@ const BUILD_FORMAT: &str = "felhom golden build, format 1";
 const FINISH_ENV: &str = "FELHOM_GUEST_FINISH";
 const FINISH_HOOK: &str = "chroot \"$1\" /bin/sh -eu -c \"$FELHOM_GUEST_FINISH\"";
 /// The mmdebstrap options that never vary. `minbase` keeps the golden small (173 MB
-/// uncompressed without Docker, real-guests.md); apt's package lists and cache are removed by
-/// mmdebstrap's own cleanup after the hook. Its `cleanup/reproducible` step is skipped: it
-/// runs after the hook and deletes `/var/lib/dbus/machine-id`, the link to `/etc/machine-id`
-/// that the identity clean just made; the logs it would delete the clean has truncated.
+/// uncompressed without Docker, docs/guests.md, "Measured"); apt's package lists and cache
+/// are removed by mmdebstrap's own cleanup after the hook. Its `cleanup/reproducible` step is
+/// skipped: it runs after the hook and deletes `/var/lib/dbus/machine-id`, the link to
+/// `/etc/machine-id` that the identity clean just made; the logs it would delete the clean
+/// has truncated.
 const MMDEBSTRAP_FIXED: &[&str] = &[
     "--mode=root",
     "--format=directory",

@@ -1,6 +1,7 @@
-//! The spike's identity-reset table (seed §5, plus the DHCP client identity from peers A5)
-//! as data, and the two policies that read it: *provision* (a new customer: everything
-//! fresh) and *dr* (disaster recovery of the same customer: keep what clients know).
+//! The spike's identity-reset table (seed §5, plus the DHCP client identity from
+//! docs/lessons.md A5) as data, and the two policies that read it: *provision* (a new
+//! customer: everything fresh) and *dr* (disaster recovery of the same customer: keep what
+//! clients know).
 //!
 //! The bring-up job asks the policy what to do with each field instead of carrying its own
 //! ifs: `IdentityPolicy::provision().mac()` says "fresh at restore".
@@ -17,7 +18,7 @@ pub struct IdentityRow {
     pub cost: &'static str,
 }
 
-/// Seed §5 (F1–F3), and peers A5 for the DHCP client id.
+/// Seed §5 (F1–F3), and docs/lessons.md A5 for the DHCP client id.
 pub const TABLE: &[IdentityRow] = &[
     IdentityRow {
         field: "MAC",

@@ -1,6 +1,6 @@
 //! The ownership marker felhom writes into a guest's `description` at restore time.
 //!
-//! PVE itself is the shared truth across agents (design.md, "Scale beyond one host"); the
+//! PVE itself is the shared truth across agents (docs/lessons.md, "Scale beyond one host"); the
 //! marker is how any felhom process proves a guest is its own before it stops or destroys
 //! it. A guest without it, or with another job's marker, is never touched by rollback.
 //!

@@ -1,7 +1,7 @@
 //! The operations the CLI (and later the daemon) offers: validate, plan, provision, resume,
 //! teardown, status. They wire specs, the journal, the client and the job engine together,
 //! and bound concurrency globally, per node and per storage (lock contention is the field's
-//! first complaint: peers.md, "Lessons" 3).
+//! first complaint: docs/lessons.md L3).
 
 use std::collections::HashMap;
 use std::sync::Arc;

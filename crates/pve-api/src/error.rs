@@ -30,7 +30,7 @@ pub enum ApiError {
     },
     /// 500 `can't lock file '/run/lock/lxc/pve-config-<vmid>.lock' - got timeout`: another
     /// task held the guest's config lock for 10 s (reference §4.1). Transient: the holder
-    /// finishes; this is the #1 field complaint (peers.md lesson 3).
+    /// finishes; this is the #1 field complaint (docs/lessons.md L3).
     #[error("PVE config lock timeout: {message}")]
     LockTimeout { lock_file: String, message: String },
     /// 500 `CT is locked (<lock>)`, possibly prefixed (`unable to restore CT 101 - CT is
@@ -53,7 +53,7 @@ pub enum ApiError {
     /// The request did not complete. `maybe_sent` is false only when the connection was
     /// never established (reqwest `is_connect()`, a failed TLS handshake included), so PVE
     /// cannot have acted on it; otherwise the request may have been processed, and a
-    /// non-idempotent write must be re-observed before it is repeated (peers.md lesson 1).
+    /// non-idempotent write must be re-observed before it is repeated (docs/lessons.md L1).
     /// Transient.
     #[error("cannot reach PVE: {message}")]
     Transport { message: String, maybe_sent: bool },

@@ -4,7 +4,7 @@
 //! endpoints felhom uses. No policy and no felhom words: retries are the caller's.
 //!
 //! The behaviour it follows is PVE 9's, as read from the Proxmox sources
-//! (`shared/pve-reference.md`; section numbers below are that document's).
+//! (`docs/pve-reference.md`; the § numbers below are its sections).
 //!
 //! | module | what | why it looks like this |
 //! |---|---|---|

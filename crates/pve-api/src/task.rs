@@ -148,7 +148,7 @@ pub fn exit_ok(exitstatus: &str) -> Option<u32> {
 /// - then ×1.5 per poll up to `max_interval` 500 ms (≤ 2 polls/s): a task that has run
 ///   for seconds is a restore or a big resize, where 250 ms of median latency does not
 ///   matter but thirty minutes at 10 polls/s would (18,000 requests);
-/// - `deadline` 30 min (peers: bpg uses 1800 s for create/clone; Ansible's 30 s is too
+/// - `deadline` 30 min (docs/lessons.md L4: bpg uses 1800 s for create/clone; Ansible's 30 s is too
 ///   short for a restore), after which the wait gives up with `TaskTimeout` — the task
 ///   itself may still be running.
 ///
@@ -166,7 +166,7 @@ pub struct WaitOptions {
     /// The whole wait, from the call until `TaskTimeout`.
     pub deadline: Duration,
     /// How long a 400/404 on the status of a just-created UPID counts as "not visible yet"
-    /// (peers saw a 400 on a fresh UPID, peers.md lesson 4). Measured from the start of the
+    /// (peers saw a 400 on a fresh UPID, docs/lessons.md L4). Measured from the start of the
     /// wait, because the UPID's `starttime` is the PVE host's clock, not ours.
     pub not_visible_grace: Duration,
 }
@@ -343,7 +343,7 @@ impl PveClient {
     /// Wait for a task to stop, polling as [`WaitOptions`] describes.
     ///
     /// `stopped` with `OK` or `WARNINGS: n` is success (`WARNINGS` is PVE's success with
-    /// warnings, peers.md lesson 4); any other exit status is `TaskFailed` with the last
+    /// warnings, docs/lessons.md L4); any other exit status is `TaskFailed` with the last
     /// lines of the task log. Transient errors and a not-yet-visible UPID are retried within
     /// the deadline; anything else ends the wait at once. The wait never re-dispatches the
     /// task. Past the deadline: `TaskTimeout` (the task may still be running).

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// What a guest's golden archive decides about its identity on boot (read from the archive's
-/// real files at restore; `shared/pve-guest-setup.md`, `real-guests.md`).
+/// real files at restore; `docs/guests.md`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ArchiveTraits {
     /// `etc/machine-id` contents: `None` = missing (a true first boot), `Some("")` = empty

@@ -818,7 +818,7 @@ struct RestoreInput<'a> {
 
 type Planned = (BTreeMap<String, String>, Vec<Volume>, Vec<String>);
 
-/// The `vzrestore` worker's decisions (reference §2.3, `pve-guest-setup.md`): privileges on
+/// The `vzrestore` worker's decisions (reference §2.3, `docs/guests.md`, "Restore"): privileges on
 /// archived bridges, the privileged check, the disk layout, and the config merge.
 fn plan_restore(
     st: &State,

@@ -11,6 +11,31 @@ use std::collections::BTreeMap;
 use common::*;
 use pve_api::WaitOptions;
 
+/// The schema is the file `docs/pve-api-schema/PROVENANCE.md` describes: its sha256 there is
+/// the file's. A refresh that forgets the provenance (or a damaged copy) fails here.
+#[test]
+fn the_schema_file_is_the_one_this_provenance_names() {
+    use sha2::{Digest, Sha256};
+    let path = schema::schema_path();
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let actual = hex::encode(Sha256::digest(&bytes));
+    let provenance_path = path.with_file_name("PROVENANCE.md");
+    let provenance = std::fs::read_to_string(&provenance_path)
+        .unwrap_or_else(|e| panic!("{}: {e}", provenance_path.display()));
+    let pinned: Vec<&str> = provenance
+        .lines()
+        .filter(|l| l.starts_with("| sha256 |"))
+        .flat_map(|l| l.split('`'))
+        .filter(|w| w.len() == 64 && w.bytes().all(|b| b.is_ascii_hexdigit()))
+        .collect();
+    assert_eq!(
+        pinned,
+        [actual.as_str()],
+        "sha256 of {} vs its PROVENANCE.md",
+        path.display()
+    );
+}
+
 #[test]
 fn every_served_route_exists_in_the_schema() {
     let s = schema::Schema::load();

@@ -1,6 +1,6 @@
 //! Proxmox vzdump LXC archives: a tar stream (plain, gzip or zstd) whose first entry is
 //! `./etc/vzdump/pct.conf` (the guest config), followed by the guest's root filesystem
-//! (pve-container `VZDump/LXC.pm`; `shared/pve-guest-setup.md`).
+//! (pve-container `VZDump/LXC.pm`; `docs/guests.md`, "Restore").
 //!
 //! Reading streams the archive once and never unpacks to disk, so memory stays flat on
 //! multi-gigabyte archives. Writing produces the same layout, from synthetic entries or from a

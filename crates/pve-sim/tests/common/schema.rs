@@ -20,13 +20,10 @@ pub struct Tally {
     pub failures: Vec<String>,
 }
 
+/// The schema's copy in the repository (`docs/pve-api-schema/`, provenance beside it). Tests
+/// read nothing outside the repository, so there is no override pointing elsewhere.
 pub fn schema_path() -> PathBuf {
-    std::env::var_os("PVE_API_SCHEMA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../../shared/pve-api-schema/apidata.js")
-        })
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/pve-api-schema/apidata.js")
 }
 
 impl Schema {
@@ -34,7 +31,8 @@ impl Schema {
         let path = schema_path();
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
             panic!(
-                "cannot read the PVE API schema at {} ({e}); set PVE_API_SCHEMA",
+                "cannot read the PVE API schema at {} ({e}); it is part of the repository, \
+                 see docs/pve-api-schema/PROVENANCE.md to restore or refresh it",
                 path.display()
             )
         });
