@@ -197,6 +197,7 @@ fn record_guest(cx: &JobCx, state: &str) -> Result<(), StepError> {
         ssh_fingerprint: f.ssh_fingerprint,
         spec: serde_json::to_value(s).unwrap_or(Value::Null),
         state: state.into(),
+        ..Default::default()
     })?;
     Ok(())
 }
