@@ -8,7 +8,53 @@
 //! Leases make "one job per guest" hold across processes: a lease names the job and the
 //! holding process (pid plus its start time, so a recycled pid is not mistaken for the
 //! holder). A lease whose process is gone is taken over; a live one is refused with the
-//! holder's job id.
+//! holder's job id. There are two kinds, with one rule: a VMID lease (the guest on PVE) and an
+//! identity lease on (customer, name), so two felhom processes applying the same spec never
+//! build the same guest twice before either has a VMID.
+//!
+//! A guest's identity is (customer, name); the name defaults to the hostname. Jobs and guest
+//! records carry it, so "what is felhom doing or holding for acme/web1" is one query.
+//!
+//! # Job states and liveness
+//!
+//! | state | final | resumable | meaning |
+//! |---|---|---|---|
+//! | `running` | | yes | going forward |
+//! | `rolling_back` | | yes | undoing after a permanent failure |
+//! | `failed` | | yes | a forward-only job (teardown) failed, or a step kept failing transiently |
+//! | `paused` | | yes | stopped on transient trouble, to go on where it stopped |
+//! | `rollback_incomplete` | | by a person | an undo failed: PVE may hold leftovers |
+//! | `succeeded` | yes | | done |
+//! | `rolled_back` | yes | | undone after a permanent failure |
+//! | `superseded` | yes | never | a later job (a teardown) took the guest over; `superseded_by` names it |
+//!
+//! A run starts at `create_job`/`claim_job` (`started_at`, `ended_at` cleared) and ends when
+//! the job reaches a state other than `running`/`rolling_back` (`ended_at`). A job whose run
+//! has not ended and whose process (`runner_pid` + `runner_start`) is gone was interrupted
+//! (a crash or a kill): [`JobRow::liveness`] and [`JobRow::display_state`] say so.
+//!
+//! # Schema (version [`SCHEMA_VERSION`], in `PRAGMA user_version`; see `schema.rs`)
+//!
+//! | table | columns | since |
+//! |---|---|---|
+//! | `jobs` | `id` PK, `kind`, `vmid`, `node`, `hostname`, `spec` (JSON), `state`, `error`, `runner_pid`, `runner_start`, `created_at`, `updated_at` | v1 |
+//! | | `customer`, `name` (identity; NULL when unknown), `started_at`, `ended_at`, `superseded_by` | v2 |
+//! | `events` | `seq` PK, `job_id` → jobs, `step`, `attempt`, `phase`, `data` (JSON), `at` | v1 |
+//! | `leases` | `vmid` PK, `job_id`, `pid`, `pid_start`, `acquired_at` | v1 |
+//! | `guests` | `vmid` PK, `node`, `job_id`, `hostname`, `mac`, `ip`, `ssh_fingerprint`, `spec` (JSON), `state`, `updated_at` | v1 |
+//! | | `customer`, `name` | v2 |
+//! | `durations` | (`kind`, `seq`) PK, `lo_ms`, `hi_ms` | v1 |
+//! | `identity_leases` | (`customer`, `name`) PK, `job_id`, `pid`, `pid_start`, `acquired_at` | v2 |
+//!
+//! Version 1 is the layout of felhom before the journal had a version. Migration 2 fills the
+//! identity of old rows from the stored spec JSON (`customer`, and `hostname` for the name; a
+//! guest without a spec hostname is named by its recorded hostname; a teardown job, whose spec
+//! holds only the VMID, takes its guest's identity), `started_at` from `created_at`, and
+//! `ended_at` from `updated_at` for jobs not in flight. Times are milliseconds since the epoch.
+
+mod schema;
+
+pub use schema::CURRENT as SCHEMA_VERSION;
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -32,6 +78,32 @@ pub enum JournalError {
     JobBusy { job: String, pid: u32 },
     #[error("no job {0} in the journal")]
     NoSuchJob(String),
+    #[error("guest {customer}/{name} is held by job {job} (felhom process {pid}); wait for it, or `felhom resume {job}` once it has stopped")]
+    IdentityHeld {
+        customer: String,
+        name: String,
+        job: String,
+        pid: u32,
+    },
+    #[error("journal {path} has schema version {found}, newer than this felhom understands (version {supported}); a newer felhom wrote it: use that one")]
+    TooNew {
+        path: String,
+        found: u32,
+        supported: u32,
+    },
+}
+
+impl JournalError {
+    /// The job and process holding a lease this error refused (VMID or identity), if it is
+    /// such a refusal.
+    pub fn held_by(&self) -> Option<(&str, u32)> {
+        match self {
+            JournalError::Held { job, pid, .. } | JournalError::IdentityHeld { job, pid, .. } => {
+                Some((job, *pid))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// What kind of job a row is.
@@ -42,7 +114,7 @@ pub enum JobKind {
     Teardown,
 }
 
-/// Where a job stands. `Running` and `RollingBack` are the resumable states.
+/// Where a job stands (the table in the module doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
@@ -51,8 +123,13 @@ pub enum JobState {
     Succeeded,
     RolledBack,
     RollbackIncomplete,
-    /// A forward-only job (teardown) failed; resumable.
+    /// A forward-only job (teardown) failed, or a step kept failing transiently; resumable.
     Failed,
+    /// Stopped on transient trouble (PVE unreachable, a lock that never freed); resumable
+    /// forward, where it stopped.
+    Paused,
+    /// A later job (a teardown) took the guest over. Final; never resumed.
+    Superseded,
 }
 
 impl JobState {
@@ -64,6 +141,8 @@ impl JobState {
             JobState::RolledBack => "rolled_back",
             JobState::RollbackIncomplete => "rollback_incomplete",
             JobState::Failed => "failed",
+            JobState::Paused => "paused",
+            JobState::Superseded => "superseded",
         }
     }
     fn parse(s: &str) -> JobState {
@@ -73,15 +152,41 @@ impl JobState {
             "succeeded" => JobState::Succeeded,
             "rolled_back" => JobState::RolledBack,
             "failed" => JobState::Failed,
+            "paused" => JobState::Paused,
+            "superseded" => JobState::Superseded,
             _ => JobState::RollbackIncomplete,
         }
     }
     pub fn is_resumable(self) -> bool {
         matches!(
             self,
-            JobState::Running | JobState::RollingBack | JobState::Failed
+            JobState::Running | JobState::RollingBack | JobState::Failed | JobState::Paused
         )
     }
+    /// Nothing is left to do, ever: the job cannot be resumed, not even by a person.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::RolledBack | JobState::Superseded
+        )
+    }
+    /// A process is (or was, until it died) acting on this job.
+    pub fn is_in_flight(self) -> bool {
+        matches!(self, JobState::Running | JobState::RollingBack)
+    }
+}
+
+/// Whether a job's run is going on, was cut off, or has ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "liveness")]
+pub enum Liveness {
+    /// Its run has not ended and the process running it is alive (it may be this one).
+    Live { pid: u32 },
+    /// Its run has not ended but the process running it is gone (a crash or a kill):
+    /// `felhom resume` picks it up.
+    Interrupted,
+    /// Its run ended: the job is final, or waits for `resume` (see [`Journal::needs_person`]).
+    Stopped,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -96,6 +201,51 @@ pub struct JobRow {
     pub error: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The guest's identity; `None` for jobs that never learnt it.
+    pub customer: Option<String>,
+    pub name: Option<String>,
+    /// When the latest run started (create or claim), ms.
+    pub started_at: i64,
+    /// When the latest run ended (the job left `running`/`rolling_back`), ms.
+    pub ended_at: Option<i64>,
+    /// The job that superseded this one (state `superseded`).
+    pub superseded_by: Option<String>,
+    /// The process that last ran (or runs) the job.
+    pub runner_pid: Option<u32>,
+    /// Whether that process was alive when the row was read.
+    pub runner_alive: bool,
+}
+
+impl JobRow {
+    /// Is the run going on, cut off, or over (as of when the row was read)?
+    pub fn liveness(&self) -> Liveness {
+        if self.state.is_final() || self.ended_at.is_some() {
+            return Liveness::Stopped;
+        }
+        match self.runner_pid {
+            Some(pid) if self.runner_alive => Liveness::Live { pid },
+            _ => Liveness::Interrupted,
+        }
+    }
+
+    /// The state to show a person: the stored state, except `interrupted` for a run whose
+    /// process died before it ended.
+    pub fn display_state(&self) -> &str {
+        match self.liveness() {
+            Liveness::Interrupted => "interrupted",
+            _ => self.state.as_str(),
+        }
+    }
+}
+
+/// A job waiting for a person: what happened and what to run.
+#[derive(Debug, Clone, Serialize)]
+pub struct NeedsPerson {
+    pub job: JobRow,
+    /// Why it stopped, in words.
+    pub why: String,
+    /// The command that goes on with it.
+    pub run: String,
 }
 
 /// One journal event.
@@ -163,6 +313,12 @@ pub struct GuestRecord {
     pub spec: Value,
     /// `provisioning`, `active`, `torn_down`.
     pub state: String,
+    /// The guest's identity. Left empty, [`Journal::upsert_guest`] fills them from `spec`
+    /// (`customer`; `hostname`, else `self.hostname`).
+    #[serde(default)]
+    pub customer: String,
+    #[serde(default)]
+    pub name: String,
 }
 
 pub struct Journal {
@@ -199,58 +355,13 @@ fn process_alive(pid: u32, start: u64) -> bool {
     process_start(pid) == Some(start)
 }
 
-const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    vmid INTEGER,
-    node TEXT NOT NULL,
-    hostname TEXT,
-    spec TEXT NOT NULL,
-    state TEXT NOT NULL,
-    error TEXT,
-    runner_pid INTEGER,
-    runner_start INTEGER,
-    created_at INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    job_id TEXT NOT NULL REFERENCES jobs(id),
-    step TEXT NOT NULL,
-    attempt INTEGER NOT NULL,
-    phase TEXT NOT NULL,
-    data TEXT NOT NULL,
-    at INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_job ON events(job_id, seq);
-CREATE TABLE IF NOT EXISTS leases (
-    vmid INTEGER PRIMARY KEY,
-    job_id TEXT NOT NULL,
-    pid INTEGER NOT NULL,
-    pid_start INTEGER NOT NULL,
-    acquired_at INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS guests (
-    vmid INTEGER PRIMARY KEY,
-    node TEXT NOT NULL,
-    job_id TEXT NOT NULL,
-    hostname TEXT NOT NULL,
-    mac TEXT,
-    ip TEXT,
-    ssh_fingerprint TEXT,
-    spec TEXT NOT NULL,
-    state TEXT NOT NULL,
-    updated_at INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS durations (
-    kind TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    lo_ms INTEGER NOT NULL,
-    hi_ms INTEGER NOT NULL,
-    PRIMARY KEY (kind, seq)
-);
-"#;
+/// The identity a stored guest spec names: its `customer`, and its `hostname` (else
+/// `hostname`) as the name. `None` without a customer.
+fn spec_identity(spec: &Value, hostname: Option<&str>) -> Option<(String, String)> {
+    let customer = spec["customer"].as_str()?;
+    let name = spec["hostname"].as_str().or(hostname)?;
+    Some((customer.to_string(), name.to_string()))
+}
 
 impl Journal {
     pub fn open(path: &Path) -> Result<Journal, JournalError> {
@@ -262,7 +373,7 @@ impl Journal {
                 })?;
             }
         }
-        let conn = Connection::open(path).map_err(|e| JournalError::Open {
+        let mut conn = Connection::open(path).map_err(|e| JournalError::Open {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
@@ -270,7 +381,7 @@ impl Journal {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.execute_batch(SCHEMA)?;
+        schema::migrate(&mut conn, path)?;
         let pid = std::process::id();
         let pid_start = process_start(pid).unwrap_or(0);
         Ok(Journal {
@@ -317,7 +428,9 @@ impl Journal {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Insert a new job, claimed by this process.
+    /// Insert a new job, claimed by this process. Its identity comes from `spec` when that
+    /// names a customer (`customer`, and `hostname` else `hostname` as the name); otherwise
+    /// set it with [`Journal::set_job_identity`].
     pub fn create_job(
         &self,
         id: &str,
@@ -327,11 +440,29 @@ impl Journal {
         spec: &Value,
     ) -> Result<(), JournalError> {
         let now = now_ms();
+        let (customer, name) = spec_identity(spec, hostname).unzip();
         self.conn().execute(
-            "INSERT INTO jobs (id, kind, vmid, node, hostname, spec, state, runner_pid, runner_start, created_at, updated_at)
-             VALUES (?1, ?2, NULL, ?3, ?4, ?5, 'running', ?6, ?7, ?8, ?8)",
-            params![id, kind_str(kind), node, hostname, spec.to_string(), self.pid, self.pid_start as i64, now],
+            "INSERT INTO jobs (id, kind, vmid, node, hostname, spec, state, runner_pid, runner_start, created_at, updated_at, customer, name, started_at)
+             VALUES (?1, ?2, NULL, ?3, ?4, ?5, 'running', ?6, ?7, ?8, ?8, ?9, ?10, ?8)",
+            params![id, kind_str(kind), node, hostname, spec.to_string(), self.pid, self.pid_start as i64, now, customer, name],
         )?;
+        Ok(())
+    }
+
+    /// Record which guest identity a job acts for.
+    pub fn set_job_identity(
+        &self,
+        id: &str,
+        customer: &str,
+        name: &str,
+    ) -> Result<(), JournalError> {
+        let n = self.conn().execute(
+            "UPDATE jobs SET customer = ?2, name = ?3, updated_at = ?4 WHERE id = ?1",
+            params![id, customer, name, now_ms()],
+        )?;
+        if n == 0 {
+            return Err(JournalError::NoSuchJob(id.to_string()));
+        }
         Ok(())
     }
 
@@ -358,7 +489,7 @@ impl Journal {
             }
         }
         tx.execute(
-            "UPDATE jobs SET runner_pid = ?2, runner_start = ?3, updated_at = ?4 WHERE id = ?1",
+            "UPDATE jobs SET runner_pid = ?2, runner_start = ?3, updated_at = ?4, started_at = ?4, ended_at = NULL WHERE id = ?1",
             params![id, self.pid, self.pid_start as i64, now_ms()],
         )?;
         tx.commit()?;
@@ -373,51 +504,149 @@ impl Journal {
         Ok(())
     }
 
+    /// Set a job's state (and error, if given). Leaving `running`/`rolling_back` ends the
+    /// run (`ended_at`); entering them starts it again. A superseded job stays superseded:
+    /// a process still running it cannot bring it back.
     pub fn set_job_state(
         &self,
         id: &str,
         state: JobState,
         error: Option<&str>,
     ) -> Result<(), JournalError> {
+        let now = now_ms();
+        let ended = (!state.is_in_flight()).then_some(now);
         self.conn().execute(
-            "UPDATE jobs SET state = ?2, error = COALESCE(?3, error), updated_at = ?4 WHERE id = ?1",
-            params![id, state.as_str(), error, now_ms()],
+            "UPDATE jobs SET state = ?2, error = COALESCE(?3, error), updated_at = ?4, ended_at = ?5
+             WHERE id = ?1 AND state != 'superseded'",
+            params![id, state.as_str(), error, now, ended],
         )?;
         Ok(())
     }
 
+    /// Mark `job` superseded by `by_job` (a teardown taking its guest over): final, never
+    /// resumed. Returns false, changing nothing, if `job` had already reached a final state.
+    /// Refused with [`JournalError::JobBusy`] while another live process is running it.
+    pub fn supersede(&self, job: &str, by_job: &str) -> Result<bool, JournalError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let row = tx
+            .query_row(&format!("{JOB_SELECT} WHERE id = ?1"), [job], job_from_row)
+            .optional()?;
+        let Some((row, start)) = row else {
+            return Err(JournalError::NoSuchJob(job.to_string()));
+        };
+        if row.state.is_final() {
+            return Ok(false);
+        }
+        if let (Some(pid), Some(start)) = (row.runner_pid, start) {
+            if pid != self.pid && row.ended_at.is_none() && process_alive(pid, start as u64) {
+                return Err(JournalError::JobBusy {
+                    job: job.to_string(),
+                    pid,
+                });
+            }
+        }
+        let now = now_ms();
+        tx.execute(
+            "UPDATE jobs SET state = 'superseded', superseded_by = ?2, updated_at = ?3, ended_at = ?3 WHERE id = ?1",
+            params![job, by_job, now],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Is the process `(pid, start)` alive? This process always is.
+    fn alive(&self, pid: u32, start: i64) -> bool {
+        (pid == self.pid && start as u64 == self.pid_start) || process_alive(pid, start as u64)
+    }
+
+    /// Run a job query (`{JOB_SELECT} ...`) and tell each row whether its runner lives.
+    fn query_jobs(
+        &self,
+        tail: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<JobRow>, JournalError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(&format!("{JOB_SELECT} {tail}"))?;
+        let rows = st
+            .query_map(params, job_from_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows
+            .into_iter()
+            .map(|(mut row, start)| {
+                row.runner_alive = match (row.runner_pid, start) {
+                    (Some(pid), Some(start)) => self.alive(pid, start),
+                    _ => false,
+                };
+                row
+            })
+            .collect())
+    }
+
     pub fn job(&self, id: &str) -> Result<JobRow, JournalError> {
-        self.conn()
-            .query_row(&format!("{JOB_SELECT} WHERE id = ?1"), [id], job_from_row)
-            .optional()?
+        self.query_jobs("WHERE id = ?1", [id])?
+            .pop()
             .ok_or_else(|| JournalError::NoSuchJob(id.to_string()))
     }
 
     /// All jobs, newest first.
     pub fn jobs(&self) -> Result<Vec<JobRow>, JournalError> {
-        let conn = self.conn();
-        let mut st = conn.prepare(&format!("{JOB_SELECT} ORDER BY created_at DESC, id"))?;
-        let rows = st
-            .query_map([], job_from_row)?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
+        self.query_jobs("ORDER BY created_at DESC, id", [])
     }
 
     /// Jobs that a crash left unfinished and that no live process is running.
     pub fn resumable_jobs(&self) -> Result<Vec<JobRow>, JournalError> {
-        let conn = self.conn();
-        let mut st = conn.prepare(&format!("{JOB_SELECT} WHERE state IN ('running', 'rolling_back', 'failed') ORDER BY created_at, id"))?;
-        let rows: Vec<(JobRow, Option<u32>, Option<i64>)> = st
-            .query_map([], |r| Ok((job_from_row(r)?, r.get(10)?, r.get(11)?)))?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows
+        Ok(self
+            .query_jobs(
+                "WHERE state IN ('running', 'rolling_back', 'failed', 'paused') ORDER BY created_at, id",
+                [],
+            )?
             .into_iter()
-            .filter(|(_, pid, start)| match (pid, start) {
-                (Some(pid), Some(start)) => *pid == self.pid || !process_alive(*pid, *start as u64),
-                _ => true,
-            })
-            .map(|(j, _, _)| j)
+            .filter(|j| !j.runner_alive || j.runner_pid == Some(self.pid))
             .collect())
+    }
+
+    /// Whether `job`'s run is going on, was interrupted, or has ended.
+    pub fn job_liveness(&self, job: &str) -> Result<Liveness, JournalError> {
+        Ok(self.job(job)?.liveness())
+    }
+
+    /// Jobs that stopped and wait for a person: a rollback that could not finish (PVE may
+    /// hold leftovers), or a job paused or failed on the way, oldest first. Jobs some live
+    /// process is running again right now are left out.
+    pub fn needs_person(&self) -> Result<Vec<NeedsPerson>, JournalError> {
+        Ok(self
+            .query_jobs(
+                "WHERE state IN ('rollback_incomplete', 'failed', 'paused') ORDER BY created_at, id",
+                [],
+            )?
+            .into_iter()
+            .filter(|j| !matches!(j.liveness(), Liveness::Live { .. }))
+            .map(|job| {
+                let error = job.error.as_deref().unwrap_or("no error recorded");
+                let why = match job.state {
+                    JobState::RollbackIncomplete => format!(
+                        "its rollback could not finish, so PVE may hold what it made: {error}"
+                    ),
+                    JobState::Paused => format!("paused on trouble that may pass: {error}"),
+                    _ => format!("failed: {error}"),
+                };
+                let run = format!("felhom resume {}", job.id);
+                NeedsPerson { job, why, run }
+            })
+            .collect())
+    }
+
+    /// Jobs for the guest (`customer`, `name`) that are not final, oldest first.
+    pub fn unfinished_jobs_for_identity(
+        &self,
+        customer: &str,
+        name: &str,
+    ) -> Result<Vec<JobRow>, JournalError> {
+        self.query_jobs(
+            "WHERE customer = ?1 AND name = ?2 AND state NOT IN ('succeeded', 'rolled_back', 'superseded') ORDER BY created_at, id",
+            params![customer, name],
+        )
     }
 
     /// Append an event. Returns once it is durable (WAL + synchronous=FULL).
@@ -527,6 +756,81 @@ impl Journal {
             .map(|(j, pid, _)| (j, pid)))
     }
 
+    /// Take the lease on the guest identity (`customer`, `name`) for `job`, with the VMID
+    /// lease's rule: re-entrant for the same job, taken over from a process that is gone,
+    /// refused ([`JournalError::IdentityHeld`]) while another job's process lives (this
+    /// process included).
+    pub fn acquire_identity(
+        &self,
+        customer: &str,
+        name: &str,
+        job: &str,
+    ) -> Result<(), JournalError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let held: Option<(String, u32, i64)> = tx
+            .query_row(
+                "SELECT job_id, pid, pid_start FROM identity_leases WHERE customer = ?1 AND name = ?2",
+                [customer, name],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        if let Some((holder, pid, start)) = held {
+            if holder != job {
+                if self.alive(pid, start) {
+                    return Err(JournalError::IdentityHeld {
+                        customer: customer.to_string(),
+                        name: name.to_string(),
+                        job: holder,
+                        pid,
+                    });
+                }
+                tracing::warn!(%customer, %name, stale_job = %holder, pid, "taking over a stale identity lease");
+            }
+        }
+        tx.execute(
+            "INSERT INTO identity_leases (customer, name, job_id, pid, pid_start, acquired_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(customer, name) DO UPDATE SET job_id = excluded.job_id, pid = excluded.pid, pid_start = excluded.pid_start, acquired_at = excluded.acquired_at",
+            params![customer, name, job, self.pid, self.pid_start as i64, now_ms()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Release `job`'s lease on (`customer`, `name`) (no-op if another job holds it now).
+    pub fn release_identity(
+        &self,
+        customer: &str,
+        name: &str,
+        job: &str,
+    ) -> Result<(), JournalError> {
+        self.conn().execute(
+            "DELETE FROM identity_leases WHERE customer = ?1 AND name = ?2 AND job_id = ?3",
+            params![customer, name, job],
+        )?;
+        Ok(())
+    }
+
+    /// The job and process holding (`customer`, `name`), if that process is alive (this
+    /// process included; a stale lease counts as free).
+    pub fn identity_holder(
+        &self,
+        customer: &str,
+        name: &str,
+    ) -> Result<Option<(String, u32)>, JournalError> {
+        let held: Option<(String, u32, i64)> = self
+            .conn()
+            .query_row(
+                "SELECT job_id, pid, pid_start FROM identity_leases WHERE customer = ?1 AND name = ?2",
+                [customer, name],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        Ok(held
+            .filter(|(_, pid, start)| self.alive(*pid, *start))
+            .map(|(j, pid, _)| (j, pid)))
+    }
+
     pub fn lease_holder(&self, vmid: Vmid) -> Result<Option<String>, JournalError> {
         Ok(self
             .conn()
@@ -538,16 +842,42 @@ impl Journal {
             .optional()?)
     }
 
+    /// Record a guest. An empty `customer` or `name` is filled from `spec` (`customer`;
+    /// `hostname`, else the record's hostname).
     pub fn upsert_guest(&self, g: &GuestRecord) -> Result<(), JournalError> {
+        let customer = Some(g.customer.as_str())
+            .filter(|c| !c.is_empty())
+            .or_else(|| g.spec["customer"].as_str());
+        let name = Some(g.name.as_str())
+            .filter(|n| !n.is_empty())
+            .or_else(|| g.spec["hostname"].as_str())
+            .unwrap_or(&g.hostname);
         self.conn().execute(
-            "INSERT INTO guests (vmid, node, job_id, hostname, mac, ip, ssh_fingerprint, spec, state, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+            "INSERT INTO guests (vmid, node, job_id, hostname, mac, ip, ssh_fingerprint, spec, state, updated_at, customer, name)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
              ON CONFLICT(vmid) DO UPDATE SET node = excluded.node, job_id = excluded.job_id, hostname = excluded.hostname,
                mac = excluded.mac, ip = excluded.ip, ssh_fingerprint = excluded.ssh_fingerprint, spec = excluded.spec,
-               state = excluded.state, updated_at = excluded.updated_at",
-            params![g.vmid, g.node, g.job_id, g.hostname, g.mac, g.ip, g.ssh_fingerprint, g.spec.to_string(), g.state, now_ms()],
+               state = excluded.state, updated_at = excluded.updated_at, customer = excluded.customer, name = excluded.name",
+            params![g.vmid, g.node, g.job_id, g.hostname, g.mac, g.ip, g.ssh_fingerprint, g.spec.to_string(), g.state, now_ms(), customer, name],
         )?;
         Ok(())
+    }
+
+    /// The live (not torn down) guests recorded for (`customer`, `name`), by VMID. More
+    /// than one means a duplicate to resolve.
+    pub fn guests_by_identity(
+        &self,
+        customer: &str,
+        name: &str,
+    ) -> Result<Vec<GuestRecord>, JournalError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(&format!(
+            "{GUEST_SELECT} WHERE customer = ?1 AND name = ?2 AND state != 'torn_down' ORDER BY vmid"
+        ))?;
+        let rows = st
+            .query_map([customer, name], guest_from_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
     }
 
     pub fn guest(&self, vmid: u32) -> Result<Option<GuestRecord>, JournalError> {
@@ -606,13 +936,15 @@ fn kind_str(k: JobKind) -> &'static str {
     }
 }
 
-const JOB_SELECT: &str = "SELECT id, kind, vmid, node, hostname, spec, state, error, created_at, updated_at, runner_pid, runner_start FROM jobs";
+const JOB_SELECT: &str = "SELECT id, kind, vmid, node, hostname, spec, state, error, created_at, updated_at, runner_pid, runner_start, customer, name, started_at, ended_at, superseded_by FROM jobs";
 
-fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
+/// A job row (with `runner_alive` false) and its runner's start time.
+fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(JobRow, Option<i64>)> {
     let kind: String = r.get(1)?;
     let spec: String = r.get(5)?;
     let state: String = r.get(6)?;
-    Ok(JobRow {
+    let created_at: i64 = r.get(8)?;
+    let row = JobRow {
         id: r.get(0)?,
         kind: if kind == "teardown" {
             JobKind::Teardown
@@ -627,19 +959,32 @@ fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
         error: r.get(7)?,
         created_at: r.get(8)?,
         updated_at: r.get(9)?,
-    })
+        runner_pid: r.get(10)?,
+        runner_alive: false,
+        customer: r.get(12)?,
+        name: r.get(13)?,
+        started_at: r.get::<_, Option<i64>>(14)?.unwrap_or(created_at),
+        ended_at: r.get(15)?,
+        superseded_by: r.get(16)?,
+    };
+    Ok((row, r.get(11)?))
 }
 
 const GUEST_SELECT: &str =
-    "SELECT vmid, node, job_id, hostname, mac, ip, ssh_fingerprint, spec, state FROM guests";
+    "SELECT vmid, node, job_id, hostname, mac, ip, ssh_fingerprint, spec, state, customer, name FROM guests";
 
 fn guest_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<GuestRecord> {
     let spec: String = r.get(7)?;
+    let hostname: String = r.get(3)?;
     Ok(GuestRecord {
         vmid: r.get(0)?,
         node: r.get(1)?,
         job_id: r.get(2)?,
-        hostname: r.get(3)?,
+        customer: r.get::<_, Option<String>>(9)?.unwrap_or_default(),
+        name: r
+            .get::<_, Option<String>>(10)?
+            .unwrap_or_else(|| hostname.clone()),
+        hostname,
         mac: r.get(4)?,
         ip: r.get(5)?,
         ssh_fingerprint: r.get(6)?,
