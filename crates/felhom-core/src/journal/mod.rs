@@ -1063,4 +1063,455 @@ mod tests {
             Some("alive")
         );
     }
+
+    fn journal() -> (tempfile::TempDir, Journal) {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("j.db")).unwrap();
+        (dir, j)
+    }
+
+    fn spec(customer: &str, hostname: &str) -> Value {
+        serde_json::json!({"customer": customer, "hostname": hostname})
+    }
+
+    /// A live process that is not this one, killed and reaped on drop.
+    struct Other(std::process::Child);
+    impl Other {
+        fn start() -> Other {
+            Other(
+                std::process::Command::new("sleep")
+                    .arg("60")
+                    .spawn()
+                    .unwrap(),
+            )
+        }
+        fn pid(&self) -> u32 {
+            self.0.id()
+        }
+        fn start_time(&self) -> i64 {
+            process_start(self.pid()).unwrap() as i64
+        }
+    }
+    impl Drop for Other {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn set_runner(j: &Journal, job: &str, pid: u32, start: i64) {
+        j.conn()
+            .execute(
+                "UPDATE jobs SET runner_pid = ?2, runner_start = ?3 WHERE id = ?1",
+                params![job, pid, start],
+            )
+            .unwrap();
+    }
+
+    fn ids(jobs: &[JobRow]) -> Vec<&str> {
+        jobs.iter().map(|j| j.id.as_str()).collect()
+    }
+
+    #[test]
+    fn states_round_trip_and_classify() {
+        let all = [
+            JobState::Running,
+            JobState::RollingBack,
+            JobState::Succeeded,
+            JobState::RolledBack,
+            JobState::RollbackIncomplete,
+            JobState::Failed,
+            JobState::Paused,
+            JobState::Superseded,
+        ];
+        for s in all {
+            assert_eq!(JobState::parse(s.as_str()), s);
+            assert!(!(s.is_final() && s.is_resumable()), "{s:?}");
+        }
+        let finals: Vec<_> = all.into_iter().filter(|s| s.is_final()).collect();
+        assert_eq!(
+            finals,
+            vec![
+                JobState::Succeeded,
+                JobState::RolledBack,
+                JobState::Superseded
+            ]
+        );
+        assert!(JobState::Paused.is_resumable());
+        assert!(!JobState::Superseded.is_resumable());
+    }
+
+    #[test]
+    fn jobs_carry_identity_from_their_spec_or_when_set() {
+        let (_d, j) = journal();
+        j.create_job(
+            "b",
+            JobKind::Bringup,
+            "pve",
+            Some("web1"),
+            &spec("acme", "web1"),
+        )
+        .unwrap();
+        j.create_job(
+            "t",
+            JobKind::Teardown,
+            "pve",
+            Some("web1"),
+            &serde_json::json!({"vmid": 1200}),
+        )
+        .unwrap();
+        let b = j.job("b").unwrap();
+        assert_eq!(
+            (b.customer.as_deref(), b.name.as_deref()),
+            (Some("acme"), Some("web1"))
+        );
+        assert_eq!(j.job("t").unwrap().customer, None);
+        j.set_job_identity("t", "acme", "web1").unwrap();
+        let t = j.job("t").unwrap();
+        assert_eq!(
+            (t.customer.as_deref(), t.name.as_deref()),
+            (Some("acme"), Some("web1"))
+        );
+        assert!(matches!(
+            j.set_job_identity("nope", "acme", "web1"),
+            Err(JournalError::NoSuchJob(_))
+        ));
+    }
+
+    #[test]
+    fn unfinished_jobs_for_identity_leave_out_final_ones_and_other_guests() {
+        let (_d, j) = journal();
+        for (id, state) in [
+            ("done", JobState::Succeeded),
+            ("undone", JobState::RolledBack),
+            ("gone", JobState::Superseded),
+            ("stuck", JobState::RollbackIncomplete),
+            ("paused", JobState::Paused),
+            ("run", JobState::Running),
+        ] {
+            j.create_job(id, JobKind::Bringup, "pve", None, &spec("acme", "web1"))
+                .unwrap();
+            j.conn()
+                .execute(
+                    "UPDATE jobs SET state = ?2 WHERE id = ?1",
+                    params![id, state.as_str()],
+                )
+                .unwrap();
+        }
+        j.create_job("db", JobKind::Bringup, "pve", None, &spec("acme", "db1"))
+            .unwrap();
+        j.create_job("b", JobKind::Bringup, "pve", None, &spec("beta", "web1"))
+            .unwrap();
+        let got = j.unfinished_jobs_for_identity("acme", "web1").unwrap();
+        let mut got = ids(&got);
+        got.sort();
+        assert_eq!(got, vec!["paused", "run", "stuck"]);
+        assert!(j
+            .unfinished_jobs_for_identity("acme", "nothing")
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn guests_by_identity_are_the_live_ones_with_identity_from_spec_or_given() {
+        let (_d, j) = journal();
+        let rec = |vmid, hostname: &str, spec: Value| GuestRecord {
+            vmid,
+            node: "pve".into(),
+            job_id: "job".into(),
+            hostname: hostname.into(),
+            spec,
+            state: "active".into(),
+            ..Default::default()
+        };
+        j.upsert_guest(&rec(1200, "web1", spec("acme", "web1")))
+            .unwrap();
+        j.upsert_guest(&rec(1201, "web1", spec("acme", "web1")))
+            .unwrap();
+        j.upsert_guest(&rec(1202, "web1", spec("acme", "web1")))
+            .unwrap();
+        j.upsert_guest(&rec(1203, "web1", spec("beta", "web1")))
+            .unwrap();
+        // Given explicitly: the name is not the hostname.
+        j.upsert_guest(&GuestRecord {
+            customer: "acme".into(),
+            name: "shop".into(),
+            ..rec(1204, "web7", serde_json::json!({}))
+        })
+        .unwrap();
+        j.forget_guest(1202, "teardown").unwrap();
+
+        let live = j.guests_by_identity("acme", "web1").unwrap();
+        assert_eq!(
+            live.iter().map(|g| g.vmid).collect::<Vec<_>>(),
+            vec![1200, 1201]
+        );
+        assert_eq!(live[0].customer, "acme");
+        assert_eq!(live[0].name, "web1");
+        let shop = j.guests_by_identity("acme", "shop").unwrap();
+        assert_eq!(shop.len(), 1);
+        assert_eq!((shop[0].vmid, shop[0].hostname.as_str()), (1204, "web7"));
+        assert!(j.guests_by_identity("acme", "web7").unwrap().is_empty());
+    }
+
+    #[test]
+    fn identity_lease_is_exclusive_between_jobs_and_reentrant_for_one() {
+        let (_d, j) = journal();
+        assert_eq!(j.identity_holder("acme", "web1").unwrap(), None);
+        j.acquire_identity("acme", "web1", "a").unwrap();
+        j.acquire_identity("acme", "web1", "a").unwrap();
+        assert_eq!(
+            j.identity_holder("acme", "web1").unwrap(),
+            Some(("a".to_string(), std::process::id()))
+        );
+        // Same live process, different job: refused.
+        let err = j.acquire_identity("acme", "web1", "b").unwrap_err();
+        match &err {
+            JournalError::IdentityHeld {
+                customer,
+                name,
+                job,
+                pid,
+            } => {
+                assert_eq!((customer.as_str(), name.as_str()), ("acme", "web1"));
+                assert_eq!((job.as_str(), *pid), ("a", std::process::id()));
+            }
+            other => panic!("expected IdentityHeld, got {other:?}"),
+        }
+        assert_eq!(err.held_by(), Some(("a", std::process::id())));
+        // Another identity is another lease.
+        j.acquire_identity("acme", "web2", "b").unwrap();
+        j.acquire_identity("beta", "web1", "c").unwrap();
+        // Releasing someone else's lease does nothing.
+        j.release_identity("acme", "web1", "b").unwrap();
+        assert!(j.acquire_identity("acme", "web1", "b").is_err());
+        j.release_identity("acme", "web1", "a").unwrap();
+        assert_eq!(j.identity_holder("acme", "web1").unwrap(), None);
+        j.acquire_identity("acme", "web1", "b").unwrap();
+        assert_eq!(
+            j.identity_holder("acme", "web1").unwrap().map(|h| h.0),
+            Some("b".to_string())
+        );
+    }
+
+    #[test]
+    fn identity_lease_of_a_live_other_process_is_refused() {
+        let (_d, j) = journal();
+        let other = Other::start();
+        j.conn().execute(
+            "INSERT INTO identity_leases (customer, name, job_id, pid, pid_start, acquired_at) VALUES ('acme', 'web1', 'theirs', ?1, ?2, 0)",
+            params![other.pid(), other.start_time()],
+        ).unwrap();
+        assert_eq!(
+            j.identity_holder("acme", "web1").unwrap(),
+            Some(("theirs".to_string(), other.pid()))
+        );
+        assert_eq!(
+            j.acquire_identity("acme", "web1", "mine")
+                .unwrap_err()
+                .held_by(),
+            Some(("theirs", other.pid()))
+        );
+    }
+
+    #[test]
+    fn stale_identity_lease_of_dead_process_is_taken_over() {
+        let (_d, j) = journal();
+        // A pid that cannot exist (beyond pid_max) with a made-up start time.
+        j.conn().execute("INSERT INTO identity_leases (customer, name, job_id, pid, pid_start, acquired_at) VALUES ('acme', 'web1', 'dead', 99999999, 1, 0)", []).unwrap();
+        assert_eq!(j.identity_holder("acme", "web1").unwrap(), None);
+        j.acquire_identity("acme", "web1", "alive").unwrap();
+        assert_eq!(
+            j.identity_holder("acme", "web1").unwrap(),
+            Some(("alive".to_string(), std::process::id()))
+        );
+        // A recycled pid (alive, but started at another time) is not the holder either.
+        let other = Other::start();
+        j.conn()
+            .execute(
+                "UPDATE identity_leases SET job_id = 'old', pid = ?1, pid_start = ?2",
+                params![other.pid(), other.start_time() - 1],
+            )
+            .unwrap();
+        j.acquire_identity("acme", "web1", "new").unwrap();
+    }
+
+    #[test]
+    fn liveness_follows_the_runner_and_the_run() {
+        let (_d, j) = journal();
+        j.create_job("a", JobKind::Bringup, "pve", None, &spec("acme", "web1"))
+            .unwrap();
+        let a = j.job("a").unwrap();
+        assert!(a.runner_alive);
+        assert_eq!(a.ended_at, None);
+        assert_eq!(
+            j.job_liveness("a").unwrap(),
+            Liveness::Live {
+                pid: std::process::id()
+            }
+        );
+        assert_eq!(a.display_state(), "running");
+
+        // Its process died mid-run.
+        set_runner(&j, "a", 99999999, 1);
+        assert_eq!(j.job_liveness("a").unwrap(), Liveness::Interrupted);
+        assert_eq!(j.job("a").unwrap().display_state(), "interrupted");
+        j.set_job_state("a", JobState::RollingBack, Some("boom"))
+            .unwrap();
+        assert_eq!(j.job("a").unwrap().display_state(), "interrupted");
+
+        // Another live process runs it.
+        let other = Other::start();
+        set_runner(&j, "a", other.pid(), other.start_time());
+        assert_eq!(
+            j.job_liveness("a").unwrap(),
+            Liveness::Live { pid: other.pid() }
+        );
+        assert_eq!(j.job("a").unwrap().display_state(), "rolling_back");
+
+        // The run ended: the state is what it says, whatever became of the process.
+        j.set_job_state("a", JobState::RolledBack, None).unwrap();
+        set_runner(&j, "a", 99999999, 1);
+        let a = j.job("a").unwrap();
+        assert!(a.ended_at.is_some());
+        assert_eq!(a.liveness(), Liveness::Stopped);
+        assert_eq!(a.display_state(), "rolled_back");
+        assert_eq!(a.error.as_deref(), Some("boom"));
+
+        // A claim (resume) starts a new run.
+        j.create_job("b", JobKind::Teardown, "pve", None, &Value::Null)
+            .unwrap();
+        j.set_job_state("b", JobState::Failed, Some("unreachable"))
+            .unwrap();
+        set_runner(&j, "b", 99999999, 1);
+        let before = j.job("b").unwrap();
+        assert_eq!(before.display_state(), "failed");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        j.claim_job("b").unwrap();
+        let b = j.job("b").unwrap();
+        assert_eq!(b.ended_at, None);
+        assert!(b.started_at > before.started_at);
+        assert_eq!(
+            b.liveness(),
+            Liveness::Live {
+                pid: std::process::id()
+            }
+        );
+        assert!(matches!(
+            j.job_liveness("nope"),
+            Err(JournalError::NoSuchJob(_))
+        ));
+    }
+
+    #[test]
+    fn supersede_is_final_and_sticks() {
+        let (_d, j) = journal();
+        j.create_job("up", JobKind::Bringup, "pve", None, &spec("acme", "web1"))
+            .unwrap();
+        j.set_job_state("up", JobState::Paused, Some("PVE unreachable"))
+            .unwrap();
+        assert_eq!(ids(&j.resumable_jobs().unwrap()), vec!["up"]);
+        assert!(j.supersede("up", "down").unwrap());
+        let up = j.job("up").unwrap();
+        assert_eq!(up.state, JobState::Superseded);
+        assert_eq!(up.superseded_by.as_deref(), Some("down"));
+        assert_eq!(up.display_state(), "superseded");
+        assert!(up.ended_at.is_some());
+        assert!(!up.state.is_resumable());
+        assert!(j.resumable_jobs().unwrap().is_empty());
+        assert!(j
+            .unfinished_jobs_for_identity("acme", "web1")
+            .unwrap()
+            .is_empty());
+        // A process still running it cannot bring it back.
+        j.set_job_state("up", JobState::Failed, Some("late"))
+            .unwrap();
+        assert_eq!(j.job("up").unwrap().state, JobState::Superseded);
+        // Final jobs are not superseded.
+        assert!(!j.supersede("up", "other").unwrap());
+        assert_eq!(j.job("up").unwrap().superseded_by.as_deref(), Some("down"));
+        j.create_job("ok", JobKind::Bringup, "pve", None, &Value::Null)
+            .unwrap();
+        j.set_job_state("ok", JobState::Succeeded, None).unwrap();
+        assert!(!j.supersede("ok", "down").unwrap());
+        assert_eq!(j.job("ok").unwrap().state, JobState::Succeeded);
+        assert!(matches!(
+            j.supersede("nope", "down"),
+            Err(JournalError::NoSuchJob(_))
+        ));
+    }
+
+    #[test]
+    fn supersede_is_refused_while_another_live_process_runs_the_job() {
+        let (_d, j) = journal();
+        j.create_job("up", JobKind::Bringup, "pve", None, &Value::Null)
+            .unwrap();
+        let other = Other::start();
+        set_runner(&j, "up", other.pid(), other.start_time());
+        match j.supersede("up", "down") {
+            Err(JournalError::JobBusy { job, pid }) => {
+                assert_eq!((job.as_str(), pid), ("up", other.pid()))
+            }
+            r => panic!("expected JobBusy, got {r:?}"),
+        }
+        assert_eq!(j.job("up").unwrap().state, JobState::Running);
+        // Once that process is gone, it can be.
+        set_runner(&j, "up", 99999999, 1);
+        assert!(j.supersede("up", "down").unwrap());
+    }
+
+    #[test]
+    fn needs_person_lists_stuck_paused_and_failed_jobs_not_being_run() {
+        let (_d, j) = journal();
+        for (id, state) in [
+            ("stuck", JobState::RollbackIncomplete),
+            ("paused", JobState::Paused),
+            ("failed", JobState::Failed),
+            ("rerun", JobState::Failed),
+            ("ok", JobState::Succeeded),
+            ("undone", JobState::RolledBack),
+        ] {
+            j.create_job(id, JobKind::Bringup, "pve", None, &Value::Null)
+                .unwrap();
+            j.set_job_state(id, state, Some(&format!("why {id}")))
+                .unwrap();
+            set_runner(&j, id, 99999999, 1);
+        }
+        // Running, and an interrupted one (`resume` with no argument takes those).
+        j.create_job("run", JobKind::Bringup, "pve", None, &Value::Null)
+            .unwrap();
+        j.create_job("dead", JobKind::Bringup, "pve", None, &Value::Null)
+            .unwrap();
+        set_runner(&j, "dead", 99999999, 1);
+        // This process took `rerun` up again.
+        j.claim_job("rerun").unwrap();
+
+        let np = j.needs_person().unwrap();
+        let mut got: Vec<_> = np.iter().map(|n| n.job.id.as_str()).collect();
+        got.sort();
+        assert_eq!(got, vec!["failed", "paused", "stuck"]);
+        for n in &np {
+            assert_eq!(n.run, format!("felhom resume {}", n.job.id));
+            assert!(n.why.contains(&format!("why {}", n.job.id)), "{}", n.why);
+        }
+        let stuck = np.iter().find(|n| n.job.id == "stuck").unwrap();
+        assert!(stuck.why.contains("rollback"), "{}", stuck.why);
+    }
+
+    #[test]
+    fn resumable_jobs_take_paused_and_interrupted_but_not_live_others() {
+        let (_d, j) = journal();
+        for id in ["paused", "dead", "theirs", "mine"] {
+            j.create_job(id, JobKind::Bringup, "pve", None, &Value::Null)
+                .unwrap();
+        }
+        j.set_job_state("paused", JobState::Paused, Some("x"))
+            .unwrap();
+        set_runner(&j, "dead", 99999999, 1);
+        let other = Other::start();
+        set_runner(&j, "theirs", other.pid(), other.start_time());
+        let mut got = j.resumable_jobs().unwrap();
+        got.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(ids(&got), vec!["dead", "mine", "paused"]);
+    }
 }
