@@ -380,6 +380,23 @@ INSERT INTO durations VALUES ('restore', 0, 1000, 2000);
     }
 
     #[test]
+    fn two_processes_opening_an_old_journal_at_once_migrate_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        old_journal(&path);
+        let opened: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| Journal::open(&path).map(|j| j.jobs().unwrap().len())))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for r in opened {
+            assert_eq!(r.unwrap(), 4);
+        }
+        assert_eq!(user_version(&path), CURRENT);
+    }
+
+    #[test]
     fn a_new_journal_gets_the_same_layout_as_a_migrated_one() {
         let dir = tempfile::tempdir().unwrap();
         let (old, new) = (dir.path().join("old.db"), dir.path().join("new.db"));
