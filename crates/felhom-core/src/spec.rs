@@ -14,7 +14,7 @@ use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::identity::PolicyName;
 
@@ -458,6 +458,11 @@ pub struct MountSpec {
 pub struct GuestSpec {
     pub customer: CustomerId,
     pub hostname: Hostname,
+    /// The guest's name within its customer: with `customer`, the guest's identity (unique
+    /// among felhom's guests; `apply` finds the guest by it). Defaults to the hostname; same
+    /// rule as a hostname (RFC 1123), so it is safe inside the ownership marker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<Hostname>,
     pub vmid: VmidChoice,
     pub golden: BackupVolid,
     pub node: NodeName,
@@ -550,7 +555,33 @@ impl<'a> Walker<'a> {
     }
 }
 
+/// A guest's identity: (customer, name). Unique among felhom's guests.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Identity {
+    pub customer: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.customer, self.name)
+    }
+}
+
 impl GuestSpec {
+    /// The guest's name: `name`, or the hostname.
+    pub fn name(&self) -> &str {
+        self.name.as_ref().unwrap_or(&self.hostname).as_str()
+    }
+
+    /// (customer, name).
+    pub fn identity_key(&self) -> Identity {
+        Identity {
+            customer: self.customer.to_string(),
+            name: self.name().to_string(),
+        }
+    }
+
     /// Parse a spec file's text: either one guest at the top level or a `[[guest]]` list.
     pub fn parse_many(text: &str) -> Result<Vec<GuestSpec>, SpecErrors> {
         let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
@@ -607,6 +638,7 @@ impl GuestSpec {
         }
         // Two guests of one file must not collide.
         let mut hostnames = BTreeSet::new();
+        let mut identities = BTreeSet::new();
         let mut vmids = BTreeSet::new();
         for (i, s) in specs.iter().enumerate() {
             if !hostnames.insert(s.hostname.clone()) {
@@ -615,6 +647,15 @@ impl GuestSpec {
                     rule: format!(
                         "duplicates another guest's hostname {}",
                         show(s.hostname.as_str())
+                    ),
+                });
+            }
+            if !identities.insert(s.identity_key()) {
+                errors.push(FieldError {
+                    field: format!("guest[{i}].name"),
+                    rule: format!(
+                        "duplicates another guest's identity {} (customer/name; name defaults to the hostname)",
+                        show(&s.identity_key().to_string())
                     ),
                 });
             }
@@ -659,6 +700,7 @@ impl GuestSpec {
         };
         let customer = w.parsed::<CustomerId>("customer", true);
         let hostname = w.parsed::<Hostname>("hostname", true);
+        let name = w.parsed::<Hostname>("name", false);
         let vmid = match w.raw("vmid") {
             None => {
                 w.err(
@@ -825,6 +867,7 @@ impl GuestSpec {
         Some(GuestSpec {
             customer: customer?,
             hostname: hostname?,
+            name,
             vmid: vmid?,
             golden: golden?,
             node: node?,

@@ -285,6 +285,8 @@ fn record_guest(cx: &JobCx, state: &str) -> Result<(), StepError> {
         ssh_fingerprint: f.ssh_fingerprint,
         spec: serde_json::to_value(s).unwrap_or(Value::Null),
         state: state.into(),
+        customer: s.customer.to_string(),
+        name: s.name().to_string(),
     })?;
     Ok(())
 }
