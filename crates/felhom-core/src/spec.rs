@@ -641,7 +641,8 @@ impl GuestSpec {
         let mut identities = BTreeSet::new();
         let mut vmids = BTreeSet::new();
         for (i, s) in specs.iter().enumerate() {
-            if !hostnames.insert(s.hostname.clone()) {
+            let dup_host = !hostnames.insert(s.hostname.clone());
+            if dup_host {
                 errors.push(FieldError {
                     field: format!("guest[{i}].hostname"),
                     rule: format!(
@@ -650,7 +651,9 @@ impl GuestSpec {
                     ),
                 });
             }
-            if !identities.insert(s.identity_key()) {
+            // A duplicate hostname is reported once, as such, even when it makes the identity
+            // (whose name defaults to the hostname) a duplicate too.
+            if !identities.insert(s.identity_key()) && !dup_host {
                 errors.push(FieldError {
                     field: format!("guest[{i}].name"),
                     rule: format!(
