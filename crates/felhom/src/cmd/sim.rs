@@ -1,4 +1,6 @@
-//! `felhom sim serve`: the PVE simulator as a standalone HTTPS server.
+//! `felhom sim serve`: the PVE simulator as a standalone HTTPS server; and the helpers the
+//! demo and the benchmarks share with it (seeding a golden, a config that points at a
+//! running simulator).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -6,6 +8,10 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use felhom_core::config::{write_config_file, ConfigFile, FelhomSection, PveSection, SshEndpoint};
+
+use super::Ctx;
+use crate::error::CliError;
+use crate::output::{self, outln, OutputFormat};
 
 #[derive(Subcommand, Debug)]
 pub enum SimCmd {
@@ -179,47 +185,73 @@ pub fn sim_settings(args: &ServeArgs) -> anyhow::Result<pve_sim::SimConfig> {
     })
 }
 
-pub async fn run(cmd: SimCmd) -> anyhow::Result<i32> {
+pub async fn run(cmd: SimCmd, ctx: &Ctx) -> Result<(), CliError> {
     match cmd {
-        SimCmd::Serve(args) => {
-            let settings = sim_settings(&args)?;
-            std::fs::create_dir_all(&args.state_dir)
-                .with_context(|| format!("create {}", args.state_dir.display()))?;
-            let golden = match (&args.golden, args.guests) {
-                (Some(g), _) => place_golden(&args.state_dir, g)?,
-                (None, GuestsArg::Modelled) => seed_golden(&args.state_dir)?,
-                (None, GuestsArg::Lxc) => String::new(),
-            };
-            let handle = pve_sim::start(settings)
-                .await
-                .context("start the simulator")?;
-            println!("pve-sim listening on {}", handle.url);
-            println!("certificate fingerprint (SHA-256): {}", handle.fingerprint);
+        SimCmd::Serve(args) => serve(args, ctx.format).await,
+    }
+}
+
+/// `sim serve`: start, say where (human lines, or one JSON line once ready), serve until
+/// Ctrl-C or SIGTERM. The config file, when asked for, is written before the ready line, so
+/// a reader of either may use the other.
+async fn serve(args: ServeArgs, format: OutputFormat) -> Result<(), CliError> {
+    let settings = sim_settings(&args).map_err(|e| CliError::bad_input(format!("{e:#}")))?;
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("create {}", args.state_dir.display()))
+        .map_err(|e| CliError::bad_input(format!("{e:#}")))?;
+    let golden = match (&args.golden, args.guests) {
+        (Some(g), _) => {
+            place_golden(&args.state_dir, g).map_err(|e| CliError::bad_input(format!("{e:#}")))?
+        }
+        (None, GuestsArg::Modelled) => seed_golden(&args.state_dir)?,
+        (None, GuestsArg::Lxc) => String::new(),
+    };
+    let handle = pve_sim::start(settings)
+        .await
+        .context("start the simulator")?;
+    let config = match &args.write_config {
+        Some(path) => {
+            let journal = path
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("felhom-journal.db");
+            write_config_file(
+                path,
+                &sim_config(
+                    &handle,
+                    &args.state_dir,
+                    std::path::absolute(&journal).unwrap_or(journal),
+                ),
+            )
+            .with_context(|| format!("write {}", path.display()))?;
+            Some(path)
+        }
+        None => None,
+    };
+    match format {
+        OutputFormat::Json => output::json_line(&serde_json::json!({
+            "url": handle.url.to_string(),
+            "fingerprint": handle.fingerprint,
+            "state_dir": std::path::absolute(&args.state_dir).unwrap_or(args.state_dir.clone()),
+            "golden": (!golden.is_empty()).then_some(&golden),
+            "guests": handle.guests().to_string(),
+            "config": config,
+        })),
+        OutputFormat::Human => {
+            outln!("pve-sim listening on {}", handle.url);
+            outln!("certificate fingerprint (SHA-256): {}", handle.fingerprint);
             if golden.is_empty() {
-                println!("golden archive: none (the synthetic seed golden cannot boot as a real guest; pass --golden ARCHIVE, made with `felhom golden build`)");
+                outln!("golden archive: none (the synthetic seed golden cannot boot as a real guest; pass --golden ARCHIVE, made with `felhom golden build`)");
             } else {
-                println!("golden archive: {golden}");
+                outln!("golden archive: {golden}");
             }
-            println!("guests: {}", handle.guests());
-            if let Some(path) = &args.write_config {
-                let journal = path
-                    .parent()
-                    .unwrap_or(Path::new("."))
-                    .join("felhom-journal.db");
-                write_config_file(
-                    path,
-                    &sim_config(
-                        &handle,
-                        &args.state_dir,
-                        std::path::absolute(&journal).unwrap_or(journal),
-                    ),
-                )
-                .with_context(|| format!("write {}", path.display()))?;
-                println!("felhom config written to {}", path.display());
+            outln!("guests: {}", handle.guests());
+            if let Some(path) = config {
+                outln!("felhom config written to {}", path.display());
             }
-            interrupted().await?;
-            handle.shutdown().await;
-            Ok(0)
         }
     }
+    interrupted().await?;
+    handle.shutdown().await;
+    Ok(())
 }
