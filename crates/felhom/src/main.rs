@@ -159,4 +159,44 @@ mod tests {
         assert!(seen > 40, "the walk saw only {seen} arguments");
         assert!(missing.is_empty(), "without help: {missing:#?}");
     }
+
+    /// `felhom man` names every command; `man --dir` writes a page for every command and
+    /// subcommand (felhom-golden-build.1, …).
+    #[test]
+    fn man_pages_cover_the_whole_tree() {
+        fn names(cmd: &clap::Command, prefix: &str, out: &mut Vec<(String, String)>) {
+            for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+                let page = format!("{prefix}-{}", sub.get_name());
+                out.push((sub.get_name().to_string(), page.clone()));
+                names(sub, &page, out);
+            }
+        }
+        let mut cmd = Cli::command().disable_help_subcommand(true);
+        cmd.build();
+        let mut all = Vec::new();
+        names(&cmd, "felhom", &mut all);
+        assert!(all.len() > 20, "{all:?}");
+
+        let page = String::from_utf8(crate::cmd::completions::man_page().unwrap()).unwrap();
+        assert!(page.contains(".TH felhom 1"), "{page}");
+        for sub in cmd.get_subcommands() {
+            let name = sub.get_name().replace('-', "\\-");
+            assert!(
+                page.contains(&format!("felhom\\-{name}(1)")),
+                "{name} not in:\n{page}"
+            );
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        clap_mangen::generate_to(Cli::command(), dir.path()).unwrap();
+        for (name, file) in &all {
+            let text = std::fs::read_to_string(dir.path().join(format!("{file}.1")))
+                .unwrap_or_else(|e| panic!("{file}.1: {e}"));
+            assert!(text.contains(".TH"), "{file}.1");
+            assert!(
+                text.contains(&name.replace('-', "\\-")),
+                "{file}.1 does not name {name}"
+            );
+        }
+    }
 }

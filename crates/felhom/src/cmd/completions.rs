@@ -34,13 +34,19 @@ pub fn completions(args: CompletionsArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// felhom.1, the top-level page (its SUBCOMMANDS section names every command).
+pub fn man_page() -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    clap_mangen::Man::new(crate::Cli::command()).render(&mut buf)?;
+    Ok(buf)
+}
+
 pub fn man(args: ManArgs, ctx: &Ctx) -> Result<(), CliError> {
-    let cmd = crate::Cli::command();
     match args.dir {
         Some(dir) => {
             std::fs::create_dir_all(&dir)
                 .map_err(|e| CliError::bad_input(format!("create {}: {e}", dir.display())))?;
-            clap_mangen::generate_to(cmd, &dir).map_err(|e| {
+            clap_mangen::generate_to(crate::Cli::command(), &dir).map_err(|e| {
                 CliError::failed(format!("write man pages to {}: {e}", dir.display()))
             })?;
             match ctx.format {
@@ -49,11 +55,9 @@ pub fn man(args: ManArgs, ctx: &Ctx) -> Result<(), CliError> {
             }
         }
         None => {
-            let mut buf = Vec::new();
-            clap_mangen::Man::new(cmd)
-                .render(&mut buf)
-                .map_err(|e| CliError::failed(format!("render the man page: {e}")))?;
-            output::write_stdout_bytes(&buf);
+            let page =
+                man_page().map_err(|e| CliError::failed(format!("render the man page: {e}")))?;
+            output::write_stdout_bytes(&page);
         }
     }
     Ok(())

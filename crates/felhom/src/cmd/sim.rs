@@ -120,16 +120,30 @@ pub fn place_archive(state_dir: &Path, archive: &Path, name: &str) -> anyhow::Re
     Ok(format!("local:backup/{name}"))
 }
 
-/// Wait for Ctrl-C or SIGTERM (how a supervisor or a test stops the simulator: with the lxc
-/// runtime the shutdown that follows removes its namespaces and DHCP servers).
-pub async fn interrupted() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("install the SIGTERM handler")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("wait for Ctrl-C")?,
-        _ = term.recv() => {}
+/// Ctrl-C or SIGTERM (how a supervisor or a test stops the simulator: with the lxc runtime
+/// the shutdown that follows removes its namespaces and DHCP servers). Installed before the
+/// simulator says it is ready, so a stop sent right after the ready line is a clean stop,
+/// not the default action of the signal.
+pub struct StopSignals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    pub fn install() -> anyhow::Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            int: signal(SignalKind::interrupt()).context("install the SIGINT handler")?,
+            term: signal(SignalKind::terminate()).context("install the SIGTERM handler")?,
+        })
     }
-    Ok(())
+
+    pub async fn wait(mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
 }
 
 /// A felhom config pointing at a running simulator.
@@ -206,6 +220,7 @@ async fn serve(args: ServeArgs, format: OutputFormat) -> Result<(), CliError> {
         (None, GuestsArg::Modelled) => seed_golden(&args.state_dir)?,
         (None, GuestsArg::Lxc) => String::new(),
     };
+    let stop = StopSignals::install()?;
     let handle = pve_sim::start(settings)
         .await
         .context("start the simulator")?;
@@ -251,7 +266,7 @@ async fn serve(args: ServeArgs, format: OutputFormat) -> Result<(), CliError> {
             }
         }
     }
-    interrupted().await?;
+    stop.wait().await;
     handle.shutdown().await;
     Ok(())
 }
