@@ -287,12 +287,13 @@ fn print_reports_human(reports: &[JobReport]) {
         ]);
     }
     print_table(&t);
+    let removed = |r: &JobReport| r.outcome == Outcome::Succeeded && r.kind == JobKind::Teardown;
+    if reports.iter().any(removed) {
+        outln!("(removed: stopped, destroyed with purge, forgotten)");
+    }
     for r in reports {
         let (label, job) = (&r.label, &r.job);
         match &r.outcome {
-            Outcome::Succeeded if r.kind == JobKind::Teardown => {
-                outln!("{label}: stopped, destroyed with purge, forgotten")
-            }
             Outcome::Succeeded => {}
             Outcome::RolledBack { error } => outln!("{label}: rolled back: {error}"),
             Outcome::Failed { error } => {
