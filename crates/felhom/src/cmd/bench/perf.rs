@@ -15,7 +15,8 @@ use felhom_core::ops::Felhom;
 use felhom_core::spec::GuestSpec;
 use serde_json::{json, Value};
 
-use crate::OutputFormat;
+use crate::error::CliError;
+use crate::output::{self, outln, OutputFormat};
 
 #[derive(Args, Debug)]
 pub struct PerfArgs {
@@ -102,7 +103,7 @@ async fn one_batch(n: usize, args: &PerfArgs) -> anyhow::Result<Value> {
     config.max_parallel_per_node = args.concurrency;
     config.max_parallel_per_storage = args.concurrency;
     let felhom = Arc::new(Felhom::open(config)?);
-    let golden = format!("local:backup/{}", crate::cmd_sim::SEED_GOLDEN);
+    let golden = format!("local:backup/{}", crate::cmd::sim::SEED_GOLDEN);
     let specs = specs(n, &golden)?;
     let warm_vmid = felhom.config.vmid_range.hi;
     if args.warm {
@@ -249,56 +250,95 @@ async fn one_batch(n: usize, args: &PerfArgs) -> anyhow::Result<Value> {
     }))
 }
 
-pub async fn run(args: PerfArgs, format: OutputFormat) -> anyhow::Result<i32> {
-    {
-        {
-            anyhow::ensure!(
-                args.time_scale > 0.0 && args.concurrency > 0,
-                "--time-scale and --concurrency must be > 0"
-            );
-            let mut rows = Vec::new();
-            for &n in &args.guests {
-                anyhow::ensure!((1..=500).contains(&n), "--guests values must be 1–500");
-                rows.push(one_batch(n, &args).await?);
-            }
-            match format {
-                OutputFormat::Json => println!(
-                    "{}",
-                    serde_json::to_string_pretty(&json!({ "perf": rows }))?
-                ),
-                OutputFormat::Human => {
-                    println!(
-                        "felhom bench perf (time scale {}, concurrency {}, {})",
-                        args.time_scale,
-                        args.concurrency,
-                        if args.warm {
-                            "warm: durations learned by an earlier guest"
-                        } else {
-                            "cold: nothing learned yet"
-                        }
-                    );
-                    println!("{:>5} {:>4} {:>8} {:>8} {:>6} {:>8} {:>6} {:>6} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>6} {:>5} {:>9} {:>9} {:>7}", "N", "ok", "wall_s", "floor_s", "ratio", "req/g", "wr/g", "poll/g", "det_med", "det_p99", "wr_med", "wr_p99", "poll/s", "rss_MB", "cpu_s", "l500", "naive_s", "naive_r/g", "req_x");
-                    for r in &rows {
-                        let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
-                        let n = |k: &str| r[k].as_u64().unwrap_or(0);
-                        // The naive columns stay empty ("-") when it was not run.
-                        let opt = |v: Option<f64>, width: usize, prec: usize| match v {
-                            Some(x) => format!("{x:>width$.prec$}"),
-                            None => format!("{:>width$}", "-"),
-                        };
-                        let naive_rg = r["naive"]["requests"].as_f64().map(|x| x / f("guests"));
-                        println!(
-                            "{:>5} {:>4} {:>8.2} {:>8.2} {:>6.2} {:>8.1} {:>6.1} {:>6.1} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>6.1} {:>7.1} {:>6.2} {:>5} {} {} {}",
-                            n("guests"), n("succeeded"), f("wall_s"), f("floor_s"), f("wall_over_floor"), f("requests_per_guest"), f("writes_per_guest"), f("polls_per_guest"),
-                            f("detection_ms_median"), f("detection_ms_p99"), f("next_write_ms_median"), f("next_write_ms_p99"), f("max_polls_per_s_per_task"), f("peak_rss_mb"), f("cpu_s"), n("lock500"),
-                            opt(r["naive"]["wall_s"].as_f64(), 9, 2), opt(naive_rg, 9, 1), opt(r["naive_request_ratio"].as_f64(), 7, 2)
-                        );
-                    }
-                }
-            }
-            Ok(0)
-        }
+pub async fn run(args: PerfArgs, format: OutputFormat) -> Result<(), CliError> {
+    if !(args.time_scale > 0.0 && args.concurrency > 0) {
+        return Err(CliError::bad_input(
+            "--time-scale and --concurrency must be > 0",
+        ));
     }
+    if !args.guests.iter().all(|n| (1..=500).contains(n)) {
+        return Err(CliError::bad_input("--guests values must be 1–500"));
+    }
+    let mut rows = Vec::new();
+    for &n in &args.guests {
+        rows.push(one_batch(n, &args).await?);
+    }
+    match format {
+        OutputFormat::Json => output::json(&json!({ "perf": rows })),
+        OutputFormat::Human => print_table(&args, &rows),
+    }
+    Ok(())
+}
+
+fn print_table(args: &PerfArgs, rows: &[Value]) {
+    outln!(
+        "felhom bench perf (time scale {}, concurrency {}, {})",
+        args.time_scale,
+        args.concurrency,
+        if args.warm {
+            "warm: durations learned by an earlier guest"
+        } else {
+            "cold: nothing learned yet"
+        }
+    );
+    let mut t = output::table([
+        "N",
+        "ok",
+        "wall_s",
+        "floor_s",
+        "ratio",
+        "req/g",
+        "wr/g",
+        "poll/g",
+        "det_med",
+        "det_p99",
+        "wr_med",
+        "wr_p99",
+        "poll/s",
+        "rss_MB",
+        "cpu_s",
+        "l500",
+        "naive_s",
+        "naive_r/g",
+        "req_x",
+    ]);
+    for c in t.column_iter_mut() {
+        c.set_cell_alignment(comfy_table::CellAlignment::Right);
+    }
+    for r in rows {
+        let f = |k: &str, prec: usize| format!("{:.prec$}", r[k].as_f64().unwrap_or(f64::NAN));
+        let n = |k: &str| r[k].as_u64().unwrap_or(0).to_string();
+        // The naive columns stay empty ("-") when it was not run.
+        let opt = |v: Option<f64>, prec: usize| match v {
+            Some(x) => format!("{x:.prec$}"),
+            None => "-".into(),
+        };
+        let naive_rg = r["naive"]["requests"]
+            .as_f64()
+            .map(|x| x / r["guests"].as_f64().unwrap_or(f64::NAN));
+        t.add_row([
+            n("guests"),
+            n("succeeded"),
+            f("wall_s", 2),
+            f("floor_s", 2),
+            f("wall_over_floor", 2),
+            f("requests_per_guest", 1),
+            f("writes_per_guest", 1),
+            f("polls_per_guest", 1),
+            f("detection_ms_median", 0),
+            f("detection_ms_p99", 0),
+            f("next_write_ms_median", 0),
+            f("next_write_ms_p99", 0),
+            f("max_polls_per_s_per_task", 1),
+            f("peak_rss_mb", 1),
+            f("cpu_s", 2),
+            n("lock500"),
+            opt(r["naive"]["wall_s"].as_f64(), 2),
+            opt(naive_rg, 1),
+            opt(r["naive_request_ratio"].as_f64(), 2),
+        ]);
+    }
+    output::print_table(&t);
 }
 
 #[cfg(test)]

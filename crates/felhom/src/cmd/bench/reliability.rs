@@ -26,7 +26,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::sim_child::SimChild;
-use crate::OutputFormat;
+use crate::error::{CliError, Exit};
+use crate::output::{self, outln, OutputFormat};
 
 /// The spec's rootfs size, which a guest must have exactly once grown to.
 const ROOTFS: &str = "12G";
@@ -118,7 +119,7 @@ impl Report {
 }
 
 fn golden() -> String {
-    format!("local:backup/{}", crate::cmd_sim::SEED_GOLDEN)
+    format!("local:backup/{}", crate::cmd::sim::SEED_GOLDEN)
 }
 
 fn json_out(out: &std::process::Output) -> Value {
@@ -326,20 +327,22 @@ async fn bad_inputs(sim: &SimChild) -> anyhow::Result<BadInputs> {
     Ok(r)
 }
 
-pub async fn run(args: ReliabilityArgs, format: OutputFormat) -> anyhow::Result<i32> {
-    anyhow::ensure!(
-        (1..=500).contains(&args.guests),
-        "--guests must be 1–500, got {}",
-        args.guests
-    );
-    anyhow::ensure!(
-        args.time_scale > 0.0,
-        "--time-scale must be > 0, got {}",
-        args.time_scale
-    );
+pub async fn run(args: ReliabilityArgs, format: OutputFormat) -> Result<(), CliError> {
+    if !(1..=500).contains(&args.guests) {
+        return Err(CliError::bad_input(format!(
+            "--guests must be 1–500, got {}",
+            args.guests
+        )));
+    }
+    if args.time_scale.is_nan() || args.time_scale <= 0.0 {
+        return Err(CliError::bad_input(format!(
+            "--time-scale must be > 0, got {}",
+            args.time_scale
+        )));
+    }
     args.faults
         .parse::<pve_sim::FaultSpec>()
-        .map_err(|e| anyhow::anyhow!("--faults: {e}"))?;
+        .map_err(|e| CliError::bad_input(format!("--faults: {e}")))?;
     let mut report = Report::default();
     {
         let sim = SimChild::start(args.time_scale, "")?;
@@ -349,13 +352,10 @@ pub async fn run(args: ReliabilityArgs, format: OutputFormat) -> anyhow::Result<
     report.soak = soak(&args, &mut report.leaks).await?;
     let good = report.all_good();
     match format {
-        OutputFormat::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({ "reliability": report, "all_good": good }))?
-        ),
+        OutputFormat::Json => output::json(&json!({ "reliability": report, "all_good": good })),
         OutputFormat::Human => print_table(&report, good),
     }
-    Ok(if good { 0 } else { 1 })
+    if good { Exit::Ok } else { Exit::Failed }.into_result()
 }
 
 fn print_table(r: &Report, good: bool) {
@@ -363,9 +363,14 @@ fn print_table(r: &Report, good: bool) {
     let s = &r.soak;
     let l = &r.leaks;
     let b = &r.bad_inputs;
-    println!("felhom bench reliability");
-    println!("{:<44} {:>8}", "what", "count");
-    let row = |k: &str, v: String| println!("{k:<44} {v:>8}");
+    outln!("felhom bench reliability");
+    let mut t = output::table(["what", "count"]);
+    if let Some(col) = t.column_mut(1) {
+        col.set_cell_alignment(comfy_table::CellAlignment::Right);
+    }
+    let mut row = |k: &str, v: String| {
+        t.add_row([k.to_string(), v]);
+    };
     row(
         "crash points tried (9 steps x before/after)",
         c.tried.to_string(),
@@ -394,15 +399,16 @@ fn print_table(r: &Report, good: bool) {
     row("bad inputs tried", b.tried.to_string());
     row("bad inputs refused (exit 2)", b.refused_exit_2.to_string());
     row("writes caused by bad inputs", b.writes_caused.to_string());
-    println!("soak faults: {}", s.faults);
+    output::print_table(&t);
+    outln!("soak faults: {}", s.faults);
     for (point, why) in &c.wrong {
-        println!("crash point {point}: {why}");
+        outln!("crash point {point}: {why}");
     }
     for d in &l.details {
-        println!("leak: {d}");
+        outln!("leak: {d}");
     }
     for a in &b.accepted {
-        println!("bad input not refused: {a}");
+        outln!("bad input not refused: {a}");
     }
-    println!("{}", if good { "all good" } else { "NOT ALL GOOD" });
+    outln!("{}", if good { "all good" } else { "NOT ALL GOOD" });
 }

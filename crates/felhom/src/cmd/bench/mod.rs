@@ -7,7 +7,8 @@ mod sim_child;
 
 use clap::Subcommand;
 
-use crate::OutputFormat;
+use super::Ctx;
+use crate::error::CliError;
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCmd {
@@ -19,9 +20,9 @@ pub enum BenchCmd {
     Reliability(reliability::ReliabilityArgs),
 }
 
-pub async fn run(cmd: BenchCmd, format: OutputFormat) -> anyhow::Result<i32> {
+pub async fn run(cmd: BenchCmd, ctx: &Ctx) -> Result<(), CliError> {
     match cmd {
-        BenchCmd::Perf(args) => perf::run(args, format).await,
-        BenchCmd::Reliability(args) => reliability::run(args, format).await,
+        BenchCmd::Perf(args) => perf::run(args, ctx.format).await,
+        BenchCmd::Reliability(args) => reliability::run(args, ctx.format).await,
     }
 }

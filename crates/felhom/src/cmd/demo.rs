@@ -21,8 +21,10 @@ use felhom_core::job::Outcome;
 use felhom_core::ops::Felhom;
 use felhom_core::spec::GuestSpec;
 
-use crate::cmd_sim::{place_golden, seed_golden, sim_config};
-use crate::output::{self, CliProgress, OutputFormat};
+use super::sim::{place_golden, seed_golden, sim_config};
+use super::Ctx;
+use crate::error::CliError;
+use crate::output::{self, errln, outln, CliProgress, OutputFormat};
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -48,50 +50,65 @@ const CUSTOMERS: &[&str] = &[
     "acme", "globex", "initech", "umbrella", "hooli", "vandelay", "wonka", "stark",
 ];
 
-pub async fn run(args: DemoArgs, format: OutputFormat) -> anyhow::Result<i32> {
+pub async fn run(args: DemoArgs, ctx: &Ctx) -> Result<(), CliError> {
     let started = Instant::now();
     if args.guests == 0 || args.guests > 100 {
-        anyhow::bail!("--guests must be 1–100; got {}", args.guests);
+        return Err(CliError::bad_input(format!(
+            "--guests must be 1–100; got {}",
+            args.guests
+        )));
     }
+    if !(args.time_scale > 0.0 && args.time_scale <= 100.0) {
+        return Err(CliError::bad_input(format!(
+            "--time-scale must be > 0 and ≤ 100; got {}",
+            args.time_scale
+        )));
+    }
+    let format = ctx.format;
+    let human = format == OutputFormat::Human;
     let dir = tempfile::Builder::new()
         .prefix("felhom-demo-")
         .tempdir()
         .context("create a temp dir")?;
     let state = dir.path().join("sim");
-    std::fs::create_dir_all(&state)?;
-    let human = format == OutputFormat::Human;
+    std::fs::create_dir_all(&state).context("create the simulator's state dir")?;
 
     let (golden, golden_path) = if args.real {
         pve_sim::runtime::lxc::preflight().map_err(|e| {
-            anyhow::anyhow!("felhom demo --real: {e} (or run the demo without --real)")
+            CliError::bad_input(format!(
+                "felhom demo --real: {e} (or run the demo without --real)"
+            ))
         })?;
         let archive = match &args.golden {
             Some(p) => p.clone(),
             None => cached_golden(human)?,
         };
-        let volid = place_golden(&state, &archive)?;
+        let volid =
+            place_golden(&state, &archive).map_err(|e| CliError::bad_input(format!("{e:#}")))?;
         let name = volid.trim_start_matches("local:backup/");
         (volid.clone(), pve_sim::dump_dir(&state, "local").join(name))
     } else {
         let golden = seed_golden(&state)?;
-        let path = pve_sim::dump_dir(&state, "local").join(crate::cmd_sim::SEED_GOLDEN);
+        let path = pve_sim::dump_dir(&state, "local").join(super::sim::SEED_GOLDEN);
         (golden, path)
     };
     let report =
         felhom_core::golden::inspect_path(&golden_path).context("inspect the golden archive")?;
     if human {
-        println!(
+        outln!(
             "golden {golden}: {} finding(s) with errors, {} warning(s)",
             report.error_count(),
             report.warning_count()
         );
     }
     if report.error_count() > 0 {
-        anyhow::bail!("the demo's golden archive has inspection errors: {report:?}");
+        return Err(CliError::failed(format!(
+            "the demo's golden archive has inspection errors: {report:?}"
+        )));
     }
 
     let sim = pve_sim::start(pve_sim::SimConfig {
-        listen: "127.0.0.1:0".parse()?,
+        listen: "127.0.0.1:0".parse().context("loopback address")?,
         state_dir: state.clone(),
         node: "pve".into(),
         faults: pve_sim::FaultSpec::default(),
@@ -105,15 +122,16 @@ pub async fn run(args: DemoArgs, format: OutputFormat) -> anyhow::Result<i32> {
     .await
     .context("start the embedded simulator")?;
     if human {
-        println!("simulator at {} (certificate {})", sim.url, sim.fingerprint);
+        outln!("simulator at {} (certificate {})", sim.url, sim.fingerprint);
     }
     let cfg_path = dir.path().join("felhom.toml");
     felhom_core::config::write_config_file(
         &cfg_path,
         &sim_config(&sim, &state, dir.path().join("journal.db")),
-    )?;
+    )
+    .context("write the demo config")?;
     let config = Config::load(Some(&cfg_path)).context("load the demo config")?;
-    let felhom = Arc::new(Felhom::open(config)?);
+    let felhom = Arc::new(Felhom::open(config).context("open felhom")?);
 
     let specs: Vec<GuestSpec> = (0..args.guests)
         .map(|i| {
@@ -126,58 +144,90 @@ pub async fn run(args: DemoArgs, format: OutputFormat) -> anyhow::Result<i32> {
         .collect::<anyhow::Result<_>>()?;
     let errors = felhom.validate(&specs).await;
     if !errors.is_empty() {
-        anyhow::bail!("demo specs rejected: {errors:?}");
+        return Err(CliError::failed(format!("demo specs rejected: {errors:?}")));
     }
     let t_up = Instant::now();
     let reports = felhom
         .provision(specs, Arc::new(CliProgress::new(format)))
         .await?;
     let up_secs = t_up.elapsed().as_secs_f64();
-    output::print_reports(&reports, format);
-    let mut code = output::batch_exit_code(&reports);
+    if human {
+        output::print_reports(&reports, format);
+    }
+    let mut exit = output::batch_exit(&reports);
 
     let vmids: Vec<pve_api::Vmid> = reports
         .iter()
         .filter(|r| r.outcome == Outcome::Succeeded)
         .filter_map(|r| r.vmid.and_then(|v| pve_api::Vmid::try_from(v).ok()))
         .collect();
-    if args.real && human && !vmids.is_empty() {
-        show_real_guests(&sim, &vmids).await;
-    }
+    let real_guests = if args.real && !vmids.is_empty() {
+        let guests = look_at_real_guests(&sim, &vmids).await;
+        if human {
+            print_real_guests(&vmids, &guests);
+        }
+        guests
+    } else {
+        Vec::new()
+    };
     let mut down_secs = 0.0;
+    let mut down = Vec::new();
+    let mut kept = None;
     if args.keep {
-        let kept = dir.keep();
-        println!("kept: state and config in {}", kept.display());
-        println!("the simulator stops when this process exits; restart it with: felhom sim serve --state-dir {} --listen 127.0.0.1:0", kept.join("sim").display());
+        let path = dir.keep();
+        if human {
+            outln!("kept: state and config in {}", path.display());
+            outln!("the simulator stops when this process exits; restart it with: felhom sim serve --state-dir {} --listen 127.0.0.1:0", path.join("sim").display());
+        }
+        kept = Some(path);
     } else if !vmids.is_empty() {
         let t_down = Instant::now();
-        let down = felhom
+        down = felhom
             .teardown(vmids, Arc::new(CliProgress::new(format)))
             .await?;
         down_secs = t_down.elapsed().as_secs_f64();
         if human {
-            println!("teardown:");
+            outln!("teardown:");
+            output::print_reports(&down, format);
         }
-        output::print_reports(&down, format);
-        code = code.max(output::batch_exit_code(&down));
+        exit = exit.max(output::batch_exit(&down));
     }
+    let (sim_url, sim_fingerprint) = (sim.url.to_string(), sim.fingerprint.clone());
     sim.shutdown().await;
-    if human {
-        println!(
-            "demo: {} {}guest(s) up in {up_secs:.2}s, torn down in {down_secs:.2}s, {:.2}s in all (time scale {})",
+    let total_secs = started.elapsed().as_secs_f64();
+    match format {
+        OutputFormat::Json => output::json(&serde_json::json!({
+            "guests": args.guests,
+            "real": args.real,
+            "time_scale": args.time_scale,
+            "golden": {
+                "volid": golden,
+                "errors": report.error_count(),
+                "warnings": report.warning_count(),
+            },
+            "simulator": { "url": sim_url, "fingerprint": sim_fingerprint },
+            "provision": reports,
+            "real_guests": real_guests,
+            "teardown": down,
+            "kept": kept,
+            "up_s": up_secs,
+            "down_s": down_secs,
+            "total_s": total_secs,
+        })),
+        OutputFormat::Human => outln!(
+            "demo: {} {}guest(s) up in {up_secs:.2}s, torn down in {down_secs:.2}s, {total_secs:.2}s in all (time scale {})",
             args.guests,
             if args.real { "real " } else { "" },
-            started.elapsed().as_secs_f64(),
             args.time_scale
-        );
+        ),
     }
-    Ok(code)
+    exit.into_result()
 }
 
 /// The golden `--real` boots: built with the product's own builder (Docker from Debian, the
 /// first-boot key unit) into the user's cache, keyed by the build's input hash so a changed
 /// recipe is rebuilt and an unchanged one is reused.
-fn cached_golden(human: bool) -> anyhow::Result<PathBuf> {
+fn cached_golden(human: bool) -> Result<PathBuf, CliError> {
     let cache = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
@@ -189,12 +239,12 @@ fn cached_golden(human: bool) -> anyhow::Result<PathBuf> {
     let out = cache.join(format!("golden-{}.tar.zst", &hash[..16]));
     if out.is_file() {
         if human {
-            println!("golden: reusing {}", out.display());
+            outln!("golden: reusing {}", out.display());
         }
         return Ok(out);
     }
     if human {
-        println!(
+        outln!(
             "golden: building {} (once; felhom golden build)",
             out.display()
         );
@@ -205,13 +255,13 @@ fn cached_golden(human: bool) -> anyhow::Result<PathBuf> {
     };
     let progress = |line: &str| {
         if human {
-            println!("  {line}");
+            errln!("  {line}");
         }
     };
     let report = felhom_core::golden_build::build(&opts, &progress)
-        .map_err(|e| anyhow::anyhow!("build the demo's golden: {e}"))?;
+        .map_err(|e| CliError::failed(format!("build the demo's golden: {e}")))?;
     if human {
-        println!(
+        outln!(
             "golden: {} bytes in {:.1}s",
             std::fs::metadata(&report.archive)
                 .map(|m| m.len())
@@ -224,12 +274,15 @@ fn cached_golden(human: bool) -> anyhow::Result<PathBuf> {
 
 /// What each real guest says about itself, read by the simulator from outside (its disk,
 /// its namespaces, the DHCP server's leases): the proof that identity was reset for real.
-async fn show_real_guests(sim: &pve_sim::SimHandle, vmids: &[pve_api::Vmid]) {
-    println!("real guests (read from their disks and namespaces):");
+/// One entry per VMID, in order (the simulator's state dump for that guest).
+async fn look_at_real_guests(
+    sim: &pve_sim::SimHandle,
+    vmids: &[pve_api::Vmid],
+) -> Vec<serde_json::Value> {
     // One state dump serves every guest (each dump runs a few processes per guest); it is
     // taken again until every guest's systemd has answered, or a minute has passed.
     let deadline = Instant::now() + Duration::from_secs(60);
-    let guests: Vec<serde_json::Value> = loop {
+    loop {
         let state = sim.state().await;
         let guests: Vec<serde_json::Value> = vmids
             .iter()
@@ -245,12 +298,16 @@ async fn show_real_guests(sim: &pve_sim::SimHandle, vmids: &[pve_api::Vmid]) {
             .iter()
             .all(|g| g["lxc"]["boot"]["systemd_state"].is_string());
         if booted || Instant::now() > deadline {
-            break guests;
+            return guests;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    }
+}
+
+fn print_real_guests(vmids: &[pve_api::Vmid], guests: &[serde_json::Value]) {
+    outln!("real guests (read from their disks and namespaces):");
     let text = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_string();
-    for (vmid, g) in vmids.iter().zip(&guests) {
+    for (vmid, g) in vmids.iter().zip(guests) {
         let lx = &g["lxc"];
         let leases: Vec<String> = lx["leases"]
             .as_array()
@@ -260,7 +317,7 @@ async fn show_real_guests(sim: &pve_sim::SimHandle, vmids: &[pve_api::Vmid]) {
                     .collect()
             })
             .unwrap_or_default();
-        println!(
+        outln!(
             "  {vmid} {}: systemd {}, machine-id {}, host key {}, lease {}",
             text(&lx["uts_hostname"]),
             text(&lx["boot"]["systemd_state"]),

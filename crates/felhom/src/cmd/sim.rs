@@ -1,4 +1,6 @@
-//! `felhom sim serve`: the PVE simulator as a standalone HTTPS server.
+//! `felhom sim serve`: the PVE simulator as a standalone HTTPS server; and the helpers the
+//! demo and the benchmarks share with it (seeding a golden, a config that points at a
+//! running simulator).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -6,6 +8,10 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use felhom_core::config::{write_config_file, ConfigFile, FelhomSection, PveSection, SshEndpoint};
+
+use super::Ctx;
+use crate::error::CliError;
+use crate::output::{self, outln, OutputFormat};
 
 #[derive(Subcommand, Debug)]
 pub enum SimCmd {
@@ -114,16 +120,30 @@ pub fn place_archive(state_dir: &Path, archive: &Path, name: &str) -> anyhow::Re
     Ok(format!("local:backup/{name}"))
 }
 
-/// Wait for Ctrl-C or SIGTERM (how a supervisor or a test stops the simulator: with the lxc
-/// runtime the shutdown that follows removes its namespaces and DHCP servers).
-pub async fn interrupted() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("install the SIGTERM handler")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("wait for Ctrl-C")?,
-        _ = term.recv() => {}
+/// Ctrl-C or SIGTERM (how a supervisor or a test stops the simulator: with the lxc runtime
+/// the shutdown that follows removes its namespaces and DHCP servers). Installed before the
+/// simulator says it is ready, so a stop sent right after the ready line is a clean stop,
+/// not the default action of the signal.
+pub struct StopSignals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    pub fn install() -> anyhow::Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            int: signal(SignalKind::interrupt()).context("install the SIGINT handler")?,
+            term: signal(SignalKind::terminate()).context("install the SIGTERM handler")?,
+        })
     }
-    Ok(())
+
+    pub async fn wait(mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
 }
 
 /// A felhom config pointing at a running simulator.
@@ -179,47 +199,74 @@ pub fn sim_settings(args: &ServeArgs) -> anyhow::Result<pve_sim::SimConfig> {
     })
 }
 
-pub async fn run(cmd: SimCmd) -> anyhow::Result<i32> {
+pub async fn run(cmd: SimCmd, ctx: &Ctx) -> Result<(), CliError> {
     match cmd {
-        SimCmd::Serve(args) => {
-            let settings = sim_settings(&args)?;
-            std::fs::create_dir_all(&args.state_dir)
-                .with_context(|| format!("create {}", args.state_dir.display()))?;
-            let golden = match (&args.golden, args.guests) {
-                (Some(g), _) => place_golden(&args.state_dir, g)?,
-                (None, GuestsArg::Modelled) => seed_golden(&args.state_dir)?,
-                (None, GuestsArg::Lxc) => String::new(),
-            };
-            let handle = pve_sim::start(settings)
-                .await
-                .context("start the simulator")?;
-            println!("pve-sim listening on {}", handle.url);
-            println!("certificate fingerprint (SHA-256): {}", handle.fingerprint);
+        SimCmd::Serve(args) => serve(args, ctx.format).await,
+    }
+}
+
+/// `sim serve`: start, say where (human lines, or one JSON line once ready), serve until
+/// Ctrl-C or SIGTERM. The config file, when asked for, is written before the ready line, so
+/// a reader of either may use the other.
+async fn serve(args: ServeArgs, format: OutputFormat) -> Result<(), CliError> {
+    let settings = sim_settings(&args).map_err(|e| CliError::bad_input(format!("{e:#}")))?;
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("create {}", args.state_dir.display()))
+        .map_err(|e| CliError::bad_input(format!("{e:#}")))?;
+    let golden = match (&args.golden, args.guests) {
+        (Some(g), _) => {
+            place_golden(&args.state_dir, g).map_err(|e| CliError::bad_input(format!("{e:#}")))?
+        }
+        (None, GuestsArg::Modelled) => seed_golden(&args.state_dir)?,
+        (None, GuestsArg::Lxc) => String::new(),
+    };
+    let stop = StopSignals::install()?;
+    let handle = pve_sim::start(settings)
+        .await
+        .context("start the simulator")?;
+    let config = match &args.write_config {
+        Some(path) => {
+            let journal = path
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("felhom-journal.db");
+            write_config_file(
+                path,
+                &sim_config(
+                    &handle,
+                    &args.state_dir,
+                    std::path::absolute(&journal).unwrap_or(journal),
+                ),
+            )
+            .with_context(|| format!("write {}", path.display()))?;
+            Some(path)
+        }
+        None => None,
+    };
+    match format {
+        OutputFormat::Json => output::json_line(&serde_json::json!({
+            "url": handle.url.to_string(),
+            "fingerprint": handle.fingerprint,
+            "state_dir": std::path::absolute(&args.state_dir).unwrap_or(args.state_dir.clone()),
+            "golden": (!golden.is_empty()).then_some(&golden),
+            "guests": handle.guests().to_string(),
+            "config": config,
+        })),
+        OutputFormat::Human => {
+            outln!("pve-sim listening on {}", handle.url);
+            outln!("certificate fingerprint (SHA-256): {}", handle.fingerprint);
             if golden.is_empty() {
-                println!("golden archive: none (the synthetic seed golden cannot boot as a real guest; pass --golden ARCHIVE, made with `felhom golden build`)");
+                outln!("golden archive: none (the synthetic seed golden cannot boot as a real guest; pass --golden ARCHIVE, made with `felhom golden build`)");
             } else {
-                println!("golden archive: {golden}");
+                outln!("golden archive: {golden}");
             }
-            println!("guests: {}", handle.guests());
-            if let Some(path) = &args.write_config {
-                let journal = path
-                    .parent()
-                    .unwrap_or(Path::new("."))
-                    .join("felhom-journal.db");
-                write_config_file(
-                    path,
-                    &sim_config(
-                        &handle,
-                        &args.state_dir,
-                        std::path::absolute(&journal).unwrap_or(journal),
-                    ),
-                )
-                .with_context(|| format!("write {}", path.display()))?;
-                println!("felhom config written to {}", path.display());
+            outln!("guests: {}", handle.guests());
+            if let Some(path) = config {
+                outln!("felhom config written to {}", path.display());
             }
-            interrupted().await?;
-            handle.shutdown().await;
-            Ok(0)
         }
     }
+    stop.wait().await;
+    handle.shutdown().await;
+    Ok(())
 }
