@@ -93,6 +93,11 @@ pub struct FelhomSection {
     /// Seconds one PVE task (restore, resize, start, destroy) may run.
     #[serde(default = "default_task_timeout")]
     pub task_timeout_secs: u64,
+    /// Seconds PVE may stay unreachable during a job before the job pauses (exit 3;
+    /// `felhom resume` goes on from there). Never a rollback: an unreachable API says
+    /// nothing about the guest.
+    #[serde(default = "default_connect_budget")]
+    pub connect_budget_secs: u64,
     /// The work this installation is configured for: guest spec files that `preflight` and
     /// `role` check when given none (relative paths are relative to this file).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -107,6 +112,9 @@ fn default_linkup() -> u64 {
 }
 fn default_task_timeout() -> u64 {
     1800
+}
+fn default_connect_budget() -> u64 {
+    60
 }
 
 /// Inclusive VMID range; construction guarantees `lo <= hi`, both valid VMIDs.
@@ -145,6 +153,8 @@ pub struct Config {
     pub linkup_timeout: Duration,
     pub ssh_timeout: Duration,
     pub task_timeout: Duration,
+    /// How long PVE may stay unreachable before a job pauses.
+    pub connect_budget: Duration,
     /// `felhom.specs`, resolved against the config file's directory.
     pub specs: Vec<PathBuf>,
 }
@@ -332,6 +342,7 @@ impl Config {
             linkup_timeout: Duration::from_secs(file.felhom.linkup_timeout_secs),
             ssh_timeout: Duration::from_secs(file.felhom.ssh_timeout_secs),
             task_timeout: Duration::from_secs(file.felhom.task_timeout_secs),
+            connect_budget: Duration::from_secs(file.felhom.connect_budget_secs),
             specs: file.felhom.specs.iter().map(|p| resolve(p)).collect(),
         })
     }

@@ -116,6 +116,14 @@ pub fn rootfs_bytes(cfg: &LxcConfig) -> Result<u64, String> {
     }
 }
 
+/// The rootfs volume id (`local-lvm:vm-1100-disk-0`).
+pub fn rootfs_volume(cfg: &LxcConfig) -> Option<String> {
+    match cfg.mount("rootfs") {
+        Some(Ok(m)) => Some(m.volume),
+        _ => None,
+    }
+}
+
 /// One `mpN` of a guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountSeen {

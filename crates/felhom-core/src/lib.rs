@@ -6,6 +6,7 @@
 //! lives there, everything felhom decides lives here.
 
 pub mod adversarial;
+pub mod apply;
 pub mod bringup;
 pub mod config;
 pub mod golden;

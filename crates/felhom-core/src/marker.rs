@@ -4,7 +4,12 @@
 //! marker is how any felhom process proves a guest is its own before it stops or destroys
 //! it. A guest without it, or with another job's marker, is never touched by rollback.
 //!
-//! The marker is one line: `felhom: job=<id> customer=<id> state=<provisioning|provisioned>`.
+//! The marker is one line:
+//! `felhom: job=<id> customer=<id> name=<name> state=<provisioning|provisioned>`.
+//! `customer` and `name` are the guest's identity; markers written before identities existed
+//! have no `name` (the guest's name is then its hostname). A marker alone proves nothing
+//! (anyone with `VM.Config.Options` can write a description): `apply` also checks the MAC
+//! and rootfs volume felhom recorded for the guest.
 //! PVE returns the description with a trailing `\n` per line (reference §3.1), so parsing is
 //! line-based and tolerant of that.
 
@@ -16,6 +21,8 @@ pub const PREFIX: &str = "felhom:";
 pub struct Marker {
     pub job: String,
     pub customer: String,
+    /// The guest's name within its customer (`None` in markers older than identities).
+    pub name: Option<String>,
     pub state: MarkerState,
 }
 
@@ -36,13 +43,11 @@ impl MarkerState {
 
 impl fmt::Display for Marker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{PREFIX} job={} customer={} state={}",
-            self.job,
-            self.customer,
-            self.state.as_str()
-        )
+        write!(f, "{PREFIX} job={} customer={}", self.job, self.customer)?;
+        if let Some(name) = &self.name {
+            write!(f, " name={name}")?;
+        }
+        write!(f, " state={}", self.state.as_str())
     }
 }
 
@@ -53,11 +58,13 @@ impl Marker {
             let rest = line.trim().strip_prefix(PREFIX)?;
             let mut job = None;
             let mut customer = None;
+            let mut name = None;
             let mut state = None;
             for kv in rest.split_whitespace() {
                 match kv.split_once('=') {
                     Some(("job", v)) => job = Some(v.to_string()),
                     Some(("customer", v)) => customer = Some(v.to_string()),
+                    Some(("name", v)) => name = Some(v.to_string()),
                     Some(("state", "provisioning")) => state = Some(MarkerState::Provisioning),
                     Some(("state", "provisioned")) => state = Some(MarkerState::Provisioned),
                     _ => {}
@@ -66,6 +73,7 @@ impl Marker {
             Some(Marker {
                 job: job?,
                 customer: customer?,
+                name,
                 state: state?,
             })
         })
@@ -81,11 +89,14 @@ mod tests {
         let m = Marker {
             job: "j-1".into(),
             customer: "acme".into(),
+            name: Some("web1".into()),
             state: MarkerState::Provisioned,
         };
         let desc = format!("{m}\n");
         assert_eq!(Marker::find(&desc), Some(m));
         assert_eq!(Marker::find("some other guest\n"), None);
+        let old = Marker::find("felhom: job=j-0 customer=acme state=provisioning\n").unwrap();
+        assert_eq!(old.name, None, "markers older than identities still parse");
         assert_eq!(
             Marker::find("felhom: job=x\n"),
             None,

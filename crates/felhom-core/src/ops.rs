@@ -16,8 +16,9 @@ use crate::bringup::{self, BringupStep};
 use crate::config::Config;
 use crate::guest::{GoldenInfo, Ownership, PickError, VmidPicker};
 use crate::job::{self, Facts, JobCx, Observed, Outcome, Progress, Step};
+use crate::journal::JobRow;
 use crate::journal::{JobKind, JobState, Journal, Phase};
-use crate::spec::{show, FieldError, GuestSpec, VmidChoice};
+use crate::spec::{show, FieldError, GuestSpec, Identity, VmidChoice};
 use crate::teardown;
 
 #[derive(Debug, thiserror::Error)]
@@ -116,9 +117,65 @@ pub fn new_job_id(kind: JobKind) -> String {
     let prefix = match kind {
         JobKind::Bringup => "up",
         JobKind::Teardown => "down",
+        JobKind::Repair => "fix",
     };
     let t = crate::journal::now_ms();
     format!("{prefix}-{t:x}-{:06x}", rand::random::<u32>() & 0xff_ffff)
+}
+
+/// The holder of the identity leases of one `apply` invocation.
+pub fn new_apply_id() -> String {
+    format!(
+        "apply-{:x}-{:06x}",
+        crate::journal::now_ms(),
+        rand::random::<u32>() & 0xff_ffff
+    )
+}
+
+/// What `teardown` is asked to remove.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Vmid(Vmid),
+    Identity(Identity),
+}
+
+impl Target {
+    fn vmid(&self) -> Option<u32> {
+        match self {
+            Target::Vmid(v) => Some(v.get()),
+            Target::Identity(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Vmid(v) => write!(f, "{v}"),
+            Target::Identity(id) => write!(f, "{id}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Target {
+    type Err = String;
+    /// A VMID (`1100`) or an identity (`acme/web1`).
+    fn from_str(s: &str) -> Result<Target, String> {
+        if let Some((customer, name)) = s.split_once('/') {
+            let c: crate::spec::CustomerId = customer.parse()?;
+            let n: crate::spec::Hostname = name.parse()?;
+            return Ok(Target::Identity(Identity {
+                customer: c.to_string(),
+                name: n.to_string(),
+            }));
+        }
+        let n: u32 = s
+            .parse()
+            .map_err(|_| format!("{s:?} is neither a VMID nor an identity customer/name"))?;
+        Vmid::try_from(n)
+            .map(Target::Vmid)
+            .map_err(|e| e.to_string())
+    }
 }
 
 impl Felhom {
@@ -156,7 +213,7 @@ impl Felhom {
     }
 
     /// Persist what this process learned of the host's durations (after every batch).
-    fn remember_durations(&self) {
+    pub(crate) fn remember_durations(&self) {
         let ms = |d: Duration| d.as_millis() as u64;
         let items: Vec<(String, u64, u64)> = self
             .client
@@ -199,6 +256,7 @@ impl Felhom {
             config_cache: Default::default(),
             acting: Default::default(),
             waits: self.waits.clone(),
+            unreachable_since: Default::default(),
         }
     }
 
@@ -219,6 +277,14 @@ impl Felhom {
             .unwrap_or_else(|p| p.into_inner())
             .insert(key, g.clone());
         Ok(g)
+    }
+
+    /// Whether journal job `job` works for guest `id`.
+    fn job_is_for(&self, job: &str, id: &Identity) -> bool {
+        self.journal.job(job).is_ok_and(|j| {
+            j.customer.as_deref() == Some(id.customer.as_str())
+                && j.name.as_deref() == Some(id.name.as_str())
+        })
     }
 
     /// Everything that can be checked against PVE with reads only, before any job exists:
@@ -248,16 +314,25 @@ impl Felhom {
                             self.config.path.display()
                         ),
                     );
-                } else if let Ok(Some((job, pid))) = self.journal.live_lease_holder(v) {
-                    err(
-                        "vmid",
-                        format!("guest {v} is held by job {job} (felhom process {pid}); wait for it to finish"),
-                    );
+                } else if let Some((job, pid)) = self.journal.live_lease_holder(v).ok().flatten() {
+                    // A job building this very guest right now: `apply` waits for it and
+                    // decides then. Any other holder is another guest's.
+                    if !self.job_is_for(&job, &s.identity_key()) {
+                        err(
+                            "vmid",
+                            format!("guest {v} is held by job {job} (felhom process {pid}) for another guest; wait for it to finish"),
+                        );
+                    }
                 } else {
+                    let id = s.identity_key();
                     match self.client.lxc_config(s.node.as_str(), v).await {
                         Err(ApiError::NotFound { .. }) => {}
                         Ok(cfg) => match Ownership::of(&cfg, "") {
-                            Ownership::Ours(m) | Ownership::OtherJob(m) => err("vmid", format!("{v} already holds a guest made by felhom job {} (see `felhom status {v}`)", m.job)),
+                            // The guest this spec describes: `apply` decides what to do.
+                            Ownership::OtherJob(m)
+                                if m.customer == id.customer
+                                    && m.name.as_deref().unwrap_or(s.hostname.as_str()) == id.name => {}
+                            Ownership::Ours(m) | Ownership::OtherJob(m) => err("vmid", format!("{v} already holds felhom guest {}/{} (job {}), not {id} (see `felhom status {v}`)", m.customer, m.name.as_deref().unwrap_or("?"), m.job)),
                             Ownership::Unmarked => err("vmid", format!("{v} already holds a guest that felhom does not own; refusing to touch it")),
                         },
                         Err(e) => err("vmid", format!("cannot check VMID {v}: {e}")),
@@ -381,86 +456,145 @@ impl Felhom {
             .collect())
     }
 
-    /// Create and run one bring-up job per spec, in parallel within the limits.
+    /// `provision` is `apply` (without pruning): the same decisions, the same exit codes.
     pub async fn provision(
         self: &Arc<Self>,
         specs: Vec<GuestSpec>,
         progress: Arc<dyn Progress>,
     ) -> Result<Vec<JobReport>, OpsError> {
-        let vmids = self.pick_vmids(&specs).await?;
-        let mut handles = Vec::new();
-        for (spec, vmid) in specs.into_iter().zip(vmids) {
-            // Facts known before the first step: the golden's own identity, so the identity
-            // step can prove the guest does not carry it (F1).
-            let golden = self
-                .golden_info(spec.node.as_str(), spec.golden.as_str())
-                .await?;
-            let id = new_job_id(JobKind::Bringup);
-            let value =
-                serde_json::to_value(&spec).map_err(|e| OpsError::Invalid(e.to_string()))?;
-            self.journal.create_job(
-                &id,
-                JobKind::Bringup,
-                spec.node.as_str(),
-                Some(spec.hostname.as_str()),
-                &value,
-            )?;
-            let facts = Facts {
-                golden_mac: golden.mac.map(|m| m.to_ascii_uppercase()),
-                golden_rootfs_bytes: golden.rootfs_bytes,
-                vmid_hint: vmid.map(|v| v.get()),
-                ..Facts::default()
-            };
-            self.journal
-                .record(&id, "job", 0, Phase::Note, &json!({ "facts": facts }))?;
-            let me = self.clone();
-            let progress = progress.clone();
-            handles.push(tokio::spawn(async move {
-                me.run_bringup(id, spec, progress).await
-            }));
+        self.apply(specs, false, progress).await
+    }
+
+    /// Run (or resume) one journaled job to its end, whatever its kind:
+    /// - a bring-up or repair whose stored spec this felhom cannot decode is **paused**, never
+    ///   run: its rollback would destroy a guest over a decoding problem;
+    /// - a job that already holds a VMID re-takes that VMID's lease before any step acts
+    ///   (a live holder elsewhere pauses it);
+    /// - bring-ups roll back on a permanent error; repairs and teardowns only go forward.
+    pub(crate) async fn run_job(&self, row: JobRow, progress: Arc<dyn Progress>) -> JobReport {
+        let label = row
+            .hostname
+            .clone()
+            .unwrap_or_else(|| row.vmid.map(|v| v.to_string()).unwrap_or_default());
+        let spec: Result<Option<GuestSpec>, String> = match row.kind {
+            JobKind::Teardown => Ok(None),
+            JobKind::Bringup | JobKind::Repair => serde_json::from_value(row.spec.clone())
+                .map(Some)
+                .map_err(|e| e.to_string()),
+        };
+        let storage = spec
+            .as_ref()
+            .ok()
+            .and_then(Option::as_ref)
+            .map(|s| s.storage.to_string());
+        let _permits = self.limits.acquire(&row.node, storage.as_deref()).await;
+        let cx = self.cx(
+            &row.id,
+            &label,
+            &row.node,
+            spec.clone().ok().flatten(),
+            progress,
+        );
+        if let Ok(f) = job::load_facts(&self.journal, &row.id) {
+            cx.update_facts(|x| *x = f);
         }
-        let reports = collect(handles).await;
-        self.remember_durations();
-        reports
+        let paused = |cx: &JobCx, error: String| {
+            let _ = self
+                .journal
+                .set_job_state(&cx.job_id, JobState::Paused, Some(&error));
+            report(cx, row.kind, Outcome::Paused { error })
+        };
+        if let Err(e) = spec {
+            return paused(
+                &cx,
+                format!(
+                    "the spec stored with job {} cannot be read by this felhom ({e}); nothing was done and nothing will be undone: run it with the felhom version that wrote it, or tear the guest down",
+                    row.id
+                ),
+            );
+        }
+        if let Some(vmid) = cx.facts().vmid.and_then(|v| Vmid::try_from(v).ok()) {
+            if let Err(e) = self.journal.acquire_lease(vmid, &row.id) {
+                return paused(&cx, format!("cannot re-take the lease on VMID {vmid}: {e}"));
+            }
+        }
+        let outcome = match row.kind {
+            JobKind::Bringup => job::run(&cx, &bringup::STEPS, true).await,
+            JobKind::Repair => job::run(&cx, &bringup::STEPS, false).await,
+            JobKind::Teardown => job::run(&cx, &teardown::STEPS, false).await,
+        };
+        if row.kind == JobKind::Repair && outcome == Outcome::Succeeded {
+            if let Some(vmid) = cx.facts().vmid.and_then(|v| Vmid::try_from(v).ok()) {
+                let _ = self.journal.release_lease(vmid, &row.id);
+            }
+        }
+        report(&cx, row.kind, outcome)
     }
 
-    async fn run_bringup(
-        &self,
-        id: String,
-        spec: GuestSpec,
-        progress: Arc<dyn Progress>,
-    ) -> JobReport {
-        let _permits = self
-            .limits
-            .acquire(spec.node.as_str(), Some(spec.storage.as_str()))
-            .await;
-        let (label, node) = (spec.hostname.to_string(), spec.node.to_string());
-        let cx = self.cx(&id, &label, &node, Some(spec), progress);
-        let outcome = job::run(&cx, &bringup::STEPS, true).await;
-        report(&cx, JobKind::Bringup, outcome)
-    }
-
-    /// Start a teardown job per VMID.
+    /// Start a teardown job per target (a VMID or an identity `customer/name`). A target
+    /// felhom has no live record of, and PVE no guest at, is `absent` (done, exit 0). Any
+    /// unfinished bring-up or repair of the same guest is superseded: it never resumes.
     pub async fn teardown(
         self: &Arc<Self>,
         vmids: Vec<Vmid>,
         progress: Arc<dyn Progress>,
     ) -> Result<Vec<JobReport>, OpsError> {
-        let mut handles = Vec::new();
-        for vmid in vmids {
-            if !self.config.vmid_range.contains(vmid) {
-                return Err(OpsError::Invalid(format!(
-                    "VMID {vmid} is outside felhom's range {}; refusing to touch it",
-                    self.config.vmid_range
-                )));
-            }
-            let Some(rec) = self
-                .journal
-                .guest(vmid.get())?
-                .filter(|g| g.state != "torn_down")
-            else {
-                return Err(OpsError::Invalid(format!("felhom has no live record of guest {vmid}; refusing to destroy a guest it did not make")));
+        let targets = vmids.into_iter().map(Target::Vmid).collect();
+        self.teardown_targets(targets, progress).await
+    }
+
+    pub async fn teardown_targets(
+        self: &Arc<Self>,
+        targets: Vec<Target>,
+        progress: Arc<dyn Progress>,
+    ) -> Result<Vec<JobReport>, OpsError> {
+        let mut rows = Vec::new();
+        let mut reports = Vec::new();
+        for t in targets {
+            let rec = match &t {
+                Target::Vmid(vmid) => {
+                    if !self.config.vmid_range.contains(*vmid) {
+                        return Err(OpsError::Invalid(format!(
+                            "VMID {vmid} is outside felhom's range {}; refusing to touch it",
+                            self.config.vmid_range
+                        )));
+                    }
+                    self.journal
+                        .guest(vmid.get())?
+                        .filter(|g| g.state != "torn_down")
+                }
+                Target::Identity(id) => {
+                    let mut recs = self.journal.guests_by_identity(&id.customer, &id.name)?;
+                    if recs.len() > 1 {
+                        return Err(OpsError::Invalid(format!(
+                            "{} felhom guests carry identity {id} (VMIDs {}); name the VMID to tear down",
+                            recs.len(),
+                            recs.iter().map(|g| g.vmid.to_string()).collect::<Vec<_>>().join(", ")
+                        )));
+                    }
+                    recs.pop()
+                }
             };
+            let Some(rec) = rec else {
+                if let Target::Vmid(vmid) = &t {
+                    // No record: absent only if no guest holds the VMID anywhere in the
+                    // cluster (`nextid?vmid=` answers that, reference §8).
+                    match self.client.next_id(Some(*vmid)).await {
+                        Ok(_) => {}
+                        Err(ApiError::Param { .. }) => {
+                            return Err(OpsError::Invalid(format!("felhom has no live record of guest {vmid}; refusing to destroy a guest it did not make")));
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                reports.push(JobReport::decided(
+                    &t.to_string(),
+                    t.vmid(),
+                    Outcome::Absent,
+                ));
+                continue;
+            };
+            let vmid = Vmid::try_from(rec.vmid).map_err(|e| OpsError::Invalid(e.to_string()))?;
             let id = new_job_id(JobKind::Teardown);
             self.journal.create_job(
                 &id,
@@ -469,6 +603,8 @@ impl Felhom {
                 Some(&rec.hostname),
                 &json!({ "vmid": vmid.get() }),
             )?;
+            self.journal
+                .set_job_identity(&id, &rec.customer, &rec.name)?;
             self.journal.set_job_vmid(&id, vmid)?;
             self.journal.record(
                 &id,
@@ -477,23 +613,45 @@ impl Felhom {
                 Phase::Note,
                 &json!({ "facts": Facts { vmid: Some(vmid.get()), ..Facts::default() } }),
             )?;
+            // A teardown wins over any unfinished bring-up or repair of this guest.
+            for j in self
+                .journal
+                .unfinished_jobs_for_identity(&rec.customer, &rec.name)?
+                .into_iter()
+                .chain(
+                    self.journal
+                        .jobs()?
+                        .into_iter()
+                        .filter(|j| j.vmid == Some(vmid.get()) && !j.state.is_final()),
+                )
+            {
+                if j.id == id || j.kind == JobKind::Teardown {
+                    continue;
+                }
+                if let Err(e) = self.journal.supersede(&j.id, &id) {
+                    let _ = self
+                        .journal
+                        .set_job_state(&id, JobState::Failed, Some(&e.to_string()));
+                    return Err(OpsError::Invalid(format!(
+                        "guest {vmid} is being worked on by job {}: {e}; try again when it has finished",
+                        j.id
+                    )));
+                }
+            }
+            rows.push(self.journal.job(&id)?);
+        }
+        let mut handles = Vec::new();
+        for row in rows {
             let me = self.clone();
             let progress = progress.clone();
-            let node = rec.node.clone();
-            let label = rec.hostname.clone();
-            handles.push(tokio::spawn(async move {
-                let _permits = me.limits.acquire(&node, None).await;
-                let cx = me.cx(&id, &label, &node, None, progress);
-                let outcome = job::run(&cx, &teardown::STEPS, false).await;
-                report(&cx, JobKind::Teardown, outcome)
-            }));
+            handles.push(tokio::spawn(async move { me.run_job(row, progress).await }));
         }
-        let reports = collect(handles).await;
+        reports.extend(collect(handles).await?);
         self.remember_durations();
-        reports
+        Ok(reports)
     }
 
-    /// Resume one job, or every job a crash left unfinished.
+    /// Resume one job, or every job a crash left unfinished. Superseded jobs never resume.
     pub async fn resume(
         self: &Arc<Self>,
         job: Option<&str>,
@@ -522,28 +680,7 @@ impl Felhom {
             }
             let me = self.clone();
             let progress = progress.clone();
-            handles.push(tokio::spawn(async move {
-                let label = row
-                    .hostname
-                    .clone()
-                    .unwrap_or_else(|| row.vmid.map(|v| v.to_string()).unwrap_or_default());
-                match row.kind {
-                    JobKind::Bringup => {
-                        let spec: Option<GuestSpec> = serde_json::from_value(row.spec.clone()).ok();
-                        let storage = spec.as_ref().map(|s| s.storage.to_string());
-                        let _permits = me.limits.acquire(&row.node, storage.as_deref()).await;
-                        let cx = me.cx(&row.id, &label, &row.node, spec, progress);
-                        let outcome = job::run(&cx, &bringup::STEPS, true).await;
-                        report(&cx, JobKind::Bringup, outcome)
-                    }
-                    JobKind::Teardown => {
-                        let _permits = me.limits.acquire(&row.node, None).await;
-                        let cx = me.cx(&row.id, &label, &row.node, None, progress);
-                        let outcome = job::run(&cx, &teardown::STEPS, false).await;
-                        report(&cx, JobKind::Teardown, outcome)
-                    }
-                }
-            }));
+            handles.push(tokio::spawn(async move { me.run_job(row, progress).await }));
         }
         let reports = collect(handles).await;
         self.remember_durations();
@@ -590,6 +727,22 @@ impl Felhom {
     }
 }
 
+impl JobReport {
+    /// A report for a guest `apply` or `teardown` decided about without running a job.
+    pub fn decided(label: &str, vmid: Option<u32>, outcome: Outcome) -> JobReport {
+        JobReport {
+            job: String::new(),
+            kind: JobKind::Bringup,
+            label: label.to_string(),
+            vmid,
+            outcome,
+            ip: None,
+            mac: None,
+            ssh_fingerprint: None,
+        }
+    }
+}
+
 fn report(cx: &JobCx, kind: JobKind, outcome: Outcome) -> JobReport {
     let f = cx.facts();
     JobReport {
@@ -604,7 +757,7 @@ fn report(cx: &JobCx, kind: JobKind, outcome: Outcome) -> JobReport {
     }
 }
 
-async fn collect(
+pub(crate) async fn collect(
     handles: Vec<tokio::task::JoinHandle<JobReport>>,
 ) -> Result<Vec<JobReport>, OpsError> {
     let mut out = Vec::new();
@@ -622,6 +775,13 @@ pub fn job_summary(journal: &Journal) -> Result<Vec<Value>, OpsError> {
     Ok(journal
         .jobs()?
         .into_iter()
-        .map(|j| json!({ "job": j.id, "kind": j.kind, "vmid": j.vmid, "node": j.node, "hostname": j.hostname, "state": j.state, "error": j.error, "created_at": j.created_at, "updated_at": j.updated_at }))
+        .map(|j| {
+            let identity = match (&j.customer, &j.name) {
+                (Some(c), Some(n)) => Value::String(format!("{c}/{n}")),
+                _ => Value::Null,
+            };
+            // `state` as people need it: a job whose process died mid-run is `interrupted`.
+            json!({ "job": j.id, "kind": j.kind, "vmid": j.vmid, "node": j.node, "hostname": j.hostname, "identity": identity, "state": j.display_state(), "stored_state": j.state, "error": j.error, "superseded_by": j.superseded_by, "created_at": j.created_at, "updated_at": j.updated_at, "started_at": j.started_at, "ended_at": j.ended_at })
+        })
         .collect())
 }

@@ -18,6 +18,8 @@ pub use crate::bringup::Drift;
 #[derive(Debug, Clone, Serialize)]
 pub struct GuestStatus {
     pub vmid: u32,
+    /// customer/name
+    pub identity: String,
     pub hostname: String,
     pub node: String,
     pub job: String,
@@ -30,12 +32,9 @@ pub struct GuestStatus {
 }
 
 pub async fn status(f: &Felhom, vmids: &[Vmid]) -> Result<Vec<GuestStatus>, OpsError> {
-    let mut guests: Vec<GuestRecord> = f
-        .journal
-        .live_guests()?
-        .into_iter()
-        .filter(|g| g.state == "active")
-        .collect();
+    // Active guests and half-built ones (a bring-up that has not finished): both are
+    // felhom's on PVE, and a person must see both.
+    let mut guests: Vec<GuestRecord> = f.journal.live_guests()?;
     if !vmids.is_empty() {
         for v in vmids {
             if !guests.iter().any(|g| g.vmid == v.get()) {
@@ -44,11 +43,81 @@ pub async fn status(f: &Felhom, vmids: &[Vmid]) -> Result<Vec<GuestStatus>, OpsE
         }
         guests.retain(|g| vmids.iter().any(|v| v.get() == g.vmid));
     }
+    // Two live guests with one identity: felhom made the same guest twice.
+    let mut by_identity: std::collections::BTreeMap<(String, String), Vec<u32>> =
+        Default::default();
+    for g in &guests {
+        by_identity
+            .entry((g.customer.clone(), g.name.clone()))
+            .or_default()
+            .push(g.vmid);
+    }
     let mut out = Vec::new();
     for g in guests {
-        out.push(one(f, g).await?);
+        let twins: Vec<String> = by_identity[&(g.customer.clone(), g.name.clone())]
+            .iter()
+            .filter(|v| **v != g.vmid)
+            .map(u32::to_string)
+            .collect();
+        let mut st = if g.state == "active" {
+            one(f, g).await?
+        } else {
+            half_built(f, g).await?
+        };
+        if !twins.is_empty() {
+            st.drift.push(Drift::new(
+                "identity",
+                format!("one guest {}", st.identity),
+                format!("also VMID {}", twins.join(", ")),
+            ));
+        }
+        out.push(st);
     }
     Ok(out)
+}
+
+/// A guest whose bring-up has not finished: which job owns it and where that job stands.
+/// Drift unless that job is running right now in a live felhom process.
+async fn half_built(f: &Felhom, g: GuestRecord) -> Result<GuestStatus, OpsError> {
+    let vmid = Vmid::try_from(g.vmid).map_err(|e| OpsError::Invalid(e.to_string()))?;
+    let job = f.journal.job(&g.job_id).ok();
+    let job_state = job
+        .as_ref()
+        .map(|j| j.display_state().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let on_pve = guest::config_of(&f.client, &g.node, vmid).await?.is_some();
+    let status = if on_pve {
+        f.client.lxc_status(&g.node, vmid).await?.status
+    } else {
+        "missing".into()
+    };
+    let live = job
+        .as_ref()
+        .is_some_and(|j| matches!(j.liveness(), crate::journal::Liveness::Live { .. }));
+    let drift = if live {
+        Vec::new()
+    } else {
+        vec![Drift::new(
+            "half_built",
+            "provisioned",
+            format!(
+                "job {} is {job_state} (`felhom apply` continues it, `felhom teardown {}` removes it)",
+                g.job_id, g.vmid
+            ),
+        )]
+    };
+    Ok(GuestStatus {
+        vmid: g.vmid,
+        identity: format!("{}/{}", g.customer, g.name),
+        hostname: g.hostname,
+        node: g.node,
+        job: g.job_id,
+        status: format!("half-built ({status})"),
+        ip: g.ip,
+        mac: g.mac,
+        ssh_fingerprint: g.ssh_fingerprint,
+        drift,
+    })
 }
 
 async fn one(f: &Felhom, g: GuestRecord) -> Result<GuestStatus, OpsError> {
@@ -56,6 +125,7 @@ async fn one(f: &Felhom, g: GuestRecord) -> Result<GuestStatus, OpsError> {
     let spec: Option<GuestSpec> = serde_json::from_value(g.spec.clone()).ok();
     let base = GuestStatus {
         vmid: g.vmid,
+        identity: format!("{}/{}", g.customer, g.name),
         hostname: g.hostname.clone(),
         node: g.node.clone(),
         job: g.job_id.clone(),

@@ -41,13 +41,15 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Bring up customer guests from spec files (TOML, one guest or a [[guest]] list).
-    Provision(cmd::provision::ProvisionArgs),
-    /// Show what `provision` would do, with zero writes to PVE.
+    /// Converge customer guests to their spec files: create, repair, continue, or leave
+    /// unchanged (TOML, one guest or a [[guest]] list).
+    #[command(visible_alias = "provision")]
+    Apply(cmd::apply::ApplyArgs),
+    /// Show what `apply` would decide for each guest, with zero writes to PVE.
     Plan(cmd::plan::PlanArgs),
     /// Resume one job, or every job a crash left unfinished.
     Resume(cmd::resume::ResumeArgs),
-    /// Stop, destroy (with purge) and forget guests felhom made.
+    /// Stop, destroy (with purge) and forget guests felhom made (by VMID or customer/name).
     Teardown(cmd::teardown::TeardownArgs),
     /// Compare the guests felhom owns with their specs and say what drifted.
     Status(cmd::status::StatusArgs),
@@ -102,7 +104,7 @@ fn main() -> std::process::ExitCode {
 
 async fn run(command: Command, ctx: &Ctx) -> Result<(), error::CliError> {
     match command {
-        Command::Provision(a) => cmd::provision::run(a, ctx).await,
+        Command::Apply(a) => cmd::apply::run(a, ctx).await,
         Command::Plan(a) => cmd::plan::run(a, ctx).await,
         Command::Resume(a) => cmd::resume::run(a, ctx).await,
         Command::Teardown(a) => cmd::teardown::run(a, ctx).await,

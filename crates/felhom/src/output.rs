@@ -253,6 +253,13 @@ pub fn batch_exit(reports: &[JobReport]) -> Exit {
         .unwrap_or(Exit::Ok)
 }
 
+/// A journal time (ms since the epoch) as UTC `YYYY-MM-DD HH:MM:SS`.
+pub fn utc_time(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|| ms.to_string())
+}
+
 /// Job reports: one table row per job, then one line per job that did not succeed, saying
 /// what went wrong and what to do next. JSON: `{"jobs": [...]}`.
 pub fn print_reports(reports: &[JobReport], format: OutputFormat) {
@@ -271,7 +278,11 @@ fn print_reports_human(reports: &[JobReport]) {
     for r in reports {
         let result = match &r.outcome {
             Outcome::Succeeded if r.kind == JobKind::Teardown => "removed",
+            Outcome::Succeeded if r.kind == JobKind::Repair => "repaired",
             Outcome::Succeeded => "ok",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Absent => "absent",
+            Outcome::Refused { .. } => "refused",
             Outcome::RolledBack { .. } | Outcome::Failed { .. } => "failed",
             Outcome::Paused { .. } => "paused",
             Outcome::RollbackIncomplete { .. } => "STUCK",
@@ -294,11 +305,13 @@ fn print_reports_human(reports: &[JobReport]) {
     for r in reports {
         let (label, job) = (&r.label, &r.job);
         match &r.outcome {
-            Outcome::Succeeded => {}
+            Outcome::Succeeded | Outcome::Unchanged | Outcome::Absent => {}
+            Outcome::Refused { error } => outln!("{label}: refused: {error}"),
             Outcome::RolledBack { error } => outln!("{label}: rolled back: {error}"),
             Outcome::Failed { error } => {
                 outln!("{label}: {error} (`felhom resume {job}` to retry)")
             }
+            Outcome::Paused { error } if job.is_empty() => outln!("{label}: needs a person: {error}"),
             Outcome::Paused { error } => outln!(
                 "{label}: paused: {error} (nothing undone; `felhom resume {job}` when PVE answers)"
             ),

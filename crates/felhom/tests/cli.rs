@@ -56,7 +56,7 @@ fn a_closed_stdout_is_not_a_panic() {
     let cols: Vec<&str> = header.split_whitespace().collect();
     assert_eq!(
         cols,
-        ["JOB", "KIND", "VMID", "HOSTNAME", "STATE", "ERROR"],
+        ["JOB", "KIND", "VMID", "GUEST", "STATE", "STARTED", "ENDED", "ERROR"],
         "{header}"
     );
 }
@@ -256,7 +256,7 @@ fn completions_and_man_come_from_the_clap_tree() {
     let page = stdout(&out);
     assert!(page.contains(".TH felhom 1"), "{page}");
     for sub in [
-        "provision",
+        "apply",
         "plan",
         "resume",
         "teardown",

@@ -82,28 +82,51 @@ fn twenty_guests_in_parallel_under_lock_faults() {
     );
 }
 
+/// Two felhom processes applying one spec file at once (one journal): the second waits for
+/// the first's identity lease, then finds the guest as specified. One guest.
 #[test]
-fn same_vmid_from_two_processes() {
+fn same_spec_from_two_processes_makes_one_guest() {
     let sim = Sim::with("", 0.2);
-    let path = sim.write_spec("same.toml", &spec("same", "1220", ""));
-    let a = sim
-        .cmd(&["provision", path.to_str().unwrap()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let b = sim.felhom(&["provision", path.to_str().unwrap()]);
-    let a = a.wait_with_output().unwrap();
-    assert_eq!(a.status.code(), Some(0), "first: {}", both(&a));
-    assert_ne!(
-        b.status.code(),
-        Some(0),
-        "second must not succeed: {}",
-        both(&b)
-    );
-    assert!(both(&b).contains("held by job"), "second: {}", both(&b));
-    assert_clean_invariants(&sim.state());
+    for vmid in ["1220", "\"auto\""] {
+        let name = format!("same{}", if vmid == "1220" { "f" } else { "a" });
+        let path = sim.write_spec(&format!("{name}.toml"), &spec(&name, vmid, ""));
+        let a = sim
+            .cmd(&["--output", "json", "apply", path.to_str().unwrap()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let b = sim.felhom(&["--output", "json", "apply", path.to_str().unwrap()]);
+        let a = a.wait_with_output().unwrap();
+        assert_eq!(a.status.code(), Some(0), "first: {}", both(&a));
+        assert_eq!(b.status.code(), Some(0), "second: {}", both(&b));
+        let outcomes: Vec<String> = [&a, &b]
+            .iter()
+            .map(|o| {
+                json(o)["jobs"][0]["outcome"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(
+            outcomes,
+            ["succeeded", "unchanged"],
+            "{}\n{}",
+            both(&a),
+            both(&b)
+        );
+        let state = sim.state();
+        let mine: Vec<_> = state["guests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|g| g["config"]["hostname"] == format!("{name}-app").as_str())
+            .collect();
+        assert_eq!(mine.len(), 1, "one guest for {name}: {state}");
+        assert_clean_invariants(&state);
+    }
 }
 
 #[test]

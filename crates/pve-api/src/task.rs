@@ -169,6 +169,11 @@ pub struct WaitOptions {
     /// (peers saw a 400 on a fresh UPID, docs/lessons.md L4). Measured from the start of the
     /// wait, because the UPID's `starttime` is the PVE host's clock, not ours.
     pub not_visible_grace: Duration,
+    /// How long PVE may stay unreachable (connection refused, reset, timed out) in a row
+    /// before the wait gives up with that transport error, instead of polling a dead host
+    /// until `deadline`. The caller decides what unreachable means for its job (felhom
+    /// pauses it).
+    pub unreachable_budget: Duration,
 }
 
 impl Default for WaitOptions {
@@ -182,6 +187,7 @@ impl Default for WaitOptions {
             max_interval: Duration::from_millis(500),
             deadline: Duration::from_secs(1800),
             not_visible_grace: Duration::from_secs(5),
+            unreachable_budget: Duration::from_secs(60),
         }
     }
 }
@@ -371,6 +377,8 @@ impl PveClient {
         };
         // The last moment the task was seen running: the lower end of its bracket.
         let mut running_at = Duration::ZERO;
+        // Since when every poll failed to reach PVE.
+        let mut unreachable_since: Option<Instant> = None;
         loop {
             let pause = schedule
                 .next_pause_hinted(polls, origin.elapsed(), hint)
@@ -386,6 +394,14 @@ impl PveClient {
             let res = tokio::time::timeout(budget, self.task_status(upid))
                 .await
                 .map_err(|_| timeout(started))?;
+            if let Err(e @ ApiError::Transport { .. }) = &res {
+                let since = *unreachable_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= opts.unreachable_budget {
+                    return Err(e.clone());
+                }
+            } else {
+                unreachable_since = None;
+            }
             let st = match res {
                 Ok(st) => st,
                 Err(e) => match poll_error_action(&e, started.elapsed(), opts) {

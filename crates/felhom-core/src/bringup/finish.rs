@@ -5,10 +5,10 @@
 use serde_json::{json, Value};
 
 use super::identity::modified_is_not_yet;
-use super::{owned_config, record_guest, spec, Drift, GuestView, PlanCx};
+use super::{marker, owned_config, record_guest, spec, Drift, GuestView, PlanCx};
 use crate::guest::{self, Ownership};
 use crate::job::{JobCx, Observed, StepError};
-use crate::marker::{Marker, MarkerState};
+use crate::marker::MarkerState;
 use crate::spec::GuestSpec;
 
 /// The tag every felhom guest carries.
@@ -28,7 +28,7 @@ pub(super) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
     let cfg = owned_config(cx, vmid).await?;
     let tagged = guest::tags_of(&cfg).iter().any(|t| t == FELHOM_TAG);
     let provisioned = matches!(
-        Ownership::of(&cfg, &cx.job_id),
+        Ownership::of(&cfg, &cx.owner_job()),
         Ownership::Ours(m) if m.state == MarkerState::Provisioned
     );
     if tagged && provisioned {
@@ -48,11 +48,7 @@ pub(super) async fn act(cx: &JobCx) -> Result<(), StepError> {
     let s = spec(cx)?;
     let vmid = cx.vmid()?;
     let cfg = owned_config(cx, vmid).await?;
-    let marker = Marker {
-        job: cx.job_id.clone(),
-        customer: s.customer.to_string(),
-        state: MarkerState::Provisioned,
-    };
+    let marker = marker(cx, s, MarkerState::Provisioned);
     let params = vec![
         ("tags".to_string(), tags_for(s).join(";")),
         ("description".to_string(), marker.to_string()),

@@ -221,6 +221,16 @@ impl Step for BringupStep {
     }
 }
 
+/// The marker a guest of this job carries, in `state`.
+fn marker(cx: &JobCx, s: &GuestSpec, state: crate::marker::MarkerState) -> crate::marker::Marker {
+    crate::marker::Marker {
+        job: cx.owner_job(),
+        customer: s.customer.to_string(),
+        name: Some(s.name().to_string()),
+        state,
+    }
+}
+
 /// The job's spec (a bring-up job always has one).
 fn spec(cx: &JobCx) -> Result<&GuestSpec, StepError> {
     cx.spec
@@ -245,11 +255,12 @@ async fn owned_config(cx: &JobCx, vmid: Vmid) -> Result<LxcConfig, StepError> {
             cfg
         }
     };
-    match Ownership::of(&cfg, &cx.job_id) {
+    let owner = cx.owner_job();
+    match Ownership::of(&cfg, &owner) {
         Ownership::Ours(_) => Ok(cfg),
         Ownership::OtherJob(m) => Err(StepError::Refused(format!(
-            "guest {vmid} now carries the marker of felhom job {}, not {}; refusing to touch it",
-            m.job, cx.job_id
+            "guest {vmid} now carries the marker of felhom job {}, not {owner}; refusing to touch it",
+            m.job
         ))),
         Ownership::Unmarked => Err(StepError::Refused(format!(
             "guest {vmid} no longer carries felhom's ownership marker; refusing to touch it"
@@ -278,7 +289,7 @@ fn record_guest(cx: &JobCx, state: &str) -> Result<(), StepError> {
     cx.journal.upsert_guest(&GuestRecord {
         vmid,
         node: cx.node.clone(),
-        job_id: cx.job_id.clone(),
+        job_id: cx.owner_job(),
         hostname: s.hostname.to_string(),
         mac: f.mac,
         ip: f.ip,
@@ -287,6 +298,7 @@ fn record_guest(cx: &JobCx, state: &str) -> Result<(), StepError> {
         state: state.into(),
         customer: s.customer.to_string(),
         name: s.name().to_string(),
+        rootfs: f.rootfs,
     })?;
     Ok(())
 }

@@ -11,12 +11,12 @@ use serde_json::{json, Value};
 
 use super::identity::{fresh_mac, taken_macs};
 use super::start::stop_if_running;
-use super::{net0_of, record_guest, spec, Drift, GuestView, PlanCx};
+use super::{marker, net0_of, record_guest, spec, Drift, GuestView, PlanCx};
 use crate::guest::{self, Ownership};
 use crate::identity::{HostnameAction, IdentityPolicy, MacAction};
 use crate::job::{JobCx, Observed, StepError};
 use crate::journal::Phase;
-use crate::marker::{Marker, MarkerState};
+use crate::marker::MarkerState;
 
 pub(super) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
     let vmid = cx.vmid()?;
@@ -25,10 +25,14 @@ pub(super) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
         let Some(cfg) = guest::config_of(&cx.client, &cx.node, vmid).await? else {
             return Ok(Observed::NotDone);
         };
-        let owner = Ownership::of(&cfg, &cx.job_id);
+        let owner = Ownership::of(&cfg, &cx.owner_job());
         match (cfg.get_str("lock"), owner.is_ours()) {
             (None, true) => {
                 let mac = net0_of(&cfg)?.and_then(|n| n.hwaddr).map(|m| m.to_string());
+                let rootfs = guest::rootfs_volume(&cfg);
+                if rootfs.is_some() && cx.facts().rootfs != rootfs {
+                    cx.update_facts(|f| f.rootfs = rootfs);
+                }
                 // Ours: the identity step's observe may start from this read.
                 cx.cache_config(vmid.get(), &cfg);
                 return Ok(Observed::Done(json!({ "vmid": vmid.get(), "mac": mac })));
@@ -106,11 +110,7 @@ pub(super) async fn act(cx: &JobCx) -> Result<(), StepError> {
         .ok_or_else(|| StepError::Refused("internal: no MAC chosen before restore".into()))?;
     let net0 = NetConfig::dhcp("eth0", s.bridge.as_str(), &mac)
         .map_err(|e| StepError::Refused(format!("net0: {e}")))?;
-    let marker = Marker {
-        job: cx.job_id.clone(),
-        customer: s.customer.to_string(),
-        state: MarkerState::Provisioning,
-    };
+    let marker = marker(cx, s, MarkerState::Provisioning);
     // Identity is set at restore (F1, F2): hostname and a net0 carrying felhom's MAC, so the
     // guest never exists with the golden's MAC. `storage` is always passed (PVE defaults to
     // `local`, which rarely allows container directories); `rootfs` is not, so archived

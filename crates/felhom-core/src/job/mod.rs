@@ -47,13 +47,21 @@ pub enum StepError {
     Refused(String),
     #[error(transparent)]
     Journal(#[from] JournalError),
+    /// PVE stayed unreachable for the whole connect budget: the job pauses.
+    #[error("PVE unreachable for {waited_secs} s ({error}); the job is paused: `felhom resume` goes on when PVE is back")]
+    Unreachable { waited_secs: u64, error: String },
 }
 
 impl StepError {
+    /// PVE could not be reached at all (connection refused, reset, timed out): retried
+    /// within the connect budget, then the job pauses.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, StepError::Api(ApiError::Transport { .. }))
+    }
     pub fn is_transient(&self) -> bool {
         match self {
             StepError::Api(e) => retry::is_transient(e),
-            StepError::NotYet(_) => true,
+            StepError::NotYet(_) | StepError::Unreachable { .. } => true,
             StepError::Refused(_) | StepError::Journal(_) => false,
         }
     }
@@ -99,6 +107,13 @@ pub struct Facts {
     /// runs; the reserve step tries it first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vmid_hint: Option<u32>,
+    /// The job whose marker the guest carries, when it is not this job: a repair job works
+    /// on a guest an earlier bring-up made, and keeps that job's marker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_job: Option<String>,
+    /// The rootfs volume the restore made (bound to the guest record with the MAC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<String>,
 }
 
 impl Facts {
@@ -119,7 +134,9 @@ impl Facts {
             upid,
             ip,
             ssh_fingerprint,
-            vmid_hint
+            vmid_hint,
+            owner_job,
+            rootfs
         );
     }
 }
@@ -174,6 +191,9 @@ pub struct JobCx {
     /// How long this host takes for the waits on the guest that are not PVE tasks (DHCP
     /// lease, SSH keys), learned like task durations, shared by all jobs of this process.
     pub waits: Arc<pve_api::durations::TaskDurations>,
+    /// Since when every request of this job failed to reach PVE (the connect budget runs
+    /// from there; a task wait that gave up on an unreachable PVE has spent it already).
+    pub unreachable_since: Mutex<Option<std::time::Instant>>,
 }
 
 impl JobCx {
@@ -229,6 +249,13 @@ impl JobCx {
             self.forget_config();
         }
     }
+    /// The job whose marker the guest must carry: this job, or for a repair the bring-up
+    /// that made the guest.
+    pub fn owner_job(&self) -> String {
+        self.facts()
+            .owner_job
+            .unwrap_or_else(|| self.job_id.clone())
+    }
     pub fn vmid(&self) -> Result<pve_api::Vmid, StepError> {
         let n = self.facts().vmid.ok_or_else(|| {
             StepError::Refused("internal: no VMID reserved before this step".into())
@@ -239,6 +266,7 @@ impl JobCx {
     pub fn wait_options(&self) -> WaitOptions {
         WaitOptions {
             deadline: self.config.task_timeout,
+            unreachable_budget: self.config.connect_budget,
             ..WaitOptions::default()
         }
     }
@@ -251,8 +279,36 @@ impl JobCx {
                 ..Facts::default()
             },
         )?;
-        self.client.wait_task(upid, &self.wait_options()).await?;
-        Ok(())
+        let opts = self.wait_options();
+        match self.client.wait_task(upid, &opts).await {
+            Ok(_) => Ok(()),
+            Err(e @ ApiError::Transport { .. }) => {
+                // The wait polled an unreachable PVE for its whole budget already.
+                let spent = std::time::Instant::now()
+                    .checked_sub(opts.unreachable_budget)
+                    .unwrap_or_else(std::time::Instant::now);
+                let mut since = self
+                    .unreachable_since
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                since.get_or_insert(spent);
+                Err(e.into())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+    fn set_unreachable_since(&self, v: Option<std::time::Instant>) {
+        *self
+            .unreachable_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = v;
+    }
+    fn unreachable_since_or_now(&self) -> std::time::Instant {
+        *self
+            .unreachable_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(std::time::Instant::now)
     }
 }
 
@@ -279,6 +335,15 @@ pub enum Outcome {
     Paused {
         error: String,
     },
+    /// `apply` found the guest as specified: nothing was done (zero writes).
+    Unchanged,
+    /// `apply` would not change the guest (not provably felhom's, or drift no step may
+    /// repair): why. Nothing was written.
+    Refused {
+        error: String,
+    },
+    /// `teardown` found no such guest: nothing to do.
+    Absent,
 }
 
 impl Outcome {
@@ -287,8 +352,8 @@ impl Outcome {
     /// PVE — which needs a person or `felhom resume`.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Outcome::Succeeded => 0,
-            Outcome::RolledBack { .. } | Outcome::Failed { .. } => 1,
+            Outcome::Succeeded | Outcome::Unchanged | Outcome::Absent => 0,
+            Outcome::RolledBack { .. } | Outcome::Failed { .. } | Outcome::Refused { .. } => 1,
             Outcome::RollbackIncomplete { .. } | Outcome::Paused { .. } => 3,
         }
     }
@@ -395,9 +460,12 @@ pub async fn run<S: Step>(cx: &JobCx, steps: &[S], rollback: bool) -> Outcome {
             }
             Err((error, transient)) if transient || !rollback => {
                 // Stays resumable forward: `felhom resume` picks it up again.
-                let _ = cx
-                    .journal
-                    .set_job_state(&cx.job_id, JobState::Failed, Some(&error));
+                let state = if transient {
+                    JobState::Paused
+                } else {
+                    JobState::Failed
+                };
+                let _ = cx.journal.set_job_state(&cx.job_id, state, Some(&error));
                 cx.progress
                     .event(&cx.job_id, &cx.label, ProgressEvent::Finished { ok: false });
                 return if transient {
@@ -479,7 +547,35 @@ async fn drive<S: Step>(cx: &JobCx, step: S, mut attempt: u32) -> Result<Value, 
             }
             Err(e) => Err(e),
         };
+        if !matches!(&outcome, Err(e) if e.is_unreachable()) {
+            cx.set_unreachable_since(None);
+        }
         match outcome {
+            Err(e) if e.is_unreachable() => {
+                // PVE is down or unreachable: retry within the connect budget, then pause.
+                // Never counted against the attempts, never a rollback.
+                let since = cx.unreachable_since_or_now();
+                let waited = since.elapsed();
+                if waited >= cx.config.connect_budget {
+                    return Err(StepError::Unreachable {
+                        waited_secs: waited.as_secs(),
+                        error: e.to_string(),
+                    });
+                }
+                retries += 1;
+                retry_later(
+                    cx,
+                    name,
+                    attempt,
+                    retries,
+                    json!({
+                        "error": format!("PVE unreachable, retrying ({} s): {e}", waited.as_secs()),
+                        "permanent": false,
+                        "unreachable": true,
+                    }),
+                )
+                .await;
+            }
             Ok(()) => {
                 // Loop: the next observe verifies. An act that "succeeded" without visible
                 // effect counts against the retry budget so the loop stays bounded.

@@ -112,6 +112,9 @@ impl JournalError {
 pub enum JobKind {
     Bringup,
     Teardown,
+    /// `apply` converging a guest that exists: the bring-up steps, forward only (a failed
+    /// repair never destroys the customer's guest).
+    Repair,
 }
 
 /// Where a job stands (the table in the module doc).
@@ -319,6 +322,11 @@ pub struct GuestRecord {
     pub customer: String,
     #[serde(default)]
     pub name: String,
+    /// The rootfs volume the restore made (`local-lvm:vm-1100-disk-0`): with the MAC, what
+    /// binds the guest to this record beyond its description, which anyone with
+    /// `VM.Config.Options` can rewrite.
+    #[serde(default)]
+    pub rootfs: Option<String>,
 }
 
 pub struct Journal {
@@ -359,7 +367,10 @@ fn process_alive(pid: u32, start: u64) -> bool {
 /// `hostname`) as the name. `None` without a customer.
 fn spec_identity(spec: &Value, hostname: Option<&str>) -> Option<(String, String)> {
     let customer = spec["customer"].as_str()?;
-    let name = spec["hostname"].as_str().or(hostname)?;
+    let name = spec["name"]
+        .as_str()
+        .or(spec["hostname"].as_str())
+        .or(hostname)?;
     Some((customer.to_string(), name.to_string()))
 }
 
@@ -850,15 +861,17 @@ impl Journal {
             .or_else(|| g.spec["customer"].as_str());
         let name = Some(g.name.as_str())
             .filter(|n| !n.is_empty())
+            .or_else(|| g.spec["name"].as_str())
             .or_else(|| g.spec["hostname"].as_str())
             .unwrap_or(&g.hostname);
         self.conn().execute(
-            "INSERT INTO guests (vmid, node, job_id, hostname, mac, ip, ssh_fingerprint, spec, state, updated_at, customer, name)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+            "INSERT INTO guests (vmid, node, job_id, hostname, mac, ip, ssh_fingerprint, spec, state, updated_at, customer, name, rootfs)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
              ON CONFLICT(vmid) DO UPDATE SET node = excluded.node, job_id = excluded.job_id, hostname = excluded.hostname,
                mac = excluded.mac, ip = excluded.ip, ssh_fingerprint = excluded.ssh_fingerprint, spec = excluded.spec,
-               state = excluded.state, updated_at = excluded.updated_at, customer = excluded.customer, name = excluded.name",
-            params![g.vmid, g.node, g.job_id, g.hostname, g.mac, g.ip, g.ssh_fingerprint, g.spec.to_string(), g.state, now_ms(), customer, name],
+               state = excluded.state, updated_at = excluded.updated_at, customer = excluded.customer, name = excluded.name,
+               rootfs = COALESCE(excluded.rootfs, guests.rootfs)",
+            params![g.vmid, g.node, g.job_id, g.hostname, g.mac, g.ip, g.ssh_fingerprint, g.spec.to_string(), g.state, now_ms(), customer, name, g.rootfs],
         )?;
         Ok(())
     }
@@ -933,6 +946,7 @@ fn kind_str(k: JobKind) -> &'static str {
     match k {
         JobKind::Bringup => "bringup",
         JobKind::Teardown => "teardown",
+        JobKind::Repair => "repair",
     }
 }
 
@@ -946,10 +960,10 @@ fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(JobRow, Option<i64>)
     let created_at: i64 = r.get(8)?;
     let row = JobRow {
         id: r.get(0)?,
-        kind: if kind == "teardown" {
-            JobKind::Teardown
-        } else {
-            JobKind::Bringup
+        kind: match kind.as_str() {
+            "teardown" => JobKind::Teardown,
+            "repair" => JobKind::Repair,
+            _ => JobKind::Bringup,
         },
         vmid: r.get(2)?,
         node: r.get(3)?,
@@ -971,7 +985,7 @@ fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(JobRow, Option<i64>)
 }
 
 const GUEST_SELECT: &str =
-    "SELECT vmid, node, job_id, hostname, mac, ip, ssh_fingerprint, spec, state, customer, name FROM guests";
+    "SELECT vmid, node, job_id, hostname, mac, ip, ssh_fingerprint, spec, state, customer, name, rootfs FROM guests";
 
 fn guest_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<GuestRecord> {
     let spec: String = r.get(7)?;
@@ -990,6 +1004,7 @@ fn guest_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<GuestRecord> {
         ssh_fingerprint: r.get(6)?,
         spec: serde_json::from_str(&spec).unwrap_or(Value::Null),
         state: r.get(8)?,
+        rootfs: r.get(11)?,
     })
 }
 

@@ -140,6 +140,7 @@ ALTER TABLE jobs ADD COLUMN ended_at INTEGER;
 ALTER TABLE jobs ADD COLUMN superseded_by TEXT;
 ALTER TABLE guests ADD COLUMN customer TEXT;
 ALTER TABLE guests ADD COLUMN name TEXT;
+ALTER TABLE guests ADD COLUMN rootfs TEXT;
 CREATE TABLE identity_leases (
     customer TEXT NOT NULL,
     name TEXT NOT NULL,

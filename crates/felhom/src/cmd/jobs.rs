@@ -21,14 +21,23 @@ pub async fn run(_args: JobsArgs, ctx: &Ctx) -> Result<(), CliError> {
                 serde_json::Value::Null => none.to_string(),
                 other => other.to_string(),
             };
-            let mut t = output::table(["job", "kind", "vmid", "hostname", "state", "error"]);
+            let time = |v: &serde_json::Value| {
+                v.as_i64()
+                    .map(output::utc_time)
+                    .unwrap_or_else(|| "-".into())
+            };
+            let mut t = output::table([
+                "job", "kind", "vmid", "guest", "state", "started", "ended", "error",
+            ]);
             for j in &jobs {
                 t.add_row([
                     text(&j["job"], ""),
                     text(&j["kind"], ""),
                     text(&j["vmid"], "-"),
-                    text(&j["hostname"], "-"),
+                    text(&j["identity"], &text(&j["hostname"], "-")),
                     text(&j["state"], ""),
+                    time(&j["started_at"]),
+                    time(&j["ended_at"]),
                     text(&j["error"], "").replace('\n', " "),
                 ]);
             }

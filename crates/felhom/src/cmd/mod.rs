@@ -20,6 +20,7 @@
 //! opening felhom, reading spec files and VMIDs, all of which refuse bad input with
 //! [`CliError::invalid`] before anything is written.
 
+pub mod apply;
 pub mod bench;
 pub mod completions;
 pub mod demo;
@@ -27,7 +28,6 @@ pub mod golden;
 pub mod jobs;
 pub mod plan;
 pub mod preflight;
-pub mod provision;
 pub mod resume;
 pub mod role;
 pub mod sim;
@@ -86,14 +86,35 @@ pub fn open(ctx: &Ctx) -> Result<Arc<Felhom>, CliError> {
 /// Parse every spec file; all field errors of all files at once.
 pub fn load_specs(files: &[PathBuf]) -> Result<Vec<GuestSpec>, CliError> {
     let mut specs = Vec::new();
+    let mut origin = Vec::new();
     let mut errors = Vec::new();
     for f in files {
         match GuestSpec::load_many(f) {
-            Ok(mut s) => specs.append(&mut s),
+            Ok(mut s) => {
+                origin.extend(std::iter::repeat_n(f, s.len()));
+                specs.append(&mut s)
+            }
             Err(SpecErrors(errs)) => errors.extend(errs.into_iter().map(|e| FieldError {
                 field: format!("{}: {}", f.display(), e.field),
                 rule: e.rule,
             })),
+        }
+    }
+    // One identity (customer/name) is one guest: two specs claiming it is a mistake.
+    let mut seen: std::collections::HashMap<felhom_core::spec::Identity, &PathBuf> =
+        std::collections::HashMap::new();
+    for (s, f) in specs.iter().zip(&origin) {
+        if let Some(first) = seen.insert(s.identity_key(), f) {
+            if first != *f {
+                errors.push(FieldError {
+                    field: format!("{}: name", f.display()),
+                    rule: format!(
+                        "guest identity {} is also in {} (customer/name must be unique; name defaults to the hostname)",
+                        s.identity_key(),
+                        first.display()
+                    ),
+                });
+            }
         }
     }
     if errors.is_empty() {
@@ -133,6 +154,29 @@ pub async fn open_with_specs(
         ));
     }
     Ok((f, specs))
+}
+
+/// Teardown targets (a VMID or `customer/name`), every bad one named at once.
+pub fn parse_targets(args: &[String]) -> Result<Vec<felhom_core::ops::Target>, CliError> {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for (i, a) in args.iter().enumerate() {
+        match a.parse::<felhom_core::ops::Target>() {
+            Ok(t) => out.push(t),
+            Err(rule) => errors.push(FieldError {
+                field: format!("target[{i}]"),
+                rule: format!(
+                    "must be a VMID 100–999999999 or an identity customer/name ({rule}); got {}",
+                    felhom_core::spec::show_value(a)
+                ),
+            }),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(CliError::invalid("invalid teardown target", errors))
+    }
 }
 
 /// VMID arguments, every bad one named at once.

@@ -21,9 +21,36 @@ pub async fn run(args: ResumeArgs, ctx: &Ctx) -> Result<(), CliError> {
     let reports = f
         .resume(args.job.as_deref(), Arc::new(CliProgress::new(ctx.format)))
         .await?;
-    if reports.is_empty() && ctx.format == OutputFormat::Human {
-        outln!("nothing to resume");
+    // Bare `resume` also names the jobs it cannot finish alone.
+    let needs = if args.job.is_none() {
+        f.journal
+            .needs_person()
+            .map_err(felhom_core::ops::OpsError::from)?
+    } else {
+        Vec::new()
+    };
+    if ctx.format == OutputFormat::Json {
+        output::json(&serde_json::json!({ "jobs": reports, "needs_person": needs
+            .iter()
+            .map(|n| serde_json::json!({ "job": n.job.id, "why": n.why, "run": n.run }))
+            .collect::<Vec<_>>() }));
+    } else {
+        if reports.is_empty() && needs.is_empty() {
+            outln!("nothing to resume");
+        }
+        output::print_reports(&reports, ctx.format);
+        for n in &needs {
+            outln!(
+                "job {} needs a person: {} (then: {})",
+                n.job.id,
+                n.why,
+                n.run
+            );
+        }
     }
-    output::print_reports(&reports, ctx.format);
-    output::batch_exit(&reports).into_result()
+    let code = output::batch_exit(&reports);
+    if !needs.is_empty() && code == crate::error::Exit::Ok {
+        return crate::error::Exit::NeedsPerson.into_result();
+    }
+    code.into_result()
 }

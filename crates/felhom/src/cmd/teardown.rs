@@ -1,5 +1,7 @@
-//! `felhom teardown VMID…`: stop, destroy with purge and forget guests felhom made (and only
-//! those: a VMID outside its range or without a live record is refused, exit 2).
+//! `felhom teardown TARGET…`: stop, destroy with purge and forget guests felhom made, named by
+//! VMID or identity (`customer/name`); only those: a VMID outside its range, or a guest felhom
+//! has no record of, is refused (exit 2). A target already gone is `absent` (exit 0). Any
+//! unfinished bring-up of the guest is superseded and never resumes.
 
 use std::sync::Arc;
 
@@ -11,16 +13,16 @@ use crate::output::{self, CliProgress};
 
 #[derive(Args, Debug)]
 pub struct TeardownArgs {
-    /// VMIDs of guests felhom made (within the config's vmid_range).
-    #[arg(required = true, value_name = "VMID")]
-    pub vmids: Vec<String>,
+    /// Guests felhom made: a VMID (within the config's vmid_range) or an identity customer/name.
+    #[arg(required = true, value_name = "VMID|CUSTOMER/NAME")]
+    pub targets: Vec<String>,
 }
 
 pub async fn run(args: TeardownArgs, ctx: &Ctx) -> Result<(), CliError> {
-    let vmids = super::parse_vmids(&args.vmids)?;
+    let targets = super::parse_targets(&args.targets)?;
     let f = super::open(ctx)?;
     let reports = f
-        .teardown(vmids, Arc::new(CliProgress::new(ctx.format)))
+        .teardown_targets(targets, Arc::new(CliProgress::new(ctx.format)))
         .await
         .map_err(|e| CliError::invalid_field("teardown refused", "vmid", e))?;
     output::print_reports(&reports, ctx.format);

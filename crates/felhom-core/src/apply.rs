@@ -1,0 +1,713 @@
+//! `apply`: felhom as a reconciler. Per guest identity (customer, name): observe PVE and the
+//! journal, decide, act — safe to run any time, any number of times, from any number of
+//! felhom processes sharing one journal.
+//!
+//! | what is observed | decision | act |
+//! |---|---|---|
+//! | an unfinished job for the identity (crash, pause, interrupted) | `continue` | resume that job, then decide again |
+//! | that job's rollback did not finish | `refuse` (needs a person) | – |
+//! | no guest, no record | `create` (with the VMID `plan` shows) | a bring-up job |
+//! | one recorded guest, bound to its record, as specified | `unchanged` | nothing: zero writes |
+//! | the same, with drift the steps can repair | `repair` (fields) | a repair job: the bring-up steps, forward only |
+//! | drift no step may repair (MAC, golden, storage, node, shrink, a mount to remove) | `refuse` (why) | – |
+//! | a guest whose marker or MAC/rootfs no longer match felhom's record | `refuse` | – |
+//! | two live guests with one identity, or a marked guest felhom has no record of | `refuse` | – |
+//!
+//! "Bound" means: the marker names the record's job and identity, and the guest's net0 MAC
+//! and rootfs volume are the ones felhom recorded. A description alone (which anyone with
+//! `VM.Config.Options` may rewrite) never makes a guest felhom's.
+//!
+//! Two felhom processes never work on one identity at once: each holds the journal's
+//! identity lease while it decides and acts (a live holder is waited for, a dead one's lease
+//! is taken over), so a second `apply` of the same spec sees the first one's guest and says
+//! `unchanged`.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pve_api::Vmid;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::bringup::{self, Drift, GuestView};
+use crate::guest::{self, Ownership};
+use crate::job::{Facts, Outcome, Progress};
+use crate::journal::{GuestRecord, JobKind, JobRow, JobState, JournalError, Phase};
+use crate::ops::{Felhom, JobReport, OpsError};
+use crate::spec::{GuestSpec, Identity};
+
+/// What `apply` will do (or did decide) for one guest.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum Decision {
+    /// No such guest: bring it up at `vmid` (None: no free VMID is known yet).
+    Create { vmid: Option<u32> },
+    /// There and as specified: nothing to do.
+    Unchanged { vmid: u32 },
+    /// There, with drift the steps repair.
+    Repair {
+        vmid: u32,
+        #[serde(skip)]
+        record: Box<GuestRecord>,
+        drift: Vec<Drift>,
+    },
+    /// An interrupted job of this identity: finish it first.
+    Continue {
+        job: String,
+        vmid: Option<u32>,
+        state: String,
+    },
+    /// Not felhom's to change, or not safely: why, and whether a person must act.
+    Refuse {
+        vmid: Option<u32>,
+        why: String,
+        needs_person: bool,
+    },
+    /// A felhom guest in none of the specs (`--prune`): tear it down.
+    Prune { vmid: u32 },
+}
+
+impl Decision {
+    /// One line for `plan`.
+    pub fn describe(&self) -> String {
+        match self {
+            Decision::Create { vmid: Some(v) } => format!("create at VMID {v}"),
+            Decision::Create { vmid: None } => "create (no free VMID in range now)".into(),
+            Decision::Unchanged { vmid } => format!("unchanged (VMID {vmid})"),
+            Decision::Repair { vmid, drift, .. } => format!(
+                "repair VMID {vmid}: {}",
+                drift
+                    .iter()
+                    .map(|d| format!("{} ({} → {})", d.field, show_or_dash(&d.actual), d.expected))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Decision::Continue { job, state, .. } => format!("continue job {job} ({state})"),
+            Decision::Refuse { why, .. } => format!("refuse: {why}"),
+            Decision::Prune { vmid } => format!("prune: tear down VMID {vmid}"),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Decision::Create { .. } => "create",
+            Decision::Unchanged { .. } => "unchanged",
+            Decision::Repair { .. } => "repair",
+            Decision::Continue { .. } => "continue",
+            Decision::Refuse { .. } => "refuse",
+            Decision::Prune { .. } => "prune",
+        }
+    }
+}
+
+fn show_or_dash(s: &str) -> &str {
+    if s.is_empty() {
+        "-"
+    } else {
+        s
+    }
+}
+
+fn refuse(vmid: Option<u32>, why: impl Into<String>) -> Decision {
+    Decision::Refuse {
+        vmid,
+        why: why.into(),
+        needs_person: false,
+    }
+}
+
+/// How long `apply` waits for another live felhom process that holds a guest's identity.
+const IDENTITY_WAIT_POLL: Duration = Duration::from_millis(200);
+
+impl Felhom {
+    /// Decide what `apply` does for `spec`, reading only (PVE and the journal).
+    pub async fn decide(&self, spec: &GuestSpec) -> Result<Decision, OpsError> {
+        let id = spec.identity_key();
+        // 1. A job of this identity that did not finish comes first.
+        if let Some(j) = self
+            .journal
+            .unfinished_jobs_for_identity(&id.customer, &id.name)?
+            .into_iter()
+            .next()
+        {
+            if j.state == JobState::RollbackIncomplete {
+                return Ok(Decision::Refuse {
+                    vmid: j.vmid,
+                    why: format!(
+                        "job {} could not finish its rollback ({}); a person must look, then run `felhom resume {}`",
+                        j.id,
+                        j.error.as_deref().unwrap_or("no error recorded"),
+                        j.id
+                    ),
+                    needs_person: true,
+                });
+            }
+            return Ok(Decision::Continue {
+                job: j.id.clone(),
+                vmid: j.vmid,
+                state: j.display_state().to_string(),
+            });
+        }
+        // 2. The guest felhom recorded for this identity.
+        let records = self.journal.guests_by_identity(&id.customer, &id.name)?;
+        match records.as_slice() {
+            [] => self.decide_unrecorded(spec, &id).await,
+            [rec] => self.decide_recorded(spec, rec).await,
+            many => Ok(refuse(
+                None,
+                format!(
+                    "{} felhom guests carry identity {id}: VMIDs {}; tear down the extra ones (`felhom teardown VMID`)",
+                    many.len(),
+                    many.iter()
+                        .map(|g| g.vmid.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
+        }
+    }
+
+    /// No record: a guest that claims the identity anyway is refused; otherwise create.
+    async fn decide_unrecorded(
+        &self,
+        spec: &GuestSpec,
+        id: &Identity,
+    ) -> Result<Decision, OpsError> {
+        for g in self.client.lxc_list(spec.node.as_str()).await? {
+            let Ok(vmid) = Vmid::try_from(g.vmid) else {
+                continue;
+            };
+            if !self.config.vmid_range.contains(vmid) {
+                continue;
+            }
+            let Some(cfg) = guest::config_of(&self.client, spec.node.as_str(), vmid).await? else {
+                continue;
+            };
+            if let Some(m) = guest::marker_of(&cfg) {
+                if m.customer == id.customer && m.name.as_deref() == Some(id.name.as_str()) {
+                    return Ok(refuse(
+                        Some(vmid.get()),
+                        format!("guest {vmid} carries felhom's marker for {id} (job {}), but this journal has no record of it; felhom cannot prove it is its own", m.job),
+                    ));
+                }
+            }
+        }
+        Ok(Decision::Create { vmid: None })
+    }
+
+    async fn decide_recorded(
+        &self,
+        spec: &GuestSpec,
+        rec: &GuestRecord,
+    ) -> Result<Decision, OpsError> {
+        let vmid = Vmid::try_from(rec.vmid).map_err(|e| OpsError::Invalid(e.to_string()))?;
+        let v = Some(rec.vmid);
+        let Some(cfg) = guest::config_of(&self.client, &rec.node, vmid).await? else {
+            // The journal remembers a guest PVE no longer has: it is absent, bring it up.
+            return Ok(Decision::Create { vmid: None });
+        };
+        if let Some(why) = unbound(&cfg, rec) {
+            return Ok(refuse(v, why));
+        }
+        let old: Option<GuestSpec> = serde_json::from_value(rec.spec.clone()).ok();
+        if let Some(old) = &old {
+            let mut changed = Vec::new();
+            if old.golden != spec.golden {
+                changed.push(format!(
+                    "golden (made from {}, the spec says {}): a different golden needs a new guest (`felhom teardown`, then apply)",
+                    old.golden, spec.golden
+                ));
+            }
+            if old.node != spec.node {
+                changed.push(format!(
+                    "node ({} → {}): felhom does not migrate guests",
+                    old.node, spec.node
+                ));
+            }
+            if old.storage != spec.storage {
+                changed.push(format!(
+                    "storage ({} → {}): felhom does not move disks",
+                    old.storage, spec.storage
+                ));
+            }
+            if old.identity != spec.identity {
+                changed.push("identity policy: it only applies at restore".to_string());
+            }
+            for m in &old.mounts {
+                let kept = spec.mounts.iter().any(|n| n.path == m.path);
+                let present = guest::mounts_of(&cfg)
+                    .iter()
+                    .any(|p| p.path == m.path.as_str());
+                if !kept && present {
+                    changed.push(format!(
+                        "mount {} is not in the spec any more, and it may hold data: felhom never removes a mount (detach it by hand, then apply)",
+                        m.path
+                    ));
+                }
+            }
+            if !changed.is_empty() {
+                return Ok(refuse(v, changed.join("; ")));
+            }
+        }
+        let size = guest::rootfs_bytes(&cfg).unwrap_or(0);
+        if size > spec.rootfs_size.bytes() {
+            return Ok(refuse(
+                v,
+                format!(
+                    "rootfs is {}, the spec asks {}: PVE cannot shrink a disk",
+                    pve_api::format_disk_size(size),
+                    spec.rootfs_size
+                ),
+            ));
+        }
+        for m in &spec.mounts {
+            if let Some(p) = guest::mounts_of(&cfg)
+                .iter()
+                .find(|p| p.path == m.path.as_str())
+            {
+                if p.bytes > m.size.bytes() {
+                    return Ok(refuse(
+                        v,
+                        format!(
+                            "mount {} is {}, the spec asks {}: PVE cannot shrink a disk",
+                            m.path,
+                            pve_api::format_disk_size(p.bytes),
+                            m.size
+                        ),
+                    ));
+                }
+            }
+        }
+        let drift = self.drift_of(spec, rec, &cfg, vmid).await?;
+        // The MAC is bound above; any other drift is the steps' to repair.
+        if drift.is_empty() {
+            Ok(Decision::Unchanged { vmid: rec.vmid })
+        } else {
+            Ok(Decision::Repair {
+                vmid: rec.vmid,
+                record: Box::new(rec.clone()),
+                drift,
+            })
+        }
+    }
+
+    /// Every step's drift check against the new spec.
+    async fn drift_of(
+        &self,
+        spec: &GuestSpec,
+        rec: &GuestRecord,
+        cfg: &pve_api::LxcConfig,
+        vmid: Vmid,
+    ) -> Result<Vec<Drift>, OpsError> {
+        let st = self.client.lxc_status(&rec.node, vmid).await?;
+        let mut ip = None;
+        let mut fp = None;
+        if st.status == "running" {
+            if let Some(ifaces) = self.client.lxc_interfaces(&rec.node, vmid).await? {
+                ip = guest::eth0_ip(&ifaces);
+            }
+            if let Some(ip) = ip.as_deref() {
+                fp = bringup::ssh::probe(&self.client, &self.config, vmid, ip)
+                    .await
+                    .unwrap_or(None);
+            }
+        }
+        let view = GuestView {
+            spec: Some(spec),
+            record: rec,
+            cfg,
+            status: &st.status,
+            ip: ip.as_deref(),
+            ssh_fingerprint: fp.as_deref(),
+        };
+        Ok(bringup::STEPS.iter().flat_map(|s| s.drift(&view)).collect())
+    }
+
+    /// `plan`: the decision for every spec (and with `prune`, the guests to remove), with the
+    /// VMIDs `apply` will use. Reads only.
+    pub async fn plan_apply(
+        &self,
+        specs: &[GuestSpec],
+        prune: bool,
+    ) -> Result<Vec<(Identity, Decision)>, OpsError> {
+        let mut out = Vec::new();
+        for s in specs {
+            out.push((s.identity_key(), self.decide(s).await?));
+        }
+        self.assign_vmids(specs, &mut out).await?;
+        if prune {
+            out.extend(self.prunable(specs)?);
+        }
+        Ok(out)
+    }
+
+    /// Give each `create` the VMID `provision` reserves first (in spec order).
+    async fn assign_vmids(
+        &self,
+        specs: &[GuestSpec],
+        decisions: &mut [(Identity, Decision)],
+    ) -> Result<(), OpsError> {
+        let creating: Vec<GuestSpec> = specs
+            .iter()
+            .zip(decisions.iter())
+            .filter(|(_, (_, d))| matches!(d, Decision::Create { .. }))
+            .map(|(s, _)| s.clone())
+            .collect();
+        let mut picks = self.pick_vmids(&creating).await?.into_iter();
+        for (_, d) in decisions.iter_mut() {
+            if let Decision::Create { vmid } = d {
+                *vmid = picks.next().flatten().map(|v| v.get());
+            }
+        }
+        Ok(())
+    }
+
+    /// felhom's live guests whose identity is in none of `specs`.
+    fn prunable(&self, specs: &[GuestSpec]) -> Result<Vec<(Identity, Decision)>, OpsError> {
+        let wanted: BTreeSet<Identity> = specs.iter().map(GuestSpec::identity_key).collect();
+        Ok(self
+            .journal
+            .live_guests()?
+            .into_iter()
+            .filter(|g| {
+                !wanted.contains(&Identity {
+                    customer: g.customer.clone(),
+                    name: g.name.clone(),
+                })
+            })
+            .map(|g| {
+                (
+                    Identity {
+                        customer: g.customer.clone(),
+                        name: g.name.clone(),
+                    },
+                    Decision::Prune { vmid: g.vmid },
+                )
+            })
+            .collect())
+    }
+
+    /// `apply SPEC…`: converge every guest; with `prune`, also tear down felhom guests in
+    /// none of the specs.
+    pub async fn apply(
+        self: &Arc<Self>,
+        specs: Vec<GuestSpec>,
+        prune: bool,
+        progress: Arc<dyn Progress>,
+    ) -> Result<Vec<JobReport>, OpsError> {
+        let holder = crate::ops::new_apply_id();
+        // Decide in spec order, each under its identity lease (a live holder elsewhere is
+        // waited for in that guest's own task).
+        let mut decided = Vec::new();
+        for s in &specs {
+            let id = s.identity_key();
+            let d = match self
+                .journal
+                .acquire_identity(&id.customer, &id.name, &holder)
+            {
+                Ok(()) => match self.decide(s).await {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        self.release_all(&specs, &holder);
+                        return Err(e);
+                    }
+                },
+                Err(JournalError::IdentityHeld { .. }) => None,
+                Err(e) => {
+                    self.release_all(&specs, &holder);
+                    return Err(e.into());
+                }
+            };
+            decided.push((id, d));
+        }
+        let mut with_vmids: Vec<(Identity, Decision)> = decided
+            .iter()
+            .map(|(id, d)| {
+                (
+                    id.clone(),
+                    d.clone().unwrap_or(Decision::Unchanged { vmid: 0 }),
+                )
+            })
+            .collect();
+        self.assign_vmids(&specs, &mut with_vmids).await?;
+        let prunes = if prune {
+            self.prunable(&specs)?
+        } else {
+            Vec::new()
+        };
+        let mut handles = Vec::new();
+        for ((spec, (_, first)), (_, assigned)) in specs.into_iter().zip(decided).zip(with_vmids) {
+            let first = first.map(|_| assigned);
+            let me = self.clone();
+            let progress = progress.clone();
+            let holder = holder.clone();
+            handles.push(tokio::spawn(async move {
+                let id = spec.identity_key();
+                let r = me.converge(spec, first, &holder, progress).await;
+                let _ = me.journal.release_identity(&id.customer, &id.name, &holder);
+                r
+            }));
+        }
+        let mut reports = crate::ops::collect(handles).await?;
+        if !prunes.is_empty() {
+            let vmids: Vec<Vmid> = prunes
+                .iter()
+                .filter_map(|(_, d)| match d {
+                    Decision::Prune { vmid } => Vmid::try_from(*vmid).ok(),
+                    _ => None,
+                })
+                .collect();
+            reports.extend(self.teardown(vmids, progress).await?);
+        }
+        self.remember_durations();
+        Ok(reports)
+    }
+
+    fn release_all(&self, specs: &[GuestSpec], holder: &str) {
+        for s in specs {
+            let id = s.identity_key();
+            let _ = self
+                .journal
+                .release_identity(&id.customer, &id.name, holder);
+        }
+    }
+
+    /// Wait (bounded by the task timeout) until this process holds the identity.
+    async fn wait_identity(&self, id: &Identity, holder: &str) -> Result<(), String> {
+        let started = Instant::now();
+        loop {
+            match self
+                .journal
+                .acquire_identity(&id.customer, &id.name, holder)
+            {
+                Ok(()) => return Ok(()),
+                Err(JournalError::IdentityHeld { job, pid, .. }) => {
+                    if started.elapsed() > self.config.task_timeout {
+                        return Err(format!(
+                            "{id} is being applied by felhom process {pid} ({job}) for longer than the task timeout; try again later"
+                        ));
+                    }
+                    tokio::time::sleep(IDENTITY_WAIT_POLL).await;
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+
+    /// Act on one guest's decision until it converges (a continued job is followed by a
+    /// fresh decision: at most a few rounds).
+    async fn converge(
+        &self,
+        spec: GuestSpec,
+        first: Option<Decision>,
+        holder: &str,
+        progress: Arc<dyn Progress>,
+    ) -> JobReport {
+        let id = spec.identity_key();
+        let label = spec.hostname.to_string();
+        let mut next = first;
+        for _ in 0..3 {
+            let decision = match next.take() {
+                Some(d) => d,
+                None => {
+                    if let Err(why) = self.wait_identity(&id, holder).await {
+                        return JobReport::decided(&label, None, Outcome::Refused { error: why });
+                    }
+                    match self.decide(&spec).await {
+                        Ok(d) => d,
+                        Err(e) => {
+                            return JobReport::decided(
+                                &label,
+                                None,
+                                Outcome::Paused {
+                                    error: e.to_string(),
+                                },
+                            )
+                        }
+                    }
+                }
+            };
+            match decision {
+                Decision::Unchanged { vmid } => {
+                    return JobReport::decided(&label, Some(vmid), Outcome::Unchanged)
+                }
+                Decision::Refuse {
+                    vmid,
+                    why,
+                    needs_person,
+                } => {
+                    let outcome = if needs_person {
+                        Outcome::Paused { error: why }
+                    } else {
+                        Outcome::Refused { error: why }
+                    };
+                    return JobReport::decided(&label, vmid, outcome);
+                }
+                Decision::Create { vmid } => {
+                    return match self.start_bringup(&spec, vmid, None).await {
+                        Ok(job) => self.run_job(job, progress).await,
+                        Err(e) => JobReport::decided(
+                            &label,
+                            None,
+                            Outcome::Paused {
+                                error: e.to_string(),
+                            },
+                        ),
+                    }
+                }
+                Decision::Repair { record, .. } => {
+                    return match self.start_bringup(&spec, None, Some(&record)).await {
+                        Ok(job) => self.run_job(job, progress).await,
+                        Err(e) => JobReport::decided(
+                            &label,
+                            Some(record.vmid),
+                            Outcome::Paused {
+                                error: e.to_string(),
+                            },
+                        ),
+                    }
+                }
+                Decision::Continue { job, .. } => {
+                    let row = match self.journal.job(&job) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            return JobReport::decided(
+                                &label,
+                                None,
+                                Outcome::Paused {
+                                    error: e.to_string(),
+                                },
+                            )
+                        }
+                    };
+                    if let Err(e) = self.journal.claim_job(&row.id) {
+                        return JobReport::decided(
+                            &label,
+                            row.vmid,
+                            Outcome::Refused {
+                                error: format!("job {}: {e}", row.id),
+                            },
+                        );
+                    }
+                    let r = self.run_job(row, progress.clone()).await;
+                    match r.outcome {
+                        // Finished or undone: look again (the spec may ask more).
+                        Outcome::Succeeded | Outcome::RolledBack { .. } => continue,
+                        _ => return r,
+                    }
+                }
+                Decision::Prune { .. } => unreachable_prune(),
+            }
+        }
+        JobReport::decided(
+            &label,
+            None,
+            Outcome::Refused {
+                error: format!("{id} did not converge in three rounds"),
+            },
+        )
+    }
+
+    /// Create the journal's bring-up (or, for a guest that exists, repair) job for `spec`.
+    async fn start_bringup(
+        &self,
+        spec: &GuestSpec,
+        vmid_hint: Option<u32>,
+        existing: Option<&GuestRecord>,
+    ) -> Result<JobRow, OpsError> {
+        // Facts known before the first step: the golden's own identity, so the identity
+        // step can prove the guest does not carry it (F1).
+        let golden = self
+            .golden_info(spec.node.as_str(), spec.golden.as_str())
+            .await?;
+        let kind = if existing.is_some() {
+            JobKind::Repair
+        } else {
+            JobKind::Bringup
+        };
+        let id = crate::ops::new_job_id(kind);
+        let value = serde_json::to_value(spec).map_err(|e| OpsError::Invalid(e.to_string()))?;
+        self.journal.create_job(
+            &id,
+            kind,
+            spec.node.as_str(),
+            Some(spec.hostname.as_str()),
+            &value,
+        )?;
+        let mut facts = Facts {
+            golden_mac: golden.mac.map(|m| m.to_ascii_uppercase()),
+            golden_rootfs_bytes: golden.rootfs_bytes,
+            vmid_hint,
+            ..Facts::default()
+        };
+        if let Some(rec) = existing {
+            // The repair works on the recorded guest, under the marker of the job that made it.
+            facts.vmid = Some(rec.vmid);
+            facts.mac = rec.mac.clone();
+            facts.owner_job = Some(rec.job_id.clone());
+            facts.rootfs = rec.rootfs.clone();
+            if let Ok(v) = Vmid::try_from(rec.vmid) {
+                self.journal.set_job_vmid(&id, v)?;
+            }
+        }
+        self.journal
+            .record(&id, "job", 0, Phase::Note, &json!({ "facts": facts }))?;
+        Ok(self.journal.job(&id)?)
+    }
+}
+
+fn unreachable_prune() -> ! {
+    unreachable!("prune decisions are made by `prunable`, never by `decide`")
+}
+
+/// Why `cfg` is not provably the guest `rec` describes (None: it is).
+fn unbound(cfg: &pve_api::LxcConfig, rec: &GuestRecord) -> Option<String> {
+    let vmid = rec.vmid;
+    match Ownership::of(cfg, &rec.job_id) {
+        Ownership::Ours(m) => {
+            if m.customer != rec.customer
+                || m.name.as_deref().is_some_and(|n| n != rec.name)
+            {
+                return Some(format!(
+                    "guest {vmid}'s marker names {}/{}, but felhom recorded it as {}/{}; refusing to touch it",
+                    m.customer,
+                    m.name.as_deref().unwrap_or("?"),
+                    rec.customer,
+                    rec.name
+                ));
+            }
+        }
+        Ownership::OtherJob(m) => {
+            return Some(format!(
+                "guest {vmid} carries the marker of felhom job {}, but felhom recorded job {}; refusing to touch it",
+                m.job, rec.job_id
+            ))
+        }
+        Ownership::Unmarked => {
+            return Some(format!(
+                "guest {vmid} no longer carries felhom's ownership marker (description changed outside felhom); refusing to touch it"
+            ))
+        }
+    }
+    let mac = guest::mac_of(cfg);
+    let same_mac = match (mac.as_deref(), rec.mac.as_deref()) {
+        (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+        _ => false,
+    };
+    if !same_mac {
+        return Some(format!(
+            "guest {vmid}'s MAC changed outside felhom (recorded {}, now {}): felhom does not re-key a live guest, and cannot prove it is the one it made",
+            rec.mac.as_deref().unwrap_or("-"),
+            mac.as_deref().unwrap_or("-")
+        ));
+    }
+    if let (Some(want), Some(have)) = (rec.rootfs.as_deref(), guest::rootfs_volume(cfg)) {
+        if want != have {
+            return Some(format!(
+                "guest {vmid}'s rootfs volume changed outside felhom (recorded {want}, now {have}); refusing to touch it"
+            ));
+        }
+    }
+    None
+}
