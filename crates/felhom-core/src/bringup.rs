@@ -413,11 +413,7 @@ impl Step for BringupStep {
                     .await
                 {
                     Ok(upid) => cx.wait(self.name(), &upid).await,
-                    Err(ApiError::Server { message, .. })
-                        if message.contains("disk is already at specified size") =>
-                    {
-                        Ok(())
-                    }
+                    Err(ApiError::AlreadyAtSize { .. }) => Ok(()),
                     Err(e) => Err(e.into()),
                 }
             }
@@ -426,11 +422,7 @@ impl Step for BringupStep {
                 let vmid = cx.vmid()?;
                 match cx.client.lxc_start(&cx.node, vmid).await {
                     Ok(upid) => cx.wait(self.name(), &upid).await,
-                    Err(ApiError::Server { message, .. })
-                        if message.contains("already running") =>
-                    {
-                        Ok(())
-                    }
+                    Err(ApiError::AlreadyRunning { .. }) => Ok(()),
                     Err(e) => Err(e.into()),
                 }
             }
@@ -734,7 +726,7 @@ async fn stop_if_running(cx: &JobCx, vmid: Vmid, step: &str) -> Result<(), StepE
     }
     match cx.client.lxc_stop(&cx.node, vmid).await {
         Ok(upid) => cx.wait(step, &upid).await,
-        Err(ApiError::Server { message, .. }) if message.contains("not running") => Ok(()),
+        Err(ApiError::NotRunning { .. }) => Ok(()),
         Err(e) => Err(e.into()),
     }
 }
@@ -782,11 +774,7 @@ async fn act_identity(cx: &JobCx) -> Result<(), StepError> {
     {
         Ok(()) => Ok(()),
         // Someone changed the config between our read and write: observe again.
-        Err(ApiError::Server { message, .. })
-            if message.contains("detected modified configuration") =>
-        {
-            Err(StepError::NotYet(message))
-        }
+        Err(ApiError::ConfigModified { message }) => Err(StepError::NotYet(message)),
         Err(e) => Err(e.into()),
     }
 }
@@ -834,11 +822,7 @@ async fn act_mounts(cx: &JobCx) -> Result<(), StepError> {
             )
             .await
             .map_err(|e| match e {
-                ApiError::Server { message, .. }
-                    if message.contains("detected modified configuration") =>
-                {
-                    StepError::NotYet(message)
-                }
+                ApiError::ConfigModified { message } => StepError::NotYet(message),
                 e => e.into(),
             })?;
     }

@@ -140,7 +140,7 @@ impl Step for TeardownStep {
             )),
             TeardownStep::Stop => match cx.client.lxc_stop(&cx.node, vmid).await {
                 Ok(upid) => cx.wait(self.name(), &upid).await,
-                Err(ApiError::Server { message, .. }) if message.contains("not running") => Ok(()),
+                Err(ApiError::NotRunning { .. }) => Ok(()),
                 Err(e) => Err(e.into()),
             },
             TeardownStep::Destroy => {

@@ -34,6 +34,7 @@ pub(crate) use crate::runtime::Runtime;
 pub(crate) use crate::sim::{model, now_ms, Sim};
 pub(crate) use crate::state::{Guest, State, TaskPlan, Volume, GIB};
 pub(crate) use params::{new_volume_spec, normalize_tags, store_net, Kind};
+pub(crate) use pve_api::texts;
 
 /// Every route the simulator serves under `/api2/json`: (method, path as in the schema).
 const ROUTES: &[(&str, &str)] = &[
