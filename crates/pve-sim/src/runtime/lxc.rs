@@ -1,6 +1,8 @@
 //! The real guest runtime: every guest is an LXC container booted from its own rootfs.
 //!
-//! What PVE does is followed from `shared/pve-guest-setup.md` and `shared/real-guests.md`:
+//! What PVE does is followed from the pve-container sources (`src/PVE/LXC/Create.pm`,
+//! `src/PVE/LXC.pm` `update_lxc_config`, `src/PVE/LXC/Setup/Debian.pm`; differences from the
+//! simulator in `docs/pve-fidelity.md`, restore in `docs/pve-reference.md §2.3`):
 //!
 //! - **restore** unpacks the archive with PVE's tar invocation (`tar xpf - --zstd --totals
 //!   --one-file-system -p --sparse --numeric-owner --acls --xattrs … --anchored --exclude
@@ -219,7 +221,7 @@ fn chown(p: &Path, uid: u32, gid: u32) -> Result<(), RuntimeError> {
 }
 
 /// `root:100000:65536` in `/etc/subuid` and `/etc/subgid`: `newuidmap` refuses the id map
-/// otherwise (real-guests.md). PVE hosts ship it. The simulator checks and says what to add
+/// otherwise (measured on this machine kind; `docs/pve-fidelity.md`). PVE hosts ship it. The simulator checks and says what to add
 /// rather than edit the host's `/etc` itself (`scripts/test` adds it on a test machine).
 fn check_subids() -> Result<(), RuntimeError> {
     for f in ["/etc/subuid", "/etc/subgid"] {
@@ -1183,7 +1185,7 @@ impl Lxc {
     // ---- what the API and the state dump show ------------------------------------------
 
     /// `GET …/interfaces` of a running guest: `ip --json addr` inside its network
-    /// namespace, reshaped as PVE does (pve-guest-setup.md). `None` when it does not run.
+    /// namespace, reshaped as PVE does (pve-container `src/PVE/LXC.pm`; `docs/pve-fidelity.md`). `None` when it does not run.
     pub fn interfaces(&self, vmid: u32) -> Option<Value> {
         let pid = self.running_pid(vmid)?;
         let mut c = cmd("nsenter");
