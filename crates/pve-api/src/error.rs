@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::texts;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
     /// 401: bad secret, unknown or expired token, disabled user (body empty, reason phrase
@@ -43,6 +45,32 @@ pub enum ApiError {
     /// exist`). Not transient.
     #[error("not found: {message}")]
     NotFound { message: String },
+    /// 500 [`texts::CONFIG_MODIFIED`]: the `digest` sent with a config write is stale, someone
+    /// changed the config in between (reference §3.2). Not transient (it was a plain 500
+    /// before): the caller reads the config again and decides.
+    #[error("PVE error (HTTP 500): {message}")]
+    ConfigModified { message: String },
+    /// 500 `CT <vmid> already running` ([`texts::already_running`]) on start (§6.1). Not
+    /// transient (was a plain 500): the guest is where a start would put it.
+    #[error("PVE error (HTTP 500): {message}")]
+    AlreadyRunning { message: String },
+    /// 500 `CT <vmid> not running` / `VM <vmid> not running` ([`texts::not_running`]) on
+    /// stop, shutdown, reboot (§6.1). Not transient (was a plain 500).
+    #[error("PVE error (HTTP 500): {message}")]
+    NotRunning { message: String },
+    /// 500 [`texts::ALREADY_AT_SIZE`] on resize (§5). Not transient (was a plain 500): the
+    /// disk has the size asked for.
+    #[error("PVE error (HTTP 500): {message}")]
+    AlreadyAtSize { message: String },
+    /// 500 [`texts::CANNOT_SHRINK`] on resize (§5). Not transient (was a plain 500): PVE
+    /// never shrinks.
+    #[error("PVE error (HTTP 500): {message}")]
+    CannotShrink { message: String },
+    /// 500 `… already exists`: `CT <vmid> already exists on node '<node>'`
+    /// ([`texts::already_exists_on_node`]) on create/restore (§2.2), or a pool id in use.
+    /// Not transient (was a plain 500).
+    #[error("PVE error (HTTP 500): {message}")]
+    AlreadyExists { message: String },
     /// 501: unknown path or method (an older PVE, or a typo). Not transient.
     #[error("not implemented by this PVE: {message}")]
     NotImplemented { message: String },
@@ -62,10 +90,12 @@ pub enum ApiError {
     Decode { message: String },
     /// The task ended with an error; the last lines of its log show why. Not transient: the
     /// task ran; re-running it is a new dispatch and the caller's decision.
+    /// `kind` is the exit status read once ([`TaskFailure::of`]), so callers match on it.
     #[error("task {upid} failed: {exitstatus}{}", tail_display(.log_tail))]
     TaskFailed {
         upid: String,
         exitstatus: String,
+        kind: TaskFailure,
         log_tail: Vec<String>,
     },
     /// The task did not end within the wait's deadline. Not transient: the task may still be
@@ -76,6 +106,75 @@ pub enum ApiError {
     /// Refused by this client before anything was sent. Not transient.
     #[error("invalid {field}: {message}")]
     InvalidInput { field: String, message: String },
+}
+
+/// What a PVE `die` text says, read once. The same texts reach a client two ways: as a
+/// 500's message when the handler died before forking (then [`classify`] turns the kind into
+/// an [`ApiError`] variant), or as a task's exit status when the worker died (then it is the
+/// `kind` of [`ApiError::TaskFailed`]). The texts are in [`crate::texts`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskFailure {
+    /// [`texts::lock_timeout`]: the config flock was held by someone else (§4.1).
+    LockTimeout { lock_file: String },
+    /// Some other `got timeout` (a `run_with_timeout` elsewhere than the flock).
+    Timeout,
+    /// [`texts::locked`]: the persistent `lock` property (§4.2).
+    Locked { lock: String },
+    /// `… does not exist` ([`texts::no_config`], [`texts::storage_missing`], …).
+    NotFound,
+    /// [`texts::CONFIG_MODIFIED`].
+    ConfigModified,
+    /// [`texts::already_running`].
+    AlreadyRunning,
+    /// [`texts::not_running`], [`texts::vm_not_running`].
+    NotRunning,
+    /// [`texts::ALREADY_AT_SIZE`].
+    AlreadyAtSize,
+    /// [`texts::CANNOT_SHRINK`].
+    CannotShrink,
+    /// [`texts::already_exists_on_node`].
+    AlreadyExists,
+    /// Anything else, [`texts::NO_WORKER_UPID`] included.
+    Other,
+}
+
+impl TaskFailure {
+    /// Read a die text. The order matters where texts nest: a lock timeout or a lock is what
+    /// a prefixed text is about (`unable to restore CT 1 - CT is locked (create)`), and a
+    /// failed fork says nothing else happened. The first four checks are in the order the
+    /// 500 classification always had, so no 500 changes variant.
+    pub fn of(text: &str) -> TaskFailure {
+        if let Some(lock_file) = lock_timeout_file(text) {
+            return TaskFailure::LockTimeout { lock_file };
+        }
+        if let Some(lock) = locked_kind(text) {
+            return TaskFailure::Locked { lock };
+        }
+        if text.contains(texts::DOES_NOT_EXIST_PART.trim_start()) {
+            return TaskFailure::NotFound;
+        }
+        if text.contains(texts::NO_WORKER_UPID) {
+            return TaskFailure::Other;
+        }
+        if text.contains(texts::GOT_TIMEOUT_PART) {
+            return TaskFailure::Timeout;
+        }
+        if text.contains(texts::CONFIG_MODIFIED_PART) {
+            TaskFailure::ConfigModified
+        } else if text.contains(texts::ALREADY_AT_SIZE) {
+            TaskFailure::AlreadyAtSize
+        } else if text.contains(texts::CANNOT_SHRINK) {
+            TaskFailure::CannotShrink
+        } else if text.contains(texts::ALREADY_RUNNING_PART) {
+            TaskFailure::AlreadyRunning
+        } else if text.contains(texts::NOT_RUNNING_PART) {
+            TaskFailure::NotRunning
+        } else if text.contains(texts::ALREADY_EXISTS_PART) {
+            TaskFailure::AlreadyExists
+        } else {
+            TaskFailure::Other
+        }
+    }
 }
 
 fn permission_display(path: &Option<String>, privilege: &Option<String>, message: &str) -> String {
@@ -118,6 +217,9 @@ impl ApiError {
     ///   caller's call, not a blind retry.
     /// - `Locked`: a persistent lock needs its holder (or a person) to finish; not transient
     ///   at this layer.
+    /// - `ConfigModified`, `AlreadyRunning`, `NotRunning`, `AlreadyAtSize`, `CannotShrink`,
+    ///   `AlreadyExists`: not transient, exactly as the plain 500 `Server` they were before
+    ///   they had names (none of them contains `got no worker upid`, which stays `Server`).
     /// - Auth, Permission, Param, NotFound, NotImplemented, Decode, TaskFailed, InvalidInput:
     ///   nothing changes by retrying.
     pub fn is_transient(&self) -> bool {
@@ -125,7 +227,7 @@ impl ApiError {
             ApiError::LockTimeout { .. } | ApiError::Transport { .. } => true,
             ApiError::Server { status, message } => {
                 matches!(status, 502 | 503 | 504 | 595 | 596)
-                    || message.contains("got no worker upid")
+                    || message.contains(texts::NO_WORKER_UPID)
             }
             _ => false,
         }
@@ -137,7 +239,14 @@ impl ApiError {
             ApiError::Auth { .. } => Some(401),
             ApiError::Permission { .. } => Some(403),
             ApiError::Param { .. } => Some(400),
-            ApiError::LockTimeout { .. } | ApiError::Locked { .. } => Some(500),
+            ApiError::LockTimeout { .. }
+            | ApiError::Locked { .. }
+            | ApiError::ConfigModified { .. }
+            | ApiError::AlreadyRunning { .. }
+            | ApiError::NotRunning { .. }
+            | ApiError::AlreadyAtSize { .. }
+            | ApiError::CannotShrink { .. }
+            | ApiError::AlreadyExists { .. } => Some(500),
             ApiError::NotImplemented { .. } => Some(501),
             ApiError::Server { status, .. } => Some(*status),
             _ => None,
@@ -195,20 +304,18 @@ pub fn classify(status: u16, reason: &str, body: &[u8]) -> ApiError {
         }
         404 => ApiError::NotFound { message },
         501 => ApiError::NotImplemented { message },
-        500 => {
-            if let Some(file) = lock_timeout_file(&message) {
-                ApiError::LockTimeout {
-                    lock_file: file,
-                    message,
-                }
-            } else if let Some(lock) = locked_kind(&message) {
-                ApiError::Locked { lock, message }
-            } else if message.contains("does not exist") {
-                ApiError::NotFound { message }
-            } else {
-                ApiError::Server { status, message }
-            }
-        }
+        500 => match TaskFailure::of(&message) {
+            TaskFailure::LockTimeout { lock_file } => ApiError::LockTimeout { lock_file, message },
+            TaskFailure::Locked { lock } => ApiError::Locked { lock, message },
+            TaskFailure::NotFound => ApiError::NotFound { message },
+            TaskFailure::ConfigModified => ApiError::ConfigModified { message },
+            TaskFailure::AlreadyRunning => ApiError::AlreadyRunning { message },
+            TaskFailure::NotRunning => ApiError::NotRunning { message },
+            TaskFailure::AlreadyAtSize => ApiError::AlreadyAtSize { message },
+            TaskFailure::CannotShrink => ApiError::CannotShrink { message },
+            TaskFailure::AlreadyExists => ApiError::AlreadyExists { message },
+            TaskFailure::Timeout | TaskFailure::Other => ApiError::Server { status, message },
+        },
         _ => ApiError::Server { status, message },
     }
 }
@@ -235,21 +342,20 @@ fn parse_permission(msg: &str) -> (Option<String>, Option<String>) {
 }
 
 fn lock_timeout_file(msg: &str) -> Option<String> {
-    let start = msg.find("can't lock file '")? + "can't lock file '".len();
+    let start = msg.find(texts::LOCK_FILE_PART)? + texts::LOCK_FILE_PART.len();
     let rest = &msg[start..];
     let end = rest.find('\'')?;
-    if !rest[end..].contains("got timeout") {
+    if !rest[end..].contains(texts::GOT_TIMEOUT_PART) {
         return None;
     }
     Some(rest[..end].to_string())
 }
 
 fn locked_kind(msg: &str) -> Option<String> {
-    let start = msg
-        .find("CT is locked (")
-        .or_else(|| msg.find("VM is locked ("))?
-        + "CT is locked (".len();
-    let rest = &msg[start..];
+    let (at, part) = texts::LOCKED_PARTS
+        .iter()
+        .find_map(|p| msg.find(p).map(|at| (at, *p)))?;
+    let rest = &msg[at + part.len()..];
     Some(rest[..rest.find(')')?].to_string())
 }
 
@@ -342,7 +448,7 @@ mod tests {
             &body("CT 101 already running\n"),
         );
         assert!(
-            matches!(&e, ApiError::Server { status: 500, message } if message == "CT 101 already running")
+            matches!(&e, ApiError::AlreadyRunning { message } if message == "CT 101 already running")
         );
         assert!(!e.is_transient());
     }
@@ -522,9 +628,15 @@ mod tests {
         // Garbage bodies fall back to the reason phrase.
         assert_eq!(
             classify(500, "CT 101 already running", b"<html>oops</html>"),
+            ApiError::AlreadyRunning {
+                message: "CT 101 already running".into()
+            }
+        );
+        assert_eq!(
+            classify(500, "boom", b"<html>oops</html>"),
             ApiError::Server {
                 status: 500,
-                message: "CT 101 already running".into()
+                message: "boom".into()
             }
         );
         assert_eq!(
@@ -561,7 +673,34 @@ mod tests {
             ApiError::TaskFailed {
                 upid: "u".into(),
                 exitstatus: "e".into(),
+                kind: TaskFailure::Other,
                 log_tail: vec![],
+            },
+            ApiError::TaskFailed {
+                upid: "u".into(),
+                exitstatus: texts::lock_timeout(&texts::config_lock_file(1)),
+                kind: TaskFailure::LockTimeout {
+                    lock_file: texts::config_lock_file(1),
+                },
+                log_tail: vec![],
+            },
+            ApiError::ConfigModified {
+                message: "x".into(),
+            },
+            ApiError::AlreadyRunning {
+                message: "x".into(),
+            },
+            ApiError::NotRunning {
+                message: "x".into(),
+            },
+            ApiError::AlreadyAtSize {
+                message: "x".into(),
+            },
+            ApiError::CannotShrink {
+                message: "x".into(),
+            },
+            ApiError::AlreadyExists {
+                message: "x".into(),
             },
             ApiError::TaskTimeout {
                 upid: "u".into(),
@@ -598,11 +737,137 @@ mod tests {
         let e = ApiError::TaskFailed {
             upid: "U".into(),
             exitstatus: "boom".into(),
+            kind: TaskFailure::Other,
             log_tail: vec!["a".into(), "TASK ERROR: boom".into()],
         };
         assert_eq!(
             e.to_string(),
             "task U failed: boom (log tail: a | TASK ERROR: boom)"
+        );
+    }
+
+    /// Every die text the simulator says (from `texts`), as a 500 and as a task's exit
+    /// status, plainly and with the prefixes PVE puts in front.
+    #[test]
+    fn named_texts_round_trip() {
+        let lock = texts::config_lock_file(101);
+        let cases: Vec<(String, TaskFailure)> = vec![
+            (texts::CONFIG_MODIFIED.into(), TaskFailure::ConfigModified),
+            (texts::already_running(101), TaskFailure::AlreadyRunning),
+            (texts::not_running(101), TaskFailure::NotRunning),
+            (texts::vm_not_running(101), TaskFailure::NotRunning),
+            (texts::ALREADY_AT_SIZE.into(), TaskFailure::AlreadyAtSize),
+            (texts::CANNOT_SHRINK.into(), TaskFailure::CannotShrink),
+            (
+                texts::already_exists_on_node(101, "pve"),
+                TaskFailure::AlreadyExists,
+            ),
+            (texts::no_config("pve", 101), TaskFailure::NotFound),
+            (texts::storage_missing("nope"), TaskFailure::NotFound),
+            (
+                texts::volume_missing("local:backup/x"),
+                TaskFailure::NotFound,
+            ),
+            (
+                texts::locked("backup"),
+                TaskFailure::Locked {
+                    lock: "backup".into(),
+                },
+            ),
+            (
+                texts::lock_timeout(&lock),
+                TaskFailure::LockTimeout {
+                    lock_file: lock.clone(),
+                },
+            ),
+            (
+                "command 'x' failed: got timeout".into(),
+                TaskFailure::Timeout,
+            ),
+            ("boom".into(), TaskFailure::Other),
+        ];
+        for (text, kind) in cases {
+            for t in [text.clone(), texts::unable_to_restore(101, &text)] {
+                assert_eq!(TaskFailure::of(&t), kind, "{t}");
+                let e = classify(500, "first line", &body(&format!("{t}\n")));
+                let want = match kind.clone() {
+                    TaskFailure::LockTimeout { lock_file } => ApiError::LockTimeout {
+                        lock_file,
+                        message: t.clone(),
+                    },
+                    TaskFailure::Locked { lock } => ApiError::Locked {
+                        lock,
+                        message: t.clone(),
+                    },
+                    TaskFailure::NotFound => ApiError::NotFound { message: t.clone() },
+                    TaskFailure::ConfigModified => ApiError::ConfigModified { message: t.clone() },
+                    TaskFailure::AlreadyRunning => ApiError::AlreadyRunning { message: t.clone() },
+                    TaskFailure::NotRunning => ApiError::NotRunning { message: t.clone() },
+                    TaskFailure::AlreadyAtSize => ApiError::AlreadyAtSize { message: t.clone() },
+                    TaskFailure::CannotShrink => ApiError::CannotShrink { message: t.clone() },
+                    TaskFailure::AlreadyExists => ApiError::AlreadyExists { message: t.clone() },
+                    TaskFailure::Timeout | TaskFailure::Other => ApiError::Server {
+                        status: 500,
+                        message: t.clone(),
+                    },
+                };
+                assert_eq!(e, want, "{t}");
+                // `NotFound` has no status of its own (it may come as 404 or 500).
+                let status = (!matches!(e, ApiError::NotFound { .. })).then_some(500);
+                assert_eq!(e.status(), status, "{t}");
+                // Named or not, a plain 500 is transient only as a lock timeout.
+                assert_eq!(
+                    e.is_transient(),
+                    matches!(e, ApiError::LockTimeout { .. }),
+                    "{t}"
+                );
+            }
+        }
+        // A failed fork stays the transient `Server`, whatever else the text says.
+        let e = classify(
+            500,
+            "x",
+            &body(&format!(
+                "{} - CT 101 already running\n",
+                texts::NO_WORKER_UPID
+            )),
+        );
+        assert!(
+            matches!(e, ApiError::Server { .. }) && e.is_transient(),
+            "{e:?}"
+        );
+        // The same texts with another status are not reinterpreted.
+        assert!(matches!(
+            classify(400, "x", &body(texts::ALREADY_AT_SIZE)),
+            ApiError::Param { .. }
+        ));
+        // `nextid`'s field error stays a parameter error.
+        let b = serde_json::json!({"data": null, "message": "Parameter verification failed.\n",
+            "errors": {"vmid": format!("{}\n", texts::vmid_in_use(123))}});
+        assert!(matches!(
+            classify(400, "Parameter verification failed.", b.to_string().as_bytes()),
+            ApiError::Param { errors, .. } if errors["vmid"] == "VM 123 already exists"
+        ));
+        // The literal texts, as PVE writes them (reference §3.2, §5, §6.1, §0, §4).
+        assert_eq!(
+            texts::CONFIG_MODIFIED,
+            "detected modified configuration - file changed by other user? Try again."
+        );
+        assert_eq!(texts::already_running(7), "CT 7 already running");
+        assert_eq!(texts::not_running(7), "CT 7 not running");
+        assert_eq!(texts::vm_not_running(7), "VM 7 not running");
+        assert_eq!(
+            texts::lock_timeout(&texts::config_lock_file(7)),
+            "can't lock file '/run/lock/lxc/pve-config-7.lock' - got timeout"
+        );
+        assert_eq!(texts::locked("create"), "CT is locked (create)");
+        assert_eq!(
+            texts::no_config("pve", 7),
+            "Configuration file 'nodes/pve/lxc/7.conf' does not exist"
+        );
+        assert_eq!(
+            texts::already_exists_on_node(7, "pve"),
+            "CT 7 already exists on node 'pve'"
         );
     }
 
@@ -657,6 +922,30 @@ mod fuzz {
         #[test]
         fn classify_never_panics(status in 100u16..600, reason in "\\PC{0,80}", body in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = classify(status, &reason, &body);
+        }
+
+        /// Each named text, wherever PVE's prefix and tail put it, keeps its variant.
+        #[test]
+        fn named_texts_survive_prefixes(which in 0usize..6, vmid in 100u32..1_000_000_000, prefix in "[a-z ]{0,20}", tail in "( - [a-z]{1,10})?") {
+            let (text, ok): (String, fn(&ApiError) -> bool) = match which {
+                0 => (texts::CONFIG_MODIFIED.into(), |e| matches!(e, ApiError::ConfigModified { .. })),
+                1 => (texts::already_running(vmid), |e| matches!(e, ApiError::AlreadyRunning { .. })),
+                2 => (texts::not_running(vmid), |e| matches!(e, ApiError::NotRunning { .. })),
+                3 => (texts::ALREADY_AT_SIZE.into(), |e| matches!(e, ApiError::AlreadyAtSize { .. })),
+                4 => (texts::CANNOT_SHRINK.into(), |e| matches!(e, ApiError::CannotShrink { .. })),
+                _ => (texts::already_exists_on_node(vmid, "pve"), |e| matches!(e, ApiError::AlreadyExists { .. })),
+            };
+            let msg = format!("{prefix}{text}{tail}");
+            let e = classify(500, "", serde_json::json!({ "data": null, "message": format!("{msg}\n") }).to_string().as_bytes());
+            prop_assert!(ok(&e), "{msg:?} -> {e:?}");
+            prop_assert!(!e.is_transient());
+            let kind = TaskFailure::of(&msg);
+            prop_assert!(!matches!(kind, TaskFailure::Other | TaskFailure::NotFound), "{msg:?} -> {kind:?}");
+        }
+
+        #[test]
+        fn task_failure_never_panics(text in "\\PC{0,200}") {
+            let _ = TaskFailure::of(&text);
         }
 
         #[test]

@@ -11,7 +11,8 @@
 //! | `auth` | [`TokenId`], [`Secret`], [`ApiToken`] | §0 `PVEAPIToken=user@realm!id=secret`; the secret never prints |
 //! | `transport` | [`TlsTrust`], [`CertFingerprint`] | rustls + ring only; a pin checks the end-entity DER hash and still verifies handshake signatures |
 //! | `client` | [`PveClient`], [`ClientConfig`], [`ClientStats`] | https only; `{base}/api2/json/{path}`; form bodies for POST/PUT, query for GET/DELETE (§0) |
-//! | `error` | [`ApiError`], [`classify`] | one pure classifier of (status, reason phrase, body) and one place deciding what is transient |
+//! | `error` | [`ApiError`], [`TaskFailure`], [`classify`] | one pure classifier of (status, reason phrase, body) and of task exit statuses, and one place deciding what is transient |
+//! | `texts` | the PVE error texts felhom tells apart | written once, cited to the Perl source; the simulator says them and `classify` recognises them from the same constants |
 //! | `property_string` | [`PropertyString`], [`NetConfig`], [`MountConfig`], [`Features`], [`MacAddr`], disk sizes | §3.3/§3.4: PVE has no escaping, so unsafe values are refused, never escaped |
 //! | `task` | [`Upid`], [`TaskStatus`], [`WaitOptions`], `wait_task` | §6.3: `WARNINGS: n` is success; a fresh UPID may be invisible for a moment |
 //! | `vmid` | [`Vmid`] | §3.4 `^[1-9][0-9]{2,8}$` |
@@ -31,6 +32,7 @@ mod lxc;
 mod property_string;
 mod storage;
 mod task;
+pub mod texts;
 mod transport;
 mod vmid;
 
@@ -38,7 +40,7 @@ pub use access::Permissions;
 pub use auth::{ApiToken, Secret, TokenId, TokenIdError};
 pub use client::{ClientConfig, ClientStats, PveClient};
 pub use cluster::VersionInfo;
-pub use error::{classify, ApiError};
+pub use error::{classify, ApiError, TaskFailure};
 pub use lxc::{Interface, IpAddress, LxcConfig, LxcStatus, LxcSummary};
 pub use property_string::{
     format_disk_size, parse_disk_size, Features, MacAddr, MountConfig, NetConfig, PropertyError,

@@ -436,6 +436,7 @@ impl PveClient {
             let log_tail = self.task_log_tail(upid).await.unwrap_or_default();
             return Err(ApiError::TaskFailed {
                 upid: upid.to_string(),
+                kind: crate::TaskFailure::of(&exit),
                 exitstatus: exit,
                 log_tail,
             });

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use pve_api::texts;
 use serde_json::json;
 
 /// An error as PVE sends it.
@@ -53,9 +54,7 @@ pub fn param1(key: &str, msg: impl Into<String>) -> PveErr {
 }
 
 pub fn no_conf(node: &str, vmid: u32) -> PveErr {
-    die(format!(
-        "Configuration file 'nodes/{node}/lxc/{vmid}.conf' does not exist"
-    ))
+    die(texts::no_config(node, vmid))
 }
 
 /// The status line carries the first line of the message (reference §0).
@@ -89,5 +88,5 @@ pub fn not_implemented(method: &str, path: &str) -> PveErr {
 
 /// The config flock's timeout text (pve-common `lock_file_full`).
 pub fn lock_timeout_text(vmid: u32) -> String {
-    format!("can't lock file '/run/lock/lxc/pve-config-{vmid}.lock' - got timeout")
+    texts::lock_timeout(&texts::config_lock_file(vmid))
 }

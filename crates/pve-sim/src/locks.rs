@@ -2,6 +2,7 @@
 //! mutex per VMID, waited for up to 10 s (5 s in create/restore), scaled, then PVE's 500; and
 //! the persistent `lock` config property's `check_lock` (§4.2).
 
+use pve_api::texts;
 use std::sync::Arc;
 
 use tokio::sync::OwnedMutexGuard;
@@ -53,7 +54,7 @@ impl Sim {
 pub fn check_lock(g: &Guest, tolerate_mounted: bool) -> Result<(), String> {
     match g.config.get("lock") {
         Some(l) if tolerate_mounted && l == "mounted" => Ok(()),
-        Some(l) => Err(format!("CT is locked ({l})")),
+        Some(l) => Err(texts::locked(l)),
         None => Ok(()),
     }
 }

@@ -6,6 +6,7 @@
 //! Each task's plan is kept in the state, so a restarted simulator reschedules a running task
 //! to finish at its original end time.
 
+use pve_api::texts;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -245,7 +246,7 @@ impl Sim {
             })
             .unwrap_or_default();
         match ty.as_str() {
-            "vzrestore" => format!("unable to restore CT {id} - {msg}"),
+            "vzrestore" => texts::unable_to_restore(&id, &msg),
             _ => msg,
         }
     }
@@ -275,7 +276,7 @@ impl Sim {
                     .get(&vmid)
                     .ok_or_else(|| format!("CT {vmid} does not exist"))?;
                 if want_running == Some(false) && g.running {
-                    return Err(format!("CT {vmid} already running"));
+                    return Err(texts::already_running(vmid));
                 }
                 let mut g = g.clone();
                 apply_pending(&mut g);
@@ -392,8 +393,7 @@ impl Sim {
             return Ok(());
         };
         let node = self.read(|st| st.node.clone());
-        let no_conf =
-            |vmid: u32| format!("Configuration file 'nodes/{node}/lxc/{vmid}.conf' does not exist");
+        let no_conf = |vmid: u32| texts::no_config(&node, vmid);
         match plan {
             TaskPlan::RestoreRequest {
                 vmid,
@@ -415,8 +415,7 @@ impl Sim {
                 .await
                 .map_err(|e| e.to_string())
                 .and_then(|r| r);
-                let (archived, traits) =
-                    read.map_err(|e| format!("unable to restore CT {vmid} - {e}"))?;
+                let (archived, traits) = read.map_err(|e| texts::unable_to_restore(vmid, &e))?;
                 let volid = format!(
                     "{}:backup/{}",
                     archive
@@ -473,7 +472,7 @@ impl Sim {
                             }
                             Ok(())
                         }
-                        Err(e) => Err(format!("unable to restore CT {vmid} - {e}")),
+                        Err(e) => Err(texts::unable_to_restore(vmid, &e)),
                     }
                 })
             }
@@ -612,8 +611,7 @@ fn apply_plan(
     real: bool,
 ) -> Result<(Vec<String>, Option<u32>), String> {
     let node = st.node.clone();
-    let no_conf =
-        |vmid: u32| format!("Configuration file 'nodes/{node}/lxc/{vmid}.conf' does not exist");
+    let no_conf = |vmid: u32| texts::no_config(&node, vmid);
     match plan {
         TaskPlan::RestoreRequest { vmid, .. } => Err(format!(
             "unable to restore CT {vmid} - worker did not start"
@@ -664,7 +662,7 @@ fn apply_plan(
         TaskPlan::Start { vmid } => {
             let g = st.guests.get(&vmid).ok_or_else(|| no_conf(vmid))?;
             if g.running {
-                return Err(format!("CT {vmid} already running"));
+                return Err(texts::already_running(vmid));
             }
             boot(st, vmid, dhcp_at, real);
             Ok((Vec::new(), None))

@@ -228,7 +228,7 @@ async fn interfaces_are_null_when_stopped_and_show_the_lease_when_running() {
     };
     assert!(ip.starts_with("10.77.") && ip.ends_with("/16"), "{ip}");
     assert!(
-        matches!(env.client.lxc_start("pve", vmid(1204)).await, Err(ApiError::Server { message, .. }) if message == "CT 1204 already running")
+        matches!(env.client.lxc_start("pve", vmid(1204)).await, Err(ApiError::AlreadyRunning { message }) if message == "CT 1204 already running")
     );
     // A running guest cannot be destroyed without force.
     let err = env

@@ -103,9 +103,7 @@ pub(super) async fn act(cx: &JobCx) -> Result<(), StepError> {
 /// reference §3.2): observe again rather than fail.
 pub(super) fn modified_is_not_yet(e: ApiError) -> StepError {
     match e {
-        ApiError::Server { message, .. } if message.contains("detected modified configuration") => {
-            StepError::NotYet(message)
-        }
+        ApiError::ConfigModified { message } => StepError::NotYet(message),
         e => e.into(),
     }
 }

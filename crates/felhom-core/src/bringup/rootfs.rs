@@ -35,11 +35,7 @@ pub(super) async fn act(cx: &JobCx) -> Result<(), StepError> {
         .await
     {
         Ok(upid) => cx.wait("rootfs", &upid).await,
-        Err(ApiError::Server { message, .. })
-            if message.contains("disk is already at specified size") =>
-        {
-            Ok(())
-        }
+        Err(ApiError::AlreadyAtSize { .. }) => Ok(()),
         Err(e) => Err(e.into()),
     }
 }

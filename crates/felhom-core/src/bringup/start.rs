@@ -25,7 +25,7 @@ pub(super) async fn act(cx: &JobCx) -> Result<(), StepError> {
     owned_config(cx, vmid).await?;
     match cx.client.lxc_start(&cx.node, vmid).await {
         Ok(upid) => cx.wait("start", &upid).await,
-        Err(ApiError::Server { message, .. }) if message.contains("already running") => Ok(()),
+        Err(ApiError::AlreadyRunning { .. }) => Ok(()),
         Err(e) => Err(e.into()),
     }
 }
@@ -50,7 +50,7 @@ pub(super) async fn stop_if_running(cx: &JobCx, vmid: Vmid, step: &str) -> Resul
     }
     match cx.client.lxc_stop(&cx.node, vmid).await {
         Ok(upid) => cx.wait(step, &upid).await,
-        Err(ApiError::Server { message, .. }) if message.contains("not running") => Ok(()),
+        Err(ApiError::NotRunning { .. }) => Ok(()),
         Err(e) => Err(e.into()),
     }
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use pve_api::ApiError;
+use pve_api::{ApiError, TaskFailure};
 use rand::Rng;
 
 /// Exponential backoff with full jitter (AWS architecture blog's "full jitter"): the n-th
@@ -44,11 +44,13 @@ impl Backoff {
 }
 
 /// Whether an API error is worth another try. Beyond `pve-api`'s own classification, a task
-/// that failed on the config lock (`… got timeout` in its exit status) is transient too: the
-/// task never got to act (reference §4.1).
+/// that failed on the config lock (or another `got timeout` in its exit status) is transient
+/// too: the task never got to act (reference §4.1).
 pub fn is_transient(err: &ApiError) -> bool {
     match err {
-        ApiError::TaskFailed { exitstatus, .. } => exitstatus.contains("got timeout"),
+        ApiError::TaskFailed { kind, .. } => {
+            matches!(kind, TaskFailure::LockTimeout { .. } | TaskFailure::Timeout)
+        }
         other => other.is_transient(),
     }
 }
@@ -56,6 +58,25 @@ pub fn is_transient(err: &ApiError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_task_that_timed_out_on_a_lock_is_transient() {
+        let failed = |exitstatus: String| ApiError::TaskFailed {
+            upid: "U".into(),
+            kind: TaskFailure::of(&exitstatus),
+            exitstatus,
+            log_tail: vec![],
+        };
+        let lock = pve_api::texts::lock_timeout(&pve_api::texts::config_lock_file(101));
+        assert!(is_transient(&failed(pve_api::texts::unable_to_restore(
+            101, &lock
+        ))));
+        assert!(is_transient(&failed(
+            "command 'x' failed: got timeout".into()
+        )));
+        assert!(!is_transient(&failed(pve_api::texts::locked("backup"))));
+        assert!(!is_transient(&failed("boom".into())));
+    }
 
     #[test]
     fn ceiling_grows_then_caps() {

@@ -24,7 +24,7 @@ pub(super) async fn act(cx: &JobCx) -> Result<(), StepError> {
     let vmid = cx.vmid()?;
     match cx.client.lxc_stop(&cx.node, vmid).await {
         Ok(upid) => cx.wait("stop", &upid).await,
-        Err(ApiError::Server { message, .. }) if message.contains("not running") => Ok(()),
+        Err(ApiError::NotRunning { .. }) => Ok(()),
         Err(e) => Err(e.into()),
     }
 }

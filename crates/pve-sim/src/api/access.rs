@@ -54,3 +54,17 @@ pub(crate) fn create_pool(sim: &Sim, req: &Req) -> HResult {
         Ok(Value::Null.into())
     })
 }
+
+/// `GET /pools`: the pools the caller may audit.
+pub(crate) fn pools(sim: &Sim, req: &Req) -> HResult {
+    Ok(sim
+        .read(|st| {
+            json!(st
+                .pools
+                .keys()
+                .filter(|p| auth::has(st, &req.who, &format!("/pool/{p}"), "Pool.Audit"))
+                .map(|p| json!({ "poolid": p }))
+                .collect::<Vec<_>>())
+        })
+        .into())
+}

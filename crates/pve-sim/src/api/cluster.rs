@@ -6,7 +6,7 @@ pub(crate) fn nextid(sim: &Sim, req: &Req) -> HResult {
         if let Some(v) = req.get("vmid") {
             let v: u32 = v.parse().unwrap_or(0);
             if st.guests.contains_key(&v) {
-                return Err(param1("vmid", format!("VM {v} already exists")));
+                return Err(param1("vmid", texts::vmid_in_use(v)));
             }
             return Ok(json!(v.to_string()).into());
         }

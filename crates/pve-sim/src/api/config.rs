@@ -239,13 +239,11 @@ pub(crate) async fn put_config(sim: &Arc<Sim>, req: &Req) -> HResult {
     sim.mutate(|st| -> HResult {
         let g = guest_or_err(st, &req.node, vmid)?;
         if let Some(l) = g.config.get("lock") {
-            return Err(die(format!("CT is locked ({l})")));
+            return Err(die(texts::locked(l)));
         }
         if let Some(d) = req.get("digest") {
             if d != digest(g) {
-                return Err(die(
-                    "detected modified configuration - file changed by other user? Try again.",
-                ));
+                return Err(die(texts::CONFIG_MODIFIED));
             }
         }
         let running = g.running;
@@ -311,8 +309,8 @@ pub(crate) async fn put_config(sim: &Arc<Sim>, req: &Req) -> HResult {
                         return Err(param1(
                             k,
                             format!(
-                                "unable to apply pending change {k} : volume '{}' does not exist",
-                                m.volume
+                                "unable to apply pending change {k} : {}",
+                                texts::volume_missing(&m.volume)
                             ),
                         ));
                     }
@@ -326,7 +324,7 @@ pub(crate) async fn put_config(sim: &Arc<Sim>, req: &Req) -> HResult {
                 }
                 let s = st
                     .storage(&sid)
-                    .ok_or_else(|| die(format!("storage '{sid}' does not exist")))?;
+                    .ok_or_else(|| die(texts::storage_missing(&sid)))?;
                 if !s.content.iter().any(|c| c == "rootdir") {
                     return Err(die(format!(
                         "storage '{sid}' does not allow content type 'rootdir' (Container)"
@@ -458,13 +456,11 @@ pub(crate) fn resize(sim: &Arc<Sim>, req: &Req) -> HResult {
         need(st, &who, &vms, "VM.Config.Options")?;
         let g = guest_or_err(st, &req.node, vmid)?;
         if let Some(l) = g.config.get("lock") {
-            return Err(die(format!("CT is locked ({l})")));
+            return Err(die(texts::locked(l)));
         }
         if let Some(d) = req.get("digest") {
             if d != digest(g) {
-                return Err(die(
-                    "detected modified configuration - file changed by other user? Try again.",
-                ));
+                return Err(die(texts::CONFIG_MODIFIED));
             }
         }
         let cur = g
@@ -498,10 +494,10 @@ pub(crate) fn resize(sim: &Arc<Sim>, req: &Req) -> HResult {
             .map_err(|_| param1("size", "value does not match the regex pattern"))?;
         let target = if relative { current + bytes } else { bytes };
         if target < current {
-            return Err(die("unable to shrink disk size"));
+            return Err(die(texts::CANNOT_SHRINK));
         }
         if target == current {
-            return Err(die("disk is already at specified size"));
+            return Err(die(texts::ALREADY_AT_SIZE));
         }
         let plan = if sim.chance(sim.cfg.faults.task_fail_probability("resize")) {
             TaskPlan::Fail {

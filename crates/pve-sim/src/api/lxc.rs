@@ -143,7 +143,7 @@ pub(crate) async fn create(sim: &Arc<Sim>, req: &Req) -> HResult {
                     "pve-sim does not model force-restore over an existing CT",
                 ));
             }
-            return Err(die(format!("CT {vmid} already exists on node '{node}'")));
+            return Err(die(texts::already_exists_on_node(vmid, &node)));
         }
         if let Some(p) = &pool {
             if !st.pools.contains_key(p) {
@@ -169,7 +169,7 @@ pub(crate) async fn create(sim: &Arc<Sim>, req: &Req) -> HResult {
         for sid in storages {
             let s = st
                 .storage(&sid)
-                .ok_or_else(|| param1("storage", format!("storage '{sid}' does not exist")))?;
+                .ok_or_else(|| param1("storage", texts::storage_missing(&sid)))?;
             if !s.content.iter().any(|c| c == "rootdir") {
                 return Err(param1(
                     "storage",
@@ -210,11 +210,11 @@ pub(crate) async fn create(sim: &Arc<Sim>, req: &Req) -> HResult {
     let guard = sim
         .flock(vmid, model::CREATE_LOCK_TIMEOUT)
         .await
-        .map_err(|e| die(format!("unable to restore CT {vmid} - {e}")))?;
+        .map_err(|e| die(texts::unable_to_restore(vmid, &e.to_string())))?;
     let who = req.who.clone();
     let upid = sim.mutate(|st| -> Result<String, PveErr> {
         if st.guests.contains_key(&vmid) {
-            return Err(die(format!("CT {vmid} already exists on node '{node}'")));
+            return Err(die(texts::already_exists_on_node(vmid, &node)));
         }
         st.guests.insert(
             vmid,
@@ -264,7 +264,7 @@ pub(crate) fn destroy(sim: &Arc<Sim>, req: &Req) -> HResult {
             )));
         }
         if let Some(l) = g.config.get("lock") {
-            return Err(die(format!("CT is locked ({l})")));
+            return Err(die(texts::locked(l)));
         }
         if g.running && !req.flag("force") {
             return Err(die(format!(

@@ -1,8 +1,9 @@
 //! The PVE HTTP surface under `/api2/json`: PVE's request pipeline (auth → route →
 //! permission → parameters → handler, reference §0 "Order of checks"), its envelope, and one
-//! module per endpoint family. `ROUTES` is the single source of truth for what is served: the
-//! dispatcher matches against it and the schema conformance test checks it against
-//! `apidata.js`.
+//! module per endpoint family. `ROUTES` is the single source of truth for what is served: each
+//! entry holds its handler, the dispatcher matches against it and answers with that handler,
+//! and the schema conformance test checks the same list against `apidata.js`. A route cannot
+//! be listed without being answered, nor answered without being listed.
 //!
 //! Not modelled (yet): plain create from a template (only restore), force-restore over an
 //! existing guest, HA, replication, firewall files, snapshots, QEMU, clusters of more than one
@@ -20,6 +21,9 @@ mod tasks;
 pub(crate) use std::collections::BTreeMap;
 pub(crate) use std::sync::Arc;
 
+use std::future::Future;
+use std::pin::Pin;
+
 use axum::body::Bytes;
 use axum::extract::State as AxState;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
@@ -34,41 +38,134 @@ pub(crate) use crate::runtime::Runtime;
 pub(crate) use crate::sim::{model, now_ms, Sim};
 pub(crate) use crate::state::{Guest, State, TaskPlan, Volume, GIB};
 pub(crate) use params::{new_volume_spec, normalize_tags, store_net, Kind};
+pub(crate) use pve_api::texts;
 
-/// Every route the simulator serves under `/api2/json`: (method, path as in the schema).
-const ROUTES: &[(&str, &str)] = &[
-    ("GET", "/version"),
-    ("GET", "/cluster/nextid"),
-    ("GET", "/access/permissions"),
-    ("GET", "/pools"),
-    ("POST", "/pools"),
-    ("GET", "/nodes"),
-    ("GET", "/nodes/{node}/storage"),
-    ("GET", "/nodes/{node}/storage/{storage}/status"),
-    ("GET", "/nodes/{node}/storage/{storage}/content"),
-    ("GET", "/nodes/{node}/vzdump/extractconfig"),
-    ("GET", "/nodes/{node}/lxc"),
-    ("POST", "/nodes/{node}/lxc"),
-    ("DELETE", "/nodes/{node}/lxc/{vmid}"),
-    ("GET", "/nodes/{node}/lxc/{vmid}/config"),
-    ("PUT", "/nodes/{node}/lxc/{vmid}/config"),
-    ("GET", "/nodes/{node}/lxc/{vmid}/pending"),
-    ("PUT", "/nodes/{node}/lxc/{vmid}/resize"),
-    ("GET", "/nodes/{node}/lxc/{vmid}/status/current"),
-    ("POST", "/nodes/{node}/lxc/{vmid}/status/start"),
-    ("POST", "/nodes/{node}/lxc/{vmid}/status/stop"),
-    ("POST", "/nodes/{node}/lxc/{vmid}/status/shutdown"),
-    ("POST", "/nodes/{node}/lxc/{vmid}/status/reboot"),
-    ("GET", "/nodes/{node}/lxc/{vmid}/interfaces"),
-    ("GET", "/nodes/{node}/tasks"),
-    ("GET", "/nodes/{node}/tasks/{upid}/status"),
-    ("GET", "/nodes/{node}/tasks/{upid}/log"),
-    ("DELETE", "/nodes/{node}/tasks/{upid}"),
+/// A handler's future, for the async ones (they wait for a flock or a runtime).
+type Fut<'a> = Pin<Box<dyn Future<Output = HResult> + Send + 'a>>;
+
+/// What answers a route.
+#[derive(Clone, Copy)]
+enum Handler {
+    Sync(fn(&Arc<Sim>, &Req) -> HResult),
+    Async(for<'a> fn(&'a Arc<Sim>, &'a Req) -> Fut<'a>),
+}
+
+/// One served route: method, path as in the schema, and its handler.
+struct Route {
+    method: &'static str,
+    path: &'static str,
+    handler: Handler,
+}
+
+const fn sync(
+    method: &'static str,
+    path: &'static str,
+    f: fn(&Arc<Sim>, &Req) -> HResult,
+) -> Route {
+    Route {
+        method,
+        path,
+        handler: Handler::Sync(f),
+    }
+}
+
+const fn asy(
+    method: &'static str,
+    path: &'static str,
+    f: for<'a> fn(&'a Arc<Sim>, &'a Req) -> Fut<'a>,
+) -> Route {
+    Route {
+        method,
+        path,
+        handler: Handler::Async(f),
+    }
+}
+
+/// Every route the simulator serves under `/api2/json`, with its handler: the one list the
+/// dispatcher matches against and the schema conformance test reads ([`routes`]).
+const ROUTES: &[Route] = &[
+    sync("GET", "/version", |_, _| {
+        Ok(json!({ "version": "9.2.2", "release": "9.2", "repoid": "pve-sim" }).into())
+    }),
+    sync("GET", "/cluster/nextid", |s, r| cluster::nextid(s, r)),
+    sync("GET", "/access/permissions", |s, r| {
+        access::permissions(s, r)
+    }),
+    sync("GET", "/pools", |s, r| access::pools(s, r)),
+    sync("POST", "/pools", |s, r| access::create_pool(s, r)),
+    sync("GET", "/nodes", |s, _| {
+        Ok(
+            s.read(|st| json!([{ "node": st.node, "status": "online", "type": "node" }]))
+                .into(),
+        )
+    }),
+    sync("GET", "/nodes/{node}/storage", |s, r| {
+        storage::storage_list(s, r)
+    }),
+    sync("GET", "/nodes/{node}/storage/{storage}/status", |s, r| {
+        storage::storage_status(s, r)
+    }),
+    sync("GET", "/nodes/{node}/storage/{storage}/content", |s, r| {
+        storage::storage_content(s, r)
+    }),
+    sync("GET", "/nodes/{node}/vzdump/extractconfig", |s, r| {
+        storage::extractconfig(s, r)
+    }),
+    sync("GET", "/nodes/{node}/lxc", |s, r| lxc::lxc_list(s, r)),
+    asy("POST", "/nodes/{node}/lxc", |s, r| {
+        Box::pin(lxc::create(s, r))
+    }),
+    sync("DELETE", "/nodes/{node}/lxc/{vmid}", |s, r| {
+        lxc::destroy(s, r)
+    }),
+    sync("GET", "/nodes/{node}/lxc/{vmid}/config", |s, r| {
+        config::get_config(s, r)
+    }),
+    asy("PUT", "/nodes/{node}/lxc/{vmid}/config", |s, r| {
+        Box::pin(config::put_config(s, r))
+    }),
+    sync("GET", "/nodes/{node}/lxc/{vmid}/pending", |s, r| {
+        config::pending(s, r)
+    }),
+    sync("PUT", "/nodes/{node}/lxc/{vmid}/resize", |s, r| {
+        config::resize(s, r)
+    }),
+    sync("GET", "/nodes/{node}/lxc/{vmid}/status/current", |s, r| {
+        status::status_current(s, r)
+    }),
+    sync("POST", "/nodes/{node}/lxc/{vmid}/status/start", |s, r| {
+        status::power(s, r, "start")
+    }),
+    sync("POST", "/nodes/{node}/lxc/{vmid}/status/stop", |s, r| {
+        status::power(s, r, "stop")
+    }),
+    sync(
+        "POST",
+        "/nodes/{node}/lxc/{vmid}/status/shutdown",
+        |s, r| status::power(s, r, "shutdown"),
+    ),
+    sync("POST", "/nodes/{node}/lxc/{vmid}/status/reboot", |s, r| {
+        status::power(s, r, "reboot")
+    }),
+    asy("GET", "/nodes/{node}/lxc/{vmid}/interfaces", |s, r| {
+        Box::pin(status::interfaces(s, r))
+    }),
+    sync("GET", "/nodes/{node}/tasks", |s, r| tasks::task_list(s, r)),
+    sync("GET", "/nodes/{node}/tasks/{upid}/status", |s, r| {
+        tasks::task_status(s, r)
+    }),
+    sync("GET", "/nodes/{node}/tasks/{upid}/log", |s, r| {
+        tasks::task_log(s, r)
+    }),
+    sync("DELETE", "/nodes/{node}/tasks/{upid}", |s, r| {
+        tasks::task_stop(s, r)
+    }),
 ];
 
-/// The routes, for the schema conformance test (single source: the dispatcher uses this).
+/// The served (method, path) pairs, for the schema conformance test; the same list the
+/// dispatcher answers from.
 pub fn routes() -> Vec<(&'static str, &'static str)> {
-    ROUTES.to_vec()
+    ROUTES.iter().map(|r| (r.method, r.path)).collect()
 }
 
 pub(crate) struct Req {
@@ -113,13 +210,13 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .with_state(sim)
 }
 
-fn match_route(method: &str, path: &str) -> Option<(&'static str, BTreeMap<String, String>)> {
+fn match_route(method: &str, path: &str) -> Option<(&'static Route, BTreeMap<String, String>)> {
     let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
-    for (m, pattern) in ROUTES {
-        if *m != method {
+    for route in ROUTES {
+        if route.method != method {
             continue;
         }
-        let pat: Vec<&str> = pattern.split('/').skip(1).collect();
+        let pat: Vec<&str> = route.path.split('/').skip(1).collect();
         if pat.len() != segs.len() {
             continue;
         }
@@ -133,7 +230,7 @@ fn match_route(method: &str, path: &str) -> Option<(&'static str, BTreeMap<Strin
             }
         });
         if ok {
-            return Some((pattern, vars));
+            return Some((route, vars));
         }
     }
     None
@@ -237,7 +334,7 @@ async fn api_entry(
     };
     let result = match match_route(method.as_str(), &path) {
         None => Err(not_implemented(method.as_str(), &path)),
-        Some((pattern, vars)) => {
+        Some((route, vars)) => {
             for (k, v) in &vars {
                 if let Some(existing) = params.get(k) {
                     if existing != v {
@@ -248,7 +345,7 @@ async fn api_entry(
                 }
                 params.insert(k.clone(), v.clone());
             }
-            dispatch(&sim, method.as_str(), pattern, who, params.clone()).await
+            dispatch(&sim, route, who, params.clone()).await
         }
     };
     let status = result.as_ref().map(|_| 200).unwrap_or_else(|e| e.status);
@@ -284,8 +381,7 @@ fn log_request(
 
 async fn dispatch(
     sim: &Arc<Sim>,
-    method: &str,
-    pattern: &'static str,
+    route: &Route,
     who: Subject,
     params: BTreeMap<String, String>,
 ) -> HResult {
@@ -299,7 +395,7 @@ async fn dispatch(
     }
     // Injected faults, for mutating guest calls: the config-lock timeout and 503s.
     let vmid = req.get("vmid").and_then(|v| v.parse::<u32>().ok());
-    if method != "GET" {
+    if route.method != "GET" {
         if sim.chance(sim.cfg.faults.http503) {
             sim.mutate(|st| st.counters.faults_injected += 1);
             return Err(PveErr {
@@ -316,55 +412,17 @@ async fn dispatch(
                     st.counters.lock500 += 1;
                 });
                 let text = lock_timeout_text(v);
-                return Err(die(if pattern == "/nodes/{node}/lxc" {
-                    format!("unable to restore CT {v} - {text}")
+                return Err(die(if route.path == "/nodes/{node}/lxc" {
+                    texts::unable_to_restore(v, &text)
                 } else {
                     text
                 }));
             }
         }
     }
-    match (method, pattern) {
-        ("GET", "/version") => {
-            Ok(json!({ "version": "9.2.2", "release": "9.2", "repoid": "pve-sim" }).into())
-        }
-        ("GET", "/cluster/nextid") => cluster::nextid(sim, &req),
-        ("GET", "/access/permissions") => access::permissions(sim, &req),
-        ("GET", "/pools") => Ok(sim
-            .read(|st| {
-                json!(st
-                    .pools
-                    .keys()
-                    .filter(|p| auth::has(st, &req.who, &format!("/pool/{p}"), "Pool.Audit"))
-                    .map(|p| json!({ "poolid": p }))
-                    .collect::<Vec<_>>())
-            })
-            .into()),
-        ("POST", "/pools") => access::create_pool(sim, &req),
-        ("GET", "/nodes") => Ok(sim
-            .read(|st| json!([{ "node": st.node, "status": "online", "type": "node" }]))
-            .into()),
-        ("GET", "/nodes/{node}/storage") => storage::storage_list(sim, &req),
-        ("GET", "/nodes/{node}/storage/{storage}/status") => storage::storage_status(sim, &req),
-        ("GET", "/nodes/{node}/storage/{storage}/content") => storage::storage_content(sim, &req),
-        ("GET", "/nodes/{node}/vzdump/extractconfig") => storage::extractconfig(sim, &req),
-        ("GET", "/nodes/{node}/lxc") => lxc::lxc_list(sim, &req),
-        ("POST", "/nodes/{node}/lxc") => lxc::create(sim, &req).await,
-        ("DELETE", "/nodes/{node}/lxc/{vmid}") => lxc::destroy(sim, &req),
-        ("GET", "/nodes/{node}/lxc/{vmid}/config") => config::get_config(sim, &req),
-        ("PUT", "/nodes/{node}/lxc/{vmid}/config") => config::put_config(sim, &req).await,
-        ("GET", "/nodes/{node}/lxc/{vmid}/pending") => config::pending(sim, &req),
-        ("PUT", "/nodes/{node}/lxc/{vmid}/resize") => config::resize(sim, &req),
-        ("GET", "/nodes/{node}/lxc/{vmid}/status/current") => status::status_current(sim, &req),
-        ("POST", p) if p.starts_with("/nodes/{node}/lxc/{vmid}/status/") => {
-            status::power(sim, &req, p.rsplit('/').next().unwrap_or(""))
-        }
-        ("GET", "/nodes/{node}/lxc/{vmid}/interfaces") => status::interfaces(sim, &req).await,
-        ("GET", "/nodes/{node}/tasks") => tasks::task_list(sim, &req),
-        ("GET", "/nodes/{node}/tasks/{upid}/status") => tasks::task_status(sim, &req),
-        ("GET", "/nodes/{node}/tasks/{upid}/log") => tasks::task_log(sim, &req),
-        ("DELETE", "/nodes/{node}/tasks/{upid}") => tasks::task_stop(sim, &req),
-        _ => Err(not_implemented(method, pattern)),
+    match route.handler {
+        Handler::Sync(f) => f(sim, &req),
+        Handler::Async(f) => f(sim, &req).await,
     }
 }
 

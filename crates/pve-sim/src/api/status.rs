@@ -54,10 +54,10 @@ pub(crate) fn power(sim: &Arc<Sim>, req: &Req, action: &str) -> HResult {
     let upid = sim.mutate(|st| -> Result<String, PveErr> {
         let g = guest_or_err(st, &req.node, vmid)?;
         let (ty, modelled, plan) = match action {
-            "start" if g.running => return Err(die(format!("CT {vmid} already running"))),
+            "start" if g.running => return Err(die(texts::already_running(vmid))),
             "start" => ("vzstart", model::START, TaskPlan::Start { vmid }),
-            "reboot" if !g.running => return Err(die(format!("VM {vmid} not running"))),
-            _ if !g.running => return Err(die(format!("CT {vmid} not running"))),
+            "reboot" if !g.running => return Err(die(texts::vm_not_running(vmid))),
+            _ if !g.running => return Err(die(texts::not_running(vmid))),
             "stop" => ("vzstop", model::STOP, TaskPlan::Stop { vmid }),
             "shutdown" => ("vzshutdown", model::SHUTDOWN, TaskPlan::Stop { vmid }),
             _ => (

@@ -50,7 +50,7 @@ pub(crate) fn storage_status(sim: &Sim, req: &Req) -> HResult {
         )?;
         let s = st
             .storage(sid)
-            .ok_or_else(|| die(format!("storage '{sid}' does not exist")))?;
+            .ok_or_else(|| die(texts::storage_missing(sid)))?;
         Ok(storage_json(st, s).into())
     })
 }
@@ -101,7 +101,7 @@ pub(crate) fn storage_content(sim: &Sim, req: &Req) -> HResult {
         let s = st
             .storage(&sid)
             .cloned()
-            .ok_or_else(|| die(format!("storage '{sid}' does not exist")))?;
+            .ok_or_else(|| die(texts::storage_missing(&sid)))?;
         Ok::<_, PveErr>((
             s,
             st.volumes
@@ -147,7 +147,7 @@ pub(crate) fn archive_access(
         .ok_or_else(|| die(format!("unable to parse volume ID '{volid}'")))?;
     let s = st
         .storage(sid)
-        .ok_or_else(|| die(format!("storage '{sid}' does not exist")))?;
+        .ok_or_else(|| die(texts::storage_missing(sid)))?;
     let Some(name) = rest.strip_prefix("backup/") else {
         return Err(die(format!(
             "unable to use volume {volid} - content type needs to be 'backup'"
@@ -173,7 +173,7 @@ pub(crate) fn archive_access(
     }
     let path = crate::dump_dir(&sim.cfg.state_dir, sid).join(name);
     if !path.exists() {
-        return Err(die(format!("volume '{volid}' does not exist")));
+        return Err(die(texts::volume_missing(volid)));
     }
     Ok(path)
 }

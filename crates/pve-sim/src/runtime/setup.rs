@@ -1,7 +1,7 @@
-//! PVE's start-time setup of a Debian guest (`pre_start_hook`, shared/pve-guest-setup.md
-//! "Start"), applied to the rootfs before every boot: `/fastboot`, `/etc/network/interfaces`
-//! for the NICs that have a name, `/etc/hostname`, the PVE section of `/etc/hosts`, and
-//! `/etc/resolv.conf`. Nothing of `post_create_hook`: PVE does not run it on restore.
+//! PVE's start-time setup of a Debian guest (`pre_start_hook`, pve-container
+//! `src/PVE/LXC/Setup/Debian.pm`; `docs/pve-fidelity.md`), applied to the rootfs before
+//! every boot: `/fastboot`, `/etc/network/interfaces` for the NICs that have a name,
+//! `/etc/hostname`, the PVE section of `/etc/hosts`, and `/etc/resolv.conf`. Nothing of `post_create_hook`: PVE does not run it on restore.
 //!
 //! The rootfs belongs to the guest, so every path in it is resolved as the guest would see
 //! it: `openat2(RESOLVE_IN_ROOT)` makes `/` and `..` stop at the rootfs and follows the

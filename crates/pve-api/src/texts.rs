@@ -1,0 +1,103 @@
+//! The PVE error texts felhom tells apart, written once: the simulator produces its errors
+//! from these, and [`crate::classify`] recognises them from these, so a text and its
+//! recognition cannot drift apart.
+//!
+//! Each text is a plain `die` in the Perl sources (so HTTP 500, or a task's exit status when
+//! it happens inside a worker; reference §0). PVE sends no error codes, only these words, and
+//! may prefix them (`unable to restore CT 101 - …`), so recognition looks for the fixed part
+//! anywhere in the message. A format fn writes the full text; the `pub(crate)` fragments
+//! beside it are what recognition looks for.
+//!
+//! | text | source (facts in docs/pve-reference.md) | variant |
+//! |---|---|---|
+//! | [`CONFIG_MODIFIED`] | pve-common `src/PVE/Tools.pm` `assert_if_modified` (§3.2) | `ConfigModified` |
+//! | [`already_running`] | pve-container `src/PVE/API2/LXC/Status.pm` `vm_start` (§6.1) | `AlreadyRunning` |
+//! | [`not_running`], [`vm_not_running`] | same file, `vm_stop`/`vm_shutdown`, `vm_reboot` (§6.1) | `NotRunning` |
+//! | [`ALREADY_AT_SIZE`], [`CANNOT_SHRINK`] | pve-container `src/PVE/API2/LXC.pm` `resize_vm` (§5) | `AlreadyAtSize`, `CannotShrink` |
+//! | [`already_exists_on_node`], [`vmid_in_use`] | pve-cluster `src/PVE/Cluster.pm` `check_vmid_unused`; pve-manager `PVE/API2/Cluster.pm` `nextid` (§2.2, §8) | `AlreadyExists`, `Param` |
+//! | [`no_config`], [`storage_missing`], [`volume_missing`] | pve-guest-common `src/PVE/AbstractConfig.pm` `load_config`; pve-storage `src/PVE/Storage.pm` `storage_config` (§0, §2.2) | `NotFound` |
+//! | [`locked`] | pve-guest-common `src/PVE/AbstractConfig.pm` `check_lock` (§4.2) | `Locked` |
+//! | [`lock_timeout`], [`config_lock_file`] | pve-common `src/PVE/Tools.pm` `lock_file_full`; pve-container `src/PVE/LXC/Config.pm` `config_file_lock` (§4.1) | `LockTimeout` |
+//! | [`unable_to_restore`] | pve-container `src/PVE/API2/LXC.pm` `create_vm` worker (§2.3) | prefix only |
+//! | [`NO_WORKER_UPID`] | pve-common `src/PVE/RESTEnvironment.pm` `fork_worker` (§0) | `Server`, transient |
+
+/// A stale `digest` on a config write (pve-common `Tools.pm` `assert_if_modified`).
+pub const CONFIG_MODIFIED: &str =
+    "detected modified configuration - file changed by other user? Try again.";
+/// What recognition looks for: the text up to its question, as other callers re-die it with
+/// their own prefix (`VM 100: detected modified configuration - …`).
+pub(crate) const CONFIG_MODIFIED_PART: &str = "detected modified configuration";
+
+pub(crate) const ALREADY_RUNNING_PART: &str = " already running";
+/// `vm_start` on a running CT (pve-container `API2/LXC/Status.pm`).
+pub fn already_running(vmid: u32) -> String {
+    format!("CT {vmid}{ALREADY_RUNNING_PART}")
+}
+
+pub(crate) const NOT_RUNNING_PART: &str = " not running";
+/// `vm_stop` / `vm_shutdown` on a stopped CT (pve-container `API2/LXC/Status.pm`).
+pub fn not_running(vmid: u32) -> String {
+    format!("CT {vmid}{NOT_RUNNING_PART}")
+}
+/// `vm_reboot` on a stopped CT: it says `VM`, not `CT` (same file; reference §6.1 "sic").
+pub fn vm_not_running(vmid: u32) -> String {
+    format!("VM {vmid}{NOT_RUNNING_PART}")
+}
+
+/// `resize_vm` asked for the size the disk has (pve-container `API2/LXC.pm`).
+pub const ALREADY_AT_SIZE: &str = "disk is already at specified size";
+/// `resize_vm` asked for less than the disk has (same function).
+pub const CANNOT_SHRINK: &str = "unable to shrink disk size";
+
+pub(crate) const ALREADY_EXISTS_PART: &str = " already exists";
+/// `check_vmid_unused` during create/restore (pve-cluster `Cluster.pm`): `CT` for a container.
+pub fn already_exists_on_node(vmid: u32, node: &str) -> String {
+    format!("CT {vmid}{ALREADY_EXISTS_PART} on node '{node}'")
+}
+/// `GET /cluster/nextid?vmid=X` for a used X: a 400 field error on `vmid` (pve-manager
+/// `API2/Cluster.pm` `nextid`), so it arrives as `Param`, not as a die.
+pub fn vmid_in_use(vmid: u32) -> String {
+    format!("VM {vmid}{ALREADY_EXISTS_PART}")
+}
+
+pub(crate) const DOES_NOT_EXIST_PART: &str = " does not exist";
+/// `load_config` of a missing guest (pve-guest-common `AbstractConfig.pm`).
+pub fn no_config(node: &str, vmid: u32) -> String {
+    format!("Configuration file 'nodes/{node}/lxc/{vmid}.conf'{DOES_NOT_EXIST_PART}")
+}
+/// `storage_config` of an unknown storage id (pve-storage `Storage.pm`).
+pub fn storage_missing(sid: &str) -> String {
+    format!("storage '{sid}'{DOES_NOT_EXIST_PART}")
+}
+/// A volume id whose file or LV is absent (pve-storage `Storage.pm` `path`/`parse_volname`
+/// callers).
+pub fn volume_missing(volid: &str) -> String {
+    format!("volume '{volid}'{DOES_NOT_EXIST_PART}")
+}
+
+pub(crate) const LOCKED_PARTS: [&str; 2] = ["CT is locked (", "VM is locked ("];
+/// `check_lock`: the persistent `lock` property is set (pve-guest-common `AbstractConfig.pm`;
+/// the guest type word is `CT` for containers).
+pub fn locked(lock: &str) -> String {
+    format!("{}{lock})", LOCKED_PARTS[0])
+}
+
+pub(crate) const LOCK_FILE_PART: &str = "can't lock file '";
+pub(crate) const GOT_TIMEOUT_PART: &str = "got timeout";
+/// `lock_file_full` gave up waiting for the flock (pve-common `Tools.pm`).
+pub fn lock_timeout(lock_file: &str) -> String {
+    format!("{LOCK_FILE_PART}{lock_file}' - {GOT_TIMEOUT_PART}")
+}
+/// A container's config flock (pve-container `LXC/Config.pm` `config_file_lock`).
+pub fn config_lock_file(vmid: u32) -> String {
+    format!("/run/lock/lxc/pve-config-{vmid}.lock")
+}
+
+/// The prefix a failed restore's exit status carries (pve-container `API2/LXC.pm`).
+pub fn unable_to_restore(vmid: impl std::fmt::Display, err: &str) -> String {
+    format!("unable to restore CT {vmid} - {err}")
+}
+
+/// The worker could not be forked, so nothing was done (pve-common `RESTEnvironment.pm`
+/// `fork_worker`): the one 500 that is worth repeating.
+pub const NO_WORKER_UPID: &str = "got no worker upid";
