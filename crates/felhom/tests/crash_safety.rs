@@ -1,70 +1,172 @@
-//! Crash safety: for every bring-up step, SIGKILL felhom just before and just after its act
-//! (`FELHOM_CRASH_AT=<step>:<before|after>`), then `felhom resume`. The guest must end
-//! correct — no leaked volume, no duplicate MAC, no double grow.
+//! Crash safety: SIGKILL felhom at every crash point the job engine has
+//! (`FELHOM_CRASH_AT=<step>:<before|after|undo>`), then `felhom resume`. The guest must end
+//! correct — no leaked volume, no duplicate MAC, no double grow — and the job's outcome must
+//! be the one the crash interrupted.
+//!
+//! The cases are generated from the step lists themselves, so a step added to a job is
+//! crash-tested without anyone remembering to:
+//!
+//! | group    | steps                              | points          | after resume            |
+//! |----------|------------------------------------|-----------------|-------------------------|
+//! | bring-up | `bringup::STEPS`                   | before, after   | succeeded, guest right  |
+//! | undo     | `bringup::STEPS` with `has_undo()` | undo            | rolled back, nothing left |
+//! | teardown | `teardown::STEPS`                  | before, after   | succeeded, guest gone   |
+//!
+//! The undo group forces a permanent failure with a simulator fault (every start task
+//! fails), so the rollback passes through the undo of every step before `start`.
+//!
+//! Each group runs its cases concurrently against one simulator (distinct customers and
+//! VMIDs, each job resumed by its id), a few at a time: most of a case is waiting on the
+//! simulator's modelled task time, so this costs little CPU and saves most of the wall
+//! time. While cases are in flight, only the invariants that concern a case's own guest
+//! are asserted after it; the whole state is checked once every case of the group is done.
 
 mod common;
 use std::os::unix::process::ExitStatusExt;
+use std::sync::Mutex;
 
 use common::*;
+use felhom_core::job::Step;
+use serde_json::Value;
 
-fn crash_then_resume(step: &str, vmid: u64) {
-    let sim = Sim::start();
-    for phase in ["before", "after"] {
-        let vmid = vmid + if phase == "after" { 1 } else { 0 };
-        let customer = format!("c{vmid}");
-        let path = sim.write_spec(
-            &format!("{customer}.toml"),
-            &spec(&customer, &vmid.to_string(), MOUNT),
-        );
-        let crash = format!("{step}:{phase}");
-        let out = sim.felhom_env(
-            &["provision", path.to_str().unwrap()],
-            &[("FELHOM_CRASH_AT", &crash)],
-        );
-        assert_eq!(
-            out.status.signal(),
-            Some(9),
-            "{crash}: felhom was not killed at the crash point: {}",
-            both(&out)
-        );
+/// Cases in flight at once against one simulator.
+const PARALLEL: usize = 6;
 
-        let out = sim.felhom(&["--output", "json", "resume"]);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{crash}: resume failed: {}",
-            both(&out)
-        );
-        let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(rep["jobs"][0]["outcome"], "succeeded", "{crash}: {rep}");
+/// Run `f` over `cases`, `PARALLEL` at a time. A failing case does not stop the others; the
+/// test then fails naming every failed case with its message.
+fn run_concurrently<T: Sync + std::fmt::Debug>(cases: &[T], f: impl Fn(&T) + Sync) {
+    let next = Mutex::new(cases.iter());
+    let failed = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..PARALLEL.min(cases.len()) {
+            s.spawn(|| loop {
+                let Some(case) = next.lock().unwrap().next() else {
+                    return;
+                };
+                if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(case))) {
+                    let msg = p
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default();
+                    failed.lock().unwrap().push(format!("{case:?}: {msg}"));
+                }
+            });
+        }
+    });
+    let failed = failed.into_inner().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failed.len(),
+        cases.len(),
+        failed.join("\n")
+    );
+}
 
-        let state = sim.state();
-        assert_clean_invariants(&state);
-        let g = guest(&state, vmid).unwrap_or_else(|| panic!("{crash}: guest {vmid} missing"));
-        assert_eq!(g["status"], "running", "{crash}");
-        let rootfs = g["config"]["rootfs"].as_str().unwrap();
-        assert!(
-            rootfs.contains("size=12G"),
-            "{crash}: double grow or no grow: {rootfs}"
-        );
-        let owned: Vec<_> = state["volumes"]
+/// The id of the newest job of `kind` matching `pred`, from `felhom jobs`.
+fn job_id(sim: &Sim, kind: &str, pred: impl Fn(&Value) -> bool) -> String {
+    let out = sim.felhom(&["--output", "json", "jobs"]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let jobs: Value = serde_json::from_slice(&out.stdout).unwrap();
+    jobs["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["kind"] == kind && pred(j))
+        .and_then(|j| j["job"].as_str())
+        .unwrap_or_else(|| panic!("no {kind} job found in {jobs}"))
+        .to_string()
+}
+
+/// `felhom resume <job>`: its exit code and its report of that job.
+fn resume(sim: &Sim, job: &str, what: &str) -> (Option<i32>, Value) {
+    let out = sim.felhom(&["--output", "json", "resume", job]);
+    let rep: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{what}: resume printed no report ({e}): {}", both(&out)));
+    assert_eq!(
+        rep["jobs"].as_array().map(Vec::len),
+        Some(1),
+        "{what}: {rep}"
+    );
+    (out.status.code(), rep["jobs"][0].clone())
+}
+
+/// Provision one guest with a crash point set; felhom must die there.
+fn provision_crashing(sim: &Sim, customer: &str, vmid: u64, crash: &str) {
+    let path = sim.write_spec(
+        &format!("{customer}.toml"),
+        &spec(customer, &vmid.to_string(), MOUNT),
+    );
+    let out = sim.felhom_env(
+        &["provision", path.to_str().unwrap()],
+        &[("FELHOM_CRASH_AT", crash)],
+    );
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "{crash}: felhom was not killed at the crash point: {}",
+        both(&out)
+    );
+}
+
+fn volumes_of(state: &Value, vmid: u64) -> Vec<&Value> {
+    state["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["owner"].as_u64() == Some(vmid))
+        .collect()
+}
+
+/// The invariants (`pve_sim::invariants`) as far as they concern guest `vmid`: none of its
+/// volumes leaked or detached, and its MAC, IP and SSH key not shared with another guest.
+/// Other cases may be mid-crash while this runs, so their violations are not this case's.
+fn assert_case_invariants(state: &Value, vmid: u64, what: &str) {
+    let v = pve_sim::invariants::check(state);
+    let mine: Vec<&str> = volumes_of(state, vmid)
+        .iter()
+        .filter_map(|v| v["volid"].as_str())
+        .collect();
+    let bad_volumes: Vec<&String> = v
+        .leaked_volumes
+        .iter()
+        .chain(&v.detached_volumes)
+        .filter(|id| mine.contains(&id.as_str()))
+        .collect();
+    assert!(
+        bad_volumes.is_empty(),
+        "{what}: leaked or detached volumes: {bad_volumes:?}"
+    );
+    if let Some(g) = guest(state, vmid) {
+        let macs: Vec<String> = g["macs"]
             .as_array()
-            .unwrap()
-            .iter()
-            .filter(|v| v["owner"].as_u64() == Some(vmid))
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m.as_str().map(str::to_ascii_uppercase))
             .collect();
-        assert_eq!(
-            owned.len(),
-            2,
-            "{crash}: expected rootfs + one data volume, got {owned:?}"
-        );
-        assert_eq!(
-            rep["jobs"][0]["mac"].as_str().map(str::to_ascii_uppercase),
-            g["config"]["net0"].as_str().and_then(mac_of),
-            "{crash}: journal and PVE disagree on the MAC"
-        );
+        for m in &macs {
+            assert!(!v.duplicate_macs.contains(m), "{what}: duplicate MAC {m}");
+        }
+        if let Some(ip) = g["ip"].as_str() {
+            assert!(
+                !v.duplicate_ips.iter().any(|d| d == ip),
+                "{what}: duplicate IP {ip}"
+            );
+        }
+        if let Some(k) = g["ssh"]["fingerprint"].as_str() {
+            assert!(
+                !v.duplicate_keys.iter().any(|d| d == k),
+                "{what}: duplicate SSH key {k}"
+            );
+        }
     }
-    // Nothing left to resume.
+}
+
+/// Once every case of a group is done: the whole state is clean and nothing is left to
+/// resume.
+fn assert_all_done(sim: &Sim) {
+    assert_clean_invariants(&sim.state());
     let out = sim.felhom(&["resume"]);
     assert_eq!(out.status.code(), Some(0), "{}", both(&out));
     assert!(
@@ -80,44 +182,161 @@ fn mac_of(net0: &str) -> Option<String> {
         .map(str::to_ascii_uppercase)
 }
 
-macro_rules! crash_tests {
-    ($($name:ident: $step:literal, $vmid:literal;)*) => {
-        $( #[test] fn $name() { crash_then_resume($step, $vmid); } )*
-    };
+/// `<step>:<phase>` for every step of a job and every phase given.
+fn crash_points<S: Step>(steps: &[S], phases: &[&'static str]) -> Vec<String> {
+    steps
+        .iter()
+        .flat_map(|s| phases.iter().map(move |p| format!("{}:{p}", s.name())))
+        .collect()
 }
 
-crash_tests! {
-    crash_at_reserve: "reserve", 1100;
-    crash_at_restore: "restore", 1110;
-    crash_at_identity: "identity", 1120;
-    crash_at_rootfs: "rootfs", 1130;
-    crash_at_mounts: "mounts", 1140;
-    crash_at_start: "start", 1150;
-    crash_at_linkup: "linkup", 1160;
-    crash_at_ssh: "ssh", 1170;
-    crash_at_finish: "finish", 1180;
+/// For every bring-up step: SIGKILL felhom just before and just after its act, then resume.
+#[test]
+fn crash_at_every_bringup_step_then_resume_succeeds() {
+    let sim = Sim::start();
+    let cases: Vec<(String, u64)> =
+        crash_points(&felhom_core::bringup::STEPS, &["before", "after"])
+            .into_iter()
+            .zip(1100..)
+            .collect();
+    run_concurrently(&cases, |(crash, vmid)| {
+        let vmid = *vmid;
+        let customer = format!("c{vmid}");
+        provision_crashing(&sim, &customer, vmid, crash);
+        let hostname = format!("{customer}-app");
+        let job = job_id(&sim, "bringup", |j| j["hostname"] == hostname.as_str());
+
+        let (code, rep) = resume(&sim, &job, crash);
+        assert_eq!(code, Some(0), "{crash}: resume failed: {rep}");
+        assert_eq!(rep["outcome"], "succeeded", "{crash}: {rep}");
+
+        let state = sim.state();
+        assert_case_invariants(&state, vmid, crash);
+        let g = guest(&state, vmid).unwrap_or_else(|| panic!("{crash}: guest {vmid} missing"));
+        assert_eq!(g["status"], "running", "{crash}");
+        let rootfs = g["config"]["rootfs"].as_str().unwrap();
+        assert!(
+            rootfs.contains("size=12G"),
+            "{crash}: double grow or no grow: {rootfs}"
+        );
+        let owned = volumes_of(&state, vmid);
+        assert_eq!(
+            owned.len(),
+            2,
+            "{crash}: expected rootfs + one data volume, got {owned:?}"
+        );
+        assert_eq!(
+            rep["mac"].as_str().map(str::to_ascii_uppercase),
+            g["config"]["net0"].as_str().and_then(mac_of),
+            "{crash}: journal and PVE disagree on the MAC"
+        );
+    });
+    assert_all_done(&sim);
 }
 
-/// A crash in the middle of a rollback: the rollback resumes and completes.
+/// A crash in the middle of a rollback, in the undo of every bring-up step that has one:
+/// the rollback resumes and completes.
 #[test]
 fn crash_during_rollback_then_resume_rolls_back_fully() {
     let sim = Sim::with("task_fail:start=1.0", 0.02);
-    let path = sim.write_spec("rb.toml", &spec("rb", "1190", MOUNT));
-    let out = sim.felhom_env(
-        &["provision", path.to_str().unwrap()],
-        &[("FELHOM_CRASH_AT", "restore:undo")],
-    );
-    assert_eq!(out.status.signal(), Some(9), "{}", both(&out));
-    let out = sim.felhom(&["--output", "json", "resume"]);
-    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
-    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(rep["jobs"][0]["outcome"], "rolled_back", "{rep}");
+    let undoable: Vec<_> = felhom_core::bringup::STEPS
+        .into_iter()
+        .filter(|s| s.has_undo())
+        .collect();
+    assert!(!undoable.is_empty(), "bring-up has no step with an undo");
+    let cases: Vec<(String, u64)> = crash_points(&undoable, &["undo"])
+        .into_iter()
+        .zip(1190..)
+        .collect();
+    run_concurrently(&cases, |(crash, vmid)| {
+        let vmid = *vmid;
+        let customer = format!("rb{vmid}");
+        provision_crashing(&sim, &customer, vmid, crash);
+        let hostname = format!("{customer}-app");
+        let job = job_id(&sim, "bringup", |j| j["hostname"] == hostname.as_str());
+
+        let (code, rep) = resume(&sim, &job, crash);
+        assert_eq!(code, Some(1), "{crash}: {rep}");
+        assert_eq!(rep["outcome"], "rolled_back", "{crash}: {rep}");
+        let state = sim.state();
+        assert_case_invariants(&state, vmid, crash);
+        assert!(
+            guest(&state, vmid).is_none(),
+            "{crash}: guest left after rollback"
+        );
+        assert_eq!(
+            volumes_of(&state, vmid).len(),
+            0,
+            "{crash}: {}",
+            state["volumes"]
+        );
+    });
     let state = sim.state();
-    assert!(guest(&state, 1190).is_none(), "guest left after rollback");
     assert_eq!(
         state["volumes"].as_array().map(Vec::len),
         Some(0),
         "{}",
         state["volumes"]
     );
+    assert_all_done(&sim);
+}
+
+/// For every teardown step: provision a guest, SIGKILL the teardown just before and just
+/// after the step's act, resume the teardown: the guest is gone, nothing leaked, and felhom
+/// no longer counts it as live.
+#[test]
+fn crash_at_every_teardown_step_then_resume_finishes() {
+    let sim = Sim::start();
+    let cases: Vec<(String, u64)> =
+        crash_points(&felhom_core::teardown::STEPS, &["before", "after"])
+            .into_iter()
+            .zip(1300..)
+            .collect();
+    run_concurrently(&cases, |(crash, vmid)| {
+        let vmid = *vmid;
+        let customer = format!("td{vmid}");
+        let path = sim.write_spec(
+            &format!("{customer}.toml"),
+            &spec(&customer, &vmid.to_string(), MOUNT),
+        );
+        let out = sim.felhom(&["provision", path.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(0), "{crash}: {}", both(&out));
+
+        let out = sim.felhom_env(
+            &["teardown", &vmid.to_string()],
+            &[("FELHOM_CRASH_AT", crash)],
+        );
+        assert_eq!(
+            out.status.signal(),
+            Some(9),
+            "{crash}: felhom was not killed at the crash point: {}",
+            both(&out)
+        );
+        let job = job_id(&sim, "teardown", |j| j["vmid"].as_u64() == Some(vmid));
+
+        let (code, rep) = resume(&sim, &job, crash);
+        assert_eq!(code, Some(0), "{crash}: resume failed: {rep}");
+        assert_eq!(rep["outcome"], "succeeded", "{crash}: {rep}");
+        let state = sim.state();
+        assert_case_invariants(&state, vmid, crash);
+        assert!(
+            guest(&state, vmid).is_none(),
+            "{crash}: guest left after teardown"
+        );
+        assert_eq!(
+            volumes_of(&state, vmid).len(),
+            0,
+            "{crash}: {}",
+            state["volumes"]
+        );
+        // Forgotten: a second teardown finds no live record.
+        let out = sim.felhom(&["teardown", &vmid.to_string()]);
+        assert_eq!(out.status.code(), Some(2), "{crash}: {}", both(&out));
+        assert!(
+            both(&out).contains("no live record"),
+            "{crash}: {}",
+            both(&out)
+        );
+    });
+    assert_all_done(&sim);
 }

@@ -12,6 +12,8 @@
 //!   steps that may have acted, in reverse, each undo journaled and itself resumable.
 
 pub mod retry;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashSet;
 use std::future::Future;
