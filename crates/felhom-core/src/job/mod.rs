@@ -525,6 +525,8 @@ async fn forward<S: Step>(cx: &JobCx, steps: &[S], rep: &Replay) -> Result<(), (
 async fn drive<S: Step>(cx: &JobCx, step: S, mut attempt: u32) -> Result<Value, StepError> {
     let name = step.name();
     let mut retries = 0u32;
+    // Retries while PVE was unreachable: they pace the backoff, the connect budget bounds them.
+    let mut unreachable_retries = 0u32;
     loop {
         let outcome = match step.observe(cx).await {
             Ok(Observed::Done(v)) => {
@@ -564,12 +566,12 @@ async fn drive<S: Step>(cx: &JobCx, step: S, mut attempt: u32) -> Result<Value, 
                         error: e.to_string(),
                     });
                 }
-                retries += 1;
+                unreachable_retries += 1;
                 retry_later(
                     cx,
                     name,
                     attempt,
-                    retries,
+                    unreachable_retries,
                     json!({
                         "error": format!("PVE unreachable, retrying ({} s): {e}", waited.as_secs()),
                         "permanent": false,

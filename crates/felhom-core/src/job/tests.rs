@@ -40,14 +40,21 @@ enum Fail {
     TransientAfterEffect,
     /// An error no retry fixes.
     Permanent,
+    /// PVE cannot be reached at all: retried within the connect budget, never counted
+    /// against the attempts.
+    Unreachable,
 }
 
 impl Fail {
     fn error(self) -> StepError {
         match self {
-            Fail::Transient | Fail::TransientAfterEffect => StepError::Api(ApiError::Transport {
-                message: "connection reset (scripted)".into(),
-                maybe_sent: true,
+            Fail::Transient | Fail::TransientAfterEffect => StepError::Api(ApiError::LockTimeout {
+                lock_file: "/run/lock/lxc/pve-config-1100.lock".into(),
+                message: "can't lock file (scripted)".into(),
+            }),
+            Fail::Unreachable => StepError::Api(ApiError::Transport {
+                message: "connection refused (scripted)".into(),
+                maybe_sent: false,
             }),
             Fail::Permanent => StepError::Refused("refused (scripted)".into()),
         }
@@ -209,7 +216,7 @@ impl Step for Fake {
             let effect = match fail {
                 None => !s.no_effect,
                 Some(Fail::TransientAfterEffect) => true,
-                Some(Fail::Transient | Fail::Permanent) => false,
+                Some(Fail::Transient | Fail::Permanent | Fail::Unreachable) => false,
             };
             if effect && !s.present {
                 s.present = true;
@@ -290,6 +297,9 @@ impl Harness {
     }
 }
 
+/// How long PVE may stay unreachable in these tests before a job pauses.
+const CONNECT_BUDGET: Duration = Duration::from_millis(300);
+
 /// A `JobCx` for tests: the client points at a loopback port nothing serves (the fake steps
 /// never call PVE), the journal is the one at `journal`.
 fn job_cx(journal: &Path, job: &str) -> JobCx {
@@ -324,6 +334,7 @@ fn job_cx(journal: &Path, job: &str) -> JobCx {
         linkup_timeout: Duration::from_secs(1),
         ssh_timeout: Duration::from_secs(1),
         task_timeout: Duration::from_secs(1),
+        connect_budget: CONNECT_BUDGET,
         specs: Vec::new(),
     };
     JobCx {
@@ -340,6 +351,7 @@ fn job_cx(journal: &Path, job: &str) -> JobCx {
         config_cache: Default::default(),
         acting: Default::default(),
         waits: Default::default(),
+        unreachable_since: Default::default(),
     }
 }
 
@@ -512,6 +524,62 @@ async fn transient_errors_beyond_the_budget_pause_without_undo_and_resume_forwar
         (1..=FAST.max_attempts + 2).collect::<Vec<_>>(),
         "attempts journaled across the pause"
     );
+}
+
+#[tokio::test]
+async fn an_unreachable_pve_is_retried_beyond_the_attempts_within_the_connect_budget() {
+    let h = Harness::new();
+    let w = World::new(ALL_UNDO);
+    // More failures than the attempts allow, but quicker than the connect budget.
+    w.with(1, |s| {
+        s.act_errors = vec![Fail::Unreachable; FAST.max_attempts as usize + 3].into()
+    });
+    let steps = w.steps();
+    assert_eq!(run_or_crash(&h, w, &steps).await, Some(Outcome::Succeeded));
+    assert_eq!(w.effects(), [1; 5]);
+    let ev = h.events();
+    let retries: Vec<&Event> = ev
+        .iter()
+        .filter(|e| e.step == "b" && e.phase == Phase::Error)
+        .collect();
+    assert_eq!(retries.len(), FAST.max_attempts as usize + 3);
+    assert!(retries.iter().all(|e| e.data["unreachable"] == true
+        && e.data["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("PVE unreachable, retrying (")));
+}
+
+#[tokio::test]
+async fn pve_unreachable_for_the_connect_budget_pauses_never_rolls_back() {
+    let h = Harness::new();
+    let w = World::new(ALL_UNDO);
+    w.with(2, |s| {
+        s.act_errors = vec![Fail::Unreachable; 100_000].into()
+    });
+    let steps = w.steps();
+    let started = std::time::Instant::now();
+    let out = run_or_crash(&h, w, &steps).await.unwrap();
+    let took = started.elapsed();
+    assert!(
+        matches!(&out, Outcome::Paused { error } if error.contains("PVE unreachable")),
+        "{out:?}"
+    );
+    assert_eq!(out.exit_code(), 3);
+    assert!(
+        took >= CONNECT_BUDGET,
+        "paused before the budget ran out: {took:?}"
+    );
+    assert_eq!(
+        w.undos(),
+        [0; 5],
+        "an unreachable PVE is never a reason to undo"
+    );
+    assert_eq!(h.state(), JobState::Paused);
+    // PVE is back: resume goes forward.
+    w.with(2, |s| s.act_errors.clear());
+    assert_eq!(run_or_crash(&h, w, &steps).await, Some(Outcome::Succeeded));
+    assert_eq!(w.effects(), [1; 5]);
 }
 
 #[tokio::test]
