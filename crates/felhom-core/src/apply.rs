@@ -507,6 +507,8 @@ impl Felhom {
         let id = spec.identity_key();
         let label = spec.hostname.to_string();
         let mut next = first;
+        // The report of a job this call continued, should the next look find the guest done.
+        let mut continued: Option<JobReport> = None;
         for _ in 0..3 {
             let decision = match next.take() {
                 Some(d) => d,
@@ -530,7 +532,9 @@ impl Felhom {
             };
             match decision {
                 Decision::Unchanged { vmid } => {
-                    return JobReport::decided(&label, Some(vmid), Outcome::Unchanged)
+                    return continued.unwrap_or_else(|| {
+                        JobReport::decided(&label, Some(vmid), Outcome::Unchanged)
+                    })
                 }
                 Decision::Refuse {
                     vmid,
@@ -593,7 +597,7 @@ impl Felhom {
                     let r = self.run_job(row, progress.clone()).await;
                     match r.outcome {
                         // Finished or undone: look again (the spec may ask more).
-                        Outcome::Succeeded | Outcome::RolledBack { .. } => continue,
+                        Outcome::Succeeded | Outcome::RolledBack { .. } => continued = Some(r),
                         _ => return r,
                     }
                 }

@@ -1,4 +1,5 @@
-//! Step 9, finish: the guest carries felhom's tags (`felhom`, `customer-<id>`, the spec's)
+//! Step 9, finish: the guest carries every tag felhom gives it (`felhom`, `customer-<id>`,
+//! the spec's; tags someone else added are kept)
 //! and a marker that says `provisioned`; the journal records it as active and the VMID lease
 //! is released.
 
@@ -26,7 +27,8 @@ pub fn tags_for(s: &GuestSpec) -> Vec<String> {
 pub(super) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
     let vmid = cx.vmid()?;
     let cfg = owned_config(cx, vmid).await?;
-    let tagged = guest::tags_of(&cfg).iter().any(|t| t == FELHOM_TAG);
+    let have = guest::tags_of(&cfg);
+    let tagged = tags_for(spec(cx)?).iter().all(|t| have.contains(t));
     let provisioned = matches!(
         Ownership::of(&cfg, &cx.owner_job()),
         Ownership::Ours(m) if m.state == MarkerState::Provisioned
@@ -49,8 +51,12 @@ pub(super) async fn act(cx: &JobCx) -> Result<(), StepError> {
     let vmid = cx.vmid()?;
     let cfg = owned_config(cx, vmid).await?;
     let marker = marker(cx, s, MarkerState::Provisioned);
+    let mut tags = guest::tags_of(&cfg);
+    tags.extend(tags_for(s));
+    tags.sort();
+    tags.dedup();
     let params = vec![
-        ("tags".to_string(), tags_for(s).join(";")),
+        ("tags".to_string(), tags.join(";")),
         ("description".to_string(), marker.to_string()),
     ];
     cx.client

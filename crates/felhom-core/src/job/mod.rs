@@ -169,6 +169,9 @@ impl Progress for Quiet {
     fn event(&self, _: &str, _: &str, _: ProgressEvent<'_>) {}
 }
 
+/// How long one task wait polls an unreachable PVE before the engine takes over.
+const UNREACHABLE_IN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Everything a step needs: the client, the journal, the job's facts.
 pub struct JobCx {
     pub job_id: String,
@@ -268,7 +271,9 @@ impl JobCx {
     pub fn wait_options(&self) -> WaitOptions {
         WaitOptions {
             deadline: self.config.task_timeout,
-            unreachable_budget: self.config.connect_budget,
+            // A wait hands an unreachable PVE back to the engine soon, which retries it
+            // within the connect budget and says so on the progress line.
+            unreachable_budget: self.config.connect_budget.min(UNREACHABLE_IN_WAIT),
             ..WaitOptions::default()
         }
     }
