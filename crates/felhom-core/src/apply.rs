@@ -300,26 +300,14 @@ impl Felhom {
         cfg: &pve_api::LxcConfig,
         vmid: Vmid,
     ) -> Result<Vec<Drift>, OpsError> {
-        let st = self.client.lxc_status(&rec.node, vmid).await?;
-        let mut ip = None;
-        let mut fp = None;
-        if st.status == "running" {
-            if let Some(ifaces) = self.client.lxc_interfaces(&rec.node, vmid).await? {
-                ip = guest::eth0_ip(&ifaces);
-            }
-            if let Some(ip) = ip.as_deref() {
-                fp = bringup::ssh::probe(&self.client, &self.config, vmid, ip)
-                    .await
-                    .unwrap_or(None);
-            }
-        }
+        let live = guest::live(&self.client, &self.config, &rec.node, vmid).await?;
         let view = GuestView {
             spec: Some(spec),
             record: rec,
             cfg,
-            status: &st.status,
-            ip: ip.as_deref(),
-            ssh_fingerprint: fp.as_deref(),
+            status: &live.status,
+            ip: live.ip.as_deref(),
+            ssh_fingerprint: live.ssh_fingerprint.as_deref(),
         };
         Ok(bringup::STEPS.iter().flat_map(|s| s.drift(&view)).collect())
     }
@@ -509,6 +497,17 @@ impl Felhom {
         let mut next = first;
         // The report of a job this call continued, should the next look find the guest done.
         let mut continued: Option<JobReport> = None;
+        // felhom could not read or write its own state (PVE or the journal): stop, undo
+        // nothing, let a person or the next run look again.
+        let paused = |vmid: Option<u32>, e: &dyn std::fmt::Display| {
+            JobReport::decided(
+                &label,
+                vmid,
+                Outcome::Paused {
+                    error: e.to_string(),
+                },
+            )
+        };
         for _ in 0..3 {
             let decision = match next.take() {
                 Some(d) => d,
@@ -518,15 +517,7 @@ impl Felhom {
                     }
                     match self.decide(&spec).await {
                         Ok(d) => d,
-                        Err(e) => {
-                            return JobReport::decided(
-                                &label,
-                                None,
-                                Outcome::Paused {
-                                    error: e.to_string(),
-                                },
-                            )
-                        }
+                        Err(e) => return paused(None, &e),
                     }
                 }
             };
@@ -551,39 +542,19 @@ impl Felhom {
                 Decision::Create { vmid } => {
                     return match self.start_bringup(&spec, vmid, None).await {
                         Ok(job) => self.run_job(job, progress).await,
-                        Err(e) => JobReport::decided(
-                            &label,
-                            None,
-                            Outcome::Paused {
-                                error: e.to_string(),
-                            },
-                        ),
+                        Err(e) => paused(None, &e),
                     }
                 }
                 Decision::Repair { record, .. } => {
                     return match self.start_bringup(&spec, None, Some(&record)).await {
                         Ok(job) => self.run_job(job, progress).await,
-                        Err(e) => JobReport::decided(
-                            &label,
-                            Some(record.vmid),
-                            Outcome::Paused {
-                                error: e.to_string(),
-                            },
-                        ),
+                        Err(e) => paused(Some(record.vmid), &e),
                     }
                 }
                 Decision::Continue { job, .. } => {
                     let row = match self.journal.job(&job) {
                         Ok(r) => r,
-                        Err(e) => {
-                            return JobReport::decided(
-                                &label,
-                                None,
-                                Outcome::Paused {
-                                    error: e.to_string(),
-                                },
-                            )
-                        }
+                        Err(e) => return paused(None, &e),
                     };
                     if let Err(e) = self.journal.claim_job(&row.id) {
                         return JobReport::decided(

@@ -12,7 +12,8 @@
 //! | whose guest is it | [`Ownership::of`] (`Ours` / `OtherJob` / `Unmarked`) |
 //! | net0, its MAC, rootfs size, `mpN` mounts, tags | [`net0_of`], [`mac_of`], [`rootfs_bytes`], [`mounts_of`], [`tags_of`] |
 //! | eth0's IP | [`eth0_ip`] |
-//! | where to reach the guest's sshd | [`ssh_endpoint`] |
+//! | where to reach the guest's sshd, and the key it proves | [`ssh_endpoint`], [`ssh_fingerprint`] |
+//! | power state, IP and key of a live guest | [`live`] |
 //! | which VMIDs new guests get | [`VmidPicker`] (plan and provision share it) |
 //! | what the golden archive says about itself | [`golden_info`] |
 
@@ -203,6 +204,67 @@ pub async fn ssh_endpoint(
             Err(e) => Err(EndpointError::Api(e)),
         },
     }
+}
+
+/// How long one SSH handshake may take.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The host key fingerprint the guest's sshd proves in a handshake; `Ok(None)` when it cannot
+/// be reached (yet).
+pub async fn ssh_fingerprint(
+    client: &PveClient,
+    config: &Config,
+    vmid: Vmid,
+    ip: &str,
+) -> Result<Option<String>, EndpointError> {
+    let Some((host, port)) = ssh_endpoint(client, config, vmid, ip).await? else {
+        return Ok(None);
+    };
+    match crate::ssh_probe::host_key_fingerprint(&host, port, HANDSHAKE_TIMEOUT).await {
+        Ok(fp) => Ok(Some(fp)),
+        Err(e) => {
+            tracing::debug!(%vmid, error = %e, "SSH host key not available yet");
+            Ok(None)
+        }
+    }
+}
+
+/// What a guest shows beyond its config, read for `status` and `apply`'s drift checks.
+#[derive(Debug, Clone)]
+pub struct Live {
+    /// `running`, `stopped`…
+    pub status: String,
+    /// eth0's address (read only while it runs).
+    pub ip: Option<String>,
+    /// The host key a handshake proves (read only while it runs; `None`: unreachable).
+    pub ssh_fingerprint: Option<String>,
+}
+
+pub async fn live(
+    client: &PveClient,
+    config: &Config,
+    node: &str,
+    vmid: Vmid,
+) -> Result<Live, ApiError> {
+    let status = client.lxc_status(node, vmid).await?.status;
+    let mut ip = None;
+    let mut fp = None;
+    if status == "running" {
+        if let Some(ifaces) = client.lxc_interfaces(node, vmid).await? {
+            ip = eth0_ip(&ifaces);
+        }
+        if let Some(ip) = ip.as_deref() {
+            // An endpoint that cannot be reached, or is refused, shows as unreachable.
+            fp = ssh_fingerprint(client, config, vmid, ip)
+                .await
+                .unwrap_or(None);
+        }
+    }
+    Ok(Live {
+        status,
+        ip,
+        ssh_fingerprint: fp,
+    })
 }
 
 #[derive(Debug, thiserror::Error)]

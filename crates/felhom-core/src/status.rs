@@ -141,31 +141,22 @@ async fn one(f: &Felhom, g: GuestRecord) -> Result<GuestStatus, OpsError> {
             ..base
         });
     };
-    let st = f.client.lxc_status(&g.node, vmid).await?;
-    let mut ip = None;
-    let mut fp = None;
-    if st.status == "running" {
-        if let Some(ifaces) = f.client.lxc_interfaces(&g.node, vmid).await? {
-            ip = guest::eth0_ip(&ifaces);
-        }
-        if let Some(ip) = ip.as_deref() {
-            // An endpoint that cannot be reached (or is refused) shows as "unreachable".
-            fp = crate::bringup::ssh::probe(&f.client, &f.config, vmid, ip)
-                .await
-                .unwrap_or(None);
-        }
-    }
+    let guest::Live {
+        status,
+        ip,
+        ssh_fingerprint: fp,
+    } = guest::live(&f.client, &f.config, &g.node, vmid).await?;
     let view = GuestView {
         spec: spec.as_ref(),
         record: &g,
         cfg: &cfg,
-        status: &st.status,
+        status: &status,
         ip: ip.as_deref(),
         ssh_fingerprint: fp.as_deref(),
     };
     let drift = bringup::STEPS.iter().flat_map(|s| s.drift(&view)).collect();
     Ok(GuestStatus {
-        status: st.status.clone(),
+        status: status.clone(),
         ip,
         mac: guest::mac_of(&cfg),
         ssh_fingerprint: fp,

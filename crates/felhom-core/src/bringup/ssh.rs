@@ -3,8 +3,6 @@
 //! as the one felhom recorded for that hostname. The endpoint is [`crate::guest::ssh_endpoint`]
 //! (the guest's IP on a real host, the simulator's loopback forward in tests).
 
-use std::time::Duration;
-
 use pve_api::Vmid;
 use serde_json::json;
 
@@ -16,35 +14,14 @@ use crate::guest::{self, EndpointError};
 use crate::identity::{IdentityPolicy, KeyAction};
 use crate::job::{JobCx, Observed, StepError};
 
-/// How long one handshake may take.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// The host key fingerprint the guest serves, `None` if it cannot be reached (yet).
-pub async fn probe(
-    client: &pve_api::PveClient,
-    config: &crate::config::Config,
-    vmid: Vmid,
-    ip: &str,
-) -> Result<Option<String>, StepError> {
-    let endpoint = match guest::ssh_endpoint(client, config, vmid, ip).await {
-        Ok(e) => e,
-        Err(EndpointError::NotLoopback(h)) => {
-            return Err(StepError::Refused(
-                EndpointError::NotLoopback(h).to_string(),
-            ))
-        }
-        Err(EndpointError::Api(e)) => return Err(e.into()),
-    };
-    let Some((host, port)) = endpoint else {
-        return Ok(None);
-    };
-    match crate::ssh_probe::host_key_fingerprint(&host, port, HANDSHAKE_TIMEOUT).await {
-        Ok(fp) => Ok(Some(fp)),
-        Err(e) => {
-            tracing::debug!(%vmid, error = %e, "SSH host key not available yet");
-            Ok(None)
-        }
-    }
+async fn probe(cx: &JobCx, vmid: Vmid, ip: &str) -> Result<Option<String>, StepError> {
+    guest::ssh_fingerprint(&cx.client, &cx.config, vmid, ip)
+        .await
+        .map_err(|e| match e {
+            EndpointError::Api(e) => StepError::Api(e),
+            e @ EndpointError::NotLoopback(_) => StepError::Refused(e.to_string()),
+        })
 }
 
 pub(super) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
@@ -58,7 +35,7 @@ pub(super) async fn look(cx: &JobCx) -> Result<Observed, StepError> {
     let Some(ip) = cx.facts().ip else {
         return Ok(Observed::NotDone);
     };
-    let Some(fp) = probe(&cx.client, &cx.config, vmid, &ip).await? else {
+    let Some(fp) = probe(cx, vmid, &ip).await? else {
         return Ok(Observed::NotDone);
     };
     let s = spec(cx)?;
