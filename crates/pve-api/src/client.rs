@@ -308,9 +308,7 @@ impl PveClient {
         path: &str,
         form: &[(&str, String)],
     ) -> Result<T, ApiError> {
-        self.inner.counters.writes.fetch_add(1, Ordering::Relaxed);
-        self.send(Method::POST, &format!("/api2/json{path}"), form, true)
-            .await
+        self.write(Method::POST, path, form).await
     }
 
     pub async fn put<T: DeserializeOwned>(
@@ -318,9 +316,7 @@ impl PveClient {
         path: &str,
         form: &[(&str, String)],
     ) -> Result<T, ApiError> {
-        self.inner.counters.writes.fetch_add(1, Ordering::Relaxed);
-        self.send(Method::PUT, &format!("/api2/json{path}"), form, true)
-            .await
+        self.write(Method::PUT, path, form).await
     }
 
     pub async fn delete<T: DeserializeOwned>(
@@ -328,8 +324,18 @@ impl PveClient {
         path: &str,
         query: &[(&str, String)],
     ) -> Result<T, ApiError> {
+        self.write(Method::DELETE, path, query).await
+    }
+
+    /// A request that may change PVE (counted in [`crate::ClientStats::writes`]).
+    async fn write<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        params: &[(&str, String)],
+    ) -> Result<T, ApiError> {
         self.inner.counters.writes.fetch_add(1, Ordering::Relaxed);
-        self.send(Method::DELETE, &format!("/api2/json{path}"), query, true)
+        self.send(method, &format!("/api2/json{path}"), params, true)
             .await
     }
 
