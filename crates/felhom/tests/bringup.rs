@@ -88,6 +88,69 @@ fn plan_writes_nothing() {
     assert_eq!(sim.write_count(), before, "plan must not write");
 }
 
+/// `plan` shows exactly the VMIDs `apply` gives "auto" guests (spec order, the lowest free
+/// first), and says what it decided; after the apply it says "unchanged" for each.
+#[test]
+fn plan_shows_the_vmids_apply_uses() {
+    let sim = Sim::start();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/three-customers.toml"
+    ))
+    .unwrap();
+    let spec = sim.write_spec("three.toml", &text);
+    let plan = sim.felhom(&["--output", "json", "plan", spec.to_str().unwrap()]);
+    assert_eq!(plan.status.code(), Some(0), "{}", both(&plan));
+    let planned: Vec<(String, u64)> = json(&plan)["plans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            assert_eq!(p["decision"]["decision"], "create", "{p}");
+            (
+                p["hostname"].as_str().unwrap().to_string(),
+                p["decision"]["vmid"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let vmids: Vec<u64> = planned.iter().map(|(_, v)| *v).collect();
+    let mut distinct = vmids.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "three distinct VMIDs: {planned:?}");
+
+    let out = sim.felhom(&["--output", "json", "apply", spec.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let mut applied: Vec<(String, u64)> = json(&out)["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| {
+            (
+                j["label"].as_str().unwrap().to_string(),
+                j["vmid"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    applied.sort();
+    let mut planned_sorted = planned.clone();
+    planned_sorted.sort();
+    assert_eq!(
+        applied, planned_sorted,
+        "apply used other VMIDs than plan showed"
+    );
+
+    let again = sim.felhom(&["--output", "json", "plan", spec.to_str().unwrap()]);
+    let again = json(&again);
+    let decisions: Vec<&str> = again["plans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["decision"]["decision"].as_str().unwrap())
+        .collect();
+    assert_eq!(decisions, ["unchanged"; 3], "{again}");
+}
+
 #[test]
 fn drift_is_reported() {
     let sim = Sim::start();
