@@ -524,8 +524,13 @@ impl Felhom {
             match decision {
                 Decision::Unchanged { vmid } => {
                     return continued.unwrap_or_else(|| {
-                        JobReport::decided(&label, Some(vmid), Outcome::Unchanged)
-                    })
+                        let mut r = JobReport::decided(&label, Some(vmid), Outcome::Unchanged);
+                        // What felhom recorded, which the decision just found true.
+                        if let Ok(Some(g)) = self.journal.guest(vmid) {
+                            (r.ip, r.mac, r.ssh_fingerprint) = (g.ip, g.mac, g.ssh_fingerprint);
+                        }
+                        r
+                    });
                 }
                 Decision::Refuse {
                     vmid,

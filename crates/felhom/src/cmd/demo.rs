@@ -148,13 +148,25 @@ pub async fn run(args: DemoArgs, ctx: &Ctx) -> Result<(), CliError> {
     }
     let t_up = Instant::now();
     let reports = felhom
-        .provision(specs, Arc::new(CliProgress::new(format)))
+        .apply(specs.clone(), false, Arc::new(CliProgress::new(format)))
         .await?;
     let up_secs = t_up.elapsed().as_secs_f64();
     if human {
         output::print_reports(&reports, format);
     }
     let mut exit = output::batch_exit(&reports);
+    // felhom reconciles: the same specs again find every guest as specified, and write nothing.
+    let before = felhom.client.stats();
+    let again = felhom
+        .apply(specs, false, Arc::new(CliProgress::new(format)))
+        .await?;
+    let again_writes = felhom.client.stats().since(&before).writes;
+    if human {
+        outln!("apply again (the same specs):");
+        output::print_reports(&again, format);
+        outln!("({again_writes} write requests)");
+    }
+    exit = exit.max(output::batch_exit(&again));
 
     let vmids: Vec<pve_api::Vmid> = reports
         .iter()
@@ -207,6 +219,7 @@ pub async fn run(args: DemoArgs, ctx: &Ctx) -> Result<(), CliError> {
             },
             "simulator": { "url": sim_url, "fingerprint": sim_fingerprint },
             "provision": reports,
+            "apply_again": { "jobs": again, "writes": again_writes },
             "real_guests": real_guests,
             "teardown": down,
             "kept": kept,
