@@ -37,6 +37,10 @@ use crate::journal::{GuestRecord, JobKind, JobRow, JobState, JournalError, Phase
 use crate::ops::{Felhom, JobReport, OpsError};
 use crate::spec::{GuestSpec, Identity};
 
+/// Guests that carry felhom's marker for an identity but have no live journal record.
+#[derive(Debug, Default)]
+pub struct MarkerIndex(std::collections::BTreeMap<Identity, (u32, String)>);
+
 /// What `apply` will do (or did decide) for one guest.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "decision", rename_all = "snake_case")]
@@ -121,8 +125,51 @@ fn refuse(vmid: Option<u32>, why: impl Into<String>) -> Decision {
 const IDENTITY_WAIT_POLL: Duration = Duration::from_millis(200);
 
 impl Felhom {
+    /// The markers of guests in felhom's range on `nodes` that the journal has no live record
+    /// of (a lost or another journal's guests): read once per invocation, so deciding N
+    /// guests costs one list per node, plus one config read per unrecorded guest.
+    pub async fn unrecorded_markers(&self, nodes: &[&str]) -> Result<MarkerIndex, OpsError> {
+        let recorded: BTreeSet<u32> = self.journal.live_guests()?.iter().map(|g| g.vmid).collect();
+        let mut index = MarkerIndex::default();
+        for node in nodes.iter().collect::<BTreeSet<_>>() {
+            for g in self.client.lxc_list(node).await? {
+                let Ok(vmid) = Vmid::try_from(g.vmid) else {
+                    continue;
+                };
+                if !self.config.vmid_range.contains(vmid) || recorded.contains(&g.vmid) {
+                    continue;
+                }
+                let Some(cfg) = guest::config_of(&self.client, node, vmid).await? else {
+                    continue;
+                };
+                if let Some(m) = guest::marker_of(&cfg) {
+                    if let Some(name) = m.name {
+                        index.0.insert(
+                            Identity {
+                                customer: m.customer,
+                                name,
+                            },
+                            (vmid.get(), m.job),
+                        );
+                    }
+                }
+            }
+        }
+        Ok(index)
+    }
+
     /// Decide what `apply` does for `spec`, reading only (PVE and the journal).
     pub async fn decide(&self, spec: &GuestSpec) -> Result<Decision, OpsError> {
+        let index = self.unrecorded_markers(&[spec.node.as_str()]).await?;
+        self.decide_with(spec, &index).await
+    }
+
+    /// [`Felhom::decide`] with the unrecorded guests' markers already read.
+    pub async fn decide_with(
+        &self,
+        spec: &GuestSpec,
+        unrecorded: &MarkerIndex,
+    ) -> Result<Decision, OpsError> {
         let id = spec.identity_key();
         // 1. A job of this identity that did not finish comes first.
         if let Some(j) = self
@@ -152,7 +199,13 @@ impl Felhom {
         // 2. The guest felhom recorded for this identity.
         let records = self.journal.guests_by_identity(&id.customer, &id.name)?;
         match records.as_slice() {
-            [] => self.decide_unrecorded(spec, &id).await,
+            [] => Ok(match unrecorded.0.get(&id) {
+                Some((vmid, job)) => refuse(
+                    Some(*vmid),
+                    format!("guest {vmid} carries felhom's marker for {id} (job {job}), but this journal has no record of it; felhom cannot prove it is its own"),
+                ),
+                None => Decision::Create { vmid: None },
+            }),
             [rec] => self.decide_recorded(spec, rec).await,
             many => Ok(refuse(
                 None,
@@ -166,34 +219,6 @@ impl Felhom {
                 ),
             )),
         }
-    }
-
-    /// No record: a guest that claims the identity anyway is refused; otherwise create.
-    async fn decide_unrecorded(
-        &self,
-        spec: &GuestSpec,
-        id: &Identity,
-    ) -> Result<Decision, OpsError> {
-        for g in self.client.lxc_list(spec.node.as_str()).await? {
-            let Ok(vmid) = Vmid::try_from(g.vmid) else {
-                continue;
-            };
-            if !self.config.vmid_range.contains(vmid) {
-                continue;
-            }
-            let Some(cfg) = guest::config_of(&self.client, spec.node.as_str(), vmid).await? else {
-                continue;
-            };
-            if let Some(m) = guest::marker_of(&cfg) {
-                if m.customer == id.customer && m.name.as_deref() == Some(id.name.as_str()) {
-                    return Ok(refuse(
-                        Some(vmid.get()),
-                        format!("guest {vmid} carries felhom's marker for {id} (job {}), but this journal has no record of it; felhom cannot prove it is its own", m.job),
-                    ));
-                }
-            }
-        }
-        Ok(Decision::Create { vmid: None })
     }
 
     async fn decide_recorded(
@@ -319,9 +344,11 @@ impl Felhom {
         specs: &[GuestSpec],
         prune: bool,
     ) -> Result<Vec<(Identity, Decision)>, OpsError> {
+        let nodes: Vec<&str> = specs.iter().map(|s| s.node.as_str()).collect();
+        let unrecorded = self.unrecorded_markers(&nodes).await?;
         let mut out = Vec::new();
         for s in specs {
-            out.push((s.identity_key(), self.decide(s).await?));
+            out.push((s.identity_key(), self.decide_with(s, &unrecorded).await?));
         }
         self.assign_vmids(specs, &mut out).await?;
         if prune {
@@ -385,6 +412,8 @@ impl Felhom {
         progress: Arc<dyn Progress>,
     ) -> Result<Vec<JobReport>, OpsError> {
         let holder = crate::ops::new_apply_id();
+        let nodes: Vec<&str> = specs.iter().map(|s| s.node.as_str()).collect();
+        let unrecorded = self.unrecorded_markers(&nodes).await?;
         // Decide in spec order, each under its identity lease (a live holder elsewhere is
         // waited for in that guest's own task).
         let mut decided = Vec::new();
@@ -394,7 +423,7 @@ impl Felhom {
                 .journal
                 .acquire_identity(&id.customer, &id.name, &holder)
             {
-                Ok(()) => match self.decide(s).await {
+                Ok(()) => match self.decide_with(s, &unrecorded).await {
                     Ok(d) => Some(d),
                     Err(e) => {
                         self.release_all(&specs, &holder);
