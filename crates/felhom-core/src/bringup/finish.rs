@@ -1,4 +1,4 @@
-//! Step 9, finish: the guest carries felhom's tags (`felhom`, `customer-<id>`, the spec's)
+//! Step 10, finish: the guest carries felhom's tags (`felhom`, `customer-<id>`, the spec's)
 //! and a marker that says `provisioned`; the journal records it as active and the VMID lease
 //! is released.
 
