@@ -29,6 +29,7 @@ pub struct HostileSpec {
 pub fn hostile_specs(golden: &str) -> Vec<HostileSpec> {
     let base = |customer: &str, vmid: &str| base_spec(customer, vmid, golden, BASE_MOUNT);
     let with = |from: &str, to: &str| base("acme", "1300").replacen(from, to, 1);
+    let add = |line: &str| with("bridge = \"vmbr0\"", &format!("bridge = \"vmbr0\"\n{line}"));
     let cases: Vec<(&'static str, String, &'static str)> = vec![
         (
             "hostname comma injection",
@@ -133,6 +134,52 @@ pub fn hostile_specs(golden: &str) -> Vec<HostileSpec> {
             "bridge too long",
             with("bridge = \"vmbr0\"", "bridge = \"averyveryverylongbridge\""),
             "bridge",
+        ),
+        ("cores zero", add("cores = 0"), "cores"),
+        ("cores above PVE's maximum", add("cores = 8193"), "cores"),
+        ("memory below PVE's minimum", add("memory = 15"), "memory"),
+        (
+            "memory as a string",
+            add("memory = \"2048,swap=0\""),
+            "memory",
+        ),
+        ("swap negative", add("swap = -1"), "swap"),
+        ("onboot not a boolean", add("onboot = \"yes\""), "onboot"),
+        ("VLAN tag out of range", add("tag = 4095"), "tag"),
+        ("VLAN tag injection", add("tag = \"10,trunks=20\""), "tag"),
+        (
+            "ip injection",
+            add("ip = \"10.0.0.5/24,gw=10.0.0.1\""),
+            "ip",
+        ),
+        ("ip without prefix", add("ip = \"10.0.0.5\""), "ip"),
+        ("ip network address", add("ip = \"10.0.0.0/24\""), "ip"),
+        ("gw without a static ip", add("gw = \"10.0.0.1\""), "gw"),
+        (
+            "gw outside the subnet",
+            add("ip = \"10.0.0.5/24\"\ngw = \"10.0.9.1\""),
+            "gw",
+        ),
+        (
+            "ip6 newline injection",
+            add("ip6 = \"2001:db8::5/64\\nnet1: name=eth1\""),
+            "ip6",
+        ),
+        (
+            "gw6 outside the subnet",
+            add("ip6 = \"2001:db8::5/64\"\ngw6 = \"2001:db9::1\""),
+            "gw6",
+        ),
+        ("firewall not a boolean", add("firewall = 1"), "firewall"),
+        (
+            "nameserver injection",
+            add("nameserver = [\"1.1.1.1;searchdomain=x\"]"),
+            "nameserver[0]",
+        ),
+        (
+            "searchdomain equals",
+            add("searchdomain = [\"acme.example=1\"]"),
+            "searchdomain[0]",
         ),
         ("vmid below PVE minimum", base("acme", "99"), "vmid"),
         ("vmid outside felhom range", base("acme", "5000"), "vmid"),
@@ -253,6 +300,35 @@ mod tests {
     #[test]
     fn the_base_spec_is_valid() {
         GuestSpec::parse_many(&base_spec("acme", "1300", GOLDEN, BASE_MOUNT)).unwrap();
+    }
+
+    #[test]
+    fn every_case_names_a_field_once() {
+        let cases = hostile_specs(GOLDEN);
+        let mut names = std::collections::BTreeSet::new();
+        for c in &cases {
+            assert!(names.insert(c.name), "two cases named {}", c.name);
+        }
+        // The fields a customer buys each have a case.
+        for f in [
+            "cores",
+            "memory",
+            "swap",
+            "onboot",
+            "tag",
+            "ip",
+            "gw",
+            "ip6",
+            "gw6",
+            "firewall",
+            "nameserver[0]",
+            "searchdomain[0]",
+        ] {
+            assert!(
+                cases.iter().any(|c| c.field == f),
+                "no hostile case for {f}"
+            );
+        }
     }
 
     /// Cases that need the host (golden/pool existence, storage content, VMID range) are

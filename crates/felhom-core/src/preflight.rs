@@ -1,9 +1,9 @@
 //! Preflight: is this PVE host, with this token, ready for felhom's configured work? Reads
 //! only. Compares the privileges the steps need (`privileges.rs`) with what the token holds
-//! (`/access/permissions`), and checks the version, the golden archive, the VMID range and
-//! the storage room.
+//! (`/access/permissions`), and checks the version, the golden archive, the specs' bridges
+//! (`GET /nodes/{node}/network`), the VMID range and the storage room.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use pve_api::ApiError;
 use serde::Serialize;
@@ -116,6 +116,41 @@ pub async fn preflight(
         },
     });
 
+    // Every spec's bridge exists on the node: a guest on a missing bridge restores fine
+    // and then fails to start. `GET network` is open to any token (`user => all`), so no
+    // privilege is added for it; should the answer still be refused, preflight says it
+    // cannot tell rather than ask for more.
+    let wanted: BTreeSet<&str> = specs.iter().map(|s| s.bridge.as_str()).collect();
+    checks.push(match f.client.network(node).await {
+        Ok(ifaces) => {
+            let have: BTreeSet<&str> = ifaces
+                .iter()
+                .filter(|i| i.is_bridge())
+                .map(|i| i.iface.as_str())
+                .collect();
+            let missing: Vec<&str> = wanted.difference(&have).copied().collect();
+            Check {
+                name: "bridge",
+                ok: missing.is_empty(),
+                detail: if missing.is_empty() {
+                    format!("{} present on {node}", join(&wanted))
+                } else {
+                    format!(
+                        "bridge {} does not exist on {node} (it has: {}); a guest on it would not start",
+                        missing.join(", "),
+                        if have.is_empty() { "none".to_string() } else { join(&have) }
+                    )
+                },
+            }
+        }
+        Err(e @ ApiError::Auth { .. }) => return Err(e),
+        Err(e) => Check {
+            name: "bridge",
+            ok: false,
+            detail: format!("cannot tell whether {} exists on {node}: {e}", join(&wanted)),
+        },
+    });
+
     // The VMID range must be free or felhom's own.
     let owned: Vec<u32> = f
         .journal
@@ -192,6 +227,10 @@ pub async fn preflight(
         checks,
         grant_commands,
     })
+}
+
+fn join(set: &BTreeSet<&str>) -> String {
+    set.iter().copied().collect::<Vec<_>>().join(", ")
 }
 
 /// `pveum` lines that grant exactly what is missing (a role per path of the missing privs).

@@ -29,6 +29,19 @@ pub struct Scope {
     pub golden_owner: Option<u32>,
     pub bridges: BTreeSet<String>,
     pub pool: Option<String>,
+    /// The config keys beyond net0 some spec sets (`cores`, `memory`, …): each needs its own
+    /// privilege, and only a spec that sets it makes felhom ask for it.
+    pub settings: BTreeSet<&'static str>,
+}
+
+/// The privilege PVE checks for a config key felhom's settings write (reference §3.5).
+pub fn setting_privilege(key: &str) -> &'static str {
+    match key {
+        "cores" => "VM.Config.CPU",
+        "memory" | "swap" => "VM.Config.Memory",
+        "nameserver" | "searchdomain" => "VM.Config.Network",
+        _ => "VM.Config.Options",
+    }
 }
 
 impl Scope {
@@ -51,6 +64,10 @@ impl Scope {
             golden_owner: first.golden.owner_vmid(),
             bridges: specs.iter().map(|s| s.bridge.to_string()).collect(),
             pool,
+            settings: specs
+                .iter()
+                .flat_map(|s| s.settings().into_iter().map(|(k, _)| k))
+                .collect(),
         })
     }
 }
@@ -81,13 +98,22 @@ pub fn bringup_needs(step: BringupStep, sc: &Scope) -> Vec<Need> {
                 need(&mut n, &format!("/vms/{owner}"), "VM.Backup", "restore: the golden archive belongs to another VMID (check_volume_access, §2.4)");
             }
             for b in &sc.bridges {
-                need(&mut n, &format!("/sdn/zones/localnetwork/{b}"), "SDN.Use", "restore/identity: net0 on this bridge (check_vnet_access)");
+                need(&mut n, &format!("/sdn/zones/localnetwork/{b}"), "SDN.Use", "restore/identity: net0 on this bridge (check_vnet_access; with a VLAN tag PVE checks …/<bridge>/<tag>, which this grant covers as it propagates)");
+            }
+            for k in &sc.settings {
+                need(&mut n, vms, setting_privilege(k), format!("restore: {k} in the request (§3.5)"));
             }
             need(&mut n, vms, "VM.PowerMgmt", "undo restore: stop the guest before destroying it");
         }
         BringupStep::Identity => {
             need(&mut n, vms, "VM.Audit", "identity: GET config");
             need(&mut n, vms, "VM.Config.Network", "identity: PUT net0 + hostname");
+        }
+        BringupStep::Settings => {
+            need(&mut n, vms, "VM.Audit", "settings: GET config");
+            for k in &sc.settings {
+                need(&mut n, vms, setting_privilege(k), format!("settings: PUT {k} (§3.5)"));
+            }
         }
         BringupStep::Rootfs => {
             need(&mut n, vms, "VM.Config.Disk", "rootfs: PUT resize");

@@ -435,6 +435,283 @@ impl FromStr for ByteSize {
     }
 }
 
+// ---- what a customer buys: CPU, memory, boot, network ----------------------------------
+//
+// Every one is optional: a spec without it keeps what the golden has (and today's specs stay
+// valid). Ranges are PVE's (`docs/pve-api-schema/apidata.js`, `PUT lxc/{vmid}/config`); the
+// addresses are parsed by `std::net`, so no value can carry a `,` `=` `;` or newline into the
+// `net0` property string or the config request.
+
+macro_rules! int_newtype {
+    ($(#[$doc:meta])* $name:ident, $min:expr, $max:expr, $rule:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(u32);
+
+        impl $name {
+            pub const MIN: u32 = $min;
+            pub const MAX: u32 = $max;
+            /// The rule a value must meet, for error messages.
+            pub const RULE: &'static str = $rule;
+            pub fn get(self) -> u32 {
+                self.0
+            }
+        }
+
+        impl TryFrom<i64> for $name {
+            type Error = String;
+            fn try_from(n: i64) -> Result<Self, String> {
+                if (i64::from(Self::MIN)..=i64::from(Self::MAX)).contains(&n) {
+                    Ok(Self(n as u32))
+                } else {
+                    Err(format!("{}; got {n}", Self::RULE))
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}", self.0)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let n = i64::deserialize(d)?;
+                Self::try_from(n).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+int_newtype!(
+    /// CPU cores (`cores`); without it a PVE container may use every core of the host.
+    Cores,
+    1,
+    8192,
+    "must be an integer number of CPU cores 1–8192 (PVE's `cores`)"
+);
+int_newtype!(
+    /// Memory in MiB (`memory`).
+    MemoryMib,
+    16,
+    u32::MAX,
+    "must be an integer number of MiB, at least 16 (PVE's `memory`)"
+);
+int_newtype!(
+    /// Swap in MiB (`swap`); 0 turns it off.
+    SwapMib,
+    0,
+    u32::MAX,
+    "must be an integer number of MiB, 0 or more (PVE's `swap`)"
+);
+int_newtype!(
+    /// The VLAN tag of net0 (`tag`), not to be confused with the guest's `tags`.
+    VlanTag,
+    1,
+    4094,
+    "must be a VLAN id 1–4094 (net0's `tag`; the guest's PVE tags are `tags`)"
+);
+
+/// An address with its prefix length, parsed by `std::net` (`10.0.0.5/24`, `2001:db8::5/64`),
+/// that is a usable host address in its subnet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr<A> {
+    pub addr: A,
+    pub prefix: u8,
+}
+
+impl<A: FromStr + fmt::Display + Copy> Cidr<A> {
+    fn parse(s: &str, max: u8, family: &str) -> Result<(A, u8), String> {
+        let rule = format!(
+            "must be a static {family} address with its prefix length (like {}), or \"dhcp\"",
+            if family == "IPv4" {
+                "10.0.0.5/24"
+            } else {
+                "2001:db8::5/64"
+            }
+        );
+        let bad = || format!("{rule}; got {}", show(s));
+        let (a, p) = s.split_once('/').ok_or_else(bad)?;
+        let addr: A = a.parse().map_err(|_| bad())?;
+        let prefix_ok = !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit());
+        let prefix: u8 = p
+            .parse()
+            .ok()
+            .filter(|n| prefix_ok && *n <= max)
+            .ok_or_else(bad)?;
+        Ok((addr, prefix))
+    }
+}
+
+impl fmt::Display for Cidr<std::net::Ipv4Addr> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl fmt::Display for Cidr<std::net::Ipv6Addr> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl Cidr<std::net::Ipv4Addr> {
+    fn mask(&self) -> u32 {
+        u32::MAX
+            .checked_shl(32 - u32::from(self.prefix))
+            .unwrap_or(0)
+    }
+    /// Whether `gw` lies in this address's subnet.
+    pub fn contains(&self, gw: std::net::Ipv4Addr) -> bool {
+        u32::from(gw) & self.mask() == u32::from(self.addr) & self.mask()
+    }
+}
+
+impl Cidr<std::net::Ipv6Addr> {
+    fn mask(&self) -> u128 {
+        u128::MAX
+            .checked_shl(128 - u32::from(self.prefix))
+            .unwrap_or(0)
+    }
+    /// Whether `gw` lies in this address's subnet (a link-local gateway is reachable too).
+    pub fn contains(&self, gw: std::net::Ipv6Addr) -> bool {
+        gw.is_unicast_link_local()
+            || u128::from(gw) & self.mask() == u128::from(self.addr) & self.mask()
+    }
+}
+
+impl FromStr for Cidr<std::net::Ipv4Addr> {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = Self::parse(s, 32, "IPv4")?;
+        let c = Cidr { addr, prefix };
+        let host = !c.mask();
+        let bits = u32::from(addr);
+        let usable = !(addr.is_unspecified()
+            || addr.is_loopback()
+            || addr.is_multicast()
+            || addr.is_broadcast()
+            || prefix == 0
+            || (prefix <= 30 && (bits & host == 0 || bits & host == host)));
+        if usable {
+            Ok(c)
+        } else {
+            Err(format!(
+                "must be a usable host address in its subnet (not the network or broadcast address, loopback, multicast or 0.0.0.0); got {}",
+                show(s)
+            ))
+        }
+    }
+}
+
+impl FromStr for Cidr<std::net::Ipv6Addr> {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = Self::parse(s, 128, "IPv6")?;
+        if addr.is_unspecified() || addr.is_loopback() || addr.is_multicast() || prefix == 0 {
+            return Err(format!(
+                "must be a usable unicast host address (not ::, ::1 or multicast); got {}",
+                show(s)
+            ));
+        }
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+/// net0's IPv4 setting: DHCP or a static address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Ipv4Setting {
+    Dhcp,
+    Static(Cidr<std::net::Ipv4Addr>),
+}
+
+/// net0's IPv6 setting: DHCPv6, SLAAC (`auto`) or a static address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Ipv6Setting {
+    Dhcp,
+    Auto,
+    Static(Cidr<std::net::Ipv6Addr>),
+}
+
+impl FromStr for Ipv4Setting {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "dhcp" => Ok(Ipv4Setting::Dhcp),
+            _ => s.parse().map(Ipv4Setting::Static),
+        }
+    }
+}
+
+impl FromStr for Ipv6Setting {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "dhcp" => Ok(Ipv6Setting::Dhcp),
+            "auto" => Ok(Ipv6Setting::Auto),
+            _ => s
+                .parse()
+                .map(Ipv6Setting::Static)
+                .map_err(|e| e.replace("or \"dhcp\"", "\"dhcp\" or \"auto\"")),
+        }
+    }
+}
+
+impl fmt::Display for Ipv4Setting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ipv4Setting::Dhcp => f.write_str("dhcp"),
+            Ipv4Setting::Static(c) => c.fmt(f),
+        }
+    }
+}
+
+impl fmt::Display for Ipv6Setting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ipv6Setting::Dhcp => f.write_str("dhcp"),
+            Ipv6Setting::Auto => f.write_str("auto"),
+            Ipv6Setting::Static(c) => c.fmt(f),
+        }
+    }
+}
+
+/// Serialised as the text PVE takes (`dhcp`, `10.0.0.5/24`); deserialised through `FromStr`.
+macro_rules! text_serde {
+    ($name:ty) => {
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                String::deserialize(d)?
+                    .parse()
+                    .map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+text_serde!(Ipv4Setting);
+text_serde!(Ipv6Setting);
+
+fn validate_dns_name(s: &str) -> Result<(), String> {
+    validate_hostname(s).map_err(|_| {
+        format!(
+            "must be a DNS name of RFC 1123 labels [a-z0-9-] separated by '.' (at most 253 characters); got {}",
+            show(s)
+        )
+    })
+}
+string_newtype!(
+    /// A DNS search domain (PVE's `dns-name`), lower case.
+    DnsName,
+    validate_dns_name
+);
+
 /// Where felhom picks the VMID from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -469,6 +746,44 @@ pub struct GuestSpec {
     pub storage: StorageId,
     pub rootfs_size: ByteSize,
     pub bridge: Bridge,
+    /// CPU cores. Like every field down to `searchdomain`, optional: `None` (or empty)
+    /// keeps what the golden has, except net0's keys, which felhom always writes (`ip`
+    /// defaults to DHCP; `tag`, `gw`, `ip6`, `gw6` absent; `firewall` off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cores: Option<Cores>,
+    /// Memory, MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryMib>,
+    /// Swap, MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap: Option<SwapMib>,
+    /// Start the guest when the host boots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onboot: Option<bool>,
+    /// net0's VLAN tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<VlanTag>,
+    /// net0's IPv4 (`None`: DHCP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Ipv4Setting>,
+    /// net0's IPv4 gateway; only with a static `ip`, inside its subnet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gw: Option<std::net::Ipv4Addr>,
+    /// net0's IPv6 (`None`: none configured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Setting>,
+    /// net0's IPv6 gateway; only with a static `ip6`, inside its subnet (or link-local).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gw6: Option<std::net::Ipv6Addr>,
+    /// PVE's firewall on net0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firewall: Option<bool>,
+    /// DNS servers, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nameserver: Vec<std::net::IpAddr>,
+    /// DNS search domains, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub searchdomain: Vec<DnsName>,
     pub mounts: Vec<MountSpec>,
     pub pool: Option<PoolId>,
     pub tags: Vec<Tag>,
@@ -480,6 +795,40 @@ pub struct GuestSpec {
 
 fn default_policy() -> PolicyName {
     PolicyName::Provision
+}
+
+/// DNS servers or search domains per guest (resolv.conf reads at most 3 servers, 6 domains).
+pub const MAX_DNS: usize = 6;
+
+/// A gateway address, parsed by `std::net`.
+struct Gateway<A>(A);
+
+impl<A: FromStr> FromStr for Gateway<A> {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.parse().map(Gateway).map_err(|_| {
+            format!(
+                "must be a gateway address (like 10.0.0.1 or 2001:db8::1); got {}",
+                show(s)
+            )
+        })
+    }
+}
+
+/// A DNS server: an IPv4 or IPv6 address, parsed by `std::net`.
+struct NameServer(std::net::IpAddr);
+
+impl FromStr for NameServer {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.parse::<std::net::IpAddr>() {
+            Ok(a) if !a.is_unspecified() && !a.is_multicast() => Ok(NameServer(a)),
+            _ => Err(format!(
+                "must be a DNS server's IPv4 or IPv6 address; got {}",
+                show(s)
+            )),
+        }
+    }
 }
 
 /// Mount points per guest: PVE allows mp0..mp255; felhom keeps it to a sane number.
@@ -541,6 +890,61 @@ impl<'a> Walker<'a> {
             }
         }
     }
+    fn int<T: TryFrom<i64, Error = String>>(&mut self, key: &'static str) -> Option<T> {
+        match self.raw(key)? {
+            toml::Value::Integer(n) => match T::try_from(*n) {
+                Ok(v) => Some(v),
+                Err(rule) => {
+                    self.err(key, rule);
+                    None
+                }
+            },
+            other => {
+                let t = other.type_str();
+                self.err(key, format!("must be an integer, got {t}"));
+                None
+            }
+        }
+    }
+    fn boolean(&mut self, key: &'static str) -> Option<bool> {
+        match self.raw(key)? {
+            toml::Value::Boolean(b) => Some(*b),
+            other => {
+                let t = other.type_str();
+                self.err(key, format!("must be true or false, got {t}"));
+                None
+            }
+        }
+    }
+    /// An array of strings, each parsed; an error per bad item (`key[i]`).
+    fn list<T: FromStr<Err = String>>(&mut self, key: &'static str, max: usize) -> Vec<T> {
+        let items = match self.raw(key) {
+            None => return Vec::new(),
+            Some(toml::Value::Array(items)) => items,
+            Some(other) => {
+                let t = other.type_str();
+                self.err(key, format!("must be an array of strings, got {t}"));
+                return Vec::new();
+            }
+        };
+        if items.len() > max {
+            self.err(key, format!("at most {max} entries, got {}", items.len()));
+        }
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            match item {
+                toml::Value::String(s) => match s.parse::<T>() {
+                    Ok(v) => out.push(v),
+                    Err(rule) => self.err(&format!("{key}[{i}]"), rule),
+                },
+                other => {
+                    let t = other.type_str();
+                    self.err(&format!("{key}[{i}]"), format!("must be a string, got {t}"));
+                }
+            }
+        }
+        out
+    }
     fn unknown_keys(&mut self) {
         let unknown: Vec<String> = self
             .table
@@ -572,6 +976,84 @@ impl GuestSpec {
     /// The guest's name: `name`, or the hostname.
     pub fn name(&self) -> &str {
         self.name.as_ref().unwrap_or(&self.hostname).as_str()
+    }
+
+    /// net0's IPv4 setting (DHCP unless the spec gives a static address).
+    pub fn ipv4(&self) -> Ipv4Setting {
+        self.ip.unwrap_or(Ipv4Setting::Dhcp)
+    }
+
+    /// The net0 keys felhom manages, each with the value the spec wants (`None`: absent).
+    /// Every other key of net0 (`mtu`, `rate`, …) is left as it is; `hwaddr` is the identity
+    /// step's.
+    pub fn net0_keys(&self) -> Vec<(&'static str, Option<String>)> {
+        vec![
+            ("bridge", Some(self.bridge.to_string())),
+            ("tag", self.tag.map(|t| t.to_string())),
+            ("ip", Some(self.ipv4().to_string())),
+            ("gw", self.gw.map(|g| g.to_string())),
+            ("ip6", self.ip6.map(|i| i.to_string())),
+            ("gw6", self.gw6.map(|g| g.to_string())),
+            // PVE stores booleans as 1/0 and reads an absent firewall as off.
+            (
+                "firewall",
+                self.firewall.filter(|f| *f).map(|_| "1".to_string()),
+            ),
+        ]
+    }
+
+    /// net0 as the spec wants it: `base` (the guest's net0, or a fresh `eth0` veth) with the
+    /// managed keys set or removed and `hwaddr` = `mac`.
+    pub fn net0(
+        &self,
+        base: Option<&pve_api::NetConfig>,
+        mac: &str,
+    ) -> Result<pve_api::NetConfig, pve_api::PropertyError> {
+        let mut n = match base {
+            Some(b) => b.clone(),
+            None => {
+                let mut n = pve_api::NetConfig::new("eth0")?;
+                n.set("type", "veth")?;
+                n
+            }
+        };
+        for (key, want) in self.net0_keys() {
+            match want {
+                Some(v) => n.set(key, &v)?,
+                None => {
+                    n.remove(key);
+                }
+            }
+        }
+        n.set("hwaddr", mac)?;
+        Ok(n)
+    }
+
+    /// The config keys beyond net0 the spec sets (`cores`, `memory`, `swap`, `onboot`,
+    /// `nameserver`, `searchdomain`), as PVE takes them; unset ones are left out.
+    pub fn settings(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if let Some(c) = self.cores {
+            out.push(("cores", c.to_string()));
+        }
+        if let Some(m) = self.memory {
+            out.push(("memory", m.to_string()));
+        }
+        if let Some(s) = self.swap {
+            out.push(("swap", s.to_string()));
+        }
+        if let Some(b) = self.onboot {
+            out.push(("onboot", u8::from(b).to_string()));
+        }
+        if !self.nameserver.is_empty() {
+            let v: Vec<String> = self.nameserver.iter().map(|a| a.to_string()).collect();
+            out.push(("nameserver", v.join(" ")));
+        }
+        if !self.searchdomain.is_empty() {
+            let v: Vec<&str> = self.searchdomain.iter().map(|d| d.as_str()).collect();
+            out.push(("searchdomain", v.join(" ")));
+        }
+        out
     }
 
     /// (customer, name).
@@ -640,7 +1122,16 @@ impl GuestSpec {
         let mut hostnames = BTreeSet::new();
         let mut identities = BTreeSet::new();
         let mut vmids = BTreeSet::new();
+        let mut ips = BTreeSet::new();
         for (i, s) in specs.iter().enumerate() {
+            if let Some(Ipv4Setting::Static(c)) = s.ip {
+                if !ips.insert(c.addr) {
+                    errors.push(FieldError {
+                        field: format!("guest[{i}].ip"),
+                        rule: format!("duplicates another guest's address {}", c.addr),
+                    });
+                }
+            }
             let dup_host = !hostnames.insert(s.hostname.clone());
             if dup_host {
                 errors.push(FieldError {
@@ -746,6 +1237,50 @@ impl GuestSpec {
             }
         }
         let bridge = w.parsed::<Bridge>("bridge", true);
+        let cores = w.int::<Cores>("cores");
+        let memory = w.int::<MemoryMib>("memory");
+        let swap = w.int::<SwapMib>("swap");
+        let onboot = w.boolean("onboot");
+        let tag = w.int::<VlanTag>("tag");
+        let ip = w.parsed::<Ipv4Setting>("ip", false);
+        let gw = w
+            .parsed::<Gateway<std::net::Ipv4Addr>>("gw", false)
+            .map(|g| g.0);
+        let ip6 = w.parsed::<Ipv6Setting>("ip6", false);
+        let gw6 = w
+            .parsed::<Gateway<std::net::Ipv6Addr>>("gw6", false)
+            .map(|g| g.0);
+        let firewall = w.boolean("firewall");
+        let nameserver = w
+            .list::<NameServer>("nameserver", MAX_DNS)
+            .into_iter()
+            .map(|n| n.0)
+            .collect();
+        let searchdomain = w.list::<DnsName>("searchdomain", MAX_DNS);
+        match (gw, ip) {
+            (Some(_), None | Some(Ipv4Setting::Dhcp)) => w.err(
+                "gw",
+                "is only allowed with a static ip (with DHCP the lease brings the gateway)",
+            ),
+            (Some(g), Some(Ipv4Setting::Static(c))) if !c.contains(g) || g == c.addr => w.err(
+                "gw",
+                format!("must be another address inside ip's subnet {c}; got '{g}'"),
+            ),
+            _ => {}
+        }
+        match (gw6, ip6) {
+            (Some(_), None | Some(Ipv6Setting::Dhcp | Ipv6Setting::Auto)) => w.err(
+                "gw6",
+                "is only allowed with a static ip6 (DHCPv6 and SLAAC bring the gateway)",
+            ),
+            (Some(g), Some(Ipv6Setting::Static(c))) if !c.contains(g) || g == c.addr => w.err(
+                "gw6",
+                format!(
+                    "must be another address inside ip6's subnet {c} (or link-local); got '{g}'"
+                ),
+            ),
+            _ => {}
+        }
         let pool = w.parsed::<PoolId>("pool", false);
         let tags = match w.raw("tags") {
             None => Vec::new(),
@@ -877,6 +1412,18 @@ impl GuestSpec {
             storage: storage?,
             rootfs_size: rootfs_size?,
             bridge: bridge?,
+            cores,
+            memory,
+            swap,
+            onboot,
+            tag,
+            ip,
+            gw,
+            ip6,
+            gw6,
+            firewall,
+            nameserver,
+            searchdomain,
             mounts,
             pool,
             tags,
@@ -972,6 +1519,176 @@ path = "/srv/data"
         let errs = GuestSpec::parse_many(&text).unwrap_err();
         let fields: Vec<_> = errs.0.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, vec!["guest[1].hostname", "guest[1].vmid"]);
+    }
+
+    fn with_lines(lines: &str) -> String {
+        GOOD.replace("tags = [\"web\"]", &format!("tags = [\"web\"]\n{lines}"))
+    }
+
+    /// The field each error names, for a spec with `lines` added.
+    fn error_fields(lines: &str) -> Vec<String> {
+        match GuestSpec::parse_many(&with_lines(lines)) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.into_iter().map(|f| f.field).collect(),
+        }
+    }
+
+    const BOUGHT: &str = r#"
+cores = 4
+memory = 2048
+swap = 0
+onboot = true
+tag = 120
+ip = "192.0.2.10/24"
+gw = "192.0.2.1"
+ip6 = "2001:db8::10/64"
+gw6 = "2001:db8::1"
+firewall = true
+nameserver = ["192.0.2.53", "2001:db8::53"]
+searchdomain = ["acme.example", "corp.example"]
+"#;
+
+    #[test]
+    fn what_a_customer_buys_parses_and_renders_as_pve_takes_it() {
+        let s = &GuestSpec::parse_many(&with_lines(BOUGHT)).unwrap()[0];
+        assert_eq!(
+            s.settings(),
+            vec![
+                ("cores", "4".to_string()),
+                ("memory", "2048".into()),
+                ("swap", "0".into()),
+                ("onboot", "1".into()),
+                ("nameserver", "192.0.2.53 2001:db8::53".into()),
+                ("searchdomain", "acme.example corp.example".into()),
+            ]
+        );
+        let net0 = s.net0(None, "BC:24:11:00:00:01").unwrap().to_string();
+        assert_eq!(
+            net0,
+            "name=eth0,bridge=vmbr0,firewall=1,gw=192.0.2.1,gw6=2001:db8::1,hwaddr=BC:24:11:00:00:01,ip=192.0.2.10/24,ip6=2001:db8::10/64,tag=120,type=veth"
+        );
+        // A journal round trip keeps every field (and re-validates it).
+        let back: GuestSpec = serde_json::from_value(serde_json::to_value(s).unwrap()).unwrap();
+        assert_eq!(&back, s);
+    }
+
+    #[test]
+    fn todays_specs_stay_valid_and_keep_the_golden_settings() {
+        let s = &GuestSpec::parse_many(GOOD).unwrap()[0];
+        assert!(s.settings().is_empty(), "nothing beyond net0 is touched");
+        assert_eq!(s.ipv4(), Ipv4Setting::Dhcp);
+        assert_eq!(
+            s.net0(None, "BC:24:11:00:00:01").unwrap().to_string(),
+            "name=eth0,bridge=vmbr0,hwaddr=BC:24:11:00:00:01,ip=dhcp,type=veth"
+        );
+        // Serialised as before: a record written by an older felhom decodes the same.
+        let v = serde_json::to_value(s).unwrap();
+        for k in ["cores", "memory", "ip", "tag", "nameserver", "searchdomain"] {
+            assert!(v.get(k).is_none(), "{k} serialised for a spec without it");
+        }
+    }
+
+    #[test]
+    fn net0_keeps_unmanaged_keys_and_drops_unset_managed_ones() {
+        let s = &GuestSpec::parse_many(GOOD).unwrap()[0];
+        let old: pve_api::NetConfig =
+            "name=eth0,bridge=vmbr1,hwaddr=BC:24:11:00:00:09,ip=10.0.0.5/24,gw=10.0.0.1,mtu=1400,tag=7,type=veth"
+                .parse()
+                .unwrap();
+        assert_eq!(
+            s.net0(Some(&old), "BC:24:11:00:00:01").unwrap().to_string(),
+            "name=eth0,bridge=vmbr0,hwaddr=BC:24:11:00:00:01,ip=dhcp,mtu=1400,type=veth"
+        );
+    }
+
+    #[test]
+    fn every_rule_of_every_new_field_names_the_field() {
+        let cases: &[(&str, &str)] = &[
+            ("cores = 0", "cores"),
+            ("cores = 8193", "cores"),
+            ("cores = \"4\"", "cores"),
+            ("memory = 15", "memory"),
+            ("memory = -1", "memory"),
+            ("memory = 4294967296", "memory"),
+            ("memory = \"2G\"", "memory"),
+            ("swap = -1", "swap"),
+            ("swap = 1.5", "swap"),
+            ("onboot = 1", "onboot"),
+            ("onboot = \"yes\"", "onboot"),
+            ("tag = 0", "tag"),
+            ("tag = 4095", "tag"),
+            ("tag = \"100,trunks=1\"", "tag"),
+            ("ip = \"static\"", "ip"),
+            ("ip = \"10.0.0.5\"", "ip"),
+            ("ip = \"10.0.0.5/33\"", "ip"),
+            ("ip = \"10.0.0.5/\"", "ip"),
+            ("ip = \"10.0.0.5/+8\"", "ip"),
+            ("ip = \"10.0.0.0/24\"", "ip"),
+            ("ip = \"10.0.0.255/24\"", "ip"),
+            ("ip = \"127.0.0.5/8\"", "ip"),
+            ("ip = \"224.0.0.5/24\"", "ip"),
+            ("ip = \"0.0.0.0/0\"", "ip"),
+            ("ip = \"10.0.0.5/24,gw=10.0.0.1\"", "ip"),
+            ("ip = \"10.0.0.5/24\\nnet1: x\"", "ip"),
+            ("ip = \"2001:db8::5/64\"", "ip"),
+            ("ip = \"manual\"", "ip"),
+            ("ip = 10", "ip"),
+            ("gw = \"10.0.0.1\"", "gw"),
+            ("ip = \"dhcp\"\ngw = \"10.0.0.1\"", "gw"),
+            ("ip = \"10.0.0.5/24\"\ngw = \"10.0.1.1\"", "gw"),
+            ("ip = \"10.0.0.5/24\"\ngw = \"10.0.0.5\"", "gw"),
+            ("ip = \"10.0.0.5/24\"\ngw = \"10.0.0.1;reboot\"", "gw"),
+            ("ip = \"10.0.0.5/24\"\ngw = \"2001:db8::1\"", "gw"),
+            ("ip6 = \"10.0.0.5/24\"", "ip6"),
+            ("ip6 = \"2001:db8::5/129\"", "ip6"),
+            ("ip6 = \"::1/128\"", "ip6"),
+            ("ip6 = \"ff02::1/64\"", "ip6"),
+            ("ip6 = \"2001:db8::5/64=x\"", "ip6"),
+            ("gw6 = \"2001:db8::1\"", "gw6"),
+            ("ip6 = \"auto\"\ngw6 = \"2001:db8::1\"", "gw6"),
+            ("ip6 = \"2001:db8::5/64\"\ngw6 = \"2001:db9::1\"", "gw6"),
+            ("ip6 = \"2001:db8::5/64\"\ngw6 = \"10.0.0.1\"", "gw6"),
+            ("firewall = \"1\"", "firewall"),
+            ("nameserver = \"1.1.1.1\"", "nameserver"),
+            ("nameserver = [\"1.1.1.1,8.8.8.8\"]", "nameserver[0]"),
+            ("nameserver = [\"1.1.1.1\", \"dns.example\"]", "nameserver[1]"),
+            ("nameserver = [\"0.0.0.0\"]", "nameserver[0]"),
+            ("nameserver = [1]", "nameserver[0]"),
+            ("nameserver = [\"1.1.1.1\",\"1.1.1.2\",\"1.1.1.3\",\"1.1.1.4\",\"1.1.1.5\",\"1.1.1.6\",\"1.1.1.7\"]", "nameserver"),
+            ("searchdomain = \"acme.example\"", "searchdomain"),
+            ("searchdomain = [\"acme.example;x\"]", "searchdomain[0]"),
+            ("searchdomain = [\"acme example\"]", "searchdomain[0]"),
+            ("searchdomain = [\"acme.example=\"]", "searchdomain[0]"),
+            ("searchdomain = [\"-acme.example\"]", "searchdomain[0]"),
+            ("searchdomain = [\"acme.example\\n\"]", "searchdomain[0]"),
+        ];
+        for (lines, field) in cases {
+            assert_eq!(error_fields(lines), vec![field.to_string()], "{lines}");
+        }
+        // And the valid edges.
+        for lines in [
+            "cores = 1\nmemory = 16\nswap = 0\ntag = 1",
+            "cores = 8192\ntag = 4094\nonboot = false\nfirewall = false",
+            "ip = \"dhcp\"\nip6 = \"dhcp\"",
+            "ip6 = \"auto\"",
+            "ip = \"10.0.0.1/31\"\ngw = \"10.0.0.0\"",
+            "ip = \"10.0.0.7/32\"",
+            "ip6 = \"2001:db8::5/64\"\ngw6 = \"fe80::1\"",
+        ] {
+            assert_eq!(error_fields(lines), Vec::<String>::new(), "{lines}");
+        }
+    }
+
+    #[test]
+    fn two_guests_with_one_static_address_collide() {
+        let one = GOOD.split("[[mount]]").next().unwrap();
+        let a = one.replace("tags = [\"web\"]", "ip = \"10.0.0.5/24\"");
+        let b = a
+            .replace("acme-web1", "acme-web2")
+            .replace("vmid = 1200", "vmid = 1201");
+        let errs = GuestSpec::parse_many(&format!("[[guest]]\n{a}\n[[guest]]\n{b}")).unwrap_err();
+        let fields: Vec<_> = errs.0.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, vec!["guest[1].ip"], "{errs}");
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //! | `property_string` | [`PropertyString`], [`NetConfig`], [`MountConfig`], [`Features`], [`MacAddr`], disk sizes | §3.3/§3.4: PVE has no escaping, so unsafe values are refused, never escaped |
 //! | `task` | [`Upid`], [`TaskStatus`], [`WaitOptions`], `wait_task` | §6.3: `WARNINGS: n` is success; a fresh UPID may be invisible for a moment |
 //! | `vmid` | [`Vmid`] | §3.4 `^[1-9][0-9]{2,8}$` |
-//! | `lxc`, `cluster`, `access`, `storage` | typed endpoints | path inputs (node, storage, disk) are validated before anything is sent |
+//! | `lxc`, `cluster`, `access`, `storage`, `network` | typed endpoints | path inputs (node, storage, disk) are validated before anything is sent |
 //!
 //! What a caller must know about retrying: [`ApiError::is_transient`] says whether trying
 //! again may help; `Transport { maybe_sent: true }` means a write may have happened, so
@@ -29,6 +29,7 @@ mod cluster;
 pub mod durations;
 mod error;
 mod lxc;
+mod network;
 mod property_string;
 mod storage;
 mod task;
@@ -42,6 +43,7 @@ pub use client::{ClientConfig, ClientStats, PveClient};
 pub use cluster::VersionInfo;
 pub use error::{classify, ApiError, TaskFailure};
 pub use lxc::{Interface, IpAddress, LxcConfig, LxcStatus, LxcSummary};
+pub use network::NodeInterface;
 pub use property_string::{
     format_disk_size, parse_disk_size, Features, MacAddr, MountConfig, NetConfig, PropertyError,
     PropertyString,

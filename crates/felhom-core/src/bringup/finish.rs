@@ -1,4 +1,4 @@
-//! Step 9, finish: the guest carries every tag felhom gives it (`felhom`, `customer-<id>`,
+//! Step 10, finish: the guest carries every tag felhom gives it (`felhom`, `customer-<id>`,
 //! the spec's; tags someone else added are kept)
 //! and a marker that says `provisioned`; the journal records it as active and the VMID lease
 //! is released.

@@ -1,8 +1,11 @@
 //! Step 3, identity: the guest's net0 MAC is the one felhom chose (never the golden's, never
 //! another guest's on the node: seed F1) and its hostname is the spec's; under the DR policy
-//! the archived MAC and hostname are kept instead ([`crate::identity`] decides which).
-//! Act: one `PUT config` of net0 (every other net0 key kept) and hostname, with the digest of
-//! the config it was decided on.
+//! the archived MAC and hostname are kept instead ([`crate::identity`] decides which). net0's
+//! other keys felhom manages — `bridge`, `tag`, `ip`, `gw`, `ip6`, `gw6`, `firewall` — are
+//! the spec's ([`GuestSpec::net0_keys`]); the restore request already set them, so this step
+//! acts only on a guest that drifted.
+//! Act: one `PUT config` of net0 (every key felhom does not manage kept) and hostname, with
+//! the digest of the config it was decided on.
 
 use std::collections::{HashMap, HashSet};
 
@@ -14,6 +17,7 @@ use crate::guest;
 use crate::identity::{HostnameAction, IdentityPolicy, MacAction};
 use crate::job::{Facts, JobCx, Observed, StepError};
 use crate::journal::GuestRecord;
+use crate::spec::{GuestSpec, Ipv4Setting, Ipv6Setting};
 
 /// PVE's default MAC prefix (Proxmox OUI, `datacenter.cfg mac_prefix`, reference §3.3).
 pub const MAC_PREFIX: [u8; 3] = [0xBC, 0x24, 0x11];
@@ -41,7 +45,8 @@ pub(super) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
         (Some(have), _, MacAction::KeepArchived) => is_golden(have),
         _ => false,
     };
-    if hostname_ok && mac_ok {
+    let net_ok = net0_drift(net0_of(&cfg)?.as_ref(), s).is_empty();
+    if hostname_ok && mac_ok && net_ok {
         let taken = taken_macs(cx, Some(vmid)).await?;
         if !taken.contains(mac.as_deref().unwrap_or_default()) {
             return Ok(Observed::Done(
@@ -54,7 +59,7 @@ pub(super) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
 
 pub(super) fn intent(cx: &JobCx) -> Result<Value, StepError> {
     let s = spec(cx)?;
-    Ok(json!({ "hostname": s.hostname, "mac": cx.facts().mac }))
+    Ok(json!({ "hostname": s.hostname, "mac": cx.facts().mac, "net0": describe_net0(s) }))
 }
 
 pub(super) async fn act(cx: &JobCx) -> Result<(), StepError> {
@@ -80,15 +85,11 @@ pub(super) async fn act(cx: &JobCx) -> Result<(), StepError> {
             },
         )?;
     }
-    // Keep every other net0 key; only the MAC changes (and the MAC is always given: a net0
-    // without hwaddr would mint yet another one, reference §3.3).
-    let net0 = match net0_of(&cfg)? {
-        Some(n) => n
-            .with_hwaddr(&mac)
-            .map_err(|e| StepError::Refused(format!("net0: {e}")))?,
-        None => NetConfig::dhcp("eth0", s.bridge.as_str(), &mac)
-            .map_err(|e| StepError::Refused(format!("net0: {e}")))?,
-    };
+    // Keep every net0 key felhom does not manage; the managed ones are the spec's, and the
+    // MAC is always given (a net0 without hwaddr would mint yet another one, reference §3.3).
+    let net0 = s
+        .net0(net0_of(&cfg)?.as_ref(), &mac)
+        .map_err(|e| StepError::Refused(format!("net0: {e}")))?;
     let mut params = vec![("net0".to_string(), net0.to_string())];
     if policy.hostname() == HostnameAction::FromSpec {
         params.push(("hostname".to_string(), s.hostname.to_string()));
@@ -157,15 +158,89 @@ pub(super) fn fresh_mac(taken: &HashSet<String>) -> String {
     }
 }
 
+/// The managed net0 keys where `have` differs from the spec (`None`: no net0 at all).
+/// Addresses are compared as addresses, `firewall=0` as no firewall.
+pub(super) fn net0_drift(have: Option<&NetConfig>, s: &GuestSpec) -> Vec<Drift> {
+    let mut out = Vec::new();
+    for (key, want) in s.net0_keys() {
+        let got = have.and_then(|n| match key {
+            "bridge" => n.bridge.clone(),
+            "ip" => n.ip.clone(),
+            k => n.other.get(k).cloned(),
+        });
+        let got = got
+            .map(|v| canonical(key, &v))
+            .filter(|v| !(key == "firewall" && v == "0"));
+        if got != want {
+            out.push(Drift::new(
+                net0_field(key),
+                want.unwrap_or_else(|| "-".into()),
+                got.unwrap_or_default(),
+            ));
+        }
+    }
+    out
+}
+
+/// A net0 value in the form the spec renders it (an address PVE kept as written, such as
+/// `2001:DB8::5/64`, compares equal to `2001:db8::5/64`).
+fn canonical(key: &str, v: &str) -> String {
+    let parsed = match key {
+        "ip" => v.parse::<Ipv4Setting>().ok().map(|x| x.to_string()),
+        "ip6" => v.parse::<Ipv6Setting>().ok().map(|x| x.to_string()),
+        "gw" => v.parse::<std::net::Ipv4Addr>().ok().map(|x| x.to_string()),
+        "gw6" => v.parse::<std::net::Ipv6Addr>().ok().map(|x| x.to_string()),
+        _ => None,
+    };
+    parsed.unwrap_or_else(|| v.to_string())
+}
+
+fn net0_field(key: &str) -> &'static str {
+    match key {
+        "bridge" => "net0.bridge",
+        "tag" => "net0.tag",
+        "ip" => "net0.ip",
+        "gw" => "net0.gw",
+        "ip6" => "net0.ip6",
+        "gw6" => "net0.gw6",
+        "firewall" => "net0.firewall",
+        _ => "net0",
+    }
+}
+
+/// net0 as `plan` and the restore step's plan line name it.
+pub(super) fn describe_net0(s: &GuestSpec) -> String {
+    let mut parts = vec![format!("on {}", s.bridge)];
+    if let Some(t) = s.tag {
+        parts.push(format!("VLAN {t}"));
+    }
+    parts.push(match (s.ipv4(), s.gw) {
+        (Ipv4Setting::Dhcp, _) => "IPv4 by DHCP".to_string(),
+        (ip, Some(gw)) => format!("{ip} via {gw}"),
+        (ip, None) => ip.to_string(),
+    });
+    if let Some(ip6) = s.ip6 {
+        parts.push(match s.gw6 {
+            Some(gw) => format!("{ip6} via {gw}"),
+            None => format!("IPv6 {ip6}"),
+        });
+    }
+    if s.firewall == Some(true) {
+        parts.push("firewall on".into());
+    }
+    parts.join(", ")
+}
+
 pub(super) fn plan(p: &PlanCx) -> Vec<String> {
     let policy = IdentityPolicy::named(p.spec.identity);
+    let net = format!("; net0 {}", describe_net0(p.spec));
     vec![match (policy.mac(), policy.hostname()) {
         (MacAction::FreshAtRestore, HostnameAction::FromSpec) => format!(
-            "verify the MAC is felhom's, unique on {} and not the golden's; hostname {}",
+            "verify the MAC is felhom's, unique on {} and not the golden's; hostname {}{net}",
             p.spec.node, p.spec.hostname
         ),
         _ => format!(
-            "verify the archived MAC is not in use by another guest on {} (DR)",
+            "verify the archived MAC is not in use by another guest on {} (DR){net}",
             p.spec.node
         ),
     }]
@@ -188,6 +263,10 @@ pub(super) fn drift(v: &GuestView) -> Vec<Drift> {
         ));
     }
     if let Some(spec) = v.spec {
+        match guest::net0_of(v.cfg) {
+            Ok(n) => d.extend(net0_drift(n.as_ref(), spec)),
+            Err(e) => d.push(Drift::new("net0", "a valid net0", e)),
+        }
         if IdentityPolicy::named(spec.identity).hostname() == HostnameAction::FromSpec {
             let host = v.cfg.get_str("hostname").unwrap_or_default();
             if host != spec.hostname.as_str() {

@@ -1,13 +1,15 @@
-//! Step 7, linkup: the guest's eth0 is up with felhom's MAC and has an IPv4 lease that no
-//! other felhom guest holds (a shared lease means a DHCP identity baked into the golden).
-//! Act: poll `/interfaces` until then or the deadline (MACs come back lower-case from
-//! iproute2, reference §7).
+//! Step 8, linkup: the guest's eth0 is up with felhom's MAC and has an IPv4 address that no
+//! other felhom guest holds: with DHCP a lease (a shared lease means a DHCP identity baked
+//! into the golden), with a static `ip` exactly that address (no DHCP wait). The address is
+//! recorded either way. Act: poll `/interfaces` until then or the deadline (MACs come back
+//! lower-case from iproute2, reference §7).
 
 use serde_json::json;
 
 use super::{other_live_guests, owned_config, poll_until, BringupStep, Drift, GuestView, PlanCx};
 use crate::guest;
 use crate::job::{JobCx, Observed, StepError};
+use crate::spec::Ipv4Setting;
 
 pub(super) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
     owned_config(cx, cx.vmid()?).await?;
@@ -34,6 +36,11 @@ pub(super) async fn look(cx: &JobCx) -> Result<Observed, StepError> {
     let Some(ip) = guest::eth0_ip(&ifaces) else {
         return Ok(Observed::NotDone);
     };
+    if let Some(want) = static_ip(cx) {
+        if ip != want {
+            return Ok(Observed::NotDone);
+        }
+    }
     if let Some(other) = other_live_guests(cx, vmid)?
         .into_iter()
         .find(|g| g.ip.as_deref() == Some(ip.as_str()))
@@ -47,22 +54,32 @@ pub(super) async fn look(cx: &JobCx) -> Result<Observed, StepError> {
     Ok(Observed::Done(json!({ "ip": ip, "mac": eth0.hwaddr })))
 }
 
+/// The spec's static IPv4 address, if it has one.
+fn static_ip(cx: &JobCx) -> Option<String> {
+    match cx.spec.as_ref()?.ipv4() {
+        Ipv4Setting::Static(c) => Some(c.addr.to_string()),
+        Ipv4Setting::Dhcp => None,
+    }
+}
+
 pub(super) async fn act(cx: &JobCx) -> Result<(), StepError> {
     owned_config(cx, cx.vmid()?).await?;
-    poll_until(
-        cx,
-        BringupStep::Linkup,
-        cx.config.linkup_timeout,
-        "no DHCP lease on eth0",
-    )
-    .await
+    let what = match static_ip(cx) {
+        Some(ip) => format!("eth0 did not show its static address {ip}"),
+        None => "no DHCP lease on eth0".to_string(),
+    };
+    poll_until(cx, BringupStep::Linkup, cx.config.linkup_timeout, &what).await
 }
 
 pub(super) fn plan(p: &PlanCx) -> Vec<String> {
-    vec![format!(
-        "wait ≤{}s for a DHCP lease on eth0",
-        p.config.linkup_timeout.as_secs()
-    )]
+    let secs = p.config.linkup_timeout.as_secs();
+    vec![match p.spec.ipv4() {
+        Ipv4Setting::Static(c) => format!(
+            "wait ≤{secs}s for eth0 to show its static address {} (no DHCP)",
+            c.addr
+        ),
+        Ipv4Setting::Dhcp => format!("wait ≤{secs}s for a DHCP lease on eth0"),
+    }]
 }
 
 /// The lease recorded at bring-up (checked only while the guest runs).

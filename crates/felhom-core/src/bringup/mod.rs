@@ -5,14 +5,15 @@
 //! | # | step | module | observe | act | undo |
 //! |---|---|---|---|---|---|
 //! | 1 | reserve | [`reserve`] | lease on the VMID held by this job | pick the VMID, take the lease | release the lease |
-//! | 2 | restore | [`restore`] | guest exists with this job's marker | `POST lxc` restore=1 with hostname, net0 (felhom's MAC), marker; wait | stop + destroy with purge, only with this job's marker |
-//! | 3 | identity | [`identity`] | MAC = chosen, ≠ golden, unique; hostname = spec | `PUT config` net0 + hostname with digest | – |
-//! | 4 | rootfs | [`rootfs`] | rootfs size ≥ spec | `PUT resize` to the absolute size; wait | – |
-//! | 5 | mounts | [`mounts`] | an `mpN` per spec path, size ≥ spec | `PUT config mpN=<sid>:<GiB>,mp=<path>` | – |
-//! | 6 | start | [`start`] | status running (guest ours) | `POST status/start`; wait | stop |
-//! | 7 | linkup | [`linkup`] | eth0 has inet, its MAC = config, IP unique | poll with deadline | – |
-//! | 8 | ssh | [`ssh`] | host key proven by a handshake, unlike every other guest's | poll with deadline | – |
-//! | 9 | finish | [`finish`] | tags + marker say provisioned | `PUT config` tags + description | – |
+//! | 2 | restore | [`restore`] | guest exists with this job's marker | `POST lxc` restore=1 with hostname, the spec's net0 (felhom's MAC) and settings, marker — one request; wait | stop + destroy with purge, only with this job's marker |
+//! | 3 | identity | [`identity`] | MAC = chosen, ≠ golden, unique; hostname = spec; net0 bridge, tag, ip, gw, ip6, gw6, firewall = spec | `PUT config` net0 + hostname with digest | – |
+//! | 4 | settings | [`settings`] | cores, memory, swap, onboot, nameserver, searchdomain = spec (those it sets) | `PUT config` of the differing keys with digest | – |
+//! | 5 | rootfs | [`rootfs`] | rootfs size ≥ spec | `PUT resize` to the absolute size; wait | – |
+//! | 6 | mounts | [`mounts`] | an `mpN` per spec path, size ≥ spec | `PUT config mpN=<sid>:<GiB>,mp=<path>` | – |
+//! | 7 | start | [`start`] | status running (guest ours) | `POST status/start`; wait | stop |
+//! | 8 | linkup | [`linkup`] | eth0 has inet (the spec's static address, or a lease), its MAC = config, IP unique | poll with deadline | – |
+//! | 9 | ssh | [`ssh`] | host key proven by a handshake, unlike every other guest's | poll with deadline | – |
+//! | 10 | finish | [`finish`] | tags + marker say provisioned | `PUT config` tags + description | – |
 //!
 //! Each step's module holds everything about that step: `observe`, `intent`, `act`, `undo`,
 //! the line `plan` prints for it, and the drift check `status` runs for it. This file keeps
@@ -27,6 +28,7 @@ pub mod mounts;
 pub mod reserve;
 pub mod restore;
 pub mod rootfs;
+pub mod settings;
 pub mod ssh;
 pub mod start;
 
@@ -51,6 +53,7 @@ pub enum BringupStep {
     Reserve,
     Restore,
     Identity,
+    Settings,
     Rootfs,
     Mounts,
     Start,
@@ -59,10 +62,11 @@ pub enum BringupStep {
     Finish,
 }
 
-pub const STEPS: [BringupStep; 9] = [
+pub const STEPS: [BringupStep; 10] = [
     BringupStep::Reserve,
     BringupStep::Restore,
     BringupStep::Identity,
+    BringupStep::Settings,
     BringupStep::Rootfs,
     BringupStep::Mounts,
     BringupStep::Start,
@@ -121,6 +125,7 @@ impl BringupStep {
             BringupStep::Reserve => reserve::plan(p),
             BringupStep::Restore => restore::plan(p),
             BringupStep::Identity => identity::plan(p),
+            BringupStep::Settings => settings::plan(p),
             BringupStep::Rootfs => rootfs::plan(p),
             BringupStep::Mounts => mounts::plan(p),
             BringupStep::Start => start::plan(p),
@@ -136,6 +141,7 @@ impl BringupStep {
             BringupStep::Reserve => Vec::new(),
             BringupStep::Restore => restore::drift(v),
             BringupStep::Identity => identity::drift(v),
+            BringupStep::Settings => settings::drift(v),
             BringupStep::Rootfs => rootfs::drift(v),
             BringupStep::Mounts => mounts::drift(v),
             BringupStep::Start => start::drift(v),
@@ -152,6 +158,7 @@ impl Step for BringupStep {
             BringupStep::Reserve => "reserve",
             BringupStep::Restore => "restore",
             BringupStep::Identity => "identity",
+            BringupStep::Settings => "settings",
             BringupStep::Rootfs => "rootfs",
             BringupStep::Mounts => "mounts",
             BringupStep::Start => "start",
@@ -173,6 +180,7 @@ impl Step for BringupStep {
             BringupStep::Reserve => reserve::observe(cx).await,
             BringupStep::Restore => restore::observe(cx).await,
             BringupStep::Identity => identity::observe(cx).await,
+            BringupStep::Settings => settings::observe(cx).await,
             BringupStep::Rootfs => rootfs::observe(cx).await,
             BringupStep::Mounts => mounts::observe(cx).await,
             BringupStep::Start => start::observe(cx).await,
@@ -187,6 +195,7 @@ impl Step for BringupStep {
             BringupStep::Reserve => reserve::intent(cx),
             BringupStep::Restore => restore::intent(cx).await,
             BringupStep::Identity => identity::intent(cx),
+            BringupStep::Settings => settings::intent(cx),
             BringupStep::Rootfs => rootfs::intent(cx),
             BringupStep::Mounts => mounts::intent(cx),
             BringupStep::Start | BringupStep::Linkup | BringupStep::Ssh => {
@@ -202,6 +211,7 @@ impl Step for BringupStep {
             BringupStep::Reserve => reserve::act(cx).await,
             BringupStep::Restore => restore::act(cx).await,
             BringupStep::Identity => identity::act(cx).await,
+            BringupStep::Settings => settings::act(cx).await,
             BringupStep::Rootfs => rootfs::act(cx).await,
             BringupStep::Mounts => mounts::act(cx).await,
             BringupStep::Start => start::act(cx).await,

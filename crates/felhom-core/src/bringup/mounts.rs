@@ -1,4 +1,4 @@
-//! Step 5, mounts: one `mpN` per spec mount, on the spec's storage, at least the spec's size.
+//! Step 6, mounts: one `mpN` per spec mount, on the spec's storage, at least the spec's size.
 //! A missing one is added with `PUT config mpN=<storage>:<GiB>,mp=<path>` (PVE allocates the
 //! volume, reference §3.6) in the first free slot (`unusedN` slots count as taken); a smaller
 //! one is grown to the absolute size.

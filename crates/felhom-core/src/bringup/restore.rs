@@ -1,12 +1,12 @@
 //! Step 2, restore: `POST /nodes/{node}/lxc` with `restore=1` from the golden, with the
-//! hostname, a net0 carrying the MAC felhom chose (journaled with the intent, before the
-//! dispatch) and the ownership marker, so the guest never exists with the golden's identity
-//! (seed F1, F2). Undo: stop and destroy with purge, only a guest that carries this job's
-//! marker.
+//! hostname, the spec's net0 (bridge, VLAN tag, addresses, firewall) carrying the MAC felhom
+//! chose (journaled with the intent, before the dispatch), the spec's settings (cores,
+//! memory, swap, onboot, DNS) and the ownership marker, all in that one request, so the guest
+//! never exists with the golden's identity (seed F1, F2) or the golden's sizing. Undo: stop
+//! and destroy with purge, only a guest that carries this job's marker.
 
 use std::time::{Duration, Instant};
 
-use pve_api::NetConfig;
 use serde_json::{json, Value};
 
 use super::identity::{fresh_mac, taken_macs};
@@ -108,7 +108,8 @@ pub(super) async fn act(cx: &JobCx) -> Result<(), StepError> {
         .facts()
         .mac
         .ok_or_else(|| StepError::Refused("internal: no MAC chosen before restore".into()))?;
-    let net0 = NetConfig::dhcp("eth0", s.bridge.as_str(), &mac)
+    let net0 = s
+        .net0(None, &mac)
         .map_err(|e| StepError::Refused(format!("net0: {e}")))?;
     let marker = marker(cx, s, MarkerState::Provisioning);
     // Identity is set at restore (F1, F2): hostname and a net0 carrying felhom's MAC, so the
@@ -129,6 +130,10 @@ pub(super) async fn act(cx: &JobCx) -> Result<(), StepError> {
     if let Some(pool) = &s.pool {
         params.push(("pool".to_string(), pool.to_string()));
     }
+    // What the customer bought, in the same request: PVE lets the request's keys win over
+    // the archive's (pve-container `src/PVE/LXC/Create.pm` `sanitize_and_merge_config`), so
+    // the guest never exists with the golden's CPU, memory or DNS (one write, no PUT after).
+    params.extend(s.settings().into_iter().map(|(k, v)| (k.to_string(), v)));
     let upid = cx.client.lxc_create(&cx.node, &params).await?;
     cx.wait("restore", &upid).await
 }
@@ -181,9 +186,18 @@ pub(super) fn plan(p: &PlanCx) -> Vec<String> {
         HostnameAction::FromSpec => format!("hostname {}", s.hostname),
         HostnameAction::KeepArchived => "the archived hostname (DR)".to_string(),
     };
+    let settings = super::settings::describe(s);
+    let settings = if settings.is_empty() {
+        String::new()
+    } else {
+        format!("; {settings}")
+    };
     vec![format!(
-        "restore {} to {} on {} with {hostname} and {mac}",
-        s.golden, p.vmid, s.storage
+        "restore {} to {} on {} with {hostname} and {mac}; net0 {}{settings} (one request)",
+        s.golden,
+        p.vmid,
+        s.storage,
+        super::identity::describe_net0(s)
     )]
 }
 

@@ -1,4 +1,4 @@
-//! Step 4, rootfs: grow the root disk to the spec's absolute size (`PUT resize size=<N>G`,
+//! Step 5, rootfs: grow the root disk to the spec's absolute size (`PUT resize size=<N>G`,
 //! never `+N`, so a retried grow cannot grow twice), and wait for the task so the next config
 //! write never meets the resize's lock (seed F4). PVE cannot shrink a disk: `validate`
 //! refuses a spec below the golden's size before any job exists.

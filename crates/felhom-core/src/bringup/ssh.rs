@@ -1,4 +1,4 @@
-//! Step 8, ssh: a real SSH handshake proves the guest serves a host key of its own: made at
+//! Step 9, ssh: a real SSH handshake proves the guest serves a host key of its own: made at
 //! first boot (seed F3), unlike every other felhom guest's, and under the DR policy the same
 //! as the one felhom recorded for that hostname. The endpoint is [`crate::guest::ssh_endpoint`]
 //! (the guest's IP on a real host, the simulator's loopback forward in tests).

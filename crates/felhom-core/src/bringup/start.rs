@@ -1,4 +1,4 @@
-//! Step 6, start: `POST status/start` and wait for the task. Like every step after the
+//! Step 7, start: `POST status/start` and wait for the task. Like every step after the
 //! restore it first proves the guest is this job's (a VMID destroyed and reused by someone
 //! else while felhom was down is never started). Undo: stop it, same proof.
 

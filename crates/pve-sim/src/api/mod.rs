@@ -13,6 +13,7 @@ mod access;
 mod cluster;
 mod config;
 mod lxc;
+mod network;
 pub(crate) mod params;
 mod status;
 mod storage;
@@ -98,6 +99,9 @@ const ROUTES: &[Route] = &[
             s.read(|st| json!([{ "node": st.node, "status": "online", "type": "node" }]))
                 .into(),
         )
+    }),
+    sync("GET", "/nodes/{node}/network", |s, r| {
+        network::network_list(s, r)
     }),
     sync("GET", "/nodes/{node}/storage", |s, r| {
         storage::storage_list(s, r)

@@ -372,7 +372,7 @@ fn print_table(r: &Report, good: bool) {
         t.add_row([k.to_string(), v]);
     };
     row(
-        "crash points tried (9 steps x before/after)",
+        &format!("crash points tried ({} steps x before/after)", STEPS.len()),
         c.tried.to_string(),
     );
     row("crash points ended correct", c.correct.to_string());
