@@ -266,6 +266,11 @@ pub fn hostile_specs(golden: &str) -> Vec<HostileSpec> {
             "pool",
         ),
         (
+            "bridge does not exist on the node",
+            with("bridge = \"vmbr0\"", "bridge = \"vmbr9\""),
+            "bridge",
+        ),
+        (
             "storage without rootdir",
             with("storage = \"local-lvm\"", "storage = \"local\""),
             "storage",

@@ -292,6 +292,8 @@ impl Felhom {
     pub async fn validate(&self, specs: &[GuestSpec]) -> Vec<FieldError> {
         let mut errors = Vec::new();
         let many = specs.len() > 1;
+        // Each node's bridges, listed once (None: the node would not say).
+        let mut bridges_of: HashMap<String, Option<Vec<String>>> = HashMap::new();
         for (i, s) in specs.iter().enumerate() {
             let prefix = if many {
                 format!("guest[{i}].")
@@ -388,6 +390,33 @@ impl Felhom {
                     ),
                     Ok(_) => {}
                     Err(e) => err(&field, format!("storage '{sid}' on node {}: {e}", s.node)),
+                }
+            }
+            // A guest on a bridge the node lacks restores fine and then cannot start (PVE's
+            // start fails): refuse it now. If the node's interfaces cannot be listed, start
+            // will say it.
+            let node = s.node.to_string();
+            if !bridges_of.contains_key(&node) {
+                let listed = self.client.network(&node).await.ok().map(|ifaces| {
+                    ifaces
+                        .into_iter()
+                        .filter(|i| i.is_bridge())
+                        .map(|i| i.iface)
+                        .collect::<Vec<_>>()
+                });
+                bridges_of.insert(node.clone(), listed);
+            }
+            if let Some(Some(bridges)) = bridges_of.get(&node) {
+                if !bridges.iter().any(|b| b == s.bridge.as_str()) {
+                    err(
+                        "bridge",
+                        format!(
+                            "bridge '{}' does not exist on node {} (it has: {}); a guest on it could not start",
+                            s.bridge,
+                            s.node,
+                            bridges.join(", ")
+                        ),
+                    );
                 }
             }
             if let Some(pool) = &s.pool {
