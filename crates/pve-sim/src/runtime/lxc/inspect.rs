@@ -42,40 +42,6 @@ impl Lxc {
         lock(&self.pids).get(&vmid).copied().filter(|p| alive(*p))
     }
 
-    /// Is the container stopped as far as LXC is concerned (monitor gone)?
-    fn stopped(&self, vmid: u32) -> bool {
-        let Ok(mut c) = self.lxc_cmd("lxc-info", vmid) else {
-            return true;
-        };
-        c.arg("-sH");
-        match run(&mut c) {
-            Ok(s) => s.trim() == "STOPPED",
-            Err(_) => true,
-        }
-    }
-
-    pub(super) fn wait_stopped(&self, vmid: u32, limit: Duration) -> bool {
-        let t = Instant::now();
-        while t.elapsed() < limit {
-            if self.stopped(vmid) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
-    }
-
-    pub(super) fn kill(&self, vmid: u32) -> Result<(), RuntimeError> {
-        let mut c = self.lxc_cmd("lxc-stop", vmid)?;
-        c.arg("-k");
-        if let Err(e) = run(&mut c) {
-            if !self.stopped(vmid) {
-                return Err(e);
-            }
-        }
-        Ok(())
-    }
-
     // ---- what the API and the state dump show ------------------------------------------
 
     /// `GET …/interfaces` of a running guest: `ip --json addr` inside its network
