@@ -467,14 +467,20 @@ impl Sim {
                     }
                 })
             }
-            TaskPlan::Start { vmid } | TaskPlan::Reboot { vmid } => self.read(|st| {
-                let g = st.guests.get(&vmid).ok_or_else(|| no_conf(vmid))?;
-                check_lock(g, true)?;
-                if g.config.get("template").is_some_and(|t| t == "1") {
-                    return Err("you can't start a CT if it's a template".into());
+            TaskPlan::Start { vmid } | TaskPlan::Reboot { vmid } => {
+                self.read(|st| -> Result<(), String> {
+                    let g = st.guests.get(&vmid).ok_or_else(|| no_conf(vmid))?;
+                    check_lock(g, true)?;
+                    if g.config.get("template").is_some_and(|t| t == "1") {
+                        return Err("you can't start a CT if it's a template".into());
+                    }
+                    Ok(())
+                })?;
+                if matches!(plan, TaskPlan::Start { .. }) {
+                    self.mutate(|st| missing_bridge(st, vmid))?;
                 }
                 Ok(())
-            }),
+            }
             TaskPlan::Stop { vmid } => self.read(|st| {
                 let g = st.guests.get(&vmid).ok_or_else(|| no_conf(vmid))?;
                 check_lock(g, true)
@@ -676,6 +682,35 @@ fn apply_plan(
             vmid,
             destroy_unreferenced,
         } => destroy(st, vmid, destroy_unreferenced).map(|w| (w, None)),
+    }
+}
+
+/// `vm_start` applies and writes pending changes, then writes the LXC config, which reads
+/// each NIC's bridge MTU (pve-container `LXC.pm` `update_lxc_config`, pve-common `Network.pm`
+/// `read_bridge_mtu`): a NIC on a bridge the node does not have fails the start there, in
+/// `netN` key order, with the pending changes already applied.
+fn missing_bridge(st: &mut State, vmid: u32) -> Result<(), String> {
+    let Some(g) = st.guests.get(&vmid) else {
+        return Ok(());
+    };
+    let mut effective = g.clone();
+    apply_pending(&mut effective);
+    let missing = effective
+        .config
+        .iter()
+        .filter(|(k, _)| {
+            k.strip_prefix("net")
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .filter_map(|(_, v)| v.parse::<pve_api::NetConfig>().ok())
+        .map(|n| n.bridge.unwrap_or_default())
+        .find(|b| !st.bridges.contains(b));
+    match missing {
+        Some(bridge) => {
+            st.guests.insert(vmid, effective);
+            Err(texts::bridge_missing(&bridge))
+        }
+        None => Ok(()),
     }
 }
 

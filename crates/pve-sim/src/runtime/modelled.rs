@@ -133,8 +133,15 @@ pub(crate) fn iface(
     v
 }
 
+/// `address/prefix` of a static `ip`/`ip6` (`dhcp`, `auto`, `manual` have none).
+fn cidr(c: &str) -> Option<(String, u32)> {
+    c.split_once('/')
+        .and_then(|(a, p)| Some((a.to_string(), p.parse().ok()?)))
+}
+
 /// `/interfaces` of a running modelled guest: loopback, then each NIC; a DHCP NIC shows its
-/// address once the modelled lease is visible (like `ip a` after ifup).
+/// address once the modelled lease is visible (like `ip a` after ifup), a NIC with a static
+/// `ip=`/`ip6=` its static address (PVE's setup writes it into the guest's network config).
 pub(crate) fn interfaces(leases: &BTreeMap<String, BTreeMap<String, String>>, g: &Guest) -> Value {
     let leased = g.lease_visible_at.is_some_and(|t| now_ms() >= t);
     let mut out = vec![iface(
@@ -163,16 +170,16 @@ pub(crate) fn interfaces(leases: &BTreeMap<String, BTreeMap<String, String>>, g:
                     _ => continue,
                 }
             }
-            Some(cidr) if cidr.contains('/') => cidr
-                .split_once('/')
-                .and_then(|(a, p)| Some((a.to_string(), p.parse().ok()?))),
-            _ => None,
+            Some(c) => cidr(c),
+            None => None,
         };
+        // A static IPv6 address is there from the start, like a static IPv4 one.
+        let addr6 = n.other.get("ip6").and_then(|c| cidr(c));
         out.push(iface(
             &n.name,
             &mac.to_ascii_lowercase(),
             addr.as_ref().map(|(a, p)| (a.as_str(), *p)),
-            None,
+            addr6.as_ref().map(|(a, p)| (a.as_str(), *p)),
         ));
     }
     json!(out)

@@ -78,22 +78,29 @@ impl Lxc {
             .collect()
     }
 
-    /// The leased IP of a guest's first NIC that has one, and the namespace it lives in
-    /// (the SSH forward's target).
+    /// The static or leased IP of a guest's first NIC that has one, and the namespace it
+    /// lives in (the SSH forward's target).
     pub fn ssh_target(
         &self,
         conf: &BTreeMap<String, String>,
     ) -> Option<(PathBuf, std::net::IpAddr)> {
         nets(conf).into_iter().find_map(|(_, n)| {
             let bridge = n.bridge?;
+            let ns = netns::path(&netns::name(&self.sim_id, &bridge));
+            // A static address is the guest's from boot (reachable when it lies in the
+            // bridge's subnet); otherwise the lease.
+            if let Some(ip) =
+                n.ip.as_deref()
+                    .and_then(|c| c.split_once('/'))
+                    .and_then(|(a, _)| a.parse().ok())
+            {
+                return Some((ns, ip));
+            }
             let mac = n.hwaddr?.to_string().to_ascii_lowercase();
             let lease = dhcp::read_leases(&self.dhcp_dir.join(format!("{bridge}.leases")))
                 .into_iter()
                 .find(|l| l.mac == mac)?;
-            Some((
-                netns::path(&netns::name(&self.sim_id, &bridge)),
-                lease.ip.parse().ok()?,
-            ))
+            Some((ns, lease.ip.parse().ok()?))
         })
     }
 
