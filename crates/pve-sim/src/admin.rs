@@ -52,12 +52,18 @@ pub async fn dump(sim: &Arc<Sim>) -> Value {
             .values()
             .map(|g| {
                 let macs: Vec<String> = g.config.iter().filter(|(k, _)| k.starts_with("net")).filter_map(|(_, v)| v.parse::<pve_api::NetConfig>().ok()?.hwaddr.map(|m| m.to_string())).collect();
-                let ips: Vec<String> = if g.running && g.lease_visible_at.is_some_and(|t| now >= t) {
+                // Per NIC of a running guest: its static address, or its lease once visible.
+                let leased = g.lease_visible_at.is_some_and(|t| now >= t);
+                let ips: Vec<String> = if g.running {
                     g.config
                         .iter()
                         .filter(|(k, _)| k.starts_with("net"))
                         .filter_map(|(_, v)| v.parse::<pve_api::NetConfig>().ok())
-                        .filter_map(|n| st.leases.get(n.bridge.as_ref()?)?.get(&n.hwaddr?.to_string()).cloned())
+                        .filter_map(|n| match crate::runtime::static_ipv4(&n) {
+                            Some(ip) => Some(ip),
+                            None if leased => st.leases.get(n.bridge.as_ref()?)?.get(&n.hwaddr?.to_string()).cloned(),
+                            None => None,
+                        })
                         .collect()
                 } else {
                     Vec::new()

@@ -667,7 +667,10 @@ fn apply_plan(
         TaskPlan::Reboot { vmid } => {
             if let Some(g) = st.guests.get_mut(&vmid) {
                 g.running = false;
+                g.lease_visible_at = None;
             }
+            // The stop is done; the start checks the bridges as a start does.
+            missing_bridge(st, vmid)?;
             boot(st, vmid, dhcp_at, rt);
             Ok((Vec::new(), None))
         }

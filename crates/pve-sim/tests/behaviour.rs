@@ -1116,6 +1116,34 @@ async fn a_start_on_a_bridge_the_node_lacks_fails_as_pves_does() {
         .wait_task(&upid, &WaitOptions::default())
         .await
         .unwrap();
+    // A reboot stops the guest, then its start meets the missing bridge.
+    env.client
+        .lxc_update_config(
+            "pve",
+            vmid(1520),
+            &[(
+                "net0".into(),
+                format!("name=eth0,bridge=vmbr7,hwaddr={GOLDEN_MAC},ip=dhcp"),
+            )],
+            None,
+        )
+        .await
+        .unwrap();
+    let upid: pve_api::Upid = env
+        .client
+        .post::<String>("/nodes/pve/lxc/1520/status/reboot", &[])
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
+    match env.client.wait_task(&upid, &WaitOptions::default()).await {
+        Err(ApiError::TaskFailed { exitstatus, .. }) => {
+            assert_eq!(exitstatus, "bridge 'vmbr7' does not exist")
+        }
+        other => panic!("expected the reboot to fail, got {other:?}"),
+    }
+    let st = env.client.lxc_status("pve", vmid(1520)).await.unwrap();
+    assert_eq!(st.status, "stopped");
 }
 
 #[tokio::test]
@@ -1145,7 +1173,26 @@ async fn a_static_address_shows_on_eth0_from_the_start() {
     let eth0 = ifs.iter().find(|i| i.name == "eth0").expect("eth0");
     assert_eq!(eth0.ipv4().as_deref(), Some("192.0.2.10/24"));
     assert_eq!(eth0.inet6.as_deref(), Some("2001:db8::10/64"));
-    assert!(env.state().await["leases"]["vmbr0"]
+    let state = env.state().await;
+    assert!(state["leases"]["vmbr0"]
         .as_object()
         .is_none_or(|l| l.is_empty()));
+    let g = state["guests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["vmid"] == 1530)
+        .unwrap();
+    assert_eq!(g["ip"], "192.0.2.10");
+    // A second guest on the same static address is a duplicate the invariants see.
+    env.restore(1531, &[("net0", "name=eth0,bridge=vmbr0,ip=192.0.2.10/24")])
+        .await
+        .unwrap();
+    let upid = env.client.lxc_start("pve", vmid(1531)).await.unwrap();
+    env.client
+        .wait_task(&upid, &WaitOptions::default())
+        .await
+        .unwrap();
+    let v = pve_sim::invariants::check(&env.state().await);
+    assert_eq!(v.duplicate_ips, ["192.0.2.10"]);
 }

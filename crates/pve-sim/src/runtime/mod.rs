@@ -174,6 +174,12 @@ pub(crate) trait GuestRuntime: Send + Sync {
     fn shutdown(&self);
 }
 
+/// The address of a NIC's static `ip=<a.b.c.d/nn>` (none for `dhcp`, `manual` or no `ip`).
+pub(crate) fn static_ipv4(n: &pve_api::NetConfig) -> Option<String> {
+    let (addr, _) = n.ip.as_deref()?.split_once('/')?;
+    Some(addr.to_string())
+}
+
 /// The runtime a simulator's guests use.
 pub(crate) fn open(
     kind: RuntimeKind,

@@ -97,12 +97,19 @@ impl GuestRuntime for Lxc {
             .into_iter()
             .map(|(vmid, running, conf)| {
                 let f = self.facts(vmid, &conf);
+                // Static addresses (the guest's network config has them), then leases.
                 let ips = if running {
-                    f["leases"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|l| l["ip"].clone())
+                    nets(&conf)
+                        .iter()
+                        .filter_map(|(_, n)| crate::runtime::static_ipv4(n))
+                        .map(Value::from)
+                        .chain(
+                            f["leases"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .map(|l| l["ip"].clone()),
+                        )
                         .collect()
                 } else {
                     Vec::new()
