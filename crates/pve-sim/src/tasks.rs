@@ -21,8 +21,8 @@ use crate::runtime::{GuestRuntime, Job};
 use crate::sim::{model, now_ms, Sim};
 use crate::state::{State, Task, TaskPlan, Volume, GIB};
 
-/// The blocking part of a real-runtime task: its task-log lines, or its error.
-type RealJob = tokio::task::JoinHandle<Result<Vec<String>, String>>;
+/// The blocking part of a task a runtime does itself: its task-log lines, or its error.
+type RuntimeJob = tokio::task::JoinHandle<Result<Vec<String>, String>>;
 
 /// Why a worker stopped waiting.
 enum Interrupt {
@@ -191,7 +191,7 @@ impl Sim {
                         }
                     }),
                     Err(msg) => {
-                        let msg = self.real_error(upid, msg);
+                        let msg = self.runtime_error(upid, msg);
                         self.fail(upid, msg);
                         self.collect_volumes().await;
                         return;
@@ -231,8 +231,8 @@ impl Sim {
         }
     }
 
-    /// A real-runtime failure as PVE words it for the task type.
-    fn real_error(&self, upid: &str, msg: String) -> String {
+    /// A failure of a runtime's own work as PVE words it for the task type.
+    fn runtime_error(&self, upid: &str, msg: String) -> String {
         let (ty, id) = self
             .read(|st| {
                 st.tasks
@@ -250,7 +250,7 @@ impl Sim {
     /// The runtime's own work for a task, started on a blocking thread, and its cancel flag;
     /// `None` when the runtime models the task (and for what no runtime does for real:
     /// resize, injected failures).
-    fn runtime_work(&self, upid: &str) -> Option<(RealJob, Arc<AtomicBool>)> {
+    fn runtime_work(&self, upid: &str) -> Option<(RuntimeJob, Arc<AtomicBool>)> {
         let (plan, ty) = self.read(|st| {
             st.tasks
                 .iter()
