@@ -120,6 +120,10 @@ pub enum TaskFailure {
     Timeout,
     /// [`texts::locked`]: the persistent `lock` property (§4.2).
     Locked { lock: String },
+    /// [`texts::bridge_missing`]: a start found no bridge of that name on the node. Told
+    /// apart from [`TaskFailure::NotFound`]: the guest exists, its network config does not fit
+    /// the node.
+    BridgeMissing { bridge: String },
     /// `… does not exist` ([`texts::no_config`], [`texts::storage_missing`], …).
     NotFound,
     /// [`texts::CONFIG_MODIFIED`].
@@ -150,6 +154,9 @@ impl TaskFailure {
         if let Some(lock) = locked_kind(text) {
             return TaskFailure::Locked { lock };
         }
+        if let Some(bridge) = missing_bridge(text) {
+            return TaskFailure::BridgeMissing { bridge };
+        }
         if text.contains(texts::DOES_NOT_EXIST_PART.trim_start()) {
             return TaskFailure::NotFound;
         }
@@ -175,6 +182,13 @@ impl TaskFailure {
             TaskFailure::Other
         }
     }
+}
+
+/// `bridge 'vmbr9' does not exist` → `vmbr9` (a bridge name has no quote: `[-_.\w\d]+`).
+fn missing_bridge(text: &str) -> Option<String> {
+    let tail = &text[text.find(texts::BRIDGE_PART)? + texts::BRIDGE_PART.len()..];
+    let (name, rest) = tail.split_once('\'')?;
+    (rest.starts_with(texts::DOES_NOT_EXIST_PART) && !name.is_empty()).then(|| name.to_string())
 }
 
 fn permission_display(path: &Option<String>, privilege: &Option<String>, message: &str) -> String {
@@ -314,7 +328,9 @@ pub fn classify(status: u16, reason: &str, body: &[u8]) -> ApiError {
             TaskFailure::AlreadyAtSize => ApiError::AlreadyAtSize { message },
             TaskFailure::CannotShrink => ApiError::CannotShrink { message },
             TaskFailure::AlreadyExists => ApiError::AlreadyExists { message },
-            TaskFailure::Timeout | TaskFailure::Other => ApiError::Server { status, message },
+            TaskFailure::BridgeMissing { .. } | TaskFailure::Timeout | TaskFailure::Other => {
+                ApiError::Server { status, message }
+            }
         },
         _ => ApiError::Server { status, message },
     }
@@ -762,6 +778,12 @@ mod tests {
                 texts::already_exists_on_node(101, "pve"),
                 TaskFailure::AlreadyExists,
             ),
+            (
+                texts::bridge_missing("vmbr9"),
+                TaskFailure::BridgeMissing {
+                    bridge: "vmbr9".into(),
+                },
+            ),
             (texts::no_config("pve", 101), TaskFailure::NotFound),
             (texts::storage_missing("nope"), TaskFailure::NotFound),
             (
@@ -806,7 +828,9 @@ mod tests {
                     TaskFailure::AlreadyAtSize => ApiError::AlreadyAtSize { message: t.clone() },
                     TaskFailure::CannotShrink => ApiError::CannotShrink { message: t.clone() },
                     TaskFailure::AlreadyExists => ApiError::AlreadyExists { message: t.clone() },
-                    TaskFailure::Timeout | TaskFailure::Other => ApiError::Server {
+                    TaskFailure::BridgeMissing { .. }
+                    | TaskFailure::Timeout
+                    | TaskFailure::Other => ApiError::Server {
                         status: 500,
                         message: t.clone(),
                     },

@@ -18,6 +18,7 @@
 //! | [`no_config`], [`storage_missing`], [`volume_missing`] | pve-guest-common `src/PVE/AbstractConfig.pm` `load_config`; pve-storage `src/PVE/Storage.pm` `storage_config` (§0, §2.2) | `NotFound` |
 //! | [`locked`] | pve-guest-common `src/PVE/AbstractConfig.pm` `check_lock` (§4.2) | `Locked` |
 //! | [`lock_timeout`], [`config_lock_file`] | pve-common `src/PVE/Tools.pm` `lock_file_full`; pve-container `src/PVE/LXC/Config.pm` `config_file_lock` (§4.1) | `LockTimeout` |
+//! | [`bridge_missing`] | pve-common `src/PVE/Network.pm` `read_bridge_mtu`, called by pve-container `src/PVE/LXC.pm` `update_lxc_config` when `vm_start` writes the LXC config (§6.1) | `BridgeMissing` (task exit status) |
 //! | [`unable_to_restore`] | pve-container `src/PVE/API2/LXC.pm` `create_vm` worker (§2.3) | prefix only |
 //! | [`NO_WORKER_UPID`] | pve-common `src/PVE/RESTEnvironment.pm` `fork_worker` (§0) | `Server`, transient |
 
@@ -91,6 +92,15 @@ pub fn lock_timeout(lock_file: &str) -> String {
 /// A container's config flock (pve-container `LXC/Config.pm` `config_file_lock`).
 pub fn config_lock_file(vmid: u32) -> String {
     format!("/run/lock/lxc/pve-config-{vmid}.lock")
+}
+
+pub(crate) const BRIDGE_PART: &str = "bridge '";
+/// A start of a guest whose `netN` names a bridge the node does not have: `vm_start` writes
+/// the LXC config first, and reading the bridge's MTU fails (pve-common `Network.pm`
+/// `read_bridge_mtu`, from pve-container `LXC.pm` `update_lxc_config`). The `vzstart` task
+/// ends with it; nothing was started.
+pub fn bridge_missing(bridge: &str) -> String {
+    format!("{BRIDGE_PART}{bridge}'{DOES_NOT_EXIST_PART}")
 }
 
 /// The prefix a failed restore's exit status carries (pve-container `API2/LXC.pm`).

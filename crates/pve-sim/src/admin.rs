@@ -31,10 +31,11 @@ pub async fn state(
 }
 
 /// The state dump: every guest with what tests assert on, volumes, leases, tasks, counters.
-/// With the lxc runtime each guest also gets `lxc` (its facts read from outside: rootfs,
-/// init pid, systemd's state, machine-id and host key on disk, leases) and `machine_id`,
-/// `ssh.fingerprint`, `ip`/`ips` come from the real guest; the dump gains `runtime` and
-/// `lxc` (namespaces, DHCP servers, what is left on disk).
+/// The dump names its `runtime`. A runtime that observes its guests itself
+/// (`GuestRuntime::observe`; the lxc runtime) overrides `machine_id`, `ssh.fingerprint`,
+/// `ip`/`ips` and `leases` with what it read, and adds its facts under its name (`lxc`: rootfs,
+/// init pid, systemd's state, machine-id and host key on disk, leases) to each guest and its
+/// summary (namespaces, DHCP servers, what is left on disk) to the dump.
 pub async fn dump(sim: &Arc<Sim>) -> Value {
     let ports: BTreeMap<u32, Option<u16>> =
         sim.read(|st| st.guests.keys().map(|v| (*v, sim.ssh_port(*v))).collect());
@@ -51,12 +52,18 @@ pub async fn dump(sim: &Arc<Sim>) -> Value {
             .values()
             .map(|g| {
                 let macs: Vec<String> = g.config.iter().filter(|(k, _)| k.starts_with("net")).filter_map(|(_, v)| v.parse::<pve_api::NetConfig>().ok()?.hwaddr.map(|m| m.to_string())).collect();
-                let ips: Vec<String> = if g.running && g.lease_visible_at.is_some_and(|t| now >= t) {
+                // Per NIC of a running guest: its static address, or its lease once visible.
+                let leased = g.lease_visible_at.is_some_and(|t| now >= t);
+                let ips: Vec<String> = if g.running {
                     g.config
                         .iter()
                         .filter(|(k, _)| k.starts_with("net"))
                         .filter_map(|(_, v)| v.parse::<pve_api::NetConfig>().ok())
-                        .filter_map(|n| st.leases.get(n.bridge.as_ref()?)?.get(&n.hwaddr?.to_string()).cloned())
+                        .filter_map(|n| match crate::runtime::static_ipv4(&n) {
+                            Some(ip) => Some(ip),
+                            None if leased => st.leases.get(n.bridge.as_ref()?)?.get(&n.hwaddr?.to_string()).cloned(),
+                            None => None,
+                        })
                         .collect()
                 } else {
                     Vec::new()
@@ -85,62 +92,38 @@ pub async fn dump(sim: &Arc<Sim>) -> Value {
     });
     let mut body = body;
     body["locks"] = json!(flocks);
-    body["runtime"] = json!(sim.runtime.kind().as_str());
-    if let Some(lxc) = sim.runtime.lxc().cloned() {
-        let guests: Vec<(u32, bool, BTreeMap<String, String>)> = sim.read(|st| {
-            st.guests
-                .values()
-                .map(|g| (g.vmid, g.running, g.config.clone()))
-                .collect()
-        });
-        let (facts, summary) = tokio::task::spawn_blocking(move || {
-            let facts: BTreeMap<u32, (bool, Value)> = guests
-                .into_iter()
-                .map(|(vmid, running, conf)| (vmid, (running, lxc.facts(vmid, &conf))))
-                .collect();
-            (facts, lxc.summary())
-        })
+    let kind = sim.runtime.kind().as_str();
+    body["runtime"] = json!(kind);
+    let guests: Vec<(u32, bool, BTreeMap<String, String>)> = sim.read(|st| {
+        st.guests
+            .values()
+            .map(|g| (g.vmid, g.running, g.config.clone()))
+            .collect()
+    });
+    let rt = sim.runtime.clone();
+    let observed = tokio::task::spawn_blocking(move || rt.observe(guests))
         .await
-        .unwrap_or_default();
-        let mut leases: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-        for b in summary["bridges"].as_object().into_iter().flatten() {
-            for l in b.1["leases"].as_array().into_iter().flatten() {
-                if let (Some(mac), Some(ip)) = (l["mac"].as_str(), l["ip"].as_str()) {
-                    leases
-                        .entry(b.0.clone())
-                        .or_default()
-                        .insert(mac.to_ascii_uppercase(), ip.to_string());
-                }
-            }
-        }
+        .ok()
+        .flatten();
+    if let Some(o) = observed {
         if let Some(gs) = body["guests"].as_array_mut() {
             for g in gs {
-                let Some((running, f)) = g["vmid"]
+                let Some(f) = g["vmid"]
                     .as_u64()
                     .and_then(|v| u32::try_from(v).ok())
-                    .and_then(|v| facts.get(&v))
+                    .and_then(|v| o.guests.get(&v))
                 else {
                     continue;
                 };
-                let ips: Vec<Value> = if *running {
-                    f["leases"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|l| l["ip"].clone())
-                        .collect()
-                } else {
-                    Vec::new()
-                };
-                g["ip"] = ips.first().cloned().unwrap_or(Value::Null);
-                g["ips"] = json!(ips);
-                g["machine_id"] = f["machine_id"].clone();
-                g["ssh"]["fingerprint"] = f["host_key_fingerprint"].clone();
-                g["lxc"] = f.clone();
+                g["ip"] = f.ips.first().cloned().unwrap_or(Value::Null);
+                g["ips"] = json!(f.ips);
+                g["machine_id"] = f.machine_id.clone();
+                g["ssh"]["fingerprint"] = f.host_key_fingerprint.clone();
+                g[kind] = f.detail.clone();
             }
         }
-        body["leases"] = json!(leases);
-        body["lxc"] = summary;
+        body["leases"] = json!(o.leases);
+        body[kind] = o.summary;
     }
     body
 }

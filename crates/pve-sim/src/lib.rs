@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 pub use api::routes;
 pub use faults::FaultSpec;
-pub use runtime::{GuestRuntime, RuntimeError};
+pub use runtime::{RuntimeError, RuntimeKind};
 pub use state::{State, FELHOM_AGENT_PRIVS};
 
 /// How to run a simulator.
@@ -44,7 +44,7 @@ pub struct SimConfig {
     pub time_scale: f64,
     /// What the guests are (`runtime/mod.rs`): modelled records (the default) or real LXC
     /// containers.
-    pub guests: GuestRuntime,
+    pub guests: RuntimeKind,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,15 +74,15 @@ pub struct SimHandle {
 }
 
 impl SimHandle {
-    /// Stop serving. With the lxc runtime, running containers are stopped and the network
-    /// namespaces and DHCP servers removed (`runtime::lxc::Lxc::shutdown`).
+    /// Stop serving, then stop the guest runtime (`GuestRuntime::shutdown`: with the lxc
+    /// runtime, running containers are stopped and the network namespaces and DHCP servers
+    /// removed).
     pub async fn shutdown(self) {
         self.handle.shutdown();
         let _ = self.server.await;
         self.sim.shutdown();
-        if let Some(lxc) = self.sim.runtime.lxc().cloned() {
-            let _ = tokio::task::spawn_blocking(move || lxc.shutdown()).await;
-        }
+        let rt = self.sim.runtime.clone();
+        let _ = tokio::task::spawn_blocking(move || rt.shutdown()).await;
     }
 
     /// The state dump `GET /felhom-sim/state` serves (for in-process users such as the demo).
@@ -91,7 +91,7 @@ impl SimHandle {
     }
 
     /// Which runtime the guests use.
-    pub fn guests(&self) -> GuestRuntime {
+    pub fn guests(&self) -> RuntimeKind {
         self.sim.runtime.kind()
     }
 }
@@ -109,16 +109,10 @@ pub async fn start(cfg: SimConfig) -> Result<SimHandle, SimError> {
     std::fs::create_dir_all(dump_dir(&cfg.state_dir, "local"))
         .map_err(|e| SimError::State(e.to_string()))?;
     let cert = tls::load_or_create(&cfg.state_dir).map_err(SimError::Tls)?;
-    let runtime = match cfg.guests {
-        GuestRuntime::Modelled => runtime::Runtime::Modelled,
-        GuestRuntime::Lxc => {
-            let dir = cfg.state_dir.clone();
-            let lxc = tokio::task::spawn_blocking(move || runtime::lxc::Lxc::open(&dir))
-                .await
-                .map_err(|e| SimError::State(e.to_string()))??;
-            runtime::Runtime::Lxc(Arc::new(lxc))
-        }
-    };
+    let (kind, dir) = (cfg.guests, cfg.state_dir.clone());
+    let runtime = tokio::task::spawn_blocking(move || runtime::open(kind, &dir))
+        .await
+        .map_err(|e| SimError::State(e.to_string()))??;
     let sim = sim::Sim::open(cfg.clone(), runtime).map_err(SimError::State)?;
     sim.reconcile_runtime().await;
     sim.resume_tasks();

@@ -11,7 +11,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::runtime::Runtime;
+use crate::runtime::GuestRuntime;
 use crate::ssh::SshEndpoint;
 use crate::state::{self, ArchiveTraits, State};
 use crate::SimConfig;
@@ -57,7 +57,7 @@ pub struct Sim {
     pub requests: Mutex<Vec<serde_json::Value>>,
     ssh: Mutex<HashMap<u32, SshEndpoint>>,
     /// What the guests are: modelled records or real containers.
-    pub(crate) runtime: Runtime,
+    pub(crate) runtime: Arc<dyn GuestRuntime>,
     traits_cache: Mutex<HashMap<(PathBuf, u64), ArchiveTraits>>,
 }
 
@@ -78,7 +78,7 @@ pub fn random_uuid() -> String {
 }
 
 impl Sim {
-    pub fn open(cfg: SimConfig, runtime: Runtime) -> Result<Arc<Sim>, String> {
+    pub fn open(cfg: SimConfig, runtime: Arc<dyn GuestRuntime>) -> Result<Arc<Sim>, String> {
         let st = match state::load(&cfg.state_dir)? {
             Some(st) => st,
             None => {
@@ -202,15 +202,13 @@ impl Sim {
         Ok(t)
     }
 
-    /// Start SSH endpoints for running guests (modelled: those with keys; real: all, the
-    /// guest's own sshd answers or not); stop the others.
+    /// Start SSH endpoints for running guests the runtime serves SSH for (modelled: those
+    /// with keys; real: all, the guest's own sshd answers or not); stop the others.
     pub async fn sync_ssh(self: &Arc<Self>) {
-        let real = self.runtime.lxc().is_some();
         let want: Vec<(u32, Option<String>)> = self.read(|st| {
             st.guests
                 .values()
-                .filter(|g| g.running)
-                .filter(|g| real || g.ssh_key.is_some())
+                .filter(|g| g.running && self.runtime.serves_ssh(g))
                 .map(|g| (g.vmid, g.ssh_key.clone()))
                 .collect()
         });
@@ -225,25 +223,13 @@ impl Sim {
             }
         }
         for (vmid, key) in to_start {
-            let ep = match (&self.runtime, key) {
-                (Runtime::Lxc(lxc), _) => {
-                    let sim = Arc::downgrade(self);
-                    let lxc = lxc.clone();
-                    let target: crate::runtime::forward::Target = Arc::new(move || {
-                        let conf = sim
-                            .upgrade()?
-                            .read(|st| st.guests.get(&vmid).map(|g| g.config.clone()))?;
-                        lxc.ssh_target(&conf)
-                    });
-                    crate::runtime::forward::serve(target).await
-                }
-                (Runtime::Modelled, Some(key)) => {
-                    let Some(k) = crate::guest::parse_key(&key) else {
-                        continue;
-                    };
-                    crate::ssh::serve(k).await
-                }
-                (Runtime::Modelled, None) => continue,
+            let sim = Arc::downgrade(self);
+            let config: crate::runtime::ConfigSource = Arc::new(move || {
+                sim.upgrade()?
+                    .read(|st| st.guests.get(&vmid).map(|g| g.config.clone()))
+            });
+            let Some(ep) = self.runtime.clone().ssh_endpoint(vmid, key, config).await else {
+                continue;
             };
             match ep {
                 Ok(ep) => {
@@ -258,13 +244,11 @@ impl Sim {
         }
     }
 
-    /// At start with the real runtime: guests the state says are running keep running only
-    /// if their container still does (a killed simulator leaves them up; a stopped one took
-    /// them down); volume directories the state no longer has are removed.
+    /// At start: guests the state says are running keep running only if the runtime still
+    /// runs them (a killed simulator leaves real containers up; a stopped one took them
+    /// down); storage of volumes the state no longer has is removed.
     pub async fn reconcile_runtime(self: &Arc<Self>) {
-        let Some(lxc) = self.runtime.lxc().cloned() else {
-            return;
-        };
+        let rt = self.runtime.clone();
         let (running, bridges, keep) = self.read(|st| {
             (
                 st.guests
@@ -280,12 +264,12 @@ impl Sim {
             )
         });
         let stopped = tokio::task::spawn_blocking(move || {
-            if let Err(e) = lxc.collect_volumes(&keep) {
+            if let Err(e) = rt.collect_volumes(&keep) {
                 tracing::warn!(error = %e, "cannot remove a volume directory");
             }
             running
                 .into_iter()
-                .filter(|(vmid, conf)| !lxc.adopt(*vmid, conf, &bridges))
+                .filter(|(vmid, conf)| !rt.adopt(*vmid, conf, &bridges))
                 .map(|(vmid, _)| vmid)
                 .collect::<Vec<u32>>()
         })

@@ -17,11 +17,12 @@ use tokio::sync::OwnedMutexGuard;
 use crate::api::params::{fresh_mac, new_volume_spec};
 use crate::auth::{self, Subject};
 use crate::locks::check_lock;
+use crate::runtime::{GuestRuntime, Job};
 use crate::sim::{model, now_ms, Sim};
 use crate::state::{State, Task, TaskPlan, Volume, GIB};
 
-/// The blocking part of a real-runtime task: its task-log lines, or its error.
-type RealJob = tokio::task::JoinHandle<Result<Vec<String>, String>>;
+/// The blocking part of a task a runtime does itself: its task-log lines, or its error.
+type RuntimeJob = tokio::task::JoinHandle<Result<Vec<String>, String>>;
 
 /// Why a worker stopped waiting.
 enum Interrupt {
@@ -154,12 +155,9 @@ impl Sim {
         if let Err(msg) = self.begin(upid).await {
             return self.fail(upid, msg);
         }
-        // The real runtime does the work where the modelled runtime waits.
-        let real = match self.runtime.lxc() {
-            Some(lxc) => self.real_work(lxc, upid).await,
-            None => None,
-        };
-        match real {
+        // A runtime that does the task's work does it here; otherwise the worker waits out the
+        // task's modelled duration.
+        match self.runtime_work(upid) {
             Some((job, cancel)) => {
                 let mut stop = self.stop_rx.clone();
                 let mut job = job;
@@ -193,7 +191,7 @@ impl Sim {
                         }
                     }),
                     Err(msg) => {
-                        let msg = self.real_error(upid, msg);
+                        let msg = self.runtime_error(upid, msg);
                         self.fail(upid, msg);
                         self.collect_volumes().await;
                         return;
@@ -215,9 +213,7 @@ impl Sim {
             }
         }
         let follow_up = self.apply(upid);
-        if self.runtime.lxc().is_some() {
-            self.collect_volumes().await;
-        }
+        self.collect_volumes().await;
         drop(guard);
         if let Some((vmid, who)) = follow_up {
             // `start=1` on restore: a separate vzstart task after the lock is released.
@@ -235,8 +231,8 @@ impl Sim {
         }
     }
 
-    /// A real-runtime failure as PVE words it for the task type.
-    fn real_error(&self, upid: &str, msg: String) -> String {
+    /// A failure of a runtime's own work as PVE words it for the task type.
+    fn runtime_error(&self, upid: &str, msg: String) -> String {
         let (ty, id) = self
             .read(|st| {
                 st.tasks
@@ -251,15 +247,10 @@ impl Sim {
         }
     }
 
-    /// The lxc runtime's part of a task (a blocking job and its cancel flag), or `None`
-    /// when the task has nothing real to do (resize, injected failures: modelled waits).
-    async fn real_work(
-        self: &Arc<Self>,
-        lxc: &Arc<crate::runtime::lxc::Lxc>,
-        upid: &str,
-    ) -> Option<(RealJob, Arc<AtomicBool>)> {
-        use crate::runtime::RuntimeError;
-        type Job = Box<dyn FnOnce(&AtomicBool) -> Result<Vec<String>, RuntimeError> + Send>;
+    /// The runtime's own work for a task, started on a blocking thread, and its cancel flag;
+    /// `None` when the runtime models the task (and for what no runtime does for real:
+    /// resize, injected failures).
+    fn runtime_work(&self, upid: &str) -> Option<(RuntimeJob, Arc<AtomicBool>)> {
         let (plan, ty) = self.read(|st| {
             st.tasks
                 .iter()
@@ -267,7 +258,7 @@ impl Sim {
                 .map(|t| (t.plan.clone(), t.task_type.clone()))
         })?;
         let bridges = self.read(|st| st.bridges.clone());
-        let l = lxc.clone();
+        let rt = self.runtime.clone();
         // The config a start boots with: pending changes applied, as PVE applies them first.
         let effective = |vmid: u32, want_running: Option<bool>| {
             self.read(|st| -> Result<BTreeMap<String, String>, String> {
@@ -288,22 +279,25 @@ impl Sim {
                 config,
                 archive: Some(archive),
                 ..
-            } => Ok(Box::new(move |cancel| l.restore(&archive, &config, cancel))),
-            TaskPlan::Start { vmid } => effective(vmid, Some(false))
-                .map(|conf| -> Job { Box::new(move |_| l.start(vmid, &conf, &bridges)) }),
-            TaskPlan::Reboot { vmid } => effective(vmid, None).map(|conf| -> Job {
-                Box::new(move |_| {
-                    let mut log = l.stop(vmid, &conf, Duration::from_secs(60))?;
-                    log.extend(l.start(vmid, &conf, &bridges)?);
-                    Ok(log)
-                })
-            }),
+            } => Ok(rt.restore(archive, config)?),
+            // The runtime says whether the task is its work; if it is, a config that cannot
+            // be had fails the task (the unrun job is dropped).
+            TaskPlan::Start { vmid } => {
+                let conf = effective(vmid, Some(false));
+                let job = rt.start(vmid, conf.clone().unwrap_or_default(), bridges)?;
+                conf.map(|_| job)
+            }
+            TaskPlan::Reboot { vmid } => {
+                let conf = effective(vmid, None);
+                let job = rt.reboot(vmid, conf.clone().unwrap_or_default(), bridges)?;
+                conf.map(|_| job)
+            }
             TaskPlan::Stop { vmid } => {
                 let conf = self.read(|st| st.guests.get(&vmid).map(|g| g.config.clone()))?;
                 // vzshutdown is the clean one (PVE's default timeout 60 s); vzstop gets a
                 // short grace before the kill.
                 let grace = Duration::from_secs(if ty == "vzshutdown" { 60 } else { 10 });
-                Ok(Box::new(move |_| l.stop(vmid, &conf, grace)))
+                Ok(rt.stop(vmid, conf, grace)?)
             }
             TaskPlan::Destroy {
                 vmid,
@@ -313,8 +307,7 @@ impl Sim {
                     let conf = st.guests.get(&vmid).map(|g| g.config.clone());
                     (conf, destroyed_volumes(st, vmid, destroy_unreferenced))
                 });
-                let conf = conf?;
-                Ok(Box::new(move |_| l.destroy(vmid, &conf, &volumes)))
+                Ok(rt.destroy(vmid, conf?, volumes)?)
             }
             _ => return None,
         };
@@ -327,14 +320,12 @@ impl Sim {
         Some((handle, cancel))
     }
 
-    /// Remove the lxc runtime's directories of volumes the state no longer has.
+    /// Let the runtime remove storage of volumes the state no longer has.
     async fn collect_volumes(&self) {
-        let Some(lxc) = self.runtime.lxc().cloned() else {
-            return;
-        };
+        let rt = self.runtime.clone();
         let keep: Vec<String> =
             self.read(|st| st.volumes.iter().map(|v| v.volid.clone()).collect());
-        let r = tokio::task::spawn_blocking(move || lxc.collect_volumes(&keep)).await;
+        let r = tokio::task::spawn_blocking(move || rt.collect_volumes(&keep)).await;
         if let Ok(Err(e)) = r {
             tracing::warn!(error = %e, "cannot remove a volume directory");
         }
@@ -476,14 +467,20 @@ impl Sim {
                     }
                 })
             }
-            TaskPlan::Start { vmid } | TaskPlan::Reboot { vmid } => self.read(|st| {
-                let g = st.guests.get(&vmid).ok_or_else(|| no_conf(vmid))?;
-                check_lock(g, true)?;
-                if g.config.get("template").is_some_and(|t| t == "1") {
-                    return Err("you can't start a CT if it's a template".into());
+            TaskPlan::Start { vmid } | TaskPlan::Reboot { vmid } => {
+                self.read(|st| -> Result<(), String> {
+                    let g = st.guests.get(&vmid).ok_or_else(|| no_conf(vmid))?;
+                    check_lock(g, true)?;
+                    if g.config.get("template").is_some_and(|t| t == "1") {
+                        return Err("you can't start a CT if it's a template".into());
+                    }
+                    Ok(())
+                })?;
+                if matches!(plan, TaskPlan::Start { .. }) {
+                    self.mutate(|st| missing_bridge(st, vmid))?;
                 }
                 Ok(())
-            }),
+            }
             TaskPlan::Stop { vmid } => self.read(|st| {
                 let g = st.guests.get(&vmid).ok_or_else(|| no_conf(vmid))?;
                 check_lock(g, true)
@@ -503,7 +500,7 @@ impl Sim {
     fn apply(&self, upid: &str) -> Option<(u32, Subject)> {
         let mut follow_up = None;
         let dhcp_at = now_ms() + self.dhcp_delay_ms();
-        let real = self.runtime.lxc().is_some();
+        let rt = self.runtime.clone();
         self.mutate(|st| {
             let Some(t) = st.tasks.iter().find(|t| t.upid == upid) else {
                 return;
@@ -528,7 +525,7 @@ impl Sim {
                 finish(st, upid, Err(msg));
                 return;
             }
-            let result = apply_plan(st, plan, dhcp_at, real);
+            let result = apply_plan(st, plan, dhcp_at, &*rt);
             match result {
                 Ok((warnings, start)) => {
                     if let (Some(vmid), Some(who)) = (start, who) {
@@ -608,7 +605,7 @@ fn apply_plan(
     st: &mut State,
     plan: TaskPlan,
     dhcp_at: u64,
-    real: bool,
+    rt: &dyn GuestRuntime,
 ) -> Result<(Vec<String>, Option<u32>), String> {
     let node = st.node.clone();
     let no_conf = |vmid: u32| texts::no_config(&node, vmid);
@@ -664,14 +661,17 @@ fn apply_plan(
             if g.running {
                 return Err(texts::already_running(vmid));
             }
-            boot(st, vmid, dhcp_at, real);
+            boot(st, vmid, dhcp_at, rt);
             Ok((Vec::new(), None))
         }
         TaskPlan::Reboot { vmid } => {
             if let Some(g) = st.guests.get_mut(&vmid) {
                 g.running = false;
+                g.lease_visible_at = None;
             }
-            boot(st, vmid, dhcp_at, real);
+            // The stop is done; the start checks the bridges as a start does.
+            missing_bridge(st, vmid)?;
+            boot(st, vmid, dhcp_at, rt);
             Ok((Vec::new(), None))
         }
         TaskPlan::Stop { vmid } => {
@@ -685,6 +685,35 @@ fn apply_plan(
             vmid,
             destroy_unreferenced,
         } => destroy(st, vmid, destroy_unreferenced).map(|w| (w, None)),
+    }
+}
+
+/// `vm_start` applies and writes pending changes, then writes the LXC config, which reads
+/// each NIC's bridge MTU (pve-container `LXC.pm` `update_lxc_config`, pve-common `Network.pm`
+/// `read_bridge_mtu`): a NIC on a bridge the node does not have fails the start there, in
+/// `netN` key order, with the pending changes already applied.
+fn missing_bridge(st: &mut State, vmid: u32) -> Result<(), String> {
+    let Some(g) = st.guests.get(&vmid) else {
+        return Ok(());
+    };
+    let mut effective = g.clone();
+    apply_pending(&mut effective);
+    let missing = effective
+        .config
+        .iter()
+        .filter(|(k, _)| {
+            k.strip_prefix("net")
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .filter_map(|(_, v)| v.parse::<pve_api::NetConfig>().ok())
+        .map(|n| n.bridge.unwrap_or_default())
+        .find(|b| !st.bridges.contains(b));
+    match missing {
+        Some(bridge) => {
+            st.guests.insert(vmid, effective);
+            Err(texts::bridge_missing(&bridge))
+        }
+        None => Ok(()),
     }
 }
 
@@ -721,37 +750,17 @@ fn detach_old_mp(g: &mut crate::state::Guest, key: &str) {
     }
 }
 
-/// A boot: pending changes are applied, identity files settle (machine-id, host keys), and
-/// the DHCP client asks for a lease, visible after the modelled delay. With a real runtime
-/// (`real`) the guest itself did all that: only the record changes.
-fn boot(st: &mut State, vmid: u32, dhcp_at: u64, real: bool) {
+/// A boot: pending changes are applied and the guest runs; what else the boot leaves in the
+/// record (identity files, a DHCP lease visible from `dhcp_at`) is the runtime's
+/// (`GuestRuntime::booted`).
+fn boot(st: &mut State, vmid: u32, dhcp_at: u64, rt: &dyn GuestRuntime) {
     let Some(g) = st.guests.get_mut(&vmid) else {
         return;
     };
     apply_pending(g);
-    if real {
-        g.running = true;
-        g.boots += 1;
-        g.lease_visible_at = None;
-        return;
-    }
-    let (mid, key) = crate::guest::boot(&g.traits, &g.machine_id, &g.ssh_key);
-    g.machine_id = mid;
-    g.ssh_key = key;
     g.running = true;
     g.boots += 1;
-    g.lease_visible_at = Some(dhcp_at);
-    let nets: Vec<(String, String)> = g
-        .config
-        .iter()
-        .filter(|(k, _)| k.starts_with("net"))
-        .filter_map(|(_, v)| v.parse::<pve_api::NetConfig>().ok())
-        .filter(|n| n.ip.as_deref() == Some("dhcp"))
-        .filter_map(|n| Some((n.bridge.clone()?, n.hwaddr?.to_string())))
-        .collect();
-    for (bridge, mac) in nets {
-        crate::guest::lease(st, &bridge, &mac);
-    }
+    rt.booted(st, vmid, dhcp_at);
 }
 
 /// The volumes a destroy of `vmid` deletes: those of its config (`rootfs`, `mpN`, `unusedN`,

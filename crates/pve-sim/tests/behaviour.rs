@@ -807,3 +807,392 @@ async fn resize_and_wait(env: &Env, v: u32, size: &str) -> u32 {
         .unwrap()
         .polls
 }
+
+/// The PUT's 400 for one key, as PVE words it (`errors[key]`, without the trailing newline).
+async fn put_refused(env: &Env, v: u32, key: &str, value: &str) -> String {
+    match env
+        .client
+        .lxc_update_config("pve", vmid(v), &[(key.into(), value.into())], None)
+        .await
+    {
+        Err(ApiError::Param { errors, .. }) => errors
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| panic!("{key}={value}: no error for the key in {errors:?}")),
+        other => panic!("{key}={value}: expected a 400, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn guest_settings_are_refused_exactly_as_pve_refuses_them() {
+    let env = Env::start(0.02, "").await;
+    env.restore(1500, &[]).await.unwrap();
+    let cases: &[(&str, &str, &str)] = &[
+        ("cores", "0", "value must have a minimum value of 1"),
+        ("cores", "8193", "value must have a maximum value of 8192"),
+        ("cores", "two", "type check ('integer') failed - got 'two'"),
+        ("memory", "15", "value must have a minimum value of 16"),
+        ("swap", "-1", "value must have a minimum value of 0"),
+        ("onboot", "maybe", "type check ('boolean') failed - got 'maybe'"),
+        (
+            "nameserver",
+            "192.0.2.53 1.2.3",
+            "invalid format - value does not look like a valid IP address",
+        ),
+        (
+            "searchdomain",
+            "example.org bad_name",
+            "invalid format - value does not look like a valid DNS name",
+        ),
+        (
+            "net0",
+            "name=eth0,bridge=vmbr0,tag=4095",
+            "invalid format - format error\nnet0.tag: value must have a maximum value of 4094",
+        ),
+        (
+            "net0",
+            "name=eth0,bridge=vmbr0,tag=0",
+            "invalid format - format error\nnet0.tag: value must have a minimum value of 1",
+        ),
+        (
+            "net0",
+            "name=eth0,bridge=vmbr0,ip=192.0.2.10",
+            "invalid format - format error\nnet0.ip: invalid format - value does not look like a valid ipv4 network configuration",
+        ),
+        (
+            "net0",
+            "name=eth0,bridge=vmbr0,ip=192.0.2.10/24,gw=192.0.2.300",
+            "invalid format - format error\nnet0.gw: invalid format - value does not look like a valid IPv4 address",
+        ),
+        (
+            "net0",
+            "name=eth0,bridge=vmbr0,ip6=2001:db8::10/129",
+            "invalid format - format error\nnet0.ip6: invalid format - value does not look like a valid ipv6 network configuration",
+        ),
+        (
+            "net0",
+            "name=eth0,bridge=vmbr0,ip6=2001:db8::10/64,gw6=2001:db8::zz",
+            "invalid format - format error\nnet0.gw6: invalid format - value does not look like a valid IPv6 address",
+        ),
+        (
+            "net0",
+            "name=eth0,bridge=vmbr0,firewall=maybe",
+            "invalid format - format error\nnet0.firewall: type check ('boolean') failed - got 'maybe'",
+        ),
+        (
+            "net0",
+            "bridge=vmbr0,ip=dhcp",
+            "invalid format - format error\nnet0.name: property is missing and it is not optional",
+        ),
+        (
+            "net0",
+            "name=eth0,bridge=vmbr0,vlan=5",
+            "invalid format - invalid key in comma-separated list property: vlan",
+        ),
+        (
+            "net0",
+            "name=eth0,tag=5,tag=6",
+            "invalid format - duplicate key in comma-separated list property: tag",
+        ),
+    ];
+    for (k, v, want) in cases {
+        assert_eq!(put_refused(&env, 1500, k, v).await, *want, "{k}={v}");
+    }
+    // Create (a restore) refuses with the same texts, before anything is reserved.
+    let mut params: Vec<(String, String)> = [
+        ("vmid", "1501"),
+        ("ostemplate", GOLDEN_VOLID),
+        ("restore", "1"),
+        ("storage", "local-lvm"),
+        ("cores", "0"),
+        ("net0", "name=eth0,bridge=vmbr0,tag=5000"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    match env.client.lxc_create("pve", &params).await {
+        Err(ApiError::Param { errors, .. }) => {
+            assert_eq!(errors["cores"], "value must have a minimum value of 1");
+            assert_eq!(
+                errors["net0"],
+                "invalid format - format error\nnet0.tag: value must have a maximum value of 4094"
+            );
+        }
+        other => panic!("expected a 400, got {other:?}"),
+    }
+    assert!(env.state().await["guests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|g| g["vmid"] != 1501));
+    // What PVE accepts is stored as given: no maximum on memory or swap, lists of name
+    // servers and search domains, a VLAN NIC with static addresses and the firewall on.
+    let good: Vec<(String, String)> = [
+        ("cores", "4"),
+        ("memory", "1048576"),
+        ("swap", "0"),
+        ("onboot", "1"),
+        ("nameserver", "192.0.2.53 2001:db8::53"),
+        ("searchdomain", "example.org corp.example.org"),
+        (
+            "net0",
+            "name=eth0,bridge=vmbr0,hwaddr=BC:24:11:00:15:00,tag=10,ip=192.0.2.10/24,gw=192.0.2.1,ip6=2001:db8::10/64,gw6=2001:db8::1,firewall=1",
+        ),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    env.client
+        .lxc_update_config("pve", vmid(1500), &good, None)
+        .await
+        .unwrap();
+    let cfg = env.client.lxc_config("pve", vmid(1500)).await.unwrap();
+    assert_eq!(cfg.values["cores"], 4);
+    assert_eq!(cfg.values["memory"], 1_048_576);
+    assert_eq!(cfg.values["swap"], 0);
+    assert_eq!(cfg.values["onboot"], 1);
+    assert_eq!(cfg.get_str("nameserver"), Some("192.0.2.53 2001:db8::53"));
+    let net = cfg.net(0).unwrap().unwrap();
+    assert_eq!(net.ip.as_deref(), Some("192.0.2.10/24"));
+    assert_eq!(net.other["tag"], "10");
+    assert_eq!(net.other["gw6"], "2001:db8::1");
+    assert_eq!(net.other["firewall"], "1");
+    params.retain(|(k, _)| k != "cores" && k != "net0");
+    params.push(("cores".into(), "2".into()));
+    params.push((
+        "net0".into(),
+        "name=eth0,bridge=vmbr0,tag=10,ip=dhcp,ip6=auto".into(),
+    ));
+    let upid = env.client.lxc_create("pve", &params).await.unwrap();
+    env.client
+        .wait_task(&upid, &WaitOptions::default())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn each_guest_setting_needs_the_privilege_pve_checks() {
+    let env = Env::start(0.02, "").await;
+    env.restore(1510, &[]).await.unwrap();
+    let options = env
+        .token(
+            "options",
+            serde_json::json!([{ "path": "/", "privs": ["VM.Audit", "VM.Config.Options"], "propagate": true }]),
+        )
+        .await;
+    let put = |c: &pve_api::PveClient, k: &str, v: &str| {
+        let (c, kv) = (c.clone(), vec![(k.to_string(), v.to_string())]);
+        async move { c.lxc_update_config("pve", vmid(1510), &kv, None).await }
+    };
+    for (k, v, privilege) in [
+        ("cores", "2", "VM.Config.CPU"),
+        ("memory", "1024", "VM.Config.Memory"),
+        ("swap", "256", "VM.Config.Memory"),
+        ("nameserver", "192.0.2.53", "VM.Config.Network"),
+        ("searchdomain", "example.org", "VM.Config.Network"),
+        (
+            "net0",
+            "name=eth0,bridge=vmbr0,ip=dhcp",
+            "VM.Config.Network",
+        ),
+    ] {
+        match put(&options, k, v).await {
+            Err(ApiError::Permission {
+                path, privilege: p, ..
+            }) => {
+                assert_eq!(path.as_deref(), Some("/vms/1510"), "{k}");
+                assert_eq!(p.as_deref(), Some(privilege), "{k}");
+            }
+            other => panic!("{k}: expected 403 for {privilege}, got {other:?}"),
+        }
+    }
+    put(&options, "onboot", "1").await.unwrap();
+
+    // A NIC with a VLAN tag needs SDN.Use on the VLAN below the bridge (an ACL on the
+    // bridge propagates there), and the NIC it replaces needs it on its own bridge.
+    let net = |privs: serde_json::Value| {
+        serde_json::json!([
+            { "path": "/vms", "privs": ["VM.Audit", "VM.Config.Network"], "propagate": true },
+            privs
+        ])
+    };
+    let vlan20 = env
+        .token(
+            "vlan20",
+            net(serde_json::json!({ "path": "/sdn/zones/localnetwork/vmbr0/20", "privs": ["SDN.Use"] })),
+        )
+        .await;
+    let tagged = "name=eth0,bridge=vmbr0,hwaddr=BC:24:11:00:15:10,tag=10,ip=dhcp";
+    let denied = |r: Result<(), ApiError>| match r {
+        Err(ApiError::Permission {
+            path, privilege, ..
+        }) => (path.unwrap_or_default(), privilege.unwrap_or_default()),
+        other => panic!("expected 403, got {other:?}"),
+    };
+    // The current net0 is untagged on vmbr0: the old value is checked first.
+    assert_eq!(
+        denied(put(&vlan20, "net0", tagged).await),
+        ("/sdn/zones/localnetwork/vmbr0".into(), "SDN.Use".into())
+    );
+    let bridge_only = env
+        .token(
+            "bridge",
+            net(serde_json::json!({ "path": "/sdn/zones/localnetwork/vmbr0", "privs": ["SDN.Use"], "propagate": false })),
+        )
+        .await;
+    assert_eq!(
+        denied(put(&bridge_only, "net0", tagged).await),
+        ("/sdn/zones/localnetwork/vmbr0/10".into(), "SDN.Use".into())
+    );
+    let bridge_tree = env
+        .token(
+            "bridgetree",
+            net(serde_json::json!({ "path": "/sdn/zones/localnetwork/vmbr0", "privs": ["SDN.Use"], "propagate": true })),
+        )
+        .await;
+    put(&bridge_tree, "net0", tagged).await.unwrap();
+    // Now the NIC is on VLAN 10: replacing it needs VLAN 10, not the bridge.
+    assert_eq!(
+        denied(put(&vlan20, "net0", "name=eth0,bridge=vmbr0,tag=20,ip=dhcp").await),
+        ("/sdn/zones/localnetwork/vmbr0/10".into(), "SDN.Use".into())
+    );
+}
+
+#[tokio::test]
+async fn a_start_on_a_bridge_the_node_lacks_fails_as_pves_does() {
+    let env = Env::start(0.02, "").await;
+    env.restore(1520, &[]).await.unwrap();
+    env.client
+        .lxc_update_config(
+            "pve",
+            vmid(1520),
+            &[(
+                "net0".into(),
+                format!("name=eth0,bridge=vmbr9,hwaddr={GOLDEN_MAC},ip=dhcp"),
+            )],
+            None,
+        )
+        .await
+        .unwrap();
+    let upid = env.client.lxc_start("pve", vmid(1520)).await.unwrap();
+    match env.client.wait_task(&upid, &WaitOptions::default()).await {
+        Err(ApiError::TaskFailed {
+            exitstatus,
+            kind,
+            log_tail,
+            ..
+        }) => {
+            assert_eq!(exitstatus, "bridge 'vmbr9' does not exist");
+            assert_eq!(
+                kind,
+                pve_api::TaskFailure::BridgeMissing {
+                    bridge: "vmbr9".into()
+                }
+            );
+            assert_eq!(
+                log_tail.last().map(String::as_str),
+                Some("TASK ERROR: bridge 'vmbr9' does not exist")
+            );
+        }
+        other => panic!("expected the start to fail, got {other:?}"),
+    }
+    let st = env.client.lxc_status("pve", vmid(1520)).await.unwrap();
+    assert_eq!(st.status, "stopped");
+    // Back on the node's bridge it starts.
+    env.client
+        .lxc_update_config(
+            "pve",
+            vmid(1520),
+            &[(
+                "net0".into(),
+                format!("name=eth0,bridge=vmbr0,hwaddr={GOLDEN_MAC},ip=dhcp"),
+            )],
+            None,
+        )
+        .await
+        .unwrap();
+    let upid = env.client.lxc_start("pve", vmid(1520)).await.unwrap();
+    env.client
+        .wait_task(&upid, &WaitOptions::default())
+        .await
+        .unwrap();
+    // A reboot stops the guest, then its start meets the missing bridge.
+    env.client
+        .lxc_update_config(
+            "pve",
+            vmid(1520),
+            &[(
+                "net0".into(),
+                format!("name=eth0,bridge=vmbr7,hwaddr={GOLDEN_MAC},ip=dhcp"),
+            )],
+            None,
+        )
+        .await
+        .unwrap();
+    let upid: pve_api::Upid = env
+        .client
+        .post::<String>("/nodes/pve/lxc/1520/status/reboot", &[])
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
+    match env.client.wait_task(&upid, &WaitOptions::default()).await {
+        Err(ApiError::TaskFailed { exitstatus, .. }) => {
+            assert_eq!(exitstatus, "bridge 'vmbr7' does not exist")
+        }
+        other => panic!("expected the reboot to fail, got {other:?}"),
+    }
+    let st = env.client.lxc_status("pve", vmid(1520)).await.unwrap();
+    assert_eq!(st.status, "stopped");
+}
+
+#[tokio::test]
+async fn a_static_address_shows_on_eth0_from_the_start() {
+    // A DHCP delay far beyond the test: a static NIC must not wait for it.
+    let env = Env::start(0.02, "dhcp_delay=600s").await;
+    env.restore(
+        1530,
+        &[(
+            "net0",
+            "name=eth0,bridge=vmbr0,ip=192.0.2.10/24,gw=192.0.2.1,ip6=2001:db8::10/64,gw6=2001:db8::1",
+        )],
+    )
+    .await
+    .unwrap();
+    let upid = env.client.lxc_start("pve", vmid(1530)).await.unwrap();
+    env.client
+        .wait_task(&upid, &WaitOptions::default())
+        .await
+        .unwrap();
+    let ifs = env
+        .client
+        .lxc_interfaces("pve", vmid(1530))
+        .await
+        .unwrap()
+        .expect("a running guest reports interfaces");
+    let eth0 = ifs.iter().find(|i| i.name == "eth0").expect("eth0");
+    assert_eq!(eth0.ipv4().as_deref(), Some("192.0.2.10/24"));
+    assert_eq!(eth0.inet6.as_deref(), Some("2001:db8::10/64"));
+    let state = env.state().await;
+    assert!(state["leases"]["vmbr0"]
+        .as_object()
+        .is_none_or(|l| l.is_empty()));
+    let g = state["guests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["vmid"] == 1530)
+        .unwrap();
+    assert_eq!(g["ip"], "192.0.2.10");
+    // A second guest on the same static address is a duplicate the invariants see.
+    env.restore(1531, &[("net0", "name=eth0,bridge=vmbr0,ip=192.0.2.10/24")])
+        .await
+        .unwrap();
+    let upid = env.client.lxc_start("pve", vmid(1531)).await.unwrap();
+    env.client
+        .wait_task(&upid, &WaitOptions::default())
+        .await
+        .unwrap();
+    let v = pve_sim::invariants::check(&env.state().await);
+    assert_eq!(v.duplicate_ips, ["192.0.2.10"]);
+}

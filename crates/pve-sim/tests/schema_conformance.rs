@@ -94,6 +94,26 @@ async fn every_request_of_a_full_workload_validates() {
     )
     .await
     .unwrap();
+    // The guest settings felhom's spec carries, as it sends them.
+    c.lxc_update_config(
+        "pve",
+        v,
+        &[
+            ("cores".into(), "2".into()),
+            ("memory".into(), "1024".into()),
+            ("swap".into(), "0".into()),
+            ("onboot".into(), "1".into()),
+            ("nameserver".into(), "192.0.2.53".into()),
+            ("searchdomain".into(), "example.org".into()),
+            (
+                "net0".into(),
+                "name=eth0,bridge=vmbr0,firewall=1,gw=192.0.2.1,gw6=2001:db8::1,hwaddr=BC:24:11:00:00:42,ip=192.0.2.10/24,ip6=2001:db8::10/64,tag=10,type=veth".into(),
+            ),
+        ],
+        None,
+    )
+    .await
+    .unwrap();
     let u = c.lxc_resize("pve", v, "rootfs", "10G").await.unwrap();
     c.wait_task(&u, &w).await.unwrap();
     c.task_log(&u, 0, 50).await.unwrap();
@@ -229,8 +249,25 @@ fn the_validator_rejects_what_pve_would_reject() {
         ]),
         &mut t,
     );
+    s.validate(
+        "PUT",
+        "/nodes/pve/lxc/100/config",
+        &p(&[
+            ("node", "pve"),
+            ("vmid", "100"),
+            ("net0", "name=eth0,bridge=vmbr0,tag=5000"),
+        ]),
+        &mut t,
+    );
     s.validate("POST", "/nodes/pve/lxc/100/config", &p(&[]), &mut t);
-    assert_eq!(t.failures.len(), 4, "{:#?}", t.failures);
+    assert_eq!(t.failures.len(), 5, "{:#?}", t.failures);
+    assert!(
+        t.failures
+            .iter()
+            .any(|f| f.contains(" net0.tag=\"5000\": above maximum 4094")),
+        "{:#?}",
+        t.failures
+    );
 }
 
 /// Every route in the table is answered by its handler: none answers 501 (which is what a

@@ -114,9 +114,9 @@ pub async fn run(args: DemoArgs, ctx: &Ctx) -> Result<(), CliError> {
         faults: pve_sim::FaultSpec::default(),
         time_scale: args.time_scale,
         guests: if args.real {
-            pve_sim::GuestRuntime::Lxc
+            pve_sim::RuntimeKind::Lxc
         } else {
-            pve_sim::GuestRuntime::Modelled
+            pve_sim::RuntimeKind::Modelled
         },
     })
     .await

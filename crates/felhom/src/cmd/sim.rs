@@ -55,11 +55,11 @@ pub enum GuestsArg {
     Lxc,
 }
 
-impl From<GuestsArg> for pve_sim::GuestRuntime {
+impl From<GuestsArg> for pve_sim::RuntimeKind {
     fn from(g: GuestsArg) -> Self {
         match g {
-            GuestsArg::Modelled => pve_sim::GuestRuntime::Modelled,
-            GuestsArg::Lxc => pve_sim::GuestRuntime::Lxc,
+            GuestsArg::Modelled => pve_sim::RuntimeKind::Modelled,
+            GuestsArg::Lxc => pve_sim::RuntimeKind::Lxc,
         }
     }
 }

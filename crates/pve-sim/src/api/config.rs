@@ -258,7 +258,7 @@ pub(crate) async fn put_config(sim: &Arc<Sim>, req: &Req) -> HResult {
                     .map(|d| (d.as_str(), None)),
             )
             .collect();
-        check_config_perms(st, &who, vmid, &keys, unpriv)?;
+        check_config_perms(st, &who, vmid, &keys, Some(&g.config), unpriv)?;
         for (name, list) in [("delete", &deletes), ("revert", &reverts)] {
             for d in list {
                 if params::config_kind(d).is_none() {

@@ -24,12 +24,47 @@ pub(crate) fn lxc_list(sim: &Sim, req: &Req) -> HResult {
         .into())
 }
 
-/// Per-key privileges for config changes (reference §3.5), for set and deleted keys.
+/// `SDN.Use` for a NIC's bridge (pve-guest-common `GuestHelpers.pm` `check_vnet_access`;
+/// plain bridges are in the zone `localnetwork`): with a `tag` or `trunks`, on each VLAN
+/// below the bridge (an ACL on the bridge propagates there); without, on the bridge.
+fn check_vnet_access(st: &State, who: &Subject, net: &str) -> Result<(), PveErr> {
+    if who.is_root() {
+        return Ok(());
+    }
+    let Ok(n) = net.parse::<pve_api::NetConfig>() else {
+        return Ok(());
+    };
+    let Some(bridge) = n.bridge else {
+        return Ok(());
+    };
+    let zone = format!("/sdn/zones/localnetwork/{bridge}");
+    let mut vlans: Vec<String> = n.other.get("tag").cloned().into_iter().collect();
+    // Each trunk VLAN once, in Perl's `sort keys` (string) order.
+    let mut trunks: Vec<String> = n
+        .other
+        .get("trunks")
+        .map(|t| t.split(';').map(str::to_string).collect())
+        .unwrap_or_default();
+    trunks.sort();
+    trunks.dedup();
+    vlans.extend(trunks);
+    if vlans.is_empty() {
+        return need(st, who, &zone, "SDN.Use");
+    }
+    for v in vlans {
+        need(st, who, &format!("{zone}/{v}"), "SDN.Use")?;
+    }
+    Ok(())
+}
+
+/// Per-key privileges for config changes (reference §3.5), for set and deleted keys; `old`
+/// is the config being changed (none at create).
 pub(crate) fn check_config_perms(
     st: &State,
     who: &Subject,
     vmid: u32,
     keys: &[(&str, Option<&str>)],
+    old: Option<&BTreeMap<String, String>>,
     unprivileged_given: Option<bool>,
 ) -> Result<(), PveErr> {
     let vms = format!("/vms/{vmid}");
@@ -40,11 +75,12 @@ pub(crate) fn check_config_perms(
             "hostname" | "nameserver" | "searchdomain" => need(st, who, &vms, "VM.Config.Network")?,
             k if k.starts_with("net") => {
                 need(st, who, &vms, "VM.Config.Network")?;
-                if let Some(b) = value
-                    .and_then(|v| v.parse::<pve_api::NetConfig>().ok())
-                    .and_then(|n| n.bridge)
+                // `check_bridge_access` for the value being replaced, then the new one.
+                for v in [old.and_then(|o| o.get(k)).map(String::as_str), *value]
+                    .into_iter()
+                    .flatten()
                 {
-                    need(st, who, &format!("/sdn/zones/localnetwork/{b}"), "SDN.Use")?;
+                    check_vnet_access(st, who, v)?;
                 }
             }
             k if k == "rootfs" || k.starts_with("mp") => {
@@ -156,7 +192,7 @@ pub(crate) async fn create(sim: &Arc<Sim>, req: &Req) -> HResult {
         if !by_pool {
             need(st, &req.who, &format!("/vms/{vmid}"), "VM.Allocate")?;
         }
-        check_config_perms(st, &req.who, vmid, &config_keys, unpriv_given)?;
+        check_config_perms(st, &req.who, vmid, &config_keys, None, unpriv_given)?;
         let archive = archive_access(sim, st, &req.who, &volid, Some(vmid))?;
         let mut storages = vec![storage.clone()];
         for (k, v) in &config_keys {

@@ -35,7 +35,6 @@ pub(crate) use serde_json::{json, Value};
 
 pub(crate) use crate::auth::{self, Subject};
 pub(crate) use crate::error::*;
-pub(crate) use crate::runtime::Runtime;
 pub(crate) use crate::sim::{model, now_ms, Sim};
 pub(crate) use crate::state::{Guest, State, TaskPlan, Volume, GIB};
 pub(crate) use params::{new_volume_spec, normalize_tags, store_net, Kind};

@@ -15,6 +15,10 @@ pub enum Kind {
     Vmid,
     StorageId,
     DnsName,
+    /// `dns-name-list` (`searchdomain`).
+    DnsNameList,
+    /// `lxc-ip-with-ll-iface-list` (`nameserver`).
+    IpList,
     Net,
     Mount,
     Rootfs,
@@ -39,7 +43,196 @@ fn is_dns_name(s: &str) -> bool {
         })
 }
 
-fn check(kind: Kind, v: &str) -> Result<(), String> {
+/// pve-common `ParseUtils.pm` `split_list`: items separated by `,`, `;` or white space.
+fn split_list(v: &str) -> impl Iterator<Item = &str> {
+    v.split([',', ';', ' ', '\t', '\n'])
+        .filter(|i| !i.is_empty())
+}
+
+/// pve-common `JSONSchema.pm` `pve_verify_ip` (IPv4 or IPv6, no prefix).
+fn is_ip(v: &str) -> bool {
+    v.parse::<std::net::IpAddr>().is_ok()
+}
+
+/// `pve_verify_cidrv4` / `pve_verify_cidrv6`: an address and a prefix of 8..=32 / 8..=128.
+fn is_cidr(v: &str, v6: bool) -> bool {
+    let Some((addr, prefix)) = v.split_once('/') else {
+        return false;
+    };
+    let prefix_ok = !prefix.is_empty()
+        && prefix.bytes().all(|b| b.is_ascii_digit())
+        && prefix
+            .parse::<u32>()
+            .is_ok_and(|p| p > 7 && p <= if v6 { 128 } else { 32 });
+    let addr_ok = if v6 {
+        addr.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        addr.parse::<std::net::Ipv4Addr>().is_ok()
+    };
+    prefix_ok && addr_ok
+}
+
+/// pve-common `JSONSchema.pm` `is_integer` and `is_number`.
+fn is_integer(v: &str) -> bool {
+    let d = v.strip_prefix(['+', '-']).unwrap_or(v);
+    !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn is_number(v: &str) -> bool {
+    let d = v.strip_prefix(['+', '-']).unwrap_or(v);
+    let (mantissa, exp) = match d.split_once(['e', 'E']) {
+        Some((m, e)) => (m, Some(e.strip_prefix(['+', '-']).unwrap_or(e))),
+        None => (d, None),
+    };
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    let mantissa_ok = match mantissa.split_once('.') {
+        Some((a, b)) => (!a.is_empty() || !b.is_empty()) && digits(a) && digits(b),
+        None => !mantissa.is_empty() && digits(mantissa),
+    };
+    mantissa_ok && exp.is_none_or(|e| !e.is_empty() && digits(e))
+}
+
+/// One key of the `netN` property string checked as `check_prop` checks it (pve-container
+/// `LXC/Config.pm` `$netconf_desc`; the texts are pve-common `JSONSchema.pm`'s).
+fn check_net_key(key: &str, v: &str) -> Result<(), String> {
+    let int = |min: i64, max: i64| -> Result<(), String> {
+        if !is_integer(v) {
+            return Err(format!("type check ('integer') failed - got '{v}'"));
+        }
+        let n: f64 = v.parse().unwrap_or(f64::MAX);
+        if n > max as f64 {
+            Err(format!("value must have a maximum value of {max}"))
+        } else if n < min as f64 {
+            Err(format!("value must have a minimum value of {min}"))
+        } else {
+            Ok(())
+        }
+    };
+    let format = |ok: bool, what: &str| -> Result<(), String> {
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "invalid format - value does not look like a valid {what}"
+            ))
+        }
+    };
+    let pattern = |ok: bool| -> Result<(), String> {
+        if ok {
+            Ok(())
+        } else {
+            Err("value does not match the regex pattern".into())
+        }
+    };
+    let ifname = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    match key {
+        "type" => {
+            if v == "veth" {
+                Ok(())
+            } else {
+                Err(format!(
+                    "value '{v}' does not have a value in the enumeration 'veth'"
+                ))
+            }
+        }
+        "name" | "bridge" => pattern(ifname(v)),
+        // `^[a-f0-9][02468ace](?::[a-f0-9]{2}){5}$`, case-insensitive.
+        "hwaddr" => format(
+            v.len() == 17
+                && v.split(':').count() == 6
+                && v.split(':')
+                    .all(|o| o.len() == 2 && o.bytes().all(|b| b.is_ascii_hexdigit()))
+                && b"02468aceACE".contains(&v.as_bytes()[1]),
+            "unicast MAC address",
+        ),
+        "mtu" => int(64, 65535),
+        "tag" => int(1, 4094),
+        "ip" => format(
+            matches!(v, "dhcp" | "manual") || is_cidr(v, false),
+            "ipv4 network configuration",
+        ),
+        "ip6" => format(
+            matches!(v, "auto" | "dhcp" | "manual") || is_cidr(v, true),
+            "ipv6 network configuration",
+        ),
+        "gw" => format(v.parse::<std::net::Ipv4Addr>().is_ok(), "IPv4 address"),
+        "gw6" => format(v.parse::<std::net::Ipv6Addr>().is_ok(), "IPv6 address"),
+        "firewall" | "link_down" | "host-managed" => match v.to_ascii_lowercase().as_str() {
+            "1" | "on" | "yes" | "true" | "0" | "off" | "no" | "false" => Ok(()),
+            _ => Err(format!("type check ('boolean') failed - got '{v}'")),
+        },
+        "trunks" => pattern(
+            v.split(';')
+                .all(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit())),
+        ),
+        "rate" => {
+            if is_number(v) {
+                Ok(())
+            } else {
+                Err(format!("type check ('number') failed - got '{v}'"))
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A `netN` value as `parse_property_string` checks it: a malformed part or an unknown or
+/// repeated key dies with its own text; every key's value error is collected under
+/// `netN.<key>` and the whole raises `format error` (pve-common `JSONSchema.pm`
+/// `parse_property_string`, `check_object`). `check_prop` prefixes `invalid format - `, and
+/// `PVE::Exception` prints the collected errors after the message, one a line.
+fn check_net(path: &str, v: &str) -> Result<(), String> {
+    let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
+    for part in v.split(',').filter(|p| !p.trim().is_empty()) {
+        let Some((k, val)) = part
+            .split_once('=')
+            .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+        else {
+            return Err(if part.contains('=') {
+                "invalid format - missing key in comma-separated list property".into()
+            } else {
+                "invalid format - value without key, but schema does not define a default key"
+                    .into()
+            });
+        };
+        if seen.contains_key(k) {
+            return Err(format!(
+                "invalid format - duplicate key in comma-separated list property: {k}"
+            ));
+        }
+        if !pve_api::NetConfig::KEYS.contains(&k) {
+            return Err(format!(
+                "invalid format - invalid key in comma-separated list property: {k}"
+            ));
+        }
+        seen.insert(k, val);
+    }
+    let mut errors: Vec<String> = Vec::new();
+    if !seen.contains_key("name") {
+        errors.push(format!(
+            "{path}.name: property is missing and it is not optional"
+        ));
+    }
+    for (k, val) in &seen {
+        if let Err(e) = check_net_key(k, val) {
+            errors.push(format!("{path}.{k}: {e}"));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid format - format error\n{}",
+            errors.join("\n")
+        ))
+    }
+}
+
+fn check(key: &str, kind: Kind, v: &str) -> Result<(), String> {
     let regex = || Err("value does not match the regex pattern".to_string());
     match kind {
         Kind::Bool => match v {
@@ -105,10 +298,33 @@ fn check(kind: Kind, v: &str) -> Result<(), String> {
                 Err("invalid format - value does not look like a valid DNS name".into())
             }
         }
-        Kind::Net => v
-            .parse::<pve_api::NetConfig>()
-            .map(|_| ())
-            .map_err(|e| format!("invalid format - {e}")),
+        Kind::DnsNameList => {
+            if split_list(v).all(is_dns_name) {
+                Ok(())
+            } else {
+                Err("invalid format - value does not look like a valid DNS name".into())
+            }
+        }
+        // `verify_ip_with_ll_iface`: an IP, or a link-local `fe80:…%<iface>`.
+        Kind::IpList => {
+            let ok = |i: &str| match i.split_once('%') {
+                Some((a, iface)) if a.starts_with("fe80:") => {
+                    is_ip(a) && {
+                        let b = iface.as_bytes();
+                        (2..=21).contains(&b.len())
+                            && b[0].is_ascii_alphabetic()
+                            && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+                    }
+                }
+                _ => is_ip(i),
+            };
+            if split_list(v).all(ok) {
+                Ok(())
+            } else {
+                Err("invalid format - value does not look like a valid IP address".into())
+            }
+        }
+        Kind::Net => check_net(key, v),
         Kind::Mount => pve_api::MountConfig::parse_mp(v)
             .map(|_| ())
             .map_err(|e| format!("invalid format - {e}")),
@@ -205,8 +421,9 @@ pub fn config_kind(key: &str) -> Option<Kind> {
         "features" => Kind::Features,
         "tags" => Kind::Tags,
         "description" => Kind::Str(8192),
-        "memory" => Kind::Int(16, 268_435_456),
-        "swap" => Kind::Int(0, 268_435_456),
+        // No maximum in the schema for either.
+        "memory" => Kind::Int(16, i64::MAX),
+        "swap" => Kind::Int(0, i64::MAX),
         "cores" => Kind::Int(1, 8192),
         "cpuunits" => Kind::Int(0, 500_000),
         "onboot" | "protection" | "unprivileged" | "template" | "console" => Kind::Bool,
@@ -238,9 +455,9 @@ pub fn config_kind(key: &str) -> Option<Kind> {
             "snapshot",
             "snapshot-delete",
         ]),
-        "nameserver" | "searchdomain" | "timezone" | "startup" | "hookscript" | "cpulimit" => {
-            Kind::Str(255)
-        }
+        "nameserver" => Kind::IpList,
+        "searchdomain" => Kind::DnsNameList,
+        "timezone" | "startup" | "hookscript" | "cpulimit" => Kind::Str(255),
         _ => return None,
     })
 }
@@ -284,7 +501,7 @@ pub fn validate(
                 errors.insert(k.clone(), "property is not defined in schema and the schema does not allow additional properties".into());
             }
             Some(kind) => {
-                if let Err(e) = check(kind, v) {
+                if let Err(e) = check(k, kind, v) {
                     errors.insert(k.clone(), e);
                 }
             }

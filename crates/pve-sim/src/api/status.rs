@@ -17,8 +17,7 @@ pub(crate) fn status_current(sim: &Sim, req: &Req) -> HResult {
             "uptime": if g.running { 1 } else { 0 }, "ha": { "managed": 0 },
         });
         if g.running {
-            let real = sim.runtime.lxc().and_then(|l| l.cached_pid(g.vmid));
-            v["pid"] = json!(real.map_or(100_000 + i64::from(g.vmid), i64::from));
+            v["pid"] = json!(sim.runtime.pid(g.vmid));
         }
         if let Some(l) = g.config.get("lock") {
             v["lock"] = json!(l);
@@ -78,21 +77,15 @@ pub(crate) async fn interfaces(sim: &Sim, req: &Req) -> HResult {
     sim.read(|st| need(st, &req.who, &format!("/vms/{}", req.vmid()), "VM.Audit"))?;
     validate(req, &[NODE, VMID], &[])?;
     let vmid = req.vmid();
-    let modelled = sim.read(|st| -> Result<Option<Value>, PveErr> {
+    let guest = sim.read(|st| -> Result<Option<_>, PveErr> {
         let g = guest_or_err(st, &req.node, vmid)?;
-        Ok(match (&sim.runtime, g.running) {
-            (_, false) => Some(Value::Null),
-            (Runtime::Modelled, true) => Some(crate::runtime::modelled::interfaces(st, g)),
-            (Runtime::Lxc(_), true) => None,
-        })
+        Ok(g.running.then(|| (g.clone(), st.leases.clone())))
     })?;
-    if let Some(v) = modelled {
-        return Ok(v.into());
-    }
-    let Some(lxc) = sim.runtime.lxc().cloned() else {
+    let Some((g, leases)) = guest else {
         return Ok(Value::Null.into());
     };
-    let v = tokio::task::spawn_blocking(move || lxc.interfaces(vmid))
+    let rt = sim.runtime.clone();
+    let v = tokio::task::spawn_blocking(move || rt.interfaces(&g, &leases))
         .await
         .ok()
         .flatten();

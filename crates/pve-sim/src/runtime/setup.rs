@@ -359,9 +359,47 @@ fn starts_stanza(first: &str) -> bool {
     STANZAS.contains(&first) || first.starts_with("allow-")
 }
 
+/// Is `ip` inside `cidr` (same family, the first `prefix` bits equal)?
+fn in_cidr(ip: &str, cidr: &str) -> bool {
+    use std::net::IpAddr;
+    let Some((net, prefix)) = cidr.split_once('/') else {
+        return false;
+    };
+    let (Ok(ip), Ok(net), Ok(prefix)) = (
+        ip.parse::<IpAddr>(),
+        net.parse::<IpAddr>(),
+        prefix.parse::<u32>(),
+    ) else {
+        return false;
+    };
+    let (a, b, bits) = match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => (u32::from(a) as u128, u32::from(b) as u128, 32),
+        (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b), 128),
+        _ => return false,
+    };
+    if prefix > bits {
+        return false;
+    }
+    let shift = bits - prefix;
+    shift >= 128 || (a >> shift) == (b >> shift)
+}
+
+/// A stanza's gateway: `gateway <gw>` when the gateway is on the link; otherwise PVE's
+/// Debian setup adds a host route to it and the default route through it, between its
+/// markers (pve-container `src/PVE/LXC/Setup/Debian.pm`, `setup_network` and its gateway
+/// scripts).
+fn gateway(ifname: &str, gw: &str, on_link: bool) -> String {
+    if on_link {
+        return format!("\tgateway {gw}\n");
+    }
+    format!(
+        "{BEGIN}\n\tpost-up ip route add {gw} dev {ifname}\n\tpost-up ip route add default via {gw} dev {ifname}\n\tpre-down ip route del default via {gw} dev {ifname}\n\tpre-down ip route del {gw} dev {ifname}\n{END}\n"
+    )
+}
+
 /// `/etc/network/interfaces`: `lo` and every named NIC written by PVE's rules (`auto` +
-/// `inet dhcp`, or `inet static` with `address`/`gateway`; the same for `inet6`), every other
-/// stanza and comment of the old file kept after them.
+/// `inet dhcp`, or `inet static` with `address` and a gateway, on the link or routed;
+/// the same for `inet6`), every other stanza and comment of the old file kept after them.
 pub fn interfaces_file(old: Option<&str>, nics: &[Nic]) -> String {
     let managed: Vec<&str> = std::iter::once("lo")
         .chain(nics.iter().map(|n| n.name.as_str()))
@@ -388,8 +426,12 @@ pub fn interfaces_file(old: Option<&str>, nics: &[Nic]) -> String {
                 }
                 continue;
             }
-        } else if skipping && !first.is_empty() && !first.starts_with('#') {
-            // An option line of a stanza PVE rewrites.
+        } else if skipping
+            && ((!first.is_empty() && !first.starts_with('#'))
+                || line.trim() == BEGIN
+                || line.trim() == END)
+        {
+            // An option line of a stanza PVE rewrites, or the markers of its gateway routes.
             continue;
         }
         kept.push_str(line);
@@ -409,7 +451,7 @@ pub fn interfaces_file(old: Option<&str>, nics: &[Nic]) -> String {
             Some(cidr) => {
                 out.push_str(&format!("iface {} inet static\n\taddress {cidr}\n", n.name));
                 if let Some(gw) = &n.gw {
-                    out.push_str(&format!("\tgateway {gw}\n"));
+                    out.push_str(&gateway(&n.name, gw, in_cidr(gw, cidr)));
                 }
             }
             None => {}
@@ -424,7 +466,8 @@ pub fn interfaces_file(old: Option<&str>, nics: &[Nic]) -> String {
                     n.name
                 ));
                 if let Some(gw) = &n.gw6 {
-                    out.push_str(&format!("\tgateway {gw}\n"));
+                    let on_link = in_cidr(gw, cidr) || in_cidr(gw, "fe80::/10");
+                    out.push_str(&gateway(&n.name, gw, on_link));
                 }
             }
             None => {}
@@ -515,6 +558,29 @@ mod tests {
             out,
             "auto lo\niface lo inet loopback\n\nauto eth0\niface eth0 inet static\n\taddress 192.0.2.5/24\n\tgateway 192.0.2.1\niface eth0 inet6 auto\n\nauto eth1\niface eth1 inet manual\n    mtu 9000\n"
         );
+    }
+
+    #[test]
+    fn a_gateway_off_the_link_gets_pves_routes() {
+        let nic = Nic {
+            name: "eth0".into(),
+            ip: Some("192.0.2.5/24".into()),
+            gw: Some("198.51.100.1".into()),
+            ip6: Some("2001:db8::5/64".into()),
+            gw6: Some("fe80::1".into()),
+        };
+        let nic2 = nic.clone();
+        let out = interfaces_file(None, &[nic]);
+        assert_eq!(
+            out,
+            "auto lo\niface lo inet loopback\n\nauto eth0\niface eth0 inet static\n\taddress 192.0.2.5/24\n# --- BEGIN PVE ---\n\tpost-up ip route add 198.51.100.1 dev eth0\n\tpost-up ip route add default via 198.51.100.1 dev eth0\n\tpre-down ip route del default via 198.51.100.1 dev eth0\n\tpre-down ip route del 198.51.100.1 dev eth0\n# --- END PVE ---\niface eth0 inet6 static\n\taddress 2001:db8::5/64\n\tgateway fe80::1\n"
+        );
+        // A second start writes the same file, not a second set of routes.
+        assert_eq!(interfaces_file(Some(&out), &[nic2]), out);
+        assert!(in_cidr("192.0.2.1", "192.0.2.5/24"));
+        assert!(!in_cidr("192.0.3.1", "192.0.2.5/24"));
+        assert!(in_cidr("2001:db8::1", "2001:db8::5/64"));
+        assert!(!in_cidr("192.0.2.1", "2001:db8::5/64"));
     }
 
     #[test]

@@ -138,6 +138,20 @@ fn collapse(k: &str) -> String {
 }
 
 fn check_value(what: &str, prop: &Value, v: &str, t: &mut Tally) {
+    let mut subs: Vec<(String, Value, String)> = Vec::new();
+    check_one(what, prop, v, t, &mut subs);
+    for (w, p, val) in subs {
+        check_value(&w, &p, &val, t);
+    }
+}
+
+fn check_one(
+    what: &str,
+    prop: &Value,
+    v: &str,
+    t: &mut Tally,
+    subs: &mut Vec<(String, Value, String)>,
+) {
     let mut fail = |m: String| t.failures.push(format!("{what}={v:?}: {m}"));
     let ty = prop["type"].as_str().unwrap_or("string");
     t.checks += 1;
@@ -209,12 +223,9 @@ fn check_value(what: &str, prop: &Value, v: &str, t: &mut Tally) {
                                 fail(format!("property-string key '{key}' is not in the format"));
                             }
                             if let (Some(sub), Some(val)) = (format.get(key), ps.get(key)) {
-                                if let Some(e) = sub["enum"].as_array() {
-                                    t.checks += 1;
-                                    if !e.iter().any(|x| x.as_str() == Some(val)) {
-                                        fail(format!("{key}={val} not in enum"));
-                                    }
-                                }
+                                // Each value by its own schema: ranges (`tag`), patterns
+                                // (`bridge`), booleans sent as 0/1, enums.
+                                subs.push((format!("{what}.{key}"), sub.clone(), val.to_string()));
                             }
                         }
                     }

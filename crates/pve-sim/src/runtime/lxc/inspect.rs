@@ -42,40 +42,6 @@ impl Lxc {
         lock(&self.pids).get(&vmid).copied().filter(|p| alive(*p))
     }
 
-    /// Is the container stopped as far as LXC is concerned (monitor gone)?
-    fn stopped(&self, vmid: u32) -> bool {
-        let Ok(mut c) = self.lxc_cmd("lxc-info", vmid) else {
-            return true;
-        };
-        c.arg("-sH");
-        match run(&mut c) {
-            Ok(s) => s.trim() == "STOPPED",
-            Err(_) => true,
-        }
-    }
-
-    pub(super) fn wait_stopped(&self, vmid: u32, limit: Duration) -> bool {
-        let t = Instant::now();
-        while t.elapsed() < limit {
-            if self.stopped(vmid) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
-    }
-
-    pub(super) fn kill(&self, vmid: u32) -> Result<(), RuntimeError> {
-        let mut c = self.lxc_cmd("lxc-stop", vmid)?;
-        c.arg("-k");
-        if let Err(e) = run(&mut c) {
-            if !self.stopped(vmid) {
-                return Err(e);
-            }
-        }
-        Ok(())
-    }
-
     // ---- what the API and the state dump show ------------------------------------------
 
     /// `GET …/interfaces` of a running guest: `ip --json addr` inside its network
@@ -112,22 +78,29 @@ impl Lxc {
             .collect()
     }
 
-    /// The leased IP of a guest's first NIC that has one, and the namespace it lives in
-    /// (the SSH forward's target).
+    /// The static or leased IP of a guest's first NIC that has one, and the namespace it
+    /// lives in (the SSH forward's target).
     pub fn ssh_target(
         &self,
         conf: &BTreeMap<String, String>,
     ) -> Option<(PathBuf, std::net::IpAddr)> {
         nets(conf).into_iter().find_map(|(_, n)| {
             let bridge = n.bridge?;
+            let ns = netns::path(&netns::name(&self.sim_id, &bridge));
+            // A static address is the guest's from boot (reachable when it lies in the
+            // bridge's subnet); otherwise the lease.
+            if let Some(ip) =
+                n.ip.as_deref()
+                    .and_then(|c| c.split_once('/'))
+                    .and_then(|(a, _)| a.parse().ok())
+            {
+                return Some((ns, ip));
+            }
             let mac = n.hwaddr?.to_string().to_ascii_lowercase();
             let lease = dhcp::read_leases(&self.dhcp_dir.join(format!("{bridge}.leases")))
                 .into_iter()
                 .find(|l| l.mac == mac)?;
-            Some((
-                netns::path(&netns::name(&self.sim_id, &bridge)),
-                lease.ip.parse().ok()?,
-            ))
+            Some((ns, lease.ip.parse().ok()?))
         })
     }
 

@@ -23,9 +23,10 @@
 //! | `mod.rs` | preflight, [`Lxc`] and its paths, id maps, adopting guests after a restart, shutdown |
 //! | `restore` | the `vzrestore` unpack |
 //! | `start` | bridges and NICs, start-time setup, LXC config rendering, `lxc-start`, boot watcher |
-//! | `stop` | poweroff, then kill after the grace |
 //! | `destroy` | a guest's teardown; sweeping volume directories the state no longer has |
+//! | `stop` | poweroff, then kill after the grace; is it stopped, waiting for that |
 //! | `inspect` | pids, `/interfaces`, SSH endpoints, facts and summary for the API and state dump |
+//! | `guest_runtime` | the runtime behind the `GuestRuntime` trait: blocking jobs, the dump's observations |
 //!
 //! Where this runtime departs from PVE, and why:
 //! - AppArmor: `lxc.apparmor.profile = unconfined` instead of PVE's `generated` (these hosts
@@ -63,6 +64,7 @@ use super::{io_err, netns, RuntimeError};
 use crate::sim::now_ms;
 
 mod destroy;
+mod guest_runtime;
 mod inspect;
 mod restore;
 mod start;

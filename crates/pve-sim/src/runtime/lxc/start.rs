@@ -97,13 +97,13 @@ impl Lxc {
         let mut net_lines = String::new();
         let result = (|| -> Result<(), RuntimeError> {
             for (n, net) in nets(conf) {
-                let bridge = net
-                    .bridge
-                    .clone()
-                    .ok_or_else(|| RuntimeError::Guest(format!("net{n}: missing bridge")))?;
-                let idx = bridges.iter().position(|b| *b == bridge).ok_or_else(|| {
-                    RuntimeError::Guest(format!("net{n}: bridge '{bridge}' does not exist"))
-                })?;
+                // The workers check this before the runtime is asked (`tasks.rs`); a reboot
+                // finds it here, after the stop, as PVE's `vm_start` would.
+                let bridge = net.bridge.clone().unwrap_or_default();
+                let idx = bridges
+                    .iter()
+                    .position(|b| *b == bridge)
+                    .ok_or_else(|| RuntimeError::Guest(pve_api::texts::bridge_missing(&bridge)))?;
                 let mac = net
                     .hwaddr
                     .as_ref()

@@ -1,4 +1,5 @@
-//! Stop and shutdown: `systemctl poweroff` in the guest, `lxc-stop -k` after the grace.
+//! Stop and shutdown: `systemctl poweroff` in the guest, `lxc-stop -k` after the grace; whether
+//! LXC considers a container stopped, and waiting for it.
 
 use super::*;
 
@@ -45,5 +46,39 @@ impl Lxc {
         lock(&self.pids).remove(&vmid);
         self.unplug(vmid, conf);
         Ok(log)
+    }
+
+    /// Is the container stopped as far as LXC is concerned (monitor gone)?
+    fn stopped(&self, vmid: u32) -> bool {
+        let Ok(mut c) = self.lxc_cmd("lxc-info", vmid) else {
+            return true;
+        };
+        c.arg("-sH");
+        match run(&mut c) {
+            Ok(s) => s.trim() == "STOPPED",
+            Err(_) => true,
+        }
+    }
+
+    pub(super) fn wait_stopped(&self, vmid: u32, limit: Duration) -> bool {
+        let t = Instant::now();
+        while t.elapsed() < limit {
+            if self.stopped(vmid) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    pub(super) fn kill(&self, vmid: u32) -> Result<(), RuntimeError> {
+        let mut c = self.lxc_cmd("lxc-stop", vmid)?;
+        c.arg("-k");
+        if let Err(e) = run(&mut c) {
+            if !self.stopped(vmid) {
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 }
