@@ -54,6 +54,25 @@ pub fn boot(
 /// A DHCP lease for `mac` on `bridge`, stable per MAC, unique per bridge (like dnsmasq).
 /// Addresses come from a per-bridge /16 (10.77.0.0/16 for the first bridge): data only,
 /// never contacted.
+/// Every DHCP NIC of guest `vmid` asks its bridge's DHCP server for a lease (a boot, or a
+/// NIC with a new MAC on a running guest).
+pub fn lease_dhcp_nics(st: &mut State, vmid: u32) {
+    let Some(g) = st.guests.get(&vmid) else {
+        return;
+    };
+    let nets: Vec<(String, String)> = g
+        .config
+        .iter()
+        .filter(|(k, _)| k.starts_with("net"))
+        .filter_map(|(_, v)| v.parse::<pve_api::NetConfig>().ok())
+        .filter(|n| n.ip.as_deref() == Some("dhcp"))
+        .filter_map(|n| Some((n.bridge.clone()?, n.hwaddr?.to_string())))
+        .collect();
+    for (bridge, mac) in nets {
+        lease(st, &bridge, &mac);
+    }
+}
+
 pub fn lease(st: &mut State, bridge: &str, mac: &str) -> String {
     let idx = st.bridges.iter().position(|b| b == bridge).unwrap_or(0) as u32;
     let second = 77 + idx;

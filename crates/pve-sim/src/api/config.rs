@@ -414,17 +414,7 @@ pub(crate) async fn put_config(sim: &Arc<Sim>, req: &Req) -> HResult {
             // A NIC with a new MAC is a new veth: the guest's DHCP client asks again.
             if sets.iter().any(|(k, _)| k.starts_with("net")) {
                 g.lease_visible_at = Some(now_ms() + sim.dhcp_delay_ms());
-                let nets: Vec<(String, String)> = g
-                    .config
-                    .iter()
-                    .filter(|(k, _)| k.starts_with("net"))
-                    .filter_map(|(_, v)| v.parse::<pve_api::NetConfig>().ok())
-                    .filter(|n| n.ip.as_deref() == Some("dhcp"))
-                    .filter_map(|n| Some((n.bridge.clone()?, n.hwaddr?.to_string())))
-                    .collect();
-                for (bridge, mac) in nets {
-                    crate::guest::lease(st, &bridge, &mac);
-                }
+                crate::guest::lease_dhcp_nics(st, vmid);
             }
         }
         st.volumes.extend(new_vols);

@@ -56,17 +56,7 @@ impl GuestRuntime for Modelled {
         g.machine_id = mid;
         g.ssh_key = key;
         g.lease_visible_at = Some(lease_visible_at);
-        let nets: Vec<(String, String)> = g
-            .config
-            .iter()
-            .filter(|(k, _)| k.starts_with("net"))
-            .filter_map(|(_, v)| v.parse::<pve_api::NetConfig>().ok())
-            .filter(|n| n.ip.as_deref() == Some("dhcp"))
-            .filter_map(|n| Some((n.bridge.clone()?, n.hwaddr?.to_string())))
-            .collect();
-        for (bridge, mac) in nets {
-            crate::guest::lease(st, &bridge, &mac);
-        }
+        crate::guest::lease_dhcp_nics(st, vmid);
     }
 
     fn collect_volumes(&self, _: &[String]) -> Result<(), RuntimeError> {
