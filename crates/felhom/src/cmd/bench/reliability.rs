@@ -376,9 +376,11 @@ async fn rerun(args: &ReliabilityArgs, leaks: &mut Leaks) -> anyhow::Result<Reru
         seed: args.seed,
         ..Rerun::default()
     };
-    // A full run takes about 40 ms of wall per guest at the default time scale (and the
-    // guests run in parallel); a kill moment anywhere in that window hits every phase.
-    let window = 300 + 40 * args.guests as u64;
+    // A first run takes up to about 40 ms of wall per guest at the default time scale (the
+    // guests run in parallel); a kill moment anywhere in that window hits every phase. A run
+    // that ended before its kill moment halves the window, so later runs are still killed
+    // while they work.
+    let mut window = 300 + 40 * args.guests as u64;
     let t0 = Instant::now();
     for round in 0..RERUN_KILLS {
         let mut child = sim
@@ -398,6 +400,8 @@ async fn rerun(args: &ReliabilityArgs, leaks: &mut Leaks) -> anyhow::Result<Reru
             child.kill()?;
             child.wait()?;
             r.felhom_killed += 1;
+        } else {
+            window = (window / 2).max(40);
         }
     }
     let out = sim.felhom(&apply, &[])?;
