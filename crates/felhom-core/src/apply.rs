@@ -9,7 +9,7 @@
 //! | no guest, no record | `create` (with the VMID `plan` shows) | a bring-up job |
 //! | one recorded guest, bound to its record, as specified | `unchanged` | nothing: zero writes |
 //! | the same, with drift the steps can repair | `repair` (fields) | a repair job: the bring-up steps, forward only |
-//! | drift no step may repair (MAC, golden, storage, node, shrink, a mount to remove) | `refuse` (why) | – |
+//! | drift no step may repair (MAC, golden, storage, node, shrink, a mount to remove, a mount felhom made detached outside it) | `refuse` (why) | – |
 //! | a guest whose marker or MAC/rootfs no longer match felhom's record | `refuse` | – |
 //! | two live guests with one identity, or a marked guest felhom has no record of | `refuse` | – |
 //!
@@ -267,6 +267,22 @@ impl Felhom {
                 if !kept && present {
                     changed.push(format!(
                         "mount {} is not in the spec any more, and it may hold data: felhom never removes a mount (detach it by hand, then apply)",
+                        m.path
+                    ));
+                }
+            }
+            // A mount felhom made that is no longer attached was detached outside felhom: in
+            // PVE its volume (the data) is now `unusedN`, or the detach is pending until the
+            // guest restarts. A fresh empty volume at its path would hide that data (and
+            // replace it at the next restart), so a person re-attaches it instead.
+            for m in &spec.mounts {
+                let made = old.mounts.iter().any(|o| o.path == m.path);
+                let present = guest::mounts_of(&cfg)
+                    .iter()
+                    .any(|p| p.path == m.path.as_str());
+                if made && !present {
+                    changed.push(format!(
+                        "mount {} that felhom made is no longer attached (detached outside felhom; its volume, with the data, is unused or pending detach): felhom never puts an empty volume in its place (re-attach it, or revert the pending delete, then apply)",
                         m.path
                     ));
                 }

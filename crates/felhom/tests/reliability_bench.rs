@@ -1,5 +1,6 @@
 //! `felhom bench reliability` end to end at a small N: every crash point ends correct, the
-//! soak survives its faults and the simulator restart, and no bad input writes anything.
+//! soak survives its faults and the simulator restart, no bad input writes anything, and the
+//! same `apply` killed again and again ends with one guest per identity.
 
 use serde_json::Value;
 
@@ -34,6 +35,17 @@ fn reliability_bench_reports_every_part_and_all_good() {
     assert_eq!(r["bad_inputs"]["tried"].as_u64(), Some(2 * hostile + 6));
     assert_eq!(r["bad_inputs"]["refused_exit_2"], r["bad_inputs"]["tried"]);
     assert_eq!(r["bad_inputs"]["writes_caused"], 0);
+    // The same apply, killed again and again (and the simulator twice): one guest each.
+    let rr = &r["rerun"];
+    assert_eq!(rr["guests"], 4, "{rr}");
+    assert_eq!(rr["simulator_restarts"], 2, "{rr}");
+    assert!(rr["felhom_killed"].as_u64().unwrap() >= 1, "{rr}");
+    assert_eq!(rr["final_exit"], 0, "{rr}");
+    assert_eq!(rr["identities_exactly_one"], 4, "{rr}");
+    assert_eq!(rr["identities_duplicated"], 0, "{rr}");
+    assert_eq!(rr["jobs_open"], 0, "{rr}");
+    assert_eq!(rr["unchanged_on_last_run"], 4, "{rr}");
+    assert_eq!(rr["writes_on_last_run"], 0, "{rr}");
     for k in [
         "leaked_volumes",
         "detached_volumes",

@@ -25,6 +25,10 @@ use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::journal::{Event, Journal, JournalError, Phase};
+
+/// How long one task wait polls an unreachable PVE before the engine's loop (which reports
+/// it and counts it against the connect budget) takes over.
+const UNREACHABLE_WAIT_SLICE: std::time::Duration = std::time::Duration::from_secs(2);
 pub use retry::Backoff;
 
 /// What an observation found.
@@ -286,11 +290,17 @@ impl JobCx {
                 ..Facts::default()
             },
         )?;
-        let opts = self.wait_options();
+        // The wait polls an unreachable PVE for a slice of the connect budget only, then
+        // hands the error to the engine's loop, which says "PVE unreachable, retrying" and
+        // waits again (the step's observe finds the journaled UPID) until the budget is
+        // spent. Polling silently for the whole budget left a person watching a step that
+        // seemed to hang, and never told them why.
+        let mut opts = self.wait_options();
+        opts.unreachable_budget = opts.unreachable_budget.min(UNREACHABLE_WAIT_SLICE);
         match self.client.wait_task(upid, &opts).await {
             Ok(_) => Ok(()),
             Err(e @ ApiError::Transport { .. }) => {
-                // The wait polled an unreachable PVE for its whole budget already.
+                // The wait polled an unreachable PVE for its slice of the budget already.
                 let spent = std::time::Instant::now()
                     .checked_sub(opts.unreachable_budget)
                     .unwrap_or_else(std::time::Instant::now);

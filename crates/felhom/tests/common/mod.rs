@@ -155,6 +155,17 @@ impl Sim {
         }
     }
 
+    /// Kill the simulator (SIGKILL, like PVE's API dying) and leave it down.
+    pub fn crash(&mut self) {
+        self.kill();
+    }
+
+    /// Start a crashed simulator again on the same state dir and port.
+    pub fn revive(&mut self) {
+        assert!(self.child.is_none(), "the simulator is still running");
+        self.spawn();
+    }
+
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(BIN);
         c.arg("--config").arg(&self.config).args(args);
@@ -328,4 +339,45 @@ pub fn cached_golden(opts: &BuildOptions, cli: &[&str]) -> (PathBuf, serde_json:
         r["uncompressed_bytes"]
     );
     (archive, r)
+}
+
+pub fn json(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", both(o)))
+}
+
+/// Run `f` over `cases`, `parallel` at a time. A failing case does not stop the others; the
+/// test then fails naming every failed case with its message.
+pub fn run_concurrently<T: Sync + std::fmt::Debug>(
+    cases: &[T],
+    parallel: usize,
+    f: impl Fn(&T) + Sync,
+) {
+    let next = std::sync::Mutex::new(cases.iter());
+    let failed = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..parallel.min(cases.len()) {
+            s.spawn(|| loop {
+                let Some(case) = next.lock().unwrap().next() else {
+                    return;
+                };
+                if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(case))) {
+                    let msg = p
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default();
+                    failed.lock().unwrap().push(format!("{case:?}: {msg}"));
+                }
+            });
+        }
+    });
+    let failed = failed.into_inner().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failed.len(),
+        cases.len(),
+        failed.join("\n")
+    );
 }

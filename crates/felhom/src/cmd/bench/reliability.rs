@@ -9,6 +9,11 @@
 //!    rolled back, or stuck (needs a person).
 //! 3. **Bad inputs**: every hostile spec of [`felhom_core::adversarial`] through `provision`
 //!    and `plan`, and malformed VMIDs through `teardown`: all must exit 2 and cause 0 writes.
+//! 4. **Re-run**: the same `apply` of N guests (VMIDs `auto`) run again and again, felhom
+//!    SIGKILLed at a random moment of each run (seeded by `--seed`), and in two of the runs
+//!    the simulator SIGKILLed and restarted instead. Then one `apply` to the end and one
+//!    more that must write nothing. Correct = exactly one guest per identity, no job left
+//!    open, every guest `unchanged` on the last run.
 //!
 //! What must be 0 everywhere (leaked/detached volumes, duplicate MACs, IPs and SSH keys)
 //! is judged by [`pve_sim::invariants`], the same rules the integration tests assert.
@@ -34,7 +39,7 @@ const ROOTFS: &str = "12G";
 
 #[derive(Args, Debug)]
 pub struct ReliabilityArgs {
-    /// Guests in the soak batch.
+    /// Guests in the soak batch and in the re-run.
     #[arg(long, default_value_t = 50)]
     pub guests: usize,
     /// Transient faults injected during the soak (the simulator's `--faults` syntax):
@@ -42,7 +47,8 @@ pub struct ReliabilityArgs {
     /// ten a 503, i.e. about 20% of writes see a transient error.
     #[arg(long, default_value = "lock500=0.1,http503=0.1")]
     pub faults: String,
-    /// Seed of the simulator's fault generator, so a run can be repeated.
+    /// Seed of the simulator's fault generator and of the re-run's kill moments, so a run
+    /// can be repeated.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Simulator time scale.
@@ -73,6 +79,38 @@ struct Soak {
 }
 
 #[derive(Debug, Default, Serialize)]
+struct Rerun {
+    guests: usize,
+    seed: u64,
+    /// `apply` runs SIGKILLed at a random moment.
+    felhom_killed: usize,
+    /// Runs during which the simulator was SIGKILLed and restarted.
+    simulator_restarts: usize,
+    /// The exit code of the `apply` let run to its end after the kills.
+    final_exit: Option<i32>,
+    identities_exactly_one: usize,
+    identities_missing: usize,
+    identities_duplicated: usize,
+    /// Jobs not succeeded, rolled back or superseded once everything ran.
+    jobs_open: usize,
+    /// Guests the last `apply` found unchanged, and what it wrote (must be 0).
+    unchanged_on_last_run: usize,
+    writes_on_last_run: u64,
+    wall_s: f64,
+    details: Vec<String>,
+}
+
+impl Rerun {
+    fn good(&self) -> bool {
+        self.final_exit == Some(0)
+            && self.identities_exactly_one == self.guests
+            && self.identities_missing + self.identities_duplicated + self.jobs_open == 0
+            && self.unchanged_on_last_run == self.guests
+            && self.writes_on_last_run == 0
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
 struct Leaks {
     leaked_volumes: usize,
     detached_volumes: usize,
@@ -98,6 +136,7 @@ struct Report {
     soak: Soak,
     leaks: Leaks,
     bad_inputs: BadInputs,
+    rerun: Rerun,
 }
 
 impl Report {
@@ -115,6 +154,7 @@ impl Report {
                 == 0
             && self.bad_inputs.refused_exit_2 == self.bad_inputs.tried
             && self.bad_inputs.writes_caused == 0
+            && self.rerun.good()
     }
 }
 
@@ -293,6 +333,132 @@ async fn soak(args: &ReliabilityArgs, leaks: &mut Leaks) -> anyhow::Result<Soak>
     Ok(r)
 }
 
+/// SplitMix64: the kill moments are reproducible from `--seed`, with no generator crate
+/// for what is a dozen lines.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `lo..hi` milliseconds.
+    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(lo + self.next() % (hi - lo).max(1))
+    }
+}
+
+/// Runs of the same `apply` that are killed (felhom, or in two of them the simulator).
+const RERUN_KILLS: usize = 8;
+/// Of those, the runs (0-based) during which the simulator is restarted instead.
+const RERUN_SIM_RESTARTS: [usize; 2] = [2, 5];
+
+async fn rerun(args: &ReliabilityArgs, leaks: &mut Leaks) -> anyhow::Result<Rerun> {
+    let mut sim = SimChild::start(args.time_scale, "")?;
+    let golden = golden();
+    let mut text = String::new();
+    for i in 0..args.guests {
+        text.push_str("[[guest]]\n");
+        let one = base_spec(&format!("rerun{i}"), "\"auto\"", &golden, BASE_MOUNT);
+        text.push_str(&one.replace("[[mount]]", "[[guest.mount]]"));
+        text.push('\n');
+    }
+    let path = sim.dir().join("rerun.toml");
+    std::fs::write(&path, text)?;
+    let spec = path.to_string_lossy().into_owned();
+    let apply = ["--output", "json", "apply", spec.as_str()];
+    let mut rng = Rng(args.seed);
+    let mut r = Rerun {
+        guests: args.guests,
+        seed: args.seed,
+        ..Rerun::default()
+    };
+    // A first run takes up to about 40 ms of wall per guest at the default time scale (the
+    // guests run in parallel); a kill moment anywhere in that window hits every phase. A run
+    // that ended before its kill moment halves the window, so later runs are still killed
+    // while they work.
+    let mut window = 300 + 40 * args.guests as u64;
+    let t0 = Instant::now();
+    for round in 0..RERUN_KILLS {
+        let mut child = sim
+            .felhom_cmd(&apply, &[])?
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start felhom apply")?;
+        tokio::time::sleep(rng.millis(20, window)).await;
+        if RERUN_SIM_RESTARTS.contains(&round) {
+            sim.restart()?;
+            r.simulator_restarts += 1;
+            // felhom rides through (PVE unreachable is retried within the connect budget)
+            // or pauses; either way the next run goes on.
+            tokio::task::spawn_blocking(move || child.wait()).await??;
+        } else if child.try_wait()?.is_none() {
+            child.kill()?;
+            child.wait()?;
+            r.felhom_killed += 1;
+        } else {
+            window = (window / 2).max(40);
+        }
+    }
+    let out = sim.felhom(&apply, &[])?;
+    r.final_exit = out.status.code();
+    if out.status.code() != Some(0) {
+        r.details.push(format!(
+            "final apply: {}",
+            String::from_utf8_lossy(&out.stdout)
+        ));
+    }
+    let writes = |s: &Value| s["counters"]["writes"].as_u64().unwrap_or(0);
+    let before = writes(&sim.get("state").await?);
+    let last = json_out(&sim.felhom(&apply, &[])?);
+    r.unchanged_on_last_run = last["jobs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|j| j["outcome"] == "unchanged")
+        .count();
+    let state = sim.get("state").await?;
+    r.writes_on_last_run = writes(&state).saturating_sub(before);
+    r.wall_s = t0.elapsed().as_secs_f64();
+
+    for i in 0..args.guests {
+        let hostname = format!("rerun{i}-app");
+        let n = state["guests"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|g| g["config"]["hostname"] == hostname.as_str())
+            .count();
+        match n {
+            1 => r.identities_exactly_one += 1,
+            0 => r.identities_missing += 1,
+            _ => {
+                r.identities_duplicated += 1;
+                r.details.push(format!("{hostname}: {n} guests"));
+            }
+        }
+    }
+    let jobs = json_out(&sim.felhom(&["--output", "json", "jobs"], &[])?);
+    for j in jobs["jobs"].as_array().into_iter().flatten() {
+        if !matches!(
+            j["state"].as_str(),
+            Some("succeeded" | "rolled_back" | "superseded")
+        ) {
+            r.jobs_open += 1;
+            r.details.push(format!(
+                "job {} is {}: {}",
+                j["job"], j["state"], j["error"]
+            ));
+        }
+    }
+    tally(leaks, &state, "re-run");
+    Ok(r)
+}
+
 async fn bad_inputs(sim: &SimChild) -> anyhow::Result<BadInputs> {
     let mut r = BadInputs::default();
     let writes = |s: &Value| s["counters"]["writes"].as_u64().unwrap_or(0);
@@ -350,6 +516,7 @@ pub async fn run(args: ReliabilityArgs, format: OutputFormat) -> Result<(), CliE
         report.crash_points = crash_points(&sim, &mut report.leaks).await?;
     }
     report.soak = soak(&args, &mut report.leaks).await?;
+    report.rerun = rerun(&args, &mut report.leaks).await?;
     let good = report.all_good();
     match format {
         OutputFormat::Json => output::json(&json!({ "reliability": report, "all_good": good })),
@@ -363,6 +530,7 @@ fn print_table(r: &Report, good: bool) {
     let s = &r.soak;
     let l = &r.leaks;
     let b = &r.bad_inputs;
+    let rr = &r.rerun;
     outln!("felhom bench reliability");
     let mut t = output::table(["what", "count"]);
     if let Some(col) = t.column_mut(1) {
@@ -390,6 +558,40 @@ fn print_table(r: &Report, good: bool) {
         if s.resumed { "yes" } else { "no" }.into(),
     );
     row("soak wall s (incl. resume)", format!("{:.1}", s.wall_s));
+    row("re-run guests", rr.guests.to_string());
+    row("re-run felhom killed", rr.felhom_killed.to_string());
+    row(
+        "re-run simulator restarts",
+        rr.simulator_restarts.to_string(),
+    );
+    row(
+        "re-run final apply exit",
+        rr.final_exit
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "signal".into()),
+    );
+    row(
+        "re-run identities with exactly 1 guest",
+        rr.identities_exactly_one.to_string(),
+    );
+    row(
+        "re-run identities missing",
+        rr.identities_missing.to_string(),
+    );
+    row(
+        "re-run identities duplicated",
+        rr.identities_duplicated.to_string(),
+    );
+    row("re-run jobs left open", rr.jobs_open.to_string());
+    row(
+        "re-run unchanged on the last run",
+        rr.unchanged_on_last_run.to_string(),
+    );
+    row(
+        "re-run writes on the last run",
+        rr.writes_on_last_run.to_string(),
+    );
+    row("re-run wall s", format!("{:.1}", rr.wall_s));
     row("leaked volumes", l.leaked_volumes.to_string());
     row("detached volumes", l.detached_volumes.to_string());
     row("duplicate MACs", l.duplicate_macs.to_string());
@@ -409,6 +611,9 @@ fn print_table(r: &Report, good: bool) {
     }
     for a in &b.accepted {
         outln!("bad input not refused: {a}");
+    }
+    for d in &rr.details {
+        outln!("re-run: {d}");
     }
     outln!("{}", if good { "all good" } else { "NOT ALL GOOD" });
 }
