@@ -26,9 +26,6 @@ use serde_json::{json, Value};
 use crate::config::Config;
 use crate::journal::{Event, Journal, JournalError, Phase};
 
-/// How long one task wait polls an unreachable PVE before the engine's loop (which reports
-/// it and counts it against the connect budget) takes over.
-const UNREACHABLE_WAIT_SLICE: std::time::Duration = std::time::Duration::from_secs(2);
 pub use retry::Backoff;
 
 /// What an observation found.
@@ -173,7 +170,8 @@ impl Progress for Quiet {
     fn event(&self, _: &str, _: &str, _: ProgressEvent<'_>) {}
 }
 
-/// How long one task wait polls an unreachable PVE before the engine takes over.
+/// How long one task wait polls an unreachable PVE before the engine's loop (which reports
+/// it and counts it against the connect budget) takes over.
 const UNREACHABLE_IN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Everything a step needs: the client, the journal, the job's facts.
@@ -275,8 +273,10 @@ impl JobCx {
     pub fn wait_options(&self) -> WaitOptions {
         WaitOptions {
             deadline: self.config.task_timeout,
-            // A wait hands an unreachable PVE back to the engine soon, which retries it
-            // within the connect budget and says so on the progress line.
+            // The wait polls an unreachable PVE for a slice of the connect budget only,
+            // then hands the error to the engine's loop, which says "PVE unreachable,
+            // retrying" and waits again (the step's observe finds the journaled UPID) until
+            // the budget is spent: a silent wait would look like a hung step.
             unreachable_budget: self.config.connect_budget.min(UNREACHABLE_IN_WAIT),
             ..WaitOptions::default()
         }
@@ -290,13 +290,7 @@ impl JobCx {
                 ..Facts::default()
             },
         )?;
-        // The wait polls an unreachable PVE for a slice of the connect budget only, then
-        // hands the error to the engine's loop, which says "PVE unreachable, retrying" and
-        // waits again (the step's observe finds the journaled UPID) until the budget is
-        // spent. Polling silently for the whole budget left a person watching a step that
-        // seemed to hang, and never told them why.
-        let mut opts = self.wait_options();
-        opts.unreachable_budget = opts.unreachable_budget.min(UNREACHABLE_WAIT_SLICE);
+        let opts = self.wait_options();
         match self.client.wait_task(upid, &opts).await {
             Ok(_) => Ok(()),
             Err(e @ ApiError::Transport { .. }) => {
