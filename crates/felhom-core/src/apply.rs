@@ -9,7 +9,7 @@
 //! | no guest, no record | `create` (with the VMID `plan` shows) | a bring-up job |
 //! | one recorded guest, bound to its record, as specified | `unchanged` | nothing: zero writes |
 //! | the same, with drift the steps can repair | `repair` (fields) | a repair job: the bring-up steps, forward only |
-//! | drift no step may repair (MAC, golden, storage, node, shrink, a mount to remove, a mount felhom made detached outside it) | `refuse` (why) | – |
+//! | drift no step may repair (MAC, golden, storage, node, shrink, a mount to remove, a mount felhom made whose detach outside it already happened) | `refuse` (why) | – |
 //! | a guest whose marker or MAC/rootfs no longer match felhom's record | `refuse` | – |
 //! | two live guests with one identity, or a marked guest felhom has no record of | `refuse` | – |
 //!
@@ -273,14 +273,27 @@ impl Felhom {
             }
             // A mount felhom made that is no longer attached was detached outside felhom: in
             // PVE its volume (the data) is now `unusedN`, or the detach is pending until the
-            // guest restarts. A fresh empty volume at its path would hide that data (and
-            // replace it at the next restart), so a person re-attaches it instead.
-            for m in &spec.mounts {
-                let made = old.mounts.iter().any(|o| o.path == m.path);
-                let present = guest::mounts_of(&cfg)
-                    .iter()
-                    .any(|p| p.path == m.path.as_str());
-                if made && !present {
+            // guest restarts. A pending detach is reverted by the mounts step (repair); a
+            // done one is refused: a fresh empty volume at its path would hide that data, so a
+            // person re-attaches it.
+            let detached: Vec<&crate::spec::MountSpec> = spec
+                .mounts
+                .iter()
+                .filter(|m| {
+                    old.mounts.iter().any(|o| o.path == m.path)
+                        && !guest::mounts_of(&cfg)
+                            .iter()
+                            .any(|p| p.path == m.path.as_str())
+                })
+                .collect();
+            // A detach still pending (running guest) is the mounts step's to revert.
+            let pending = if detached.is_empty() {
+                Vec::new()
+            } else {
+                guest::pending_mount_detaches(&self.client.lxc_pending(&rec.node, vmid).await?)
+            };
+            for m in detached {
+                if !pending.iter().any(|p| p.path == m.path.as_str()) {
                     changed.push(format!(
                         "mount {} that felhom made is no longer attached (detached outside felhom; its volume, with the data, is unused or pending detach): felhom never puts an empty volume in its place (re-attach it, or revert the pending delete, then apply)",
                         m.path

@@ -11,6 +11,7 @@
 //! | the config at a VMID, or "no guest" | [`config_of`] |
 //! | whose guest is it | [`Ownership::of`] (`Ours` / `OtherJob` / `Unmarked`) |
 //! | net0, its MAC, rootfs size, `mpN` mounts, tags | [`net0_of`], [`mac_of`], [`rootfs_bytes`], [`mounts_of`], [`tags_of`] |
+//! | mounts whose detach waits for the next start | [`pending_mount_detaches`] |
 //! | eth0's IP | [`eth0_ip`] |
 //! | where to reach the guest's sshd, and the key it proves | [`ssh_endpoint`], [`ssh_fingerprint`] |
 //! | power state, IP and key of a live guest | [`live`] |
@@ -146,6 +147,23 @@ pub fn mounts_of(cfg: &LxcConfig) -> Vec<MountSeen> {
                 }),
                 _ => None,
             }
+        })
+        .collect()
+}
+
+/// The `mpN` keys whose detach is pending (a mount removed from a running guest waits for
+/// its next start, its volume and data untouched), with their mount paths.
+pub fn pending_mount_detaches(pending: &[pve_api::PendingEntry]) -> Vec<MountSeen> {
+    pending
+        .iter()
+        .filter(|e| e.key.starts_with("mp") && e.delete_pending())
+        .filter_map(|e| {
+            let m = pve_api::MountConfig::parse_mp(e.value_str()?).ok()?;
+            Some(MountSeen {
+                key: e.key.clone(),
+                path: m.mp.clone().unwrap_or_default(),
+                bytes: m.size.unwrap_or(0),
+            })
         })
         .collect()
 }

@@ -9,7 +9,7 @@
 //! | `a_foreign_guest_at_a_crashed_jobs_vmid_is_never_touched` | zero writes to it; the job refuses/pauses naming it |
 //! | `three_processes_one_spec_auto_vmid_make_one_guest` | identity leases across processes |
 //! | `pve_killed_mid_restore_pauses_then_resume_finishes` | exit 3 within the connect budget, paused, never rolled back |
-//! | `drift_is_named_then_repaired` | stopped / renamed / tags: `status` 1, `apply` repairs; a detached mount: refused |
+//! | `drift_is_named_then_repaired` | stopped / renamed / tags / a mount detached from the running guest: `status` 1, `apply` repairs (the detach reverted, the same volume) |
 //! | `unrepairable_drift_is_refused_without_writes` | a changed MAC, a shrink: refused, nothing written |
 //! | `prune_only_with_the_flag_and_teardown_by_identity` | `--prune`, `plan --prune`, `teardown customer/name`, `absent` |
 //! | `an_undecodable_stored_spec_pauses_and_never_destroys` | a journal from another felhom version |
@@ -545,26 +545,15 @@ fn drift_is_named_then_repaired() {
     admin_config(&adm, 1840, &[("tags", "someone-else")]);
     repaired(&sim, &p, 1840, "tags");
 
-    // A mount detached outside felhom (PVE keeps its volume, the data, as unused or pending
-    // detach): named by `status`, and `apply` refuses rather than mount an empty volume there.
+    // A mount detached outside felhom from the running guest (the detach waits for the next
+    // start; the volume keeps the data): named by `status`, and `apply` reverts the detach:
+    // the same volume stays mounted, no new one is allocated.
     admin_config(&adm, 1840, &[("delete", "mp0")]);
     let (code, st) = status_of(&sim, 1840);
     assert_eq!(code, Some(1), "{st}");
     assert!(drift_fields(&st).iter().any(|f| f == "mount"), "{st}");
-    let before = writes(&sim).len();
-    let out = apply(&sim, &[path(&p)]);
-    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
-    let rep = json(&out)["jobs"][0].clone();
-    assert_eq!(rep["outcome"], "refused", "{rep}");
-    assert!(
-        rep["error"].as_str().unwrap().contains("/srv/data"),
-        "{rep}"
-    );
-    assert_eq!(writes(&sim).len(), before, "a refused apply wrote");
-    // Re-attached by a person (the pending detach reverted): clean again, same volume.
-    admin_config(&adm, 1840, &[("revert", "mp0")]);
-    let (code, st) = status_of(&sim, 1840);
-    assert_eq!(code, Some(0), "{st}");
+    let volumes_before = sim.state()["volumes"].as_array().unwrap().len();
+    repaired(&sim, &p, 1840, "mount");
     let state = sim.state();
     let g = guest(&state, 1840).unwrap();
     assert!(
@@ -572,6 +561,11 @@ fn drift_is_named_then_repaired() {
             .as_str()
             .is_some_and(|m| m.starts_with("local-lvm:vm-1840-disk-1,mp=/srv/data")),
         "{g}"
+    );
+    assert_eq!(
+        state["volumes"].as_array().unwrap().len(),
+        volumes_before,
+        "a repair allocated a volume in place of the detached one"
     );
     assert_clean_invariants(&state);
     assert_eq!(guests_named(&state, "dr-app").len(), 1);
@@ -620,6 +614,34 @@ fn unrepairable_drift_is_refused_without_writes() {
     assert!(rep["error"].as_str().unwrap().contains("MAC"), "{rep}");
     assert_eq!(writes(&sim).len(), before, "a refused apply wrote");
     assert_eq!(guest(&sim.state(), 1850).unwrap()["config"], before_cfg);
+}
+
+/// A mount detached outside felhom from a stopped guest: PVE keeps its volume (the data) as
+/// `unusedN`. `apply` refuses, naming the path, and writes nothing: a new empty volume there
+/// would hide the data.
+#[test]
+fn a_mount_detached_from_a_stopped_guest_is_refused_not_replaced() {
+    let sim = Sim::start();
+    let p = sim.write_spec("ud.toml", &spec("ud", "1855", MOUNT));
+    let out = apply(&sim, &[path(&p)]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let adm = admin(&sim);
+    admin_task(&adm, adm.lxc_stop("pve", vmid(1855)));
+    admin_config(&adm, 1855, &[("delete", "mp0")]);
+    let cfg = guest(&sim.state(), 1855).unwrap()["config"].clone();
+    assert!(cfg.get("mp0").is_none(), "{cfg}");
+    let before = writes(&sim).len();
+    let volumes = sim.state()["volumes"].clone();
+    let out = apply(&sim, &[path(&p)]);
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    let rep = json(&out)["jobs"][0].clone();
+    assert_eq!(rep["outcome"], "refused", "{rep}");
+    assert!(
+        rep["error"].as_str().unwrap().contains("/srv/data"),
+        "{rep}"
+    );
+    assert_eq!(writes(&sim).len(), before, "a refused apply wrote");
+    assert_eq!(sim.state()["volumes"], volumes, "volumes changed");
 }
 
 #[test]

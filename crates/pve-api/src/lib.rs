@@ -42,7 +42,7 @@ pub use auth::{ApiToken, Secret, TokenId, TokenIdError};
 pub use client::{ClientConfig, ClientStats, PveClient};
 pub use cluster::VersionInfo;
 pub use error::{classify, ApiError, TaskFailure};
-pub use lxc::{Interface, IpAddress, LxcConfig, LxcStatus, LxcSummary};
+pub use lxc::{Interface, IpAddress, LxcConfig, LxcStatus, LxcSummary, PendingEntry};
 pub use network::NodeInterface;
 pub use property_string::{
     format_disk_size, parse_disk_size, Features, MacAddr, MountConfig, NetConfig, PropertyError,

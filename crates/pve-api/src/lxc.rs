@@ -68,6 +68,37 @@ pub struct LxcSummary {
     pub tags: Option<String>,
 }
 
+/// One entry of `GET .../pending`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingEntry {
+    pub key: String,
+    /// The value in force now.
+    #[serde(default)]
+    pub value: Option<Value>,
+    /// The value that takes effect at the next start.
+    #[serde(default)]
+    pub pending: Option<Value>,
+    /// 1 (or 2, forced) when a delete of the key is pending.
+    #[serde(default)]
+    pub delete: Option<Value>,
+}
+
+impl PendingEntry {
+    /// Whether the key's delete waits for the next start.
+    pub fn delete_pending(&self) -> bool {
+        match &self.delete {
+            Some(Value::Number(n)) => n.as_u64().is_some_and(|d| d > 0),
+            Some(Value::String(s)) => s != "0" && !s.is_empty(),
+            Some(Value::Bool(b)) => *b,
+            _ => false,
+        }
+    }
+    /// The value in force now, as a string.
+    pub fn value_str(&self) -> Option<&str> {
+        self.value.as_ref().and_then(Value::as_str)
+    }
+}
+
 /// `GET .../status/current` (reference §6.2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LxcStatus {
@@ -273,6 +304,15 @@ impl PveClient {
     pub async fn lxc_status(&self, node: &str, vmid: Vmid) -> Result<LxcStatus, ApiError> {
         check_node(node)?;
         self.get(&format!("/nodes/{node}/lxc/{vmid}/status/current"), &[])
+            .await
+    }
+
+    /// `GET .../pending`: every key with its current value, its pending value, and whether
+    /// a delete of it is pending (on a running guest, what cannot be hot-unplugged waits for
+    /// the next start, reference §3.2).
+    pub async fn lxc_pending(&self, node: &str, vmid: Vmid) -> Result<Vec<PendingEntry>, ApiError> {
+        check_node(node)?;
+        self.get(&format!("/nodes/{node}/lxc/{vmid}/pending"), &[])
             .await
     }
 

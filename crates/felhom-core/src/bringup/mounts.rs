@@ -1,7 +1,9 @@
 //! Step 6, mounts: one `mpN` per spec mount, on the spec's storage, at least the spec's size.
 //! A missing one is added with `PUT config mpN=<storage>:<GiB>,mp=<path>` (PVE allocates the
 //! volume, reference §3.6) in the first free slot (`unusedN` slots count as taken); a smaller
-//! one is grown to the absolute size.
+//! one is grown to the absolute size. A mount detached outside felhom from a running guest
+//! (the detach pending until the next start, the data still on its volume) is reverted, never
+//! replaced by an empty volume; `apply` refuses one whose detach already happened.
 
 use std::collections::HashSet;
 
@@ -47,6 +49,24 @@ pub(super) async fn act(cx: &JobCx) -> Result<(), StepError> {
                     .await?;
                 cx.wait("mounts", &upid).await?;
             }
+            continue;
+        }
+        // Detached outside felhom from the running guest: the detach waits for the next
+        // start and the volume still holds the data. Revert it; never a new, empty volume.
+        let pending = cx.client.lxc_pending(&cx.node, vmid).await?;
+        if let Some(p) = guest::pending_mount_detaches(&pending)
+            .into_iter()
+            .find(|p| p.path == m.path.as_str())
+        {
+            cx.client
+                .lxc_update_config(
+                    &cx.node,
+                    vmid,
+                    &[("revert".to_string(), p.key)],
+                    cfg.digest.as_deref(),
+                )
+                .await
+                .map_err(modified_is_not_yet)?;
             continue;
         }
         let used: HashSet<String> = present
