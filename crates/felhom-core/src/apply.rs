@@ -13,9 +13,10 @@
 //! | a guest whose marker or MAC/rootfs no longer match felhom's record | `refuse` | – |
 //! | two live guests with one identity, or a marked guest felhom has no record of | `refuse` | – |
 //!
-//! "Bound" means: the marker names the record's job and identity, and the guest's net0 MAC
-//! and rootfs volume are the ones felhom recorded. A description alone (which anyone with
-//! `VM.Config.Options` may rewrite) never makes a guest felhom's.
+//! "Bound" means: the guest's net0 MAC and rootfs volume are the ones felhom recorded, and the
+//! marker names the record's job and identity — or the marker was rewritten, which is then
+//! drift the finish step repairs. A description alone (which anyone with
+//! `VM.Config.Options` may rewrite) never makes a guest felhom's, and never unmakes it.
 //!
 //! Two felhom processes never work on one identity at once: each holds the journal's
 //! identity lease while it decides and acts (a live holder is waited for, a dead one's lease
@@ -702,7 +703,12 @@ fn unreachable_prune() -> ! {
 /// Why `cfg` is not provably the guest `rec` describes (None: it is).
 fn unbound(cfg: &pve_api::LxcConfig, rec: &GuestRecord) -> Option<String> {
     let vmid = rec.vmid;
+    // The marker is only a description: rewritten outside felhom, the guest is still the one
+    // felhom made if its MAC and rootfs volume are the recorded ones, and the marker is
+    // repaired (the restore step's drift, the finish step's act).
+    let bound = guest::bound_to(cfg, rec.mac.as_deref(), rec.rootfs.as_deref());
     match Ownership::of(cfg, &rec.job_id) {
+        Ownership::OtherJob(_) | Ownership::Unmarked if bound => return None,
         Ownership::Ours(m) => {
             if m.customer != rec.customer
                 || m.name.as_deref().is_some_and(|n| n != rec.name)

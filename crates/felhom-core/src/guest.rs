@@ -79,6 +79,16 @@ pub fn marker_of(cfg: &LxcConfig) -> Option<Marker> {
     cfg.get_str("description").and_then(Marker::find)
 }
 
+/// Whether `cfg` still is the guest felhom recorded with net0's `mac` and the rootfs volume
+/// `rootfs`: facts that only felhom's restore set and that a tenant cannot change from inside
+/// the guest. With them, a guest whose description (the marker) was rewritten is still
+/// provably felhom's, and its marker is repaired; without a recorded volume, never.
+pub fn bound_to(cfg: &LxcConfig, mac: Option<&str>, rootfs: Option<&str>) -> bool {
+    let same_mac = matches!((mac_of(cfg), mac), (Some(a), Some(b)) if a.eq_ignore_ascii_case(b));
+    let same_rootfs = matches!((rootfs_volume(cfg), rootfs), (Some(a), Some(b)) if a == b);
+    same_mac && same_rootfs
+}
+
 /// net0, or an error if PVE holds something that does not parse as a network property.
 pub fn net0_of(cfg: &LxcConfig) -> Result<Option<NetConfig>, String> {
     match cfg.net(0) {

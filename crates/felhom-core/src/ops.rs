@@ -325,6 +325,13 @@ impl Felhom {
                             format!("guest {v} is held by job {job} (felhom process {pid}) for another guest; wait for it to finish"),
                         );
                     }
+                } else if self.journal.guest(v.get()).ok().flatten().is_some_and(|g| {
+                    g.state != "torn_down"
+                        && g.customer == s.identity_key().customer
+                        && g.name == s.identity_key().name
+                }) {
+                    // The journal's guest for this identity: `apply` proves it is still
+                    // felhom's (MAC, rootfs volume, marker) and decides.
                 } else {
                     let id = s.identity_key();
                     match self.client.lxc_config(s.node.as_str(), v).await {

@@ -9,7 +9,7 @@
 //! | `a_foreign_guest_at_a_crashed_jobs_vmid_is_never_touched` | zero writes to it; the job refuses/pauses naming it |
 //! | `three_processes_one_spec_auto_vmid_make_one_guest` | identity leases across processes |
 //! | `pve_killed_mid_restore_pauses_then_resume_finishes` | exit 3 within the connect budget, paused, never rolled back |
-//! | `drift_is_named_then_repaired` | stopped / renamed / tags / a mount detached from the running guest: `status` 1, `apply` repairs (the detach reverted, the same volume) |
+//! | `drift_is_named_then_repaired` | stopped / renamed / tags / marker rewritten / a mount detached from the running guest: `status` 1, `apply` repairs (the detach reverted, the same volume) |
 //! | `unrepairable_drift_is_refused_without_writes` | a changed MAC, a shrink: refused, nothing written |
 //! | `prune_only_with_the_flag_and_teardown_by_identity` | `--prune`, `plan --prune`, `teardown customer/name`, `absent` |
 //! | `an_undecodable_stored_spec_pauses_and_never_destroys` | a journal from another felhom version |
@@ -544,6 +544,20 @@ fn drift_is_named_then_repaired() {
 
     admin_config(&adm, 1840, &[("tags", "someone-else")]);
     repaired(&sim, &p, 1840, "tags");
+
+    // The description (the marker) rewritten outside felhom: the MAC and rootfs volume still
+    // bind the guest to felhom's record, so the marker is drift, and written back.
+    admin_config(&adm, 1840, &[("description", "my web server")]);
+    repaired(&sim, &p, 1840, "marker");
+    let state = sim.state();
+    let desc = guest(&state, 1840).unwrap()["config"]["description"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        desc.contains("felhom: job=") && desc.contains("name=dr-app"),
+        "{desc}"
+    );
 
     // A mount detached outside felhom from the running guest (the detach waits for the next
     // start; the volume keeps the data): named by `status`, and `apply` reverts the detach:

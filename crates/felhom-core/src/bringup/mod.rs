@@ -266,6 +266,9 @@ async fn owned_config(cx: &JobCx, vmid: Vmid) -> Result<LxcConfig, StepError> {
         }
     };
     let owner = cx.owner_job();
+    if repairs_unmarked(cx, &cfg) {
+        return Ok(cfg);
+    }
     match Ownership::of(&cfg, &owner) {
         Ownership::Ours(_) => Ok(cfg),
         Ownership::OtherJob(m) => Err(StepError::Refused(format!(
@@ -276,6 +279,14 @@ async fn owned_config(cx: &JobCx, vmid: Vmid) -> Result<LxcConfig, StepError> {
             "guest {vmid} no longer carries felhom's ownership marker; refusing to touch it"
         ))),
     }
+}
+
+/// A repair job may work on a guest whose marker was rewritten outside felhom when the guest
+/// is still bound to felhom's record by its MAC and rootfs volume (`apply` checked the same
+/// before it made the job); the finish step writes the marker back. A bring-up never may.
+fn repairs_unmarked(cx: &JobCx, cfg: &LxcConfig) -> bool {
+    let f = cx.facts();
+    f.owner_job.is_some() && guest::bound_to(cfg, f.mac.as_deref(), f.rootfs.as_deref())
 }
 
 fn net0_of(cfg: &LxcConfig) -> Result<Option<pve_api::NetConfig>, StepError> {

@@ -26,7 +26,10 @@ pub(super) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
             return Ok(Observed::NotDone);
         };
         let owner = Ownership::of(&cfg, &cx.owner_job());
-        match (cfg.get_str("lock"), owner.is_ours()) {
+        match (
+            cfg.get_str("lock"),
+            owner.is_ours() || super::repairs_unmarked(cx, &cfg),
+        ) {
             (None, true) => {
                 let mac = net0_of(&cfg)?.and_then(|n| n.hwaddr).map(|m| m.to_string());
                 let rootfs = guest::rootfs_volume(&cfg);
