@@ -323,6 +323,39 @@ fn guard_rails_in_teardown_rollback_and_resume() {
         &[("FELHOM_CRASH_AT", "rootfs:before")],
     );
     assert!(!out.status.success());
+    // The dead process's job shows as interrupted (started, never ended), and its guest as
+    // half-built with the job that owns it: drift, exit 1.
+    let jobs = sim.felhom(&["--output", "json", "jobs"]);
+    let jobs: serde_json::Value = serde_json::from_slice(&jobs.stdout).unwrap();
+    let job = jobs["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["vmid"] == 1630)
+        .unwrap()
+        .clone();
+    assert_eq!(job["state"], "interrupted", "{job}");
+    assert!(
+        job["started_at"].as_i64().is_some() && job["ended_at"].is_null(),
+        "{job}"
+    );
+    let job_id = job["job"].as_str().unwrap().to_string();
+    let st = sim.felhom(&["--output", "json", "status"]);
+    assert_eq!(st.status.code(), Some(1), "{}", both(&st));
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    let g = st["guests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["vmid"] == 1630)
+        .unwrap()
+        .clone();
+    assert!(
+        g["status"].as_str().unwrap().starts_with("half-built"),
+        "{g}"
+    );
+    assert_eq!(g["job"], job_id.as_str(), "{g}");
+    assert_eq!(g["drift"][0]["field"], "half_built", "{g}");
     let c = client(&sim);
     rt().block_on(async {
         let v = pve_api::Vmid::try_from(1630).unwrap();
@@ -354,4 +387,15 @@ fn guard_rails_in_teardown_rollback_and_resume() {
         before,
         "nothing was written to the foreign guest"
     );
+    // Bare `resume` now names the job that needs a person, and what to run then: exit 3.
+    let out = sim.felhom(&["--output", "json", "resume"]);
+    assert_eq!(out.status.code(), Some(3), "{}", both(&out));
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let needs = rep["needs_person"].as_array().unwrap();
+    assert!(
+        needs.iter().any(|n| n["job"] == job_id.as_str()
+            && n["run"] == format!("felhom resume {job_id}").as_str()),
+        "{rep}"
+    );
+    assert_eq!(sim.write_count(), before, "listing wrote");
 }
