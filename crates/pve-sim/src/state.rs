@@ -305,6 +305,25 @@ impl State {
             .sum()
     }
 
+    /// Allocate a new volume of `bytes` for `vmid` on `storage`: named after the ones that
+    /// exist and the ones this change allocated already (`new`), and added to `new`.
+    pub fn allocate_volume(
+        &self,
+        storage: String,
+        vmid: u32,
+        bytes: u64,
+        new: &mut Vec<Volume>,
+    ) -> String {
+        let volid = self.next_disk_name(&storage, vmid, new);
+        new.push(Volume {
+            volid: volid.clone(),
+            storage,
+            owner: vmid,
+            size: bytes,
+        });
+        volid
+    }
+
     /// The next free `vm-<vmid>-disk-<n>` on a storage.
     pub fn next_disk_name(&self, storage: &str, vmid: u32, taken: &[Volume]) -> String {
         let mut n = 0;

@@ -952,14 +952,7 @@ fn plan_restore(
                 }
             },
         };
-        let volid = st.next_disk_name(&sid, vmid, &volumes);
-        volumes.push(Volume {
-            volid: volid.clone(),
-            storage: sid,
-            owner: vmid,
-            size: bytes,
-        });
-        m.volume = volid;
+        m.volume = st.allocate_volume(sid, vmid, bytes, &mut volumes);
         m.size = Some(bytes);
         conf.insert(k, m.to_string());
     }

@@ -43,6 +43,20 @@ fn escape_description(line: &str) -> String {
         .collect()
 }
 
+/// A config change may go ahead: no `lock` property (reference §4.2) and, when the request
+/// names one, the digest it was decided on (§3.2).
+fn writable(g: &Guest, req: &Req) -> Result<(), PveErr> {
+    if let Some(l) = g.config.get("lock") {
+        return Err(die(texts::locked(l)));
+    }
+    if let Some(d) = req.get("digest") {
+        if d != digest(g) {
+            return Err(die(texts::CONFIG_MODIFIED));
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn digest(g: &Guest) -> String {
     hex::encode(Sha1::digest(config_text(g).as_bytes()))
 }
@@ -238,14 +252,7 @@ pub(crate) async fn put_config(sim: &Arc<Sim>, req: &Req) -> HResult {
     let who = req.who.clone();
     sim.mutate(|st| -> HResult {
         let g = guest_or_err(st, &req.node, vmid)?;
-        if let Some(l) = g.config.get("lock") {
-            return Err(die(texts::locked(l)));
-        }
-        if let Some(d) = req.get("digest") {
-            if d != digest(g) {
-                return Err(die(texts::CONFIG_MODIFIED));
-            }
-        }
+        writable(g, req)?;
         let running = g.running;
         let unpriv = g.config.get("unprivileged").map(|v| v == "1");
         let keys: Vec<(&str, Option<&str>)> = sets
@@ -333,14 +340,7 @@ pub(crate) async fn put_config(sim: &Arc<Sim>, req: &Req) -> HResult {
                 let mut m = pve_api::MountConfig::parse_mp(v)
                     .map_err(|e| param1(k, format!("invalid format - {e}")))?;
                 let bytes = (gib * GIB as f64) as u64;
-                let volid = st.next_disk_name(&sid, vmid, &new_vols);
-                new_vols.push(Volume {
-                    volid: volid.clone(),
-                    storage: sid,
-                    owner: vmid,
-                    size: bytes,
-                });
-                m.volume = volid;
+                m.volume = st.allocate_volume(sid, vmid, bytes, &mut new_vols);
                 m.size = Some(bytes);
                 m.to_string()
             } else if k == "rootfs" {
@@ -445,14 +445,7 @@ pub(crate) fn resize(sim: &Arc<Sim>, req: &Req) -> HResult {
         // The quirk: the handler also runs the per-key check on {disk => …} (reference §5).
         need(st, &who, &vms, "VM.Config.Options")?;
         let g = guest_or_err(st, &req.node, vmid)?;
-        if let Some(l) = g.config.get("lock") {
-            return Err(die(texts::locked(l)));
-        }
-        if let Some(d) = req.get("digest") {
-            if d != digest(g) {
-                return Err(die(texts::CONFIG_MODIFIED));
-            }
-        }
+        writable(g, req)?;
         let cur = g
             .config
             .get(&disk)

@@ -36,7 +36,7 @@ pub(crate) use serde_json::{json, Value};
 pub(crate) use crate::auth::{self, Subject};
 pub(crate) use crate::error::*;
 pub(crate) use crate::sim::{model, now_ms, Sim};
-pub(crate) use crate::state::{Guest, State, TaskPlan, Volume, GIB};
+pub(crate) use crate::state::{Guest, State, TaskPlan, GIB};
 pub(crate) use params::{new_volume_spec, normalize_tags, store_net, Kind};
 pub(crate) use pve_api::texts;
 
