@@ -23,7 +23,6 @@
 
 mod common;
 use std::os::unix::process::ExitStatusExt;
-use std::sync::Mutex;
 
 use common::*;
 use felhom_core::job::Step;
@@ -31,38 +30,6 @@ use serde_json::Value;
 
 /// Cases in flight at once against one simulator.
 const PARALLEL: usize = 6;
-
-/// Run `f` over `cases`, `PARALLEL` at a time. A failing case does not stop the others; the
-/// test then fails naming every failed case with its message.
-fn run_concurrently<T: Sync + std::fmt::Debug>(cases: &[T], f: impl Fn(&T) + Sync) {
-    let next = Mutex::new(cases.iter());
-    let failed = Mutex::new(Vec::new());
-    std::thread::scope(|s| {
-        for _ in 0..PARALLEL.min(cases.len()) {
-            s.spawn(|| loop {
-                let Some(case) = next.lock().unwrap().next() else {
-                    return;
-                };
-                if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(case))) {
-                    let msg = p
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_default();
-                    failed.lock().unwrap().push(format!("{case:?}: {msg}"));
-                }
-            });
-        }
-    });
-    let failed = failed.into_inner().unwrap();
-    assert!(
-        failed.is_empty(),
-        "{} of {} cases failed:\n{}",
-        failed.len(),
-        cases.len(),
-        failed.join("\n")
-    );
-}
 
 /// The id of the newest job of `kind` matching `pred`, from `felhom jobs`.
 fn job_id(sim: &Sim, kind: &str, pred: impl Fn(&Value) -> bool) -> String {
@@ -199,7 +166,7 @@ fn crash_at_every_bringup_step_then_resume_succeeds() {
             .into_iter()
             .zip(1100..)
             .collect();
-    run_concurrently(&cases, |(crash, vmid)| {
+    run_concurrently(&cases, PARALLEL, |(crash, vmid)| {
         let vmid = *vmid;
         let customer = format!("c{vmid}");
         provision_crashing(&sim, &customer, vmid, crash);
@@ -248,7 +215,7 @@ fn crash_during_rollback_then_resume_rolls_back_fully() {
         .into_iter()
         .zip(1190..)
         .collect();
-    run_concurrently(&cases, |(crash, vmid)| {
+    run_concurrently(&cases, PARALLEL, |(crash, vmid)| {
         let vmid = *vmid;
         let customer = format!("rb{vmid}");
         provision_crashing(&sim, &customer, vmid, crash);
@@ -292,7 +259,7 @@ fn crash_at_every_teardown_step_then_resume_finishes() {
             .into_iter()
             .zip(1300..)
             .collect();
-    run_concurrently(&cases, |(crash, vmid)| {
+    run_concurrently(&cases, PARALLEL, |(crash, vmid)| {
         let vmid = *vmid;
         let customer = format!("td{vmid}");
         let path = sim.write_spec(

@@ -365,6 +365,17 @@ fn process_alive(pid: u32, start: u64) -> bool {
 
 /// The identity a stored guest spec names: its `customer`, and its `hostname` (else
 /// `hostname`) as the name. `None` without a customer.
+/// How long a journal operation waits for another process's write lock.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// SQLite's "another connection holds the lock" answers.
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
 fn spec_identity(spec: &Value, hostname: Option<&str>) -> Option<(String, String)> {
     let customer = spec["customer"].as_str()?;
     let name = spec["name"]
@@ -384,15 +395,18 @@ impl Journal {
                 })?;
             }
         }
-        let mut conn = Connection::open(path).map_err(|e| JournalError::Open {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        conn.busy_timeout(std::time::Duration::from_secs(30))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        schema::migrate(&mut conn, path)?;
+        // Several felhom processes may open one journal at the same moment (a batch, a
+        // controller's retries): switching a new file to WAL takes an exclusive lock that
+        // SQLite does not wait for, so a busy open is tried again, within the busy timeout.
+        let started = std::time::Instant::now();
+        let conn = loop {
+            match Self::open_once(path) {
+                Err(JournalError::Db(e)) if is_busy(&e) && started.elapsed() < BUSY_TIMEOUT => {
+                    std::thread::sleep(std::time::Duration::from_millis(25));
+                }
+                other => break other?,
+            }
+        };
         let pid = std::process::id();
         let pid_start = process_start(pid).unwrap_or(0);
         Ok(Journal {
@@ -400,6 +414,20 @@ impl Journal {
             pid,
             pid_start,
         })
+    }
+
+    /// Open, switch to WAL, and bring the schema to this build's version.
+    fn open_once(path: &Path) -> Result<Connection, JournalError> {
+        let mut conn = Connection::open(path).map_err(|e| JournalError::Open {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        schema::migrate(&mut conn, path)?;
+        Ok(conn)
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -1011,6 +1039,31 @@ fn guest_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<GuestRecord> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Many processes opening one new journal at the same moment all get it (a batch of
+    /// `felhom apply` runs, a controller's retries): none fails with "database is locked".
+    #[test]
+    fn many_opens_of_one_new_journal_at_once_all_succeed() {
+        for round in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("journal.db");
+            let barrier = std::sync::Barrier::new(8);
+            std::thread::scope(|s| {
+                let handles: Vec<_> = (0..8)
+                    .map(|_| {
+                        s.spawn(|| {
+                            barrier.wait();
+                            Journal::open(&path).map(|_| ())
+                        })
+                    })
+                    .collect();
+                for h in handles {
+                    let r = h.join().unwrap();
+                    assert!(r.is_ok(), "round {round}: {r:?}");
+                }
+            });
+        }
+    }
 
     fn vmid(n: u32) -> Vmid {
         Vmid::try_from(n).unwrap()
