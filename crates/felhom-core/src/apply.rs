@@ -237,6 +237,8 @@ impl Felhom {
             return Ok(refuse(v, why));
         }
         let old: Option<GuestSpec> = serde_json::from_value(rec.spec.clone()).ok();
+        let present = guest::mounts_of(&cfg);
+        let attached = |path: &str| present.iter().find(|p| p.path == path);
         if let Some(old) = &old {
             let mut changed = Vec::new();
             if old.golden != spec.golden {
@@ -262,10 +264,7 @@ impl Felhom {
             }
             for m in &old.mounts {
                 let kept = spec.mounts.iter().any(|n| n.path == m.path);
-                let present = guest::mounts_of(&cfg)
-                    .iter()
-                    .any(|p| p.path == m.path.as_str());
-                if !kept && present {
+                if !kept && attached(m.path.as_str()).is_some() {
                     changed.push(format!(
                         "mount {} is not in the spec any more, and it may hold data: felhom never removes a mount (detach it by hand, then apply)",
                         m.path
@@ -282,9 +281,7 @@ impl Felhom {
                 .iter()
                 .filter(|m| {
                     old.mounts.iter().any(|o| o.path == m.path)
-                        && !guest::mounts_of(&cfg)
-                            .iter()
-                            .any(|p| p.path == m.path.as_str())
+                        && attached(m.path.as_str()).is_none()
                 })
                 .collect();
             // A detach still pending (running guest) is the mounts step's to revert.
@@ -317,10 +314,7 @@ impl Felhom {
             ));
         }
         for m in &spec.mounts {
-            if let Some(p) = guest::mounts_of(&cfg)
-                .iter()
-                .find(|p| p.path == m.path.as_str())
-            {
+            if let Some(p) = attached(m.path.as_str()) {
                 if p.bytes > m.size.bytes() {
                     return Ok(refuse(
                         v,
@@ -380,30 +374,33 @@ impl Felhom {
         for s in specs {
             out.push((s.identity_key(), self.decide_with(s, &unrecorded).await?));
         }
-        self.assign_vmids(specs, &mut out).await?;
+        self.assign_vmids(specs, out.iter_mut().map(|(_, d)| Some(d)))
+            .await?;
         if prune {
             out.extend(self.prunable(specs)?);
         }
         Ok(out)
     }
 
-    /// Give each `create` the VMID `provision` reserves first (in spec order).
-    async fn assign_vmids(
+    /// Give each `create` the VMID `provision` reserves first (in spec order). `decisions`
+    /// follows `specs`; `None` is a guest not decided yet (its identity held elsewhere).
+    async fn assign_vmids<'d>(
         &self,
         specs: &[GuestSpec],
-        decisions: &mut [(Identity, Decision)],
+        decisions: impl Iterator<Item = Option<&'d mut Decision>>,
     ) -> Result<(), OpsError> {
-        let creating: Vec<GuestSpec> = specs
+        let creating: Vec<(GuestSpec, &mut Option<u32>)> = specs
             .iter()
-            .zip(decisions.iter())
-            .filter(|(_, (_, d))| matches!(d, Decision::Create { .. }))
-            .map(|(s, _)| s.clone())
+            .zip(decisions)
+            .filter_map(|(s, d)| match d {
+                Some(Decision::Create { vmid }) => Some((s.clone(), vmid)),
+                _ => None,
+            })
             .collect();
-        let mut picks = self.pick_vmids(&creating).await?.into_iter();
-        for (_, d) in decisions.iter_mut() {
-            if let Decision::Create { vmid } = d {
-                *vmid = picks.next().flatten().map(|v| v.get());
-            }
+        let (specs, slots): (Vec<GuestSpec>, Vec<&mut Option<u32>>) = creating.into_iter().unzip();
+        let picks = self.pick_vmids(&specs).await?;
+        for (slot, pick) in slots.into_iter().zip(picks) {
+            *slot = pick.map(|v| v.get());
         }
         Ok(())
     }
@@ -442,50 +439,16 @@ impl Felhom {
         progress: Arc<dyn Progress>,
     ) -> Result<Vec<JobReport>, OpsError> {
         let holder = crate::ops::new_apply_id();
-        let nodes: Vec<&str> = specs.iter().map(|s| s.node.as_str()).collect();
-        let unrecorded = self.unrecorded_markers(&nodes).await?;
-        // Decide in spec order, each under its identity lease (a live holder elsewhere is
-        // waited for in that guest's own task).
-        let mut decided = Vec::new();
-        for s in &specs {
-            let id = s.identity_key();
-            let d = match self
-                .journal
-                .acquire_identity(&id.customer, &id.name, &holder)
-            {
-                Ok(()) => match self.decide_with(s, &unrecorded).await {
-                    Ok(d) => Some(d),
-                    Err(e) => {
-                        self.release_all(&specs, &holder);
-                        return Err(e);
-                    }
-                },
-                Err(JournalError::IdentityHeld { .. }) => None,
-                Err(e) => {
-                    self.release_all(&specs, &holder);
-                    return Err(e.into());
-                }
-            };
-            decided.push((id, d));
-        }
-        let mut with_vmids: Vec<(Identity, Decision)> = decided
-            .iter()
-            .map(|(id, d)| {
-                (
-                    id.clone(),
-                    d.clone().unwrap_or(Decision::Unchanged { vmid: 0 }),
-                )
-            })
-            .collect();
-        self.assign_vmids(&specs, &mut with_vmids).await?;
-        let prunes = if prune {
-            self.prunable(&specs)?
-        } else {
-            Vec::new()
+        let (decided, prunes) = match self.decide_all(&specs, prune, &holder).await {
+            Ok(d) => d,
+            Err(e) => {
+                // Nothing was done: give back every identity this call took.
+                self.release_all(&specs, &holder);
+                return Err(e);
+            }
         };
         let mut handles = Vec::new();
-        for ((spec, (_, first)), (_, assigned)) in specs.into_iter().zip(decided).zip(with_vmids) {
-            let first = first.map(|_| assigned);
+        for (spec, first) in specs.into_iter().zip(decided) {
             let me = self.clone();
             let progress = progress.clone();
             let holder = holder.clone();
@@ -509,6 +472,41 @@ impl Felhom {
         }
         self.remember_durations();
         Ok(reports)
+    }
+
+    /// Decide in spec order, each under its identity lease (`None`: a live holder elsewhere,
+    /// waited for in that guest's own task), with the VMIDs creations get; and with `prune`
+    /// the guests to remove. Reads PVE; writes only identity leases.
+    async fn decide_all(
+        &self,
+        specs: &[GuestSpec],
+        prune: bool,
+        holder: &str,
+    ) -> Result<(Vec<Option<Decision>>, Vec<(Identity, Decision)>), OpsError> {
+        let nodes: Vec<&str> = specs.iter().map(|s| s.node.as_str()).collect();
+        let unrecorded = self.unrecorded_markers(&nodes).await?;
+        let mut decided = Vec::new();
+        for s in specs {
+            let id = s.identity_key();
+            decided.push(
+                match self
+                    .journal
+                    .acquire_identity(&id.customer, &id.name, holder)
+                {
+                    Ok(()) => Some(self.decide_with(s, &unrecorded).await?),
+                    Err(JournalError::IdentityHeld { .. }) => None,
+                    Err(e) => return Err(e.into()),
+                },
+            );
+        }
+        self.assign_vmids(specs, decided.iter_mut().map(Option::as_mut))
+            .await?;
+        let prunes = if prune {
+            self.prunable(specs)?
+        } else {
+            Vec::new()
+        };
+        Ok((decided, prunes))
     }
 
     fn release_all(&self, specs: &[GuestSpec], holder: &str) {

@@ -14,7 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::bringup::{self, BringupStep};
 use crate::config::Config;
-use crate::guest::{GoldenInfo, Ownership, PickError, VmidPicker};
+use crate::guest::{GoldenInfo, PickError, VmidPicker};
 use crate::job::{self, Facts, JobCx, Observed, Outcome, Progress, Step};
 use crate::journal::JobRow;
 use crate::journal::{JobKind, JobState, Journal, Phase};
@@ -306,6 +306,7 @@ impl Felhom {
                     rule,
                 })
             };
+            let id = s.identity_key();
             if let VmidChoice::Fixed(v) = s.vmid {
                 if !self.config.vmid_range.contains(v) {
                     err(
@@ -319,30 +320,27 @@ impl Felhom {
                 } else if let Some((job, pid)) = self.journal.live_lease_holder(v).ok().flatten() {
                     // A job building this very guest right now: `apply` waits for it and
                     // decides then. Any other holder is another guest's.
-                    if !self.job_is_for(&job, &s.identity_key()) {
+                    if !self.job_is_for(&job, &id) {
                         err(
                             "vmid",
                             format!("guest {v} is held by job {job} (felhom process {pid}) for another guest; wait for it to finish"),
                         );
                     }
                 } else if self.journal.guest(v.get()).ok().flatten().is_some_and(|g| {
-                    g.state != "torn_down"
-                        && g.customer == s.identity_key().customer
-                        && g.name == s.identity_key().name
+                    g.state != "torn_down" && g.customer == id.customer && g.name == id.name
                 }) {
                     // The journal's guest for this identity: `apply` proves it is still
                     // felhom's (MAC, rootfs volume, marker) and decides.
                 } else {
-                    let id = s.identity_key();
-                    match self.client.lxc_config(s.node.as_str(), v).await {
-                        Err(ApiError::NotFound { .. }) => {}
-                        Ok(cfg) => match Ownership::of(&cfg, "") {
+                    match crate::guest::config_of(&self.client, s.node.as_str(), v).await {
+                        Ok(None) => {}
+                        Ok(Some(cfg)) => match crate::guest::marker_of(&cfg) {
                             // The guest this spec describes: `apply` decides what to do.
-                            Ownership::OtherJob(m)
+                            Some(m)
                                 if m.customer == id.customer
                                     && m.name.as_deref().unwrap_or(s.hostname.as_str()) == id.name => {}
-                            Ownership::Ours(m) | Ownership::OtherJob(m) => err("vmid", format!("{v} already holds felhom guest {}/{} (job {}), not {id} (see `felhom status {v}`)", m.customer, m.name.as_deref().unwrap_or("?"), m.job)),
-                            Ownership::Unmarked => err("vmid", format!("{v} already holds a guest that felhom does not own; refusing to touch it")),
+                            Some(m) => err("vmid", format!("{v} already holds felhom guest {}/{} (job {}), not {id} (see `felhom status {v}`)", m.customer, m.name.as_deref().unwrap_or("?"), m.job)),
+                            None => err("vmid", format!("{v} already holds a guest that felhom does not own; refusing to touch it")),
                         },
                         Err(e) => err("vmid", format!("cannot check VMID {v}: {e}")),
                     }
