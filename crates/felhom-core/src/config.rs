@@ -60,10 +60,18 @@ pub struct PveSection {
     /// Request timeout in seconds.
     #[serde(default = "default_timeout")]
     pub timeout_secs: u64,
+    /// The largest answer (body) felhom reads from PVE, in MiB; a longer one is cut off and
+    /// the request fails naming the endpoint (a hostile or broken server cannot fill memory).
+    #[serde(default = "default_max_response_mib")]
+    pub max_response_mib: u64,
 }
 
 fn default_timeout() -> u64 {
     30
+}
+
+fn default_max_response_mib() -> u64 {
+    pve_api::DEFAULT_MAX_BODY_BYTES >> 20
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -317,6 +325,12 @@ impl Config {
         if file.pve.timeout_secs == 0 {
             err("pve.timeout_secs", "must be > 0".into());
         }
+        if !(1..=4096).contains(&file.pve.max_response_mib) {
+            err(
+                "pve.max_response_mib",
+                format!("must be 1–4096 (MiB); got {}", file.pve.max_response_mib),
+            );
+        }
         if !errors.is_empty() {
             return Err(invalid(errors));
         }
@@ -332,6 +346,7 @@ impl Config {
                 token: ApiToken::new(token_id, secret),
                 trust,
                 timeout: Duration::from_secs(file.pve.timeout_secs),
+                max_body_bytes: file.pve.max_response_mib << 20,
             },
             vmid_range,
             journal: resolve(&file.felhom.journal),

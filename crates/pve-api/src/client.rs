@@ -23,7 +23,20 @@ pub struct ClientConfig {
     pub token: ApiToken,
     pub trust: TlsTrust,
     pub timeout: Duration,
+    /// The most bytes one answer's body (a task log page included) may have; a longer one
+    /// fails with [`ApiError::BodyTooLarge`] after reading at most this much
+    /// ([`DEFAULT_MAX_BODY_BYTES`] unless a caller chose otherwise).
+    pub max_body_bytes: u64,
 }
+
+/// 16 MiB: the biggest answer felhom reads is a task log page or a storage's content list,
+/// well under 1 MiB on a real host; the cap only stops a hostile or broken server from
+/// streaming gigabytes into memory within the request timeout.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 16 << 20;
+
+/// The cap for the simulator's side channel (`/felhom-sim/*`: state dumps and request logs
+/// of a whole benchmark run, tens of MB), which is test tooling, not PVE.
+const OUTSIDE_API_MAX_BODY_BYTES: u64 = 1 << 30;
 
 impl fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -32,6 +45,7 @@ impl fmt::Debug for ClientConfig {
             .field("token", &self.token)
             .field("trust", &self.trust)
             .field("timeout", &self.timeout)
+            .field("max_body_bytes", &self.max_body_bytes)
             .finish()
     }
 }
@@ -68,6 +82,7 @@ struct Inner {
     token_id: String,
     counters: Counters,
     durations: crate::durations::TaskDurations,
+    max_body: u64,
 }
 
 /// A PVE API client. Cheap to clone (shared connection pool and counters).
@@ -169,6 +184,7 @@ impl PveClient {
                 token_id: cfg.token.id().to_string(),
                 counters: Counters::default(),
                 durations: Default::default(),
+                max_body: cfg.max_body_bytes,
             }),
         })
     }
@@ -242,10 +258,12 @@ impl PveClient {
             .and_then(|r| std::str::from_utf8(r.as_bytes()).ok())
             .map(str::to_string)
             .unwrap_or_else(|| status.canonical_reason().unwrap_or("").to_string());
-        let body = resp.bytes().await.map_err(|e| ApiError::Transport {
-            message: chain(&e),
-            maybe_sent: true,
-        })?;
+        let limit = if full_path.starts_with("/api2/") {
+            self.inner.max_body
+        } else {
+            OUTSIDE_API_MAX_BODY_BYTES
+        };
+        let body = read_capped(resp, &method, full_path, limit).await?;
         if !status.is_success() {
             return Err(classify(status.as_u16(), &reason, &body));
         }
@@ -365,10 +383,7 @@ impl PveClient {
                 maybe_sent: !e.is_connect(),
             })?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| ApiError::Transport {
-            message: chain(&e),
-            maybe_sent: true,
-        })?;
+        let bytes = read_capped(resp, &Method::POST, path, OUTSIDE_API_MAX_BODY_BYTES).await?;
         if !status.is_success() {
             return Err(classify(
                 status.as_u16(),
@@ -392,6 +407,62 @@ impl PveClient {
         }
         self.send(Method::GET, path, &[], false).await
     }
+}
+
+/// A response body, read chunk by chunk and given up as soon as it passes `limit` bytes (a
+/// `Content-Length` above it is refused before any byte is read), so a hostile server can
+/// never make the client hold more than `limit` plus one chunk.
+async fn read_capped(
+    mut resp: reqwest::Response,
+    method: &Method,
+    full_path: &str,
+    limit: u64,
+) -> Result<Vec<u8>, ApiError> {
+    let too_large = || ApiError::BodyTooLarge {
+        endpoint: endpoint_template(method.as_str(), full_path),
+        limit,
+    };
+    if resp.content_length().is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut body = Vec::with_capacity(resp.content_length().unwrap_or(0).min(64 << 10) as usize);
+    while let Some(chunk) = resp.chunk().await.map_err(|e| ApiError::Transport {
+        message: chain(&e),
+        maybe_sent: true,
+    })? {
+        if body.len() as u64 + chunk.len() as u64 > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// `GET /nodes/{node}/lxc/{vmid}/config` for `GET /api2/json/nodes/pve/lxc/101/config`: the
+/// route, never the values (no query either), so an error naming it carries nothing a caller
+/// passed in.
+pub(crate) fn endpoint_template(method: &str, full_path: &str) -> String {
+    let path = full_path.strip_prefix("/api2/json").unwrap_or(full_path);
+    let segs: Vec<&str> = path.split('/').collect();
+    let mut out = Vec::with_capacity(segs.len());
+    for (i, seg) in segs.iter().enumerate() {
+        let prev = if i > 0 { segs[i - 1] } else { "" };
+        let var = match prev {
+            "nodes" => Some("{node}"),
+            "lxc" | "qemu" | "guests" => Some("{vmid}"),
+            "tasks" => Some("{upid}"),
+            "storage" => Some("{storage}"),
+            "pools" => Some("{poolid}"),
+            "content" => Some("{volume}"),
+            _ => None,
+        };
+        out.push(match var {
+            Some(v) if !seg.is_empty() => v.to_string(),
+            _ if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) => "{id}".into(),
+            _ => seg.to_string(),
+        });
+    }
+    format!("{method} {}", out.join("/"))
 }
 
 /// Checks for path parameters, so that a hostile value never reaches a URL.
@@ -544,6 +615,155 @@ mod tests {
         }
     }
 
+    /// A server that answers every connection with `head` (status line and headers, no
+    /// blank line) and then an endless chunked body of `x`s, until the client goes away;
+    /// returns its URL, pin and the body bytes it managed to write.
+    async fn serve_endless(head: &'static str) -> (Url, CertFingerprint, Arc<AtomicU64>) {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let cert = ck.cert.der().clone();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into());
+        let fingerprint = CertFingerprint::of(cert.as_ref());
+        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let written = Arc::new(AtomicU64::new(0));
+        let w = written.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let w = w.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = tls.read(&mut buf).await;
+                    let chunked = head.contains("chunked");
+                    if tls
+                        .write_all(format!("{head}\r\n\r\n").as_bytes())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    let data = vec![b'x'; 64 << 10];
+                    let piece = if chunked {
+                        [
+                            format!("{:x}\r\n", data.len()).into_bytes(),
+                            data,
+                            b"\r\n".to_vec(),
+                        ]
+                        .concat()
+                    } else {
+                        data
+                    };
+                    while tls.write_all(&piece).await.is_ok() {
+                        w.fetch_add(64 << 10, Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        let url = format!("https://localhost:{port}").parse().unwrap();
+        (url, fingerprint, written)
+    }
+
+    #[tokio::test]
+    async fn endless_bodies_stop_at_the_cap() {
+        const CAP: u64 = 1 << 20;
+        let chunked =
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked";
+        let (url, pin, written) = serve_endless(chunked).await;
+        let mut cfg = config(url, TlsTrust::Pinned(pin));
+        cfg.max_body_bytes = CAP;
+        let c = PveClient::new(cfg).unwrap();
+        let e = c.version().await.unwrap_err();
+        assert_eq!(
+            e,
+            ApiError::BodyTooLarge {
+                endpoint: "GET /version".into(),
+                limit: CAP
+            }
+        );
+        assert!(!e.is_transient());
+        let shown = e.to_string();
+        assert!(
+            shown.contains("GET /version") && shown.contains("1048576"),
+            "{shown}"
+        );
+
+        // A task log the same way, named by its route, never the UPID.
+        let upid: Upid = "UPID:pve:0003A2F1:0B8C9D12:66A1B2C3:vzrestore:123:felhom@pve!agent:"
+            .parse()
+            .unwrap();
+        let e = c.task_log(&upid, 0, 50).await.unwrap_err();
+        assert_eq!(
+            e,
+            ApiError::BodyTooLarge {
+                endpoint: "GET /nodes/{node}/tasks/{upid}/log".into(),
+                limit: CAP
+            }
+        );
+        // The client stopped reading at the cap: the server could write at most the cap, one
+        // chunk and what the sockets buffer, for both requests, never the gigabytes it offered
+        // within the timeout.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let sent = written.load(Ordering::Relaxed);
+        assert!(
+            sent < 2 * CAP + (32 << 20),
+            "the server got {sent} bytes out"
+        );
+
+        // A Content-Length above the cap is refused before the body is read.
+        let (url, pin, written) = serve_endless(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1099511627776",
+        )
+        .await;
+        let mut cfg = config(url, TlsTrust::Pinned(pin));
+        cfg.max_body_bytes = CAP;
+        let c = PveClient::new(cfg).unwrap();
+        let vmid = Vmid::try_from(101).unwrap();
+        let e = c.lxc_config("pve", vmid).await.unwrap_err();
+        assert_eq!(
+            e,
+            ApiError::BodyTooLarge {
+                endpoint: "GET /nodes/{node}/lxc/{vmid}/config".into(),
+                limit: CAP
+            }
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(written.load(Ordering::Relaxed) < CAP + (32 << 20));
+    }
+
+    #[test]
+    fn endpoint_templates_name_routes_not_values() {
+        for (path, want) in [
+            ("/api2/json/version", "GET /version"),
+            (
+                "/api2/json/nodes/pve-2/lxc/1100/status/current",
+                "GET /nodes/{node}/lxc/{vmid}/status/current",
+            ),
+            (
+                "/api2/json/nodes/pve/storage/local-lvm/content/local%3Abackup%2Fx",
+                "GET /nodes/{node}/storage/{storage}/content/{volume}",
+            ),
+            ("/api2/json/pools/customers", "GET /pools/{poolid}"),
+            ("/api2/json/cluster/nextid", "GET /cluster/nextid"),
+            (
+                "/felhom-sim/guests/1100/ssh",
+                "GET /felhom-sim/guests/{vmid}/ssh",
+            ),
+        ] {
+            assert_eq!(endpoint_template("GET", path), want);
+        }
+    }
+
     fn http(status_line: &str, body: &str) -> String {
         format!(
             "HTTP/1.1 {status_line}\r\nContent-Type: application/json;charset=UTF-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -560,6 +780,7 @@ mod tests {
             ),
             trust,
             timeout: Duration::from_secs(10),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         }
     }
 

@@ -85,6 +85,12 @@ pub enum ApiError {
     /// Transient.
     #[error("cannot reach PVE: {message}")]
     Transport { message: String, maybe_sent: bool },
+    /// The answer's body passed the client's cap (`ClientConfig::max_body_bytes`): a hostile
+    /// or broken server streaming more than any PVE answer holds. Reading stopped at the
+    /// cap. `endpoint` is the method and route (`GET /nodes/{node}/tasks/{upid}/log`), never
+    /// the values. Not transient: the same request gets the same answer.
+    #[error("PVE's answer to {endpoint} is larger than the client's cap of {limit} bytes; reading stopped there")]
+    BodyTooLarge { endpoint: String, limit: u64 },
     /// PVE answered something this client cannot read. Not transient.
     #[error("unexpected PVE response: {message}")]
     Decode { message: String },

@@ -39,7 +39,7 @@ mod vmid;
 
 pub use access::Permissions;
 pub use auth::{ApiToken, Secret, TokenId, TokenIdError};
-pub use client::{ClientConfig, ClientStats, PveClient};
+pub use client::{ClientConfig, ClientStats, PveClient, DEFAULT_MAX_BODY_BYTES};
 pub use cluster::VersionInfo;
 pub use error::{classify, ApiError, TaskFailure};
 pub use lxc::{Interface, IpAddress, LxcConfig, LxcStatus, LxcSummary, PendingEntry};

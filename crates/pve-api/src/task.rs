@@ -268,6 +268,22 @@ struct LogPage {
 /// How many log lines a `TaskFailed` carries.
 const LOG_TAIL: u32 = 20;
 
+/// The longest log line a `TaskFailed` keeps, in bytes: the page itself is capped by the
+/// client's body cap, this keeps one error message readable.
+const LOG_LINE_MAX: usize = 2048;
+
+fn clip_line(mut line: String) -> String {
+    if line.len() > LOG_LINE_MAX {
+        let mut end = LOG_LINE_MAX;
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        line.truncate(end);
+        line.push('…');
+    }
+    line
+}
+
 /// What a status-poll error means to the wait loop. Pure.
 fn poll_error_action(e: &ApiError, elapsed: Duration, opts: &WaitOptions) -> PollErrorAction {
     match e {
@@ -343,7 +359,7 @@ impl PveClient {
             }
         }
         let skip = lines.len().saturating_sub(LOG_TAIL as usize);
-        Ok(lines.split_off(skip))
+        Ok(lines.split_off(skip).into_iter().map(clip_line).collect())
     }
 
     /// Wait for a task to stop, polling as [`WaitOptions`] describes.
@@ -433,7 +449,13 @@ impl PveClient {
                     polls,
                 });
             }
-            let log_tail = self.task_log_tail(upid).await.unwrap_or_default();
+            // The log is best effort (the exit status is the error), but a log refused for
+            // its size says so instead of vanishing.
+            let log_tail = match self.task_log_tail(upid).await {
+                Ok(tail) => tail,
+                Err(e @ ApiError::BodyTooLarge { .. }) => vec![format!("(log not read: {e})")],
+                Err(_) => Vec::new(),
+            };
             return Err(ApiError::TaskFailed {
                 upid: upid.to_string(),
                 kind: crate::TaskFailure::of(&exit),

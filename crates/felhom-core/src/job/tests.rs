@@ -318,6 +318,7 @@ fn job_cx(journal: &Path, job: &str) -> JobCx {
                 .unwrap(),
         ),
         timeout: Duration::from_secs(1),
+        max_body_bytes: pve_api::DEFAULT_MAX_BODY_BYTES,
     };
     let config = Config {
         path: journal.with_file_name("felhom.toml"),

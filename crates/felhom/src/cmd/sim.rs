@@ -159,6 +159,7 @@ pub fn sim_config(handle: &pve_sim::SimHandle, state_dir: &Path, journal: PathBu
                     .unwrap_or_else(|_| state_dir.join("felhom-agent.token")),
             ),
             timeout_secs: 30,
+            max_response_mib: pve_api::DEFAULT_MAX_BODY_BYTES >> 20,
         },
         felhom: FelhomSection {
             vmid_range: SIM_VMID_RANGE,

@@ -53,6 +53,7 @@ pub fn client_for(sim: &SimHandle, token: &str, secret: &str) -> PveClient {
         token: ApiToken::new(token.parse().unwrap(), Secret::new(secret.into())),
         trust: TlsTrust::Pinned(sim.fingerprint.parse::<CertFingerprint>().unwrap()),
         timeout: Duration::from_secs(30),
+        max_body_bytes: pve_api::DEFAULT_MAX_BODY_BYTES,
     })
     .unwrap()
 }
