@@ -556,14 +556,17 @@ impl Felhom {
         let mut continued: Option<JobReport> = None;
         // felhom could not read or write its own state (PVE or the journal): stop, undo
         // nothing, let a person or the next run look again.
+        // A refused certificate stops it too, as its own outcome (exit 2, never retried).
         let paused = |vmid: Option<u32>, e: &dyn std::fmt::Display| {
-            JobReport::decided(
-                &label,
-                vmid,
-                Outcome::Paused {
+            let outcome = match self.client.refused_certificate() {
+                Some(c) => Outcome::Untrusted {
+                    error: c.to_string(),
+                },
+                None => Outcome::Paused {
                     error: e.to_string(),
                 },
-            )
+            };
+            JobReport::decided(&label, vmid, outcome)
         };
         for _ in 0..3 {
             let decision = match next.take() {

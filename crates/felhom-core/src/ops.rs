@@ -434,7 +434,27 @@ impl Felhom {
                 }
             }
         }
+        // A refused certificate is the one error that matters: the client sent nothing after
+        // the first handshake, so every other check failed the same way.
+        if let Some(e) = self.untrusted() {
+            return vec![e];
+        }
         errors
+    }
+
+    /// The server's certificate was refused (pin mismatch, CA): the config field to fix and
+    /// the error naming both fingerprints and `pvenode cert info`.
+    pub fn untrusted(&self) -> Option<FieldError> {
+        let e = self.client.refused_certificate()?;
+        let field = match self.config.client.trust {
+            pve_api::TlsTrust::Pinned(_) => "pve.fingerprint",
+            pve_api::TlsTrust::CaFile(_) => "pve.ca_file",
+            pve_api::TlsTrust::SystemRoots => "pve.url",
+        };
+        Some(FieldError {
+            field: field.into(),
+            rule: e.to_string(),
+        })
     }
 
     /// The VMIDs `provision` would give these specs, in order (fixed ones as given, "auto"

@@ -169,6 +169,7 @@ impl From<OpsError> for CliError {
         let refused = matches!(
             &e,
             OpsError::Invalid(_)
+                | OpsError::Api(pve_api::ApiError::Certificate { .. })
                 | OpsError::Journal(
                     JournalError::Held { .. }
                         | JournalError::JobBusy { .. }

@@ -285,6 +285,7 @@ fn print_reports_human(reports: &[JobReport]) {
             Outcome::Refused { .. } => "refused",
             Outcome::RolledBack { .. } | Outcome::Failed { .. } => "failed",
             Outcome::Paused { .. } => "paused",
+            Outcome::Untrusted { .. } => "untrusted",
             Outcome::RollbackIncomplete { .. } => "STUCK",
         };
         t.add_row([
@@ -314,6 +315,9 @@ fn print_reports_human(reports: &[JobReport]) {
             Outcome::Paused { error } if job.is_empty() => outln!("{label}: needs a person: {error}"),
             Outcome::Paused { error } => outln!(
                 "{label}: paused: {error} (nothing undone; `felhom resume {job}` when PVE answers)"
+            ),
+            Outcome::Untrusted { error } => outln!(
+                "{label}: stopped, nothing undone: {error} (then `felhom resume {job}`)"
             ),
             Outcome::RollbackIncomplete { error, undo_error } => outln!(
                 "{label}: {error}; rollback incomplete: {undo_error} (needs a person, then `felhom resume {job}`)"

@@ -196,6 +196,89 @@ fn a_wrong_pin_fails_closed_without_writes() {
     assert_eq!(sim.write_count(), before);
 }
 
+/// A loopback TCP relay in front of `to` that counts the connections made through it (a TLS
+/// handshake refused by the client never reaches the simulator's request log).
+fn counting_relay(to: u16) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    std::thread::spawn(move || {
+        for inbound in listener.incoming() {
+            let Ok(inbound) = inbound else { return };
+            c.fetch_add(1, Ordering::SeqCst);
+            let Ok(outbound) = TcpStream::connect(("127.0.0.1", to)) else {
+                continue;
+            };
+            let pipe = |mut a: TcpStream, mut b: TcpStream| {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut a, &mut b);
+                    let _ = b.shutdown(std::net::Shutdown::Both);
+                })
+            };
+            pipe(inbound.try_clone().unwrap(), outbound.try_clone().unwrap());
+            pipe(outbound, inbound);
+        }
+    });
+    (port, count)
+}
+
+#[test]
+fn a_wrong_pin_is_permanent_one_handshake_and_exit_2() {
+    let sim = Sim::start();
+    let text = std::fs::read_to_string(&sim.config).unwrap();
+    let mut t: toml::Table = text.parse().unwrap();
+    let presented = t["pve"]["fingerprint"].as_str().unwrap().to_string();
+    let url: pve_api::Url = t["pve"]["url"].as_str().unwrap().parse().unwrap();
+    let (relay, connections) = counting_relay(url.port().unwrap());
+    let wrong = ["AB"; 32].join(":");
+    t["pve"]["fingerprint"] = toml::Value::String(wrong.clone());
+    t["pve"]["url"] = toml::Value::String(format!("https://127.0.0.1:{relay}"));
+    let bad = sim.dir.path().join("badpin.toml");
+    std::fs::write(&bad, toml::to_string(&t).unwrap()).unwrap();
+    // Two guests, so that validation alone would ask PVE six things.
+    let a = sim.write_spec("pin-a.toml", &spec("pina", "1611", ""));
+    let b = sim.write_spec("pin-b.toml", &spec("pinb", "1612", ""));
+    let before = sim.get("requests").as_array().unwrap().len();
+    for args in [
+        vec!["apply", a.to_str().unwrap(), b.to_str().unwrap()],
+        vec!["teardown", "1611"],
+        vec!["preflight", a.to_str().unwrap()],
+    ] {
+        connections.store(0, std::sync::atomic::Ordering::SeqCst);
+        let started = std::time::Instant::now();
+        let out = std::process::Command::new(BIN)
+            .arg("--config")
+            .arg(&bad)
+            .args(&args)
+            .env_remove("FELHOM_CRASH_AT")
+            .output()
+            .unwrap();
+        let took = started.elapsed();
+        let text = both(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {text}");
+        assert!(
+            took < std::time::Duration::from_secs(5),
+            "{args:?} took {took:?}: a refused certificate is never retried"
+        );
+        assert_eq!(
+            connections.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "{args:?}: one handshake, then nothing more is sent to that server: {text}"
+        );
+        for needle in [wrong.as_str(), presented.as_str(), "pvenode cert info"] {
+            assert!(text.contains(needle), "{args:?}: no {needle:?} in {text}");
+        }
+    }
+    assert_eq!(
+        sim.get("requests").as_array().unwrap().len(),
+        before,
+        "no request reached the simulator"
+    );
+}
+
 #[test]
 fn the_secret_never_leaks() {
     let sim = Sim::start();

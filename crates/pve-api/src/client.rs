@@ -83,6 +83,10 @@ struct Inner {
     counters: Counters,
     durations: crate::durations::TaskDurations,
     max_body: u64,
+    /// The certificate refusal this client met, once it met one: from then on it sends
+    /// nothing to that server (every call fails with the same error at once), so a man in
+    /// the middle gets one handshake, never a retry or a parallel request.
+    refused: std::sync::Mutex<Option<ApiError>>,
 }
 
 /// A PVE API client. Cheap to clone (shared connection pool and counters).
@@ -123,6 +127,34 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 impl PveClient {
+    /// A request that did not complete: a refused certificate (remembered, see
+    /// [`PveClient::refused_certificate`]) or a transport failure.
+    fn request_error(&self, e: &reqwest::Error) -> ApiError {
+        if let Some(r) = crate::transport::cert_rejection(e) {
+            let err = ApiError::Certificate {
+                expected: r.expected,
+                presented: r.presented,
+                reason: r.reason,
+            };
+            *self.inner.refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(err.clone());
+            return err;
+        }
+        ApiError::Transport {
+            message: chain(e),
+            maybe_sent: !e.is_connect(),
+        }
+    }
+
+    /// The [`ApiError::Certificate`] this client met, if it met one: it then sends nothing
+    /// more, every call failing with this error without connecting.
+    pub fn refused_certificate(&self) -> Option<ApiError> {
+        self.inner
+            .refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     pub fn new(cfg: ClientConfig) -> Result<PveClient, ApiError> {
         if cfg.base_url.scheme() != "https" {
             return Err(ApiError::InvalidInput {
@@ -185,6 +217,7 @@ impl PveClient {
                 counters: Counters::default(),
                 durations: Default::default(),
                 max_body: cfg.max_body_bytes,
+                refused: Default::default(),
             }),
         })
     }
@@ -235,6 +268,9 @@ impl PveClient {
         envelope: bool,
     ) -> Result<T, ApiError> {
         let url = self.url(full_path)?;
+        if let Some(e) = self.refused_certificate() {
+            return Err(e);
+        }
         let mut req = self.inner.http.request(method.clone(), url);
         if method == Method::GET || method == Method::DELETE {
             if !params.is_empty() {
@@ -245,10 +281,7 @@ impl PveClient {
         }
         // Method and path only: headers (the token) never reach a log.
         tracing::debug!(%method, path = full_path, "PVE request");
-        let resp = req.send().await.map_err(|e| ApiError::Transport {
-            message: chain(&e),
-            maybe_sent: !e.is_connect(),
-        })?;
+        let resp = req.send().await.map_err(|e| self.request_error(&e))?;
         let status = resp.status();
         // PVE's own text is the reason phrase (`Permission check failed (…)`); hyper keeps a
         // non-canonical one as an extension, the canonical one is the fallback.
@@ -371,6 +404,9 @@ impl PveClient {
             });
         }
         let url = self.url(path)?;
+        if let Some(e) = self.refused_certificate() {
+            return Err(e);
+        }
         let resp = self
             .inner
             .http
@@ -378,10 +414,7 @@ impl PveClient {
             .json(body)
             .send()
             .await
-            .map_err(|e| ApiError::Transport {
-                message: chain(&e),
-                maybe_sent: !e.is_connect(),
-            })?;
+            .map_err(|e| self.request_error(&e))?;
         let status = resp.status();
         let bytes = read_capped(resp, &Method::POST, path, OUTSIDE_API_MAX_BODY_BYTES).await?;
         if !status.is_success() {
@@ -1015,20 +1048,39 @@ mod tests {
         let wrong = CertFingerprint([0xAB; 32]);
         let c = PveClient::new(config(srv.url.clone(), TlsTrust::Pinned(wrong))).unwrap();
         let e = c.version().await.unwrap_err();
-        let ApiError::Transport {
-            message,
-            maybe_sent,
+        let ApiError::Certificate {
+            expected,
+            presented,
+            ..
         } = &e
         else {
             panic!("{e:?}")
         };
-        assert!(!maybe_sent, "a failed handshake sent nothing");
+        assert_eq!((*expected, *presented), (Some(wrong), srv.fingerprint));
+        assert!(!e.is_transient(), "a refused certificate is never retried");
+        let message = e.to_string();
         assert!(message.contains(&wrong.to_string()), "{message}");
         assert!(message.contains(&srv.fingerprint.to_string()), "{message}");
+        assert!(message.contains("pvenode cert info"), "{message}");
         assert!(
             srv.seen.lock().unwrap().is_empty(),
             "no request reached the server"
         );
+        // The client sends nothing more to that server: the same error, no new connection
+        // (the scripted server would have answered a second one).
+        let srv2 = serve(vec![http("200 OK", r#"{"data":{"version":"9"}}"#)]).await;
+        assert_eq!(c.refused_certificate(), Some(e.clone()));
+        assert_eq!(
+            c.task_status(
+                &"UPID:pve:0003A2F1:0B8C9D12:66A1B2C3:vzdestroy:123:felhom@pve!agent:"
+                    .parse()
+                    .unwrap()
+            )
+            .await
+            .unwrap_err(),
+            e
+        );
+        drop(srv2);
     }
 
     #[tokio::test]
@@ -1184,14 +1236,17 @@ mod tests {
         let e = c.version().await.unwrap_err();
         assert!(
             matches!(
-                e,
-                ApiError::Transport {
-                    maybe_sent: false,
+                &e,
+                ApiError::Certificate {
+                    expected: None,
+                    presented,
                     ..
-                }
+                } if *presented == CertFingerprint::of(leaf.der())
             ),
             "{e:?}"
         );
+        assert!(!e.is_transient());
+        assert!(e.to_string().contains("pvenode cert info"), "{e}");
         assert!(srv.seen.lock().unwrap().is_empty());
 
         // Missing and empty CA files are refused at construction.

@@ -91,6 +91,18 @@ pub enum ApiError {
     /// the values. Not transient: the same request gets the same answer.
     #[error("PVE's answer to {endpoint} is larger than the client's cap of {limit} bytes; reading stopped there")]
     BodyTooLarge { endpoint: String, limit: u64 },
+    /// The server's TLS certificate was refused: it does not match the pinned fingerprint
+    /// (`expected`), or the CA file or system roots do not vouch for it (`expected` is
+    /// `None`). Nothing was sent (the token never left). Not transient and never retried: a
+    /// man in the middle or a host whose certificate changed does not heal by waiting, and
+    /// retrying would only keep offering connections to whoever answered. Fingerprints are
+    /// SHA-256 in PVE's `AA:BB:…` form, what `pvenode cert info` prints on the host.
+    #[error("{}", certificate_display(.expected, .presented, .reason))]
+    Certificate {
+        expected: Option<crate::CertFingerprint>,
+        presented: crate::CertFingerprint,
+        reason: String,
+    },
     /// PVE answered something this client cannot read. Not transient.
     #[error("unexpected PVE response: {message}")]
     Decode { message: String },
@@ -203,6 +215,23 @@ fn permission_display(path: &Option<String>, privilege: &Option<String>, message
             format!("permission denied: token lacks {v} on {p} (PVE: {message})")
         }
         _ => format!("permission denied: {message}"),
+    }
+}
+
+fn certificate_display(
+    expected: &Option<crate::CertFingerprint>,
+    presented: &crate::CertFingerprint,
+    reason: &str,
+) -> String {
+    let check =
+        "run `pvenode cert info` on the PVE node to see its certificate's SHA-256 fingerprint";
+    match expected {
+        Some(pin) => format!(
+            "refusing PVE's TLS certificate, nothing was sent: {reason}; expected (pinned) {pin}, the server presented {presented}; {check}, and change the pin only if you know why the certificate changed"
+        ),
+        None => format!(
+            "refusing PVE's TLS certificate, nothing was sent: {reason}; the server presented {presented}; {check}"
+        ),
     }
 }
 

@@ -65,6 +65,86 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Why a verifier refused the server's certificate, carried through rustls, hyper and reqwest
+/// as a `rustls::Error::Other` so that the client can tell it from a network failure and
+/// classify it once ([`ApiError::Certificate`]).
+#[derive(Debug, Clone)]
+pub(crate) struct CertRejected {
+    pub expected: Option<CertFingerprint>,
+    pub presented: CertFingerprint,
+    pub reason: String,
+}
+
+impl fmt::Display for CertRejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.expected {
+            Some(pin) => write!(
+                f,
+                "{}: pinned {pin}, server presented {}",
+                self.reason, self.presented
+            ),
+            None => write!(f, "{} (server presented {})", self.reason, self.presented),
+        }
+    }
+}
+
+impl std::error::Error for CertRejected {}
+
+impl From<CertRejected> for rustls::Error {
+    fn from(r: CertRejected) -> rustls::Error {
+        rustls::Error::Other(rustls::OtherError(Arc::new(r)))
+    }
+}
+
+/// A CA-file or system-roots verifier (webpki) that, when it refuses, says which certificate
+/// it was shown, so the error can name the presented fingerprint as a pin mismatch does.
+#[derive(Debug)]
+struct Naming(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl ServerCertVerifier for Naming {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.0
+            .verify_server_cert(end_entity, intermediates, name, ocsp, now)
+            .map_err(|e| {
+                CertRejected {
+                    expected: None,
+                    presented: CertFingerprint::of(end_entity.as_ref()),
+                    reason: format!("server certificate not trusted: {e}"),
+                }
+                .into()
+            })
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
 /// Accepts exactly the pinned end-entity certificate (name and chain are not checked: a pin
 /// is stronger), and still verifies the handshake signatures, so the server must hold the
 /// certificate's private key.
@@ -87,10 +167,12 @@ impl ServerCertVerifier for PinnedVerifier {
         if seen == self.pin {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::General(format!(
-                "server certificate fingerprint mismatch: pinned {}, server presented {}",
-                self.pin, seen
-            )))
+            Err(CertRejected {
+                expected: Some(self.pin),
+                presented: seen,
+                reason: "server certificate fingerprint mismatch".into(),
+            }
+            .into())
         }
     }
 
@@ -129,6 +211,48 @@ impl ServerCertVerifier for PinnedVerifier {
     }
 }
 
+/// webpki's verifier over `roots`, wrapped so that a refusal names the presented certificate.
+fn with_roots(
+    builder: rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier>,
+    roots: rustls::RootCertStore,
+) -> Result<rustls::ClientConfig, ApiError> {
+    let verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| ApiError::InvalidInput {
+                field: "tls".into(),
+                message: e.to_string(),
+            })?;
+    Ok(builder
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Naming(verifier)))
+        .with_no_client_auth())
+}
+
+/// The certificate refusal somewhere in an error's source chain (rustls's error sits inside
+/// an `io::Error` inside hyper's inside reqwest's), if that is what the error is.
+pub(crate) fn cert_rejection(e: &(dyn std::error::Error + 'static)) -> Option<CertRejected> {
+    if let Some(r) = e.downcast_ref::<CertRejected>() {
+        return Some(r.clone());
+    }
+    if let Some(rustls::Error::Other(rustls::OtherError(o))) = e.downcast_ref::<rustls::Error>() {
+        if let Some(r) = o.downcast_ref::<CertRejected>() {
+            return Some(r.clone());
+        }
+    }
+    // An `io::Error`'s `source()` skips the error it wraps (and io errors nest here), so
+    // look inside it explicitly.
+    if let Some(inner) = e
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+    {
+        if let Some(r) = cert_rejection(inner) {
+            return Some(r);
+        }
+    }
+    e.source().and_then(cert_rejection)
+}
+
 pub(crate) fn tls_config(trust: &TlsTrust) -> Result<rustls::ClientConfig, ApiError> {
     let tls_err = |m: String| ApiError::InvalidInput {
         field: "tls".into(),
@@ -157,7 +281,7 @@ pub(crate) fn tls_config(trust: &TlsTrust) -> Result<rustls::ClientConfig, ApiEr
                         .into(),
                 ));
             }
-            builder.with_root_certificates(roots).with_no_client_auth()
+            with_roots(builder, roots)?
         }
         TlsTrust::CaFile(path) => {
             use rustls::pki_types::pem::PemObject;
@@ -180,7 +304,7 @@ pub(crate) fn tls_config(trust: &TlsTrust) -> Result<rustls::ClientConfig, ApiEr
                     path.display()
                 )));
             }
-            builder.with_root_certificates(roots).with_no_client_auth()
+            with_roots(builder, roots)?
         }
     };
     // HTTP/1.1 only: PVE speaks nothing else, and its error text lives in the HTTP/1 reason

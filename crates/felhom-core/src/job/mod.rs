@@ -61,6 +61,13 @@ impl StepError {
     pub fn is_unreachable(&self) -> bool {
         matches!(self, StepError::Api(ApiError::Transport { .. }))
     }
+    /// The server's TLS certificate was refused (a pin mismatch, a CA that does not vouch
+    /// for it): never retried and never rolled back — felhom will not talk to that server,
+    /// so undoing is impossible and waiting does not help. The job stops at once, paused
+    /// (resumable once the trust is fixed); the command exits 2.
+    pub fn is_untrusted(&self) -> bool {
+        matches!(self, StepError::Api(ApiError::Certificate { .. }))
+    }
     pub fn is_transient(&self) -> bool {
         match self {
             StepError::Api(e) => retry::is_transient(e),
@@ -355,6 +362,12 @@ pub enum Outcome {
     },
     /// `teardown` found no such guest: nothing to do.
     Absent,
+    /// PVE's TLS certificate was refused ([`StepError::is_untrusted`]): the job stopped at
+    /// once, nothing retried or undone; it stays resumable (paused) for when the pin or CA
+    /// is put right. Exit 2: the configuration does not fit the host.
+    Untrusted {
+        error: String,
+    },
 }
 
 impl Outcome {
@@ -366,6 +379,7 @@ impl Outcome {
             Outcome::Succeeded | Outcome::Unchanged | Outcome::Absent => 0,
             Outcome::RolledBack { .. } | Outcome::Failed { .. } | Outcome::Refused { .. } => 1,
             Outcome::RollbackIncomplete { .. } | Outcome::Paused { .. } => 3,
+            Outcome::Untrusted { .. } => 2,
         }
     }
 }
@@ -469,7 +483,16 @@ pub async fn run<S: Step>(cx: &JobCx, steps: &[S], rollback: bool) -> Outcome {
                     .event(&cx.job_id, &cx.label, ProgressEvent::Finished { ok: true });
                 return Outcome::Succeeded;
             }
-            Err((error, transient)) if transient || !rollback => {
+            Err((error, Stop::Untrusted)) => {
+                let _ = cx
+                    .journal
+                    .set_job_state(&cx.job_id, JobState::Paused, Some(&error));
+                cx.progress
+                    .event(&cx.job_id, &cx.label, ProgressEvent::Finished { ok: false });
+                return Outcome::Untrusted { error };
+            }
+            Err((error, stop)) if stop == Stop::Transient || !rollback => {
+                let transient = stop == Stop::Transient;
                 // Stays resumable forward: `felhom resume` picks it up again.
                 let state = if transient {
                     JobState::Paused
@@ -494,8 +517,19 @@ pub async fn run<S: Step>(cx: &JobCx, steps: &[S], rollback: bool) -> Outcome {
     outcome
 }
 
-/// Forward through the steps; on failure, the message and whether it was transient.
-async fn forward<S: Step>(cx: &JobCx, steps: &[S], rep: &Replay) -> Result<(), (String, bool)> {
+/// How a forward run stopped short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// Kept failing transiently: pause, never undo.
+    Transient,
+    /// A permanent error: roll back (or fail, for a forward-only job).
+    Permanent,
+    /// The server's certificate was refused: stop, never undo.
+    Untrusted,
+}
+
+/// Forward through the steps; on failure, the message and how it stopped.
+async fn forward<S: Step>(cx: &JobCx, steps: &[S], rep: &Replay) -> Result<(), (String, Stop)> {
     for step in steps {
         let name = step.name();
         if rep.done.contains(name) {
@@ -509,21 +543,27 @@ async fn forward<S: Step>(cx: &JobCx, steps: &[S], rep: &Replay) -> Result<(), (
                 let data = json!({ "observed": observed, "facts": cx.facts() });
                 cx.journal
                     .record(&cx.job_id, name, 0, Phase::Done, &data)
-                    .map_err(|e| (e.to_string(), true))?;
+                    .map_err(|e| (e.to_string(), Stop::Transient))?;
                 cx.progress
                     .event(&cx.job_id, &cx.label, ProgressEvent::StepDone(name));
             }
             Err(e) => {
                 let msg = format!("{name}: {e}");
-                let transient = e.is_transient();
+                let stop = if e.is_untrusted() {
+                    Stop::Untrusted
+                } else if e.is_transient() {
+                    Stop::Transient
+                } else {
+                    Stop::Permanent
+                };
                 let _ = cx.journal.record(
                     &cx.job_id,
                     name,
                     0,
                     Phase::Error,
-                    &json!({ "error": msg, "permanent": !transient }),
+                    &json!({ "error": msg, "permanent": stop != Stop::Transient }),
                 );
-                return Err((msg, transient));
+                return Err((msg, stop));
             }
         }
     }

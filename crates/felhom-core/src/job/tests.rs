@@ -43,6 +43,8 @@ enum Fail {
     /// PVE cannot be reached at all: retried within the connect budget, never counted
     /// against the attempts.
     Unreachable,
+    /// PVE's certificate was refused (pin mismatch): never retried, never undone.
+    Untrusted,
 }
 
 impl Fail {
@@ -57,6 +59,11 @@ impl Fail {
                 maybe_sent: false,
             }),
             Fail::Permanent => StepError::Refused("refused (scripted)".into()),
+            Fail::Untrusted => StepError::Api(ApiError::Certificate {
+                expected: Some(pve_api::CertFingerprint([0xAB; 32])),
+                presented: pve_api::CertFingerprint([0xCD; 32]),
+                reason: "server certificate fingerprint mismatch".into(),
+            }),
         }
     }
 }
@@ -216,7 +223,9 @@ impl Step for Fake {
             let effect = match fail {
                 None => !s.no_effect,
                 Some(Fail::TransientAfterEffect) => true,
-                Some(Fail::Transient | Fail::Permanent | Fail::Unreachable) => false,
+                Some(Fail::Transient | Fail::Permanent | Fail::Unreachable | Fail::Untrusted) => {
+                    false
+                }
             };
             if effect && !s.present {
                 s.present = true;
@@ -578,6 +587,30 @@ async fn pve_unreachable_for_the_connect_budget_pauses_never_rolls_back() {
     );
     assert_eq!(h.state(), JobState::Paused);
     // PVE is back: resume goes forward.
+    w.with(2, |s| s.act_errors.clear());
+    assert_eq!(run_or_crash(&h, w, &steps).await, Some(Outcome::Succeeded));
+    assert_eq!(w.effects(), [1; 5]);
+}
+
+#[tokio::test]
+async fn a_refused_certificate_stops_at_once_without_retry_or_undo() {
+    let h = Harness::new();
+    let w = World::new(ALL_UNDO);
+    w.with(2, |s| s.act_errors = vec![Fail::Untrusted; 100].into());
+    let steps = w.steps();
+    let started = std::time::Instant::now();
+    let out = run_or_crash(&h, w, &steps).await.unwrap();
+    assert!(
+        matches!(&out, Outcome::Untrusted { error } if error.contains("pvenode cert info")
+            && error.contains(&pve_api::CertFingerprint([0xCD; 32]).to_string())),
+        "{out:?}"
+    );
+    assert_eq!(out.exit_code(), 2);
+    assert!(started.elapsed() < CONNECT_BUDGET, "no retry, no pause");
+    assert_eq!(w.acts(), [1, 1, 1, 0, 0], "one attempt, no retry");
+    assert_eq!(w.undos(), [0; 5], "nothing undone through a refused server");
+    assert_eq!(h.state(), JobState::Paused);
+    // The pin put right: resume goes forward.
     w.with(2, |s| s.act_errors.clear());
     assert_eq!(run_or_crash(&h, w, &steps).await, Some(Outcome::Succeeded));
     assert_eq!(w.effects(), [1; 5]);
