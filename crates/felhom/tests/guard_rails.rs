@@ -280,6 +280,34 @@ fn a_wrong_pin_is_permanent_one_handshake_and_exit_2() {
 }
 
 #[test]
+fn the_journal_is_private_and_a_loose_one_is_warned_about() {
+    let sim = Sim::start();
+    let out = sim.felhom(&["jobs"]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let journal = sim.journal();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&journal), 0o600, "a new journal is its owner's only");
+    assert!(
+        !stderr(&out).contains("journal file"),
+        "no warning for a private journal: {}",
+        both(&out)
+    );
+    std::fs::set_permissions(&journal, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = sim.felhom(&["jobs"]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&journal.display().to_string()) && err.contains("0644"),
+        "the warning names the file and its mode: {err}"
+    );
+    assert_eq!(
+        mode(&journal),
+        0o644,
+        "an existing file's mode is the owner's call"
+    );
+}
+
+#[test]
 fn the_secret_never_leaks() {
     let sim = Sim::start();
     let secret = std::fs::read_to_string(sim.state_dir.join("felhom-agent.token"))

@@ -385,6 +385,50 @@ fn spec_identity(spec: &Value, hostname: Option<&str>) -> Option<(String, String
     Some((customer.to_string(), name.to_string()))
 }
 
+/// The journal holds hostnames, MACs, IPs, SSH fingerprints and PVE's error texts: it is
+/// private to its owner. A new journal is created here with mode 0600 before SQLite opens
+/// it, and SQLite gives the `-wal` and `-shm` files it creates the database file's mode
+/// (its unix VFS copies it), so all three are 0600 whatever the umask. An existing journal
+/// (or its `-wal`/`-shm`) readable or writable by group or others is used as it is, with a
+/// warning naming the file and its mode: changing a file's mode behind its owner's back is
+/// not felhom's call.
+fn private_file(path: &Path) -> Result<(), JournalError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(JournalError::Open {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })
+        }
+    }
+    let mut files = vec![path.to_path_buf()];
+    for suffix in ["-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        files.push(p.into());
+    }
+    for f in files {
+        if let Ok(meta) = std::fs::metadata(&f) {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    "journal file {} has mode {mode:04o}: group or others can read what it holds (hostnames, MACs, IPs, fingerprints); `chmod 600` it",
+                    f.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Journal {
     pub fn open(path: &Path) -> Result<Journal, JournalError> {
         if let Some(dir) = path.parent() {
@@ -395,6 +439,7 @@ impl Journal {
                 })?;
             }
         }
+        private_file(path)?;
         // Several felhom processes may open one journal at the same moment (a batch, a
         // controller's retries): switching a new file to WAL takes an exclusive lock that
         // SQLite does not wait for, so a busy open is tried again, within the busy timeout.
@@ -1039,6 +1084,35 @@ fn guest_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<GuestRecord> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The journal and its WAL and shared-memory files are the owner's only, whatever the
+    /// umask (nextest runs each test in its own process, so setting the umask here is local).
+    #[test]
+    fn journal_wal_and_shm_are_created_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        // SAFETY: umask has no memory-safety preconditions.
+        unsafe { libc::umask(0o022) };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.db");
+        let j = Journal::open(&path).unwrap();
+        j.create_job(
+            "j1",
+            JobKind::Bringup,
+            "pve",
+            Some("a"),
+            &serde_json::json!({}),
+        )
+        .unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            let f = dir.path().join(format!("journal.db{suffix}"));
+            let mode = std::fs::metadata(&f)
+                .unwrap_or_else(|e| panic!("{}: {e}", f.display()))
+                .permissions()
+                .mode()
+                & 0o777;
+            assert_eq!(mode, 0o600, "{} has mode {mode:o}", f.display());
+        }
+    }
 
     /// Many processes opening one new journal at the same moment all get it (a batch of
     /// `felhom apply` runs, a controller's retries): none fails with "database is locked".
