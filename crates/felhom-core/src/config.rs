@@ -7,6 +7,7 @@
 //! [`pve_api::Secret`], which prints as `<redacted>`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use pve_api::{ApiToken, CertFingerprint, ClientConfig, Secret, TlsTrust, TokenId, Vmid};
@@ -343,7 +344,7 @@ impl Config {
             path: path.to_path_buf(),
             client: ClientConfig {
                 base_url: url,
-                token: ApiToken::new(token_id, secret),
+                token: ApiToken::shared(token_id, secret),
                 trust,
                 timeout: Duration::from_secs(file.pve.timeout_secs),
                 max_body_bytes: file.pve.max_response_mib << 20,
@@ -364,7 +365,13 @@ impl Config {
 }
 
 /// The secret, from (in order) the configured file, systemd credentials, the environment.
-fn load_secret(file: Option<&Path>) -> Result<Secret, String> {
+fn load_secret(file: Option<&Path>) -> Result<Arc<Secret>, String> {
+    let secret = find_secret(file)?;
+    crate::secrets::forbid_core_dumps();
+    Ok(secret)
+}
+
+fn find_secret(file: Option<&Path>) -> Result<Arc<Secret>, String> {
     if let Some(path) = file {
         return read_secret_file(path);
     }
@@ -376,15 +383,15 @@ fn load_secret(file: Option<&Path>) -> Result<Secret, String> {
             return read_secret_file(&path);
         }
     }
-    match std::env::var(SECRET_ENV) {
-        Ok(s) if !s.trim().is_empty() => Ok(Secret::new(s.trim().to_string())),
-        _ => Err(format!(
+    match crate::secrets::env_secret() {
+        Some(s) => Ok(s),
+        None => Err(format!(
             "is required: no token secret found (set pve.token_secret_file, or provide the systemd credential '{CREDENTIAL_NAME}', or the {SECRET_ENV} environment variable)"
         )),
     }
 }
 
-fn read_secret_file(path: &Path) -> Result<Secret, String> {
+fn read_secret_file(path: &Path) -> Result<Arc<Secret>, String> {
     use std::os::unix::fs::PermissionsExt;
     let meta =
         std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -396,8 +403,10 @@ fn read_secret_file(path: &Path) -> Result<Secret, String> {
             path.display()
         ));
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+    );
     let s = text.trim();
     if s.is_empty() || s.contains(char::is_whitespace) {
         return Err(format!(
@@ -405,7 +414,7 @@ fn read_secret_file(path: &Path) -> Result<Secret, String> {
             path.display()
         ));
     }
-    Ok(Secret::new(s.to_string()))
+    Ok(Arc::new(Secret::new(s.to_string())))
 }
 
 /// Write a config file (used by `felhom sim serve --write-config`).

@@ -472,6 +472,8 @@ fn run_mmdebstrap(
 ) -> Result<(), BuildError> {
     const TAIL: usize = 30;
     let mut child = Command::new(program)
+        .env_clear()
+        .envs(crate::secrets::minimal_vars(crate::secrets::PROXY_VARS))
         .args(opts.mmdebstrap_args(target))
         .env(FINISH_ENV, golden::guest_finish_script(opts.finish()))
         .stdin(Stdio::null())

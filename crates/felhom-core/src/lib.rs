@@ -19,6 +19,7 @@ pub mod marker;
 pub mod ops;
 pub mod preflight;
 pub mod privileges;
+pub mod secrets;
 pub mod spec;
 pub mod ssh_probe;
 pub mod status;

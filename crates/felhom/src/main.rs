@@ -77,6 +77,9 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // First, while this is the only thread: the token secret leaves the environment (and
+    // every child's) before anything else runs (felhom_core::secrets).
+    felhom_core::secrets::take_env_secret();
     let cli = Cli::parse();
     output::init_tracing();
     let ctx = Ctx {

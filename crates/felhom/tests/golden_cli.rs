@@ -309,3 +309,93 @@ fn dr_restore_keeps_mac_hostname_and_key() {
     let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rep["jobs"][0]["ssh_fingerprint"].as_str().unwrap(), fp1);
 }
+
+/// The token secret never reaches a child, nor stays in felhom's own environment: with
+/// `FELHOM_TOKEN_SECRET` set, `golden build` runs a stand-in `mmdebstrap` (first in PATH)
+/// that records its environment and waits, while the test reads felhom's
+/// `/proc/<pid>/environ` and core-dump limit. Needs root, as `golden build` does.
+#[test]
+fn the_token_secret_reaches_no_child_and_leaves_the_environment() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "`golden build` needs root; run the tests as root, as CI does"
+    );
+    const SECRET: &str = "5ecret-canary-7f3a9c";
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let seen = dir.path().join("child.env");
+    let fake = bin.join("mmdebstrap");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\nenv > {0}.tmp && mv {0}.tmp {0}\nsleep 2\nexit 1\n",
+            seen.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut child = Command::new(BIN)
+        .args(["golden", "build", "--docker", "none", "--out"])
+        .arg(dir.path().join("g.tar.zst"))
+        .env("PATH", &path)
+        .env("FELHOM_TOKEN_SECRET", SECRET)
+        .env("FELHOM_TEST_CANARY", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !seen.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stand-in mmdebstrap never ran"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // felhom itself, while its child runs.
+    let environ = std::fs::read(format!("/proc/{}/environ", child.id())).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "the stand-in failed the build");
+    assert!(
+        environ.contains("FELHOM_TEST_CANARY=1"),
+        "this is felhom's environment: {environ}"
+    );
+    assert!(
+        !environ.contains("FELHOM_TOKEN_SECRET") && !environ.contains(SECRET),
+        "the secret is still in felhom's /proc/<pid>/environ"
+    );
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert!(
+        core.split_whitespace().skip(4).take(2).all(|v| v == "0"),
+        "core dumps are off while a secret is held: {core}"
+    );
+    let env = std::fs::read_to_string(&seen).unwrap();
+    assert!(
+        !env.contains("FELHOM_TOKEN_SECRET") && !env.contains(SECRET),
+        "{env}"
+    );
+    assert!(
+        !env.contains("FELHOM_TEST_CANARY"),
+        "a minimal environment: {env}"
+    );
+    assert!(env.lines().any(|l| l == "LANG=C.UTF-8"), "{env}");
+    assert!(
+        env.lines().any(|l| l.starts_with("FELHOM_GUEST_FINISH=")),
+        "{env}"
+    );
+    assert!(env.lines().any(|l| l == format!("PATH={path}")), "{env}");
+}

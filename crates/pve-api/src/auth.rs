@@ -1,8 +1,12 @@
 //! API-token authentication (reference §0): `Authorization: PVEAPIToken=user@realm!id=secret`.
-//! The secret is held in a [`Secret`], which never prints.
+//! The secret is held in a [`Secret`], which never prints, is never copied and is wiped
+//! from memory when dropped.
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
+
+use zeroize::{Zeroize, Zeroizing};
 
 /// `user@realm!tokenid`.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -81,8 +85,15 @@ impl fmt::Debug for TokenId {
 }
 
 /// A token secret. `Debug` and `Display` print `<redacted>`; only [`Secret::expose`] gives the
-/// value, and only the transport calls it (to build the header).
-#[derive(Clone, PartialEq, Eq)]
+/// value, and only the transport calls it (to build the header). Its bytes are overwritten
+/// with zeros when it is dropped, and it is not `Clone`: there is one copy, shared by
+/// reference (an [`ApiToken`] holds it in an `Arc`).
+///
+/// ```compile_fail
+/// let s = pve_api::Secret::new("x".into());
+/// let copy = s.clone(); // Secret is not Clone
+/// ```
+#[derive(PartialEq, Eq)]
 pub struct Secret(String);
 
 impl Secret {
@@ -91,6 +102,12 @@ impl Secret {
     }
     pub fn expose(&self) -> &str {
         &self.0
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        self.0.zeroize();
     }
 }
 
@@ -106,23 +123,28 @@ impl fmt::Display for Secret {
     }
 }
 
-/// A token id with its secret.
+/// A token id with its secret. Cloning it shares the one [`Secret`], never copies it.
 #[derive(Clone)]
 pub struct ApiToken {
     id: TokenId,
-    secret: Secret,
+    secret: Arc<Secret>,
 }
 
 impl ApiToken {
     pub fn new(id: TokenId, secret: Secret) -> ApiToken {
+        ApiToken::shared(id, Arc::new(secret))
+    }
+    /// A token over a secret held elsewhere too (felhom's secret read once at startup).
+    pub fn shared(id: TokenId, secret: Arc<Secret>) -> ApiToken {
         ApiToken { id, secret }
     }
     pub fn id(&self) -> &TokenId {
         &self.id
     }
-    /// The `Authorization` header value. Callers must mark the header sensitive.
-    pub(crate) fn header_value(&self) -> String {
-        format!("PVEAPIToken={}={}", self.id, self.secret.expose())
+    /// The `Authorization` header value, wiped when dropped. Callers must mark the header
+    /// sensitive.
+    pub(crate) fn header_value(&self) -> Zeroizing<String> {
+        Zeroizing::new(format!("PVEAPIToken={}={}", self.id, self.secret.expose()))
     }
 }
 
@@ -189,6 +211,8 @@ mod tests {
         );
         let shown = format!("{tok:?} {} {:?}", tok.secret, tok.secret);
         assert!(!shown.contains("s3cr3t-value"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
         assert!(tok.header_value().ends_with("=s3cr3t-value"));
     }
+
 }

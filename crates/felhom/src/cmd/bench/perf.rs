@@ -223,7 +223,7 @@ async fn one_batch(n: usize, args: &PerfArgs) -> anyhow::Result<Value> {
         Value::Null
     } else {
         let nsim = SimChild::start(args.time_scale, "")?;
-        let out = Command::new("python3")
+        let out = felhom_core::secrets::minimal_env(&mut Command::new("python3"), &[])
             .arg(naive_script())
             .arg(nsim.config())
             .arg(&golden)

@@ -40,6 +40,8 @@ impl SimChild {
         let _ = std::fs::remove_file(&cfg);
         let listen = format!("127.0.0.1:{}", self.port.unwrap_or(0));
         let child = Command::new(std::env::current_exe()?)
+            .env_clear()
+            .envs(felhom_core::secrets::minimal_vars(&["RUST_LOG"]))
             .args(["sim", "serve", "--listen", &listen, "--time-scale"])
             .arg(self.time_scale.to_string())
             .arg("--faults")
@@ -89,6 +91,7 @@ impl SimChild {
     /// `felhom --config <ours> ARGS` as a child process, with extra environment.
     pub fn felhom_cmd(&self, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Command> {
         let mut c = Command::new(std::env::current_exe()?);
+        felhom_core::secrets::minimal_env(&mut c, &["RUST_LOG"]);
         c.arg("--config").arg(self.config()).args(args);
         c.env_remove("FELHOM_CRASH_AT");
         c.envs(env.iter().copied());
