@@ -16,6 +16,16 @@
 //!   JSON document on stdout, its result or its error; progress and logs go to stderr.
 //! - **Progress** ([`CliProgress`]): one spinner per job on a TTY, one line per event
 //!   otherwise, and nothing in JSON mode; always on stderr.
+//! - **Untrusted text is escaped** ([`escape_terminal`]): PVE's messages, task-log tails and
+//!   guest-controlled strings (a marker's job id, a hostname in drift) reach people's
+//!   terminals, where an escape sequence could retitle the window, clear the screen or fake
+//!   output. Every human line goes through `outln!`/`out!`/`errln!` (errors included:
+//!   [`crate::error::CliError::render`]) and every progress message through
+//!   [`CliProgress`], and all of them escape control characters there, once: C0 but `\n`,
+//!   DEL and C1 show as `\x1b`, `\x07`, `\u{9b}`. JSON ([`json`], [`json_line`]) is
+//!   written as serde_json made it (its strings escape control characters themselves), so a
+//!   script reads the exact text. Logs go through tracing-subscriber, which escapes them the
+//!   same way (since 0.3.20).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -81,22 +91,43 @@ fn stdout_error(e: &std::io::Error) {
     }
 }
 
+/// Untrusted text made safe for a terminal: every control character but the newline —
+/// C0 (tab and carriage return included), DEL and C1 — is shown as its escape (`\x1b`,
+/// `\x07`, `\x7f`, `\u{9b}`), so an escape sequence prints as text and does nothing.
+/// Everything else, other Unicode included, is kept. The one place this is decided; see
+/// the module docs for where it is applied.
+pub fn escape_terminal(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char =
+        |c: char| c != '\n' && (c.is_ascii_control() || ('\u{80}'..='\u{9f}').contains(&c));
+    if !text.contains(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if !unsafe_char(c) {
+            out.push(c);
+        } else if c.is_ascii() {
+            out.push_str(&format!("\\x{:02x}", c as u32));
+        } else {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 #[doc(hidden)]
 pub fn write_stdout(args: fmt::Arguments<'_>) {
-    if STDOUT.load(Ordering::SeqCst) != STDOUT_OK {
-        return;
-    }
-    if let Err(e) = std::io::stdout().lock().write_fmt(args) {
-        stdout_error(&e);
-    }
+    write_stdout_bytes(escape_terminal(&args.to_string()).as_bytes());
 }
 
 #[doc(hidden)]
 pub fn write_stderr(args: fmt::Arguments<'_>) {
-    let _ = std::io::stderr().lock().write_fmt(args);
+    let _ = std::io::stderr()
+        .lock()
+        .write_all(escape_terminal(&args.to_string()).as_bytes());
 }
 
-/// Raw bytes to stdout (generated completions and man pages).
+/// Raw bytes to stdout (generated completions and man pages, JSON documents): not escaped.
 pub fn write_stdout_bytes(bytes: &[u8]) {
     if STDOUT.load(Ordering::SeqCst) != STDOUT_OK {
         return;
@@ -142,7 +173,7 @@ pub fn init_tracing() {
 /// One pretty-printed JSON document on stdout.
 pub fn json(value: &impl serde::Serialize) {
     match serde_json::to_string_pretty(value) {
-        Ok(text) => outln!("{text}"),
+        Ok(text) => write_stdout_bytes(format!("{text}\n").as_bytes()),
         Err(e) => errln!("error: cannot encode the result as JSON: {e}"),
     }
 }
@@ -150,7 +181,7 @@ pub fn json(value: &impl serde::Serialize) {
 /// One JSON document on one line of stdout (errors, `sim serve`'s ready line).
 pub fn json_line(value: &impl serde::Serialize) {
     match serde_json::to_string(value) {
-        Ok(text) => outln!("{text}"),
+        Ok(text) => write_stdout_bytes(format!("{text}\n").as_bytes()),
         Err(e) => errln!("error: cannot encode the result as JSON: {e}"),
     }
 }
@@ -229,7 +260,7 @@ impl Progress for CliProgress {
                         ProgressStyle::with_template("{spinner} {prefix:.bold} {wide_msg}")
                             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
                     );
-                    b.set_prefix(label.to_string());
+                    b.set_prefix(escape_terminal(label).into_owned());
                     b.enable_steady_tick(Duration::from_millis(120));
                     b
                 });
@@ -237,7 +268,7 @@ impl Progress for CliProgress {
                     ProgressEvent::Finished { ok } => {
                         bar.finish_with_message(if ok { "✔ done" } else { "✘ failed" })
                     }
-                    other => bar.set_message(describe(&other)),
+                    other => bar.set_message(escape_terminal(&describe(&other)).into_owned()),
                 }
             }
         }
@@ -329,6 +360,24 @@ fn print_reports_human(reports: &[JobReport]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_show_as_escapes() {
+        assert_eq!(
+            escape_terminal("job \x1b]0;pwned\x07\x1b[2J done\n"),
+            "job \\x1b]0;pwned\\x07\\x1b[2J done\n"
+        );
+        assert_eq!(
+            escape_terminal("a\tb\rc\x7fd\u{9b}31me\u{0}"),
+            "a\\x09b\\x0dc\\x7fd\\u{9b}31me\\x00"
+        );
+        // Nothing to escape: the text itself, not a copy; other Unicode is kept.
+        let plain = "acme-web1 ✔ grün 192.0.2.10\nnext line";
+        assert!(matches!(
+            escape_terminal(plain),
+            std::borrow::Cow::Borrowed(p) if p == plain
+        ));
+    }
 
     #[test]
     fn tables_have_a_header_and_no_colour_or_border() {

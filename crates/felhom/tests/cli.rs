@@ -320,3 +320,52 @@ fn felhom_config_is_used_and_the_flag_wins() {
     let out = jobs(None, None, sim.dir.path());
     assert_eq!(out.status.code(), Some(0), "{}", both(&out));
 }
+
+/// Text PVE controls (here a marker's job id in a guest's description, which `apply` quotes
+/// when it refuses the VMID) prints escaped in human output, and exactly in JSON.
+#[test]
+fn untrusted_text_is_escaped_for_terminals_and_exact_in_json() {
+    const HOSTILE: &str = "\u{1b}]0;pwned\u{7}\u{1b}[2J";
+    let sim = Sim::start();
+    let spec_a = sim.write_spec("a.toml", &spec("esca", "1710", ""));
+    let out = sim.felhom(&["apply", spec_a.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    // Someone with VM.Config.Options rewrites the description.
+    let text = std::fs::read_to_string(&sim.config).unwrap();
+    let cfg = felhom_core::config::Config::parse(&sim.config, &text).unwrap();
+    let client = pve_api::PveClient::new(cfg.client).unwrap();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(client.put::<Value>(
+            "/nodes/pve/lxc/1710/config",
+            &[(
+                "description",
+                format!("felhom: job={HOSTILE} customer=other name=x state=provisioned"),
+            )],
+        ))
+        .unwrap();
+    let spec_b = sim.write_spec("b.toml", &spec("escb", "1710", ""));
+
+    let out = sim.felhom(&["apply", spec_b.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", both(&out));
+    let shown = both(&out);
+    assert!(
+        shown.contains("(job \\x1b]0;pwned\\x07\\x1b[2J)"),
+        "escaped, visibly: {shown}"
+    );
+    assert!(
+        !out.stdout.contains(&0x1b) && !out.stderr.contains(&0x1b) && !out.stderr.contains(&0x07),
+        "no raw control character reaches the terminal: {shown:?}"
+    );
+
+    let out = sim.felhom(&["--output", "json", "apply", spec_b.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", both(&out));
+    let doc = json(&out);
+    let rule = doc["fields"][0]["rule"].as_str().unwrap();
+    assert!(
+        rule.contains(&format!("(job {HOSTILE})")),
+        "JSON keeps the exact text: {rule:?}"
+    );
+}
