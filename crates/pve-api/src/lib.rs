@@ -8,9 +8,9 @@
 //!
 //! | module | what | why it looks like this |
 //! |---|---|---|
-//! | `auth` | [`TokenId`], [`Secret`], [`ApiToken`] | §0 `PVEAPIToken=user@realm!id=secret`; the secret never prints |
-//! | `transport` | [`TlsTrust`], [`CertFingerprint`] | rustls + ring only; a pin checks the end-entity DER hash and still verifies handshake signatures |
-//! | `client` | [`PveClient`], [`ClientConfig`], [`ClientStats`] | https only; `{base}/api2/json/{path}`; form bodies for POST/PUT, query for GET/DELETE (§0) |
+//! | `auth` | [`TokenId`], [`Secret`], [`ApiToken`] | §0 `PVEAPIToken=user@realm!id=secret`; the secret never prints, is never cloned and is zeroized on drop |
+//! | `transport` | [`TlsTrust`], [`CertFingerprint`] | rustls + ring only; a pin checks the end-entity DER hash and still verifies handshake signatures; a refusal becomes [`ApiError::Certificate`] (permanent; the client then sends nothing more) |
+//! | `client` | [`PveClient`], [`ClientConfig`], [`ClientStats`] | https only; `{base}/api2/json/{path}`; form bodies for POST/PUT, query for GET/DELETE (§0); bodies read up to [`DEFAULT_MAX_BODY_BYTES`] (or the config's cap), else [`ApiError::BodyTooLarge`] |
 //! | `error` | [`ApiError`], [`TaskFailure`], [`classify`] | one pure classifier of (status, reason phrase, body) and of task exit statuses, and one place deciding what is transient |
 //! | `texts` | the PVE error texts felhom tells apart | written once, cited to the Perl source; the simulator says them and `classify` recognises them from the same constants |
 //! | `property_string` | [`PropertyString`], [`NetConfig`], [`MountConfig`], [`Features`], [`MacAddr`], disk sizes | §3.3/§3.4: PVE has no escaping, so unsafe values are refused, never escaped |
