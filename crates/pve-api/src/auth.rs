@@ -214,5 +214,4 @@ mod tests {
         assert!(shown.contains("<redacted>"), "{shown}");
         assert!(tok.header_value().ends_with("=s3cr3t-value"));
     }
-
 }
