@@ -597,6 +597,51 @@ struct Seen {
     authorized_keys: bool,
 }
 
+/// How many paths of one kind (logs, histories, key files…) a report lists, and how many
+/// names a set (installed packages, enabled units) keeps: a hostile archive of millions of
+/// tiny members must not grow the inspection without bound.
+const MAX_LISTED: usize = 1000;
+const MAX_NAMES: usize = 100_000;
+
+fn push_listed(v: &mut Vec<String>, p: &str) {
+    if v.len() < MAX_LISTED {
+        v.push(p.to_string());
+    }
+}
+
+/// Installed packages from dpkg's status file, one line at a time (lines capped at 64 KiB):
+/// the file is megabytes on a real system and anything in a hostile archive.
+fn read_dpkg_status(r: &mut dyn Read, out: &mut BTreeSet<String>) {
+    use std::io::BufRead;
+    let mut r = std::io::BufReader::new(r);
+    let (mut pkg, mut installed) = (None::<String>, false);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = (&mut r)
+            .take(64 * 1024)
+            .read_until(b'\n', &mut line)
+            .unwrap_or(0);
+        let text = String::from_utf8_lossy(&line);
+        let l = text.trim_end_matches('\n');
+        if n == 0 || l.is_empty() {
+            if let (Some(p), true) = (pkg.take(), installed) {
+                if out.len() < MAX_NAMES {
+                    out.insert(p);
+                }
+            }
+            installed = false;
+            if n == 0 {
+                return;
+            }
+        } else if let Some(p) = l.strip_prefix("Package: ") {
+            pkg = Some(p.trim().to_string());
+        } else if l.starts_with("Status:") && l.ends_with(" installed") {
+            installed = true;
+        }
+    }
+}
+
 fn read_small(r: &mut dyn Read, cap: u64) -> String {
     let mut s = String::new();
     let mut buf = Vec::new();
@@ -621,49 +666,42 @@ pub fn inspect<R: Read>(reader: R, c: vzdump::Compression) -> Result<Report, vzd
             "etc/hostname" if file => seen.hostname = Some(read_small(r, 4096)),
             "usr/bin/dockerd" | "usr/sbin/dockerd" => seen.dockerd = true,
             "etc/docker/daemon.json" if file => seen.daemon_json = Some(read_small(r, 1 << 20)),
-            "var/lib/dpkg/status" if file => {
-                let text = read_small(r, 64 << 20);
-                for stanza in text.split("\n\n") {
-                    let pkg = stanza.lines().find_map(|l| l.strip_prefix("Package: "));
-                    let installed = stanza
-                        .lines()
-                        .any(|l| l.starts_with("Status:") && l.ends_with(" installed"));
-                    if let (Some(pkg), true) = (pkg, installed) {
-                        seen.dpkg.insert(pkg.trim().to_string());
-                    }
-                }
-            }
+            "var/lib/dpkg/status" if file => read_dpkg_status(r, &mut seen.dpkg),
             "var/lib/systemd/random-seed" => seen.random_seed = true,
             "root/.ssh/authorized_keys" if e.size > 0 => seen.authorized_keys = true,
-            "etc/dhcpcd.duid" | "var/lib/dhcpcd/duid" => seen.duids.push(p.to_string()),
-            _ if p.starts_with("etc/ssh/ssh_host_") && file => seen.ssh_keys.push(p.to_string()),
+            "etc/dhcpcd.duid" | "var/lib/dhcpcd/duid" => push_listed(&mut seen.duids, p),
+            _ if p.starts_with("etc/ssh/ssh_host_") && file => push_listed(&mut seen.ssh_keys, p),
             _ if (p.ends_with("/.bash_history")
                 || p.ends_with("/.zsh_history")
                 || p.ends_with("/.ash_history"))
                 && e.size > 0 =>
             {
-                seen.histories.push(p.to_string())
+                push_listed(&mut seen.histories, p)
             }
-            _ if p.starts_with("var/log/") && file && e.size > 0 => seen.logs.push(p.to_string()),
+            _ if p.starts_with("var/log/") && file && e.size > 0 => push_listed(&mut seen.logs, p),
             _ if (p.starts_with("var/lib/dhcp/") && p.ends_with(".leases")
                 || p.starts_with("var/lib/dhcpcd/"))
                 && file
                 && e.size > 0 =>
             {
-                seen.leases.push(p.to_string())
+                push_listed(&mut seen.leases, p)
             }
             _ if p.starts_with("etc/systemd/system/") => {
                 let dir_is_wants = p.rsplit('/').nth(1).is_some_and(|d| d.ends_with(".wants"));
                 if dir_is_wants && e.kind == vzdump::EntryKind::Symlink {
                     if let Some(t) = &e.link_target {
-                        seen.wants
-                            .insert(t.rsplit('/').next().unwrap_or(t).to_string());
+                        if seen.wants.len() < MAX_NAMES {
+                            seen.wants
+                                .insert(t.rsplit('/').next().unwrap_or(t).to_string());
+                        }
                     }
-                } else if file && p.ends_with(".service") {
-                    seen.units.insert(
-                        p.rsplit('/').next().unwrap_or(p).to_string(),
-                        read_small(r, 64 * 1024),
-                    );
+                } else if file && p.ends_with(".service") && seen.units.len() < MAX_LISTED {
+                    // Only the key units are checked further: keep no other unit's text.
+                    let text = read_small(r, 64 * 1024);
+                    if runs_keygen(&text) {
+                        seen.units
+                            .insert(p.rsplit('/').next().unwrap_or(p).to_string(), text);
+                    }
                 }
             }
             _ => {}
@@ -749,6 +787,13 @@ fn check_conf(conf: &vzdump::PctConf, f: &mut Findings<'_>) {
     }
 }
 
+/// A unit that regenerates SSH host keys (`ExecStart=… ssh-keygen -A`).
+fn runs_keygen(unit: &str) -> bool {
+    unit.lines().any(|l| {
+        l.trim_start().starts_with("ExecStart") && l.contains("ssh-keygen") && l.contains("-A")
+    })
+}
+
 fn check_fs(s: &Seen, f: &mut Findings<'_>) {
     for k in &s.ssh_keys {
         f.add("ssh-host-keys-present", Severity::Error, k, "SSH host keys left in the golden: every guest restored from it shares this identity (F3)", "rm -f /etc/ssh/ssh_host_* in the build guest before vzdump");
@@ -756,13 +801,7 @@ fn check_fs(s: &Seen, f: &mut Findings<'_>) {
     let keygen: Vec<(&String, &String)> = s
         .units
         .iter()
-        .filter(|(_, text)| {
-            text.lines().any(|l| {
-                l.trim_start().starts_with("ExecStart")
-                    && l.contains("ssh-keygen")
-                    && l.contains("-A")
-            })
-        })
+        .filter(|(_, text)| runs_keygen(text))
         .collect();
     let unit_path = |n: &str| format!("etc/systemd/system/{n}");
     if keygen.is_empty() {

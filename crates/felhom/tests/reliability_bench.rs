@@ -56,4 +56,21 @@ fn reliability_bench_reports_every_part_and_all_good() {
     ] {
         assert_eq!(r["leaks"][k], 0, "{k}: {r}");
     }
+    // Hostile archives: inspect exits 2, the restore is refused, nothing is left, and no
+    // process reading one goes over 64 MB.
+    let rows = r["hostile_archives"]
+        .as_array()
+        .expect("hostile archive rows");
+    assert_eq!(rows.len(), vzdump::hostile::Hostile::ALL.len(), "{r}");
+    for row in rows {
+        assert_eq!(row["inspect_exit"], 2, "{row}");
+        assert_eq!(row["restore_refused"], true, "{row}");
+        assert_eq!(row["guests_left"], 0, "{row}");
+        assert_eq!(row["leaks"], 0, "{row}");
+        assert!(
+            row["inspect_peak_rss_mb"].as_f64().unwrap() <= 64.0,
+            "{row}"
+        );
+        assert!(row["sim_peak_rss_mb"].as_f64().unwrap() <= 64.0, "{row}");
+    }
 }

@@ -1,6 +1,11 @@
 //! Thin glue over the `vzdump` crate: the archived `pct.conf`, and what a golden archive's
 //! files decide about a guest's identity (machine-id, a baked SSH host key, an enabled
 //! first-boot unit running `ssh-keygen -A`), read in one streaming pass.
+//!
+//! Both go through vzdump's bounded reader, and a restore reads [`traits`] (the whole
+//! archive) before any volume exists: a header bomb, a truncated or corrupt stream, a `..`
+//! or absolute member name or a special file where a regular one belongs fails the restore
+//! task with the reader's error, and neither runtime ever unpacks such an archive.
 
 use std::io::Read;
 use std::path::Path;
@@ -20,6 +25,13 @@ pub fn traits(path: &Path) -> Result<ArchiveTraits, vzdump::VzdumpError> {
     vzdump::scan_path(path, |e, r| {
         let p = e.path.as_str();
         match p {
+            // A FIFO or device node here is never read (it is no identity; a real guest
+            // would block on it): refused. A link is not followed, as before.
+            "etc/machine-id" | "etc/ssh/ssh_host_ed25519_key"
+                if e.kind == vzdump::EntryKind::Other =>
+            {
+                e.expect_file()?
+            }
             "etc/machine-id" if e.kind == vzdump::EntryKind::File => {
                 t.machine_id = Some(small(r).trim().to_string())
             }

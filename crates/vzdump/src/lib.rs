@@ -3,15 +3,33 @@
 //! (pve-container `VZDump/LXC.pm`; `docs/guests.md`, "Restore").
 //!
 //! Reading streams the archive once and never unpacks to disk, so memory stays flat on
-//! multi-gigabyte archives. Writing produces the same layout, from synthetic entries or from a
-//! real root filesystem directory ([`ArchiveWriter::add_tree`]).
+//! multi-gigabyte archives, and goes through one bounded reader (`bounded.rs`) whatever the
+//! input: header-like entries are capped ([`Limits`]), and a truncated or corrupt stream, an
+//! absolute or `..` member name or hard-link target, and an entry type no extraction expects
+//! are refused with a [`VzdumpError`] variant that names the member. Writing produces the
+//! same layout, from synthetic entries or from a real root filesystem directory
+//! ([`ArchiveWriter::add_tree`]).
 
+use std::cell::RefCell;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
+use std::rc::Rc;
 
+mod bounded;
+pub mod hostile;
 mod tree;
+pub use bounded::{ExtKind, Limits, DEFAULT_HEADER_CAP, DEFAULT_ZSTD_WINDOW_LOG_MAX};
 pub use tree::{excluded, TreeStats, EXCLUDES};
+
+/// `member #3 "etc/passwd"` (the name escaped), or `member #0` when no name is known.
+fn member(index: &u64, name: &str) -> String {
+    if name.is_empty() {
+        format!("member #{index}")
+    } else {
+        format!("member #{index} {name:?}")
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum VzdumpError {
@@ -29,6 +47,70 @@ pub enum VzdumpError {
     BadConf { line: usize, message: String },
     #[error("the first entry written must be pct.conf")]
     ConfNotFirst,
+    #[error(
+        "archive {}: {kind} of {size} bytes is over the cap of {cap} bytes",
+        member(index, name)
+    )]
+    HeaderTooLarge {
+        index: u64,
+        name: String,
+        kind: ExtKind,
+        size: u64,
+        cap: u64,
+    },
+    #[error(
+        "archive {}: the archive is truncated (it ends at byte {offset} of the tar stream)",
+        member(index, name)
+    )]
+    Truncated {
+        index: u64,
+        name: String,
+        offset: u64,
+    },
+    #[error("archive {}: corrupt {format} data: {message}", member(index, name))]
+    Decompress {
+        index: u64,
+        name: String,
+        format: &'static str,
+        message: String,
+    },
+    #[error("archive {}: corrupt tar header: {message}", member(index, name))]
+    Corrupt {
+        index: u64,
+        name: String,
+        message: String,
+    },
+    #[error("archive {}: unsafe member name: {reason}", member(index, name))]
+    UnsafePath {
+        index: u64,
+        name: String,
+        reason: &'static str,
+    },
+    #[error(
+        "archive {}: unsafe hard link target {target:?}: {reason}",
+        member(index, name)
+    )]
+    UnsafeLink {
+        index: u64,
+        name: String,
+        target: String,
+        reason: &'static str,
+    },
+    #[error(
+        "archive {}: expected a regular file, found {found}",
+        member(index, name)
+    )]
+    NotRegular {
+        index: u64,
+        name: String,
+        found: &'static str,
+    },
+    #[error("archive {}: unsupported entry type {typeflag:?}", member(index, name))]
+    UnsupportedEntry {
+        index: u64,
+        name: String,
+        typeflag: char,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +147,9 @@ pub enum EntryKind {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EntryInfo {
+    /// The member's position in the archive, counted from 0 (extension headers are part of
+    /// the member they describe).
+    pub index: u64,
     /// Normalised: no leading `./` or `/` (`etc/machine-id`).
     pub path: String,
     pub kind: EntryKind,
@@ -81,14 +166,53 @@ pub enum Flow {
     Stop,
 }
 
+impl EntryInfo {
+    /// Refuse anything but a regular file where the caller expects one (a FIFO or device
+    /// node at `etc/machine-id` must not be read, nor taken for an absent file).
+    pub fn expect_file(&self) -> Result<(), VzdumpError> {
+        let found = match self.kind {
+            EntryKind::File => return Ok(()),
+            EntryKind::Dir => "a directory",
+            EntryKind::Symlink => "a symbolic link",
+            EntryKind::Hardlink => "a hard link",
+            EntryKind::Other => "a special file",
+        };
+        Err(VzdumpError::NotRegular {
+            index: self.index,
+            name: self.path.clone(),
+            found,
+        })
+    }
+}
+
 pub const PCT_CONF: &str = "etc/vzdump/pct.conf";
 
-fn decoder<'a, R: Read + 'a>(reader: R, c: Compression) -> Result<Box<dyn Read + 'a>, VzdumpError> {
+fn decoder<'a, R: Read + 'a>(
+    reader: R,
+    c: Compression,
+    limits: &Limits,
+) -> Result<Box<dyn Read + 'a>, VzdumpError> {
     Ok(match c {
         Compression::None => Box::new(reader),
         Compression::Gzip => Box::new(flate2::read::GzDecoder::new(reader)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(reader)?),
+        Compression::Zstd => {
+            let mut d = zstd::stream::read::Decoder::new(reader)?;
+            d.window_log_max(limits.zstd_window_log_max)?;
+            Box::new(d)
+        }
     })
+}
+
+/// Why a member name (or hard-link target) could reach outside the directory it is
+/// extracted into; `None` when it cannot.
+fn unsafe_path(raw: &str) -> Option<&'static str> {
+    if raw.starts_with('/') {
+        Some("an absolute path")
+    } else if raw.split('/').any(|c| c == "..") {
+        Some("a '..' component leaves the root")
+    } else {
+        None
+    }
 }
 
 fn normalise(p: &str) -> String {
@@ -96,57 +220,164 @@ fn normalise(p: &str) -> String {
     p.trim_end_matches('/').to_string()
 }
 
-/// Visit every entry once, in archive order; `visit` may read the entry's bytes.
+/// Visit every entry once, in archive order; `visit` may read the entry's bytes. With the
+/// default [`Limits`].
 pub fn scan<R: Read>(
     reader: R,
     c: Compression,
-    mut visit: impl FnMut(&EntryInfo, &mut dyn Read) -> Result<Flow, VzdumpError>,
+    visit: impl FnMut(&EntryInfo, &mut dyn Read) -> Result<Flow, VzdumpError>,
 ) -> Result<(), VzdumpError> {
-    let mut ar = tar::Archive::new(decoder(reader, c)?);
-    for entry in ar.entries()? {
-        let mut entry = entry?;
-        let raw_path = entry.path()?.to_string_lossy().into_owned();
-        let h = entry.header();
-        let kind = match h.entry_type() {
-            tar::EntryType::Regular | tar::EntryType::Continuous => EntryKind::File,
-            tar::EntryType::Directory => EntryKind::Dir,
-            tar::EntryType::Symlink => EntryKind::Symlink,
-            tar::EntryType::Link => EntryKind::Hardlink,
-            _ => EntryKind::Other,
+    scan_with(reader, c, &Limits::default(), visit)
+}
+
+/// Visit every entry once, in archive order, through the bounded reader: memory stays
+/// within `limits` whatever the input, and a hostile or broken archive fails with the
+/// variant that names its member (the first refusal wins, even when `visit` swallowed the
+/// read error). Member names that are absolute or contain `..`, hard links whose target is,
+/// and entry types no extraction expects are refused. Symbolic link targets are not checked:
+/// `/etc/machine-id` or `../lib/x` are ordinary in a root filesystem, and are resolved in the
+/// guest's root.
+pub fn scan_with<R: Read>(
+    reader: R,
+    c: Compression,
+    limits: &Limits,
+    visit: impl FnMut(&EntryInfo, &mut dyn Read) -> Result<Flow, VzdumpError>,
+) -> Result<(), VzdumpError> {
+    scan_measured(reader, c, limits, visit).0
+}
+
+/// [`scan_with`], and the largest extension content (long name, pax header) tar was handed,
+/// which is what it buffers whole: the tests of the bound read it.
+#[doc(hidden)]
+pub fn scan_measured<R: Read>(
+    reader: R,
+    c: Compression,
+    limits: &Limits,
+    mut visit: impl FnMut(&EntryInfo, &mut dyn Read) -> Result<Flow, VzdumpError>,
+) -> (Result<(), VzdumpError>, u64) {
+    let decoded = match decoder(reader, c, limits) {
+        Ok(d) => d,
+        Err(e) => return (Err(e), 0),
+    };
+    let shared = Rc::new(RefCell::new(bounded::Shared::default()));
+    let guard = bounded::Guard::new(decoded, *limits, c, shared.clone());
+    let mut ar = tar::Archive::new(guard);
+    let result = (|| -> Result<(), VzdumpError> {
+        let here = || {
+            let s = shared.borrow();
+            (s.index, s.name.clone())
         };
-        let info = EntryInfo {
-            path: normalise(&raw_path),
-            kind,
-            size: h.size().unwrap_or(0),
-            mode: h.mode().unwrap_or(0),
-            uid: h.uid().unwrap_or(0),
-            gid: h.gid().unwrap_or(0),
-            link_target: entry
+        let corrupt = |e: std::io::Error| {
+            let (index, name) = here();
+            VzdumpError::Corrupt {
+                index,
+                name,
+                message: e.to_string(),
+            }
+        };
+        for entry in ar.entries().map_err(corrupt)? {
+            let mut entry = entry.map_err(corrupt)?;
+            let (index, _) = here();
+            let raw_path = entry
+                .path()
+                .map_err(corrupt)?
+                .to_string_lossy()
+                .into_owned();
+            let name = || bounded::display_name(raw_path.as_bytes());
+            if let Some(reason) = unsafe_path(&raw_path) {
+                return Err(VzdumpError::UnsafePath {
+                    index,
+                    name: name(),
+                    reason,
+                });
+            }
+            let h = entry.header();
+            let kind = match h.entry_type() {
+                tar::EntryType::Regular
+                | tar::EntryType::Continuous
+                | tar::EntryType::GNUSparse => EntryKind::File,
+                tar::EntryType::Directory => EntryKind::Dir,
+                tar::EntryType::Symlink => EntryKind::Symlink,
+                tar::EntryType::Link => EntryKind::Hardlink,
+                tar::EntryType::Char
+                | tar::EntryType::Block
+                | tar::EntryType::Fifo
+                | tar::EntryType::XGlobalHeader => EntryKind::Other,
+                // GNU tar's volume label: no file, nothing to extract.
+                t if t.as_byte() == b'V' => EntryKind::Other,
+                t => {
+                    return Err(VzdumpError::UnsupportedEntry {
+                        index,
+                        name: name(),
+                        typeflag: t.as_byte() as char,
+                    })
+                }
+            };
+            let link_target = entry
                 .link_name()
                 .ok()
                 .flatten()
-                .map(|l| l.to_string_lossy().into_owned()),
-        };
-        if visit(&info, &mut entry)? == Flow::Stop {
-            break;
+                .map(|l| l.to_string_lossy().into_owned());
+            if kind == EntryKind::Hardlink {
+                let target = link_target.clone().unwrap_or_default();
+                if let Some(reason) = unsafe_path(&target) {
+                    return Err(VzdumpError::UnsafeLink {
+                        index,
+                        name: name(),
+                        target: bounded::display_name(target.as_bytes()),
+                        reason,
+                    });
+                }
+            }
+            let h = entry.header();
+            let info = EntryInfo {
+                index,
+                path: normalise(&raw_path),
+                kind,
+                size: entry.size(),
+                mode: h.mode().unwrap_or(0),
+                uid: h.uid().unwrap_or(0),
+                gid: h.gid().unwrap_or(0),
+                link_target,
+            };
+            if visit(&info, &mut entry)? == Flow::Stop {
+                break;
+            }
         }
-    }
-    Ok(())
+        Ok(())
+    })();
+    drop(ar);
+    let mut shared = shared.borrow_mut();
+    // The guard's refusal is the cause, however tar or `visit` reported it.
+    let result = match shared.refusal.take() {
+        Some(refusal) => Err(refusal),
+        None => result,
+    };
+    (result, shared.peak_ext)
 }
 
 pub fn scan_path(
     p: &Path,
     visit: impl FnMut(&EntryInfo, &mut dyn Read) -> Result<Flow, VzdumpError>,
 ) -> Result<(), VzdumpError> {
+    scan_path_with(p, &Limits::default(), visit)
+}
+
+pub fn scan_path_with(
+    p: &Path,
+    limits: &Limits,
+    visit: impl FnMut(&EntryInfo, &mut dyn Read) -> Result<Flow, VzdumpError>,
+) -> Result<(), VzdumpError> {
     let c = Compression::from_path(p)?;
-    scan(BufReader::new(File::open(p)?), c, visit)
+    scan_with(BufReader::new(File::open(p)?), c, limits, visit)
 }
 
 /// The archived `pct.conf` text. vzdump writes it first, so this stops at once.
 pub fn read_pct_conf(p: &Path) -> Result<String, VzdumpError> {
     let mut found = None;
     scan_path(p, |e, r| {
-        if e.path == PCT_CONF && e.kind == EntryKind::File {
+        if e.path == PCT_CONF {
+            e.expect_file()?;
             let mut s = String::new();
             r.take(1 << 20)
                 .read_to_string(&mut s)

@@ -1,6 +1,7 @@
 //! `felhom bench`: benchmarks against an embedded simulator that print figures (a table, or
 //! JSON with `--output json`). They measure; the tests assert.
 
+mod archives;
 mod perf;
 mod reliability;
 mod sim_child;

@@ -137,6 +137,7 @@ struct Report {
     leaks: Leaks,
     bad_inputs: BadInputs,
     rerun: Rerun,
+    hostile_archives: Vec<super::archives::ArchiveRow>,
 }
 
 impl Report {
@@ -155,6 +156,7 @@ impl Report {
             && self.bad_inputs.refused_exit_2 == self.bad_inputs.tried
             && self.bad_inputs.writes_caused == 0
             && self.rerun.good()
+            && super::archives::all_good(&self.hostile_archives)
     }
 }
 
@@ -515,6 +517,8 @@ pub async fn run(args: ReliabilityArgs, format: OutputFormat) -> Result<(), CliE
         report.bad_inputs = bad_inputs(&sim).await?;
         report.crash_points = crash_points(&sim, &mut report.leaks).await?;
     }
+    report.hostile_archives =
+        super::archives::hostile_archive_rows(&SimChild::start(args.time_scale, "")?).await?;
     report.soak = soak(&args, &mut report.leaks).await?;
     report.rerun = rerun(&args, &mut report.leaks).await?;
     let good = report.all_good();
@@ -602,6 +606,7 @@ fn print_table(r: &Report, good: bool) {
     row("bad inputs refused (exit 2)", b.refused_exit_2.to_string());
     row("writes caused by bad inputs", b.writes_caused.to_string());
     output::print_table(&t);
+    super::archives::print_rows(&r.hostile_archives);
     outln!("soak faults: {}", s.faults);
     for (point, why) in &c.wrong {
         outln!("crash point {point}: {why}");

@@ -88,6 +88,11 @@ impl SimChild {
         self.dir.path()
     }
 
+    /// The simulator process's id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// `felhom --config <ours> ARGS` as a child process, with extra environment.
     pub fn felhom_cmd(&self, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Command> {
         let mut c = Command::new(std::env::current_exe()?);
