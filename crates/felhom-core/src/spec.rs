@@ -373,12 +373,16 @@ impl ByteSize {
         self.0
     }
     /// The size as PVE's `<storage>:<GiB>` allocation syntax wants it (may be fractional).
+    /// PVE allocates `int(gib * 1024)` MiB (pve-container `LXC.pm` `create_disks`), so the
+    /// fraction is written exactly: a whole number of MiB over 1024 has at most ten decimals
+    /// and is exact in binary. Four decimals made 1300M `1.2695`, which PVE allocates as
+    /// 1299 MiB (audit top #4).
     pub fn gib_string(self) -> String {
         if self.0.is_multiple_of(GIB) {
             format!("{}", self.0 / GIB)
         } else {
-            let v = self.0 as f64 / GIB as f64;
-            let s = format!("{v:.4}");
+            let v = (self.0 / MIB) as f64 / 1024.0;
+            let s = format!("{v:.10}");
             s.trim_end_matches('0').trim_end_matches('.').to_string()
         }
     }
@@ -1498,6 +1502,19 @@ path = "/srv/data"
     #[test]
     fn byte_sizes() {
         assert_eq!("1.5G".parse::<ByteSize>().unwrap().gib_string(), "1.5");
+        // PVE truncates `<GiB> * 1024` to whole MiB: every size must come back exactly.
+        for mib in [1u64, 1300, 1023, 4097, 123_457, 16 * 1024 * 1024 - 1] {
+            let g: f64 = ByteSize::from_bytes(mib * MIB)
+                .unwrap()
+                .gib_string()
+                .parse()
+                .unwrap();
+            assert_eq!((g * 1024.0) as u64, mib, "{mib} MiB");
+        }
+        assert_eq!(
+            "1300M".parse::<ByteSize>().unwrap().gib_string(),
+            "1.26953125"
+        );
         assert_eq!("512M".parse::<ByteSize>().unwrap().resize_arg(), "512M");
         assert!(
             "10".parse::<ByteSize>().is_err(),

@@ -142,7 +142,8 @@ pub enum TaskFailure {
     /// apart from [`TaskFailure::NotFound`]: the guest exists, its network config does not fit
     /// the node.
     BridgeMissing { bridge: String },
-    /// `… does not exist` ([`texts::no_config`], [`texts::storage_missing`], …).
+    /// `… does not exist` ([`texts::no_config`], [`texts::storage_missing`], …), or a
+    /// restore's archive that is not there ([`texts::cant_find_file`]).
     NotFound,
     /// [`texts::CONFIG_MODIFIED`].
     ConfigModified,
@@ -175,7 +176,9 @@ impl TaskFailure {
         if let Some(bridge) = missing_bridge(text) {
             return TaskFailure::BridgeMissing { bridge };
         }
-        if text.contains(texts::DOES_NOT_EXIST_PART.trim_start()) {
+        if text.contains(texts::DOES_NOT_EXIST_PART.trim_start())
+            || text.contains(texts::CANT_FIND_FILE_PART)
+        {
             return TaskFailure::NotFound;
         }
         if text.contains(texts::NO_WORKER_UPID) {
@@ -823,6 +826,10 @@ mod tests {
             (texts::storage_missing("nope"), TaskFailure::NotFound),
             (
                 texts::volume_missing("local:backup/x"),
+                TaskFailure::NotFound,
+            ),
+            (
+                texts::cant_find_file("local:backup/x"),
                 TaskFailure::NotFound,
             ),
             (

@@ -21,6 +21,13 @@
 //! | [`bridge_missing`] | pve-common `src/PVE/Network.pm` `read_bridge_mtu`, called by pve-container `src/PVE/LXC.pm` `update_lxc_config` when `vm_start` writes the LXC config (§6.1) | `BridgeMissing` (task exit status) |
 //! | [`unable_to_restore`] | pve-container `src/PVE/API2/LXC.pm` `create_vm` worker (§2.3) | prefix only |
 //! | [`NO_WORKER_UPID`] | pve-common `src/PVE/RESTEnvironment.pm` `fork_worker` (§0) | `Server`, transient |
+//! | [`cant_find_file`] | pve-storage `src/PVE/Storage.pm` `abs_filesystem_path` (audit top #7) | `NotFound` |
+//! | [`MP_WITHOUT_ROOTFS`] | pve-container `src/PVE/API2/LXC.pm` `create_vm` (audit R2) | plain 500 |
+//! | [`arbitrary_paths_root_only`] | pve-storage `src/PVE/Storage.pm` `check_volume_access` (audit R3) | plain 500 |
+//! | [`tar_no_space`], [`restore_tar_failed`] | GNU tar's ENOSPC line; pve-common `src/PVE/Tools.pm` `run_command`, from pve-container `src/PVE/LXC/Create.pm` `restore_tar_archive` (audit R13) | plain task failure |
+//! | [`TEMPLATE_START`] | pve-container `src/PVE/API2/LXC/Status.pm` `vm_start` (audit top #10) | plain task failure |
+//! | [`not_owner_of_volume`] | pve-container `src/PVE/LXC.pm` `delete_mountpoint_volume` (audit X2) | a plain log line |
+//! | [`resize_foreign_volume`] | pve-container `src/PVE/API2/LXC.pm` `resize_vm` (audit Z3) | plain 500 |
 
 /// A stale `digest` on a config write (pve-common `Tools.pm` `assert_if_modified`).
 pub const CONFIG_MODIFIED: &str =
@@ -111,3 +118,51 @@ pub fn unable_to_restore(vmid: impl std::fmt::Display, err: &str) -> String {
 /// The worker could not be forked, so nothing was done (pve-common `RESTEnvironment.pm`
 /// `fork_worker`): the one 500 that is worth repeating.
 pub const NO_WORKER_UPID: &str = "got no worker upid";
+
+pub(crate) const CANT_FIND_FILE_PART: &str = "can't find file '";
+/// A restore whose archive volume names no file: `abs_filesystem_path` in the worker, so it
+/// is a task failure (prefixed with [`unable_to_restore`]), never a refusal of the call.
+pub fn cant_find_file(volid: &str) -> String {
+    format!("{CANT_FIND_FILE_PART}{volid}'")
+}
+
+/// `create_vm` in explicit mode (an `mpN` in the request) without a `rootfs`: refused on the
+/// call, before anything is locked.
+pub const MP_WITHOUT_ROOTFS: &str = "mount points configured, but 'rootfs' not set - aborting";
+
+/// `check_volume_access` of a value that is no volume id (a bare `rootfs=16` is checked raw,
+/// before `create_vm` adds the storage) for a caller other than `root@pam`. The Perl `die`
+/// has no newline, so Perl appends where it died.
+pub fn arbitrary_paths_root_only() -> String {
+    "Only root can pass arbitrary filesystem paths. at /usr/share/perl5/PVE/Storage.pm line 651."
+        .to_string()
+}
+
+/// GNU tar's line for a member that did not fit the target volume (ENOSPC).
+pub fn tar_no_space(member: &str) -> String {
+    format!("tar: ./{member}: Cannot write: No space left on device")
+}
+
+/// `run_command` of the restore's tar ended with tar's exit status 2 (a fatal error such as
+/// ENOSPC): the restore task's error after [`unable_to_restore`]'s prefix.
+pub fn restore_tar_failed() -> String {
+    "command 'tar xpf - --zstd --totals --one-file-system -p --sparse --numeric-owner --acls \
+     --xattrs --xattrs-include=user.* --xattrs-include=security.capability \
+     --warning=no-file-ignored --warning=no-xattr-write --skip-old-files --anchored \
+     --exclude ./dev/*' failed: exit code 2"
+        .to_string()
+}
+
+/// `vm_start` of a template (the check in the worker, under the flock).
+pub const TEMPLATE_START: &str = "you can't start a CT if it's a template";
+
+/// A destroy skips a volume another guest owns with a plain `warn` (not a task warning: the
+/// task still ends `OK`).
+pub fn not_owner_of_volume(volid: &str, vmid: u32) -> String {
+    format!("ignore deletion of '{volid}', CT {vmid} isn't the owner!")
+}
+
+/// `resize_vm` of a mount point whose volume another guest owns.
+pub fn resize_foreign_volume(owner: u32) -> String {
+    format!("can't resize mount point owned by another container ({owner})")
+}

@@ -80,3 +80,46 @@ pub fn traits(path: &Path) -> Result<ArchiveTraits, vzdump::VzdumpError> {
 pub fn pct_conf(path: &Path) -> Result<vzdump::PctConf, vzdump::VzdumpError> {
     vzdump::parse_pct_conf(&vzdump::read_pct_conf(path)?)
 }
+
+/// The first archive member that does not fit: `limits` are (mount path, bytes) of the
+/// volumes a restore in explicit mode made, the rootfs as `/`. Each regular file counts
+/// against the volume of the longest mount path above it, as tar writes it there; the one
+/// whose bytes push a volume past its size is where GNU tar stops with ENOSPC (audit R13;
+/// pve-container `LXC/Create.pm` `restore_tar_archive`). A size of 0 has no limit (a subvol
+/// or a directory). File system overhead is not modelled.
+pub fn first_member_over(
+    path: &Path,
+    limits: &[(String, u64)],
+) -> Result<Option<String>, vzdump::VzdumpError> {
+    let mounts: Vec<(String, u64)> = limits
+        .iter()
+        .map(|(mp, b)| (mp.trim_matches('/').to_string(), *b))
+        .collect();
+    let mut used = vec![0u64; mounts.len()];
+    let mut over = None;
+    vzdump::scan_path(path, |e, _| {
+        if e.kind != vzdump::EntryKind::File {
+            return Ok(vzdump::Flow::Continue);
+        }
+        let p = e.path.as_str();
+        let best = mounts
+            .iter()
+            .enumerate()
+            .filter(|(_, (mp, _))| {
+                mp.is_empty()
+                    || p == mp
+                    || p.strip_prefix(mp.as_str())
+                        .is_some_and(|r| r.starts_with('/'))
+            })
+            .max_by_key(|(_, (mp, _))| mp.len());
+        if let Some((i, (_, limit))) = best {
+            used[i] += e.size;
+            if *limit > 0 && used[i] > *limit {
+                over = Some(p.to_string());
+                return Ok(vzdump::Flow::Stop);
+            }
+        }
+        Ok(vzdump::Flow::Continue)
+    })?;
+    Ok(over)
+}

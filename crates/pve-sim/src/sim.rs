@@ -38,6 +38,9 @@ pub mod model {
     pub const STOP: u64 = 500;
     pub const SHUTDOWN: u64 = 1_500;
     pub const DESTROY: u64 = 500;
+    /// Of a destroy, the part after the volumes are freed: the config is `lock: destroyed`
+    /// until ACLs, firewall and jobs are cleaned up and the config is removed.
+    pub const DESTROY_LAST: u64 = 150;
     pub const DHCP: u64 = 1_500;
     /// How long an injected lock500 blocks before failing (a short, scaled wait).
     pub const INJECTED_LOCK_WAIT: u64 = 1_000;

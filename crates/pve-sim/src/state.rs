@@ -80,10 +80,16 @@ pub enum TaskPlan {
         start: bool,
         warnings: Vec<String>,
     },
+    /// `size` as requested: `relative` for `+<size>`. The worker checks again and makes it
+    /// absolute before it waits (audit Z2).
     Resize {
         vmid: u32,
         disk: String,
         bytes: u64,
+        #[serde(default)]
+        relative: bool,
+        #[serde(default)]
+        digest: Option<String>,
     },
     Start {
         vmid: u32,

@@ -14,12 +14,12 @@ use std::time::Duration;
 
 use tokio::sync::OwnedMutexGuard;
 
-use crate::api::params::{fresh_mac, new_volume_spec};
+use crate::api::params::{fresh_mac, new_volume_bytes, new_volume_spec};
 use crate::auth::{self, Subject};
 use crate::locks::check_lock;
 use crate::runtime::{GuestRuntime, Job};
 use crate::sim::{model, now_ms, Sim};
-use crate::state::{State, Task, TaskPlan, Volume, GIB};
+use crate::state::{State, Task, TaskPlan, Volume};
 
 /// The blocking part of a task a runtime does itself: its task-log lines, or its error.
 type RuntimeJob = tokio::task::JoinHandle<Result<Vec<String>, String>>;
@@ -212,6 +212,12 @@ impl Sim {
                 }
             }
         }
+        if self.destroy_freed(upid) {
+            let last = tokio::time::sleep(self.scaled(model::DESTROY_LAST));
+            if let Err(Interrupt::Shutdown) = self.interruptible(kill, last).await {
+                return;
+            }
+        }
         let follow_up = self.apply(upid);
         self.collect_volumes().await;
         drop(guard);
@@ -396,17 +402,6 @@ impl Sim {
                 unique,
                 unprivileged,
             } => {
-                let sim = self.clone();
-                let archive2 = archive.clone();
-                let read = tokio::task::spawn_blocking(move || {
-                    let conf = crate::archive::pct_conf(&archive2).map_err(|e| e.to_string())?;
-                    let traits = sim.archive_traits(&archive2)?;
-                    Ok::<_, String>((conf, traits))
-                })
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r);
-                let (archived, traits) = read.map_err(|e| texts::unable_to_restore(vmid, &e))?;
                 let volid = format!(
                     "{}:backup/{}",
                     archive
@@ -420,6 +415,46 @@ impl Sim {
                         .map(|s| s.to_string_lossy().into_owned())
                         .unwrap_or_default()
                 );
+                // `recover_config` → `abs_filesystem_path`: the archive is looked for only
+                // now, after the placeholder (audit top #7).
+                if !archive.is_file() {
+                    return Err(texts::unable_to_restore(
+                        vmid,
+                        &texts::cant_find_file(&volid),
+                    ));
+                }
+                // Explicit mode: what the requested volumes can hold (audit R13).
+                let limits: Vec<(String, u64)> = request
+                    .iter()
+                    .filter(|(k, _)| *k == "rootfs" || k.starts_with("mp"))
+                    .filter_map(|(k, v)| {
+                        let (_, gib) = new_volume_spec(v)?;
+                        let path = if k == "rootfs" {
+                            "/".to_string()
+                        } else {
+                            pve_api::MountConfig::parse_mp(v).ok()?.mp?
+                        };
+                        Some((path, new_volume_bytes(gib)))
+                    })
+                    .collect();
+                let sim = self.clone();
+                let archive2 = archive.clone();
+                let read = tokio::task::spawn_blocking(move || {
+                    let conf = crate::archive::pct_conf(&archive2).map_err(|e| e.to_string())?;
+                    let traits = sim.archive_traits(&archive2)?;
+                    let over = if limits.is_empty() {
+                        None
+                    } else {
+                        crate::archive::first_member_over(&archive2, &limits)
+                            .map_err(|e| e.to_string())?
+                    };
+                    Ok::<_, String>((conf, traits, over))
+                })
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r);
+                let (archived, traits, over) =
+                    read.map_err(|e| texts::unable_to_restore(vmid, &e))?;
                 self.mutate(|st| {
                     let r = RestoreInput {
                         vmid,
@@ -461,6 +496,15 @@ impl Sim {
                                     warnings,
                                 });
                             }
+                            // tar stops at the first member that does not fit; the worker
+                            // removes the volumes and the placeholder (`fail`).
+                            if let Some(member) = &over {
+                                self.log(st, upid, texts::tar_no_space(member));
+                                return Err(texts::unable_to_restore(
+                                    vmid,
+                                    &texts::restore_tar_failed(),
+                                ));
+                            }
                             Ok(())
                         }
                         Err(e) => Err(texts::unable_to_restore(vmid, &e)),
@@ -470,11 +514,12 @@ impl Sim {
             TaskPlan::Start { vmid } | TaskPlan::Reboot { vmid } => {
                 self.read(|st| -> Result<(), String> {
                     let g = st.guests.get(&vmid).ok_or_else(|| no_conf(vmid))?;
-                    check_lock(g, true)?;
-                    if g.config.get("template").is_some_and(|t| t == "1") {
-                        return Err("you can't start a CT if it's a template".into());
+                    // `vm_start` asks about the template before the lock property.
+                    let template = g.config.get("template").is_some_and(|t| t == "1");
+                    if template && matches!(plan, TaskPlan::Start { .. }) {
+                        return Err(texts::TEMPLATE_START.into());
                     }
-                    Ok(())
+                    check_lock(g, true)
                 })?;
                 if matches!(plan, TaskPlan::Start { .. }) {
                     self.mutate(|st| missing_bridge(st, vmid))?;
@@ -485,15 +530,99 @@ impl Sim {
                 let g = st.guests.get(&vmid).ok_or_else(|| no_conf(vmid))?;
                 check_lock(g, true)
             }),
+            // `destroy_vm`'s worker: the config is loaded (and checked again) under the flock;
+            // it stays as it is, marker and all, while the volumes are freed. `lock:
+            // destroyed` comes only at the end ([`Sim::destroy_freed`]; audit top #3, X3).
             TaskPlan::Destroy { vmid, .. } => self.mutate(|st| {
                 let g = st.guests.get_mut(&vmid).ok_or_else(|| no_conf(vmid))?;
-                g.config.insert("lock".into(), "destroyed".into());
+                // A destroy resumed after a restart may have got that far already.
+                let resumed = g.config.get("lock").is_some_and(|l| l == "destroyed");
+                if resumed {
+                    return Ok(());
+                }
+                if g.config.get("protection").is_some_and(|p| p == "1") {
+                    return Err(format!("can't remove CT {vmid} - protection mode enabled"));
+                }
+                check_lock(g, false)?;
                 g.running = false;
                 g.lease_visible_at = None;
                 Ok(())
             }),
+            // `resize_vm` runs `$load_and_check` again under the flock: a second identical
+            // resize queued behind the first fails here (audit Z2, top #5).
+            TaskPlan::Resize {
+                vmid,
+                disk,
+                bytes,
+                relative,
+                digest,
+            } => self.mutate(|st| {
+                let target = crate::api::resize_check(
+                    st,
+                    &who,
+                    vmid,
+                    &disk,
+                    relative,
+                    bytes,
+                    digest.as_deref(),
+                )
+                .map_err(|e| e.message)?;
+                if let Some(t) = st.tasks.iter_mut().find(|t| t.upid == upid) {
+                    t.plan = Some(TaskPlan::Resize {
+                        vmid,
+                        disk,
+                        bytes: target,
+                        relative: false,
+                        digest: None,
+                    });
+                }
+                Ok(())
+            }),
             _ => Ok(()),
         }
+    }
+
+    /// A destroy whose volumes are freed (pve-container `LXC.pm` `destroy_lxc_container`):
+    /// the volumes of the config and pending section go (one another guest owns is skipped
+    /// with a plain warning, not a task warning: audit X2), then the config is replaced by
+    /// `lock: destroyed` alone (`destroy_vm` passes `{ lock => 'destroyed' }`). Whether the
+    /// task is a destroy.
+    fn destroy_freed(&self, upid: &str) -> bool {
+        self.mutate(|st| {
+            let Some(TaskPlan::Destroy {
+                vmid,
+                destroy_unreferenced,
+            }) = st
+                .tasks
+                .iter()
+                .find(|t| t.upid == upid && !t.inject_fail)
+                .and_then(|t| t.plan.clone())
+            else {
+                return false;
+            };
+            let Some(g) = st.guests.get(&vmid) else {
+                return true;
+            };
+            let referenced = referenced_volumes(g);
+            let mut skipped = Vec::new();
+            st.volumes.retain(|v| {
+                let referenced = referenced.contains(&v.volid);
+                if referenced && v.owner != vmid {
+                    skipped.push(texts::not_owner_of_volume(&v.volid, vmid));
+                    return true;
+                }
+                !(referenced || (destroy_unreferenced && v.owner == vmid))
+            });
+            for line in skipped {
+                self.log(st, upid, line);
+            }
+            if let Some(g) = st.guests.get_mut(&vmid) {
+                g.config = BTreeMap::from([("lock".to_string(), "destroyed".to_string())]);
+                g.pending.clear();
+                g.pending_delete.clear();
+            }
+            true
+        })
     }
 
     /// Apply a finished task's plan; returns a follow-up start for `start=1` restores.
@@ -636,7 +765,9 @@ fn apply_plan(
             Ok((warnings, start.then_some(vmid)))
         }
         TaskPlan::Fail { message, .. } => Err(message),
-        TaskPlan::Resize { vmid, disk, bytes } => {
+        TaskPlan::Resize {
+            vmid, disk, bytes, ..
+        } => {
             let g = st.guests.get_mut(&vmid).ok_or_else(|| no_conf(vmid))?;
             let cur = g
                 .config
@@ -681,10 +812,7 @@ fn apply_plan(
             }
             Ok((Vec::new(), None))
         }
-        TaskPlan::Destroy {
-            vmid,
-            destroy_unreferenced,
-        } => destroy(st, vmid, destroy_unreferenced).map(|w| (w, None)),
+        TaskPlan::Destroy { vmid, .. } => destroy(st, vmid).map(|w| (w, None)),
     }
 }
 
@@ -789,28 +917,17 @@ fn referenced_volumes(g: &crate::state::Guest) -> Vec<String> {
         .collect()
 }
 
-fn destroy(st: &mut State, vmid: u32, destroy_unreferenced: bool) -> Result<Vec<String>, String> {
-    let Some(g) = st.guests.remove(&vmid) else {
+/// The end of a destroy: its volumes are gone already ([`Sim::destroy_freed`]); ACLs and
+/// pool membership go always (`remove_vm_access`), then the config.
+fn destroy(st: &mut State, vmid: u32) -> Result<Vec<String>, String> {
+    if st.guests.remove(&vmid).is_none() {
         return Ok(Vec::new());
-    };
-    let referenced = referenced_volumes(&g);
-    let mut warnings = Vec::new();
-    st.volumes.retain(|v| {
-        let referenced = referenced.contains(&v.volid);
-        if referenced && v.owner != vmid {
-            warnings.push(format!(
-                "volume '{}' is owned by another guest, skipping",
-                v.volid
-            ));
-            return true;
-        }
-        !(referenced || (destroy_unreferenced && v.owner == vmid))
-    });
+    }
     st.acl.retain(|a| a.path != format!("/vms/{vmid}"));
     for members in st.pools.values_mut() {
         members.retain(|m| *m != vmid);
     }
-    Ok(warnings)
+    Ok(Vec::new())
 }
 
 /// What a restore request asks for, after the synchronous checks.
@@ -840,6 +957,16 @@ fn plan_restore(
         unprivileged,
         who,
     } = r;
+    // `check_bridge_access` for every archived NIC the request does not replace, before
+    // anything else and whether or not `unique` re-randomises it (audit R8).
+    for (k, v) in &archived.entries {
+        let nic = k
+            .strip_prefix("net")
+            .is_some_and(|n| n.parse::<u32>().is_ok());
+        if nic && !request.contains_key(k) {
+            crate::api::check_vnet_access(st, who, v).map_err(|e| e.message)?;
+        }
+    }
     let mut conf = request.clone();
     let mut warnings = Vec::new();
     for (k, v) in &archived.entries {
@@ -874,15 +1001,7 @@ fn plan_restore(
             continue;
         }
         if !conf.contains_key(k) {
-            if k.starts_with("net") {
-                // Archived NICs keep their MAC; their bridge still needs SDN.Use.
-                if let Some(b) = v.parse::<pve_api::NetConfig>().ok().and_then(|n| n.bridge) {
-                    let path = format!("/sdn/zones/localnetwork/{b}");
-                    if !auth::has(st, who, &path, "SDN.Use") {
-                        return Err(format!("Permission check failed ({path}, SDN.Use)"));
-                    }
-                }
-            }
+            // Archived NICs keep their MAC (their bridge was checked above).
             conf.insert(k.clone(), v.clone());
         }
     }
@@ -943,7 +1062,7 @@ fn plan_restore(
         }
         let (sid, bytes) = match new_volume_spec(&m.volume) {
             Some((sid, gib)) if explicit || request.contains_key(&k) => {
-                (sid, (gib * GIB as f64) as u64)
+                (sid, new_volume_bytes(gib))
             }
             _ => match m.size {
                 Some(b) => (storage.to_string(), b),
@@ -961,5 +1080,10 @@ fn plan_restore(
     conf.entry("memory".into()).or_insert_with(|| "512".into());
     conf.entry("swap".into()).or_insert_with(|| "512".into());
     conf.remove("lock");
+    // An archived template is made a template again (`create_vm`; audit top #10, R9). Not
+    // modelled: `template_create` renaming the volumes to `base-<vmid>-disk-N`.
+    if archived.get("template") == Some("1") {
+        conf.insert("template".into(), "1".into());
+    }
     Ok((conf, volumes, warnings))
 }

@@ -265,7 +265,7 @@ pub(crate) async fn put_config(sim: &Arc<Sim>, req: &Req) -> HResult {
                     .map(|d| (d.as_str(), None)),
             )
             .collect();
-        check_config_perms(st, &who, vmid, &keys, Some(&g.config), unpriv)?;
+        check_config_perms(st, &who, vmid, None, &keys, Some(&g.config), unpriv)?;
         for (name, list) in [("delete", &deletes), ("revert", &reverts)] {
             for d in list {
                 if params::config_kind(d).is_none() {
@@ -339,7 +339,7 @@ pub(crate) async fn put_config(sim: &Arc<Sim>, req: &Req) -> HResult {
                 }
                 let mut m = pve_api::MountConfig::parse_mp(v)
                     .map_err(|e| param1(k, format!("invalid format - {e}")))?;
-                let bytes = (gib * GIB as f64) as u64;
+                let bytes = new_volume_bytes(gib);
                 m.volume = st.allocate_volume(sid, vmid, bytes, &mut new_vols);
                 m.size = Some(bytes);
                 m.to_string()
@@ -440,48 +440,16 @@ pub(crate) fn resize(sim: &Arc<Sim>, req: &Req) -> HResult {
     )?;
     let disk = req.get("disk").unwrap_or_default().to_string();
     let size = req.get("size").unwrap_or_default().to_string();
+    let (relative, num) = match size.strip_prefix('+') {
+        Some(n) => (true, n),
+        None => (false, size.as_str()),
+    };
+    let bytes = pve_api::parse_disk_size(num)
+        .map_err(|_| param1("size", "value does not match the regex pattern"))?;
+    let digest = req.get("digest").map(str::to_string);
     let who = req.who.clone();
     let upid = sim.mutate(|st| -> Result<String, PveErr> {
-        // The quirk: the handler also runs the per-key check on {disk => …} (reference §5).
-        need(st, &who, &vms, "VM.Config.Options")?;
-        let g = guest_or_err(st, &req.node, vmid)?;
-        writable(g, req)?;
-        let cur = g
-            .config
-            .get(&disk)
-            .ok_or_else(|| die(format!("unable to parse config option '{disk}'")))?;
-        let m = if disk == "rootfs" {
-            pve_api::MountConfig::parse_rootfs(cur)
-        } else {
-            pve_api::MountConfig::parse_mp(cur)
-        }
-        .map_err(|e| die(e.to_string()))?;
-        let sid = m.storage().unwrap_or_default().to_string();
-        need(
-            st,
-            &who,
-            &format!("/storage/{sid}"),
-            "Datastore.AllocateSpace",
-        )?;
-        let current = m.size.ok_or_else(|| {
-            die(format!(
-                "Could not determine current size of volume '{}'",
-                m.volume
-            ))
-        })?;
-        let (relative, num) = match size.strip_prefix('+') {
-            Some(n) => (true, n),
-            None => (false, size.as_str()),
-        };
-        let bytes = pve_api::parse_disk_size(num)
-            .map_err(|_| param1("size", "value does not match the regex pattern"))?;
-        let target = if relative { current + bytes } else { bytes };
-        if target < current {
-            return Err(die(texts::CANNOT_SHRINK));
-        }
-        if target == current {
-            return Err(die(texts::ALREADY_AT_SIZE));
-        }
+        resize_check(st, &who, vmid, &disk, relative, bytes, digest.as_deref())?;
         let plan = if sim.chance(sim.cfg.faults.task_fail_probability("resize")) {
             TaskPlan::Fail {
                 vmid,
@@ -492,11 +460,77 @@ pub(crate) fn resize(sim: &Arc<Sim>, req: &Req) -> HResult {
             TaskPlan::Resize {
                 vmid,
                 disk: disk.clone(),
-                bytes: target,
+                bytes,
+                relative,
+                digest: digest.clone(),
             }
         };
         Ok(sim.new_task(st, "resize", &vmid.to_string(), &who, model::RESIZE, plan))
     })?;
     sim.spawn_task(upid.clone(), Some(vmid), sim.try_flock(vmid));
     Ok(json!(upid).into())
+}
+
+/// `resize_vm`'s `$load_and_check` (pve-container `API2/LXC.pm`), run on the call and again
+/// in the worker under the flock (audit Z2, top #5): the lock property, the per-key check
+/// (which for `{disk => …}` asks `VM.Config.Options`, reference §5), the digest, the owner
+/// (Z3), `Datastore.AllocateSpace`, and the size against the volume's size on its storage,
+/// `volume_size_info`, not the config's `size=` (Z1, top #4). Returns the new size in bytes.
+pub(crate) fn resize_check(
+    st: &State,
+    who: &Subject,
+    vmid: u32,
+    disk: &str,
+    relative: bool,
+    bytes: u64,
+    digest: Option<&str>,
+) -> Result<u64, PveErr> {
+    let g = guest_or_err(st, &st.node, vmid)?;
+    if let Some(l) = g.config.get("lock") {
+        return Err(die(texts::locked(l)));
+    }
+    need(st, who, &format!("/vms/{vmid}"), "VM.Config.Options")?;
+    if digest.is_some_and(|d| d != self::digest(g)) {
+        return Err(die(texts::CONFIG_MODIFIED));
+    }
+    let cur = g
+        .config
+        .get(disk)
+        .ok_or_else(|| die(format!("unable to parse config option '{disk}'")))?;
+    let m = if disk == "rootfs" {
+        pve_api::MountConfig::parse_rootfs(cur)
+    } else {
+        pve_api::MountConfig::parse_mp(cur)
+    }
+    .map_err(|e| die(e.to_string()))?;
+    let owner = super::storage::volume_owner(&m.volume);
+    if let Some(owner) = owner.filter(|o| *o != vmid) {
+        return Err(die(texts::resize_foreign_volume(owner)));
+    }
+    let sid = m.storage().unwrap_or_default().to_string();
+    need(
+        st,
+        who,
+        &format!("/storage/{sid}"),
+        "Datastore.AllocateSpace",
+    )?;
+    let current = st
+        .volumes
+        .iter()
+        .find(|v| v.volid == m.volume)
+        .map(|v| v.size)
+        .ok_or_else(|| {
+            die(format!(
+                "Could not determine current size of volume '{}'",
+                m.volume
+            ))
+        })?;
+    let target = if relative { current + bytes } else { bytes };
+    if target < current {
+        return Err(die(texts::CANNOT_SHRINK));
+    }
+    if target == current {
+        return Err(die(texts::ALREADY_AT_SIZE));
+    }
+    Ok(target)
 }

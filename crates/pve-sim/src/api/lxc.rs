@@ -27,7 +27,7 @@ pub(crate) fn lxc_list(sim: &Sim, req: &Req) -> HResult {
 /// `SDN.Use` for a NIC's bridge (pve-guest-common `GuestHelpers.pm` `check_vnet_access`;
 /// plain bridges are in the zone `localnetwork`): with a `tag` or `trunks`, on each VLAN
 /// below the bridge (an ACL on the bridge propagates there); without, on the bridge.
-fn check_vnet_access(st: &State, who: &Subject, net: &str) -> Result<(), PveErr> {
+pub(crate) fn check_vnet_access(st: &State, who: &Subject, net: &str) -> Result<(), PveErr> {
     if who.is_root() {
         return Ok(());
     }
@@ -57,24 +57,59 @@ fn check_vnet_access(st: &State, who: &Subject, net: &str) -> Result<(), PveErr>
     Ok(())
 }
 
-/// Per-key privileges for config changes (reference §3.5), for set and deleted keys; `old`
-/// is the config being changed (none at create).
+/// `check_vm_perm` (pve-access-control `RPCEnvironment.pm`): with a pool, a grant on
+/// `/pool/<pool>` is enough; otherwise (and when the pool does not grant it) the privilege on
+/// `/vms/<vmid>`, whose path the refusal names (audit top #2, R1).
+fn need_vm(
+    st: &State,
+    who: &Subject,
+    vmid: u32,
+    pool: Option<&str>,
+    privilege: &str,
+) -> Result<(), PveErr> {
+    if pool.is_some_and(|p| auth::has(st, who, &format!("/pool/{p}"), privilege)) {
+        return Ok(());
+    }
+    need(st, who, &format!("/vms/{vmid}"), privilege)
+}
+
+/// A `features` value as a map (`keyctl=1,nesting=1` → {keyctl: 1, nesting: 1}).
+fn feature_map(v: Option<&str>) -> BTreeMap<String, String> {
+    v.unwrap_or("")
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, "1"));
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+/// Per-key privileges for config changes (reference §3.5; pve-container `LXC.pm`
+/// `check_ct_modify_config_perm`), for set and deleted keys; `old` is the config being
+/// changed (none at create), `pool` the pool a restore puts the guest in (PVE passes it only
+/// from `create_vm`; `update_vm` and `resize_vm` pass none). `root@pam` skips every check.
 pub(crate) fn check_config_perms(
     st: &State,
     who: &Subject,
     vmid: u32,
+    pool: Option<&str>,
     keys: &[(&str, Option<&str>)],
     old: Option<&BTreeMap<String, String>>,
     unprivileged_given: Option<bool>,
 ) -> Result<(), PveErr> {
+    if who.is_root() {
+        return Ok(());
+    }
     let vms = format!("/vms/{vmid}");
+    let vm = |privilege: &str| need_vm(st, who, vmid, pool, privilege);
     for (key, value) in keys {
         match *key {
-            "cores" | "cpuunits" | "cpulimit" => need(st, who, &vms, "VM.Config.CPU")?,
-            "memory" | "swap" => need(st, who, &vms, "VM.Config.Memory")?,
-            "hostname" | "nameserver" | "searchdomain" => need(st, who, &vms, "VM.Config.Network")?,
+            "cores" | "cpuunits" | "cpulimit" => vm("VM.Config.CPU")?,
+            "memory" | "swap" => vm("VM.Config.Memory")?,
+            "hostname" | "nameserver" | "searchdomain" => vm("VM.Config.Network")?,
             k if k.starts_with("net") => {
-                need(st, who, &vms, "VM.Config.Network")?;
+                vm("VM.Config.Network")?;
                 // `check_bridge_access` for the value being replaced, then the new one.
                 for v in [old.and_then(|o| o.get(k)).map(String::as_str), *value]
                     .into_iter()
@@ -84,50 +119,80 @@ pub(crate) fn check_config_perms(
                 }
             }
             k if k == "rootfs" || k.starts_with("mp") => {
-                need(st, who, &vms, "VM.Config.Disk")?;
+                vm("VM.Config.Disk")?;
                 if let Some(v) = value {
                     let vol = v.split(',').next().unwrap_or("");
-                    if vol.starts_with('/') && !who.is_root() {
+                    let vol = vol.strip_prefix("volume=").unwrap_or(vol);
+                    if vol.starts_with('/') {
                         return Err(perm_text(
                             "mount point type bind is only allowed for root@pam",
                         ));
                     }
-                    if let Some((sid, size)) = vol.split_once(':') {
-                        if size.parse::<f64>().is_ok() {
-                            need(
-                                st,
-                                who,
-                                &format!("/storage/{sid}"),
-                                "Datastore.AllocateSpace",
-                            )?;
-                        }
+                    match new_volume_spec(vol) {
+                        Some((sid, _)) => need(
+                            st,
+                            who,
+                            &format!("/storage/{sid}"),
+                            "Datastore.AllocateSpace",
+                        )?,
+                        // Anything else is an existing volume, checked as such: a bare
+                        // `16` is no volume id at all (audit R3).
+                        None => super::storage::check_volume_access(st, who, Some(vmid), vol)?,
                     }
                 }
             }
-            "features" if !who.is_root() => {
+            "features" => {
                 if unprivileged_given != Some(true) {
                     return Err(perm_text("changing feature flags for privileged container is only allowed for root@pam"));
                 }
-                let f: pve_api::Features = value.unwrap_or("").parse().unwrap_or_default();
-                if f.keyctl || !f.other.is_empty() {
+                // Per feature, against the old value when there is one (audit P2).
+                let new = feature_map(*value);
+                let before = old.map(|o| feature_map(o.get("features").map(String::as_str)));
+                let (mut nesting, mut other) = (false, false);
+                match (value, before) {
+                    (Some(_), Some(before)) if !before.is_empty() => {
+                        for f in before.keys().chain(new.keys()) {
+                            if before.get(f) != new.get(f) {
+                                if f == "nesting" {
+                                    nesting = true;
+                                } else {
+                                    other = true;
+                                }
+                            }
+                        }
+                    }
+                    (Some(_), _) => {
+                        nesting = new.len() == 1 && new.contains_key("nesting");
+                        other = !new.is_empty() && !nesting;
+                    }
+                    (None, before) => {
+                        let before = before.unwrap_or_default();
+                        nesting = before.len() == 1 && before.contains_key("nesting");
+                        other = !before.is_empty() && !nesting;
+                    }
+                }
+                if other {
                     return Err(perm_text(
                         "changing feature flags (except nesting) is only allowed for root@pam",
                     ));
                 }
-                need(st, who, &vms, "VM.Allocate")?;
+                if nesting {
+                    vm("VM.Allocate")?;
+                }
             }
-            k if k.starts_with("dev") && !who.is_root() => {
+            k if k.starts_with("dev") => {
                 return Err(perm_text(
                     "configuring device passthrough is only allowed for root@pam",
                 ))
             }
-            "hookscript" if !who.is_root() => {
+            "hookscript" => {
                 return Err(perm_text(
                     "changing the hookscript is only allowed for root@pam",
                 ))
             }
-            "features" | "hookscript" => {}
-            _ => need(st, who, &vms, "VM.Config.Options")?,
+            // `assert_tag_permissions` looks at `/vms/<vmid>` only, pool or not.
+            "tags" => need(st, who, &vms, "VM.Config.Options")?,
+            _ => vm("VM.Config.Options")?,
         }
     }
     Ok(())
@@ -146,19 +211,25 @@ pub(crate) async fn create(sim: &Arc<Sim>, req: &Req) -> HResult {
     let volid = req.get("ostemplate").unwrap_or_default().to_string();
     let storage = req.get("storage").unwrap_or("local").to_string();
     let pool = req.get("pool").map(str::to_string);
-    // `rootfs`/`mpN` accept a bare number (GiB), which becomes `<storage>:<n>` (§2.1).
+    // The request's config keys as sent: the per-key checks see them raw (audit R3).
+    let raw_keys: Vec<(&str, Option<&str>)> = req
+        .params
+        .iter()
+        .filter(|(k, _)| params::config_kind(k).is_some())
+        .map(|(k, v)| (k.as_str(), Some(v.as_str())))
+        .collect();
+    // Then `rootfs`/`mpN` given as a bare number (GiB) become `<storage>:<n>` (§2.1).
     let normalised: BTreeMap<String, String> = req
         .params
         .iter()
         .filter(|(k, _)| params::config_kind(k).is_some())
         .map(|(k, v)| {
             let disk = k == "rootfs" || k.starts_with("mp");
-            let (vol, rest) = v.split_once(',').unwrap_or((v.as_str(), ""));
-            let vol = vol.strip_prefix("volume=").unwrap_or(vol);
-            let bare = !vol.is_empty() && vol.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+            let bare = !v.is_empty()
+                && v.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+                && v.parse::<f64>().is_ok();
             if disk && bare {
-                let sep = if rest.is_empty() { "" } else { "," };
-                (k.clone(), format!("{storage}:{vol}{sep}{rest}"))
+                (k.clone(), format!("{storage}:{v}"))
             } else {
                 (k.clone(), v.clone())
             }
@@ -172,6 +243,7 @@ pub(crate) async fn create(sim: &Arc<Sim>, req: &Req) -> HResult {
         .get("unprivileged")
         .map(|v| matches!(v, "1" | "on" | "yes" | "true"));
 
+    // The synchronous checks in `create_vm`'s order (pve-container `API2/LXC.pm`).
     let (archive, size) = sim.read(|st| -> Result<(std::path::PathBuf, u64), PveErr> {
         if st.guests.contains_key(&vmid) {
             if req.flag("force") {
@@ -192,20 +264,46 @@ pub(crate) async fn create(sim: &Arc<Sim>, req: &Req) -> HResult {
         if !by_pool {
             need(st, &req.who, &format!("/vms/{vmid}"), "VM.Allocate")?;
         }
-        check_config_perms(st, &req.who, vmid, &config_keys, None, unpriv_given)?;
+        check_config_perms(
+            st,
+            &req.who,
+            vmid,
+            pool.as_deref(),
+            &raw_keys,
+            None,
+            unpriv_given,
+        )?;
+        // Only the name is checked here; a missing file fails the task (audit top #7).
         let archive = archive_access(sim, st, &req.who, &volid, Some(vmid))?;
-        let mut storages = vec![storage.clone()];
+        let explicit = config_keys
+            .iter()
+            .any(|(k, _)| *k == "rootfs" || k.starts_with("mp"));
+        if explicit && !normalised.contains_key("rootfs") {
+            return Err(die(texts::MP_WITHOUT_ROOTFS));
+        }
+        // Storages: each disk's, and the default `storage` only without a `rootfs` (R4).
+        let mut storages = Vec::new();
         for (k, v) in &config_keys {
             if *k == "rootfs" || k.starts_with("mp") {
-                if let Some((sid, _)) = v.and_then(new_volume_spec) {
-                    storages.push(sid);
+                let vol = v.unwrap_or_default().split(',').next().unwrap_or_default();
+                let vol = vol.strip_prefix("volume=").unwrap_or(vol);
+                if vol.starts_with('/') {
+                    if !req.who.is_root() {
+                        return Err(die("Only root can pass arbitrary filesystem paths."));
+                    }
+                } else if let Some((sid, _)) = vol.split_once(':') {
+                    storages.push(sid.to_string());
                 }
             }
         }
+        if !normalised.contains_key("rootfs") {
+            storages.push(storage.clone());
+        }
         for sid in storages {
+            // `storage_check_enabled`: an unknown id dies (500, R5).
             let s = st
                 .storage(&sid)
-                .ok_or_else(|| param1("storage", texts::storage_missing(&sid)))?;
+                .ok_or_else(|| die(texts::storage_missing(&sid)))?;
             if !s.content.iter().any(|c| c == "rootdir") {
                 return Err(param1(
                     "storage",

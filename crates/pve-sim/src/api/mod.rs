@@ -19,6 +19,8 @@ mod status;
 mod storage;
 mod tasks;
 
+pub(crate) use config::resize_check;
+pub(crate) use lxc::check_vnet_access;
 pub(crate) use std::collections::BTreeMap;
 pub(crate) use std::sync::Arc;
 
@@ -37,7 +39,7 @@ pub(crate) use crate::auth::{self, Subject};
 pub(crate) use crate::error::*;
 pub(crate) use crate::sim::{model, now_ms, Sim};
 pub(crate) use crate::state::{Guest, State, TaskPlan, GIB};
-pub(crate) use params::{new_volume_spec, normalize_tags, store_net, Kind};
+pub(crate) use params::{new_volume_bytes, new_volume_spec, normalize_tags, store_net, Kind};
 pub(crate) use pve_api::texts;
 
 /// A handler's future, for the async ones (they wait for a flock or a runtime).
@@ -85,7 +87,8 @@ const fn asy(
 /// dispatcher matches against and the schema conformance test reads ([`routes`]).
 const ROUTES: &[Route] = &[
     sync("GET", "/version", |_, _| {
-        Ok(json!({ "version": "9.2.2", "release": "9.2", "repoid": "pve-sim" }).into())
+        // `repoid` is the short git revision, hex (the schema's pattern `[0-9a-fA-F]{8,64}`).
+        Ok(json!({ "version": "9.2.2", "release": "9.2", "repoid": "5e1f0a7c" }).into())
     }),
     sync("GET", "/cluster/nextid", |s, r| cluster::nextid(s, r)),
     sync("GET", "/access/permissions", |s, r| {
@@ -409,6 +412,9 @@ async fn dispatch(
         }
         if let Some(v) = vmid {
             if sim.chance(sim.cfg.faults.lock500) {
+                if let Some(reply) = injected_lock_task(sim, route, &req, v) {
+                    return reply;
+                }
                 tokio::time::sleep(sim.scaled(model::INJECTED_LOCK_WAIT)).await;
                 sim.mutate(|st| {
                     st.counters.faults_injected += 1;
@@ -427,6 +433,46 @@ async fn dispatch(
         Handler::Sync(f) => f(sim, &req),
         Handler::Async(f) => f(sim, &req).await,
     }
+}
+
+/// An injected lock timeout on a call whose handler takes the flock only in its worker
+/// (start, stop, shutdown, reboot, resize, DELETE): PVE answers with the UPID and the task
+/// fails with the lock timeout, never a 500 on the call (audit top #8;
+/// pve-container `API2/LXC/Status.pm` workers, `API2/LXC.pm` `resize_vm`, `destroy_vm`).
+/// `None` for the calls that lock synchronously (PUT config, create/restore) and for a guest
+/// that does not exist (the handler answers that).
+fn injected_lock_task(sim: &Arc<Sim>, route: &Route, req: &Req, vmid: u32) -> Option<HResult> {
+    let ty = match (route.method, route.path) {
+        ("POST", "/nodes/{node}/lxc/{vmid}/status/start") => "vzstart",
+        ("POST", "/nodes/{node}/lxc/{vmid}/status/stop") => "vzstop",
+        ("POST", "/nodes/{node}/lxc/{vmid}/status/shutdown") => "vzshutdown",
+        ("POST", "/nodes/{node}/lxc/{vmid}/status/reboot") => "vzreboot",
+        ("PUT", "/nodes/{node}/lxc/{vmid}/resize") => "resize",
+        ("DELETE", "/nodes/{node}/lxc/{vmid}") => "vzdestroy",
+        _ => return None,
+    };
+    let upid = sim.mutate(|st| {
+        st.guests.contains_key(&vmid).then(|| {
+            st.counters.faults_injected += 1;
+            st.counters.lock500 += 1;
+            let plan = TaskPlan::Fail {
+                vmid,
+                message: lock_timeout_text(vmid),
+                cleanup_restore: false,
+            };
+            sim.new_task(
+                st,
+                ty,
+                &vmid.to_string(),
+                &req.who,
+                model::INJECTED_LOCK_WAIT,
+                plan,
+            )
+        })
+    })?;
+    // No flock: the worker waited for it and gave up.
+    sim.spawn_task(upid.clone(), None, None);
+    Some(Ok(json!(upid).into()))
 }
 
 pub(crate) fn validate(

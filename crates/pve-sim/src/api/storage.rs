@@ -112,6 +112,7 @@ pub(crate) fn storage_content(sim: &Sim, req: &Req) -> HResult {
         ))
     })?;
     let filter = req.get("content");
+    let only_vmid: Option<u32> = req.get("vmid").and_then(|v| v.parse().ok());
     let mut out = Vec::new();
     if s.content.iter().any(|c| c == "backup") && filter.is_none_or(|c| c == "backup") {
         for (name, size, ctime) in backup_files(sim, &sid) {
@@ -130,11 +131,80 @@ pub(crate) fn storage_content(sim: &Sim, req: &Req) -> HResult {
             out.push(json!({ "volid": v.volid, "content": "rootdir", "size": v.size, "format": "raw", "vmid": v.owner }));
         }
     }
+    // `volume_list` honours `vmid`; each entry must then pass `check_volume_access` for
+    // the caller, or is left out (pve-storage `API2/Storage/Content.pm` `index`; audit A2).
+    let out: Vec<Value> = sim.read(|st| {
+        out.into_iter()
+            .filter(|e| {
+                only_vmid.is_none_or(|v| e["vmid"].as_u64() == Some(u64::from(v)))
+                    && e["volid"]
+                        .as_str()
+                        .is_some_and(|id| check_volume_access(st, &req.who, None, id).is_ok())
+            })
+            .collect()
+    });
     Ok(json!(out).into())
 }
 
-/// Archive access (pve-storage `check_volume_access`, reference §2.4): `Datastore.Allocate`
-/// on the storage, or `Datastore.AllocateSpace` plus `VM.Backup` on the archive's owner VMID.
+/// What `parse_volname` reads from a volume name: its content type and owner VMID.
+fn volname(name: &str) -> (&'static str, Option<u32>) {
+    if let Some(file) = name.strip_prefix("backup/") {
+        return ("backup", vzdump::owner_vmid_from_name(file));
+    }
+    let owner = ["vm-", "base-", "subvol-", "basevol-"]
+        .iter()
+        .find_map(|p| name.strip_prefix(p))
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|id| id.parse().ok());
+    ("rootdir", owner)
+}
+
+/// The owner VMID in a volume id's name (`local-lvm:vm-101-disk-0` → 101).
+pub(crate) fn volume_owner(volid: &str) -> Option<u32> {
+    volname(volid.split_once(':')?.1).1
+}
+
+/// `check_volume_access` (pve-storage `Storage.pm`, reference §2.4): `Datastore.Allocate` on
+/// the storage opens everything; otherwise a volume of `vmid` itself is free, a backup needs
+/// `Datastore.AllocateSpace` plus `VM.Backup` on its owner, a guest volume `Datastore.Audit`
+/// plus `VM.Config.Disk` on its owner, and anything else dies. A value that is no volume id
+/// at all (`16`) is a filesystem path: root only, with Perl's `at … line` suffix (audit R3).
+pub(crate) fn check_volume_access(
+    st: &State,
+    who: &Subject,
+    vmid: Option<u32>,
+    volid: &str,
+) -> Result<(), PveErr> {
+    let Some((sid, name)) = volid.split_once(':') else {
+        if who.is_root() {
+            return Ok(());
+        }
+        return Err(die(texts::arbitrary_paths_root_only()));
+    };
+    if st.storage(sid).is_none() {
+        return Err(die(texts::storage_missing(sid)));
+    }
+    let storage = format!("/storage/{sid}");
+    if auth::has(st, who, &storage, "Datastore.Allocate") {
+        return Ok(());
+    }
+    match volname(name) {
+        (_, Some(owner)) if Some(owner) == vmid => Ok(()),
+        ("backup", Some(owner)) => {
+            need(st, who, &storage, "Datastore.AllocateSpace")?;
+            need(st, who, &format!("/vms/{owner}"), "VM.Backup")
+        }
+        ("rootdir", Some(owner)) => {
+            need(st, who, &storage, "Datastore.Audit")?;
+            need(st, who, &format!("/vms/{owner}"), "VM.Config.Disk")
+        }
+        _ => Err(die(format!("missing privileges to access {volid}"))),
+    }
+}
+
+/// Archive access on restore: the name must be a backup on a storage holding backups, then
+/// `check_volume_access` with the target VMID. Whether the file exists is not checked here:
+/// PVE finds out in the worker (audit top #7).
 pub(crate) fn archive_access(
     sim: &Sim,
     st: &State,
@@ -158,30 +228,29 @@ pub(crate) fn archive_access(
             "unable to use volume {volid} - content type needs to be 'backup'"
         )));
     }
-    if !auth::has(st, who, &format!("/storage/{sid}"), "Datastore.Allocate") {
-        need(
-            st,
-            who,
-            &format!("/storage/{sid}"),
-            "Datastore.AllocateSpace",
-        )?;
-        match vzdump::owner_vmid_from_name(name) {
-            Some(owner) if Some(owner) == target_vmid => {}
-            Some(owner) => need(st, who, &format!("/vms/{owner}"), "VM.Backup")?,
-            None => return Err(perm_text(format!("missing privileges to access {volid}"))),
-        }
-    }
-    let path = crate::dump_dir(&sim.cfg.state_dir, sid).join(name);
-    if !path.exists() {
-        return Err(die(texts::volume_missing(volid)));
-    }
-    Ok(path)
+    check_volume_access(st, who, target_vmid, volid)?;
+    Ok(crate::dump_dir(&sim.cfg.state_dir, sid).join(name))
 }
 
 pub(crate) fn extractconfig(sim: &Sim, req: &Req) -> HResult {
     validate(req, &[NODE, ("volume", Kind::Str(255))], &["volume"])?;
     let volid = req.get("volume").unwrap_or_default();
-    let path = sim.read(|st| archive_access(sim, st, &req.who, volid, None))?;
+    // `check_volume_access`, then `VM.Backup` on the archive's owner in any case, even for
+    // a holder of `Datastore.Allocate` (pve-manager `API2/VZDump.pm` `extractconfig`, audit A1).
+    let path = sim.read(|st| {
+        let path = archive_access(sim, st, &req.who, volid, None)?;
+        if let Some(owner) = volid
+            .rsplit('/')
+            .next()
+            .and_then(vzdump::owner_vmid_from_name)
+        {
+            need(st, &req.who, &format!("/vms/{owner}"), "VM.Backup")?;
+        }
+        if !path.exists() {
+            return Err(die(texts::volume_missing(volid)));
+        }
+        Ok(path)
+    })?;
     let text = vzdump::read_pct_conf(&path).map_err(|e| {
         die(format!(
             "unable to extract configuration from '{volid}' - {e}"

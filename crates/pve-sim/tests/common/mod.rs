@@ -93,11 +93,16 @@ impl Env {
     }
 
     /// Stop and start the simulator on the same state dir.
-    pub async fn restart(mut self) -> Env {
+    pub async fn restart(self) -> Env {
+        self.restart_with("").await
+    }
+
+    /// Stop and start the simulator on the same state dir with these injected faults.
+    pub async fn restart_with(mut self, faults: &str) -> Env {
         let sim = self.sim.take().unwrap();
         sim.shutdown().await;
         let (dir, ts) = (self.dir, self.time_scale);
-        Self::boot(dir, ts, "").await
+        Self::boot(dir, ts, faults).await
     }
 
     pub async fn state(&self) -> serde_json::Value {

@@ -1,0 +1,480 @@
+//! Simulator fidelity, round 2 (docs/pve-fidelity.md, the top 10 and §2 (d)): each test drives
+//! the real client over HTTPS and follows the Perl source its comment names (`C:` is
+//! pve-container `src/PVE/`, `S:` pve-storage `src/PVE/`, `A:` pve-access-control `src/PVE/`,
+//! `M:` pve-manager `PVE/`, as in the audit).
+
+mod common;
+use std::time::Duration;
+
+use common::*;
+use pve_api::{ApiError, StorageVolume, TaskFailure, WaitOptions};
+use serde_json::json;
+
+/// The privileges a restore into a pool needs, granted on the pool only (plus the archive
+/// and the storage): what `felhom role` prints for a pool.
+const POOL_PRIVS: &[&str] = &[
+    "VM.Allocate",
+    "VM.Config.Disk",
+    "VM.Config.CPU",
+    "VM.Config.Memory",
+    "VM.Config.Network",
+    "VM.Config.Options",
+    "VM.Audit",
+];
+
+fn params(vmid: u32, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut p: Vec<(String, String)> = vec![
+        ("vmid".into(), vmid.to_string()),
+        ("ostemplate".into(), GOLDEN_VOLID.into()),
+        ("restore".into(), "1".into()),
+    ];
+    p.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    p
+}
+
+async fn make_pool(env: &Env, pool: &str) {
+    let admin = env
+        .token(
+            "pooladmin",
+            json!([{ "path": "/pool", "privs": ["Pool.Allocate"], "propagate": true }]),
+        )
+        .await;
+    let _: serde_json::Value = admin
+        .post("/pools", &[("poolid", pool.to_string())])
+        .await
+        .unwrap();
+}
+
+/// Top #2, R1, R4: `check_ct_modify_config_perm` asks `check_vm_perm` with the pool, which
+/// accepts a grant on `/pool/<pool>` before looking at `/vms/<vmid>` (C:LXC.pm
+/// `check_ct_modify_config_perm`; A:RPCEnvironment.pm `check_vm_perm`). With a `rootfs` in
+/// the request, the default `storage` is not checked (C:API2/LXC.pm `create_vm`, the
+/// `$check_and_activate_storage` calls), so no grant on `local` is needed.
+#[tokio::test]
+async fn a_pool_grant_is_enough_for_a_restore_into_that_pool() {
+    let env = Env::start(0.02, "").await;
+    make_pool(&env, "team").await;
+    // Per-key privileges on the pool only; the storages (the archive's `local` too) and the
+    // archive's owner as the restore needs them anyway.
+    let narrow_local = env
+        .token(
+            "pooled2",
+            json!([
+                { "path": "/pool/team", "privs": POOL_PRIVS, "propagate": true },
+                { "path": "/storage", "privs": ["Datastore.AllocateSpace", "Datastore.Audit"], "propagate": true },
+                { "path": "/vms/9100", "privs": ["VM.Backup"], "propagate": true },
+                { "path": "/sdn", "privs": ["SDN.Use"], "propagate": true },
+            ]),
+        )
+        .await;
+    let p = params(
+        1500,
+        &[
+            ("pool", "team"),
+            ("cores", "1"),
+            ("memory", "1024"),
+            ("hostname", "pooled"),
+            ("rootfs", "local-lvm:1"),
+            ("mp0", "local-lvm:1,mp=/srv"),
+        ],
+    );
+    let upid = narrow_local.lxc_create("pve", &p).await.unwrap();
+    narrow_local
+        .wait_task(&upid, &WaitOptions::default())
+        .await
+        .unwrap();
+    let cfg = env.client.lxc_config("pve", vmid(1500)).await.unwrap();
+    assert_eq!(cfg.hostname(), Some("pooled"));
+    // Outside a pool the same token is refused on /vms/<vmid>.
+    let e = narrow_local
+        .lxc_create("pve", &params(1501, &[("cores", "1")]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ApiError::Permission { path: Some(path), .. } if path == "/vms/1501"),
+        "{e:?}"
+    );
+}
+
+/// Top #3, X1: `destroy_vm`'s worker frees the volumes with the config as it was (marker and
+/// all, no lock), then `destroy_lxc_container` writes the replacement config
+/// `{ lock => 'destroyed' }`, and the config goes last (C:API2/LXC.pm `destroy_vm`;
+/// C:LXC.pm `destroy_lxc_container`).
+#[tokio::test]
+async fn lock_destroyed_shows_only_after_the_volumes_are_freed() {
+    let env = Env::start(1.0, "").await;
+    env.restore(1510, &[("tags", "felhom-marker")])
+        .await
+        .unwrap();
+    let upid = env
+        .client
+        .lxc_delete("pve", vmid(1510), false, false)
+        .await
+        .unwrap();
+    let cfg = env.client.lxc_config("pve", vmid(1510)).await.unwrap();
+    assert_eq!(cfg.get_str("lock"), None, "no lock while the volumes go");
+    assert_eq!(cfg.get_str("tags"), Some("felhom-marker"));
+    let mut saw_destroyed = false;
+    for _ in 0..400 {
+        match env.client.lxc_config("pve", vmid(1510)).await {
+            Ok(cfg) if cfg.get_str("lock") == Some("destroyed") => {
+                assert_eq!(cfg.get_str("tags"), None, "only the lock is left");
+                assert_eq!(cfg.hostname(), None);
+                let vols = env
+                    .client
+                    .storage_content("pve", "local-lvm", None)
+                    .await
+                    .unwrap();
+                assert!(
+                    vols.iter().all(|v| !v.volid.contains("vm-1510-")),
+                    "volumes are freed before the lock: {vols:?}"
+                );
+                saw_destroyed = true;
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => panic!("config gone before `lock: destroyed` was seen: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(saw_destroyed);
+    env.client
+        .wait_task(&upid, &WaitOptions::default())
+        .await
+        .unwrap();
+    assert!(matches!(
+        env.client.lxc_config("pve", vmid(1510)).await,
+        Err(ApiError::NotFound { .. })
+    ));
+}
+
+/// Top #4, R12, Z1: `create_disks` allocates `int(size_gb * 1024) * 1024` KiB, whole MiB
+/// (C:LXC.pm `create_disks`), and `resize_vm` compares the request with
+/// `volume_size_info`, the volume's size on its storage (C:API2/LXC.pm `resize_vm`).
+#[tokio::test]
+async fn new_volumes_are_whole_mib_and_resize_compares_with_the_storage() {
+    let env = Env::start(0.02, "").await;
+    env.restore(1520, &[("rootfs", "local-lvm:1.2695")])
+        .await
+        .unwrap();
+    let vols = env
+        .client
+        .storage_content("pve", "local-lvm", None)
+        .await
+        .unwrap();
+    let root = vols.iter().find(|v| v.volid.contains("vm-1520-")).unwrap();
+    assert_eq!(root.size, Some(1299 << 20), "{root:?}");
+    let e = env
+        .client
+        .lxc_resize("pve", vmid(1520), "rootfs", "1299M")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ApiError::AlreadyAtSize { .. }), "{e:?}");
+}
+
+/// Top #5, Z2: `resize_vm` runs `$load_and_check` on the call and again in the worker under
+/// the flock (C:API2/LXC.pm `resize_vm`), so an identical resize that passed its call while
+/// the first was running fails in its task once the first is done.
+#[tokio::test]
+async fn a_queued_identical_resize_fails_in_its_task() {
+    let env = Env::start(0.2, "").await;
+    env.restore(1530, &[]).await.unwrap();
+    let first = env
+        .client
+        .lxc_resize("pve", vmid(1530), "rootfs", "12G")
+        .await
+        .unwrap();
+    // The second comes while the first runs (2.4 s here) and within its own lock wait (2 s)
+    // of the first's end.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let second = env
+        .client
+        .lxc_resize("pve", vmid(1530), "rootfs", "12G")
+        .await
+        .unwrap();
+    let w = WaitOptions::default();
+    env.client.wait_task(&first, &w).await.unwrap();
+    match env.client.wait_task(&second, &w).await {
+        Err(ApiError::TaskFailed { kind, .. }) => assert_eq!(kind, TaskFailure::AlreadyAtSize),
+        other => panic!("the queued resize must fail in its task: {other:?}"),
+    }
+}
+
+/// Top #6 (R2, R3, R13): explicit mode in `create_vm` (C:API2/LXC.pm): an `mpN` without
+/// `rootfs` is refused on the call; a bare `rootfs=16` reaches the per-key check raw and
+/// `check_volume_access('16')` refuses a caller other than root@pam (S:Storage.pm
+/// `check_volume_access`); a volume too small for what tar unpacks ends the task with
+/// tar's failure and the worker removes the volumes and the placeholder
+/// (C:LXC/Create.pm `restore_tar_archive`; C:API2/LXC.pm `create_vm`'s error path).
+#[tokio::test]
+async fn restore_in_explicit_mode_is_as_strict_as_pve() {
+    let env = Env::start(0.02, "").await;
+    let e = env
+        .client
+        .lxc_create(
+            "pve",
+            &params(
+                1540,
+                &[("mp0", "local-lvm:1,mp=/srv"), ("storage", "local-lvm")],
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("mount points configured, but 'rootfs' not set - aborting"),
+        "{e}"
+    );
+    let e = env
+        .client
+        .lxc_create(
+            "pve",
+            &params(1540, &[("rootfs", "16"), ("storage", "local-lvm")]),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(500), "{e:?}");
+    assert!(
+        e.to_string()
+            .contains("Only root can pass arbitrary filesystem paths."),
+        "{e}"
+    );
+
+    // A golden whose content (3 MiB) does not fit a 2 MiB rootfs.
+    let dump = pve_sim::dump_dir(env.dir.path(), "local");
+    let big = "vzdump-lxc-9200-2026_06_09-20_41_10.tar.zst";
+    let mut w = vzdump::ArchiveWriter::create(&dump.join(big), vzdump::Compression::Zstd).unwrap();
+    w.pct_conf(&pct_conf("")).unwrap();
+    w.dir("var", 0o755).unwrap();
+    w.file("var/blob", 0o644, &vec![7u8; 3 << 20]).unwrap();
+    w.finish().unwrap();
+    let mut p = params(
+        1541,
+        &[("rootfs", "local-lvm:0.002"), ("storage", "local-lvm")],
+    );
+    p[1].1 = format!("local:backup/{big}");
+    let upid = env.client.lxc_create("pve", &p).await.unwrap();
+    match env.client.wait_task(&upid, &WaitOptions::default()).await {
+        Err(ApiError::TaskFailed {
+            exitstatus,
+            log_tail,
+            ..
+        }) => {
+            assert!(
+                exitstatus.starts_with("unable to restore CT 1541 - "),
+                "{exitstatus}"
+            );
+            assert!(
+                log_tail
+                    .iter()
+                    .any(|l| l.contains("var/blob: Cannot write: No space left on device")),
+                "{log_tail:?}"
+            );
+        }
+        other => panic!("a too-small rootfs must fail the restore: {other:?}"),
+    }
+    let st = env.state().await;
+    assert!(
+        st["guests"].as_array().unwrap().is_empty(),
+        "placeholder left: {st}"
+    );
+    assert!(st["volumes"].as_array().unwrap().is_empty(), "{st}");
+    // The same archive fits a 4 MiB rootfs.
+    p[3].1 = "local-lvm:0.004".into();
+    let upid = env.client.lxc_create("pve", &p).await.unwrap();
+    env.client
+        .wait_task(&upid, &WaitOptions::default())
+        .await
+        .unwrap();
+}
+
+/// Top #7, R6: the archive is only parsed and access-checked on the call
+/// (S:Storage.pm `check_volume_access`); the worker, after the `lock: create` placeholder,
+/// fails in `abs_filesystem_path` with `can't find file '<volid>'` (S:Storage.pm), prefixed
+/// by `create_vm`'s `unable to restore CT <id> -`.
+#[tokio::test]
+async fn a_missing_archive_fails_the_task_not_the_call() {
+    let env = Env::start(0.02, "").await;
+    let gone = "local:backup/vzdump-lxc-9100-2020_01_01-00_00_00.tar.zst";
+    let mut p = params(1550, &[("storage", "local-lvm")]);
+    p[1].1 = gone.into();
+    let upid = env.client.lxc_create("pve", &p).await.unwrap();
+    match env.client.wait_task(&upid, &WaitOptions::default()).await {
+        Err(ApiError::TaskFailed {
+            exitstatus, kind, ..
+        }) => {
+            assert_eq!(
+                exitstatus,
+                format!("unable to restore CT 1550 - can't find file '{gone}'")
+            );
+            assert_eq!(kind, TaskFailure::NotFound);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        env.client.lxc_config("pve", vmid(1550)).await,
+        Err(ApiError::NotFound { .. })
+    ));
+}
+
+/// Top #8: start, stop, shutdown, reboot, resize and destroy take the config flock only in
+/// their worker (C:API2/LXC/Status.pm `vm_start` … workers, C:API2/LXC.pm `resize_vm`,
+/// `destroy_vm`), so a lock timeout there is a failed task; PUT config locks on the call
+/// (C:API2/LXC/Config.pm `update_vm`; G:AbstractConfig.pm `lock_config`).
+#[tokio::test]
+async fn an_injected_lock_timeout_is_a_task_failure_where_pve_locks_in_the_worker() {
+    let env = Env::start(0.02, "").await;
+    env.restore(1560, &[]).await.unwrap();
+    let env = env.restart_with("lock500=1.0,seed=5").await;
+    let w = WaitOptions::default();
+    for upid in [
+        env.client.lxc_start("pve", vmid(1560)).await.unwrap(),
+        env.client
+            .lxc_resize("pve", vmid(1560), "rootfs", "12G")
+            .await
+            .unwrap(),
+        env.client
+            .lxc_delete("pve", vmid(1560), false, false)
+            .await
+            .unwrap(),
+    ] {
+        match env.client.wait_task(&upid, &w).await {
+            Err(ApiError::TaskFailed { kind, .. }) => assert_eq!(
+                kind,
+                TaskFailure::LockTimeout {
+                    lock_file: "/run/lock/lxc/pve-config-1560.lock".into()
+                }
+            ),
+            other => panic!("{upid}: {other:?}"),
+        }
+    }
+    let put = env
+        .client
+        .lxc_update_config("pve", vmid(1560), &[("cores".into(), "1".into())], None)
+        .await;
+    assert!(matches!(put, Err(ApiError::LockTimeout { .. })), "{put:?}");
+    // Nothing happened to the guest.
+    let cfg = env.client.lxc_config("pve", vmid(1560)).await.unwrap();
+    assert!(cfg.get_str("rootfs").unwrap().ends_with("size=8G"));
+}
+
+/// Top #9, A1, A2: `extractconfig` checks `VM.Backup` on the archive's owner even for a
+/// holder of `Datastore.Allocate` (M:API2/VZDump.pm `extractconfig`); the content list keeps
+/// only what passes `check_volume_access` for the caller and honours `vmid`
+/// (S:API2/Storage/Content.pm `index`; S:Storage.pm `check_volume_access`).
+#[tokio::test]
+async fn extractconfig_and_storage_content_check_volume_access() {
+    let env = Env::start(0.02, "").await;
+    env.restore(1570, &[]).await.unwrap();
+    let store_admin = env
+        .token(
+            "storeadmin",
+            json!([{ "path": "/storage", "privs": ["Datastore.Allocate", "Datastore.Audit"], "propagate": true }]),
+        )
+        .await;
+    let e = store_admin
+        .vzdump_extractconfig("pve", GOLDEN_VOLID)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ApiError::Permission { path: Some(p), .. } if p == "/vms/9100"),
+        "{e:?}"
+    );
+    let auditor = env
+        .token(
+            "auditor",
+            json!([{ "path": "/storage", "privs": ["Datastore.Audit", "Datastore.AllocateSpace"], "propagate": true }]),
+        )
+        .await;
+    for sid in ["local", "local-lvm"] {
+        let seen = auditor.storage_content("pve", sid, None).await.unwrap();
+        assert!(seen.is_empty(), "{sid}: {seen:?}");
+    }
+    let all = env
+        .client
+        .storage_content("pve", "local", None)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 1, "{all:?}");
+    let by = |v: u32| {
+        let c = env.client.clone();
+        async move {
+            c.get::<Vec<StorageVolume>>(
+                "/nodes/pve/storage/local-lvm/content",
+                &[("vmid", v.to_string())],
+            )
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(by(1570).await.len(), 1);
+    assert!(by(1571).await.is_empty());
+}
+
+/// Top #10, R9: an archived `template: 1` makes the restored CT a template again
+/// (C:API2/LXC.pm `create_vm`, `$was_template`), and its start fails in the worker
+/// (C:API2/LXC/Status.pm `vm_start`).
+#[tokio::test]
+async fn an_archived_template_stays_a_template_and_does_not_start() {
+    let env = Env::start(0.02, "").await;
+    let dump = pve_sim::dump_dir(env.dir.path(), "local");
+    let name = "vzdump-lxc-9300-2026_06_09-20_41_10.tar.zst";
+    write_golden(&dump.join(name), &pct_conf("template: 1\n"), false, None);
+    let mut p = params(1580, &[("storage", "local-lvm")]);
+    p[1].1 = format!("local:backup/{name}");
+    let upid = env.client.lxc_create("pve", &p).await.unwrap();
+    env.client
+        .wait_task(&upid, &WaitOptions::default())
+        .await
+        .unwrap();
+    let cfg = env.client.lxc_config("pve", vmid(1580)).await.unwrap();
+    assert_eq!(cfg.get("template").and_then(|v| v.as_u64()), Some(1));
+    let upid = env.client.lxc_start("pve", vmid(1580)).await.unwrap();
+    match env.client.wait_task(&upid, &WaitOptions::default()).await {
+        Err(ApiError::TaskFailed { exitstatus, .. }) => {
+            assert_eq!(exitstatus, "you can't start a CT if it's a template")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// R8: `create_vm`'s worker checks the bridge of every archived NIC the request does not
+/// set, before anything else, `unique` or not (C:API2/LXC.pm `create_vm`,
+/// `check_bridge_access`).
+#[tokio::test]
+async fn unique_does_not_skip_sdn_use_on_archived_bridges() {
+    let env = Env::start(0.02, "").await;
+    let no_sdn = env
+        .token(
+            "nosdn",
+            json!([{ "path": "/", "privs": ["VM.Allocate", "VM.Backup", "VM.Config.Disk", "VM.Config.Network", "VM.Config.Options", "Datastore.AllocateSpace", "Datastore.Audit"], "propagate": true }]),
+        )
+        .await;
+    let upid = no_sdn
+        .lxc_create(
+            "pve",
+            &params(1590, &[("storage", "local-lvm"), ("unique", "1")]),
+        )
+        .await
+        .unwrap();
+    match no_sdn.wait_task(&upid, &WaitOptions::default()).await {
+        Err(ApiError::TaskFailed { exitstatus, .. }) => assert!(
+            exitstatus.contains("/sdn/zones/localnetwork/vmbr0") && exitstatus.contains("SDN.Use"),
+            "{exitstatus}"
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// `/version`'s `repoid` is the short git revision in hex (PVE's schema: `[0-9a-fA-F]{8,64}`,
+/// M:API2/Version.pm).
+#[tokio::test]
+async fn version_repoid_is_hex() {
+    let env = Env::start(0.02, "").await;
+    let v = env.client.version().await.unwrap();
+    let id = v.repoid.unwrap();
+    assert!(
+        (8..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{id}"
+    );
+}
