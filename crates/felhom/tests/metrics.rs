@@ -92,7 +92,10 @@ fn exposition_after_real_jobs_passes_promtool_and_the_conventions() {
 
     let text = felhom_core::metrics::encode();
     let (ok, said) = promtool_check(&text);
-    assert!(ok, "promtool check metrics:\n{said}\n--- exposition:\n{text}");
+    assert!(
+        ok,
+        "promtool check metrics:\n{said}\n--- exposition:\n{text}"
+    );
 
     // Every family declared has samples.
     let mut types = Vec::new();
@@ -160,7 +163,10 @@ fn exposition_after_real_jobs_passes_promtool_and_the_conventions() {
         ),
         1.0
     );
-    assert!(value("felhom_pve_lock_timeouts_total", &[]) >= 1.0, "{text}");
+    assert!(
+        value("felhom_pve_lock_timeouts_total", &[]) >= 1.0,
+        "{text}"
+    );
     assert!(
         value(
             "felhom_pve_requests_total",
@@ -172,10 +178,7 @@ fn exposition_after_real_jobs_passes_promtool_and_the_conventions() {
         "{text}"
     );
     assert!(
-        value(
-            "felhom_step_duration_seconds_count",
-            &[("step", "restore")]
-        ) >= 2.0,
+        value("felhom_step_duration_seconds_count", &[("step", "restore")]) >= 2.0,
         "{text}"
     );
     assert!(

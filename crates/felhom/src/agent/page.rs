@@ -27,7 +27,7 @@ fn inline_hash(tag: &str) -> String {
     let close = format!("</{tag}>");
     let start = HTML.find(&open).map(|i| i + open.len()).unwrap_or(0);
     let end = HTML[start..].find(&close).map_or(start, |i| start + i);
-    let digest = Sha256::digest(HTML[start..end].as_bytes());
+    let digest = Sha256::digest(&HTML.as_bytes()[start..end]);
     format!(
         "'sha256-{}'",
         base64::engine::general_purpose::STANDARD.encode(digest)
