@@ -15,6 +15,7 @@
 //! | `texts` | the PVE error texts felhom tells apart | written once, cited to the Perl source; the simulator says them and `classify` recognises them from the same constants |
 //! | `property_string` | [`PropertyString`], [`NetConfig`], [`MountConfig`], [`Features`], [`MacAddr`], disk sizes | §3.3/§3.4: PVE has no escaping, so unsafe values are refused, never escaped |
 //! | `task` | [`Upid`], [`TaskStatus`], [`WaitOptions`], `wait_task` | §6.3: `WARNINGS: n` is success; a fresh UPID may be invisible for a moment |
+//! | `observe` | [`Observer`], `endpoint_template` | the hook a caller's metrics hang on ([`PveClient::set_observer`]); endpoints as bounded route templates, never raw ids |
 //! | `vmid` | [`Vmid`] | §3.4 `^[1-9][0-9]{2,8}$` |
 //! | `lxc`, `cluster`, `access`, `storage`, `network` | typed endpoints | path inputs (node, storage, disk) are validated before anything is sent |
 //!
@@ -30,6 +31,7 @@ pub mod durations;
 mod error;
 mod lxc;
 mod network;
+pub mod observe;
 mod property_string;
 mod storage;
 mod task;
@@ -44,6 +46,7 @@ pub use cluster::VersionInfo;
 pub use error::{classify, ApiError, TaskFailure};
 pub use lxc::{Interface, IpAddress, LxcConfig, LxcStatus, LxcSummary, PendingEntry};
 pub use network::NodeInterface;
+pub use observe::Observer;
 pub use property_string::{
     format_disk_size, parse_disk_size, Features, MacAddr, MountConfig, NetConfig, PropertyError,
     PropertyString,

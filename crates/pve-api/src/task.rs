@@ -442,6 +442,11 @@ impl PveClient {
                             hi: origin.elapsed(),
                         },
                     );
+                    if let (Some(o), Some(expected)) =
+                        (self.observer(), self.durations().expected(&upid.task_type))
+                    {
+                        o.task_duration(&upid.task_type, expected);
+                    }
                 }
                 return Ok(TaskOutcome {
                     exitstatus: exit,
