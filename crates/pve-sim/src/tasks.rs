@@ -243,6 +243,7 @@ impl Sim {
             .unwrap_or_default();
         match ty.as_str() {
             "vzrestore" => texts::unable_to_restore(&id, &msg),
+            "vzclone" => texts::clone_failed(&msg),
             _ => msg,
         }
     }
@@ -309,6 +310,18 @@ impl Sim {
                 });
                 Ok(rt.destroy(vmid, conf?, volumes)?)
             }
+            TaskPlan::Clone {
+                newid,
+                disks,
+                volumes,
+                begun: true,
+                ..
+            } => {
+                let conf = self.read(|st| st.guests.get(&newid).map(|g| g.config.clone()))?;
+                let copies = crate::clone::copies(&disks, &volumes);
+                Ok(rt.clone_volumes(newid, copies, conf)?)
+            }
+            TaskPlan::Template { renames, .. } => Ok(rt.template(renames)?),
             _ => return None,
         };
         let cancel = Arc::new(AtomicBool::new(false));
@@ -337,7 +350,8 @@ impl Sim {
             st.tasks
                 .iter()
                 .filter(|t| t.status == "running")
-                .map(|t| (t.upid.clone(), t.id.parse().ok()))
+                // A clone's worker holds no flock for its run (the source has `lock: disk`).
+                .map(|t| (t.upid.clone(), t.id.parse().ok().filter(|_| t.task_type != "vzclone")))
                 .collect()
         });
         for (upid, vmid) in running {
@@ -472,7 +486,7 @@ impl Sim {
                     let g = st.guests.get(&vmid).ok_or_else(|| no_conf(vmid))?;
                     check_lock(g, true)?;
                     if g.config.get("template").is_some_and(|t| t == "1") {
-                        return Err("you can't start a CT if it's a template".into());
+                        return Err(texts::START_TEMPLATE.into());
                     }
                     Ok(())
                 })?;
@@ -490,6 +504,20 @@ impl Sim {
                 g.config.insert("lock".into(), "destroyed".into());
                 g.running = false;
                 g.lease_visible_at = None;
+                Ok(())
+            }),
+            TaskPlan::Clone { .. } => self.mutate(|st| {
+                let plan = crate::clone::begin_clone(st, &plan).map_err(|e| texts::clone_failed(&e))?;
+                if let Some(t) = st.tasks.iter_mut().find(|t| t.upid == upid) {
+                    t.plan = Some(plan);
+                }
+                Ok(())
+            }),
+            TaskPlan::Template { vmid, .. } => self.mutate(|st| {
+                let plan = crate::clone::begin_template(st, vmid)?;
+                if let Some(t) = st.tasks.iter_mut().find(|t| t.upid == upid) {
+                    t.plan = Some(plan);
+                }
                 Ok(())
             }),
             _ => Ok(()),
@@ -580,6 +608,12 @@ fn cleanup_restore(st: &mut State, upid: &str) {
     let Some(t) = st.tasks.iter().find(|t| t.upid == upid) else {
         return;
     };
+    if t.task_type == "vzclone" {
+        if let Some(plan) = t.plan.clone() {
+            crate::clone::cleanup_clone(st, &plan);
+        }
+        return;
+    }
     if t.task_type != "vzrestore" {
         return;
     }
@@ -636,6 +670,13 @@ fn apply_plan(
             Ok((warnings, start.then_some(vmid)))
         }
         TaskPlan::Fail { message, .. } => Err(message),
+        plan @ TaskPlan::Clone { .. } => crate::clone::apply_clone(st, &plan)
+            .map(|()| (Vec::new(), None))
+            .map_err(|e| texts::clone_failed(&e)),
+        TaskPlan::Template { vmid, renames } => {
+            crate::clone::apply_template(st, vmid, &renames);
+            Ok((Vec::new(), None))
+        }
         TaskPlan::Resize { vmid, disk, bytes } => {
             let g = st.guests.get_mut(&vmid).ok_or_else(|| no_conf(vmid))?;
             let cur = g
@@ -771,9 +812,11 @@ fn destroyed_volumes(st: &State, vmid: u32, destroy_unreferenced: bool) -> Vec<S
         return Vec::new();
     };
     let referenced = referenced_volumes(g);
+    let (kept, _) = crate::clone::bases_in_use(st, &referenced);
     st.volumes
         .iter()
         .filter(|v| v.owner == vmid && (destroy_unreferenced || referenced.contains(&v.volid)))
+        .filter(|v| !kept.contains(&v.volid))
         .map(|v| v.volid.clone())
         .collect()
 }
@@ -793,9 +836,16 @@ fn destroy(st: &mut State, vmid: u32, destroy_unreferenced: bool) -> Result<Vec<
     let Some(g) = st.guests.remove(&vmid) else {
         return Ok(Vec::new());
     };
-    let referenced = referenced_volumes(&g);
-    let mut warnings = Vec::new();
+    let mut referenced = referenced_volumes(&g);
+    // vdisk_free refuses a base volume linked clones still use; the destroy warns, goes on
+    // and the base stays.
+    let (kept, mut warnings) = crate::clone::bases_in_use(st, &referenced);
+    referenced.retain(|v| !kept.contains(v));
+    st.linked.retain(|clone, _| !referenced.contains(clone));
     st.volumes.retain(|v| {
+        if kept.contains(&v.volid) {
+            return true;
+        }
         let referenced = referenced.contains(&v.volid);
         if referenced && v.owner != vmid {
             warnings.push(format!(

@@ -27,7 +27,7 @@ pub(crate) fn lxc_list(sim: &Sim, req: &Req) -> HResult {
 /// `SDN.Use` for a NIC's bridge (pve-guest-common `GuestHelpers.pm` `check_vnet_access`;
 /// plain bridges are in the zone `localnetwork`): with a `tag` or `trunks`, on each VLAN
 /// below the bridge (an ACL on the bridge propagates there); without, on the bridge.
-fn check_vnet_access(st: &State, who: &Subject, net: &str) -> Result<(), PveErr> {
+pub(crate) fn check_vnet_access(st: &State, who: &Subject, net: &str) -> Result<(), PveErr> {
     if who.is_root() {
         return Ok(());
     }

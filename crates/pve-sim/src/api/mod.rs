@@ -10,6 +10,7 @@
 //! node, groups in ACLs, tag-access policies other than the default `free`.
 
 mod access;
+mod clone;
 mod cluster;
 mod config;
 mod lxc;
@@ -88,6 +89,9 @@ const ROUTES: &[Route] = &[
         Ok(json!({ "version": "9.2.2", "release": "9.2", "repoid": "pve-sim" }).into())
     }),
     sync("GET", "/cluster/nextid", |s, r| cluster::nextid(s, r)),
+    sync("GET", "/cluster/resources", |s, r| {
+        cluster::resources(s, r)
+    }),
     sync("GET", "/access/permissions", |s, r| {
         access::permissions(s, r)
     }),
@@ -120,6 +124,12 @@ const ROUTES: &[Route] = &[
     }),
     sync("DELETE", "/nodes/{node}/lxc/{vmid}", |s, r| {
         lxc::destroy(s, r)
+    }),
+    asy("POST", "/nodes/{node}/lxc/{vmid}/clone", |s, r| {
+        Box::pin(clone::clone(s, r))
+    }),
+    asy("POST", "/nodes/{node}/lxc/{vmid}/template", |s, r| {
+        Box::pin(clone::template(s, r))
     }),
     sync("GET", "/nodes/{node}/lxc/{vmid}/config", |s, r| {
         config::get_config(s, r)

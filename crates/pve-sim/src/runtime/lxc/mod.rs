@@ -63,6 +63,7 @@ use super::setup::{self, GuestRoot, Nic, StartSetup};
 use super::{io_err, netns, RuntimeError};
 use crate::sim::now_ms;
 
+mod clone;
 mod destroy;
 mod guest_runtime;
 mod inspect;
