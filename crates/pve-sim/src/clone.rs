@@ -230,7 +230,8 @@ pub(crate) fn cleanup_clone(st: &mut State, plan: &TaskPlan) {
     for v in volumes {
         st.linked.remove(&v.volid);
     }
-    st.volumes.retain(|v| !volumes.iter().any(|n| n.volid == v.volid));
+    st.volumes
+        .retain(|v| !volumes.iter().any(|n| n.volid == v.volid));
     if st
         .guests
         .get(newid)
@@ -307,11 +308,24 @@ mod tests {
                 total: 1 << 40,
             });
         }
-        assert_eq!(base_name("local-lvm:vm-100-disk-0"), "local-lvm:base-100-disk-0");
-        for ok in ["local-lvm:base-1-disk-0", "z:base-1-disk-0", "r:base-1-disk-0", "b:base-1-disk-0"] {
+        assert_eq!(
+            base_name("local-lvm:vm-100-disk-0"),
+            "local-lvm:base-100-disk-0"
+        );
+        for ok in [
+            "local-lvm:base-1-disk-0",
+            "z:base-1-disk-0",
+            "r:base-1-disk-0",
+            "b:base-1-disk-0",
+        ] {
             assert!(can_link(&st, ok), "{ok}");
         }
-        for no in ["local-lvm:vm-1-disk-0", "local:base-1-disk-0", "l:base-1-disk-0", "x:base-1-disk-0"] {
+        for no in [
+            "local-lvm:vm-1-disk-0",
+            "local:base-1-disk-0",
+            "l:base-1-disk-0",
+            "x:base-1-disk-0",
+        ] {
             assert!(!can_link(&st, no), "{no}");
         }
         assert!(can_template(&st, "local:vm-1-disk-0"));

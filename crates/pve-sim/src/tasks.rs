@@ -351,7 +351,12 @@ impl Sim {
                 .iter()
                 .filter(|t| t.status == "running")
                 // A clone's worker holds no flock for its run (the source has `lock: disk`).
-                .map(|t| (t.upid.clone(), t.id.parse().ok().filter(|_| t.task_type != "vzclone")))
+                .map(|t| {
+                    (
+                        t.upid.clone(),
+                        t.id.parse().ok().filter(|_| t.task_type != "vzclone"),
+                    )
+                })
                 .collect()
         });
         for (upid, vmid) in running {
@@ -507,7 +512,8 @@ impl Sim {
                 Ok(())
             }),
             TaskPlan::Clone { .. } => self.mutate(|st| {
-                let plan = crate::clone::begin_clone(st, &plan).map_err(|e| texts::clone_failed(&e))?;
+                let plan =
+                    crate::clone::begin_clone(st, &plan).map_err(|e| texts::clone_failed(&e))?;
                 if let Some(t) = st.tasks.iter_mut().find(|t| t.upid == upid) {
                     t.plan = Some(plan);
                 }

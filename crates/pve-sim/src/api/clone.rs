@@ -78,10 +78,7 @@ pub(crate) async fn clone(sim: &Arc<Sim>, req: &Req) -> HResult {
     })?;
 
     // set_lock(vmid, 'disk'): the source's flock, check_lock, the lock written.
-    let src_guard = sim
-        .flock(vmid, model::LOCK_TIMEOUT)
-        .await
-        .map_err(die)?;
+    let src_guard = sim.flock(vmid, model::LOCK_TIMEOUT).await.map_err(die)?;
     sim.mutate(|st| -> Result<(), PveErr> {
         let g = st
             .guests

@@ -87,12 +87,8 @@ pub(crate) fn resources(sim: &Sim, req: &Req) -> HResult {
 
 /// One guest as `extract_vm_stats` shows it, plus `pool`, `lock` and `tags`.
 fn vm_entry(st: &State, req: &Req, g: &Guest) -> Value {
-    let num = |k: &str, d: u64| -> u64 {
-        g.config
-            .get(k)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(d)
-    };
+    let num =
+        |k: &str, d: u64| -> u64 { g.config.get(k).and_then(|v| v.parse().ok()).unwrap_or(d) };
     let maxdisk = g
         .config
         .get("rootfs")

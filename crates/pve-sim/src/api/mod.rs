@@ -89,9 +89,7 @@ const ROUTES: &[Route] = &[
         Ok(json!({ "version": "9.2.2", "release": "9.2", "repoid": "pve-sim" }).into())
     }),
     sync("GET", "/cluster/nextid", |s, r| cluster::nextid(s, r)),
-    sync("GET", "/cluster/resources", |s, r| {
-        cluster::resources(s, r)
-    }),
+    sync("GET", "/cluster/resources", |s, r| cluster::resources(s, r)),
     sync("GET", "/access/permissions", |s, r| {
         access::permissions(s, r)
     }),
@@ -218,6 +216,7 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/felhom-sim/state", get(crate::admin::state))
         .route("/felhom-sim/requests", get(crate::admin::requests))
         .route("/felhom-sim/tokens", post(crate::admin::tokens))
+        .route("/felhom-sim/storages", post(crate::admin::storages))
         .route("/felhom-sim/guests/{vmid}/ssh", get(crate::admin::ssh))
         .fallback(api_entry)
         .with_state(sim)

@@ -47,7 +47,11 @@ impl Lxc {
                 .arg(&to))?;
             log.push(format!(
                 "create {} of mount point {} ({}) as {} in {:.2}s",
-                if c.linked { "linked clone" } else { "full clone" },
+                if c.linked {
+                    "linked clone"
+                } else {
+                    "full clone"
+                },
                 c.key,
                 c.from,
                 c.to,
@@ -60,7 +64,8 @@ impl Lxc {
         let unpriv = is_on(conf.get("unprivileged"));
         let (uid, gid) = if unpriv { (ID_SHIFT, ID_SHIFT) } else { (0, 0) };
         let dir = self.volume_dir(&root.to)?;
-        let guest = GuestRoot::open(&dir, uid, gid).map_err(io_err(format!("open {}", dir.display())))?;
+        let guest =
+            GuestRoot::open(&dir, uid, gid).map_err(io_err(format!("open {}", dir.display())))?;
         let systemd = ["lib/systemd/systemd", "usr/lib/systemd/systemd"]
             .iter()
             .any(|p| dir.join(p).exists());
@@ -93,8 +98,11 @@ impl Lxc {
             let a = self.volume_dir(from)?;
             let b = self.volume_dir(to)?;
             if a.exists() {
-                std::fs::rename(&a, &b)
-                    .map_err(io_err(format!("rename {} to {}", a.display(), b.display())))?;
+                std::fs::rename(&a, &b).map_err(io_err(format!(
+                    "rename {} to {}",
+                    a.display(),
+                    b.display()
+                )))?;
                 log.push(format!("renamed volume {from} to {to}"));
             }
         }

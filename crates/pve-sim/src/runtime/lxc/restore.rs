@@ -200,7 +200,8 @@ pub(super) fn tree_bytes(dir: &Path) -> Result<u64, RuntimeError> {
         let mut total = 0;
         for e in std::fs::read_dir(dir).map_err(io_err(format!("read {}", dir.display())))? {
             let p = e.map_err(io_err(format!("read {}", dir.display())))?.path();
-            let m = std::fs::symlink_metadata(&p).map_err(io_err(format!("stat {}", p.display())))?;
+            let m =
+                std::fs::symlink_metadata(&p).map_err(io_err(format!("stat {}", p.display())))?;
             if m.dev() != dev || !seen.insert(m.ino()) {
                 continue;
             }
