@@ -96,6 +96,14 @@ pub struct PveClient {
     inner: Arc<Inner>,
 }
 
+impl PveClient {
+    /// The token this client authenticates as (`user@realm!name`): a token task's UPID
+    /// names it as its user.
+    pub(crate) fn token_id(&self) -> &str {
+        &self.inner.token_id
+    }
+}
+
 impl fmt::Debug for PveClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PveClient")

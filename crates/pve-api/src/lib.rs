@@ -17,7 +17,7 @@
 //! | `task` | [`Upid`], [`TaskStatus`], [`WaitOptions`], `wait_task` | §6.3: `WARNINGS: n` is success; a fresh UPID may be invisible for a moment |
 //! | `observe` | [`Observer`], `endpoint_template` | the hook a caller's metrics hang on ([`PveClient::set_observer`]); endpoints as bounded route templates, never raw ids |
 //! | `vmid` | [`Vmid`] | §3.4 `^[1-9][0-9]{2,8}$` |
-//! | `lxc`, `cluster`, `access`, `storage`, `network` | typed endpoints | path inputs (node, storage, disk) are validated before anything is sent |
+//! | `lxc`, `cluster`, `access`, `storage`, `network` | typed endpoints (`lxc_clone` returns the UPID; `lxc_template` finds the task PVE does not return; `cluster_resources` typed) | path inputs (node, storage, disk) are validated before anything is sent |
 //!
 //! What a caller must know about retrying: [`ApiError::is_transient`] says whether trying
 //! again may help; `Transport { maybe_sent: true }` means a write may have happened, so
@@ -42,7 +42,7 @@ mod vmid;
 pub use access::Permissions;
 pub use auth::{ApiToken, Secret, TokenId, TokenIdError};
 pub use client::{ClientConfig, ClientStats, PveClient, DEFAULT_MAX_BODY_BYTES};
-pub use cluster::VersionInfo;
+pub use cluster::{ClusterResource, ResourceType, VersionInfo};
 pub use error::{classify, ApiError, TaskFailure};
 pub use lxc::{Interface, IpAddress, LxcConfig, LxcStatus, LxcSummary, PendingEntry};
 pub use network::NodeInterface;
