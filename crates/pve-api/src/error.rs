@@ -261,6 +261,23 @@ impl ApiError {
         }
     }
 
+    /// Whether the request may have been performed although its answer says nothing of it:
+    /// a lost answer (`AnswerLost`), a request that may have been sent before the connection
+    /// broke (`Transport` with `maybe_sent`), a task still running past the wait's deadline
+    /// (`TaskTimeout`). A caller that dispatched a task must look for it (running, or its
+    /// effect) before dispatching again.
+    pub fn maybe_performed(&self) -> bool {
+        matches!(
+            self,
+            ApiError::AnswerLost { .. }
+                | ApiError::Transport {
+                    maybe_sent: true,
+                    ..
+                }
+                | ApiError::TaskTimeout { .. }
+        )
+    }
+
     /// The HTTP status this error came with, if any.
     pub fn status(&self) -> Option<u16> {
         match self {
@@ -944,6 +961,10 @@ mod tests {
         assert!(e.is_transient());
         assert_eq!(e.status(), Some(595));
         assert!(e.to_string().contains("may have been performed"), "{e}");
+        assert!(e.maybe_performed());
+        assert!(!classify(503, "Service Unavailable", b"").maybe_performed());
+        let m = "can't lock file '/run/lock/lxc/pve-config-101.lock' - got timeout\n";
+        assert!(!classify(500, "x", &body(m)).maybe_performed());
         // A 595 that carries a body is not the proxy's pseudo-status.
         assert!(matches!(
             classify(595, "x", &body("something\n")),

@@ -1,7 +1,9 @@
 //! Step 5, rootfs: grow the root disk to the spec's absolute size (`PUT resize size=<N>G`,
 //! never `+N`, so a retried grow cannot grow twice), and wait for the task so the next config
 //! write never meets the resize's lock (seed F4). PVE cannot shrink a disk: `validate`
-//! refuses a spec below the golden's size before any job exists.
+//! refuses a spec below the golden's size before any job exists. After a dispatch whose
+//! answer was lost (a 595 from pveproxy), observe waits for the resize task still running
+//! before it reads the size.
 
 use pve_api::ApiError;
 use serde_json::{json, Value};
@@ -13,6 +15,10 @@ use crate::job::{JobCx, Observed, StepError};
 pub(super) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
     let s = spec(cx)?;
     let vmid = cx.vmid()?;
+    // A resize whose answer was lost may still be growing the disk: wait for it, then read
+    // the size (a second resize behind it would be a second grow, or on PVE a task failing
+    // `disk is already at specified size`).
+    cx.settle_lost_dispatch(vmid, &["resize"]).await?;
     let cfg = owned_config(cx, vmid).await?;
     let size = guest::rootfs_bytes(&cfg).map_err(StepError::Refused)?;
     if size >= s.rootfs_size.bytes() {

@@ -201,6 +201,11 @@ pub struct JobCx {
     /// Since when every request of this job failed to reach PVE (the connect budget runs
     /// from there; a task wait that gave up on an unreachable PVE has spent it already).
     pub unreachable_since: Mutex<Option<std::time::Instant>>,
+    /// Set by the engine while the step's last dispatch may have been performed without
+    /// felhom learning of it (its answer lost: a 595, a broken connection, a task past its
+    /// deadline; or an act of a crashed run being resumed): the step's observe then looks
+    /// for the task it may have started ([`JobCx::settle_lost_dispatch`]).
+    pub dispatch_unsure: std::sync::atomic::AtomicBool,
 }
 
 impl JobCx {
@@ -256,6 +261,48 @@ impl JobCx {
             self.forget_config();
         }
     }
+    fn set_dispatch_unsure(&self, unsure: bool) {
+        self.dispatch_unsure
+            .store(unsure, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Observe first after a lost answer: when the step's last dispatch may have been
+    /// performed unseen ([`JobCx::dispatch_unsure`]), wait for every running task of `vmid`
+    /// of one of `task_types` (a resize, a start, a stop, a destroy the lost answer started)
+    /// before the step reads PVE and decides, so it never dispatches a second one behind the
+    /// first (a second grow, a second start that PVE's worker fails). No request otherwise.
+    /// How the waited task ended does not matter here: the observe that follows reads its
+    /// effect.
+    pub async fn settle_lost_dispatch(
+        &self,
+        vmid: pve_api::Vmid,
+        task_types: &[&str],
+    ) -> Result<(), StepError> {
+        if !self
+            .dispatch_unsure
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Ok(());
+        }
+        let running = self.client.active_tasks(&self.node, vmid).await?;
+        let mut waited = false;
+        for upid in running
+            .iter()
+            .filter(|u| task_types.contains(&u.task_type.as_str()))
+        {
+            waited = true;
+            match self.client.wait_task(upid, &self.wait_options()).await {
+                Ok(_) | Err(ApiError::TaskFailed { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if waited {
+            self.forget_config();
+        }
+        self.set_dispatch_unsure(false);
+        Ok(())
+    }
+
     /// The job whose marker the guest must carry: this job, or for a repair the bring-up
     /// that made the guest.
     pub fn owner_job(&self) -> String {
@@ -536,6 +583,8 @@ async fn drive<S: Step>(cx: &JobCx, step: S, mut attempt: u32) -> Result<Value, 
     let mut retries = 0u32;
     // Retries while PVE was unreachable: they pace the backoff, the connect budget bounds them.
     let mut unreachable_retries = 0u32;
+    // A step intended by an earlier run may have dispatched unseen before that run died.
+    cx.set_dispatch_unsure(attempt > 0);
     loop {
         let outcome = match step.observe(cx).await {
             Ok(Observed::Done(v)) => {
@@ -555,6 +604,7 @@ async fn drive<S: Step>(cx: &JobCx, step: S, mut attempt: u32) -> Result<Value, 
                 cx.set_acting(true);
                 let r = step.act(cx).await;
                 cx.set_acting(false);
+                cx.set_dispatch_unsure(matches!(&r, Err(StepError::Api(e)) if e.maybe_performed()));
                 crash_point(name, "after");
                 r
             }
@@ -675,6 +725,7 @@ async fn roll_back<S: Step>(cx: &JobCx, steps: &[S], error: String) -> Outcome {
             cx.set_acting(true);
             let r = step.undo(cx).await;
             cx.set_acting(false);
+            cx.set_dispatch_unsure(matches!(&r, Err(StepError::Api(e)) if e.maybe_performed()));
             match r {
                 Ok(()) => break,
                 Err(e) if e.is_transient() && retries < cx.backoff.max_attempts => {
