@@ -417,19 +417,64 @@ impl Outcome {
     }
 }
 
+/// Whether this build carries the crash-point hook: only builds made for tests and benches
+/// (the cargo feature `crash-points`, which `felhom`'s own tests enable through their
+/// dev-dependency and CI's bench build through `--features crash-points`). In a build without
+/// it, `FELHOM_CRASH_AT` does nothing, so no environment a production host sets can make
+/// felhom kill itself.
+pub const CRASH_POINTS: bool = cfg!(feature = "crash-points");
+
 /// The test hook for crash-safety tests: `FELHOM_CRASH_AT=<step>:<before|after|undo>` makes
 /// the process SIGKILL itself at that point, exactly like a power cut would: `before` is after
 /// the intent is durable and before the act, `after` is after the act and before `done` is
 /// journaled (for a step observed already done, both fire before `done` is journaled).
+/// Live only in builds with [`CRASH_POINTS`].
 fn crash_point(step: &str, phase: &str) {
-    if let Ok(spec) = std::env::var("FELHOM_CRASH_AT") {
-        if spec.split(',').any(|s| s == format!("{step}:{phase}")) {
-            tracing::warn!(step, phase, "FELHOM_CRASH_AT: killing this process");
-            // SAFETY: kill(2) on our own pid with SIGKILL has no memory-safety preconditions.
-            unsafe {
-                libc::kill(libc::getpid(), libc::SIGKILL);
-            }
+    if crash_requested(std::env::var("FELHOM_CRASH_AT").ok().as_deref(), step, phase) {
+        tracing::warn!(step, phase, "FELHOM_CRASH_AT: killing this process");
+        // SAFETY: kill(2) on our own pid with SIGKILL has no memory-safety preconditions.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
         }
+    }
+}
+
+/// Whether `FELHOM_CRASH_AT`'s value asks for a crash at `step:phase` in this build.
+fn crash_requested(spec: Option<&str>, step: &str, phase: &str) -> bool {
+    CRASH_POINTS
+        && spec.is_some_and(|spec| {
+            let point = format!("{step}:{phase}");
+            spec.split(',').any(|s| s == point)
+        })
+}
+
+#[cfg(test)]
+mod crash_point_tests {
+    use super::*;
+
+    /// The hook is live exactly in builds with the feature: `cargo nextest run -p
+    /// felhom-core` builds without it (the value asks, nothing fires), a workspace run
+    /// builds with it (unified with `felhom`'s dev-dependency) and the same value fires.
+    #[test]
+    fn crash_at_fires_only_in_builds_with_crash_points() {
+        let asked = Some("mounts:after,restore:before");
+        assert_eq!(
+            crash_requested(asked, "restore", "before"),
+            cfg!(feature = "crash-points")
+        );
+        assert!(!crash_requested(asked, "restore", "after"));
+        assert!(!crash_requested(None, "restore", "before"));
+    }
+
+    /// Without the feature, the real hook returns with `FELHOM_CRASH_AT` set: this test
+    /// process is still alive to pass.
+    #[cfg(not(feature = "crash-points"))]
+    #[test]
+    fn without_the_feature_the_hook_does_nothing() {
+        // nextest runs each test in its own process; nothing else reads the variable.
+        std::env::set_var("FELHOM_CRASH_AT", "restore:before");
+        // With the hook live, this SIGKILLs the test process and the test fails.
+        crash_point("restore", "before");
     }
 }
 
