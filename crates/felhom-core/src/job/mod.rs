@@ -271,8 +271,8 @@ impl JobCx {
     /// of one of `task_types` (a resize, a start, a stop, a destroy the lost answer started)
     /// before the step reads PVE and decides, so it never dispatches a second one behind the
     /// first (a second grow, a second start that PVE's worker fails). No request otherwise.
-    /// How the waited task ended does not matter here: the observe that follows reads its
-    /// effect.
+    /// How the waited task ended does not matter here (failed, or gone from the list): the
+    /// observe that follows reads its effect.
     pub async fn settle_lost_dispatch(
         &self,
         vmid: pve_api::Vmid,
@@ -292,8 +292,13 @@ impl JobCx {
         {
             waited = true;
             match self.client.wait_task(upid, &self.wait_options()).await {
-                Ok(_) | Err(ApiError::TaskFailed { .. }) => {}
-                Err(e) => return Err(e.into()),
+                // Ended, well or not, or no longer to be seen: the observe reads the effect.
+                Ok(_) => {}
+                // Unreachable, or still running past the deadline: never a second dispatch.
+                Err(e) if e.is_transient() || matches!(e, ApiError::TaskTimeout { .. }) => {
+                    return Err(e.into())
+                }
+                Err(_) => {}
             }
         }
         if waited {
@@ -430,7 +435,11 @@ pub const CRASH_POINTS: bool = cfg!(feature = "crash-points");
 /// journaled (for a step observed already done, both fire before `done` is journaled).
 /// Live only in builds with [`CRASH_POINTS`].
 fn crash_point(step: &str, phase: &str) {
-    if crash_requested(std::env::var("FELHOM_CRASH_AT").ok().as_deref(), step, phase) {
+    if crash_requested(
+        std::env::var("FELHOM_CRASH_AT").ok().as_deref(),
+        step,
+        phase,
+    ) {
         tracing::warn!(step, phase, "FELHOM_CRASH_AT: killing this process");
         // SAFETY: kill(2) on our own pid with SIGKILL has no memory-safety preconditions.
         unsafe {
