@@ -112,8 +112,12 @@ fn bring_up(sim: &Sim, name: &str, vmid: u64) {
     assert_eq!(sim.write_count(), writes, "the second apply wrote");
 }
 
+/// Modelled time slow enough that a task whose answer was lost still runs when felhom's
+/// first retry observes (a start, a stop, a resize take longer than the first backoff).
+const SLOW: f64 = 0.3;
+
 fn converges_when_lost(kind: &str, vmid: u64) {
-    let sim = Sim::with(&format!("post_effect_595:{kind}=1,seed=3"), 0.02);
+    let sim = Sim::with(&format!("post_effect_595:{kind}=1,seed=3"), SLOW);
     bring_up(&sim, &format!("lost{kind}"), vmid);
 }
 
@@ -140,7 +144,7 @@ fn start_answered_595_starts_once() {
 /// Teardown with every `kind` request answered 595: the guest and all its volumes are gone
 /// and the job succeeded.
 fn teardown_when_lost(kind: &str, vmid: u64) {
-    let sim = Sim::with(&format!("post_effect_595:{kind}=1,seed=5"), 0.02);
+    let sim = Sim::with(&format!("post_effect_595:{kind}=1,seed=5"), SLOW);
     let name = format!("down{kind}");
     let path = sim.write_spec(
         &format!("{name}.toml"),
