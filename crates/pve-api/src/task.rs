@@ -307,11 +307,7 @@ impl PveClient {
     /// `GET /nodes/{node}/tasks?vmid=…&source=active` (running entries carry no `status`,
     /// pve-manager `API2/Tasks.pm`). What a caller whose dispatch lost its answer (a 595, a
     /// dropped connection) looks at before it dispatches again.
-    pub async fn active_tasks(
-        &self,
-        node: &str,
-        vmid: crate::Vmid,
-    ) -> Result<Vec<Upid>, ApiError> {
+    pub async fn active_tasks(&self, node: &str, vmid: crate::Vmid) -> Result<Vec<Upid>, ApiError> {
         #[derive(Deserialize)]
         struct Entry {
             upid: String,
