@@ -50,7 +50,9 @@ pub(super) async fn act(cx: &JobCx) -> Result<(), StepError> {
                     .client
                     .lxc_resize(&cx.node, vmid, &p.key, &m.size.resize_arg())
                     .await?;
-                cx.wait("mounts", &upid).await?;
+                cx.wait("mounts", &upid)
+                    .await
+                    .or_else(super::rootfs::already_at_size)?;
             }
             continue;
         }
