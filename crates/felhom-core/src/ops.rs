@@ -258,6 +258,7 @@ impl Felhom {
             acting: Default::default(),
             waits: self.waits.clone(),
             unreachable_since: Default::default(),
+            dispatch_unsure: Default::default(),
         }
     }
 

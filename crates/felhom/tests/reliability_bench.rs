@@ -1,6 +1,7 @@
 //! `felhom bench reliability` end to end at a small N: every crash point ends correct, the
-//! soak survives its faults and the simulator restart, no bad input writes anything, and the
-//! same `apply` killed again and again ends with one guest per identity.
+//! soak survives its faults (answers lost after the work among them) and two simulator
+//! restarts, no bad input writes anything, and the same `apply` killed again and again ends
+//! with one guest per identity.
 
 use serde_json::Value;
 
@@ -25,7 +26,11 @@ fn reliability_bench_reports_every_part_and_all_good() {
     assert_eq!(r["crash_points"]["tried"], points, "{r}");
     assert_eq!(r["crash_points"]["correct"], points, "{r}");
     assert_eq!(r["soak"]["guests"], 4);
-    assert_eq!(r["soak"]["simulator_restarts"], 1, "{r}");
+    assert_eq!(r["soak"]["simulator_restarts"], 2, "{r}");
+    // The default faults include answers lost after the work (595, empty body).
+    let lost =
+        r["soak"]["answers_lost"].as_u64().unwrap() + r["rerun"]["answers_lost"].as_u64().unwrap();
+    assert!(lost > 0, "{r}");
     assert_eq!(
         r["soak"]["succeeded"].as_u64().unwrap() + r["soak"]["rolled_back"].as_u64().unwrap(),
         4,
@@ -52,6 +57,7 @@ fn reliability_bench_reports_every_part_and_all_good() {
         "duplicate_macs",
         "duplicate_ips",
         "duplicate_ssh_keys",
+        "duplicate_guests",
         "double_grows",
     ] {
         assert_eq!(r["leaks"][k], 0, "{k}: {r}");

@@ -74,6 +74,16 @@ pub enum ApiError {
     /// 501: unknown path or method (an older PVE, or a typo). Not transient.
     #[error("not implemented by this PVE: {message}")]
     NotImplemented { message: String },
+    /// 595 or 596 with an empty body: AnyEvent::HTTP's pseudo-status, passed on as is by
+    /// pveproxy when its hop to pvedaemon (or another node's pveproxy) failed or timed out
+    /// after 30 s (pve-http-server `src/PVE/APIServer/AnyEvent.pm` `proxy_request`; audit top
+    /// #1). The request may have been performed in full (config written, volume allocated,
+    /// task started) and only its answer lost. Transient, but a caller must observe before it
+    /// repeats a write, exactly as after a `Transport` error with `maybe_sent`.
+    #[error(
+        "PVE's answer was lost (HTTP {status} {message}): the request may have been performed"
+    )]
+    AnswerLost { status: u16, message: String },
     /// Any other status. Transient only for 502/503/504/595/596 and a 500 `got no worker
     /// upid`; see [`ApiError::is_transient`].
     #[error("PVE error (HTTP {status}): {message}")]
@@ -263,6 +273,8 @@ impl ApiError {
     /// - `LockTimeout`: another task held the config lock; it ends (F4). Transient.
     /// - `Transport`: connection refused/reset, timeouts. Transient — but a caller must
     ///   re-observe before repeating a non-idempotent write when `maybe_sent` is true.
+    /// - `AnswerLost` (595/596, empty body): transient with the same duty to re-observe: the
+    ///   write may be done.
     /// - `Server` 502/503/504/595/596 (proxy and pvedaemon unavailability) and 500 `got no
     ///   worker upid` (the fork failed before any work): transient.
     /// - `TaskTimeout` is *not*: the task may still be working; waiting again is the
@@ -276,13 +288,32 @@ impl ApiError {
     ///   nothing changes by retrying.
     pub fn is_transient(&self) -> bool {
         match self {
-            ApiError::LockTimeout { .. } | ApiError::Transport { .. } => true,
+            ApiError::LockTimeout { .. }
+            | ApiError::Transport { .. }
+            | ApiError::AnswerLost { .. } => true,
             ApiError::Server { status, message } => {
                 matches!(status, 502 | 503 | 504 | 595 | 596)
                     || message.contains(texts::NO_WORKER_UPID)
             }
             _ => false,
         }
+    }
+
+    /// Whether the request may have been performed although its answer says nothing of it:
+    /// a lost answer (`AnswerLost`), a request that may have been sent before the connection
+    /// broke (`Transport` with `maybe_sent`), a task still running past the wait's deadline
+    /// (`TaskTimeout`). A caller that dispatched a task must look for it (running, or its
+    /// effect) before dispatching again.
+    pub fn maybe_performed(&self) -> bool {
+        matches!(
+            self,
+            ApiError::AnswerLost { .. }
+                | ApiError::Transport {
+                    maybe_sent: true,
+                    ..
+                }
+                | ApiError::TaskTimeout { .. }
+        )
     }
 
     /// The HTTP status this error came with, if any.
@@ -300,7 +331,7 @@ impl ApiError {
             | ApiError::CannotShrink { .. }
             | ApiError::AlreadyExists { .. } => Some(500),
             ApiError::NotImplemented { .. } => Some(501),
-            ApiError::Server { status, .. } => Some(*status),
+            ApiError::Server { status, .. } | ApiError::AnswerLost { status, .. } => Some(*status),
             _ => None,
         }
     }
@@ -370,6 +401,7 @@ pub fn classify(status: u16, reason: &str, body: &[u8]) -> ApiError {
                 ApiError::Server { status, message }
             }
         },
+        595 | 596 if body.trim_ascii().is_empty() => ApiError::AnswerLost { status, message },
         _ => ApiError::Server { status, message },
     }
 }
@@ -959,6 +991,27 @@ mod tests {
         ));
         assert!(classify(503, "Service Unavailable", b"").is_transient());
         assert!(classify(596, "Broken pipe", b"").is_transient());
+        // pveproxy's hop to pvedaemon timed out: the work may be done, the answer is lost.
+        let e = classify(595, "Connection timed out", b"");
+        assert_eq!(
+            e,
+            ApiError::AnswerLost {
+                status: 595,
+                message: "Connection timed out".into()
+            }
+        );
+        assert!(e.is_transient());
+        assert_eq!(e.status(), Some(595));
+        assert!(e.to_string().contains("may have been performed"), "{e}");
+        assert!(e.maybe_performed());
+        assert!(!classify(503, "Service Unavailable", b"").maybe_performed());
+        let m = "can't lock file '/run/lock/lxc/pve-config-101.lock' - got timeout\n";
+        assert!(!classify(500, "x", &body(m)).maybe_performed());
+        // A 595 that carries a body is not the proxy's pseudo-status.
+        assert!(matches!(
+            classify(595, "x", &body("something\n")),
+            ApiError::Server { status: 595, .. }
+        ));
         assert!(!classify(500, "boom", b"").is_transient());
         assert!(classify(
             500,

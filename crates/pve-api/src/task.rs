@@ -319,6 +319,31 @@ impl PveClient {
         self.get_counted(&path, &[], true).await
     }
 
+    /// The tasks of `vmid` still running on `node`, as UPIDs of tasks this token can see:
+    /// `GET /nodes/{node}/tasks?vmid=…&source=active` (running entries carry no `status`,
+    /// pve-manager `API2/Tasks.pm`). What a caller whose dispatch lost its answer (a 595, a
+    /// dropped connection) looks at before it dispatches again.
+    pub async fn active_tasks(&self, node: &str, vmid: crate::Vmid) -> Result<Vec<Upid>, ApiError> {
+        #[derive(Deserialize)]
+        struct Entry {
+            upid: String,
+            #[serde(default)]
+            status: Option<String>,
+        }
+        crate::client::check_node(node)?;
+        let list: Vec<Entry> = self
+            .get(
+                &format!("/nodes/{node}/tasks"),
+                &[("vmid", vmid.to_string()), ("source", "active".into())],
+            )
+            .await?;
+        Ok(list
+            .into_iter()
+            .filter(|e| e.status.is_none())
+            .filter_map(|e| e.upid.parse().ok())
+            .collect())
+    }
+
     /// Log lines `start..start+limit` (texts only).
     pub async fn task_log(
         &self,

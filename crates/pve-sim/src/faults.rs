@@ -1,4 +1,12 @@
 //! Injected faults: `lock500=0.2,task_fail:restore=0.05,http503=0.01,latency=20ms,seed=7`.
+//!
+//! `post_effect_595=P` (all mutating guest requests) or `post_effect_595:<kind>=P` (one kind
+//! of request, see [`POST_EFFECT_KINDS`]) is the one fault that strikes *after* the work: the
+//! request is performed in full (config written, volume allocated, task started) and then
+//! answered `595` with an empty body. That is what a client sees when pveproxy's 30 s hop to
+//! pvedaemon times out while pvedaemon goes on (pve-http-server `src/PVE/APIServer/AnyEvent.pm`
+//! `proxy_request`: `http_request(... timeout => 30 ...)`, the AnyEvent::HTTP pseudo-status
+//! passed to the client as is; audit top #1).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -17,9 +25,17 @@ pub struct FaultSpec {
     pub latency: Duration,
     /// Replaces the modelled DHCP delay after a start (still scaled by `time_scale`).
     pub dhcp_delay: Option<Duration>,
+    /// Per request kind (`*` = every kind, [`POST_EFFECT_KINDS`]): probability that the
+    /// request is performed and then answered 595 with an empty body.
+    pub post_effect_595: Vec<(String, f64)>,
     /// Seed for the fault RNG, so runs are repeatable.
     pub seed: Option<u64>,
 }
+
+/// The kinds of mutating guest request `post_effect_595:<kind>` can name.
+pub const POST_EFFECT_KINDS: &[&str] = &[
+    "restore", "config", "resize", "start", "stop", "shutdown", "reboot", "destroy",
+];
 
 fn task_type_alias(t: &str) -> &str {
     match t {
@@ -40,6 +56,15 @@ impl FaultSpec {
         self.task_fail
             .iter()
             .filter(|(t, _)| t == task_type)
+            .map(|(_, p)| *p)
+            .fold(0.0, f64::max)
+    }
+
+    /// The probability of a post-effect 595 for a request of `kind`.
+    pub fn post_effect_probability(&self, kind: &str) -> f64 {
+        self.post_effect_595
+            .iter()
+            .filter(|(k, _)| k == "*" || k == kind)
             .map(|(_, p)| *p)
             .fold(0.0, f64::max)
     }
@@ -84,6 +109,17 @@ impl FromStr for FaultSpec {
             match k {
                 "lock500" => f.lock500 = prob(k, v)?,
                 "http503" => f.http503 = prob(k, v)?,
+                "post_effect_595" => f.post_effect_595.push(("*".into(), prob(k, v)?)),
+                k if k.starts_with("post_effect_595:") => {
+                    let kind = &k["post_effect_595:".len()..];
+                    if !POST_EFFECT_KINDS.contains(&kind) {
+                        return Err(format!(
+                            "post_effect_595: unknown request kind '{kind}' (one of {})",
+                            POST_EFFECT_KINDS.join(", ")
+                        ));
+                    }
+                    f.post_effect_595.push((kind.to_string(), prob(k, v)?));
+                }
                 "seed" => f.seed = Some(v.parse().map_err(|_| format!("seed: '{v}' is not a number"))?),
                 "latency" => f.latency = duration(k, v)?,
                 "dhcp_delay" => f.dhcp_delay = Some(duration(k, v)?),
@@ -95,7 +131,7 @@ impl FromStr for FaultSpec {
                     }
                     f.task_fail.push((t, prob(k, v)?));
                 }
-                other => return Err(format!("unknown fault '{other}' (known: lock500, http503, task_fail:<type>, latency, dhcp_delay, seed)")),
+                other => return Err(format!("unknown fault '{other}' (known: lock500, http503, post_effect_595[:<kind>], task_fail:<type>, latency, dhcp_delay, seed)")),
             }
         }
         Ok(f)
@@ -124,5 +160,18 @@ mod tests {
         assert!("lock500=2".parse::<FaultSpec>().is_err());
         assert!("task_fail:boot=0.1".parse::<FaultSpec>().is_err());
         assert_eq!("".parse::<FaultSpec>().unwrap(), FaultSpec::default());
+        let f: FaultSpec = "post_effect_595:resize=1,post_effect_595=0.1"
+            .parse()
+            .unwrap();
+        assert_eq!(f.post_effect_probability("resize"), 1.0);
+        assert_eq!(f.post_effect_probability("start"), 0.1);
+        let f: FaultSpec = "post_effect_595:start=0.5".parse().unwrap();
+        assert_eq!(f.post_effect_probability("start"), 0.5);
+        assert_eq!(f.post_effect_probability("restore"), 0.0);
+        assert!("post_effect_595:boot=1"
+            .parse::<FaultSpec>()
+            .unwrap_err()
+            .contains("boot"));
+        assert!("post_effect_595=1.5".parse::<FaultSpec>().is_err());
     }
 }

@@ -189,6 +189,9 @@ pub struct Counters {
     pub writes: u64,
     pub lock500: u64,
     pub faults_injected: u64,
+    /// Requests performed and then answered 595 (`post_effect_595`).
+    #[serde(default)]
+    pub post_effect_595: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -17,6 +17,9 @@ use crate::job::{JobCx, Observed, StepError};
 pub(super) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
     let s = spec(cx)?;
     let vmid = cx.vmid()?;
+    // A grow whose answer was lost may still run (an attach is synchronous: its effect is
+    // in the config already).
+    cx.settle_lost_dispatch(vmid, &["resize"]).await?;
     let cfg = owned_config(cx, vmid).await?;
     let present = guest::mounts_of(&cfg);
     let mut seen = Vec::new();
@@ -47,7 +50,9 @@ pub(super) async fn act(cx: &JobCx) -> Result<(), StepError> {
                     .client
                     .lxc_resize(&cx.node, vmid, &p.key, &m.size.resize_arg())
                     .await?;
-                cx.wait("mounts", &upid).await?;
+                cx.wait("mounts", &upid)
+                    .await
+                    .or_else(super::rootfs::already_at_size)?;
             }
             continue;
         }

@@ -11,6 +11,8 @@ use crate::job::{JobCx, Observed, StepError};
 
 pub(super) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
     let vmid = cx.vmid()?;
+    // A start whose answer was lost may still be starting the guest.
+    cx.settle_lost_dispatch(vmid, &["vzstart"]).await?;
     owned_config(cx, vmid).await?;
     let st = cx.client.lxc_status(&cx.node, vmid).await?;
     if st.status == "running" {
@@ -44,6 +46,8 @@ pub(super) async fn undo(cx: &JobCx) -> Result<(), StepError> {
 
 /// Stop the guest if it runs (the caller has proved it is ours), waiting for the task.
 pub(super) async fn stop_if_running(cx: &JobCx, vmid: Vmid, step: &str) -> Result<(), StepError> {
+    // A stop whose answer was lost may still be stopping it.
+    cx.settle_lost_dispatch(vmid, &["vzstop"]).await?;
     let st = cx.client.lxc_status(&cx.node, vmid).await?;
     if st.status != "running" {
         return Ok(());

@@ -208,6 +208,11 @@ pub struct JobCx {
     /// Since when every request of this job failed to reach PVE (the connect budget runs
     /// from there; a task wait that gave up on an unreachable PVE has spent it already).
     pub unreachable_since: Mutex<Option<std::time::Instant>>,
+    /// Set by the engine while the step's last dispatch may have been performed without
+    /// felhom learning of it (its answer lost: a 595, a broken connection, a task past its
+    /// deadline; or an act of a crashed run being resumed): the step's observe then looks
+    /// for the task it may have started ([`JobCx::settle_lost_dispatch`]).
+    pub dispatch_unsure: std::sync::atomic::AtomicBool,
 }
 
 impl JobCx {
@@ -263,6 +268,53 @@ impl JobCx {
             self.forget_config();
         }
     }
+    fn set_dispatch_unsure(&self, unsure: bool) {
+        self.dispatch_unsure
+            .store(unsure, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Observe first after a lost answer: when the step's last dispatch may have been
+    /// performed unseen ([`JobCx::dispatch_unsure`]), wait for every running task of `vmid`
+    /// of one of `task_types` (a resize, a start, a stop, a destroy the lost answer started)
+    /// before the step reads PVE and decides, so it never dispatches a second one behind the
+    /// first (a second grow, a second start that PVE's worker fails). No request otherwise.
+    /// How the waited task ended does not matter here (failed, or gone from the list): the
+    /// observe that follows reads its effect.
+    pub async fn settle_lost_dispatch(
+        &self,
+        vmid: pve_api::Vmid,
+        task_types: &[&str],
+    ) -> Result<(), StepError> {
+        if !self
+            .dispatch_unsure
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Ok(());
+        }
+        let running = self.client.active_tasks(&self.node, vmid).await?;
+        let mut waited = false;
+        for upid in running
+            .iter()
+            .filter(|u| task_types.contains(&u.task_type.as_str()))
+        {
+            waited = true;
+            match self.client.wait_task(upid, &self.wait_options()).await {
+                // Ended, well or not, or no longer to be seen: the observe reads the effect.
+                Ok(_) => {}
+                // Unreachable, or still running past the deadline: never a second dispatch.
+                Err(e) if e.is_transient() || matches!(e, ApiError::TaskTimeout { .. }) => {
+                    return Err(e.into())
+                }
+                Err(_) => {}
+            }
+        }
+        if waited {
+            self.forget_config();
+        }
+        self.set_dispatch_unsure(false);
+        Ok(())
+    }
+
     /// The job whose marker the guest must carry: this job, or for a repair the bring-up
     /// that made the guest.
     pub fn owner_job(&self) -> String {
@@ -384,19 +436,68 @@ impl Outcome {
     }
 }
 
+/// Whether this build carries the crash-point hook: only builds made for tests and benches
+/// (the cargo feature `crash-points`, which `felhom`'s own tests enable through their
+/// dev-dependency and CI's bench build through `--features crash-points`). In a build without
+/// it, `FELHOM_CRASH_AT` does nothing, so no environment a production host sets can make
+/// felhom kill itself.
+pub const CRASH_POINTS: bool = cfg!(feature = "crash-points");
+
 /// The test hook for crash-safety tests: `FELHOM_CRASH_AT=<step>:<before|after|undo>` makes
 /// the process SIGKILL itself at that point, exactly like a power cut would: `before` is after
 /// the intent is durable and before the act, `after` is after the act and before `done` is
 /// journaled (for a step observed already done, both fire before `done` is journaled).
+/// Live only in builds with [`CRASH_POINTS`].
 fn crash_point(step: &str, phase: &str) {
-    if let Ok(spec) = std::env::var("FELHOM_CRASH_AT") {
-        if spec.split(',').any(|s| s == format!("{step}:{phase}")) {
-            tracing::warn!(step, phase, "FELHOM_CRASH_AT: killing this process");
-            // SAFETY: kill(2) on our own pid with SIGKILL has no memory-safety preconditions.
-            unsafe {
-                libc::kill(libc::getpid(), libc::SIGKILL);
-            }
+    if crash_requested(
+        std::env::var("FELHOM_CRASH_AT").ok().as_deref(),
+        step,
+        phase,
+    ) {
+        tracing::warn!(step, phase, "FELHOM_CRASH_AT: killing this process");
+        // SAFETY: kill(2) on our own pid with SIGKILL has no memory-safety preconditions.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
         }
+    }
+}
+
+/// Whether `FELHOM_CRASH_AT`'s value asks for a crash at `step:phase` in this build.
+fn crash_requested(spec: Option<&str>, step: &str, phase: &str) -> bool {
+    CRASH_POINTS
+        && spec.is_some_and(|spec| {
+            let point = format!("{step}:{phase}");
+            spec.split(',').any(|s| s == point)
+        })
+}
+
+#[cfg(test)]
+mod crash_point_tests {
+    use super::*;
+
+    /// The hook is live exactly in builds with the feature: `cargo nextest run -p
+    /// felhom-core` builds without it (the value asks, nothing fires), a workspace run
+    /// builds with it (unified with `felhom`'s dev-dependency) and the same value fires.
+    #[test]
+    fn crash_at_fires_only_in_builds_with_crash_points() {
+        let asked = Some("mounts:after,restore:before");
+        assert_eq!(
+            crash_requested(asked, "restore", "before"),
+            cfg!(feature = "crash-points")
+        );
+        assert!(!crash_requested(asked, "restore", "after"));
+        assert!(!crash_requested(None, "restore", "before"));
+    }
+
+    /// Without the feature, the real hook returns with `FELHOM_CRASH_AT` set: this test
+    /// process is still alive to pass.
+    #[cfg(not(feature = "crash-points"))]
+    #[test]
+    fn without_the_feature_the_hook_does_nothing() {
+        // nextest runs each test in its own process; nothing else reads the variable.
+        std::env::set_var("FELHOM_CRASH_AT", "restore:before");
+        // With the hook live, this SIGKILLs the test process and the test fails.
+        crash_point("restore", "before");
     }
 }
 
@@ -578,6 +679,8 @@ async fn drive<S: Step>(cx: &JobCx, step: S, mut attempt: u32) -> Result<Value, 
     let mut retries = 0u32;
     // Retries while PVE was unreachable: they pace the backoff, the connect budget bounds them.
     let mut unreachable_retries = 0u32;
+    // A step intended by an earlier run may have dispatched unseen before that run died.
+    cx.set_dispatch_unsure(attempt > 0);
     loop {
         let outcome = match step.observe(cx).await {
             Ok(Observed::Done(v)) => {
@@ -597,6 +700,7 @@ async fn drive<S: Step>(cx: &JobCx, step: S, mut attempt: u32) -> Result<Value, 
                 cx.set_acting(true);
                 let r = step.act(cx).await;
                 cx.set_acting(false);
+                cx.set_dispatch_unsure(matches!(&r, Err(StepError::Api(e)) if e.maybe_performed()));
                 crash_point(name, "after");
                 r
             }
@@ -724,6 +828,7 @@ async fn roll_back<S: Step>(cx: &JobCx, steps: &[S], error: String) -> Outcome {
             if let Err(e) = &r {
                 crate::metrics::step_error(e);
             }
+            cx.set_dispatch_unsure(matches!(&r, Err(StepError::Api(e)) if e.maybe_performed()));
             match r {
                 Ok(()) => break,
                 Err(e) if e.is_transient() && retries < cx.backoff.max_attempts => {

@@ -10,6 +10,9 @@ use crate::job::{JobCx, Observed, StepError};
 
 pub(super) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
     let vmid = cx.vmid()?;
+    // A destroy whose answer was lost (a 595) may still be freeing the volumes: a second
+    // DELETE would meet its lock.
+    cx.settle_lost_dispatch(vmid, &["vzdestroy"]).await?;
     Ok(match present(cx, vmid).await? {
         None => Observed::Done(json!({ "present": false })),
         Some(_) => Observed::NotDone,

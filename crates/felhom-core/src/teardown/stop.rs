@@ -9,6 +9,8 @@ use crate::job::{JobCx, Observed, StepError};
 
 pub(super) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
     let vmid = cx.vmid()?;
+    // A stop whose answer was lost (a 595) may still be stopping the guest.
+    cx.settle_lost_dispatch(vmid, &["vzstop"]).await?;
     if present(cx, vmid).await?.is_none() {
         return Ok(Observed::Done(json!({ "present": false })));
     }

@@ -360,7 +360,12 @@ async fn api_entry(
                 }
                 params.insert(k.clone(), v.clone());
             }
-            dispatch(&sim, route, who, params.clone()).await
+            let result = dispatch(&sim, route, who, params.clone()).await;
+            if result.is_ok() && answer_lost(&sim, route) {
+                log_request(&sim, method.as_str(), &path, &params, 595);
+                return proxy_timeout_response();
+            }
+            result
         }
     };
     let status = result.as_ref().map(|_| 200).unwrap_or_else(|e| e.status);
@@ -375,6 +380,50 @@ async fn api_entry(
         }
         Err(e) => error_response(&e),
     }
+}
+
+/// The kind of mutating guest request a route is, as `post_effect_595:<kind>` names it.
+fn request_kind(route: &Route) -> Option<&'static str> {
+    Some(match (route.method, route.path) {
+        ("POST", "/nodes/{node}/lxc") => "restore",
+        ("PUT", "/nodes/{node}/lxc/{vmid}/config") => "config",
+        ("PUT", "/nodes/{node}/lxc/{vmid}/resize") => "resize",
+        ("POST", "/nodes/{node}/lxc/{vmid}/status/start") => "start",
+        ("POST", "/nodes/{node}/lxc/{vmid}/status/stop") => "stop",
+        ("POST", "/nodes/{node}/lxc/{vmid}/status/shutdown") => "shutdown",
+        ("POST", "/nodes/{node}/lxc/{vmid}/status/reboot") => "reboot",
+        ("DELETE", "/nodes/{node}/lxc/{vmid}") => "destroy",
+        _ => return None,
+    })
+}
+
+/// Whether the injected `post_effect_595` fault hides the answer of this request, which
+/// was performed in full (counted).
+fn answer_lost(sim: &Sim, route: &Route) -> bool {
+    let Some(kind) = request_kind(route) else {
+        return false;
+    };
+    if !sim.chance(sim.cfg.faults.post_effect_probability(kind)) {
+        return false;
+    }
+    sim.mutate(|st| {
+        st.counters.faults_injected += 1;
+        st.counters.post_effect_595 += 1;
+    });
+    true
+}
+
+/// What pveproxy answers when its hop to pvedaemon timed out: AnyEvent::HTTP's pseudo-status
+/// 595, the errno text as the reason phrase, an empty body (pve-http-server
+/// `src/PVE/APIServer/AnyEvent.pm` `proxy_request`; audit top #1).
+fn proxy_timeout_response() -> Response {
+    let mut resp = Response::new(axum::body::Body::empty());
+    *resp.status_mut() = StatusCode::from_u16(595).unwrap_or(StatusCode::GATEWAY_TIMEOUT);
+    resp.extensions_mut()
+        .insert(hyper::ext::ReasonPhrase::from_static(
+            b"Connection timed out",
+        ));
+    resp
 }
 
 fn log_request(

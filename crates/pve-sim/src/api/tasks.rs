@@ -96,6 +96,8 @@ pub(crate) fn task_list(sim: &Sim, req: &Req) -> HResult {
             .rev()
             .filter(|t| task_visible(st, &req.who, t))
             .filter(|t| req.get("vmid").is_none_or(|v| v == t.id))
+            // `source=active`: the running tasks only (pve-manager `Tasks.pm`).
+            .filter(|t| req.get("source") != Some("active") || t.status != "stopped")
             .take(limit)
             .map(|t| {
                 let u: Option<pve_api::Upid> = t.upid.parse().ok();
