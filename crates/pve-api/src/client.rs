@@ -93,7 +93,7 @@ pub(crate) fn encode_segment(s: &str) -> String {
 }
 
 /// `reqwest::Error` with its source chain (rustls's pin mismatch lives deep in it).
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -192,7 +192,13 @@ impl PveClient {
         &self.inner.base
     }
 
-    fn url(&self, full_path: &str) -> Result<Url, ApiError> {
+    /// The connection pool (TLS trust, timeouts, the token header) for requests made
+    /// outside this module (`side_channel.rs`).
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.inner.http
+    }
+
+    pub(crate) fn url(&self, full_path: &str) -> Result<Url, ApiError> {
         if !full_path.starts_with('/')
             || full_path.contains("..")
             || full_path.contains(['\n', '\r', '#', '?'])

@@ -16,6 +16,7 @@
 //! | `property_string` | [`PropertyString`], [`NetConfig`], [`MountConfig`], [`Features`], [`MacAddr`], disk sizes | §3.3/§3.4: PVE has no escaping, so unsafe values are refused, never escaped |
 //! | `task` | [`Upid`], [`TaskStatus`], [`WaitOptions`], `wait_task` | §6.3: `WARNINGS: n` is success; a fresh UPID may be invisible for a moment |
 //! | `vmid` | [`Vmid`] | §3.4 `^[1-9][0-9]{2,8}$` |
+//! | `side_channel` | [`SIDE_CHANNEL_HEADER`], `PveClient::side_channel_get`/`_post` | a simulator's `/felhom-sim/*` side channel wants its secret in a header of its own (the `Authorization` header carries the PVE token); the value is marked sensitive |
 //! | `lxc`, `cluster`, `access`, `storage`, `network` | typed endpoints | path inputs (node, storage, disk) are validated before anything is sent |
 //!
 //! What a caller must know about retrying: [`ApiError::is_transient`] says whether trying
@@ -31,6 +32,7 @@ mod error;
 mod lxc;
 mod network;
 mod property_string;
+mod side_channel;
 mod storage;
 mod task;
 pub mod texts;
@@ -48,6 +50,7 @@ pub use property_string::{
     format_disk_size, parse_disk_size, Features, MacAddr, MountConfig, NetConfig, PropertyError,
     PropertyString,
 };
+pub use side_channel::SIDE_CHANNEL_HEADER;
 pub use storage::{PoolInfo, StorageStatus, StorageVolume};
 pub use task::{exit_ok, TaskOutcome, TaskStatus, Upid, UpidError, WaitOptions};
 pub use transport::{CertFingerprint, TlsTrust};

@@ -1,14 +1,27 @@
 //! The simulator's own side channel, outside `/api2` and for loopback peers only: the state
 //! dump tests assert against, the request log the schema conformance test validates, token
 //! creation for narrower tokens, and each guest's SSH endpoint.
+//!
+//! Loopback is not a person: with `--guests lxc` the simulator runs as root, and any local
+//! user could otherwise mint a `root@pam` token, restore a privileged container or replace
+//! felhom's own token. So every route that shows or changes the simulator's state (the
+//! dump, the request log, token minting) also wants the secret of this run: 32 random
+//! bytes, hex, made at every start and written 0600 into `<state-dir>/side-channel.secret`
+//! (`SimHandle::side_channel_secret` for in-process users), presented in the
+//! `X-Felhom-Sim-Secret` header (`pve_api::SIDE_CHANNEL_HEADER`; `Authorization` is the PVE
+//! token's) and compared in constant time. Missing or wrong: 401 before the body is read,
+//! and nothing changes. The one route without it, `guests/{vmid}/ssh`, only names a
+//! loopback port any local user can list (`ss -tln`), and is what felhom's SSH step asks on
+//! its own (`SshEndpoint::Sim`), holding only its PVE token. Faults are set by `--faults` at
+//! start; no route changes them.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Path as AxPath, State as AxState};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
@@ -20,11 +33,40 @@ fn loopback_only(peer: &SocketAddr) -> Option<Response> {
     (!peer.ip().is_loopback()).then(|| (StatusCode::FORBIDDEN, "loopback only").into_response())
 }
 
+/// Loopback, and the side-channel secret of this run in its header (constant-time compare);
+/// otherwise the refusal to send.
+fn authorized(sim: &Sim, peer: &SocketAddr, headers: &HeaderMap) -> Option<Response> {
+    use subtle::ConstantTimeEq;
+    if let Some(r) = loopback_only(peer) {
+        return Some(r);
+    }
+    let given = headers
+        .get(pve_api::SIDE_CHANNEL_HEADER)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if bool::from(given.ct_eq(sim.side_secret.as_bytes())) {
+        return None;
+    }
+    let message = format!(
+        "the simulator's side channel wants the secret of this run (in {}) in the {} header",
+        crate::side_channel_secret_file(&sim.cfg.state_dir).display(),
+        pve_api::SIDE_CHANNEL_HEADER
+    );
+    Some(
+        (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({ "message": message, "data": null })),
+        )
+            .into_response(),
+    )
+}
+
 pub async fn state(
     AxState(sim): AxState<Arc<Sim>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
 ) -> Response {
-    if let Some(r) = loopback_only(&peer) {
+    if let Some(r) = authorized(&sim, &peer, &headers) {
         return r;
     }
     Json(dump(&sim).await).into_response()
@@ -131,8 +173,9 @@ pub async fn dump(sim: &Arc<Sim>) -> Value {
 pub async fn requests(
     AxState(sim): AxState<Arc<Sim>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
 ) -> Response {
-    if let Some(r) = loopback_only(&peer) {
+    if let Some(r) = authorized(&sim, &peer, &headers) {
         return r;
     }
     let reqs = sim
@@ -168,11 +211,17 @@ pub struct AclReq {
 pub async fn tokens(
     AxState(sim): AxState<Arc<Sim>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Json(t): Json<TokenReq>,
+    headers: HeaderMap,
+    body: Bytes,
 ) -> Response {
-    if let Some(r) = loopback_only(&peer) {
+    // The secret first: a refused caller learns nothing from how its body would parse.
+    if let Some(r) = authorized(&sim, &peer, &headers) {
         return r;
     }
+    let t: TokenReq = match serde_json::from_slice(&body) {
+        Ok(t) => t,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("token request: {e}")).into_response(),
+    };
     if !t.userid.contains('@')
         || t.tokenid.is_empty()
         || !t

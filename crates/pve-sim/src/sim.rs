@@ -59,6 +59,8 @@ pub struct Sim {
     /// What the guests are: modelled records or real containers.
     pub(crate) runtime: Arc<dyn GuestRuntime>,
     traits_cache: Mutex<HashMap<(PathBuf, u64), ArchiveTraits>>,
+    /// What a side-channel request must present (`admin.rs`); made fresh at every start.
+    pub(crate) side_secret: String,
 }
 
 pub fn random_uuid() -> String {
@@ -78,16 +80,22 @@ pub fn random_uuid() -> String {
 }
 
 impl Sim {
-    pub fn open(cfg: SimConfig, runtime: Arc<dyn GuestRuntime>) -> Result<Arc<Sim>, String> {
+    pub fn open(
+        cfg: SimConfig,
+        runtime: Arc<dyn GuestRuntime>,
+        side_secret: String,
+    ) -> Result<Arc<Sim>, String> {
         let st = match state::load(&cfg.state_dir)? {
             Some(st) => st,
             None => {
                 let mut st = State::bootstrap(&cfg.node);
                 // The felhom token; its secret goes to a 0600 file, only its hash to the state.
                 let secret = random_uuid();
-                crate::tls::write_private(
-                    &cfg.state_dir.join("felhom-agent.token"),
-                    &format!("{secret}\n"),
+                crate::files::write_atomic(
+                    &cfg.state_dir,
+                    "felhom-agent.token",
+                    format!("{secret}\n").as_bytes(),
+                    0o600,
                 )?;
                 st.tokens.push(state::TokenDef {
                     id: "felhom@pve!agent".into(),
@@ -113,6 +121,7 @@ impl Sim {
             ssh: Mutex::default(),
             runtime,
             traits_cache: Mutex::default(),
+            side_secret,
         }))
     }
 
