@@ -360,5 +360,10 @@ pub fn load(dir: &Path) -> Result<Option<State>, String> {
 /// (`files::write_atomic`); only the simulator's user can read it (it holds token hashes).
 pub fn save(dir: &Path, state: &State) -> Result<(), String> {
     let text = serde_json::to_vec(state).map_err(|e| e.to_string())?;
-    crate::files::write_atomic(dir, "state.json", &text, 0o600)
+    save_bytes(dir, &text)
+}
+
+/// [`save`] of a state already serialised.
+pub fn save_bytes(dir: &Path, json: &[u8]) -> Result<(), String> {
+    crate::files::write_atomic(dir, "state.json", json, 0o600)
 }
