@@ -189,6 +189,13 @@ impl Sim {
                 .gen_bool(p.min(1.0))
     }
 
+    /// A change that need not be durable on its own (the request counters every API call
+    /// bumps): made in memory and persisted with the next [`Sim::mutate`], so that a read
+    /// waits for no fsync. A SIGKILL may lose the counts since the last mutation.
+    pub fn count(&self, f: impl FnOnce(&mut State)) {
+        f(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
     /// Run `f` on the state, then persist it durably before returning (group commit, see
     /// [`Persist`]).
     pub fn mutate<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
