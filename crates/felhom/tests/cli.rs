@@ -154,6 +154,12 @@ fn sim_serve_prints_one_json_line_when_ready() {
     assert_eq!(v["fingerprint"].as_str().map(|f| f.len()), Some(95), "{v}");
     assert!(v["state_dir"].as_str().unwrap().ends_with("sim"), "{v}");
     assert_eq!(v["guests"], "modelled", "{v}");
+    let secret_file = v["side_channel_secret_file"].as_str().expect("secret file");
+    assert_eq!(
+        std::fs::read_to_string(secret_file).unwrap().trim().len(),
+        64,
+        "{v}"
+    );
     // Ready means ready: the config it names is written, and points at the same server.
     assert_eq!(v["config"].as_str(), config.to_str());
     let cfg: toml::Table = std::fs::read_to_string(&config).unwrap().parse().unwrap();

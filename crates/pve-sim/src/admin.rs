@@ -9,7 +9,7 @@
 //! bytes, hex, made at every start and written 0600 into `<state-dir>/side-channel.secret`
 //! (`SimHandle::side_channel_secret` for in-process users), presented in the
 //! `X-Felhom-Sim-Secret` header (`pve_api::SIDE_CHANNEL_HEADER`; `Authorization` is the PVE
-//! token's) and compared in constant time. Missing or wrong: 401 before the body is read,
+//! token's) and compared in constant time. Missing or wrong: 401 before the body is parsed,
 //! and nothing changes. The one route without it, `guests/{vmid}/ssh`, only names a
 //! loopback port any local user can list (`ss -tln`), and is what felhom's SSH step asks on
 //! its own (`SshEndpoint::Sim`), holding only its PVE token. Faults are set by `--faults` at
@@ -34,8 +34,9 @@ fn loopback_only(peer: &SocketAddr) -> Option<Response> {
 }
 
 /// Loopback, and the side-channel secret of this run in its header (constant-time compare);
-/// otherwise the refusal to send.
-fn authorized(sim: &Sim, peer: &SocketAddr, headers: &HeaderMap) -> Option<Response> {
+/// otherwise the refusal to send. Every `/felhom-sim/*` route that shows or changes state
+/// calls it first, before its body is parsed.
+pub(crate) fn authorized(sim: &Sim, peer: &SocketAddr, headers: &HeaderMap) -> Option<Response> {
     use subtle::ConstantTimeEq;
     if let Some(r) = loopback_only(peer) {
         return Some(r);

@@ -254,6 +254,7 @@ async fn serve(args: ServeArgs, format: OutputFormat) -> Result<(), CliError> {
             "golden": (!golden.is_empty()).then_some(&golden),
             "guests": handle.guests().to_string(),
             "config": config,
+            "side_channel_secret_file": std::path::absolute(pve_sim::side_channel_secret_file(&args.state_dir)).ok(),
         })),
         OutputFormat::Human => {
             outln!("pve-sim listening on {}", handle.url);
@@ -264,6 +265,11 @@ async fn serve(args: ServeArgs, format: OutputFormat) -> Result<(), CliError> {
                 outln!("golden archive: {golden}");
             }
             outln!("guests: {}", handle.guests());
+            outln!(
+                "side channel (/felhom-sim/*): send the secret in {} as the {} header",
+                pve_sim::side_channel_secret_file(&args.state_dir).display(),
+                pve_api::SIDE_CHANNEL_HEADER
+            );
             if let Some(path) = config {
                 outln!("felhom config written to {}", path.display());
             }
