@@ -3,6 +3,7 @@
 
 mod common;
 use std::io::{BufRead, Read};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use common::*;
@@ -153,6 +154,12 @@ fn sim_serve_prints_one_json_line_when_ready() {
     assert_eq!(v["fingerprint"].as_str().map(|f| f.len()), Some(95), "{v}");
     assert!(v["state_dir"].as_str().unwrap().ends_with("sim"), "{v}");
     assert_eq!(v["guests"], "modelled", "{v}");
+    let secret_file = v["side_channel_secret_file"].as_str().expect("secret file");
+    assert_eq!(
+        std::fs::read_to_string(secret_file).unwrap().trim().len(),
+        64,
+        "{v}"
+    );
     // Ready means ready: the config it names is written, and points at the same server.
     assert_eq!(v["config"].as_str(), config.to_str());
     let cfg: toml::Table = std::fs::read_to_string(&config).unwrap().parse().unwrap();
@@ -169,6 +176,71 @@ fn sim_serve_prints_one_json_line_when_ready() {
     let mut rest = String::new();
     stdout.read_to_string(&mut rest).unwrap();
     assert!(rest.trim().is_empty(), "only one document: {rest}");
+}
+
+/// `--state-dir` that is a symlink, or a directory of another user, is refused as bad input
+/// (exit 2, one JSON error naming the flag and the rule) before anything is written into it.
+#[test]
+fn sim_serve_refuses_a_symlinked_or_foreign_state_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real");
+    std::fs::create_dir(&real).unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    // SAFETY: no preconditions.
+    let foreign = if unsafe { libc::geteuid() } == 0 {
+        let d = dir.path().join("theirs");
+        std::fs::create_dir(&d).unwrap();
+        std::os::unix::fs::chown(&d, Some(65534), Some(65534)).unwrap();
+        d
+    } else {
+        // Not root: a directory of root's is another user's.
+        PathBuf::from("/")
+    };
+    for (state_dir, rule) in [(&link, "is a symlink"), (&foreign, "is owned by uid")] {
+        let mut child = Command::new(BIN)
+            .args([
+                "--output",
+                "json",
+                "sim",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--state-dir")
+            .arg(state_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A simulator that accepted the dir would serve until stopped: give it 30 s.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "sim serve accepted --state-dir {}: {}",
+                    state_dir.display(),
+                    both(&out)
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{}", both(&out));
+        let v = one_document(&out.stdout, "sim serve error");
+        let e = v["error"].as_str().unwrap();
+        assert!(e.contains("--state-dir") && e.contains(rule), "{v}");
+    }
+    assert_eq!(
+        std::fs::read_dir(&real).unwrap().count(),
+        0,
+        "nothing written through the link"
+    );
+    if foreign != Path::new("/") {
+        assert_eq!(std::fs::read_dir(&foreign).unwrap().count(), 0);
+    }
 }
 
 #[test]

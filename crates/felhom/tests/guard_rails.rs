@@ -22,12 +22,10 @@ fn rt() -> tokio::runtime::Runtime {
 
 /// A config for `sim` using a token made with exactly `acl`.
 fn config_with_token(sim: &Sim, name: &str, acl: &Value) -> std::path::PathBuf {
-    let reply: Value = rt()
-        .block_on(client(sim).post_outside_api(
-            "/felhom-sim/tokens",
-            &json!({ "userid": "preflight@pve", "tokenid": name, "privsep": true, "acl": acl }),
-        ))
-        .unwrap();
+    let reply: Value = sim.post(
+        "tokens",
+        &json!({ "userid": "preflight@pve", "tokenid": name, "privsep": true, "acl": acl }),
+    );
     let secret_file = sim.dir.path().join(format!("{name}.token"));
     std::fs::write(&secret_file, reply["secret"].as_str().unwrap()).unwrap();
     std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();

@@ -535,3 +535,158 @@ fn the_real_demo_boots_guests_and_shows_their_identity() {
     assert_eq!(proved.len(), 2, "{proved:?}");
     assert!(stdout.contains("demo: 2 real guest(s) up"), "{stdout}");
 }
+
+/// A live process (a zombie, dead but not yet reaped by init, is not).
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| !matches!(state, 'Z' | 'X'))
+    })
+}
+
+/// The simulator SIGKILLed with a real guest running. As PVE's guests outlive its daemons,
+/// the container, its bridge's dnsmasq and network namespace keep running; the next start
+/// on the same state dir adopts the guest (the same init process: `apply` finds it
+/// unchanged with zero writes, `status` finds no drift through a new SSH forward) and
+/// removes this simulator's namespaces no adopted guest uses. A guest that died while the
+/// simulator was down is not adopted: its bridge's dnsmasq and namespace go, and `apply`
+/// starts it again (FIFOs its disk holds at `/etc/hosts` and `/etc/hostname` fail that start
+/// naming the file and leave the state dump answering, instead of hanging both). A clean
+/// stop then leaves no container, dnsmasq, namespace or veth.
+#[test]
+fn a_killed_simulator_leaves_guests_the_next_start_adopts_and_a_stop_removes_all() {
+    require_real_guest_host();
+    let (golden, _) = cached_golden(&BuildOptions::new("unused.tar.zst"), &[]);
+    let mut sim = Sim::lxc(&golden, 0.05);
+    let sim_id = sim.state()["lxc"]["sim_id"].as_str().unwrap().to_string();
+    let ns = format!("felhom-sim-{sim_id}-vmbr0");
+    let spec_file = sim.write_spec("acme.toml", &spec("acme", "1420", ""));
+    let spec_file = spec_file.to_str().unwrap();
+    let out = sim.felhom(&["--output", "json", "apply", spec_file]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let state = sim.state();
+    let init = sim_guest_pid(&sim, "1420");
+    let dnsmasq = state["lxc"]["bridges"]["vmbr0"]["dnsmasq_pid"]
+        .as_u64()
+        .unwrap();
+
+    // ---- SIGKILL: the guest and its network outlive the simulator ----
+    sim.crash();
+    assert!(alive(init), "the container kept running");
+    assert!(alive(dnsmasq), "its bridge's dnsmasq kept running");
+    assert!(netns_list().contains(&ns), "{}", netns_list());
+    // A namespace a killed run left for a bridge nothing uses now.
+    let stale = format!("felhom-sim-{sim_id}-vmbr9");
+    let o = Command::new("ip")
+        .args(["netns", "add", &stale])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", both(&o));
+
+    // ---- the next start adopts the guest and sweeps the rest ----
+    sim.revive();
+    let state = sim.state();
+    let g = guest(&state, 1420).unwrap();
+    assert_eq!(g["status"], "running", "{g}");
+    assert_eq!(
+        g["lxc"]["init_pid"].as_u64(),
+        Some(init),
+        "adopted, not rebooted"
+    );
+    assert!(!netns_list().contains(&stale), "{}", netns_list());
+    assert!(netns_list().contains(&ns));
+    let dnsmasq2 = state["lxc"]["bridges"]["vmbr0"]["dnsmasq_pid"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        alive(dnsmasq2) && !alive(dnsmasq),
+        "one dnsmasq per bridge: the new run's"
+    );
+    let out = sim.felhom(&["--output", "json", "apply", spec_file]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    assert_eq!(
+        json(&out)["jobs"][0]["outcome"],
+        "unchanged",
+        "{}",
+        both(&out)
+    );
+    assert_eq!(sim.write_count(), 0, "an adopted guest needs no write");
+    let status = sim.felhom(&["--output", "json", "status"]);
+    assert_eq!(status.status.code(), Some(0), "{}", both(&status));
+
+    // ---- killed again, and the guest dies while the simulator is down ----
+    sim.crash();
+    // SAFETY: kill has no memory-safety preconditions; the pid is the guest's init.
+    unsafe { libc::kill(init as i32, libc::SIGKILL) };
+    wait_for("the guest's init to die", Duration::from_secs(30), || {
+        (!alive(init)).then_some(())
+    });
+    sim.revive();
+    let state = sim.state();
+    let g = guest(&state, 1420).unwrap();
+    assert_eq!(g["status"], "stopped");
+    assert!(
+        !netns_list().contains(&ns),
+        "an unused bridge's namespace is removed"
+    );
+    assert!(!alive(dnsmasq2), "and its dnsmasq stopped");
+
+    // ---- FIFOs the guest left at files the dump and the start read: no hang ----
+    let rootfs = PathBuf::from(g["lxc"]["rootfs"].as_str().unwrap());
+    for f in ["etc/hosts", "etc/hostname"] {
+        std::fs::remove_file(rootfs.join(f)).unwrap();
+        let o = Command::new("mkfifo").arg(rootfs.join(f)).output().unwrap();
+        assert!(o.status.success(), "{}", both(&o));
+    }
+    let state = sim.state();
+    assert_eq!(
+        guest(&state, 1420).unwrap()["lxc"]["hostname_file"],
+        Value::Null
+    );
+    let out = sim.felhom(&["--output", "json", "apply", spec_file]);
+    assert_ne!(out.status.code(), Some(0), "{}", both(&out));
+    assert!(
+        both(&out).contains("/etc/hosts is a FIFO, not a regular file"),
+        "the start names the file: {}",
+        both(&out)
+    );
+    std::fs::remove_file(rootfs.join("etc/hosts")).unwrap();
+    std::fs::write(rootfs.join("etc/hosts"), "127.0.0.1 localhost\n").unwrap();
+    std::os::unix::fs::chown(rootfs.join("etc/hosts"), Some(100_000), Some(100_000)).unwrap();
+    let out = sim.felhom(&["--output", "json", "apply", spec_file]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let init2 = sim_guest_pid(&sim, "1420");
+    assert_ne!(init2, init);
+    let dnsmasq3 = sim.state()["lxc"]["bridges"]["vmbr0"]["dnsmasq_pid"]
+        .as_u64()
+        .unwrap();
+
+    // ---- a clean stop: nothing left running ----
+    let st = sim.stop().expect("the simulator was running");
+    assert!(st.success(), "{st}");
+    assert!(!alive(init2), "the container stopped with the simulator");
+    assert!(!alive(dnsmasq3), "dnsmasq stopped");
+    assert!(
+        !netns_list().contains(&format!("felhom-sim-{sim_id}-")),
+        "{}",
+        netns_list()
+    );
+    let o = Command::new("ip")
+        .args(["-j", "link", "show"])
+        .output()
+        .unwrap();
+    let host_links: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let peers: Vec<&str> = host_links
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["ifname"].as_str())
+        .filter(|n| n.starts_with("fh") && n.len() == 15)
+        .collect();
+    assert!(peers.is_empty(), "{peers:?}");
+    assert!(
+        entries(&sim.state_dir.join("lxc/run/lxc/lock")).is_empty(),
+        "no LXC lock files"
+    );
+}

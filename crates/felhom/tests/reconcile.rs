@@ -40,13 +40,11 @@ fn client_for(config: &std::path::Path) -> pve_api::PveClient {
 /// simulator's loopback admin endpoint): someone other than felhom changing PVE.
 fn admin(sim: &Sim) -> pve_api::PveClient {
     use std::os::unix::fs::PermissionsExt;
-    let reply: Value = rt()
-        .block_on(client_for(&sim.config).post_outside_api(
-            "/felhom-sim/tokens",
-            &json!({ "userid": "admin@pve", "tokenid": "root", "privsep": false,
-                     "acl": [{ "path": "/", "privs": ADMIN_PRIVS }] }),
-        ))
-        .unwrap();
+    let reply: Value = sim.post(
+        "tokens",
+        &json!({ "userid": "admin@pve", "tokenid": "root", "privsep": false,
+                 "acl": [{ "path": "/", "privs": ADMIN_PRIVS }] }),
+    );
     let secret = sim.dir.path().join("admin.token");
     std::fs::write(&secret, reply["secret"].as_str().unwrap()).unwrap();
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();

@@ -36,7 +36,7 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 16 << 20;
 
 /// The cap for the simulator's side channel (`/felhom-sim/*`: state dumps and request logs
 /// of a whole benchmark run, tens of MB), which is test tooling, not PVE.
-const OUTSIDE_API_MAX_BODY_BYTES: u64 = 1 << 30;
+pub(crate) const OUTSIDE_API_MAX_BODY_BYTES: u64 = 1 << 30;
 
 impl fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -121,7 +121,7 @@ pub(crate) fn encode_segment(s: &str) -> String {
 }
 
 /// `reqwest::Error` with its source chain (rustls's pin mismatch lives deep in it).
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -277,7 +277,13 @@ impl PveClient {
         &self.inner.base
     }
 
-    fn url(&self, full_path: &str) -> Result<Url, ApiError> {
+    /// The connection pool (TLS trust, timeouts, the token header) for requests made
+    /// outside this module (`side_channel.rs`).
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.inner.http
+    }
+
+    pub(crate) fn url(&self, full_path: &str) -> Result<Url, ApiError> {
         if !full_path.starts_with('/')
             || full_path.contains("..")
             || full_path.contains(['\n', '\r', '#', '?'])
@@ -491,7 +497,7 @@ impl PveClient {
 /// A response body, read chunk by chunk and given up as soon as it passes `limit` bytes (a
 /// `Content-Length` above it is refused before any byte is read), so a hostile server can
 /// never make the client hold more than `limit` plus one chunk.
-async fn read_capped(
+pub(crate) async fn read_capped(
     mut resp: reqwest::Response,
     method: &Method,
     full_path: &str,

@@ -17,6 +17,7 @@
 //! | `task` | [`Upid`], [`TaskStatus`], [`WaitOptions`], `wait_task` | §6.3: `WARNINGS: n` is success; a fresh UPID may be invisible for a moment |
 //! | `observe` | [`Observer`], `endpoint_template` | the hook a caller's metrics hang on ([`PveClient::set_observer`]); endpoints as bounded route templates, never raw ids |
 //! | `vmid` | [`Vmid`] | §3.4 `^[1-9][0-9]{2,8}$` |
+//! | `side_channel` | [`SIDE_CHANNEL_HEADER`], `PveClient::side_channel_get`/`_post` | a simulator's `/felhom-sim/*` side channel wants its secret in a header of its own (the `Authorization` header carries the PVE token); the value is marked sensitive |
 //! | `lxc`, `cluster`, `access`, `storage`, `network` | typed endpoints (`lxc_clone` returns the UPID; `lxc_template` finds the task PVE does not return; `cluster_resources` typed) | path inputs (node, storage, disk) are validated before anything is sent |
 //!
 //! What a caller must know about retrying: [`ApiError::is_transient`] says whether trying
@@ -33,6 +34,7 @@ mod lxc;
 mod network;
 pub mod observe;
 mod property_string;
+mod side_channel;
 mod storage;
 mod task;
 pub mod texts;
@@ -51,6 +53,7 @@ pub use property_string::{
     format_disk_size, parse_disk_size, Features, MacAddr, MountConfig, NetConfig, PropertyError,
     PropertyString,
 };
+pub use side_channel::SIDE_CHANNEL_HEADER;
 pub use storage::{PoolInfo, StorageStatus, StorageVolume};
 pub use task::{exit_ok, TaskOutcome, TaskStatus, Upid, UpidError, WaitOptions};
 pub use transport::{CertFingerprint, TlsTrust};

@@ -2,14 +2,27 @@
 //! dump tests assert against, the request log the schema conformance test validates, token
 //! creation for narrower tokens, storages of other types (to exercise what clones and
 //! templates may do on them), and each guest's SSH endpoint.
+//!
+//! Loopback is not a person: with `--guests lxc` the simulator runs as root, and any local
+//! user could otherwise mint a `root@pam` token, restore a privileged container or replace
+//! felhom's own token. So every route that shows or changes the simulator's state (the
+//! dump, the request log, token minting, storages) also wants the secret of this run: 32 random
+//! bytes, hex, made at every start and written 0600 into `<state-dir>/side-channel.secret`
+//! (`SimHandle::side_channel_secret` for in-process users), presented in the
+//! `X-Felhom-Sim-Secret` header (`pve_api::SIDE_CHANNEL_HEADER`; `Authorization` is the PVE
+//! token's) and compared in constant time. Missing or wrong: 401 before the body is parsed,
+//! and nothing changes. The one route without it, `guests/{vmid}/ssh`, only names a
+//! loopback port any local user can list (`ss -tln`), and is what felhom's SSH step asks on
+//! its own (`SshEndpoint::Sim`), holding only its PVE token. Faults are set by `--faults` at
+//! start; no route changes them.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Path as AxPath, State as AxState};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
@@ -21,11 +34,41 @@ fn loopback_only(peer: &SocketAddr) -> Option<Response> {
     (!peer.ip().is_loopback()).then(|| (StatusCode::FORBIDDEN, "loopback only").into_response())
 }
 
+/// Loopback, and the side-channel secret of this run in its header (constant-time compare);
+/// otherwise the refusal to send. Every `/felhom-sim/*` route that shows or changes state
+/// calls it first, before its body is parsed.
+pub(crate) fn authorized(sim: &Sim, peer: &SocketAddr, headers: &HeaderMap) -> Option<Response> {
+    use subtle::ConstantTimeEq;
+    if let Some(r) = loopback_only(peer) {
+        return Some(r);
+    }
+    let given = headers
+        .get(pve_api::SIDE_CHANNEL_HEADER)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if bool::from(given.ct_eq(sim.side_secret.as_bytes())) {
+        return None;
+    }
+    let message = format!(
+        "the simulator's side channel wants the secret of this run (in {}) in the {} header",
+        crate::side_channel_secret_file(&sim.cfg.state_dir).display(),
+        pve_api::SIDE_CHANNEL_HEADER
+    );
+    Some(
+        (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({ "message": message, "data": null })),
+        )
+            .into_response(),
+    )
+}
+
 pub async fn state(
     AxState(sim): AxState<Arc<Sim>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
 ) -> Response {
-    if let Some(r) = loopback_only(&peer) {
+    if let Some(r) = authorized(&sim, &peer, &headers) {
         return r;
     }
     Json(dump(&sim).await).into_response()
@@ -132,8 +175,9 @@ pub async fn dump(sim: &Arc<Sim>) -> Value {
 pub async fn requests(
     AxState(sim): AxState<Arc<Sim>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
 ) -> Response {
-    if let Some(r) = loopback_only(&peer) {
+    if let Some(r) = authorized(&sim, &peer, &headers) {
         return r;
     }
     let reqs = sim
@@ -164,9 +208,10 @@ const STORAGE_TYPES: &[&str] = &[
 pub async fn storages(
     AxState(sim): AxState<Arc<Sim>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Json(s): Json<StorageReq>,
 ) -> Response {
-    if let Some(r) = loopback_only(&peer) {
+    if let Some(r) = authorized(&sim, &peer, &headers) {
         return r;
     }
     let id_ok = s.id.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
@@ -222,11 +267,17 @@ pub struct AclReq {
 pub async fn tokens(
     AxState(sim): AxState<Arc<Sim>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Json(t): Json<TokenReq>,
+    headers: HeaderMap,
+    body: Bytes,
 ) -> Response {
-    if let Some(r) = loopback_only(&peer) {
+    // The secret first: a refused caller learns nothing from how its body would parse.
+    if let Some(r) = authorized(&sim, &peer, &headers) {
         return r;
     }
+    let t: TokenReq = match serde_json::from_slice(&body) {
+        Ok(t) => t,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("token request: {e}")).into_response(),
+    };
     if !t.userid.contains('@')
         || t.tokenid.is_empty()
         || !t

@@ -15,6 +15,7 @@ mod auth;
 mod clone;
 mod error;
 mod faults;
+mod files;
 mod guest;
 pub mod invariants;
 mod locks;
@@ -52,6 +53,10 @@ pub struct SimConfig {
 pub enum SimError {
     #[error("simulator state: {0}")]
     State(String),
+    /// The state dir is a symlink, not a directory, or another user's (bad input: nothing
+    /// was started or written).
+    #[error("{0}")]
+    StateDir(String),
     #[error("simulator TLS: {0}")]
     Tls(String),
     #[error("simulator guest runtime: {0}")]
@@ -91,6 +96,13 @@ impl SimHandle {
         admin::dump(&self.sim).await
     }
 
+    /// The side-channel secret of this run (also in [`side_channel_secret_file`]), for
+    /// in-process users; a request to `/felhom-sim/*` presents it in
+    /// [`pve_api::SIDE_CHANNEL_HEADER`].
+    pub fn side_channel_secret(&self) -> &str {
+        &self.sim.side_secret
+    }
+
     /// Which runtime the guests use.
     pub fn guests(&self) -> RuntimeKind {
         self.sim.runtime.kind()
@@ -102,11 +114,43 @@ pub fn dump_dir(state_dir: &Path, storage: &str) -> PathBuf {
     state_dir.join("storage").join(storage).join("dump")
 }
 
-/// Start a simulator: load (or bootstrap) the state, finish tasks a previous run left, and
-/// serve HTTPS.
+/// The file in the state dir holding the side-channel secret of the running simulator
+/// (mode 0600, rewritten at every start): what tests, benches and scripts present in
+/// [`pve_api::SIDE_CHANNEL_HEADER`] to reach `/felhom-sim/*`.
+pub fn side_channel_secret_file(state_dir: &Path) -> PathBuf {
+    state_dir.join(SIDE_CHANNEL_SECRET_FILE)
+}
+
+/// The name of [`side_channel_secret_file`] in the state dir.
+pub const SIDE_CHANNEL_SECRET_FILE: &str = "side-channel.secret";
+
+/// Read the side-channel secret a simulator on `state_dir` wrote (never through a symlink).
+pub fn read_side_channel_secret(state_dir: &Path) -> Result<String, SimError> {
+    let p = side_channel_secret_file(state_dir);
+    let bytes = files::read(&p, 4096)
+        .map_err(SimError::State)?
+        .ok_or_else(|| {
+            SimError::State(format!(
+                "{}: missing (is the simulator running?)",
+                p.display()
+            ))
+        })?;
+    Ok(String::from_utf8_lossy(&bytes).trim().to_string())
+}
+
+/// Create the state dir private if it is missing (0700, or 0711 for the lxc runtime's
+/// guests), and refuse one that is a symlink, not a directory, or another user's
+/// ([`SimError::StateDir`]). [`start`] does this first; a caller that puts files in the
+/// state dir before starting (a golden) calls it before that.
+pub fn prepare_state_dir(state_dir: &Path, guests: RuntimeKind) -> Result<(), SimError> {
+    files::prepare_state_dir(state_dir, files::state_dir_mode(guests == RuntimeKind::Lxc))
+        .map_err(SimError::StateDir)
+}
+
+/// Start a simulator: check the state dir, load (or bootstrap) the state, write a fresh
+/// side-channel secret, finish tasks a previous run left, and serve HTTPS.
 pub async fn start(cfg: SimConfig) -> Result<SimHandle, SimError> {
-    std::fs::create_dir_all(&cfg.state_dir)
-        .map_err(|e| SimError::State(format!("{}: {e}", cfg.state_dir.display())))?;
+    prepare_state_dir(&cfg.state_dir, cfg.guests)?;
     std::fs::create_dir_all(dump_dir(&cfg.state_dir, "local"))
         .map_err(|e| SimError::State(e.to_string()))?;
     let cert = tls::load_or_create(&cfg.state_dir).map_err(SimError::Tls)?;
@@ -114,7 +158,16 @@ pub async fn start(cfg: SimConfig) -> Result<SimHandle, SimError> {
     let runtime = tokio::task::spawn_blocking(move || runtime::open(kind, &dir))
         .await
         .map_err(|e| SimError::State(e.to_string()))??;
-    let sim = sim::Sim::open(cfg.clone(), runtime).map_err(SimError::State)?;
+    // 32 random bytes, hex: the side channel's secret for this run, readable by its owner.
+    let side_secret = hex::encode(rand::random::<[u8; 32]>());
+    files::write_atomic(
+        &cfg.state_dir,
+        SIDE_CHANNEL_SECRET_FILE,
+        format!("{side_secret}\n").as_bytes(),
+        0o600,
+    )
+    .map_err(SimError::State)?;
+    let sim = sim::Sim::open(cfg.clone(), runtime, side_secret).map_err(SimError::State)?;
     sim.reconcile_runtime().await;
     sim.resume_tasks();
 

@@ -62,6 +62,24 @@ pub struct Sim {
     /// What the guests are: modelled records or real containers.
     pub(crate) runtime: Arc<dyn GuestRuntime>,
     traits_cache: Mutex<HashMap<(PathBuf, u64), ArchiveTraits>>,
+    /// What a side-channel request must present (`admin.rs`); made fresh at every start.
+    pub(crate) side_secret: String,
+    persist: Persist,
+}
+
+/// Group commit of `state.json`. Every mutation is durable before `mutate` returns (write,
+/// fsync, rename, fsync of the directory: `state::save_bytes`), but an fsync costs tens of
+/// milliseconds on a virtual disk and every API request mutates the counters, so one fsync
+/// must serve many mutations: each mutation leaves its snapshot in `pending` (newer replaces
+/// older, in the order the state lock gave them), and whoever then holds `written` writes the
+/// newest pending snapshot, which covers every mutation before it. Lock order: `state` →
+/// `pending`, `written` → `pending`; `state` is never held while writing.
+#[derive(Default)]
+struct Persist {
+    seq: std::sync::atomic::AtomicU64,
+    pending: Mutex<Option<(u64, Vec<u8>)>>,
+    /// The sequence number of the newest snapshot on disk.
+    written: Mutex<u64>,
 }
 
 pub fn random_uuid() -> String {
@@ -81,16 +99,22 @@ pub fn random_uuid() -> String {
 }
 
 impl Sim {
-    pub fn open(cfg: SimConfig, runtime: Arc<dyn GuestRuntime>) -> Result<Arc<Sim>, String> {
+    pub fn open(
+        cfg: SimConfig,
+        runtime: Arc<dyn GuestRuntime>,
+        side_secret: String,
+    ) -> Result<Arc<Sim>, String> {
         let st = match state::load(&cfg.state_dir)? {
             Some(st) => st,
             None => {
                 let mut st = State::bootstrap(&cfg.node);
                 // The felhom token; its secret goes to a 0600 file, only its hash to the state.
                 let secret = random_uuid();
-                crate::tls::write_private(
-                    &cfg.state_dir.join("felhom-agent.token"),
-                    &format!("{secret}\n"),
+                crate::files::write_atomic(
+                    &cfg.state_dir,
+                    "felhom-agent.token",
+                    format!("{secret}\n").as_bytes(),
+                    0o600,
                 )?;
                 st.tokens.push(state::TokenDef {
                     id: "felhom@pve!agent".into(),
@@ -116,6 +140,8 @@ impl Sim {
             ssh: Mutex::default(),
             runtime,
             traits_cache: Mutex::default(),
+            side_secret,
+            persist: Persist::default(),
         }))
     }
 
@@ -166,15 +192,59 @@ impl Sim {
                 .gen_bool(p.min(1.0))
     }
 
-    /// Run `f` on the state, then persist it (atomic write and rename).
+    /// A change that need not be durable on its own (the request counters every API call
+    /// bumps): made in memory and persisted with the next [`Sim::mutate`], so that a read
+    /// waits for no fsync. A SIGKILL may lose the counts since the last mutation.
+    pub fn count(&self, f: impl FnOnce(&mut State)) {
+        f(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// Run `f` on the state, then persist it durably before returning (group commit, see
+    /// [`Persist`]).
     pub fn mutate<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let r = f(&mut st);
-        if self.stopping.load(Ordering::SeqCst) {
+        let seq;
+        let r;
+        {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            r = f(&mut st);
+            if self.stopping.load(Ordering::SeqCst) {
+                return r;
+            }
+            let bytes = match serde_json::to_vec(&*st) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot serialise simulator state");
+                    return r;
+                }
+            };
+            seq = self.persist.seq.fetch_add(1, Ordering::SeqCst) + 1;
+            *self
+                .persist
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some((seq, bytes));
+        }
+        let mut written = self
+            .persist
+            .written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if *written >= seq || self.stopping.load(Ordering::SeqCst) {
+            // A later snapshot, written by another caller, covers this change; or the
+            // simulator stopped, and a new one may own the state dir now.
             return r;
         }
-        if let Err(e) = state::save(&self.cfg.state_dir, &st) {
-            tracing::error!(error = %e, "cannot persist simulator state");
+        let newest = self
+            .persist
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some((s, bytes)) = newest {
+            if let Err(e) = state::save_bytes(&self.cfg.state_dir, &bytes) {
+                tracing::error!(error = %e, "cannot persist simulator state");
+            }
+            *written = s;
         }
         r
     }
@@ -249,7 +319,8 @@ impl Sim {
 
     /// At start: guests the state says are running keep running only if the runtime still
     /// runs them (a killed simulator leaves real containers up; a stopped one took them
-    /// down); storage of volumes the state no longer has is removed.
+    /// down); storage of volumes the state no longer has is removed; then the runtime
+    /// sweeps what the killed run left that nothing adopted uses (`GuestRuntime::sweep`).
     pub async fn reconcile_runtime(self: &Arc<Self>) {
         let rt = self.runtime.clone();
         let (running, bridges, keep) = self.read(|st| {
@@ -266,15 +337,18 @@ impl Sim {
                     .collect::<Vec<_>>(),
             )
         });
+        let known: Vec<u32> = self.read(|st| st.guests.keys().copied().collect());
         let stopped = tokio::task::spawn_blocking(move || {
             if let Err(e) = rt.collect_volumes(&keep) {
                 tracing::warn!(error = %e, "cannot remove a volume directory");
             }
-            running
+            let stopped = running
                 .into_iter()
                 .filter(|(vmid, conf)| !rt.adopt(*vmid, conf, &bridges))
                 .map(|(vmid, _)| vmid)
-                .collect::<Vec<u32>>()
+                .collect::<Vec<u32>>();
+            rt.sweep(&known);
+            stopped
         })
         .await
         .unwrap_or_default();
@@ -295,5 +369,46 @@ impl Sim {
             .unwrap_or_else(|p| p.into_inner())
             .get(&vmid)
             .map(|e| e.port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Group commit: mutations from many threads at once all reach `state.json` (the file
+    /// after the last one returns is the state in memory), with fewer writes than mutations
+    /// allowed but never a lost one.
+    #[test]
+    fn every_mutation_is_on_disk_when_mutate_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SimConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            state_dir: dir.path().to_path_buf(),
+            node: "pve".into(),
+            faults: Default::default(),
+            time_scale: 1.0,
+            guests: Default::default(),
+        };
+        let rt = crate::runtime::open(Default::default(), dir.path()).unwrap();
+        let sim = Sim::open(cfg, rt, "s".into()).unwrap();
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..25 {
+                        let mine = sim.mutate(|st| {
+                            st.counters.requests += 1;
+                            st.counters.requests
+                        });
+                        // What this thread just did is on disk already (or a later state).
+                        let on_disk = state::load(dir.path()).unwrap().unwrap();
+                        assert!(on_disk.counters.requests >= mine);
+                    }
+                });
+            }
+        });
+        let on_disk = state::load(dir.path()).unwrap().unwrap();
+        assert_eq!(on_disk.counters.requests, 200);
+        assert_eq!(sim.read(|st| st.counters.requests), 200);
     }
 }

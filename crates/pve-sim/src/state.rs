@@ -1,5 +1,5 @@
 //! The simulator's persistent state: nodes' storages, volumes, guests, tasks, users, tokens,
-//! roles, ACLs, pools and DHCP leases. Saved as JSON (write + rename) after every mutation.
+//! roles, ACLs, pools and DHCP leases. Saved as JSON after every mutation (write, fsync, rename, fsync of the directory).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -380,19 +380,22 @@ pub fn state_file(dir: &Path) -> PathBuf {
 
 pub fn load(dir: &Path) -> Result<Option<State>, String> {
     let p = state_file(dir);
-    if !p.exists() {
+    let Some(text) = crate::files::read(&p, u64::MAX)? else {
         return Ok(None);
-    }
-    let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-    serde_json::from_str(&text)
+    };
+    serde_json::from_slice(&text)
         .map(Some)
         .map_err(|e| format!("{}: {e}", p.display()))
 }
 
+/// Write the state durably: beside `state.json`, fsync, rename, fsync of the directory
+/// (`files::write_atomic`); only the simulator's user can read it (it holds token hashes).
 pub fn save(dir: &Path, state: &State) -> Result<(), String> {
-    let p = state_file(dir);
-    let tmp = dir.join("state.json.tmp");
     let text = serde_json::to_vec(state).map_err(|e| e.to_string())?;
-    std::fs::write(&tmp, text).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, &p).map_err(|e| format!("{}: {e}", p.display()))
+    save_bytes(dir, &text)
+}
+
+/// [`save`] of a state already serialised.
+pub fn save_bytes(dir: &Path, json: &[u8]) -> Result<(), String> {
+    crate::files::write_atomic(dir, "state.json", json, 0o600)
 }

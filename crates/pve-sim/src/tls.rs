@@ -30,9 +30,12 @@ fn pem_to_der(pem: &str) -> Result<Vec<u8>, String> {
 pub fn load_or_create(dir: &Path) -> Result<CertPair, String> {
     let cert_path = dir.join("tls-cert.pem");
     let key_path = dir.join("tls-key.pem");
-    if cert_path.exists() && key_path.exists() {
-        let cert_pem = std::fs::read_to_string(&cert_path).map_err(|e| e.to_string())?;
-        let key_pem = std::fs::read_to_string(&key_path).map_err(|e| e.to_string())?;
+    let text = |p: &Path| -> Result<Option<String>, String> {
+        crate::files::read(p, 1 << 20)?
+            .map(|b| String::from_utf8(b).map_err(|_| format!("{}: not UTF-8", p.display())))
+            .transpose()
+    };
+    if let (Some(cert_pem), Some(key_pem)) = (text(&cert_path)?, text(&key_path)?) {
         let fingerprint = fingerprint_of_pem(&cert_pem)?;
         return Ok(CertPair {
             cert_pem,
@@ -48,26 +51,12 @@ pub fn load_or_create(dir: &Path) -> Result<CertPair, String> {
     .map_err(|e| e.to_string())?;
     let cert_pem = ck.cert.pem();
     let key_pem = ck.key_pair.serialize_pem();
-    write_private(&key_path, &key_pem)?;
-    std::fs::write(&cert_path, &cert_pem).map_err(|e| e.to_string())?;
+    crate::files::write_atomic(dir, "tls-key.pem", key_pem.as_bytes(), 0o600)?;
+    crate::files::write_atomic(dir, "tls-cert.pem", cert_pem.as_bytes(), 0o644)?;
     let fingerprint = fingerprint_of_pem(&cert_pem)?;
     Ok(CertPair {
         cert_pem,
         key_pem,
         fingerprint,
     })
-}
-
-/// Write a file only its owner can read.
-pub fn write_private(path: &Path, text: &str) -> Result<(), String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    f.write_all(text.as_bytes()).map_err(|e| e.to_string())
 }

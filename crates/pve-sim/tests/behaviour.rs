@@ -1196,3 +1196,100 @@ async fn a_static_address_shows_on_eth0_from_the_start() {
     let v = pve_sim::invariants::check(&env.state().await);
     assert_eq!(v.duplicate_ips, ["192.0.2.10"]);
 }
+
+/// The side channel (`/felhom-sim/*`) wants this run's secret: without it or with a wrong
+/// one, the state dump, the request log and token minting answer 401 and nothing changes
+/// (no token is made). The secret is 64 hex digits in a 0600 file of the state dir, made
+/// fresh at every start: the previous run's no longer opens anything.
+#[tokio::test]
+async fn the_side_channel_refuses_requests_without_the_secret_of_this_run() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::start(0.05, "").await;
+    let file = pve_sim::side_channel_secret_file(env.dir.path());
+    let meta = std::fs::symlink_metadata(&file).unwrap();
+    assert!(meta.is_file());
+    assert_eq!(
+        meta.permissions().mode() & 0o7777,
+        0o600,
+        "{}",
+        file.display()
+    );
+    let secret = std::fs::read_to_string(&file).unwrap().trim().to_string();
+    assert_eq!(secret, env.sim().side_channel_secret());
+    assert!(
+        secret.len() == 64 && secret.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{secret}"
+    );
+    let wrong = format!("{}0", &secret[..63]);
+    let mint = serde_json::json!({ "userid": "root@pam", "tokenid": "mine", "privsep": false,
+        "acl": [{ "path": "/", "privs": ["Sys.Modify", "VM.Allocate"] }] });
+    let refused = |r: Result<serde_json::Value, ApiError>, what: &str| match r {
+        Err(ApiError::Auth { .. }) => {}
+        other => panic!("{what}: expected 401, got {other:?}"),
+    };
+    let c = &env.client;
+    refused(
+        c.get_outside_api("/felhom-sim/state").await,
+        "state, no secret",
+    );
+    refused(
+        c.side_channel_get("/felhom-sim/state", &wrong).await,
+        "state, wrong secret",
+    );
+    refused(
+        c.get_outside_api("/felhom-sim/requests").await,
+        "requests, no secret",
+    );
+    refused(
+        c.side_channel_get("/felhom-sim/requests", "").await,
+        "requests, empty secret",
+    );
+    refused(
+        c.post_outside_api("/felhom-sim/tokens", &mint).await,
+        "tokens, no secret",
+    );
+    refused(
+        c.side_channel_post("/felhom-sim/tokens", &mint, &wrong)
+            .await,
+        "tokens, wrong secret",
+    );
+    // Nothing was minted: no such token in the persisted state.
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.dir.path().join("state.json")).unwrap()).unwrap();
+    let ids: Vec<&str> = state["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["id"].as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        ["felhom@pve!agent"],
+        "no token minted by a refused call"
+    );
+    // With the secret: all three work.
+    assert!(env.state().await["guests"].is_array());
+    assert!(env.requests().await.is_array());
+    let narrow = env
+        .token(
+            "side",
+            serde_json::json!([{ "path": "/", "privs": ["Sys.Audit"] }]),
+        )
+        .await;
+    narrow.version().await.unwrap();
+    // A restart makes a new secret; the old one is refused.
+    let env = env.restart().await;
+    let new = env.sim().side_channel_secret().to_string();
+    assert_ne!(new, secret);
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap().trim(),
+        new,
+        "the file holds the new run's secret"
+    );
+    refused(
+        env.client
+            .side_channel_get("/felhom-sim/state", &secret)
+            .await,
+        "state, the previous run's secret",
+    );
+}

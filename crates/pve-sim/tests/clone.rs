@@ -59,9 +59,10 @@ async fn admin(env: &Env) -> pve_api::PveClient {
 async fn add_storage(env: &Env, id: &str, ty: &str) {
     let _: Value = env
         .client
-        .post_outside_api(
+        .side_channel_post(
             "/felhom-sim/storages",
             &json!({ "id": id, "type": ty, "content": ["rootdir", "images"] }),
+            env.sim().side_channel_secret(),
         )
         .await
         .unwrap();

@@ -70,12 +70,13 @@ async fn lxc_runtime_sizes_restores_templates_and_clones_on_disk() {
     let secret = std::fs::read_to_string(dir.path().join("felhom-agent.token")).unwrap();
     let felhom = client_for(&sim, "felhom@pve!agent", secret.trim());
     let reply: Value = felhom
-        .post_outside_api(
+        .side_channel_post(
             "/felhom-sim/tokens",
             &json!({ "userid": "ops@pve", "tokenid": "t", "privsep": true,
                      "acl": [{ "path": "/", "privs": ["VM.Allocate", "VM.Audit", "VM.Backup", "VM.Clone",
                        "VM.Config.Disk", "VM.Config.Network", "VM.Config.Options", "VM.PowerMgmt",
                        "Datastore.AllocateSpace", "Datastore.Audit", "SDN.Use", "Sys.Audit"] }] }),
+            sim.side_channel_secret(),
         )
         .await
         .unwrap();

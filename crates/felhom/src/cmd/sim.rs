@@ -25,7 +25,9 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:8006")]
     pub listen: SocketAddr,
     /// Where the simulator keeps its state; a restart on the same dir keeps guests, volumes
-    /// and tasks.
+    /// and tasks. Created private if missing; a symlink or another user's directory is
+    /// refused. It also holds the side-channel secret (`side-channel.secret`, 0600, new at
+    /// every start) that `/felhom-sim/*` wants in the `X-Felhom-Sim-Secret` header.
     #[arg(long, value_name = "DIR")]
     pub state_dir: PathBuf,
     /// Write a ready felhom config (URL, pinned fingerprint, token file) here.
@@ -212,9 +214,9 @@ pub async fn run(cmd: SimCmd, ctx: &Ctx) -> Result<(), CliError> {
 /// a reader of either may use the other.
 async fn serve(args: ServeArgs, format: OutputFormat) -> Result<(), CliError> {
     let settings = sim_settings(&args).map_err(|e| CliError::bad_input(format!("{e:#}")))?;
-    std::fs::create_dir_all(&args.state_dir)
-        .with_context(|| format!("create {}", args.state_dir.display()))
-        .map_err(|e| CliError::bad_input(format!("{e:#}")))?;
+    // A symlink or another user's directory is refused before anything is put in it.
+    pve_sim::prepare_state_dir(&args.state_dir, settings.guests)
+        .map_err(|e| CliError::bad_input(format!("--state-dir: {e}")))?;
     let golden = match (&args.golden, args.guests) {
         (Some(g), _) => {
             place_golden(&args.state_dir, g).map_err(|e| CliError::bad_input(format!("{e:#}")))?
@@ -253,6 +255,7 @@ async fn serve(args: ServeArgs, format: OutputFormat) -> Result<(), CliError> {
             "golden": (!golden.is_empty()).then_some(&golden),
             "guests": handle.guests().to_string(),
             "config": config,
+            "side_channel_secret_file": std::path::absolute(pve_sim::side_channel_secret_file(&args.state_dir)).ok(),
         })),
         OutputFormat::Human => {
             outln!("pve-sim listening on {}", handle.url);
@@ -263,6 +266,11 @@ async fn serve(args: ServeArgs, format: OutputFormat) -> Result<(), CliError> {
                 outln!("golden archive: {golden}");
             }
             outln!("guests: {}", handle.guests());
+            outln!(
+                "side channel (/felhom-sim/*): send the secret in {} as the {} header",
+                pve_sim::side_channel_secret_file(&args.state_dir).display(),
+                pve_api::SIDE_CHANNEL_HEADER
+            );
             if let Some(path) = config {
                 outln!("felhom config written to {}", path.display());
             }

@@ -198,15 +198,39 @@ impl Sim {
         pve_api::PveClient::new(cfg.client).expect("client")
     }
 
-    /// `GET /felhom-sim/<what>` over the same pinned HTTPS as felhom uses.
+    /// The side-channel secret the running simulator wrote into its state dir (new at every
+    /// start).
+    pub fn side_secret(&self) -> String {
+        pve_sim::read_side_channel_secret(&self.state_dir).expect("the side-channel secret")
+    }
+
+    /// `GET /felhom-sim/<what>` over the same pinned HTTPS as felhom uses, with the
+    /// side-channel secret.
     pub fn get(&self, what: &str) -> Value {
         let client = self.client();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
-        rt.block_on(client.get_outside_api::<Value>(&format!("/felhom-sim/{what}")))
-            .expect("sim state endpoint")
+        rt.block_on(
+            client.side_channel_get::<Value>(&format!("/felhom-sim/{what}"), &self.side_secret()),
+        )
+        .expect("sim state endpoint")
+    }
+
+    /// `POST /felhom-sim/<what>` with a JSON body and the side-channel secret.
+    pub fn post(&self, what: &str, body: &Value) -> Value {
+        let client = self.client();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(client.side_channel_post::<Value>(
+            &format!("/felhom-sim/{what}"),
+            body,
+            &self.side_secret(),
+        ))
+        .expect("sim side channel")
     }
 
     pub fn state(&self) -> Value {

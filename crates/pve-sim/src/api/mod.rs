@@ -313,7 +313,7 @@ async fn api_entry(
     };
     let path = if path.is_empty() { "/" } else { path }.to_string();
     let writes = method != Method::GET;
-    sim.mutate(|st| {
+    sim.count(|st| {
         st.counters.requests += 1;
         if writes {
             st.counters.writes += 1;

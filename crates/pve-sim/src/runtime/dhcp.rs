@@ -10,6 +10,44 @@ use super::netns;
 use super::proc::{alive, cmd, describe};
 use super::{io_err, RuntimeError};
 
+/// Stop the dnsmasq a killed simulator left for a bridge (found by its pid file, and only if
+/// that process serves `lease_file`: a recycled pid is left alone), and remove the pid file.
+fn stop_left_over(pid_file: &Path, lease_file: &Path) {
+    let Ok(text) = std::fs::read_to_string(pid_file) else {
+        return;
+    };
+    if let Ok(pid) = text.trim().parse::<i32>() {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let ours = String::from_utf8_lossy(&cmdline).contains(&*lease_file.to_string_lossy());
+        if ours {
+            // SAFETY: kill has no memory-safety preconditions; the process is our dnsmasq.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+            for _ in 0..100 {
+                if !alive(pid) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+    let _ = std::fs::remove_file(pid_file);
+}
+
+/// Stop every dnsmasq a killed simulator left in `dir` for a bridge not in `keep`.
+pub fn stop_left_over_except(dir: &Path, keep: &[String]) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(bridge) = name.strip_suffix(".pid") else {
+            continue;
+        };
+        if !keep.iter().any(|k| k == bridge) {
+            stop_left_over(&e.path(), &dir.join(format!("{bridge}.leases")));
+        }
+    }
+}
+
 /// One lease line of dnsmasq's lease file: `expiry mac ip hostname client-id`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Lease {
@@ -70,27 +108,7 @@ impl Dnsmasq {
     }
 
     fn stop_stale(&self) {
-        let Ok(text) = std::fs::read_to_string(&self.pid_file) else {
-            return;
-        };
-        let Ok(pid) = text.trim().parse::<i32>() else {
-            return;
-        };
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let ours = String::from_utf8_lossy(&cmdline).contains(&*self.lease_file.to_string_lossy());
-        if ours {
-            // SAFETY: kill has no memory-safety preconditions; the process is our dnsmasq.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
-            for _ in 0..100 {
-                if !alive(pid) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-        let _ = std::fs::remove_file(&self.pid_file);
+        stop_left_over(&self.pid_file, &self.lease_file);
     }
 
     fn spawn(&mut self) -> Result<(), RuntimeError> {

@@ -191,6 +191,9 @@ pub(crate) trait GuestRuntime: Send + Sync {
     /// Blocking. After a simulator restart: does this guest the state says runs still run?
     /// If so the runtime takes it over again.
     fn adopt(&self, vmid: u32, config: &Conf, bridges: &[String]) -> bool;
+    /// Blocking. After the adoptions of a restart: remove what a killed previous run left
+    /// that no adopted guest uses (`known`: every VMID the state has). Nothing by default.
+    fn sweep(&self, _known: &[u32]) {}
     /// Blocking. The simulator stops: what the runtime runs stops with it.
     fn shutdown(&self);
 }

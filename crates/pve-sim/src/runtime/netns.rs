@@ -15,6 +15,17 @@ pub fn path(name: &str) -> PathBuf {
     PathBuf::from("/run/netns").join(name)
 }
 
+/// The names of the pinned network namespaces that start with `prefix`.
+pub fn named_with_prefix(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
 pub fn exists(name: &str) -> bool {
     path(name).exists()
 }

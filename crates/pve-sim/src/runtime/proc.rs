@@ -144,9 +144,17 @@ impl Drop for GroupGuard {
     }
 }
 
-/// Is `pid` a live process?
+/// Is `pid` a live process? A zombie (dead, not yet reaped: a killed simulator's children
+/// are reparented to an init that reaps when it gets to it) is not.
 pub fn alive(pid: i32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // `pid (comm) S …`: the state follows the last ')' (comm may contain one).
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| !matches!(state, 'Z' | 'X')),
+        Err(_) => false,
+    }
 }
 
 pub fn is_root() -> bool {

@@ -100,14 +100,49 @@ impl GuestRoot {
         Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
     }
 
-    /// A small text file of the guest; `None` if it does not exist.
+    /// Open an existing file of the guest for reading without blocking (a FIFO or a device
+    /// planted there by the guest opens at once instead of hanging the caller), and only if
+    /// it is a regular file: anything else is an error naming the path and what it is.
+    fn open_regular(&self, path: &str) -> std::io::Result<std::fs::File> {
+        let fd = self.resolve(path, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY, 0)?;
+        let f = std::fs::File::from(fd);
+        let kind = f.metadata()?.file_type();
+        if kind.is_file() {
+            return Ok(f);
+        }
+        use std::os::unix::fs::FileTypeExt;
+        let what = if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_dir() {
+            "a directory"
+        } else if kind.is_socket() {
+            "a socket"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "a device"
+        } else {
+            "not a file"
+        };
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "the guest's /{} is {what}, not a regular file",
+                path.trim_start_matches('/')
+            ),
+        ))
+    }
+
+    /// A small text file of the guest; `None` if it does not exist; an error if it is not a
+    /// regular file.
     pub fn read(&self, path: &str) -> std::io::Result<Option<String>> {
-        match self.resolve(path, libc::O_RDONLY, 0) {
-            Ok(fd) => {
+        match self.open_regular(path) {
+            Ok(f) => {
                 let mut s = String::new();
-                std::fs::File::from(fd)
-                    .take(1 << 20)
-                    .read_to_string(&mut s)?;
+                f.take(1 << 20).read_to_string(&mut s).map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("the guest's /{}: {e}", path.trim_start_matches('/')),
+                    )
+                })?;
                 Ok(Some(s))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -174,9 +209,9 @@ impl GuestRoot {
         done
     }
 
-    /// Create an empty file unless it exists.
+    /// Create an empty file unless a regular file exists there.
     pub fn touch(&self, path: &str) -> std::io::Result<()> {
-        match self.resolve(path, libc::O_RDONLY, 0) {
+        match self.open_regular(path) {
             Ok(_) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.write(path, "", 0o644),
             Err(e) => Err(e),
@@ -608,6 +643,51 @@ mod tests {
             resolv_conf(s.as_deref(), &n),
             "search a.example b.example\nnameserver 10.0.0.53\nnameserver ::1\n"
         );
+    }
+
+    /// A FIFO (or any non-regular file) the guest left where the setup reads a file: the
+    /// setup fails at once naming the file, instead of waiting forever for a writer; the
+    /// state dump's reads of the guest's files get an error, not a hang.
+    #[test]
+    fn a_fifo_in_the_guest_is_refused_without_blocking() {
+        let host = tempfile::tempdir().unwrap();
+        let rootfs = host.path().join("rootfs");
+        std::fs::create_dir_all(rootfs.join("etc/network")).unwrap();
+        let fifo = std::ffi::CString::new(rootfs.join("etc/hosts").as_os_str().as_encoded_bytes())
+            .unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        // SAFETY: no preconditions.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let root = GuestRoot::open(&rootfs, uid, gid).unwrap();
+        let s = StartSetup {
+            hostname: "acme-app".into(),
+            nics: vec![dhcp("eth0")],
+            ..StartSetup::default()
+        };
+        // On a thread, so a regression shows as a failure, not as a hung test run.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let r = apply(&root, &s).map_err(|e| e.to_string());
+            let read = root.read("etc/hosts").map_err(|e| e.to_string());
+            let _ = tx.send((r, read));
+        });
+        let (r, read) = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the setup returned instead of blocking on the FIFO");
+        let e = r.unwrap_err();
+        assert_eq!(e, "the guest's /etc/hosts is a FIFO, not a regular file");
+        assert_eq!(read.unwrap_err(), e);
+        // `fastboot` as a directory: touch refuses it too.
+        std::fs::remove_file(rootfs.join("etc/hosts")).unwrap();
+        std::fs::remove_file(rootfs.join("fastboot")).unwrap();
+        std::fs::create_dir(rootfs.join("fastboot")).unwrap();
+        let root = GuestRoot::open(&rootfs, uid, gid).unwrap();
+        assert!(root
+            .touch("fastboot")
+            .unwrap_err()
+            .to_string()
+            .contains("/fastboot is a directory"));
     }
 
     #[test]

@@ -107,14 +107,14 @@ impl Env {
 
     pub async fn state(&self) -> serde_json::Value {
         self.client
-            .get_outside_api("/felhom-sim/state")
+            .side_channel_get("/felhom-sim/state", self.sim().side_channel_secret())
             .await
             .unwrap()
     }
 
     pub async fn requests(&self) -> serde_json::Value {
         self.client
-            .get_outside_api("/felhom-sim/requests")
+            .side_channel_get("/felhom-sim/requests", self.sim().side_channel_secret())
             .await
             .unwrap()
     }
@@ -124,7 +124,11 @@ impl Env {
         let body = serde_json::json!({ "userid": "narrow@pve", "tokenid": tokenid, "privsep": true, "acl": acl });
         let reply: serde_json::Value = self
             .client
-            .post_outside_api("/felhom-sim/tokens", &body)
+            .side_channel_post(
+                "/felhom-sim/tokens",
+                &body,
+                self.sim().side_channel_secret(),
+            )
             .await
             .unwrap();
         client_for(

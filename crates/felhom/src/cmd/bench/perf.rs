@@ -128,11 +128,8 @@ async fn one_batch(n: usize, args: &PerfArgs) -> anyhow::Result<Value> {
         .filter(|r| r.outcome == felhom_core::job::Outcome::Succeeded)
         .count();
     let stats = felhom.client.stats().since(&stats0);
-    let state: Value = felhom.client.get_outside_api("/felhom-sim/state").await?;
-    let requests: Value = felhom
-        .client
-        .get_outside_api("/felhom-sim/requests")
-        .await?;
+    let state: Value = sim.get("state").await?;
+    let requests: Value = sim.get("requests").await?;
 
     // Floor: each guest's modelled task chain plus the modelled DHCP delay.
     let dhcp_ms = (1500.0 * args.time_scale) as u64;

@@ -110,11 +110,20 @@ impl SimChild {
             .context("run felhom as a child process")
     }
 
-    /// `GET /felhom-sim/<what>` over the same pinned HTTPS felhom uses.
+    /// The side-channel secret the running simulator wrote into its state dir (a new one
+    /// at every start).
+    pub fn side_secret(&self) -> anyhow::Result<String> {
+        Ok(pve_sim::read_side_channel_secret(
+            &self.dir.path().join("sim"),
+        )?)
+    }
+
+    /// `GET /felhom-sim/<what>` over the same pinned HTTPS felhom uses, with the
+    /// side-channel secret.
     pub async fn get(&self, what: &str) -> anyhow::Result<Value> {
         let client = self.client.as_ref().context("simulator not running")?;
         Ok(client
-            .get_outside_api::<Value>(&format!("/felhom-sim/{what}"))
+            .side_channel_get::<Value>(&format!("/felhom-sim/{what}"), &self.side_secret()?)
             .await?)
     }
 }

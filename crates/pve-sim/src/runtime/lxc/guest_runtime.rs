@@ -161,6 +161,10 @@ impl GuestRuntime for Lxc {
         Lxc::adopt(self, vmid, config, bridges)
     }
 
+    fn sweep(&self, known: &[u32]) {
+        Lxc::sweep(self, known)
+    }
+
     fn shutdown(&self) {
         Lxc::shutdown(self)
     }

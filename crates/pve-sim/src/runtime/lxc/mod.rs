@@ -393,16 +393,57 @@ impl Lxc {
         true
     }
 
-    /// Stop the runtime with the simulator: running containers are killed (a simulator
-    /// that stops takes its guests with it; their rootfs stay), their NICs, the DHCP
-    /// servers and the bridges' network namespaces are removed.
-    pub fn shutdown(&self) {
-        let mut vmids: Vec<u32> = std::fs::read_dir(&self.lxc_path)
+    /// After the adoptions of a restart, what a killed run left and nothing adopted uses:
+    /// containers of VMIDs the state does not have are killed; DHCP servers and network
+    /// namespaces of this simulator for bridges no adopted guest is on are removed.
+    pub fn sweep(&self, known: &[u32]) {
+        for vmid in self.container_dirs() {
+            if known.contains(&vmid) {
+                continue;
+            }
+            if self.running_pid(vmid).is_some() {
+                tracing::warn!(vmid, "stopping a container the state does not have");
+                if let Err(e) = self.kill(vmid) {
+                    tracing::warn!(vmid, error = %e, "cannot stop the container");
+                }
+                self.wait_stopped(vmid, Duration::from_secs(15));
+            }
+            lock(&self.pids).remove(&vmid);
+        }
+        self.sweep_networks();
+    }
+
+    /// Stop the DHCP servers and remove the network namespaces of this simulator (found by
+    /// their pid files and their names) whose bridge is not in use now.
+    fn sweep_networks(&self) {
+        let keep: Vec<String> = lock(&self.bridges).keys().cloned().collect();
+        dhcp::stop_left_over_except(&self.dhcp_dir, &keep);
+        let prefix = netns::name(&self.sim_id, "");
+        for ns in netns::named_with_prefix(&prefix) {
+            if keep.iter().any(|b| ns == netns::name(&self.sim_id, b)) {
+                continue;
+            }
+            if let Err(e) = netns::remove(&ns) {
+                tracing::warn!(error = %e, "cannot remove a network namespace a previous run left");
+            }
+        }
+    }
+
+    /// The VMIDs that have a container directory.
+    fn container_dirs(&self) -> Vec<u32> {
+        std::fs::read_dir(&self.lxc_path)
             .into_iter()
             .flatten()
             .flatten()
             .filter_map(|e| e.file_name().to_str()?.parse().ok())
-            .collect();
+            .collect()
+    }
+
+    /// Stop the runtime with the simulator: running containers are killed (a simulator
+    /// that stops takes its guests with it; their rootfs stay), their NICs, the DHCP
+    /// servers and the bridges' network namespaces are removed.
+    pub fn shutdown(&self) {
+        let mut vmids = self.container_dirs();
         vmids.extend(lock(&self.pids).keys().copied());
         vmids.sort_unstable();
         vmids.dedup();
@@ -431,6 +472,8 @@ impl Lxc {
                 tracing::warn!(error = %e, "cannot remove the network namespace");
             }
         }
+        // And what an earlier, killed run left that this one never adopted.
+        self.sweep_networks();
     }
 }
 
