@@ -28,6 +28,7 @@
 //! | [`TEMPLATE_START`] | pve-container `src/PVE/API2/LXC/Status.pm` `vm_start` (audit top #10) | plain task failure |
 //! | [`not_owner_of_volume`] | pve-container `src/PVE/LXC.pm` `delete_mountpoint_volume` (audit X2) | a plain log line |
 //! | [`resize_foreign_volume`] | pve-container `src/PVE/API2/LXC.pm` `resize_vm` (audit Z3) | plain 500 |
+//! | [`protected`] | pve-guest-common `src/PVE/AbstractConfig.pm` `check_protection`, from pve-container `destroy_vm` and `LXC/Config.pm` `update_pct_config` (audit P3) | plain 500 |
 
 /// A stale `digest` on a config write (pve-common `Tools.pm` `assert_if_modified`).
 pub const CONFIG_MODIFIED: &str =
@@ -165,4 +166,10 @@ pub fn not_owner_of_volume(volid: &str, vmid: u32) -> String {
 /// `resize_vm` of a mount point whose volume another guest owns.
 pub fn resize_foreign_volume(owner: u32) -> String {
     format!("can't resize mount point owned by another container ({owner})")
+}
+
+/// `check_protection` refusing a change to a protected guest; `what` is the caller's own
+/// prefix (`can't remove CT 101`, `can't update CT 101 drive 'mp0'`, …).
+pub fn protected(what: &str) -> String {
+    format!("{what} - protection mode enabled")
 }

@@ -319,18 +319,18 @@ pub(crate) async fn put_config(sim: &Arc<Sim>, req: &Req) -> HResult {
             for d in &deletes {
                 let set = g.config.contains_key(d) || g.pending.contains_key(d);
                 if set && (d.starts_with("mp") || d.starts_with("unused")) {
-                    return Err(die(format!(
-                        "can't remove CT {vmid} drive '{d}' - protection mode enabled"
-                    )));
+                    return Err(die(texts::protected(&format!(
+                        "can't remove CT {vmid} drive '{d}'"
+                    ))));
                 }
             }
             if let Some((k, _)) = sets
                 .iter()
                 .find(|(k, _)| k == "rootfs" || k.starts_with("mp"))
             {
-                return Err(die(format!(
-                    "can't update CT {vmid} drive '{k}' - protection mode enabled"
-                )));
+                return Err(die(texts::protected(&format!(
+                    "can't update CT {vmid} drive '{k}'"
+                ))));
             }
         }
         // Values as PVE stores them; new volumes are allocated now (even if left pending).

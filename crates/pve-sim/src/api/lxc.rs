@@ -398,9 +398,7 @@ pub(crate) fn destroy(sim: &Arc<Sim>, req: &Req) -> HResult {
     let upid = sim.mutate(|st| -> Result<String, PveErr> {
         let g = guest_or_err(st, &req.node, vmid)?;
         if g.config.get("protection").is_some_and(|p| p == "1") {
-            return Err(die(format!(
-                "can't remove CT {vmid} - protection mode enabled"
-            )));
+            return Err(die(texts::protected(&format!("can't remove CT {vmid}"))));
         }
         if let Some(l) = g.config.get("lock") {
             return Err(die(texts::locked(l)));
