@@ -32,6 +32,7 @@
 //! | [`TEMPLATE_OF_TEMPLATE`], [`TEMPLATE_RUNNING`], [`template_unavailable`] | pve-container `src/PVE/API2/LXC.pm` `template`, `src/PVE/LXC.pm` `template_create`, `src/PVE/API2/LXC/Status.pm` `vm_start` (audit §2b) | `Server` / task exit status |
 //! | [`base_in_use`] | pve-storage `src/PVE/Storage.pm` `vdisk_free` | task exit status |
 //! | [`NO_SPACE`] | tar's `Cannot write: No space left on device` (ENOSPC) inside a restore (audit §2a) | prefix `unable to restore` |
+//! | [`protected`] | pve-guest-common `src/PVE/AbstractConfig.pm` `check_protection`, from pve-container `destroy_vm` and `LXC/Config.pm` `update_pct_config` (audit P3) | plain 500 |
 
 /// A stale `digest` on a config write (pve-common `Tools.pm` `assert_if_modified`).
 pub const CONFIG_MODIFIED: &str =
@@ -206,3 +207,9 @@ pub fn base_in_use(volname: &str) -> String {
 /// `unable to restore CT <id> - …` and its volumes and placeholder go (audit §2a). The exact
 /// surrounding text of a real host is not verified (audit §3).
 pub const NO_SPACE: &str = "No space left on device";
+
+/// `check_protection` refusing a change to a protected guest; `what` is the caller's own
+/// prefix (`can't remove CT 101`, `can't update CT 101 drive 'mp0'`, …).
+pub fn protected(what: &str) -> String {
+    format!("{what} - protection mode enabled")
+}

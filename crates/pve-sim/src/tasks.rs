@@ -560,7 +560,7 @@ impl Sim {
                     return Ok(());
                 }
                 if g.config.get("protection").is_some_and(|p| p == "1") {
-                    return Err(format!("can't remove CT {vmid} - protection mode enabled"));
+                    return Err(texts::protected(&format!("can't remove CT {vmid}")));
                 }
                 check_lock(g, false)?;
                 g.running = false;

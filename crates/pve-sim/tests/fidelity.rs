@@ -478,3 +478,320 @@ async fn version_repoid_is_hex() {
         "{id}"
     );
 }
+
+// Round 3 (docs/pve-fidelity.md §2 (d), the items round 2 left open).
+
+/// S1: the status calls ask only `check_running`, false for a CT that does not exist: start
+/// answers with a UPID and its worker's `load_config` fails the task; stop, shutdown and
+/// reboot say the CT is not running (C:API2/LXC/Status.pm `vm_start`, `vm_stop`,
+/// `vm_shutdown`, `vm_reboot`); `/interfaces` answers `null`, as `get_interfaces` finds no
+/// PID (C:LXC.pm `get_interfaces`).
+#[tokio::test]
+async fn a_ct_that_does_not_exist_answers_as_on_pve() {
+    let env = Env::start(0.02, "").await;
+    let gone = vmid(1600);
+    let upid = env.client.lxc_start("pve", gone).await.unwrap();
+    match env.client.wait_task(&upid, &WaitOptions::default()).await {
+        Err(ApiError::TaskFailed {
+            exitstatus, kind, ..
+        }) => {
+            assert_eq!(exitstatus, pve_api::texts::no_config("pve", 1600));
+            assert_eq!(kind, TaskFailure::NotFound);
+        }
+        other => panic!("{other:?}"),
+    }
+    for e in [
+        env.client.lxc_stop("pve", gone).await.unwrap_err(),
+        env.client.lxc_shutdown("pve", gone).await.unwrap_err(),
+        env.client
+            .post::<serde_json::Value>("/nodes/pve/lxc/1600/status/reboot", &[])
+            .await
+            .unwrap_err(),
+    ] {
+        assert!(matches!(e, ApiError::NotRunning { .. }), "{e:?}");
+    }
+    assert_eq!(env.client.lxc_interfaces("pve", gone).await.unwrap(), None);
+    assert!(env.state().await["guests"].as_array().unwrap().is_empty());
+}
+
+/// P3: `update_pct_config` runs `check_protection` for every `mpN`/`unusedN` delete (a key
+/// that is set) and every `rootfs`/`mpN` set, not only for new volumes (C:LXC/Config.pm
+/// `update_pct_config`; G:AbstractConfig.pm `check_protection`).
+#[tokio::test]
+async fn protection_blocks_every_drive_change() {
+    let env = Env::start(0.02, "").await;
+    env.restore(1610, &[]).await.unwrap();
+    let put = |p: &[(&str, &str)]| {
+        let p: Vec<(String, String)> = p
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let c = env.client.clone();
+        async move { c.lxc_update_config("pve", vmid(1610), &p, None).await }
+    };
+    put(&[("mp0", "local-lvm:1,mp=/srv")]).await.unwrap();
+    put(&[("protection", "1")]).await.unwrap();
+    let e = put(&[("delete", "mp0")]).await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("can't remove CT 1610 drive 'mp0' - protection mode enabled"),
+        "{e}"
+    );
+    let cfg = env.client.lxc_config("pve", vmid(1610)).await.unwrap();
+    let rootfs = cfg.get_str("rootfs").unwrap().to_string();
+    let e = put(&[("rootfs", &rootfs)]).await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("can't update CT 1610 drive 'rootfs' - protection mode enabled"),
+        "{e}"
+    );
+    let mp0 = cfg.get_str("mp0").unwrap().to_string();
+    let e = put(&[("mp0", &format!("{mp0},ro=1"))]).await.unwrap_err();
+    assert!(e.to_string().contains("drive 'mp0'"), "{e}");
+    let after = env.client.lxc_config("pve", vmid(1610)).await.unwrap();
+    assert_eq!(after.get_str("mp0"), Some(mp0.as_str()));
+    // Deleting a drive that is not set is only warned about.
+    put(&[("delete", "mp5")]).await.unwrap();
+}
+
+/// A3: a caller may read its own permissions and, as a user, those of its tokens; a token
+/// asking about its user (or anyone else) needs `Sys.Audit` on `/access`, and the answer is
+/// the asked subject's (A:API2/AccessControl.pm `permissions`, `$check_self`,
+/// `$check_owned_token`).
+#[tokio::test]
+async fn a_token_asking_about_its_user_needs_sys_audit() {
+    let env = Env::start(0.02, "").await;
+    let narrow = env
+        .token(
+            "a3",
+            json!([{ "path": "/vms/1620", "privs": ["VM.Audit"], "propagate": true }]),
+        )
+        .await;
+    let ask = |c: &pve_api::PveClient, userid: &str| {
+        let c = c.clone();
+        let q = vec![
+            ("userid", userid.to_string()),
+            ("path", "/vms/1620".to_string()),
+        ];
+        async move {
+            c.get::<pve_api::Permissions>("/access/permissions", &q)
+                .await
+        }
+    };
+    let own = ask(&narrow, "narrow@pve!a3").await.unwrap();
+    assert!(own["/vms/1620"].contains_key("VM.Audit"), "{own:?}");
+    let e = ask(&narrow, "narrow@pve").await.unwrap_err();
+    assert!(
+        matches!(&e, ApiError::Permission { path: Some(p), .. } if p == "/access"),
+        "{e:?}"
+    );
+    // The agent has Sys.Audit: it sees the narrow token's privileges, not its own.
+    let theirs = ask(&env.client, "narrow@pve!a3").await.unwrap();
+    assert_eq!(
+        theirs["/vms/1620"].keys().collect::<Vec<_>>(),
+        ["VM.Audit"],
+        "{theirs:?}"
+    );
+}
+
+/// R14: `ha-managed=1` needs `Sys.Console` on `/`, checked before the VMID
+/// (C:API2/LXC.pm `create_vm`).
+#[tokio::test]
+async fn ha_managed_needs_sys_console() {
+    let env = Env::start(0.02, "").await;
+    let e = env.restore(1630, &[("ha-managed", "1")]).await.unwrap_err();
+    assert!(
+        matches!(&e, ApiError::Permission { path: Some(p), privilege: Some(v), .. } if p == "/" && v == "Sys.Console"),
+        "{e:?}"
+    );
+    assert!(env.state().await["guests"].as_array().unwrap().is_empty());
+}
+
+/// Config keys of `$confdesc` the simulator did not know: `entrypoint`, `env` and `debug`
+/// are "other" keys needing `VM.Config.Options`, `devN` is root's only
+/// (C:LXC/Config.pm `$confdesc`, `$dev_desc`; C:LXC.pm `check_ct_modify_config_perm`). The
+/// schema is checked first (K:JSONSchema.pm; `entrypoint` allows no control character but
+/// tab).
+#[tokio::test]
+async fn entrypoint_env_debug_and_dev_are_config_keys() {
+    let env = Env::start(0.02, "").await;
+    env.restore(1640, &[("debug", "1")]).await.unwrap();
+    let set = vec![
+        (
+            "entrypoint".to_string(),
+            "/sbin/init --log-level=debug".to_string(),
+        ),
+        ("env".to_string(), "A=1\0B_2=two words".to_string()),
+    ];
+    env.client
+        .lxc_update_config("pve", vmid(1640), &set, None)
+        .await
+        .unwrap();
+    let cfg = env.client.lxc_config("pve", vmid(1640)).await.unwrap();
+    assert_eq!(
+        cfg.get_str("entrypoint"),
+        Some("/sbin/init --log-level=debug")
+    );
+    assert_eq!(cfg.get_str("env"), Some("A=1\0B_2=two words"));
+    assert_eq!(cfg.get("debug").and_then(|v| v.as_u64()), Some(1));
+    let e = env
+        .client
+        .lxc_update_config(
+            "pve",
+            vmid(1640),
+            &[("dev0".into(), "/dev/fuse".into())],
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ApiError::Permission { message, .. } if message.contains("configuring device passthrough is only allowed for root@pam")),
+        "{e:?}"
+    );
+    for (k, v) in [
+        ("entrypoint", "/sbin/init\nrm"),
+        ("env", "A=1\0=2"),
+        ("dev0", "/dev/../etc/shadow"),
+        ("dev1", "/dev/fuse,mode=999"),
+    ] {
+        let e = env
+            .client
+            .lxc_update_config("pve", vmid(1640), &[(k.into(), v.into())], None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, ApiError::Param { errors, .. } if errors.contains_key(k)),
+            "{k}={v:?}: {e:?}"
+        );
+    }
+}
+
+/// P2: the per-feature diff of `check_ct_modify_config_perm` (C:LXC.pm): toggling only
+/// `nesting` with `keyctl` kept needs `VM.Allocate`; dropping `keyctl` or an explicit
+/// `keyctl=0` is an "other" change and root's only.
+#[tokio::test]
+async fn features_are_checked_per_feature_against_the_old_value() {
+    let env = Env::start(0.02, "").await;
+    env.restore(1650, &[]).await.unwrap();
+    let tok = env
+        .token(
+            "feat",
+            json!([{ "path": "/vms/1650", "privs": ["VM.Config.Options", "VM.Allocate", "VM.Audit"], "propagate": true }]),
+        )
+        .await;
+    let put = |v: &str| {
+        let c = tok.clone();
+        let p = vec![("features".to_string(), v.to_string())];
+        async move { c.lxc_update_config("pve", vmid(1650), &p, None).await }
+    };
+    put("keyctl=1,nesting=0").await.unwrap();
+    for v in ["nesting=0", "keyctl=0,nesting=0"] {
+        let e = put(v).await.unwrap_err();
+        assert!(
+            matches!(&e, ApiError::Permission { message, .. } if message.contains("changing feature flags (except nesting) is only allowed for root@pam")),
+            "{v}: {e:?}"
+        );
+    }
+    let cfg = env.client.lxc_config("pve", vmid(1650)).await.unwrap();
+    assert_eq!(cfg.get_str("features"), Some("keyctl=1,nesting=0"));
+}
+
+/// P4: an `mpN` on another guest's existing volume passes `check_volume_access` with
+/// `Datastore.Audit` on the storage and `VM.Config.Disk` on the owner (S:Storage.pm
+/// `check_volume_access`; C:LXC.pm `check_ct_modify_config_perm`); the size is read from
+/// the storage, and a volume that does not exist is only warned about
+/// (C:LXC/Config.pm `apply_pending_mountpoint`, `$rescan_volume`).
+#[tokio::test]
+async fn a_mount_point_may_use_another_guests_volume() {
+    let env = Env::start(0.02, "").await;
+    env.restore(
+        1660,
+        &[("rootfs", "local-lvm:1"), ("mp0", "local-lvm:2,mp=/data")],
+    )
+    .await
+    .unwrap();
+    env.restore(1661, &[]).await.unwrap();
+    let vol = env
+        .client
+        .lxc_config("pve", vmid(1660))
+        .await
+        .unwrap()
+        .get_str("mp0")
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_string();
+    let grants = |owner_disk: bool| {
+        let mut acl = vec![
+            json!({ "path": "/vms/1661", "privs": ["VM.Config.Disk"], "propagate": true }),
+            json!({ "path": "/storage/local-lvm", "privs": ["Datastore.Audit"], "propagate": true }),
+        ];
+        if owner_disk {
+            acl.push(
+                json!({ "path": "/vms/1660", "privs": ["VM.Config.Disk"], "propagate": true }),
+            );
+        }
+        json!(acl)
+    };
+    let without = env.token("p4a", grants(false)).await;
+    let mp = vec![("mp1".to_string(), format!("{vol},mp=/shared"))];
+    let e = without
+        .lxc_update_config("pve", vmid(1661), &mp, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ApiError::Permission { path: Some(p), .. } if p == "/vms/1660"),
+        "{e:?}"
+    );
+    let with = env.token("p4b", grants(true)).await;
+    with.lxc_update_config("pve", vmid(1661), &mp, None)
+        .await
+        .unwrap();
+    let cfg = env.client.lxc_config("pve", vmid(1661)).await.unwrap();
+    assert_eq!(
+        cfg.get_str("mp1"),
+        Some(format!("{vol},mp=/shared,size=2G").as_str())
+    );
+    let missing = vec![(
+        "mp2".to_string(),
+        "local-lvm:vm-1660-disk-9,mp=/gone".to_string(),
+    )];
+    with.lxc_update_config("pve", vmid(1661), &missing, None)
+        .await
+        .unwrap();
+}
+
+/// Replacing `rootfs` by PUT: `vmconfig_apply_pending` copies it as given, with no
+/// allocation and no hot-plug (C:LXC/Config.pm `update_pct_config`,
+/// `vmconfig_apply_pending`; only `mpN` go through `apply_pending_mountpoint`).
+#[tokio::test]
+async fn rootfs_may_be_replaced_by_put() {
+    let env = Env::start(0.02, "").await;
+    env.restore(1670, &[]).await.unwrap();
+    let cfg = env.client.lxc_config("pve", vmid(1670)).await.unwrap();
+    let new = format!("{},mountoptions=noatime", cfg.get_str("rootfs").unwrap());
+    env.client
+        .lxc_update_config("pve", vmid(1670), &[("rootfs".into(), new.clone())], None)
+        .await
+        .unwrap();
+    let cfg = env.client.lxc_config("pve", vmid(1670)).await.unwrap();
+    assert_eq!(cfg.get_str("rootfs"), Some(new.as_str()));
+    // On a running CT it waits in [pve:pending].
+    let upid = env.client.lxc_start("pve", vmid(1670)).await.unwrap();
+    env.client
+        .wait_task(&upid, &WaitOptions::default())
+        .await
+        .unwrap();
+    let plain = new.replace(",mountoptions=noatime", "");
+    env.client
+        .lxc_update_config("pve", vmid(1670), &[("rootfs".into(), plain.clone())], None)
+        .await
+        .unwrap();
+    let pending = env.client.lxc_pending("pve", vmid(1670)).await.unwrap();
+    let e = pending.iter().find(|e| e.key == "rootfs").unwrap();
+    assert_eq!(
+        e.pending.as_ref().and_then(|v| v.as_str()),
+        Some(plain.as_str())
+    );
+}

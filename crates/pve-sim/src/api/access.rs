@@ -6,12 +6,36 @@ pub(crate) fn permissions(sim: &Sim, req: &Req) -> HResult {
         &[("path", Kind::Str(512)), ("userid", Kind::Str(128))],
         &[],
     )?;
-    if req
-        .get("userid")
-        .is_some_and(|u| u != req.who.userid && Some(u) != req.who.token.as_deref())
-    {
+    // Free only for oneself (the user or token id that authenticated) and, for a user, its
+    // own tokens; anything else (a token asking about its user, too) needs `Sys.Audit` on
+    // `/access` (A:API2/AccessControl.pm `permissions`, `$check_self`,
+    // `$check_owned_token`; audit A3). The answer is the asked subject's.
+    let authid = req.who.upid_user();
+    let asked = req.get("userid").unwrap_or(&authid).to_string();
+    let owned = asked
+        .split_once('!')
+        .is_some_and(|(user, _)| user == authid);
+    if asked != authid && !owned {
         sim.read(|st| need(st, &req.who, "/access", "Sys.Audit"))?;
     }
+    let subject = match asked.split_once('!') {
+        None => auth::Subject {
+            userid: asked.clone(),
+            token: None,
+            privsep: false,
+        },
+        Some((user, _)) => auth::Subject {
+            userid: user.to_string(),
+            privsep: sim.read(|st| {
+                st.tokens
+                    .iter()
+                    .find(|t| t.id == asked)
+                    .is_none_or(|t| t.privsep)
+            }),
+            token: Some(asked.clone()),
+        },
+    };
+    let who = &subject;
     Ok(sim
         .read(|st| {
             let paths: Vec<String> = match req.get("path") {
@@ -20,11 +44,11 @@ pub(crate) fn permissions(sim: &Sim, req: &Req) -> HResult {
             };
             let mut out = serde_json::Map::new();
             for p in paths {
-                let privs = auth::privileges(st, &req.who, &p);
+                let privs = auth::privileges(st, who, &p);
                 if privs.is_empty() && req.get("path").is_none() {
                     continue;
                 }
-                let prop = auth::propagates(st, &req.who, &p);
+                let prop = auth::propagates(st, who, &p);
                 out.insert(
                     p,
                     json!(privs

@@ -57,6 +57,21 @@ fn writable(g: &Guest, req: &Req) -> Result<(), PveErr> {
     Ok(())
 }
 
+/// `update_pct_config`'s `$check_content_type`: the volume's storage exists
+/// (`storage_config`) and takes container directories.
+fn rootdir_storage(st: &State, volid: &str) -> Result<(), PveErr> {
+    let sid = volid.split_once(':').map_or(volid, |(s, _)| s);
+    let s = st
+        .storage(sid)
+        .ok_or_else(|| die(texts::storage_missing(sid)))?;
+    if !s.content.iter().any(|c| c == "rootdir") {
+        return Err(die(format!(
+            "storage '{sid}' does not allow content type 'rootdir' (Container)"
+        )));
+    }
+    Ok(())
+}
+
 pub(crate) fn digest(g: &Guest) -> String {
     hex::encode(Sha1::digest(config_text(g).as_bytes()))
 }
@@ -72,6 +87,7 @@ pub(crate) const INT_KEYS: &[&str] = &[
     "template",
     "tty",
     "console",
+    "debug",
 ];
 
 fn value_json(k: &str, v: &str) -> Value {
@@ -296,7 +312,27 @@ pub(crate) async fn put_config(sim: &Arc<Sim>, req: &Req) -> HResult {
         if sets.iter().any(|(k, _)| k == "unprivileged") {
             return Err(die("unable to modify read-only option: 'unprivileged'"));
         }
-        let protected = g.config.get("protection").is_some_and(|p| p == "1");
+        // `check_protection` in `update_pct_config` (C:LXC/Config.pm): deletes first (a
+        // delete of a key that is not set is only warned about and skipped), then the sets
+        // in key order; any `rootfs`/`mpN` set and any `mpN`/`unusedN` delete (audit P3).
+        if g.config.get("protection").is_some_and(|p| p == "1") {
+            for d in &deletes {
+                let set = g.config.contains_key(d) || g.pending.contains_key(d);
+                if set && (d.starts_with("mp") || d.starts_with("unused")) {
+                    return Err(die(texts::protected(&format!(
+                        "can't remove CT {vmid} drive '{d}'"
+                    ))));
+                }
+            }
+            if let Some((k, _)) = sets
+                .iter()
+                .find(|(k, _)| k == "rootfs" || k.starts_with("mp"))
+            {
+                return Err(die(texts::protected(&format!(
+                    "can't update CT {vmid} drive '{k}'"
+                ))));
+            }
+        }
         // Values as PVE stores them; new volumes are allocated now (even if left pending).
         let mut new_vols = Vec::new();
         let mut changes: Vec<(String, String)> = Vec::new();
@@ -305,30 +341,22 @@ pub(crate) async fn put_config(sim: &Arc<Sim>, req: &Req) -> HResult {
                 store_net(v).map_err(|e| param1(k, format!("invalid format - {e}")))?
             } else if k.starts_with("mp") {
                 let Some((sid, gib)) = new_volume_spec(v) else {
-                    // An existing volume: only this guest's own volumes or bind mounts.
-                    let m = pve_api::MountConfig::parse_mp(v)
+                    // An existing volume (the per-key check has run `check_volume_access`):
+                    // its storage must take container directories, its size is read from
+                    // the storage where it exists, and a missing one is only warned about
+                    // (C:LXC/Config.pm `update_pct_config`, `apply_pending_mountpoint`'s
+                    // `$rescan_volume`; audit P4).
+                    let mut m = pve_api::MountConfig::parse_mp(v)
                         .map_err(|e| param1(k, format!("invalid format - {e}")))?;
-                    let own = st
-                        .volumes
-                        .iter()
-                        .any(|x| x.volid == m.volume && x.owner == vmid);
-                    if !own && !m.volume.starts_with('/') {
-                        return Err(param1(
-                            k,
-                            format!(
-                                "unable to apply pending change {k} : {}",
-                                texts::volume_missing(&m.volume)
-                            ),
-                        ));
+                    if !m.volume.starts_with('/') {
+                        rootdir_storage(st, &m.volume)?;
+                        if let Some(x) = st.volumes.iter().find(|x| x.volid == m.volume) {
+                            m.size = Some(x.size);
+                        }
                     }
                     changes.push((k.clone(), m.to_string()));
                     continue;
                 };
-                if protected {
-                    return Err(die(format!(
-                        "can't update CT {vmid} drive '{k}' - protection mode enabled"
-                    )));
-                }
                 let s = st
                     .storage(&sid)
                     .ok_or_else(|| die(texts::storage_missing(&sid)))?;
@@ -344,10 +372,15 @@ pub(crate) async fn put_config(sim: &Arc<Sim>, req: &Req) -> HResult {
                 m.size = Some(bytes);
                 m.to_string()
             } else if k == "rootfs" {
-                return Err(param1(
-                    k,
-                    "pve-sim does not model replacing rootfs; use resize",
-                ));
+                // `vmconfig_apply_pending` copies a `rootfs` as given: no allocation, no
+                // size rescan, the old volume is not made `unusedN` (C:LXC/Config.pm; only
+                // `mpN` go through `apply_pending_mountpoint`). It is no hot-plug key.
+                let m = pve_api::MountConfig::parse_rootfs(v)
+                    .map_err(|e| param1(k, format!("invalid format - {e}")))?;
+                if !m.volume.starts_with('/') {
+                    rootdir_storage(st, &m.volume)?;
+                }
+                v.clone()
             } else if k == "tags" {
                 normalize_tags(v)
             } else if k == "description" {

@@ -245,6 +245,11 @@ pub(crate) async fn create(sim: &Arc<Sim>, req: &Req) -> HResult {
 
     // The synchronous checks in `create_vm`'s order (pve-container `API2/LXC.pm`).
     let (archive, size) = sim.read(|st| -> Result<(std::path::PathBuf, u64), PveErr> {
+        // Before anything about the VMID (audit R14). The HA resource that `ha-manager add`
+        // would make at the end of the task is not modelled.
+        if req.flag("ha-managed") {
+            need(st, &req.who, "/", "Sys.Console")?;
+        }
         if st.guests.contains_key(&vmid) {
             if req.flag("force") {
                 return Err(die(
@@ -393,9 +398,7 @@ pub(crate) fn destroy(sim: &Arc<Sim>, req: &Req) -> HResult {
     let upid = sim.mutate(|st| -> Result<String, PveErr> {
         let g = guest_or_err(st, &req.node, vmid)?;
         if g.config.get("protection").is_some_and(|p| p == "1") {
-            return Err(die(format!(
-                "can't remove CT {vmid} - protection mode enabled"
-            )));
+            return Err(die(texts::protected(&format!("can't remove CT {vmid}"))));
         }
         if let Some(l) = g.config.get("lock") {
             return Err(die(texts::locked(l)));

@@ -30,6 +30,12 @@ pub enum Kind {
     Upid,
     /// `rootfs`, `mp0` … `mp255` (the resize `disk` enum).
     ResizeDisk,
+    /// `entrypoint`: no control character but tab (C:LXC/Config.pm `$confdesc`).
+    NoControl,
+    /// `env`: `NAME=value` items separated by NUL, values without control characters but tab.
+    Env,
+    /// `devN`: `$dev_desc` (C:LXC/Config.pm), `path` the default key.
+    Dev,
 }
 
 fn is_dns_name(s: &str) -> bool {
@@ -389,10 +395,87 @@ fn check(key: &str, kind: Kind, v: &str) -> Result<(), String> {
                 ))
             }
         }
+        Kind::NoControl => {
+            if !v.is_empty() && !v.chars().any(is_ctl) {
+                Ok(())
+            } else {
+                regex()
+            }
+        }
+        Kind::Env => {
+            let item = |i: &str| {
+                i.split_once('=').is_some_and(|(name, val)| {
+                    !name.is_empty()
+                        && name.chars().all(|c| c.is_alphanumeric() || c == '_')
+                        && !val.chars().any(is_ctl)
+                })
+            };
+            if v.split('\0').all(item) {
+                Ok(())
+            } else {
+                regex()
+            }
+        }
+        Kind::Dev => check_dev(key, v),
         Kind::Upid => v
             .parse::<pve_api::Upid>()
             .map(|_| ())
             .map_err(|_| "unable to parse worker upid".into()),
+    }
+}
+
+/// A control character as the `entrypoint`/`env` patterns exclude them (`\x00-\x08`,
+/// `\x0a-\x1f`, `\x7f`): tab is allowed.
+fn is_ctl(c: char) -> bool {
+    c != '\t' && (c < ' ' || c == '\x7f')
+}
+
+/// A `devN` value as `parse_property_string` checks it against `$dev_desc` (C:LXC/Config.pm;
+/// K:JSONSchema.pm): a part without `=` is the default key `path`; errors per key as for
+/// `netN`. Whether the device exists is checked later, by root's `update_pct_config` only.
+fn check_dev(key: &str, v: &str) -> Result<(), String> {
+    let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
+    for part in v.split(',').filter(|p| !p.trim().is_empty()) {
+        let (k, val) = part.split_once('=').unwrap_or(("path", part));
+        if seen.insert(k, val).is_some() {
+            return Err(format!(
+                "invalid format - duplicate key in comma-separated list property: {k}"
+            ));
+        }
+        if !matches!(k, "path" | "mode" | "uid" | "gid" | "deny-write") {
+            return Err(format!(
+                "invalid format - invalid key in comma-separated list property: {k}"
+            ));
+        }
+    }
+    let errors: Vec<String> = seen
+        .iter()
+        .filter_map(|(k, val)| {
+            let e = match *k {
+                // `verify_lxc_dev_string`.
+                "path" => (!val.starts_with("/dev/")
+                    || val.split('/').any(|s| s == "." || s == ".."))
+                .then(|| format!("{val} is not a valid device path")),
+                "mode" => {
+                    let b = val.as_bytes();
+                    (b.len() != 4
+                        || b[0] != b'0'
+                        || !b[1..].iter().all(|c| (b'0'..=b'7').contains(c)))
+                    .then(|| "value does not match the regex pattern".to_string())
+                }
+                "uid" | "gid" => check(k, Kind::Int(0, i64::MAX), val).err(),
+                _ => check(k, Kind::Bool, val).err(),
+            };
+            e.map(|e| format!("{key}.{k}: {e}"))
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid format - format error\n{}",
+            errors.join("\n")
+        ))
     }
 }
 
@@ -407,6 +490,13 @@ pub fn config_kind(key: &str) -> Option<Kind> {
             .ok()
             .filter(|n| *n < 256)
             .map(|_| Kind::Mount);
+    }
+    if let Some(n) = key.strip_prefix("dev") {
+        return n
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n < 256)
+            .map(|_| Kind::Dev);
     }
     if let Some(n) = key.strip_prefix("unused") {
         return n
@@ -426,7 +516,9 @@ pub fn config_kind(key: &str) -> Option<Kind> {
         "swap" => Kind::Int(0, i64::MAX),
         "cores" => Kind::Int(1, 8192),
         "cpuunits" => Kind::Int(0, 500_000),
-        "onboot" | "protection" | "unprivileged" | "template" | "console" => Kind::Bool,
+        "onboot" | "protection" | "unprivileged" | "template" | "console" | "debug" => Kind::Bool,
+        "entrypoint" => Kind::NoControl,
+        "env" => Kind::Env,
         "tty" => Kind::Int(0, 6),
         "arch" => Kind::Enum(&["amd64", "i386", "arm64", "armhf", "riscv32", "riscv64"]),
         "ostype" => Kind::Enum(&[

@@ -51,12 +51,16 @@ pub(crate) fn power(sim: &Arc<Sim>, req: &Req, action: &str) -> HResult {
     }
     let who = req.who.clone();
     let upid = sim.mutate(|st| -> Result<String, PveErr> {
-        let g = guest_or_err(st, &req.node, vmid)?;
+        // The call asks only `check_running`, which is false for a CT that does not exist:
+        // its start gets a UPID and the worker's `load_config` fails the task; stop, shutdown
+        // and reboot say it is not running (C:API2/LXC/Status.pm `vm_start`, `vm_stop`,
+        // `vm_shutdown`, `vm_reboot`; audit S1).
+        let running = st.guests.get(&vmid).is_some_and(|g| g.running);
         let (ty, modelled, plan) = match action {
-            "start" if g.running => return Err(die(texts::already_running(vmid))),
+            "start" if running => return Err(die(texts::already_running(vmid))),
             "start" => ("vzstart", model::START, TaskPlan::Start { vmid }),
-            "reboot" if !g.running => return Err(die(texts::vm_not_running(vmid))),
-            _ if !g.running => return Err(die(texts::not_running(vmid))),
+            "reboot" if !running => return Err(die(texts::vm_not_running(vmid))),
+            _ if !running => return Err(die(texts::not_running(vmid))),
             "stop" => ("vzstop", model::STOP, TaskPlan::Stop { vmid }),
             "shutdown" => ("vzshutdown", model::SHUTDOWN, TaskPlan::Stop { vmid }),
             _ => (
@@ -71,16 +75,19 @@ pub(crate) fn power(sim: &Arc<Sim>, req: &Req, action: &str) -> HResult {
     Ok(json!(upid).into())
 }
 
-/// `GET /nodes/{node}/lxc/{vmid}/interfaces`: `null` for a stopped guest (PVE's PID lookup
-/// fails and the handler returns undef); otherwise what the runtime sees.
+/// `GET /nodes/{node}/lxc/{vmid}/interfaces`: `null` for a stopped guest and for one that
+/// does not exist (PVE's PID lookup fails and `get_interfaces` returns undef, C:LXC.pm;
+/// audit S1); otherwise what the runtime sees.
 pub(crate) async fn interfaces(sim: &Sim, req: &Req) -> HResult {
     sim.read(|st| need(st, &req.who, &format!("/vms/{}", req.vmid()), "VM.Audit"))?;
     validate(req, &[NODE, VMID], &[])?;
     let vmid = req.vmid();
-    let guest = sim.read(|st| -> Result<Option<_>, PveErr> {
-        let g = guest_or_err(st, &req.node, vmid)?;
-        Ok(g.running.then(|| (g.clone(), st.leases.clone())))
-    })?;
+    let guest = sim.read(|st| {
+        st.guests
+            .get(&vmid)
+            .filter(|g| g.running)
+            .map(|g| (g.clone(), st.leases.clone()))
+    });
     let Some((g, leases)) = guest else {
         return Ok(Value::Null.into());
     };
