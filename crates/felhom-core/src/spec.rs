@@ -1180,6 +1180,37 @@ impl GuestSpec {
         Self::parse_many(&text)
     }
 
+    /// One guest from a JSON object with the spec file's keys (the agent's API): the same
+    /// walk, the same field errors, as a file. A `null` is refused naming its key; the
+    /// mount list is `mount` as in a file.
+    pub fn from_json(value: &serde_json::Value) -> Result<GuestSpec, SpecErrors> {
+        let one = |field: &str, rule: String| {
+            SpecErrors(vec![FieldError {
+                field: field.into(),
+                rule,
+            }])
+        };
+        let serde_json::Value::Object(map) = value else {
+            return Err(one(
+                "(body)",
+                "must be a JSON object with the spec's keys".into(),
+            ));
+        };
+        if let Some((k, _)) = map.iter().find(|(_, v)| v.is_null()) {
+            return Err(one(
+                k,
+                "must not be null (leave the key out instead)".into(),
+            ));
+        }
+        let table = toml::Table::try_from(value)
+            .map_err(|e| one("(body)", format!("cannot be read as a spec: {e}")))?;
+        let mut errors = Vec::new();
+        match Self::from_table(&table, String::new(), &mut errors) {
+            Some(s) if errors.is_empty() => Ok(s),
+            _ => Err(SpecErrors(errors)),
+        }
+    }
+
     fn from_table(
         table: &toml::Table,
         prefix: String,

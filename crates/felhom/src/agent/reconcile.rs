@@ -1,0 +1,374 @@
+//! The reconcile loop: one slot per guest identity, `apply` semantics, bounded concurrency.
+//!
+//! | trigger | what is queued |
+//! |---|---|
+//! | a PUT, a spec file changed, SIGHUP | `Apply` for the identities that changed |
+//! | every `agent.interval_secs` | `Apply` for every wanted identity not already busy (drift repair) |
+//! | a DELETE | `Teardown` of that identity |
+//! | start | `Apply` for every wanted identity (this continues unfinished jobs: `apply`'s `continue`), `Resume` for unfinished jobs of identities nobody wants (teardowns) |
+//!
+//! A slot runs one piece of work at a time (`Felhom::apply` of one spec, `teardown_targets`,
+//! or `resume` of one job) and queues at most one more: a burst of 50 PUTs of one guest is one
+//! job. Each run publishes, through a `watch` channel, its number, the first job it touched
+//! and, when it ended, its outcome: the API answers a PUT with that job (202) or with the
+//! outcome when no job was needed (200 unchanged). Runs of different identities go in
+//! parallel up to `agent.concurrency`, and felhom-core's own limits (global, per node, per
+//! storage) still apply inside them. Two felhom processes never work one identity at once
+//! (the journal's identity leases, as for the CLI).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use felhom_core::job::Outcome;
+use felhom_core::ops::{Felhom, JobReport, Target};
+use felhom_core::spec::Identity;
+use felhom_core::status::GuestStatus;
+use tokio::sync::{watch, Semaphore};
+use tracing::Instrument;
+
+use super::desired::Desired;
+use super::events::{Bus, RunProgress};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    Apply,
+    Teardown,
+    Resume,
+}
+
+/// What a slot's watchers see.
+#[derive(Debug, Clone, Default)]
+pub struct SlotState {
+    /// The number of the run going on (or the last one).
+    pub started: u64,
+    /// The number of the last run that ended.
+    pub finished: u64,
+    /// The first job the run `started` touched.
+    pub job: Option<String>,
+    /// How the run `finished` ended.
+    pub last: Option<JobReport>,
+}
+
+struct Slot {
+    tx: watch::Sender<SlotState>,
+    running: bool,
+    pending: Option<(Work, Option<String>)>,
+}
+
+pub struct Reconciler {
+    pub felhom: Arc<Felhom>,
+    pub bus: Arc<Bus>,
+    pub desired: Arc<Mutex<Desired>>,
+    sem: Arc<Semaphore>,
+    slots: Mutex<HashMap<Identity, Slot>>,
+    /// Cleared on SIGTERM: nothing new starts.
+    accepting: AtomicBool,
+    /// What `status` last said about each felhom guest, by identity.
+    pub observed: Mutex<HashMap<Identity, GuestStatus>>,
+}
+
+impl Reconciler {
+    pub fn new(
+        felhom: Arc<Felhom>,
+        bus: Arc<Bus>,
+        desired: Arc<Mutex<Desired>>,
+        concurrency: usize,
+    ) -> Arc<Reconciler> {
+        Arc::new(Reconciler {
+            felhom,
+            bus,
+            desired,
+            sem: Arc::new(Semaphore::new(concurrency)),
+            slots: Mutex::default(),
+            accepting: AtomicBool::new(true),
+            observed: Mutex::default(),
+        })
+    }
+
+    pub fn accepting(&self) -> bool {
+        self.accepting.load(Ordering::SeqCst)
+    }
+
+    /// Stop starting work (SIGTERM); runs going on finish their current step's journal record.
+    pub fn stop_accepting(&self) {
+        self.accepting.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether any slot is running.
+    pub fn busy(&self) -> bool {
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .any(|s| s.running)
+    }
+
+    /// The job the identity's current run works on, if any.
+    pub fn current_job(&self, id: &Identity) -> Option<String> {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let s = slots.get(id)?;
+        if !s.running {
+            return None;
+        }
+        let job = s.tx.borrow().job.clone();
+        job
+    }
+
+    /// The identity's run going on: a watcher and its number.
+    pub fn running(&self, id: &Identity) -> Option<(watch::Receiver<SlotState>, u64)> {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let s = slots.get(id).filter(|s| s.running)?;
+        let started = s.tx.borrow().started;
+        Some((s.tx.subscribe(), started))
+    }
+
+    /// Queue `work` for `id`; returns a watcher and the run number that will do it.
+    /// A later request replaces a queued one (a DELETE after a PUT).
+    pub fn kick(
+        self: &Arc<Self>,
+        id: &Identity,
+        work: Work,
+        job: Option<String>,
+    ) -> (watch::Receiver<SlotState>, u64) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = slots.entry(id.clone()).or_insert_with(|| Slot {
+            tx: watch::channel(SlotState::default()).0,
+            running: false,
+            pending: None,
+        });
+        let rx = slot.tx.subscribe();
+        let started = slot.tx.borrow().started;
+        // The next run does it: the one started now, or the one after the run going on.
+        let target = started + 1;
+        slot.pending = Some((work, job));
+        if !slot.running && self.accepting() {
+            slot.running = true;
+            let me = self.clone();
+            let id = id.clone();
+            tokio::spawn(async move { me.drive(id).await });
+        }
+        (rx, target)
+    }
+
+    /// Queue `Apply` for `id` unless a run is already going on for it (the interval pass).
+    pub fn kick_if_idle(self: &Arc<Self>, id: &Identity) {
+        let idle = !self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .is_some_and(|s| s.running || s.pending.is_some());
+        if idle {
+            self.kick(id, Work::Apply, None);
+        }
+    }
+
+    /// Run the slot's queued work until none is left.
+    async fn drive(self: Arc<Self>, id: Identity) {
+        loop {
+            let (work, job, tx, run) = {
+                let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(slot) = slots.get_mut(&id) else {
+                    return;
+                };
+                let next = if self.accepting() {
+                    slot.pending.take()
+                } else {
+                    None
+                };
+                let Some((work, job)) = next else {
+                    slot.running = false;
+                    return;
+                };
+                let mut run = 0;
+                slot.tx.send_modify(|s| {
+                    s.started += 1;
+                    s.job = None;
+                    run = s.started;
+                });
+                (work, job, slot.tx.clone(), run)
+            };
+            let span = tracing::info_span!("reconcile", customer = %id.customer, name = %id.name, run, work = ?work);
+            let report = async {
+                let _permit = self.sem.clone().acquire_owned().await;
+                self.run_once(&id, work, job, tx.clone()).await
+            }
+            .instrument(span)
+            .await;
+            if let Some(r) = &report {
+                if !r.job.is_empty() {
+                    self.bus.outcome(&r.job);
+                }
+                self.observe(&id, r.vmid).await;
+            }
+            tx.send_modify(|s| {
+                s.finished = run;
+                s.last = report;
+            });
+        }
+    }
+
+    async fn run_once(
+        &self,
+        id: &Identity,
+        work: Work,
+        job: Option<String>,
+        tx: watch::Sender<SlotState>,
+    ) -> Option<JobReport> {
+        let progress = Arc::new(RunProgress {
+            bus: self.bus.clone(),
+            on_job: Box::new(move |job: &str| {
+                tx.send_if_modified(|s| {
+                    if s.job.is_none() {
+                        s.job = Some(job.to_string());
+                        true
+                    } else {
+                        false
+                    }
+                });
+            }),
+        });
+        let f = &self.felhom;
+        let result = match work {
+            Work::Apply => {
+                let wanted = self
+                    .desired
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(id)
+                    .cloned();
+                let Some(w) = wanted else {
+                    return None;
+                };
+                // Reads only; a spec that no longer fits this PVE host is not applied.
+                let errors = f.validate(std::slice::from_ref(&w.spec)).await;
+                if !errors.is_empty() {
+                    let why = errors
+                        .iter()
+                        .map(|e| format!("{}: {}", e.field, e.rule))
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    tracing::warn!(error = %why, "spec does not fit this PVE host; not applied");
+                    return Some(JobReport::decided(
+                        &id.to_string(),
+                        None,
+                        Outcome::Refused { error: why },
+                    ));
+                }
+                f.apply(vec![w.spec], false, progress).await
+            }
+            Work::Teardown => {
+                f.teardown_targets(vec![Target::Identity(id.clone())], progress)
+                    .await
+            }
+            Work::Resume => match job {
+                Some(j) => f.resume(Some(&j), progress).await,
+                None => return None,
+            },
+        };
+        match result {
+            Ok(mut reports) => {
+                let r = reports.pop();
+                if let Some(r) = &r {
+                    tracing::info!(job = %r.job, vmid = r.vmid, outcome = ?r.outcome, "reconciled");
+                }
+                r
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reconcile failed; the next interval tries again");
+                Some(JobReport::decided(
+                    &id.to_string(),
+                    None,
+                    Outcome::Paused {
+                        error: e.to_string(),
+                    },
+                ))
+            }
+        }
+    }
+
+    /// Read what PVE says about the identity's guest now (after a run).
+    async fn observe(&self, id: &Identity, vmid: Option<u32>) {
+        let vmids: Vec<pve_api::Vmid> = vmid
+            .and_then(|v| pve_api::Vmid::try_from(v).ok())
+            .into_iter()
+            .collect();
+        if vmids.is_empty() {
+            return;
+        }
+        match self.felhom.status(&vmids).await {
+            Ok(list) => {
+                let mut obs = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+                obs.remove(id);
+                for g in list {
+                    obs.insert(identity_of(&g), g);
+                }
+            }
+            Err(_) => {
+                // torn down: no live guest any more
+                self.observed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(id);
+            }
+        }
+    }
+
+    /// Read every felhom guest's status (the interval pass).
+    pub async fn observe_all(&self) {
+        match self.felhom.status(&[]).await {
+            Ok(list) => {
+                let map = list.into_iter().map(|g| (identity_of(&g), g)).collect();
+                *self.observed.lock().unwrap_or_else(|p| p.into_inner()) = map;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the guests' status"),
+        }
+    }
+
+    /// One full pass: every wanted identity gets an `Apply` unless busy.
+    pub fn pass(self: &Arc<Self>) {
+        let ids: Vec<Identity> = self
+            .desired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .all()
+            .into_keys()
+            .collect();
+        for id in ids {
+            self.kick_if_idle(&id);
+        }
+    }
+
+    /// At start: unfinished jobs of identities nobody wants are resumed; the wanted ones are
+    /// continued by their first `Apply`.
+    pub fn resume_orphans(self: &Arc<Self>) {
+        let jobs = match self.felhom.journal.resumable_jobs() {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list unfinished jobs");
+                return;
+            }
+        };
+        let desired = self.desired.lock().unwrap_or_else(|p| p.into_inner()).all();
+        for j in jobs {
+            let (Some(customer), Some(name)) = (j.customer.clone(), j.name.clone()) else {
+                continue;
+            };
+            let id = Identity { customer, name };
+            let wanted = desired.contains_key(&id);
+            if !wanted || j.kind == felhom_core::journal::JobKind::Teardown {
+                tracing::info!(job = %j.id, identity = %id, "resuming an unfinished job");
+                self.kick(&id, Work::Resume, Some(j.id.clone()));
+            }
+        }
+    }
+}
+
+fn identity_of(g: &GuestStatus) -> Identity {
+    let (customer, name) = g.identity.split_once('/').unwrap_or((&g.identity, ""));
+    Identity {
+        customer: customer.to_string(),
+        name: name.to_string(),
+    }
+}
