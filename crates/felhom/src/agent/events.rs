@@ -302,16 +302,36 @@ impl Progress for Bus {
     }
 }
 
-/// A progress sink for one reconcile run: forwards to the bus and remembers the first job
-/// it saw, which the API answers a PUT or DELETE with.
+/// A progress sink for one reconcile run: forwards steps to the bus, remembers the jobs it
+/// saw (the first is what the API answers a PUT or DELETE with), and holds their outcome
+/// events back until the run has read the guest's new state ([`RunProgress::finish`]), so a
+/// client that reads the guest after the outcome sees it as the job left it.
 pub struct RunProgress {
     pub bus: Arc<Bus>,
     pub on_job: Box<dyn Fn(&str) + Send + Sync>,
+    pub seen: Mutex<Vec<String>>,
+}
+
+impl RunProgress {
+    /// The outcome of every job this run touched.
+    pub fn finish(&self) {
+        for job in self.seen.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            self.bus.outcome(job);
+        }
+    }
 }
 
 impl Progress for RunProgress {
     fn event(&self, job: &str, label: &str, event: ProgressEvent<'_>) {
         (self.on_job)(job);
-        self.bus.event(job, label, event);
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            if !seen.iter().any(|j| j == job) {
+                seen.push(job.to_string());
+            }
+        }
+        if !matches!(event, ProgressEvent::Finished { .. }) {
+            self.bus.event(job, label, event);
+        }
     }
 }

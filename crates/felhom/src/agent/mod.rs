@@ -137,6 +137,13 @@ pub async fn run(
     };
     if let Some(addr) = handle.listening().await {
         tracing::info!(%addr, tls = settings.tls.is_some(), specs_dir = %settings.specs_dir.display(), "felhom agent serving");
+        // One JSON line on stdout once serving (like `sim serve`): where to reach the API.
+        let scheme = if settings.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        crate::output::json_line(&serde_json::json!({ "url": format!("{scheme}://{addr}") }));
     }
 
     rec.resume_orphans();

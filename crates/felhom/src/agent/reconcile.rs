@@ -111,7 +111,9 @@ impl Reconciler {
         if !s.running {
             return None;
         }
-        let job = s.tx.borrow().job.clone();
+        let st = s.tx.borrow();
+        // Only while the run goes on (its end is published before the slot goes idle).
+        let job = (st.started > st.finished).then(|| st.job.clone()).flatten();
         job
     }
 
@@ -190,22 +192,42 @@ impl Reconciler {
                 (work, job, slot.tx.clone(), run)
             };
             let span = tracing::info_span!("reconcile", customer = %id.customer, name = %id.name, run, work = ?work);
+            let on_job = tx.clone();
+            let progress = Arc::new(RunProgress {
+                bus: self.bus.clone(),
+                on_job: Box::new(move |job: &str| {
+                    on_job.send_if_modified(|s| {
+                        if s.job.is_none() {
+                            s.job = Some(job.to_string());
+                            true
+                        } else {
+                            false
+                        }
+                    });
+                }),
+                seen: Mutex::default(),
+            });
             let report = async {
                 let _permit = self.sem.clone().acquire_owned().await;
-                self.run_once(&id, work, job, tx.clone()).await
+                self.run_once(&id, work, job, progress.clone()).await
             }
             .instrument(span)
             .await;
             if let Some(r) = &report {
-                if !r.job.is_empty() {
-                    self.bus.outcome(&r.job);
-                }
                 self.observe(&id, r.vmid).await;
+                if !r.job.is_empty() {
+                    progress
+                        .seen
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(r.job.clone());
+                }
             }
             tx.send_modify(|s| {
                 s.finished = run;
                 s.last = report;
             });
+            progress.finish();
         }
     }
 
@@ -214,21 +236,8 @@ impl Reconciler {
         id: &Identity,
         work: Work,
         job: Option<String>,
-        tx: watch::Sender<SlotState>,
+        progress: Arc<RunProgress>,
     ) -> Option<JobReport> {
-        let progress = Arc::new(RunProgress {
-            bus: self.bus.clone(),
-            on_job: Box::new(move |job: &str| {
-                tx.send_if_modified(|s| {
-                    if s.job.is_none() {
-                        s.job = Some(job.to_string());
-                        true
-                    } else {
-                        false
-                    }
-                });
-            }),
-        });
         let f = &self.felhom;
         let result = match work {
             Work::Apply => {

@@ -1,0 +1,536 @@
+//! `felhom agent` end to end (issue 18): the real binary serving its API on loopback, driving
+//! a spawned simulator, and a client that speaks only HTTP to it. Every response a test
+//! receives is checked against the agent's own OpenAPI document ([`Api::check`]).
+//!
+//! | test | what the agent must do |
+//! |---|---|
+//! | `five_guests_put_and_followed_to_success` | 5 PUTs → 202 with jobs; each job's SSE stream ends `succeeded`; again → 200, zero writes; plan, jobs |
+//! | `sigkill_mid_run_then_restart_converges` | SIGKILL while 5 guests build; the restarted agent resumes; one guest per identity |
+//! | `fifty_concurrent_puts_make_one_guest` | 50 PUTs of one guest at once: one job, one guest |
+//! | `delete_tears_down_then_is_absent` | DELETE → 202, gone; again → 200 |
+//! | `errors_are_problems_and_bad_input_writes_nothing` | 401, 404, 405, 413, 415, 422 (every hostile spec: the field; zero writes) |
+//! | `a_spec_file_is_reconciled_and_wins_over_the_api` | a file dropped in the directory → a guest, no API call; PUT/DELETE of it → 409 |
+//! | `drift_is_repaired_within_one_interval` | a guest stopped and its memory changed outside felhom → running, memory back |
+//! | `lifecycle_sighup_sigterm_and_readiness` | READY=1 on NOTIFY_SOCKET, /healthz, /readyz; SIGHUP reloads the token and the spec dir; SIGTERM → exit 0 within 10 s |
+//! | `bad_settings_exit_2` | plain HTTP on a non-loopback address, a token readable by others |
+
+mod common;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+const TOKEN: &str = "agent-test-token-0123456789";
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A running `felhom agent` against `sim`.
+struct Agent {
+    child: Option<Child>,
+    config: PathBuf,
+    specs_dir: PathBuf,
+    url: String,
+    stderr_log: PathBuf,
+}
+
+impl Agent {
+    fn start(sim: &Sim, interval: u64) -> Agent {
+        Agent::start_env(sim, interval, &[])
+    }
+
+    fn start_env(sim: &Sim, interval: u64, env: &[(&str, &str)]) -> Agent {
+        let dir = sim.dir.path();
+        let specs_dir = dir.join("guests.d");
+        std::fs::create_dir_all(&specs_dir).unwrap();
+        let token = dir.join("api.token");
+        if !token.exists() {
+            std::fs::write(&token, TOKEN).unwrap();
+            std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let mut t: toml::Table = std::fs::read_to_string(&sim.config)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let mut agent = toml::Table::new();
+        agent.insert("listen".into(), "127.0.0.1:0".into());
+        agent.insert("specs_dir".into(), specs_dir.display().to_string().into());
+        agent.insert("interval_secs".into(), (interval as i64).into());
+        agent.insert("token_file".into(), token.display().to_string().into());
+        agent.insert("debounce_ms".into(), 100.into());
+        t.insert("agent".into(), toml::Value::Table(agent));
+        let config = dir.join("agent.toml");
+        std::fs::write(&config, toml::to_string(&t).unwrap()).unwrap();
+        let mut a = Agent {
+            child: None,
+            config,
+            specs_dir,
+            url: String::new(),
+            stderr_log: dir.join("agent.log"),
+        };
+        a.spawn(env);
+        a
+    }
+
+    fn spawn(&mut self, env: &[(&str, &str)]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.stderr_log)
+            .unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config")
+            .arg(&self.config)
+            .args(["agent", "--log-format", "json"])
+            .env_remove("FELHOM_CRASH_AT")
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(Stdio::piped())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn felhom agent");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let ready: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+            panic!(
+                "agent's first stdout line is not JSON ({e}): {line:?}\n{}",
+                self.log()
+            )
+        });
+        self.url = ready["url"].as_str().unwrap().to_string();
+        self.child = Some(child);
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill has no memory-safety preconditions; the child is ours.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Wait for the agent to exit; its status and how long it took.
+    fn wait_exit(&mut self, limit: Duration) -> (Option<std::process::ExitStatus>, Duration) {
+        let started = Instant::now();
+        let c = self.child.as_mut().unwrap();
+        while started.elapsed() < limit {
+            if let Ok(Some(st)) = c.try_wait() {
+                self.child = None;
+                return (Some(st), started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (None, started.elapsed())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One HTTP answer.
+#[derive(Debug, Clone)]
+struct Answer {
+    status: u16,
+    content_type: String,
+    body: Value,
+}
+
+/// A client of the agent's API that checks every answer against the OpenAPI document.
+#[derive(Clone)]
+struct Api {
+    url: String,
+    http: reqwest::Client,
+    doc: Arc<Value>,
+    checked: Arc<Mutex<usize>>,
+}
+
+impl Api {
+    async fn new(url: &str) -> Api {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .unwrap();
+        let doc: Value = http
+            .get(format!("{url}/v1/openapi.json"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(doc["openapi"], "3.1.0", "{doc}");
+        Api {
+            url: url.to_string(),
+            http,
+            doc: Arc::new(doc),
+            checked: Default::default(),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        token: Option<&str>,
+    ) -> Answer {
+        let mut req = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.url));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        self.finish(method, path, req).await
+    }
+
+    async fn finish(&self, method: &str, path: &str, req: reqwest::RequestBuilder) -> Answer {
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let text = resp.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        let a = Answer {
+            status,
+            content_type,
+            body,
+        };
+        self.check(method, path, &a);
+        a
+    }
+
+    async fn get(&self, path: &str) -> Answer {
+        self.call("GET", path, None, Some(TOKEN)).await
+    }
+    async fn put(&self, path: &str, body: &Value) -> Answer {
+        self.call("PUT", path, Some(body), Some(TOKEN)).await
+    }
+    async fn delete(&self, path: &str) -> Answer {
+        self.call("DELETE", path, None, Some(TOKEN)).await
+    }
+
+    /// The document's operation for `method path` (templates matched segment by segment).
+    fn operation(&self, method: &str, path: &str) -> Option<&Value> {
+        let path = path.split('?').next().unwrap();
+        let segs: Vec<&str> = path.split('/').collect();
+        self.doc["paths"]
+            .as_object()?
+            .iter()
+            .find_map(|(tpl, item)| {
+                let t: Vec<&str> = tpl.split('/').collect();
+                let fits = t.len() == segs.len()
+                    && t.iter()
+                        .zip(&segs)
+                        .all(|(a, b)| (a.starts_with('{') && !b.is_empty()) || a == b);
+                fits.then(|| &item[method.to_ascii_lowercase()])
+                    .filter(|op| !op.is_null())
+            })
+    }
+
+    /// Validate `value` against `schema` (a piece of the document; `$ref`s resolve into it).
+    fn validate(&self, schema: &Value, value: &Value, what: &str) {
+        let mut root = schema.clone();
+        if let Value::Object(m) = &mut root {
+            m.insert("components".into(), self.doc["components"].clone());
+            m.insert(
+                "$schema".into(),
+                "https://json-schema.org/draft/2020-12/schema".into(),
+            );
+        }
+        let v = jsonschema::validator_for(&root).unwrap_or_else(|e| {
+            panic!("{what}: the document's schema does not compile: {e}\n{schema}")
+        });
+        let errors: Vec<String> = v
+            .iter_errors(value)
+            .map(|e| format!("{e} at {}", e.instance_path))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{what}: the answer does not satisfy the OpenAPI document: {errors:?}\nbody: {value}\nschema: {schema}"
+        );
+        *self.checked.lock().unwrap() += 1;
+    }
+
+    /// Every answer against the document: a documented status for the operation, its content
+    /// type, and its body against its schema. A path the document does not have (404) must
+    /// still be a Problem.
+    fn check(&self, method: &str, path: &str, a: &Answer) {
+        let what = format!("{method} {path} → {}", a.status);
+        let Some(op) = self.operation(method, path) else {
+            // 405 on a documented path for another method, or 404 on an unknown path.
+            assert!(
+                a.status == 404 || a.status == 405,
+                "{what}: not in the document"
+            );
+            assert_eq!(a.content_type, "application/problem+json", "{what}");
+            self.validate(
+                &json!({"$ref": "#/components/schemas/Problem"}),
+                &a.body,
+                &what,
+            );
+            return;
+        };
+        let resp = &op["responses"][a.status.to_string()];
+        assert!(
+            resp.is_object(),
+            "{what}: status not documented for this operation: {}",
+            op["responses"]
+        );
+        let mime = a.content_type.split(';').next().unwrap().trim();
+        let content = &resp["content"][mime];
+        assert!(
+            content.is_object(),
+            "{what}: content type {mime} not documented: {}",
+            resp["content"]
+        );
+        if a.status >= 400 {
+            assert_eq!(mime, "application/problem+json", "{what}");
+        }
+        if mime.ends_with("json") {
+            self.validate(&content["schema"], &a.body, &what);
+        }
+    }
+
+    /// Follow an SSE stream until `until` says stop (or `limit` passes); every event's data
+    /// checked against the document's event schema. Returns (event name, data) pairs.
+    async fn follow(
+        &self,
+        path: &str,
+        limit: Duration,
+        until: impl Fn(&str, &Value) -> bool,
+    ) -> Vec<(String, Value)> {
+        let mut resp = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(TOKEN)
+            .timeout(limit + Duration::from_secs(5))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "{path}");
+        let op = self.operation("GET", path).expect("SSE path documented");
+        let schema = op["responses"]["200"]["content"]["text/event-stream"]["schema"].clone();
+        assert!(schema.is_object(), "{path}: event schema documented");
+        let mut out = Vec::new();
+        let mut buf = String::new();
+        let (mut event, mut data) = (String::new(), String::new());
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let chunk = match tokio::time::timeout_at(deadline, resp.chunk()).await {
+                Ok(Ok(Some(c))) => c,
+                _ => return out,
+            };
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(i) = buf.find('\n') {
+                let line = buf[..i].trim_end_matches('\r').to_string();
+                buf.drain(..=i);
+                if let Some(e) = line.strip_prefix("event:") {
+                    event = e.trim().to_string();
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    data.push_str(d.trim_start());
+                } else if line.is_empty() && !data.is_empty() {
+                    let v: Value = serde_json::from_str(&data).unwrap();
+                    self.validate(&schema, &v, &format!("SSE {path}"));
+                    let stop = until(&event, &v);
+                    out.push((std::mem::take(&mut event), v));
+                    data.clear();
+                    if stop {
+                        return out;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Follow one job's events to its outcome.
+    async fn outcome(&self, job: &str) -> (Vec<(String, Value)>, String) {
+        let ev = self
+            .follow(
+                &format!("/v1/jobs/{job}/events"),
+                Duration::from_secs(120),
+                |e, _| e == "outcome",
+            )
+            .await;
+        let outcome = ev
+            .iter()
+            .find(|(e, _)| e == "outcome")
+            .map(|(_, d)| d["outcome"].as_str().unwrap_or("").to_string())
+            .unwrap_or_else(|| "(no outcome)".into());
+        (ev, outcome)
+    }
+}
+
+/// A guest spec as JSON (the spec file's keys).
+fn spec_json(customer: &str, vmid: &str) -> Value {
+    toml_to_json(&spec(customer, vmid, ""))
+}
+
+fn toml_to_json(text: &str) -> Value {
+    let t: toml::Table = text.parse().unwrap();
+    serde_json::to_value(t).unwrap()
+}
+
+/// The simulator's guests, by hostname: how many each.
+fn guests_by_hostname(sim: &Sim) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for g in sim.state()["guests"].as_array().unwrap() {
+        let h = g["config"]["hostname"]
+            .as_str()
+            .or(g["hostname"].as_str())
+            .unwrap_or("?")
+            .to_string();
+        *out.entry(h).or_insert(0) += 1;
+    }
+    out
+}
+
+/// Blocking calls (the simulator's state) from inside the test's runtime.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+/// Poll `f` until it is true or `limit` passes.
+fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+#[test]
+fn five_guests_put_and_followed_to_success() {
+    let sim = Sim::start();
+    let agent = Agent::start(&sim, 600);
+    let rt = rt();
+    rt.block_on(async {
+        let api = Api::new(&agent.url).await;
+        let mut jobs = Vec::new();
+        for i in 0..5 {
+            let c = format!("cust{i}");
+            let a = api
+                .put(&format!("/v1/guests/{c}/{c}-app"), &spec_json(&c, "\"auto\""))
+                .await;
+            assert_eq!(a.status, 202, "{:?}\n{}", a.body, agent.log());
+            let job = a.body["job"]["id"].as_str().expect("202 names the job").to_string();
+            assert_eq!(a.body["state"], "building");
+            jobs.push(job);
+        }
+        let followers: Vec<_> = jobs
+            .iter()
+            .map(|j| {
+                let api = api.clone();
+                let j = j.clone();
+                tokio::spawn(async move { api.outcome(&j).await })
+            })
+            .collect();
+        for (f, job) in followers.into_iter().zip(&jobs) {
+            let (events, outcome) = f.await.unwrap();
+            assert_eq!(outcome, "succeeded", "{job}: {events:?}\n{}", agent.log());
+            let steps: Vec<&str> = events
+                .iter()
+                .filter(|(e, d)| e == "step" && d["phase"] == "done")
+                .map(|(_, d)| d["step"].as_str().unwrap())
+                .collect();
+            assert!(steps.contains(&"restore") && steps.contains(&"ssh"), "{steps:?}");
+            assert!(events.iter().all(|(_, d)| d["job"] == job.as_str()));
+            assert!(events.iter().any(|(_, d)| d["vmid"].is_u64()), "events carry the VMID");
+        }
+        // A late subscriber gets the whole history, ending in the outcome.
+        let (late, outcome) = api.outcome(&jobs[0]).await;
+        assert_eq!(outcome, "succeeded");
+        assert!(late.len() > 5, "{late:?}");
+
+        let list = api.get("/v1/guests").await;
+        assert_eq!(list.status, 200);
+        let guests = list.body["guests"].as_array().unwrap();
+        assert_eq!(guests.len(), 5, "{guests:?}");
+        for g in guests {
+            assert_eq!(g["state"], "running", "{g}");
+            assert!(g["vmid"].is_u64() && g["ip"].is_string() && g["ssh_fingerprint"].is_string(), "{g}");
+            assert_eq!(g["source"], "api");
+        }
+        let one = api.get("/v1/guests/cust0/cust0-app").await;
+        assert_eq!(one.status, 200);
+        assert_eq!(one.body["customer"], "cust0");
+
+        // The same spec again: 200 unchanged, zero writes.
+        let before = blocking(|| sim.write_count());
+        let again = api
+            .put("/v1/guests/cust0/cust0-app", &spec_json("cust0", "\"auto\""))
+            .await;
+        assert_eq!(again.status, 200, "{:?}", again.body);
+        assert_eq!(blocking(|| sim.write_count()), before, "an unchanged PUT wrote to PVE");
+
+        // plan: the decisions, zero writes.
+        let plan = api
+            .call(
+                "POST",
+                "/v1/plan",
+                Some(&json!({ "specs": [spec_json("cust0", "\"auto\""), spec_json("newcust", "\"auto\"")] })),
+                Some(TOKEN),
+            )
+            .await;
+        assert_eq!(plan.status, 200, "{:?}", plan.body);
+        let d: Vec<&str> = plan.body["decisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["decision"].as_str().unwrap())
+            .collect();
+        assert_eq!(d, vec!["unchanged", "create"]);
+        assert_eq!(blocking(|| sim.write_count()), before, "plan wrote to PVE");
+
+        let list = api.get("/v1/jobs").await;
+        assert_eq!(list.status, 200);
+        assert!(list.body["jobs"].as_array().unwrap().len() >= 5);
+        let one = api.get(&format!("/v1/jobs/{}", jobs[0])).await;
+        assert_eq!(one.status, 200);
+        assert_eq!(one.body["state"], "succeeded");
+        assert!(*api.checked.lock().unwrap() > 20);
+    });
+    assert_eq!(guests_by_hostname(&sim).len(), 5);
+    assert_clean_invariants(&sim.state());
+}
