@@ -534,3 +534,515 @@ fn five_guests_put_and_followed_to_success() {
     assert_eq!(guests_by_hostname(&sim).len(), 5);
     assert_clean_invariants(&sim.state());
 }
+
+/// The simulator's guest with `hostname`, if exactly one.
+fn sim_guest(sim: &Sim, hostname: &str) -> Option<Value> {
+    let state = sim.state();
+    let mine: Vec<Value> = state["guests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["config"]["hostname"] == hostname)
+        .cloned()
+        .collect();
+    assert!(mine.len() <= 1, "{} guests named {hostname}", mine.len());
+    mine.into_iter().next()
+}
+
+/// Until every guest the agent wants is running with no job going on.
+async fn all_running(api: &Api, n: usize, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let list = api.get("/v1/guests").await;
+        let guests = list.body["guests"].as_array().cloned().unwrap_or_default();
+        if guests.len() == n && guests.iter().all(|g| g["state"] == "running") {
+            return list.body;
+        }
+        assert!(Instant::now() < deadline, "not all running: {}", list.body);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[test]
+fn sigkill_mid_run_then_restart_converges() {
+    // Slower modelled time, so the kill lands mid-job.
+    let sim = Sim::with("", 0.2);
+    let mut agent = Agent::start(&sim, 600);
+    let rt = rt();
+    rt.block_on(async {
+        let api = Api::new(&agent.url).await;
+        for i in 0..5 {
+            let c = format!("kill{i}");
+            let a = api
+                .put(
+                    &format!("/v1/guests/{c}/{c}-app"),
+                    &spec_json(&c, "\"auto\""),
+                )
+                .await;
+            assert_eq!(a.status, 202, "{:?}", a.body);
+        }
+        // Kill once some step of some job is done (the jobs are under way, none finished).
+        let ev = api
+            .follow("/v1/events", Duration::from_secs(60), |_, d| {
+                d["step"] == "restore" && d["phase"] == "done"
+            })
+            .await;
+        assert!(
+            !ev.iter().any(|(e, _)| e == "outcome"),
+            "a job finished before the kill: {ev:?}"
+        );
+    });
+    agent.signal(libc::SIGKILL);
+    let (st, _) = agent.wait_exit(Duration::from_secs(10));
+    assert!(st.is_some(), "the agent survived SIGKILL");
+    agent.spawn(&[]);
+    rt.block_on(async {
+        let api = Api::new(&agent.url).await;
+        all_running(&api, 5, Duration::from_secs(180)).await;
+        let jobs = api.get("/v1/jobs").await;
+        for j in jobs.body["jobs"].as_array().unwrap() {
+            assert_eq!(
+                j["state"],
+                "succeeded",
+                "every job finished after the restart: {j}\n{}",
+                agent.log()
+            );
+        }
+    });
+    let by = guests_by_hostname(&sim);
+    assert_eq!(by.len(), 5, "{by:?}");
+    assert!(
+        by.values().all(|n| *n == 1),
+        "one guest per identity: {by:?}"
+    );
+    assert_clean_invariants(&sim.state());
+}
+
+#[test]
+fn fifty_concurrent_puts_make_one_guest() {
+    let sim = Sim::start();
+    let agent = Agent::start(&sim, 600);
+    let rt = rt();
+    rt.block_on(async {
+        let api = Api::new(&agent.url).await;
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let api = api.clone();
+                tokio::spawn(async move {
+                    api.put(
+                        "/v1/guests/burst/burst-app",
+                        &spec_json("burst", "\"auto\""),
+                    )
+                    .await
+                })
+            })
+            .collect();
+        let mut jobs = std::collections::BTreeSet::new();
+        for t in tasks {
+            let a = t.await.unwrap();
+            assert!(
+                a.status == 202 || a.status == 200,
+                "{} {:?}",
+                a.status,
+                a.body
+            );
+            if a.status == 202 {
+                jobs.insert(a.body["job"]["id"].as_str().unwrap().to_string());
+            }
+        }
+        assert_eq!(jobs.len(), 1, "one job for 50 PUTs: {jobs:?}");
+        let (_, outcome) = api.outcome(jobs.iter().next().unwrap()).await;
+        assert_eq!(outcome, "succeeded");
+    });
+    assert_eq!(guests_by_hostname(&sim).get("burst-app"), Some(&1));
+    assert_clean_invariants(&sim.state());
+}
+
+#[test]
+fn delete_tears_down_then_is_absent() {
+    let sim = Sim::start();
+    let agent = Agent::start(&sim, 600);
+    let rt = rt();
+    rt.block_on(async {
+        let api = Api::new(&agent.url).await;
+        let a = api
+            .put("/v1/guests/gone/gone-app", &spec_json("gone", "\"auto\""))
+            .await;
+        assert_eq!(a.status, 202);
+        let (_, outcome) = api.outcome(a.body["job"]["id"].as_str().unwrap()).await;
+        assert_eq!(outcome, "succeeded");
+        assert!(blocking(|| sim_guest(&sim, "gone-app")).is_some());
+
+        let d = api.delete("/v1/guests/gone/gone-app").await;
+        assert_eq!(d.status, 202, "{:?}", d.body);
+        assert_eq!(d.body["job"]["kind"], "teardown");
+        let (_, outcome) = api.outcome(d.body["job"]["id"].as_str().unwrap()).await;
+        assert_eq!(outcome, "succeeded");
+        assert!(
+            blocking(|| sim_guest(&sim, "gone-app")).is_none(),
+            "the guest is gone"
+        );
+        let g = api.get("/v1/guests/gone/gone-app").await;
+        assert_eq!(g.status, 404, "{:?}", g.body);
+
+        let again = api.delete("/v1/guests/gone/gone-app").await;
+        assert_eq!(again.status, 200, "{:?}", again.body);
+        assert_eq!(again.body["state"], "absent");
+        let never = api.delete("/v1/guests/never/never-app").await;
+        assert_eq!(never.status, 200, "{:?}", never.body);
+    });
+    assert_clean_invariants(&sim.state());
+}
+
+#[test]
+fn errors_are_problems_and_bad_input_writes_nothing() {
+    let sim = Sim::start();
+    let agent = Agent::start(&sim, 600);
+    let rt = rt();
+    rt.block_on(async {
+        let api = Api::new(&agent.url).await;
+        let before = blocking(|| sim.write_count());
+
+        // No token, a wrong token: 401 on every /v1 route and /metrics.
+        for (m, p) in [
+            ("GET", "/v1/guests"),
+            ("PUT", "/v1/guests/a/b"),
+            ("GET", "/v1/events"),
+            ("GET", "/metrics"),
+            ("GET", "/v1/openapi.json"),
+        ] {
+            for token in [None, Some("wrong-token-0123456789")] {
+                let a = api.call(m, p, None, token).await;
+                assert_eq!(a.status, 401, "{m} {p}");
+                assert_eq!(a.body["status"], 401);
+            }
+        }
+        // Unknown path 404, wrong method 405, both problems.
+        let a = api.get("/v1/nothing-here").await;
+        assert_eq!(a.status, 404);
+        let a = api
+            .call("POST", "/v1/guests", Some(&json!({})), Some(TOKEN))
+            .await;
+        assert_eq!(a.status, 405);
+        // Too large: 413; not JSON: 415; not parseable: 422.
+        let big = json!({ "customer": "x".repeat(100_000) });
+        let a = api.put("/v1/guests/big/big-app", &big).await;
+        assert_eq!(a.status, 413, "{:?}", a.body);
+        let req = api
+            .http
+            .put(format!("{}/v1/guests/acme/acme-app", api.url))
+            .bearer_auth(TOKEN)
+            .header("content-type", "text/plain")
+            .body("customer = \"acme\"");
+        let a = api.finish("PUT", "/v1/guests/acme/acme-app", req).await;
+        assert_eq!(a.status, 415, "{:?}", a.body);
+        let req = api
+            .http
+            .put(format!("{}/v1/guests/acme/acme-app", api.url))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .body("{not json");
+        let a = api.finish("PUT", "/v1/guests/acme/acme-app", req).await;
+        assert_eq!(a.status, 422, "{:?}", a.body);
+        assert_eq!(a.body["errors"][0]["field"], "(body)");
+        // The body names another guest than the path.
+        let mut named = spec_json("acme", "\"auto\"");
+        named["name"] = json!("web1");
+        let a = api.put("/v1/guests/acme/other", &named).await;
+        assert_eq!(a.status, 422);
+        assert_eq!(a.body["errors"][0]["field"], "name", "{:?}", a.body);
+
+        // Every hostile spec the CLI refuses: 422 naming the field.
+        let mut tried = 0;
+        for h in felhom_core::adversarial::hostile_specs(GOLDEN) {
+            if h.text.contains("[[guest]]") {
+                continue;
+            }
+            let Ok(t) = h.text.parse::<toml::Table>() else {
+                continue;
+            };
+            let body = serde_json::to_value(&t).unwrap();
+            // The path carries the body's identity when it is a valid one, so the spec's
+            // own field is what the answer must name.
+            let customer = body["customer"]
+                .as_str()
+                .filter(|s| s.parse::<felhom_core::spec::CustomerId>().is_ok())
+                .unwrap_or("acme");
+            let name = body["name"]
+                .as_str()
+                .or(body["hostname"].as_str())
+                .filter(|s| s.parse::<felhom_core::spec::Hostname>().is_ok())
+                .unwrap_or("acme-app");
+            let a = api
+                .put(&format!("/v1/guests/{customer}/{name}"), &body)
+                .await;
+            assert_eq!(a.status, 422, "{}: {:?}", h.name, a.body);
+            assert!(
+                a.body.to_string().contains(h.field),
+                "{}: the problem does not name '{}': {}",
+                h.name,
+                h.field,
+                a.body
+            );
+            tried += 1;
+        }
+        assert!(tried >= 20, "only {tried} hostile specs tried");
+        let plan = api
+            .call(
+                "POST",
+                "/v1/plan",
+                Some(&json!({ "specs": [{ "customer": "BAD" }] })),
+                Some(TOKEN),
+            )
+            .await;
+        assert_eq!(plan.status, 422);
+        assert!(
+            plan.body.to_string().contains("specs[0].customer"),
+            "{}",
+            plan.body
+        );
+        assert_eq!(
+            blocking(|| sim.write_count()),
+            before,
+            "bad input wrote to PVE"
+        );
+        let list = api.get("/v1/guests").await;
+        assert_eq!(list.body["guests"], json!([]), "bad input stored a guest");
+    });
+}
+
+#[test]
+fn a_spec_file_is_reconciled_and_wins_over_the_api() {
+    let sim = Sim::start();
+    let agent = Agent::start(&sim, 600);
+    let rt = rt();
+    rt.block_on(async {
+        let api = Api::new(&agent.url).await;
+        std::fs::write(
+            agent.specs_dir.join("filed.toml"),
+            spec("filed", "\"auto\"", ""),
+        )
+        .unwrap();
+        let body = all_running(&api, 1, Duration::from_secs(60)).await;
+        assert_eq!(body["guests"][0]["source"], "file");
+        assert_eq!(body["guests"][0]["name"], "filed-app");
+        let a = api
+            .put(
+                "/v1/guests/filed/filed-app",
+                &spec_json("filed", "\"auto\""),
+            )
+            .await;
+        assert_eq!(a.status, 409, "{:?}", a.body);
+        let d = api.delete("/v1/guests/filed/filed-app").await;
+        assert_eq!(d.status, 409, "{:?}", d.body);
+    });
+    assert!(sim_guest(&sim, "filed-app").is_some());
+    assert!(!agent.log().contains(TOKEN), "the API token is in the log");
+}
+
+/// A client with an administrator's token: someone other than felhom changing PVE.
+fn admin(sim: &Sim) -> pve_api::PveClient {
+    let client_for = |config: &Path| {
+        let text = std::fs::read_to_string(config).unwrap();
+        let cfg = felhom_core::config::Config::parse(config, &text).unwrap();
+        pve_api::PveClient::new(cfg.client).unwrap()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let reply: Value = rt
+        .block_on(client_for(&sim.config).post_outside_api(
+            "/felhom-sim/tokens",
+            &json!({ "userid": "admin@pve", "tokenid": "root", "privsep": false,
+                     "acl": [{ "path": "/", "privs": ["VM.Audit", "VM.PowerMgmt", "VM.Config.Memory", "VM.Config.Options", "Sys.Audit"] }] }),
+        ))
+        .unwrap();
+    let secret = sim.dir.path().join("admin.token");
+    std::fs::write(&secret, reply["secret"].as_str().unwrap()).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut t: toml::Table = std::fs::read_to_string(&sim.config)
+        .unwrap()
+        .parse()
+        .unwrap();
+    t["pve"]["token_id"] = toml::Value::String("admin@pve!root".into());
+    t["pve"]["token_secret_file"] = toml::Value::String(secret.display().to_string());
+    let p = sim.dir.path().join("admin.toml");
+    std::fs::write(&p, toml::to_string(&t).unwrap()).unwrap();
+    client_for(&p)
+}
+
+#[test]
+fn drift_is_repaired_within_one_interval() {
+    let sim = Sim::start();
+    let interval = 2;
+    let agent = Agent::start(&sim, interval);
+    let rt = rt();
+    let vmid = rt.block_on(async {
+        let api = Api::new(&agent.url).await;
+        let a = api
+            .put(
+                "/v1/guests/drift/drift-app",
+                &spec_json("drift", "1950")
+                    .as_object()
+                    .map(|m| {
+                        let mut m = m.clone();
+                        m.insert("memory".into(), json!(1024));
+                        Value::Object(m)
+                    })
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(a.status, 202, "{:?}", a.body);
+        let (_, outcome) = api.outcome(a.body["job"]["id"].as_str().unwrap()).await;
+        assert_eq!(outcome, "succeeded");
+        1950u32
+    });
+    // Outside felhom: stop the guest and change its memory.
+    let adm = admin(&sim);
+    let v = pve_api::Vmid::try_from(vmid).unwrap();
+    let local = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    local.block_on(async {
+        let upid = adm.lxc_stop("pve", v).await.unwrap();
+        adm.wait_task(&upid, &pve_api::WaitOptions::default())
+            .await
+            .unwrap();
+        adm.lxc_update_config("pve", v, &[("memory".to_string(), "512".to_string())], None)
+            .await
+            .unwrap();
+    });
+    let g = sim_guest(&sim, "drift-app").unwrap();
+    assert_eq!(g["status"], "stopped");
+    assert_eq!(g["config"]["memory"].to_string().trim_matches('"'), "512");
+    let started = Instant::now();
+    let repaired = eventually(Duration::from_secs(interval * 2 + 20), || {
+        let g = sim_guest(&sim, "drift-app").unwrap();
+        g["status"] == "running" && g["config"]["memory"].to_string().trim_matches('"') == "1024"
+    });
+    assert!(
+        repaired,
+        "drift not repaired: {}\n{}",
+        sim_guest(&sim, "drift-app").unwrap(),
+        agent.log()
+    );
+    eprintln!(
+        "drift repaired {:.1}s after it was made (interval {interval}s)",
+        started.elapsed().as_secs_f64()
+    );
+    let log = agent.log();
+    assert!(
+        log.contains("\"kind\":\"repair\""),
+        "a repair job ran: {log}"
+    );
+}
+
+#[test]
+fn lifecycle_sighup_sigterm_and_readiness() {
+    use std::os::unix::net::UnixDatagram;
+    let sim = Sim::start();
+    let sock_path = sim.dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut agent = Agent::start_env(&sim, 600, &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())]);
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("READY=1 on NOTIFY_SOCKET");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
+
+    let rt = rt();
+    rt.block_on(async {
+        let api = Api::new(&agent.url).await;
+        let h = api.call("GET", "/healthz", None, None).await;
+        assert_eq!((h.status, h.body["status"].as_str()), (200, Some("ok")));
+        let r = api.call("GET", "/readyz", None, None).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let p = api.call("GET", "/", None, None).await;
+        assert_eq!(p.status, 200);
+
+        // SIGHUP: a new token and a new spec file, both taken.
+        let token = sim.dir.path().join("api.token");
+        std::fs::write(&token, "the-new-token-after-sighup").unwrap();
+        std::fs::write(
+            agent.specs_dir.join("hup.toml"),
+            spec("hup", "\"auto\"", ""),
+        )
+        .unwrap();
+        agent.signal(libc::SIGHUP);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let a = api
+                .call(
+                    "GET",
+                    "/v1/guests",
+                    None,
+                    Some("the-new-token-after-sighup"),
+                )
+                .await;
+            if a.status == 200 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the new token is not taken after SIGHUP"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            api.get("/v1/guests").await.status,
+            401,
+            "the old token still works"
+        );
+    });
+    assert!(eventually(Duration::from_secs(60), || sim_guest(
+        &sim, "hup-app"
+    )
+    .is_some()));
+
+    agent.signal(libc::SIGTERM);
+    let (st, took) = agent.wait_exit(Duration::from_secs(10));
+    let st = st.unwrap_or_else(|| panic!("no exit within 10 s of SIGTERM\n{}", agent.log()));
+    assert_eq!(st.code(), Some(0), "{}", agent.log());
+    eprintln!("SIGTERM → exit in {:.2}s", took.as_secs_f64());
+    let n = sock.recv(&mut buf).expect("STOPPING=1 on NOTIFY_SOCKET");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+}
+
+#[test]
+fn bad_settings_exit_2() {
+    let sim = Sim::start();
+    let dir = sim.dir.path();
+    let token = dir.join("api.token");
+    std::fs::write(&token, TOKEN).unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut t: toml::Table = std::fs::read_to_string(&sim.config)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut agent = toml::Table::new();
+    agent.insert("listen".into(), "0.0.0.0:0".into());
+    agent.insert("specs_dir".into(), dir.display().to_string().into());
+    agent.insert("token_file".into(), token.display().to_string().into());
+    t.insert("agent".into(), toml::Value::Table(agent));
+    let config = dir.join("bad.toml");
+    std::fs::write(&config, toml::to_string(&t).unwrap()).unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .arg("agent")
+        .output()
+        .unwrap();
+    let msg = both(&out);
+    assert_eq!(out.status.code(), Some(2), "{msg}");
+    assert!(
+        msg.contains("agent.listen") && msg.contains("loopback"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("agent.token_file") && msg.contains("chmod 600"),
+        "{msg}"
+    );
+    assert!(!msg.contains(TOKEN), "the token is in the message");
+}

@@ -183,12 +183,7 @@ pub async fn run(
             }
             Some(()) = dir_rx.recv() => {
                 // Debounce: wait until the directory has been quiet for `debounce`.
-                loop {
-                    match tokio::time::timeout(debounce, dir_rx.recv()).await {
-                        Ok(Some(())) => continue,
-                        _ => break,
-                    }
-                }
+                while let Ok(Some(())) = tokio::time::timeout(debounce, dir_rx.recv()).await {}
                 reread_dir(&rec, &desired, &specs_dir);
             }
             _ = ticker.tick() => {

@@ -113,8 +113,7 @@ impl Reconciler {
         }
         let st = s.tx.borrow();
         // Only while the run goes on (its end is published before the slot goes idle).
-        let job = (st.started > st.finished).then(|| st.job.clone()).flatten();
-        job
+        (st.started > st.finished).then(|| st.job.clone()).flatten()
     }
 
     /// The identity's run going on: a watcher and its number.
@@ -247,9 +246,7 @@ impl Reconciler {
                     .unwrap_or_else(|p| p.into_inner())
                     .get(id)
                     .cloned();
-                let Some(w) = wanted else {
-                    return None;
-                };
+                let w = wanted?;
                 // Reads only; a spec that no longer fits this PVE host is not applied.
                 let errors = f.validate(std::slice::from_ref(&w.spec)).await;
                 if !errors.is_empty() {
