@@ -1494,6 +1494,36 @@ path = "/srv/data"
         assert_eq!(s[0].golden.owner_vmid(), Some(9100));
     }
 
+    /// The agent's JSON form walks the same fields with the same errors as a file.
+    #[test]
+    fn a_json_spec_is_the_file_spec() {
+        let table: toml::Table = GOOD.parse().unwrap();
+        let json = serde_json::to_value(&table).unwrap();
+        assert_eq!(
+            GuestSpec::from_json(&json).unwrap(),
+            GuestSpec::parse_many(GOOD).unwrap().remove(0)
+        );
+        let mut bad = json.clone();
+        bad["rootfs_size"] = serde_json::json!("lots");
+        bad["cores"] = serde_json::json!(0);
+        let errs = GuestSpec::from_json(&bad).unwrap_err().0;
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert!(
+            fields.contains(&"rootfs_size") && fields.contains(&"cores"),
+            "{errs:?}"
+        );
+        let mut null = json.clone();
+        null["memory"] = serde_json::Value::Null;
+        assert_eq!(
+            GuestSpec::from_json(&null).unwrap_err().0[0].field,
+            "memory"
+        );
+        assert_eq!(
+            GuestSpec::from_json(&serde_json::json!([1])).unwrap_err().0[0].field,
+            "(body)"
+        );
+    }
+
     #[test]
     fn every_error_reported_at_once() {
         let bad = GOOD

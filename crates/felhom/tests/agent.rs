@@ -533,6 +533,26 @@ fn five_guests_put_and_followed_to_success() {
     });
     assert_eq!(guests_by_hostname(&sim).len(), 5);
     assert_clean_invariants(&sim.state());
+    // Logs: JSON lines; every job event names the job, the guest identity and (once it has
+    // one) the VMID; never a secret.
+    let log = agent.log();
+    let events: Vec<Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["job"].is_string() && v["phase"].is_string())
+        .collect();
+    assert!(events.len() > 5 * 10, "{log}");
+    for e in &events {
+        assert!(e["customer"].is_string() && e["name"].is_string(), "{e}");
+        if e["step"] == "ssh" {
+            assert!(e["vmid"].is_u64(), "{e}");
+        }
+    }
+    let pve_secret = std::fs::read_to_string(sim.state_dir.join("felhom-agent.token")).unwrap();
+    assert!(
+        !log.contains(pve_secret.trim()) && !log.contains(TOKEN),
+        "a secret in the log"
+    );
 }
 
 /// The simulator's guest with `hostname`, if exactly one.
