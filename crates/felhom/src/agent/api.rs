@@ -78,7 +78,8 @@ pub struct Guest {
     pub source: Option<String>,
     pub node: Option<String>,
     pub vmid: Option<u32>,
-    /// `running`, `stopped`, `absent`, `building`, `paused`, `tearing_down`.
+    /// `running`, `stopped`, `absent`, `queued` (waiting for a concurrency slot), `building`,
+    /// `paused`, `tearing_down`.
     pub state: String,
     pub ip: Option<String>,
     pub ssh_fingerprint: Option<String>,
@@ -330,21 +331,27 @@ fn view(a: &Agent, id: &Identity, wanted: Option<&Wanted>) -> Guest {
         .unwrap_or_else(|p| p.into_inner())
         .get(id)
         .cloned();
+    // In memory only: a read never queries the journal per guest.
     let current = a.rec.current_job(id);
-    let job = current
-        .as_deref()
-        .and_then(|j| job_brief(a, j))
-        .or_else(|| {
-            // The identity's latest unfinished job (paused, interrupted), if any.
-            a.rec
-                .felhom
-                .journal
-                .unfinished_jobs_for_identity(&id.customer, &id.name)
-                .ok()
-                .and_then(|v| v.into_iter().last())
-                .and_then(|r| job_brief(a, &r.id))
+    let job = a
+        .rec
+        .jobs
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(id)
+        .filter(|j| current.as_deref() == Some(j.id.as_str()) || !j.is_final())
+        .map(|j| JobBrief {
+            id: j.id.clone(),
+            kind: j.kind.clone(),
+            state: if current.as_deref() == Some(j.id.as_str()) {
+                "running".into()
+            } else {
+                j.state.clone()
+            },
         });
+    let queued = a.rec.queued(id);
     let state = match (&current, &job, &obs) {
+        (None, _, _) if queued => "queued".to_string(),
         (Some(_), Some(j), _) if j.kind == "teardown" => "tearing_down".to_string(),
         (Some(_), _, _) => "building".to_string(),
         (None, Some(j), _) if j.state == "paused" => "paused".to_string(),
@@ -480,18 +487,22 @@ fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result
     })
 }
 
-/// Wait until the run `target` shows its job (202) or ends (its report).
+/// Wait until the run `target` shows its job (202), waits for a concurrency slot (202
+/// without a job yet: it is queued), or ends (its report).
 async fn answer(
     mut rx: tokio::sync::watch::Receiver<SlotState>,
     target: u64,
-) -> Result<String, Option<felhom_core::ops::JobReport>> {
+) -> Result<Option<String>, Option<felhom_core::ops::JobReport>> {
     let wait = async {
         loop {
             {
                 let s = rx.borrow_and_update();
                 if s.started >= target {
                     if let Some(j) = &s.job {
-                        return Ok(j.clone());
+                        return Ok(Some(j.clone()));
+                    }
+                    if s.queued {
+                        return Ok(None);
                     }
                 }
                 if s.finished >= target {
@@ -729,7 +740,7 @@ async fn delete_guest(State(a): St, Path((customer, name)): Path<(String, String
     match answer(rx, target).await {
         Ok(job) => (
             StatusCode::ACCEPTED,
-            Json(removal("tearing_down", job_brief(&a, &job))),
+            Json(removal("tearing_down", job.and_then(|j| job_brief(&a, &j)))),
         )
             .into_response(),
         Err(Some(r)) if r.outcome == Outcome::Absent => {

@@ -146,6 +146,7 @@ pub async fn run(
         crate::output::json_line(&serde_json::json!({ "url": format!("{scheme}://{addr}") }));
     }
 
+    rec.recall_jobs();
     rec.resume_orphans();
     rec.pass();
     notify_ready();

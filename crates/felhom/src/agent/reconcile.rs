@@ -48,6 +48,8 @@ pub struct SlotState {
     pub job: Option<String>,
     /// How the run `finished` ended.
     pub last: Option<JobReport>,
+    /// The run `started` waits for a concurrency slot (`agent.concurrency` runs go on).
+    pub queued: bool,
 }
 
 struct Slot {
@@ -66,6 +68,39 @@ pub struct Reconciler {
     accepting: AtomicBool,
     /// What `status` last said about each felhom guest, by identity.
     pub observed: Mutex<HashMap<Identity, GuestStatus>>,
+    /// Each identity's latest job as this process knows it: reads of the API never query
+    /// the journal per guest (it is one connection, and the jobs write through it).
+    pub jobs: Mutex<HashMap<Identity, LastJob>>,
+}
+
+/// A job, as the API shows it.
+#[derive(Debug, Clone)]
+pub struct LastJob {
+    pub id: String,
+    pub kind: String,
+    /// The journal's state, `interrupted` for a run whose process died.
+    pub state: String,
+}
+
+impl LastJob {
+    pub fn of(row: &felhom_core::journal::JobRow) -> LastJob {
+        LastJob {
+            id: row.id.clone(),
+            kind: serde_json::to_value(row.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            state: row.display_state().to_string(),
+        }
+    }
+
+    /// Ended for good (nothing left to resume).
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self.state.as_str(),
+            "succeeded" | "rolled_back" | "superseded"
+        )
+    }
 }
 
 impl Reconciler {
@@ -83,6 +118,7 @@ impl Reconciler {
             slots: Mutex::default(),
             accepting: AtomicBool::new(true),
             observed: Mutex::default(),
+            jobs: Mutex::default(),
         })
     }
 
@@ -114,6 +150,49 @@ impl Reconciler {
         let st = s.tx.borrow();
         // Only while the run goes on (its end is published before the slot goes idle).
         (st.started > st.finished).then(|| st.job.clone()).flatten()
+    }
+
+    /// Remember `job` as the identity's latest (`refresh`: read its state again, at a run's
+    /// end). One journal read per job and run, never per API read.
+    fn note_job(&self, id: &Identity, job: &str, refresh: bool) {
+        let known = self
+            .jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .is_some_and(|j| j.id == job);
+        if known && !refresh {
+            return;
+        }
+        if let Ok(row) = self.felhom.journal.job(job) {
+            self.jobs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.clone(), LastJob::of(&row));
+        }
+    }
+
+    /// At start: each identity's newest job from the journal.
+    pub fn recall_jobs(&self) {
+        let Ok(rows) = self.felhom.journal.jobs() else {
+            return;
+        };
+        let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        // Newest first: the first seen per identity wins.
+        for row in rows {
+            if let (Some(customer), Some(name)) = (row.customer.clone(), row.name.clone()) {
+                jobs.entry(Identity { customer, name })
+                    .or_insert_with(|| LastJob::of(&row));
+            }
+        }
+    }
+
+    /// Whether the identity's run waits for a concurrency slot.
+    pub fn queued(&self, id: &Identity) -> bool {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots
+            .get(id)
+            .is_some_and(|s| s.running && s.tx.borrow().queued)
     }
 
     /// The identity's run going on: a watcher and its number.
@@ -192,9 +271,12 @@ impl Reconciler {
             };
             let span = tracing::info_span!("reconcile", customer = %id.customer, name = %id.name, run, work = ?work);
             let on_job = tx.clone();
+            let me = self.clone();
+            let job_id = id.clone();
             let progress = Arc::new(RunProgress {
                 bus: self.bus.clone(),
                 on_job: Box::new(move |job: &str| {
+                    me.note_job(&job_id, job, false);
                     on_job.send_if_modified(|s| {
                         if s.job.is_none() {
                             s.job = Some(job.to_string());
@@ -207,11 +289,31 @@ impl Reconciler {
                 seen: Mutex::default(),
             });
             let report = async {
-                let _permit = self.sem.clone().acquire_owned().await;
+                let permit = match self.sem.clone().try_acquire_owned() {
+                    Ok(p) => p,
+                    Err(_) => {
+                        tx.send_modify(|s| s.queued = true);
+                        let p = self.sem.clone().acquire_owned().await;
+                        tx.send_modify(|s| s.queued = false);
+                        match p {
+                            Ok(p) => p,
+                            Err(_) => return None,
+                        }
+                    }
+                };
+                let _permit = permit;
                 self.run_once(&id, work, job, progress.clone()).await
             }
             .instrument(span)
             .await;
+            if let Some(last) = progress
+                .seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .last()
+            {
+                self.note_job(&id, last, true);
+            }
             if let Some(r) = &report {
                 self.observe(&id, r.vmid).await;
                 if !r.job.is_empty() {
@@ -325,6 +427,8 @@ impl Reconciler {
     pub async fn observe_all(&self) {
         match self.felhom.status(&[]).await {
             Ok(list) => {
+                // metrics: felhom_core::metrics::set_guests_by_state(&[(state, n)]) and
+                // set_drift(n) from `list` (h-agentx's registry) go here.
                 let map = list.into_iter().map(|g| (identity_of(&g), g)).collect();
                 *self.observed.lock().unwrap_or_else(|p| p.into_inner()) = map;
             }

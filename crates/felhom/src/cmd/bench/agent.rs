@@ -23,6 +23,8 @@ use crate::error::CliError;
 use crate::output::{self, outln, OutputFormat};
 
 const TOKEN: &str = "bench-agent-token-0123456789";
+/// Each client's pause between two rounds of reads (`/v1/guests`, then one guest).
+const READ_PAUSE: Duration = Duration::from_millis(500);
 
 #[derive(Args, Debug)]
 pub struct AgentBenchArgs {
@@ -198,7 +200,7 @@ async fn run_load(args: &AgentBenchArgs, url: &str) -> anyhow::Result<Value> {
                     }
                 }
                 k += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(READ_PAUSE).await;
             }
         }));
     }
@@ -283,8 +285,8 @@ pub async fn run(args: AgentBenchArgs, format: OutputFormat) -> Result<(), CliEr
         OutputFormat::Json => output::json(&json!({ "agent": v })),
         OutputFormat::Human => {
             outln!(
-                "felhom bench agent: {} guests, {} clients following /v1/events and reading guests (time scale {}, concurrency {})",
-                args.guests, args.clients, args.time_scale, args.concurrency
+                "felhom bench agent: {} guests, {} clients following /v1/events and reading /v1/guests and one guest every {} ms (time scale {}, concurrency {})",
+                args.guests, args.clients, READ_PAUSE.as_millis(), args.time_scale, args.concurrency
             );
             let mut t = output::table(["FIGURE", "MEASURED", "TARGET"]);
             let f = |k: &str, p: usize| format!("{:.p$}", v[k].as_f64().unwrap_or(f64::NAN));
