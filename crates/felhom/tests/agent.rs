@@ -962,7 +962,7 @@ fn drift_is_repaired_within_one_interval() {
 #[test]
 fn lifecycle_sighup_sigterm_and_readiness() {
     use std::os::unix::net::UnixDatagram;
-    let sim = Sim::start();
+    let mut sim = Sim::start();
     let sock_path = sim.dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(30)))
@@ -1020,6 +1020,43 @@ fn lifecycle_sighup_sigterm_and_readiness() {
         &sim, "hup-app"
     )
     .is_some()));
+
+    // PVE gone (once the guest is up): not ready, and the problem says why.
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let g: Value = http
+                .get(format!("{}/v1/guests/hup/hup-app", agent.url))
+                .bearer_auth("the-new-token-after-sighup")
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if g["state"] == "running" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "hup-app never ran: {g}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    sim.crash();
+    rt.block_on(async {
+        let r = reqwest::Client::new()
+            .get(format!("{}/readyz", agent.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 503);
+        assert_eq!(
+            r.headers()["content-type"].to_str().unwrap(),
+            "application/problem+json"
+        );
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["errors"][0]["field"], "pve", "{body}");
+    });
 
     agent.signal(libc::SIGTERM);
     let (st, took) = agent.wait_exit(Duration::from_secs(10));
