@@ -46,6 +46,9 @@ use events::Bus;
 use reconcile::{Reconciler, Work};
 use settings::Settings;
 
+/// Worker threads of the API's own runtime.
+const API_THREADS: usize = 2;
+
 /// How long SIGTERM waits for running jobs before the process exits.
 pub const STOP_GRACE: Duration = Duration::from_secs(8);
 
@@ -111,30 +114,45 @@ pub async fn run(
 
     let handle = axum_server::Handle::new();
     let app = api::router(agent.clone());
-    let server = {
+    // The API runs on a runtime of its own: the job engine writes the journal synchronously
+    // (fsync per record), which would otherwise hold the workers that answer reads.
+    let api_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(API_THREADS)
+        .thread_name("felhom-api")
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            StartError::Invalid(
+                "cannot start the API runtime".into(),
+                vec![felhom_core::spec::FieldError {
+                    field: "agent".into(),
+                    rule: e.to_string(),
+                }],
+            )
+        })?;
+    {
         let handle = handle.clone();
         let make = app.into_make_service();
-        match tls {
-            Some(cfg) => tokio::spawn(async move {
-                if let Err(e) = axum_server::from_tcp_rustls(listener, cfg)
-                    .handle(handle)
-                    .serve(make)
-                    .await
-                {
-                    tracing::error!(error = %e, "the API server stopped");
+        api_rt.spawn(async move {
+            let r = match tls {
+                Some(cfg) => {
+                    axum_server::from_tcp_rustls(listener, cfg)
+                        .handle(handle)
+                        .serve(make)
+                        .await
                 }
-            }),
-            None => tokio::spawn(async move {
-                if let Err(e) = axum_server::from_tcp(listener)
-                    .handle(handle)
-                    .serve(make)
-                    .await
-                {
-                    tracing::error!(error = %e, "the API server stopped");
+                None => {
+                    axum_server::from_tcp(listener)
+                        .handle(handle)
+                        .serve(make)
+                        .await
                 }
-            }),
-        }
-    };
+            };
+            if let Err(e) = r {
+                tracing::error!(error = %e, "the API server stopped");
+            }
+        });
+    }
     if let Some(addr) = handle.listening().await {
         tracing::info!(%addr, tls = settings.tls.is_some(), specs_dir = %settings.specs_dir.display(), "felhom agent serving");
         // One JSON line on stdout once serving (like `sim serve`): where to reach the API.
@@ -207,7 +225,7 @@ pub async fn run(
     if rec.busy() {
         tracing::warn!("jobs still running at the deadline; they resume at the next start");
     }
-    server.abort();
+    api_rt.shutdown_background();
     tracing::info!("stopped");
     Ok(())
 }
