@@ -487,8 +487,8 @@ fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result
     })
 }
 
-/// Wait until the run `target` shows its job (202), waits for a concurrency slot (202
-/// without a job yet: it is queued), or ends (its report).
+/// Wait until the run `target` shows its job (202), is queued (202 without a job yet: it
+/// waits for a concurrency slot, or for the identity's run going on), or ends (its report).
 async fn answer(
     mut rx: tokio::sync::watch::Receiver<SlotState>,
     target: u64,
@@ -497,6 +497,10 @@ async fn answer(
         loop {
             {
                 let s = rx.borrow_and_update();
+                if s.started < target && s.started > s.finished {
+                    // Another run of this identity goes on; ours is queued behind it.
+                    return Ok(None);
+                }
                 if s.started >= target {
                     if let Some(j) = &s.job {
                         return Ok(Some(j.clone()));
@@ -679,7 +683,14 @@ async fn put_inner(
         .get(&id)
         .cloned();
     match answer(rx, target).await {
-        Ok(_) => Ok((StatusCode::ACCEPTED, Json(view(a, &id, wanted.as_ref()))).into_response()),
+        Ok(job) => {
+            let mut g = view(a, &id, wanted.as_ref());
+            // The job that answered, even if it has ended since.
+            if let Some(b) = job.and_then(|j| job_brief(a, &j)) {
+                g.job = Some(b);
+            }
+            Ok((StatusCode::ACCEPTED, Json(g)).into_response())
+        }
         Err(Some(r)) if matches!(r.outcome, Outcome::Unchanged | Outcome::Succeeded) => {
             Ok((StatusCode::OK, Json(view(a, &id, wanted.as_ref()))).into_response())
         }

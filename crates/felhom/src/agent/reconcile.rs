@@ -195,12 +195,17 @@ impl Reconciler {
             .is_some_and(|s| s.running && s.tx.borrow().queued)
     }
 
-    /// The identity's run going on: a watcher and its number.
+    /// The identity's run going on (or about to start): a watcher and its number.
     pub fn running(&self, id: &Identity) -> Option<(watch::Receiver<SlotState>, u64)> {
         let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         let s = slots.get(id).filter(|s| s.running)?;
-        let started = s.tx.borrow().started;
-        Some((s.tx.subscribe(), started))
+        let st = s.tx.borrow();
+        let run = if st.started > st.finished {
+            st.started
+        } else {
+            st.started + 1
+        };
+        Some((s.tx.subscribe(), run))
     }
 
     /// Queue `work` for `id`; returns a watcher and the run number that will do it.
