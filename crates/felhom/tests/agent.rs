@@ -12,6 +12,7 @@
 //! | `a_spec_file_is_reconciled_and_wins_over_the_api` | a file dropped in the directory → a guest, no API call; PUT/DELETE of it → 409 |
 //! | `drift_is_repaired_within_one_interval` | a guest stopped and its memory changed outside felhom → running, memory back |
 //! | `lifecycle_sighup_sigterm_and_readiness` | READY=1 on NOTIFY_SOCKET, /healthz, /readyz; SIGHUP reloads the token and the spec dir; SIGTERM → exit 0 within 10 s |
+//! | `tls_serves_https_with_the_configured_certificate` | agent.tls_cert/tls_key: HTTPS on the configured certificate, token still required |
 //! | `bad_settings_exit_2` | plain HTTP on a non-loopback address, a token readable by others |
 
 mod common;
@@ -1107,4 +1108,69 @@ fn bad_settings_exit_2() {
         "{msg}"
     );
     assert!(!msg.contains(TOKEN), "the token is in the message");
+}
+
+#[test]
+fn tls_serves_https_with_the_configured_certificate() {
+    let sim = Sim::start();
+    let dir = sim.dir.path();
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let (cert, key) = (dir.join("agent.pem"), dir.join("agent.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let token = dir.join("api.token");
+    std::fs::write(&token, TOKEN).unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut t: toml::Table = std::fs::read_to_string(&sim.config)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut agent = toml::Table::new();
+    agent.insert("listen".into(), "127.0.0.1:0".into());
+    agent.insert("specs_dir".into(), dir.display().to_string().into());
+    agent.insert("token_file".into(), token.display().to_string().into());
+    agent.insert("tls_cert".into(), cert.display().to_string().into());
+    agent.insert("tls_key".into(), key.display().to_string().into());
+    t.insert("agent".into(), toml::Value::Table(agent));
+    let config = dir.join("tls.toml");
+    std::fs::write(&config, toml::to_string(&t).unwrap()).unwrap();
+    let mut a = Agent {
+        child: None,
+        config,
+        specs_dir: dir.to_path_buf(),
+        url: String::new(),
+        stderr_log: dir.join("agent.log"),
+    };
+    a.spawn(&[]);
+    assert!(a.url.starts_with("https://127.0.0.1:"), "{}", a.url);
+    rt().block_on(async {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let root = reqwest::Certificate::from_pem(ck.cert.pem().as_bytes()).unwrap();
+        let http = reqwest::Client::builder()
+            .add_root_certificate(root)
+            .build()
+            .unwrap();
+        let h = http.get(format!("{}/healthz", a.url)).send().await.unwrap();
+        assert_eq!(h.status().as_u16(), 200);
+        let g = http
+            .get(format!("{}/v1/guests", a.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(g.status().as_u16(), 401);
+        let g = http
+            .get(format!("{}/v1/guests", a.url))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(g.status().as_u16(), 200);
+        // Plain HTTP on the TLS port is not served.
+        let plain = reqwest::Client::new()
+            .get(a.url.replace("https://", "http://") + "/healthz")
+            .send()
+            .await;
+        assert!(plain.map(|r| !r.status().is_success()).unwrap_or(true));
+    });
 }
