@@ -40,6 +40,40 @@ pub enum SshEndpoint {
 pub struct ConfigFile {
     pub pve: PveSection,
     pub felhom: FelhomSection,
+    /// `felhom agent`'s settings; other commands ignore them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentSection>,
+}
+
+/// `[agent]`: the long-running `felhom agent`. Every key is optional; the binary fills the
+/// defaults and checks the values (`crates/felhom/src/agent/settings.rs`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSection {
+    /// `host:port` to serve the API on (plain HTTP only on loopback, else TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// The directory of guest spec files (default `/etc/felhom/guests.d/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub specs_dir: Option<PathBuf>,
+    /// Seconds between full reconciliations (default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_secs: Option<u64>,
+    /// File holding the API bearer token (else the systemd credential `felhom-api-token`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// TLS certificate chain (PEM) to serve the API with; with `tls_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// Guests reconciled at once (default: `felhom.max_parallel`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<usize>,
+    /// Milliseconds the spec directory must be quiet before it is read again (default 200).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debounce_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -166,6 +200,8 @@ pub struct Config {
     pub connect_budget: Duration,
     /// `felhom.specs`, resolved against the config file's directory.
     pub specs: Vec<PathBuf>,
+    /// `[agent]`, its paths resolved against the config file's directory.
+    pub agent: AgentSection,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -360,6 +396,21 @@ impl Config {
             task_timeout: Duration::from_secs(file.felhom.task_timeout_secs),
             connect_budget: Duration::from_secs(file.felhom.connect_budget_secs),
             specs: file.felhom.specs.iter().map(|p| resolve(p)).collect(),
+            agent: {
+                let mut a = file.agent.clone().unwrap_or_default();
+                for p in [
+                    &mut a.specs_dir,
+                    &mut a.token_file,
+                    &mut a.tls_cert,
+                    &mut a.tls_key,
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    *p = resolve(p);
+                }
+                a
+            },
         })
     }
 }

@@ -1184,6 +1184,37 @@ impl GuestSpec {
         Self::parse_many(&text)
     }
 
+    /// One guest from a JSON object with the spec file's keys (the agent's API): the same
+    /// walk, the same field errors, as a file. A `null` is refused naming its key; the
+    /// mount list is `mount` as in a file.
+    pub fn from_json(value: &serde_json::Value) -> Result<GuestSpec, SpecErrors> {
+        let one = |field: &str, rule: String| {
+            SpecErrors(vec![FieldError {
+                field: field.into(),
+                rule,
+            }])
+        };
+        let serde_json::Value::Object(map) = value else {
+            return Err(one(
+                "(body)",
+                "must be a JSON object with the spec's keys".into(),
+            ));
+        };
+        if let Some((k, _)) = map.iter().find(|(_, v)| v.is_null()) {
+            return Err(one(
+                k,
+                "must not be null (leave the key out instead)".into(),
+            ));
+        }
+        let table = toml::Table::try_from(value)
+            .map_err(|e| one("(body)", format!("cannot be read as a spec: {e}")))?;
+        let mut errors = Vec::new();
+        match Self::from_table(&table, String::new(), &mut errors) {
+            Some(s) if errors.is_empty() => Ok(s),
+            _ => Err(SpecErrors(errors)),
+        }
+    }
+
     fn from_table(
         table: &toml::Table,
         prefix: String,
@@ -1465,6 +1496,36 @@ path = "/srv/data"
         assert_eq!(s[0].rootfs_size.bytes(), 16 * GIB);
         assert_eq!(s[0].mounts[0].size.gib_string(), "10");
         assert_eq!(s[0].golden.owner_vmid(), Some(9100));
+    }
+
+    /// The agent's JSON form walks the same fields with the same errors as a file.
+    #[test]
+    fn a_json_spec_is_the_file_spec() {
+        let table: toml::Table = GOOD.parse().unwrap();
+        let json = serde_json::to_value(&table).unwrap();
+        assert_eq!(
+            GuestSpec::from_json(&json).unwrap(),
+            GuestSpec::parse_many(GOOD).unwrap().remove(0)
+        );
+        let mut bad = json.clone();
+        bad["rootfs_size"] = serde_json::json!("lots");
+        bad["cores"] = serde_json::json!(0);
+        let errs = GuestSpec::from_json(&bad).unwrap_err().0;
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert!(
+            fields.contains(&"rootfs_size") && fields.contains(&"cores"),
+            "{errs:?}"
+        );
+        let mut null = json.clone();
+        null["memory"] = serde_json::Value::Null;
+        assert_eq!(
+            GuestSpec::from_json(&null).unwrap_err().0[0].field,
+            "memory"
+        );
+        assert_eq!(
+            GuestSpec::from_json(&serde_json::json!([1])).unwrap_err().0[0].field,
+            "(body)"
+        );
     }
 
     #[test]

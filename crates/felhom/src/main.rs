@@ -8,9 +8,6 @@
 // Every byte for stdout and stderr goes through output.rs (a closed pipe is not a panic).
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
-// The agent branch's router mounts agent::page::index and agent::metrics::handler; until
-// then nothing here calls them.
-#[allow(dead_code)]
 mod agent;
 mod cmd;
 mod error;
@@ -49,6 +46,9 @@ enum Command {
     /// unchanged (TOML, one guest or a [[guest]] list).
     #[command(visible_alias = "provision")]
     Apply(cmd::apply::ApplyArgs),
+    /// Run the agent: keep the wanted guests (spec directory and API) converged, serve the
+    /// HTTP API, repair drift every interval.
+    Agent(cmd::agent::AgentArgs),
     /// Show what `apply` would decide for each guest, with zero writes to PVE.
     Plan(cmd::plan::PlanArgs),
     /// Resume one job, or every job a crash left unfinished.
@@ -85,7 +85,10 @@ fn main() -> std::process::ExitCode {
     // every child's) before anything else runs (felhom_core::secrets).
     felhom_core::secrets::take_env_secret();
     let cli = Cli::parse();
-    output::init_tracing();
+    match &cli.command {
+        Command::Agent(a) => cmd::agent::init_tracing(a.log_format),
+        _ => output::init_tracing(),
+    }
     let ctx = Ctx {
         config: cli.config,
         format: cli.output,
@@ -112,6 +115,7 @@ fn main() -> std::process::ExitCode {
 async fn run(command: Command, ctx: &Ctx) -> Result<(), error::CliError> {
     match command {
         Command::Apply(a) => cmd::apply::run(a, ctx).await,
+        Command::Agent(a) => cmd::agent::run(a, ctx).await,
         Command::Plan(a) => cmd::plan::run(a, ctx).await,
         Command::Resume(a) => cmd::resume::run(a, ctx).await,
         Command::Teardown(a) => cmd::teardown::run(a, ctx).await,

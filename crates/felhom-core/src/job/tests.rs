@@ -346,6 +346,7 @@ fn job_cx(journal: &Path, job: &str) -> JobCx {
         task_timeout: Duration::from_secs(1),
         connect_budget: CONNECT_BUDGET,
         specs: Vec::new(),
+        agent: Default::default(),
     };
     JobCx {
         job_id: job.into(),

@@ -1013,6 +1013,71 @@ impl Journal {
         )?;
         Ok(())
     }
+
+    /// Store the spec `felhom agent` was given for (`customer`, `name`) through its API.
+    /// Returns whether it differs from what was stored (false: the same spec again).
+    pub fn put_agent_spec(
+        &self,
+        customer: &str,
+        name: &str,
+        spec: &Value,
+    ) -> Result<bool, JournalError> {
+        let text = spec.to_string();
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let old: Option<String> = tx
+            .query_row(
+                "SELECT spec FROM agent_specs WHERE customer = ?1 AND name = ?2",
+                [customer, name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let old: Option<Value> = old.and_then(|t| serde_json::from_str(&t).ok());
+        if old.as_ref() == Some(spec) {
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT INTO agent_specs (customer, name, spec, updated_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(customer, name) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at",
+            params![customer, name, text, now_ms()],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Forget the agent's spec for (`customer`, `name`); whether there was one.
+    pub fn delete_agent_spec(&self, customer: &str, name: &str) -> Result<bool, JournalError> {
+        let n = self.conn().execute(
+            "DELETE FROM agent_specs WHERE customer = ?1 AND name = ?2",
+            [customer, name],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Every spec the agent was given through its API: (customer, name, spec), by identity.
+    pub fn agent_specs(&self) -> Result<Vec<(String, String, Value)>, JournalError> {
+        let conn = self.conn();
+        let mut st =
+            conn.prepare("SELECT customer, name, spec FROM agent_specs ORDER BY customer, name")?;
+        let rows = st.query_map([], |r| {
+            let spec: String = r.get(2)?;
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                serde_json::from_str(&spec).unwrap_or(Value::Null),
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Whether the journal can be written now (the agent's readiness): a write transaction
+    /// taken and rolled back.
+    pub fn writable(&self) -> Result<(), JournalError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.rollback()?;
+        Ok(())
+    }
 }
 
 fn kind_str(k: JobKind) -> &'static str {
@@ -1112,6 +1177,30 @@ mod tests {
                 & 0o777;
             assert_eq!(mode, 0o600, "{} has mode {mode:o}", f.display());
         }
+    }
+
+    /// The agent's API specs survive a reopen; the same spec again is reported unchanged;
+    /// a delete says whether there was one.
+    #[test]
+    fn agent_specs_are_durable_and_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.db");
+        let j = Journal::open(&path).unwrap();
+        let spec = serde_json::json!({ "customer": "acme", "hostname": "web1" });
+        assert!(j.put_agent_spec("acme", "web1", &spec).unwrap());
+        assert!(!j.put_agent_spec("acme", "web1", &spec).unwrap());
+        let changed = serde_json::json!({ "customer": "acme", "hostname": "web1", "cores": 2 });
+        assert!(j.put_agent_spec("acme", "web1", &changed).unwrap());
+        j.writable().unwrap();
+        drop(j);
+        let j = Journal::open(&path).unwrap();
+        assert_eq!(
+            j.agent_specs().unwrap(),
+            vec![("acme".to_string(), "web1".to_string(), changed)]
+        );
+        assert!(j.delete_agent_spec("acme", "web1").unwrap());
+        assert!(!j.delete_agent_spec("acme", "web1").unwrap());
+        assert!(j.agent_specs().unwrap().is_empty());
     }
 
     /// Many processes opening one new journal at the same moment all get it (a batch of

@@ -82,7 +82,7 @@ type Migration = fn(&Transaction<'_>) -> rusqlite::Result<()>;
 
 /// `MIGRATIONS[i]` takes a journal from version `i + 1` to `i + 2`. Append only; never edit
 /// one that has shipped.
-const MIGRATIONS: &[Migration] = &[v2_identity_and_liveness];
+const MIGRATIONS: &[Migration] = &[v2_identity_and_liveness, v3_agent_specs];
 
 /// The version this build writes.
 pub const CURRENT: u32 = 1 + MIGRATIONS.len() as u32;
@@ -199,6 +199,22 @@ UPDATE jobs SET ended_at = updated_at WHERE state NOT IN ('running', 'rolling_ba
     Ok(())
 }
 
+/// Version 3: the guest specs `felhom agent` was given through its API (desired state that
+/// must survive a restart; the spec directory's files are read from disk, never stored).
+fn v3_agent_specs(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        r#"
+CREATE TABLE agent_specs (
+    customer TEXT NOT NULL,
+    name TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (customer, name)
+);
+"#,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,7 +322,8 @@ INSERT INTO durations VALUES ('restore', 0, 1000, 2000);
 
         let j = Journal::open(&path).unwrap();
         assert_eq!(user_version(&path), CURRENT);
-        assert_eq!(CURRENT, 2);
+        assert_eq!(CURRENT, 3);
+        assert!(j.agent_specs().unwrap().is_empty());
 
         let b1 = j.job("b1").unwrap();
         assert_eq!(b1.state, JobState::Succeeded);

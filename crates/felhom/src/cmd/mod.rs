@@ -2,6 +2,7 @@
 //!
 //! | module          | command                                  | talks to          |
 //! |-----------------|------------------------------------------|-------------------|
+//! | `agent`         | `agent` (the long-running service)       | PVE, journal, serves |
 //! | `plan`          | `plan SPEC…`                             | PVE, reads only   |
 //! | `provision`     | `provision SPEC…`                        | PVE, journal      |
 //! | `resume`        | `resume [JOB]`                           | PVE, journal      |
@@ -20,6 +21,7 @@
 //! opening felhom, reading spec files and VMIDs, all of which refuse bad input with
 //! [`CliError::invalid`] before anything is written.
 
+pub mod agent;
 pub mod apply;
 pub mod bench;
 pub mod completions;

@@ -1,6 +1,7 @@
 //! `felhom bench`: benchmarks against an embedded simulator that print figures (a table, or
 //! JSON with `--output json`). They measure; the tests assert.
 
+mod agent;
 mod archives;
 mod perf;
 mod reliability;
@@ -19,11 +20,15 @@ pub enum BenchCmd {
     /// Crash points, a soak under transient faults with a simulator restart, and bad
     /// inputs: what ended correct, and what leaked (all must be 0). Exit 1 if anything did.
     Reliability(reliability::ReliabilityArgs),
+    /// The agent under load: guests reconciling while API clients read guests and follow
+    /// events: API latency, events delivered, the agent's RSS and CPU.
+    Agent(agent::AgentBenchArgs),
 }
 
 pub async fn run(cmd: BenchCmd, ctx: &Ctx) -> Result<(), CliError> {
     match cmd {
         BenchCmd::Perf(args) => perf::run(args, ctx.format).await,
         BenchCmd::Reliability(args) => reliability::run(args, ctx.format).await,
+        BenchCmd::Agent(args) => agent::run(args, ctx.format).await,
     }
 }
