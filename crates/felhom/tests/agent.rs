@@ -13,8 +13,10 @@
 //! | `drift_is_repaired_within_one_interval` | a guest stopped and its memory changed outside felhom → running, memory back |
 //! | `lifecycle_sighup_sigterm_and_readiness` | READY=1 on NOTIFY_SOCKET, /healthz, /readyz; SIGHUP reloads the token and the spec dir; SIGTERM → exit 0 within 10 s |
 //! | `tls_serves_https_with_the_configured_certificate` | agent.tls_cert/tls_key: HTTPS on the configured certificate, token still required |
+//! | `the_status_page_shows_the_agents_guests_and_follows_a_job` | `/` in headless chromium: the guest the agent built (VMID, state, key), and a job started while the page is open followed step by step to its outcome |
 //! | `bad_settings_exit_2` | plain HTTP on a non-loopback address, a token readable by others |
 
+mod browser;
 mod common;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
@@ -1172,5 +1174,72 @@ fn tls_serves_https_with_the_configured_certificate() {
             .send()
             .await;
         assert!(plain.map(|r| !r.status().is_success()).unwrap_or(true));
+    });
+}
+
+/// The status page of the real agent in headless chromium (Debian's `chromium`): it lists
+/// the guest the agent built with what PVE says of it, and follows a job started while it is
+/// open step by step (from `/v1/events`) to its outcome, without a reload.
+#[test]
+fn the_status_page_shows_the_agents_guests_and_follows_a_job() {
+    let sim = Sim::start();
+    let agent = Agent::start(&sim, 600);
+    rt().block_on(async {
+        let api = Api::new(&agent.url).await;
+        let a = api
+            .put("/v1/guests/acme/acme-app", &spec_json("acme", "\"auto\""))
+            .await;
+        assert_eq!(a.status, 202, "{:?}\n{}", a.body, agent.log());
+        let list = all_running(&api, 1, Duration::from_secs(120)).await;
+        let g = &list["guests"][0];
+
+        let mut b = browser::Browser::launch().await;
+        let tab = b.open(&format!("{}/#token={TOKEN}", agent.url)).await;
+        b.wait_for(
+            &tab,
+            "document.querySelectorAll('#guests tbody tr').length === 1",
+            "the agent's guest",
+        )
+        .await;
+        let t = b.table(&tab).await;
+        let row = t["acme/acme-app"].as_array().expect("a row for acme/acme-app").clone();
+        assert_eq!(row[1], g["node"], "{row:?}");
+        assert_eq!(row[2], json!(g["vmid"].to_string()), "{row:?}");
+        assert_eq!(row[3], "running", "{row:?}");
+        assert_eq!(row[5], g["ssh_fingerprint"], "{row:?}");
+        assert!(
+            g["ssh_fingerprint"].as_str().is_some_and(|f| f.starts_with("SHA256:")),
+            "{g}"
+        );
+
+        // A second guest while the page is open: its row appears, its job cell moves
+        // through the steps and ends with the outcome.
+        let a = api
+            .put("/v1/guests/beta/beta-app", &spec_json("beta", "\"auto\""))
+            .await;
+        assert_eq!(a.status, 202, "{:?}", a.body);
+        let cell = "(() => { const r = Array.from(document.querySelectorAll('#guests tbody tr')).find(r => r.dataset.identity === 'beta/beta-app'); return r ? r.cells[7].textContent : null; })()";
+        let mut seen: Vec<String> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(Value::String(text)) = b.try_eval(&tab, cell).await {
+                if seen.last() != Some(&text) {
+                    seen.push(text.clone());
+                }
+                if text == "bringup succeeded" {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "the job never showed its outcome: {seen:?}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let steps = seen.iter().filter(|t| t.starts_with("bringup: ")).count();
+        assert!(steps >= 2, "the page showed too few of the job's steps live: {seen:?}");
+        b.wait_for(
+            &tab,
+            "(() => { const r = Array.from(document.querySelectorAll('#guests tbody tr')).find(r => r.dataset.identity === 'beta/beta-app'); return !!r && r.cells[3].textContent === 'running'; })()",
+            "beta/beta-app running",
+        )
+        .await;
     });
 }
