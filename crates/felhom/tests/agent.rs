@@ -875,17 +875,11 @@ fn admin(sim: &Sim) -> pve_api::PveClient {
         let cfg = felhom_core::config::Config::parse(config, &text).unwrap();
         pve_api::PveClient::new(cfg.client).unwrap()
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let reply: Value = rt
-        .block_on(client_for(&sim.config).post_outside_api(
-            "/felhom-sim/tokens",
-            &json!({ "userid": "admin@pve", "tokenid": "root", "privsep": false,
-                     "acl": [{ "path": "/", "privs": ["VM.Audit", "VM.PowerMgmt", "VM.Config.Memory", "VM.Config.Options", "Sys.Audit"] }] }),
-        ))
-        .unwrap();
+    let reply = sim.post(
+        "tokens",
+        &json!({ "userid": "admin@pve", "tokenid": "root", "privsep": false,
+                 "acl": [{ "path": "/", "privs": ["VM.Audit", "VM.PowerMgmt", "VM.Config.Memory", "VM.Config.Options", "Sys.Audit"] }] }),
+    );
     let secret = sim.dir.path().join("admin.token");
     std::fs::write(&secret, reply["secret"].as_str().unwrap()).unwrap();
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
