@@ -633,12 +633,11 @@ mod tests {
         serve_with(cert, key, responses).await
     }
 
-    async fn serve_with(
+    /// A TLS acceptor serving `cert` (the test servers' one TLS setup).
+    fn acceptor(
         cert: rustls::pki_types::CertificateDer<'static>,
         key: rustls::pki_types::PrivateKeyDer<'static>,
-        responses: Vec<String>,
-    ) -> Server {
-        let fingerprint = CertFingerprint::of(cert.as_ref());
+    ) -> tokio_rustls::TlsAcceptor {
         let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -647,7 +646,16 @@ mod tests {
         .with_no_client_auth()
         .with_single_cert(vec![cert], key)
         .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+    }
+
+    async fn serve_with(
+        cert: rustls::pki_types::CertificateDer<'static>,
+        key: rustls::pki_types::PrivateKeyDer<'static>,
+        responses: Vec<String>,
+    ) -> Server {
+        let fingerprint = CertFingerprint::of(cert.as_ref());
+        let acceptor = acceptor(cert, key);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -708,15 +716,7 @@ mod tests {
         let cert = ck.cert.der().clone();
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into());
         let fingerprint = CertFingerprint::of(cert.as_ref());
-        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert], key)
-        .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let acceptor = acceptor(cert, key);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let written = Arc::new(AtomicU64::new(0));
