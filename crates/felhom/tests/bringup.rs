@@ -201,7 +201,11 @@ fn the_next_process_polls_where_tasks_end() {
             .filter(|r| {
                 r["path"]
                     .as_str()
-                    .is_some_and(|p| p.contains("/tasks/") && p.ends_with("/status"))
+                    // A task's own status, or the node's task list that watches them all.
+                    .is_some_and(|p| {
+                        (p.contains("/tasks/") && p.ends_with("/status"))
+                            || p.ends_with("/nodes/pve/tasks")
+                    })
             })
             .count()
     };

@@ -15,6 +15,7 @@
 //! | `texts` | the PVE error texts felhom tells apart | written once, cited to the Perl source; the simulator says them and `classify` recognises them from the same constants |
 //! | `property_string` | [`PropertyString`], [`NetConfig`], [`MountConfig`], [`Features`], [`MacAddr`], disk sizes | §3.3/§3.4: PVE has no escaping, so unsafe values are refused, never escaped |
 //! | `task` | [`Upid`], [`TaskStatus`], [`WaitOptions`], `wait_task` | §6.3: `WARNINGS: n` is success; a fresh UPID may be invisible for a moment |
+//! | `watch` | [`watch::TaskQuery`], [`watch::TaskEntry`], `watch_task` | every task waited for on a node observed by one shared node task-list request per poll: the request rate to a node is bounded however many guests are in flight |
 //! | `vmid` | [`Vmid`] | §3.4 `^[1-9][0-9]{2,8}$` |
 //! | `lxc`, `cluster`, `access`, `storage`, `network` | typed endpoints | path inputs (node, storage, disk) are validated before anything is sent |
 //!
@@ -36,6 +37,7 @@ mod task;
 pub mod texts;
 mod transport;
 mod vmid;
+pub mod watch;
 
 pub use access::Permissions;
 pub use auth::{ApiToken, Secret, TokenId, TokenIdError};

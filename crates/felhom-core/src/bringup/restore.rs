@@ -52,7 +52,7 @@ pub(super) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
                     .and_then(|u| u.parse::<pve_api::Upid>().ok())
                     .filter(|u| u.task_type == "vzrestore")
                 {
-                    let _ = cx.client.wait_task(&upid, &cx.wait_options()).await;
+                    let _ = cx.client.watch_task(&upid, &cx.wait_options()).await;
                 } else {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
