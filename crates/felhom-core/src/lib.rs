@@ -16,6 +16,7 @@ pub mod identity;
 pub mod job;
 pub mod journal;
 pub mod marker;
+pub mod metrics;
 pub mod ops;
 pub mod preflight;
 pub mod privileges;

@@ -181,6 +181,7 @@ impl std::str::FromStr for Target {
 impl Felhom {
     pub fn open(config: Config) -> Result<Felhom, OpsError> {
         let client = PveClient::new(config.client.clone())?;
+        client.set_observer(crate::metrics::pve_observer());
         let journal = Arc::new(Journal::open(&config.journal)?);
         let limits = Arc::new(Limits::new(&config));
         let felhom = Felhom {
@@ -798,6 +799,7 @@ impl JobReport {
 }
 
 fn report(cx: &JobCx, kind: JobKind, outcome: Outcome) -> JobReport {
+    crate::metrics::job_finished(kind, &outcome);
     let f = cx.facts();
     JobReport {
         job: cx.job_id.clone(),

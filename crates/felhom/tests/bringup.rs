@@ -311,3 +311,48 @@ fn sizes_are_allocated_by_the_restore_request() {
     assert_eq!(out.status.code(), Some(0), "{}", both(&out));
     assert_eq!(sim.write_count(), before, "both unchanged: {}", both(&out));
 }
+
+/// Batched task watching: the tasks of guests brought up together are watched through the
+/// node's task list (one request per poll for all of them, at least 100 ms apart), not a
+/// status poll per task.
+#[test]
+fn guests_in_flight_share_one_task_list_poll() {
+    let sim = Sim::with("", 0.2);
+    let files: Vec<String> = (0..6)
+        .map(|i| {
+            let p = sim.write_spec(
+                &format!("batch{i}.toml"),
+                &spec(&format!("batch{i}"), &(1130 + i).to_string(), MOUNT),
+            );
+            p.to_str().unwrap().to_string()
+        })
+        .collect();
+    let mut args = vec!["provision"];
+    args.extend(files.iter().map(String::as_str));
+    let out = sim.felhom(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let reqs = sim.get("requests");
+    let reqs = reqs.as_array().unwrap();
+    let path = |r: &Value| r["path"].as_str().unwrap().to_string();
+    let status_reads = reqs
+        .iter()
+        .filter(|r| path(r).contains("/tasks/") && path(r).ends_with("/status"))
+        .count();
+    let mut lists: Vec<u64> = reqs
+        .iter()
+        .filter(|r| path(r).ends_with("/nodes/pve/tasks"))
+        .map(|r| r["at_ms"].as_u64().unwrap())
+        .collect();
+    lists.sort_unstable();
+    let tasks = sim.state()["tasks"].as_array().unwrap().len();
+    eprintln!(
+        "{tasks} tasks, {} task-list requests, {status_reads} status reads",
+        lists.len()
+    );
+    assert_eq!(status_reads, 0, "a status poll per task");
+    assert!(!lists.is_empty());
+    assert!(
+        lists.windows(2).all(|w| w[1] - w[0] >= 95),
+        "task-list requests closer than 100 ms: {lists:?}"
+    );
+}

@@ -3,8 +3,8 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use reqwest::Method;
@@ -88,12 +88,21 @@ struct Inner {
     /// nothing to that server (every call fails with the same error at once), so a man in
     /// the middle gets one handshake, never a retry or a parallel request.
     refused: std::sync::Mutex<Option<ApiError>>,
+    observer: RwLock<Option<Arc<dyn crate::observe::Observer>>>,
 }
 
 /// A PVE API client. Cheap to clone (shared connection pool and counters).
 #[derive(Clone)]
 pub struct PveClient {
     inner: Arc<Inner>,
+}
+
+impl PveClient {
+    /// The token this client authenticates as (`user@realm!name`): a token task's UPID
+    /// names it as its user.
+    pub(crate) fn token_id(&self) -> &str {
+        &self.inner.token_id
+    }
 }
 
 impl fmt::Debug for PveClient {
@@ -220,6 +229,7 @@ impl PveClient {
                 watchers: Default::default(),
                 max_body: cfg.max_body_bytes,
                 refused: Default::default(),
+                observer: RwLock::new(None),
             }),
         })
     }
@@ -240,6 +250,32 @@ impl PveClient {
     pub(crate) fn token_user(&self) -> &str {
         let id = self.inner.token_id.as_str();
         id.split_once('!').map_or(id, |(u, _)| u)
+    }
+
+    /// Tell `observer` of every request and learned task duration from now on, for this
+    /// client and all its clones (replacing any observer set before).
+    pub fn set_observer(&self, observer: Arc<dyn crate::observe::Observer>) {
+        *self
+            .inner
+            .observer
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(observer);
+    }
+
+    pub(crate) fn observer(&self) -> Option<Arc<dyn crate::observe::Observer>> {
+        self.inner
+            .observer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// One request ended (`status` None: no answer).
+    fn observe(&self, method: &Method, path: &str, status: Option<u16>, started: Instant) {
+        if let Some(o) = self.observer() {
+            let endpoint = crate::observe::endpoint_template(method.as_str(), path);
+            o.request(&endpoint, status, started.elapsed());
+        }
     }
 
     pub fn stats(&self) -> ClientStats {
@@ -295,8 +331,13 @@ impl PveClient {
         }
         // Method and path only: headers (the token) never reach a log.
         tracing::debug!(%method, path = full_path, "PVE request");
-        let resp = req.send().await.map_err(|e| self.request_error(&e))?;
+        let started = Instant::now();
+        let resp = req.send().await.map_err(|e| {
+            self.observe(&method, full_path, None, started);
+            self.request_error(&e)
+        })?;
         let status = resp.status();
+        self.observe(&method, full_path, Some(status.as_u16()), started);
         // PVE's own text is the reason phrase (`Permission check failed (…)`); hyper keeps a
         // non-canonical one as an extension, the canonical one is the fallback.
         let reason = resp
@@ -421,6 +462,7 @@ impl PveClient {
         if let Some(e) = self.refused_certificate() {
             return Err(e);
         }
+        let started = Instant::now();
         let resp = self
             .inner
             .http
@@ -428,8 +470,12 @@ impl PveClient {
             .json(body)
             .send()
             .await
-            .map_err(|e| self.request_error(&e))?;
+            .map_err(|e| {
+                self.observe(&Method::POST, path, None, started);
+                self.request_error(&e)
+            })?;
         let status = resp.status();
+        self.observe(&Method::POST, path, Some(status.as_u16()), started);
         let bytes = read_capped(resp, &Method::POST, path, OUTSIDE_API_MAX_BODY_BYTES).await?;
         if !status.is_success() {
             return Err(classify(
@@ -1116,6 +1162,81 @@ mod tests {
             "{e:?}"
         );
         assert!(e.is_transient());
+    }
+
+    /// Records what an observer is told.
+    #[derive(Default)]
+    struct Seen {
+        requests: Mutex<Vec<(String, Option<u16>)>>,
+        tasks: Mutex<Vec<(String, crate::durations::Bracket)>>,
+    }
+    impl crate::observe::Observer for Seen {
+        fn request(&self, endpoint: &str, status: Option<u16>, _: Duration) {
+            self.requests
+                .lock()
+                .unwrap()
+                .push((endpoint.to_string(), status));
+        }
+        fn task_duration(&self, task_type: &str, expected: crate::durations::Bracket) {
+            self.tasks
+                .lock()
+                .unwrap()
+                .push((task_type.to_string(), expected));
+        }
+    }
+
+    #[tokio::test]
+    async fn the_observer_sees_route_templates_statuses_and_task_durations() {
+        let upid = "UPID:pve:0003A2F1:0B8C9D12:66A1B2C3:vzstart:1103:felhom@pve!agent:";
+        let srv = serve(vec![
+            http("200 OK", r#"{"data":{"status":"running"}}"#),
+            http("500 got timeout", ""),
+            http("200 OK", &format!(r#"{{"data":"{upid}"}}"#)),
+            http(
+                "200 OK",
+                r#"{"data":{"status":"stopped","exitstatus":"OK"}}"#,
+            ),
+        ])
+        .await;
+        let c = PveClient::new(config(srv.url.clone(), TlsTrust::Pinned(srv.fingerprint))).unwrap();
+        let seen = Arc::new(Seen::default());
+        c.clone().set_observer(seen.clone());
+        let vmid = Vmid::try_from(1103).unwrap();
+        c.lxc_status("pve", vmid).await.unwrap();
+        assert!(c.lxc_status("pve", vmid).await.is_err());
+        let u = c.lxc_start("pve", vmid).await.unwrap();
+        let fast = WaitOptions {
+            first_poll: Duration::from_millis(1),
+            min_interval: Duration::from_millis(1),
+            max_interval: Duration::from_millis(5),
+            ..WaitOptions::default()
+        };
+        c.wait_task(&u, &fast).await.unwrap();
+        // Nothing listens: a request that got no answer has no status.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        let url: Url = format!("https://127.0.0.1:{port}").parse().unwrap();
+        let closed = PveClient::new(config(url, TlsTrust::Pinned(srv.fingerprint))).unwrap();
+        closed.set_observer(seen.clone());
+        assert!(closed.version().await.is_err());
+        let requests = seen.requests.lock().unwrap().clone();
+        let want = |e: &str, s: Option<u16>| (e.to_string(), s);
+        assert_eq!(
+            requests[..4],
+            [
+                want("GET /nodes/{node}/lxc/{vmid}/status/current", Some(200)),
+                want("GET /nodes/{node}/lxc/{vmid}/status/current", Some(500)),
+                want("POST /nodes/{node}/lxc/{vmid}/status/start", Some(200)),
+                want("GET /nodes/{node}/tasks/{upid}/status", Some(200)),
+            ]
+        );
+        assert_eq!(requests.len(), 5, "{requests:?}");
+        assert_eq!(requests[4], want("GET /version", None));
+        let tasks = seen.tasks.lock().unwrap().clone();
+        assert_eq!(tasks.len(), 1, "{tasks:?}");
+        assert_eq!(tasks[0].0, "vzstart");
+        assert_eq!(Some(tasks[0].1), c.durations().expected("vzstart"));
     }
 
     #[tokio::test]

@@ -16,8 +16,9 @@
 //! | `property_string` | [`PropertyString`], [`NetConfig`], [`MountConfig`], [`Features`], [`MacAddr`], disk sizes | §3.3/§3.4: PVE has no escaping, so unsafe values are refused, never escaped |
 //! | `task` | [`Upid`], [`TaskStatus`], [`WaitOptions`], `wait_task` | §6.3: `WARNINGS: n` is success; a fresh UPID may be invisible for a moment |
 //! | `watch` | [`watch::TaskQuery`], [`watch::TaskEntry`], `watch_task` | every task waited for on a node observed by one shared node task-list request per poll: the request rate to a node is bounded however many guests are in flight |
+//! | `observe` | [`Observer`], `endpoint_template` | the hook a caller's metrics hang on ([`PveClient::set_observer`]); endpoints as bounded route templates, never raw ids |
 //! | `vmid` | [`Vmid`] | §3.4 `^[1-9][0-9]{2,8}$` |
-//! | `lxc`, `cluster`, `access`, `storage`, `network` | typed endpoints | path inputs (node, storage, disk) are validated before anything is sent |
+//! | `lxc`, `cluster`, `access`, `storage`, `network` | typed endpoints (`lxc_clone` returns the UPID; `lxc_template` finds the task PVE does not return; `cluster_resources` typed) | path inputs (node, storage, disk) are validated before anything is sent |
 //!
 //! What a caller must know about retrying: [`ApiError::is_transient`] says whether trying
 //! again may help; `Transport { maybe_sent: true }` means a write may have happened, so
@@ -31,6 +32,7 @@ pub mod durations;
 mod error;
 mod lxc;
 mod network;
+pub mod observe;
 mod property_string;
 mod storage;
 mod task;
@@ -42,10 +44,11 @@ pub mod watch;
 pub use access::Permissions;
 pub use auth::{ApiToken, Secret, TokenId, TokenIdError};
 pub use client::{ClientConfig, ClientStats, PveClient, DEFAULT_MAX_BODY_BYTES};
-pub use cluster::VersionInfo;
+pub use cluster::{ClusterResource, ResourceType, VersionInfo};
 pub use error::{classify, ApiError, TaskFailure};
 pub use lxc::{Interface, IpAddress, LxcConfig, LxcStatus, LxcSummary, PendingEntry};
 pub use network::NodeInterface;
+pub use observe::Observer;
 pub use property_string::{
     format_disk_size, parse_disk_size, Features, MacAddr, MountConfig, NetConfig, PropertyError,
     PropertyString,

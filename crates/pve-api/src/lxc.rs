@@ -327,6 +327,68 @@ impl PveClient {
             .await
     }
 
+    /// `POST /nodes/{node}/lxc/{vmid}/clone` (async `vzclone`); returns the UPID, whose id
+    /// is the **source** VMID (audit §2 (b)). `params` are the optional ones (`hostname`,
+    /// `description`, `pool`, `storage`, `full`, …); `newid` is sent from `newid`. While it
+    /// runs the source has `lock: disk` (a second clone of it fails at once with
+    /// [`ApiError::Locked`]) and the target `lock: create`.
+    pub async fn lxc_clone(
+        &self,
+        node: &str,
+        vmid: Vmid,
+        newid: Vmid,
+        params: &[(String, String)],
+    ) -> Result<Upid, ApiError> {
+        check_node(node)?;
+        if let Some((k, _)) = params.iter().find(|(k, _)| k == "newid" || k == "vmid") {
+            return Err(ApiError::InvalidInput {
+                field: k.clone(),
+                message: "is given by the vmid and newid arguments".into(),
+            });
+        }
+        let mut form = vec![("newid", newid.to_string())];
+        form.extend(as_refs(params));
+        let sent = Instant::now();
+        let answer = self
+            .post(&format!("/nodes/{node}/lxc/{vmid}/clone"), &form)
+            .await?;
+        self.task_started(answer, sent)
+    }
+
+    /// `POST /nodes/{node}/lxc/{vmid}/template`: PVE starts a `vztemplate` worker but
+    /// answers `null`, not its UPID (audit §2 (b)). The client then looks for the task in the
+    /// node's task list (the newest `vztemplate` of this VMID by this token that started
+    /// with the request or later): `Some(upid)` to wait on, `None` when it is not listed
+    /// (yet), after which the caller polls the config for `template: 1`.
+    pub async fn lxc_template(&self, node: &str, vmid: Vmid) -> Result<Option<Upid>, ApiError> {
+        check_node(node)?;
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+            .saturating_sub(1);
+        let _: Value = self
+            .post(&format!("/nodes/{node}/lxc/{vmid}/template"), &[])
+            .await?;
+        let tasks: Vec<Value> = self
+            .get(
+                &format!("/nodes/{node}/tasks"),
+                &[
+                    ("vmid", vmid.to_string()),
+                    ("typefilter", "vztemplate".into()),
+                    ("limit", "20".into()),
+                ],
+            )
+            .await?;
+        let user = self.token_id().to_string();
+        Ok(tasks
+            .iter()
+            .filter(|t| t["type"] == "vztemplate" && t["id"] == vmid.to_string().as_str())
+            .filter(|t| t["starttime"].as_u64().is_some_and(|s| s >= since))
+            .filter_map(|t| t["upid"].as_str()?.parse::<Upid>().ok())
+            .find(|u| u.user == user))
+    }
+
     /// `DELETE /nodes/{node}/lxc/{vmid}` (async `vzdestroy`).
     pub async fn lxc_delete(
         &self,

@@ -453,6 +453,11 @@ impl PveClient {
         if let Some(warnings) = exit_ok(&exit) {
             if let Some(b) = learn {
                 self.durations().record(&upid.task_type, b);
+                if let (Some(o), Some(expected)) =
+                    (self.observer(), self.durations().expected(&upid.task_type))
+                {
+                    o.task_duration(&upid.task_type, expected);
+                }
             }
             return Ok(TaskOutcome {
                 exitstatus: exit,

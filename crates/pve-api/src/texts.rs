@@ -28,6 +28,10 @@
 //! | [`TEMPLATE_START`] | pve-container `src/PVE/API2/LXC/Status.pm` `vm_start` (audit top #10) | plain task failure |
 //! | [`not_owner_of_volume`] | pve-container `src/PVE/LXC.pm` `delete_mountpoint_volume` (audit X2) | a plain log line |
 //! | [`resize_foreign_volume`] | pve-container `src/PVE/API2/LXC.pm` `resize_vm` (audit Z3) | plain 500 |
+//! | [`linked_clone_unavailable`], [`STORAGE_NOT_FOR_LINKED`], [`FULL_CLONE_RUNNING`], [`clone_failed`], [`clone_mountpoint`] | pve-container `src/PVE/API2/LXC.pm` `clone_vm` (audit §2b) | `Server` / task exit status |
+//! | [`TEMPLATE_OF_TEMPLATE`], [`TEMPLATE_RUNNING`], [`template_unavailable`] | pve-container `src/PVE/API2/LXC.pm` `template`, `src/PVE/LXC.pm` `template_create`, `src/PVE/API2/LXC/Status.pm` `vm_start` (audit §2b) | `Server` / task exit status |
+//! | [`base_in_use`] | pve-storage `src/PVE/Storage.pm` `vdisk_free` | task exit status |
+//! | [`NO_SPACE`] | tar's `Cannot write: No space left on device` (ENOSPC) inside a restore (audit §2a) | prefix `unable to restore` |
 
 /// A stale `digest` on a config write (pve-common `Tools.pm` `assert_if_modified`).
 pub const CONFIG_MODIFIED: &str =
@@ -166,3 +170,39 @@ pub fn not_owner_of_volume(volid: &str, vmid: u32) -> String {
 pub fn resize_foreign_volume(owner: u32) -> String {
     format!("can't resize mount point owned by another container ({owner})")
 }
+/// A linked clone (`full=0`, the default for a template) of a volume whose storage cannot
+/// clone it: directory storages (no qcow2 for containers), thick LVM, a non-base volume on
+/// ZFS (pve-container `API2/LXC.pm` `clone_vm`; pve-storage `*Plugin.pm` `volume_has_feature`).
+pub fn linked_clone_unavailable(volid: &str) -> String {
+    format!("Linked clone feature for '{volid}' is not available")
+}
+/// `storage` given for a linked clone (`clone_vm`).
+pub const STORAGE_NOT_FOR_LINKED: &str = "parameter 'storage' not allowed for linked clones";
+/// A full clone of a running CT without a snapshot (`clone_vm`).
+pub const FULL_CLONE_RUNNING: &str =
+    "Full clone of a running container is only possible from a snapshot";
+/// A bind or device mount point in the source (`clone_vm`).
+pub fn clone_mountpoint(key: &str, kind: &str) -> String {
+    format!("unable to clone mountpoint '{key}' (type {kind})")
+}
+/// The prefix of a failed `vzclone` task's exit status (`clone_vm` worker).
+pub fn clone_failed(err: &str) -> String {
+    format!("clone failed: {err}")
+}
+/// `POST …/template` on a template (pve-container `API2/LXC.pm` `template`).
+pub const TEMPLATE_OF_TEMPLATE: &str = "you can't convert a template to a template";
+/// `POST …/template` on a running CT (same function).
+pub const TEMPLATE_RUNNING: &str = "you can't convert a CT to template if the CT is running";
+/// A volume whose storage has no `template` feature (thick LVM), in the `vztemplate` worker
+/// (pve-container `LXC.pm` `template_create`).
+pub fn template_unavailable(volid: &str) -> String {
+    format!("Template feature is not available for '{volid}'")
+}
+/// `vdisk_free` of a base volume linked clones still use (pve-storage `Storage.pm`).
+pub fn base_in_use(volname: &str) -> String {
+    format!("base volume '{volname}' is still in use by linked clones")
+}
+/// What tar says when the restore target is too small (ENOSPC); the task then fails with
+/// `unable to restore CT <id> - …` and its volumes and placeholder go (audit §2a). The exact
+/// surrounding text of a real host is not verified (audit §3).
+pub const NO_SPACE: &str = "No space left on device";

@@ -1,6 +1,7 @@
 //! The simulator's own side channel, outside `/api2` and for loopback peers only: the state
 //! dump tests assert against, the request log the schema conformance test validates, token
-//! creation for narrower tokens, and each guest's SSH endpoint.
+//! creation for narrower tokens, storages of other types (to exercise what clones and
+//! templates may do on them), and each guest's SSH endpoint.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -88,7 +89,7 @@ pub async fn dump(sim: &Arc<Sim>) -> Value {
             })
             .collect();
         let tasks: Vec<Value> = st.tasks.iter().map(|t| json!({ "upid": t.upid, "type": t.task_type, "id": t.id, "status": t.status, "exitstatus": t.exitstatus, "start_ms": t.start_ms, "end_ms": t.end_ms, "modelled_ms": t.modelled_ms })).collect();
-        json!({ "node": st.node, "guests": guests, "volumes": st.volumes, "leases": st.leases, "tasks": tasks, "counters": st.counters, "pools": st.pools })
+        json!({ "node": st.node, "guests": guests, "volumes": st.volumes, "leases": st.leases, "tasks": tasks, "counters": st.counters, "pools": st.pools, "linked": st.linked })
     });
     let mut body = body;
     body["locks"] = json!(flocks);
@@ -141,6 +142,59 @@ pub async fn requests(
         .unwrap_or_else(|p| p.into_inner())
         .clone();
     Json(Value::Array(reqs)).into_response()
+}
+
+/// A storage to add to the node (`POST /felhom-sim/storages`): the storage types decide what
+/// clones and templates may do (`crate::clone`).
+#[derive(serde::Deserialize)]
+pub struct StorageReq {
+    id: String,
+    #[serde(rename = "type")]
+    storage_type: String,
+    content: Vec<String>,
+    #[serde(default)]
+    total_gib: Option<u64>,
+}
+
+/// PVE's storage plugin types the simulator knows.
+const STORAGE_TYPES: &[&str] = &[
+    "dir", "lvm", "lvmthin", "zfspool", "rbd", "btrfs", "nfs", "cifs", "cephfs", "pbs",
+];
+
+pub async fn storages(
+    AxState(sim): AxState<Arc<Sim>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(s): Json<StorageReq>,
+) -> Response {
+    if let Some(r) = loopback_only(&peer) {
+        return r;
+    }
+    let id_ok = s.id.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+        && s.id.len() <= 64
+        && s.id.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+        });
+    if !id_ok || !STORAGE_TYPES.contains(&s.storage_type.as_str()) {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!(
+                "id must be [a-z][a-z0-9._-]* and type one of {}",
+                STORAGE_TYPES.join(", ")
+            ),
+        )
+            .into_response();
+    }
+    let def = crate::state::StorageDef {
+        id: s.id.clone(),
+        storage_type: s.storage_type,
+        content: s.content,
+        total: s.total_gib.unwrap_or(1024) << 30,
+    };
+    sim.mutate(|st| {
+        st.storages.retain(|x| x.id != def.id);
+        st.storages.push(def);
+    });
+    Json(json!({ "storage": s.id })).into_response()
 }
 
 #[derive(serde::Deserialize)]

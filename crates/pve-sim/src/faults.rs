@@ -29,6 +29,8 @@ fn task_type_alias(t: &str) -> &str {
         "stop" => "vzstop",
         "shutdown" => "vzshutdown",
         "destroy" => "vzdestroy",
+        "clone" => "vzclone",
+        "template" => "vztemplate",
         other => other,
     }
 }
@@ -87,9 +89,9 @@ impl FromStr for FaultSpec {
                 "dhcp_delay" => f.dhcp_delay = Some(duration(k, v)?),
                 k if k.starts_with("task_fail:") => {
                     let t = task_type_alias(&k["task_fail:".len()..]).to_string();
-                    let known = ["vzrestore", "vzcreate", "vzstart", "vzstop", "vzshutdown", "vzdestroy", "resize"];
+                    let known = ["vzrestore", "vzcreate", "vzstart", "vzstop", "vzshutdown", "vzdestroy", "resize", "vzclone", "vztemplate"];
                     if !known.contains(&t.as_str()) {
-                        return Err(format!("task_fail: unknown task type '{t}' (one of restore, start, stop, shutdown, destroy, resize)"));
+                        return Err(format!("task_fail: unknown task type '{t}' (one of restore, start, stop, shutdown, destroy, resize, clone, template)"));
                     }
                     f.task_fail.push((t, prob(k, v)?));
                 }

@@ -12,6 +12,7 @@ mod admin;
 mod api;
 mod archive;
 mod auth;
+mod clone;
 mod error;
 mod faults;
 mod guest;

@@ -104,6 +104,25 @@ pub enum TaskPlan {
         vmid: u32,
         destroy_unreferenced: bool,
     },
+    /// `vzclone` (`crate::clone`): the target's disks to make, then what its end applies.
+    /// `begun` once the worker allocated `volumes` (a restarted simulator does not again).
+    Clone {
+        source: u32,
+        newid: u32,
+        disks: Vec<crate::clone::CloneDisk>,
+        pool: Option<String>,
+        #[serde(default)]
+        begun: bool,
+        #[serde(default)]
+        volumes: Vec<Volume>,
+    },
+    /// `vztemplate` (`crate::clone`): the volume renames `vm-…` → `base-…`, decided under the
+    /// lock when the worker begins.
+    Template {
+        vmid: u32,
+        #[serde(default)]
+        renames: Vec<(String, String)>,
+    },
     /// A task that fails at its end with this message (injected or modelled failure).
     Fail {
         vmid: u32,
@@ -189,6 +208,10 @@ pub struct State {
     pub leases: BTreeMap<String, BTreeMap<String, String>>,
     pub counters: Counters,
     pub next_pid: u32,
+    /// Linked clones: clone volume id → the base volume it shares (`crate::clone`); a base
+    /// listed here is not freed (pve-storage `vdisk_free`).
+    #[serde(default)]
+    pub linked: BTreeMap<String, String>,
 }
 
 /// The role preset felhom's token gets (reference §10, "Suggested minimal grants").

@@ -249,6 +249,7 @@ impl Sim {
             .unwrap_or_default();
         match ty.as_str() {
             "vzrestore" => texts::unable_to_restore(&id, &msg),
+            "vzclone" => texts::clone_failed(&msg),
             _ => msg,
         }
     }
@@ -315,6 +316,18 @@ impl Sim {
                 });
                 Ok(rt.destroy(vmid, conf?, volumes)?)
             }
+            TaskPlan::Clone {
+                newid,
+                disks,
+                volumes,
+                begun: true,
+                ..
+            } => {
+                let conf = self.read(|st| st.guests.get(&newid).map(|g| g.config.clone()))?;
+                let copies = crate::clone::copies(&disks, &volumes);
+                Ok(rt.clone_volumes(newid, copies, conf)?)
+            }
+            TaskPlan::Template { renames, .. } => Ok(rt.template(renames)?),
             _ => return None,
         };
         let cancel = Arc::new(AtomicBool::new(false));
@@ -343,7 +356,13 @@ impl Sim {
             st.tasks
                 .iter()
                 .filter(|t| t.status == "running")
-                .map(|t| (t.upid.clone(), t.id.parse().ok()))
+                // A clone's worker holds no flock for its run (the source has `lock: disk`).
+                .map(|t| {
+                    (
+                        t.upid.clone(),
+                        t.id.parse().ok().filter(|_| t.task_type != "vzclone"),
+                    )
+                })
                 .collect()
         });
         for (upid, vmid) in running {
@@ -578,6 +597,21 @@ impl Sim {
                 }
                 Ok(())
             }),
+            TaskPlan::Clone { .. } => self.mutate(|st| {
+                let plan =
+                    crate::clone::begin_clone(st, &plan).map_err(|e| texts::clone_failed(&e))?;
+                if let Some(t) = st.tasks.iter_mut().find(|t| t.upid == upid) {
+                    t.plan = Some(plan);
+                }
+                Ok(())
+            }),
+            TaskPlan::Template { vmid, .. } => self.mutate(|st| {
+                let plan = crate::clone::begin_template(st, vmid)?;
+                if let Some(t) = st.tasks.iter_mut().find(|t| t.upid == upid) {
+                    t.plan = Some(plan);
+                }
+                Ok(())
+            }),
             _ => Ok(()),
         }
     }
@@ -604,8 +638,15 @@ impl Sim {
                 return true;
             };
             let referenced = referenced_volumes(g);
+            // vdisk_free refuses a base volume linked clones still use: the destroy goes on
+            // and the base stays (destroy() warns about it at the end).
+            let (kept, _) = crate::clone::bases_in_use(st, &referenced);
+            st.linked.retain(|clone, _| !referenced.contains(clone));
             let mut skipped = Vec::new();
             st.volumes.retain(|v| {
+                if kept.contains(&v.volid) {
+                    return true;
+                }
                 let referenced = referenced.contains(&v.volid);
                 if referenced && v.owner != vmid {
                     skipped.push(texts::not_owner_of_volume(&v.volid, vmid));
@@ -709,6 +750,12 @@ fn cleanup_restore(st: &mut State, upid: &str) {
     let Some(t) = st.tasks.iter().find(|t| t.upid == upid) else {
         return;
     };
+    if t.task_type == "vzclone" {
+        if let Some(plan) = t.plan.clone() {
+            crate::clone::cleanup_clone(st, &plan);
+        }
+        return;
+    }
     if t.task_type != "vzrestore" {
         return;
     }
@@ -765,6 +812,13 @@ fn apply_plan(
             Ok((warnings, start.then_some(vmid)))
         }
         TaskPlan::Fail { message, .. } => Err(message),
+        plan @ TaskPlan::Clone { .. } => crate::clone::apply_clone(st, &plan)
+            .map(|()| (Vec::new(), None))
+            .map_err(|e| texts::clone_failed(&e)),
+        TaskPlan::Template { vmid, renames } => {
+            crate::clone::apply_template(st, vmid, &renames);
+            Ok((Vec::new(), None))
+        }
         TaskPlan::Resize {
             vmid, disk, bytes, ..
         } => {
@@ -899,9 +953,11 @@ fn destroyed_volumes(st: &State, vmid: u32, destroy_unreferenced: bool) -> Vec<S
         return Vec::new();
     };
     let referenced = referenced_volumes(g);
+    let (kept, _) = crate::clone::bases_in_use(st, &referenced);
     st.volumes
         .iter()
         .filter(|v| v.owner == vmid && (destroy_unreferenced || referenced.contains(&v.volid)))
+        .filter(|v| !kept.contains(&v.volid))
         .map(|v| v.volid.clone())
         .collect()
 }
@@ -923,11 +979,19 @@ fn destroy(st: &mut State, vmid: u32) -> Result<Vec<String>, String> {
     if st.guests.remove(&vmid).is_none() {
         return Ok(Vec::new());
     }
+    // Base volumes destroy_freed kept because linked clones still use them: the task warns.
+    let owned: Vec<String> = st
+        .volumes
+        .iter()
+        .filter(|v| v.owner == vmid)
+        .map(|v| v.volid.clone())
+        .collect();
+    let (_, warnings) = crate::clone::bases_in_use(st, &owned);
     st.acl.retain(|a| a.path != format!("/vms/{vmid}"));
     for members in st.pools.values_mut() {
         members.retain(|m| *m != vmid);
     }
-    Ok(Vec::new())
+    Ok(warnings)
 }
 
 /// What a restore request asks for, after the synchronous checks.

@@ -182,7 +182,79 @@ async fn every_request_of_a_full_workload_validates() {
     let u = c.lxc_delete("pve", v, true, true).await.unwrap();
     c.wait_task(&u, &w).await.unwrap();
 
+    // Clone, template and cluster resources (audit §2 (b), (c)), as felhom's client sends
+    // them; a token with VM.Clone (felhom's preset has none).
+    let privs = [
+        "VM.Allocate",
+        "VM.Audit",
+        "VM.Clone",
+        "VM.Config.Disk",
+        "VM.Config.Network",
+        "VM.Config.Options",
+        "VM.PowerMgmt",
+        "Datastore.AllocateSpace",
+        "Datastore.Audit",
+        "SDN.Use",
+        "Pool.Audit",
+        "Sys.Audit",
+    ];
+    let cl = env
+        .token(
+            "cloner",
+            serde_json::json!([{ "path": "/", "privs": privs }]),
+        )
+        .await;
+    env.restore(1401, &[]).await.unwrap();
+    let tpl = cl.lxc_template("pve", vmid(1401)).await.unwrap().unwrap();
+    cl.wait_task(&tpl, &w).await.unwrap();
+    let u = cl
+        .lxc_clone(
+            "pve",
+            vmid(1401),
+            vmid(1402),
+            &[
+                ("hostname".into(), "conform-clone".into()),
+                ("description".into(), "felhom: clone".into()),
+                ("full".into(), "0".into()),
+            ],
+        )
+        .await
+        .unwrap();
+    cl.wait_task(&u, &w).await.unwrap();
+    let u = cl
+        .lxc_clone(
+            "pve",
+            vmid(1401),
+            vmid(1403),
+            &[
+                ("full".into(), "1".into()),
+                ("storage".into(), "local-lvm".into()),
+            ],
+        )
+        .await
+        .unwrap();
+    cl.wait_task(&u, &w).await.unwrap();
+    cl.cluster_resources(None).await.unwrap();
+    cl.cluster_resources(Some(pve_api::ResourceType::Vm))
+        .await
+        .unwrap();
+    let answers: Vec<serde_json::Value> = cl
+        .get("/cluster/resources", &[("type", "vm".into())])
+        .await
+        .unwrap();
+
     let s = schema::Schema::load();
+    // Every field of a resources answer is one the schema's `returns` names.
+    let known = s.return_properties("GET", "/cluster/resources");
+    assert!(known.len() > 20, "{known:?}");
+    for a in &answers {
+        for k in a.as_object().unwrap().keys() {
+            assert!(
+                known.contains(k),
+                "/cluster/resources answers {k:?}, not in the schema"
+            );
+        }
+    }
     let mut tally = schema::Tally::default();
     let reqs = env.requests().await;
     let reqs = reqs.as_array().unwrap();

@@ -540,12 +540,14 @@ async fn forward<S: Step>(cx: &JobCx, steps: &[S], rep: &Replay) -> Result<(), (
         cx.progress
             .event(&cx.job_id, &cx.label, ProgressEvent::Step(name));
         let first_attempt = rep.attempts.get(name).copied().unwrap_or(0);
+        let started = std::time::Instant::now();
         match drive(cx, *step, first_attempt).await {
             Ok(observed) => {
                 let data = json!({ "observed": observed, "facts": cx.facts() });
                 cx.journal
                     .record(&cx.job_id, name, 0, Phase::Done, &data)
                     .map_err(|e| (e.to_string(), Stop::Transient))?;
+                crate::metrics::step_done(name, started.elapsed());
                 cx.progress
                     .event(&cx.job_id, &cx.label, ProgressEvent::StepDone(name));
             }
@@ -605,6 +607,9 @@ async fn drive<S: Step>(cx: &JobCx, step: S, mut attempt: u32) -> Result<Value, 
         if !matches!(&outcome, Err(e) if e.is_unreachable()) {
             cx.set_unreachable_since(None);
         }
+        if let Err(e) = &outcome {
+            crate::metrics::step_error(e);
+        }
         match outcome {
             Err(e) if e.is_unreachable() => {
                 // PVE is down or unreachable: retry within the connect budget, then pause.
@@ -660,6 +665,7 @@ async fn drive<S: Step>(cx: &JobCx, step: S, mut attempt: u32) -> Result<Value, 
 /// A transient error: journal it (`data` carries the error text), tell the progress sink,
 /// and sleep the backoff for this retry. Forward steps and undos retry alike.
 async fn retry_later(cx: &JobCx, step: &'static str, attempt: u32, retries: u32, data: Value) {
+    crate::metrics::step_retry(step);
     let _ = cx
         .journal
         .record(&cx.job_id, step, attempt, Phase::Error, &data);
@@ -717,6 +723,9 @@ async fn roll_back<S: Step>(cx: &JobCx, steps: &[S], error: String) -> Outcome {
             cx.set_acting(true);
             let r = step.undo(cx).await;
             cx.set_acting(false);
+            if let Err(e) = &r {
+                crate::metrics::step_error(e);
+            }
             match r {
                 Ok(()) => break,
                 Err(e) if e.is_transient() && retries < cx.backoff.max_attempts => {

@@ -10,6 +10,7 @@
 //! node, groups in ACLs, tag-access policies other than the default `free`.
 
 mod access;
+mod clone;
 mod cluster;
 mod config;
 mod lxc;
@@ -91,6 +92,7 @@ const ROUTES: &[Route] = &[
         Ok(json!({ "version": "9.2.2", "release": "9.2", "repoid": "5e1f0a7c" }).into())
     }),
     sync("GET", "/cluster/nextid", |s, r| cluster::nextid(s, r)),
+    sync("GET", "/cluster/resources", |s, r| cluster::resources(s, r)),
     sync("GET", "/access/permissions", |s, r| {
         access::permissions(s, r)
     }),
@@ -123,6 +125,12 @@ const ROUTES: &[Route] = &[
     }),
     sync("DELETE", "/nodes/{node}/lxc/{vmid}", |s, r| {
         lxc::destroy(s, r)
+    }),
+    asy("POST", "/nodes/{node}/lxc/{vmid}/clone", |s, r| {
+        Box::pin(clone::clone(s, r))
+    }),
+    asy("POST", "/nodes/{node}/lxc/{vmid}/template", |s, r| {
+        Box::pin(clone::template(s, r))
     }),
     sync("GET", "/nodes/{node}/lxc/{vmid}/config", |s, r| {
         config::get_config(s, r)
@@ -211,6 +219,7 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/felhom-sim/state", get(crate::admin::state))
         .route("/felhom-sim/requests", get(crate::admin::requests))
         .route("/felhom-sim/tokens", post(crate::admin::tokens))
+        .route("/felhom-sim/storages", post(crate::admin::storages))
         .route("/felhom-sim/guests/{vmid}/ssh", get(crate::admin::ssh))
         .fallback(api_entry)
         .with_state(sim)

@@ -97,6 +97,16 @@ pub(crate) type Conf = BTreeMap<String, String>;
 /// failed. The flag asks it to stop early (a killed task, a stopping simulator).
 pub(crate) type Job = Box<dyn FnOnce(&AtomicBool) -> Result<Vec<String>, RuntimeError> + Send>;
 
+/// One volume a clone makes: `to` from `from`, a linked clone (sharing `from`, a base) or a
+/// full copy; `key` is the mount (`rootfs`, `mpN`) it serves.
+#[derive(Debug, Clone)]
+pub(crate) struct VolumeCopy {
+    pub key: String,
+    pub from: String,
+    pub to: String,
+    pub linked: bool,
+}
+
 /// Reads a guest's current config (for an SSH endpoint that outlives one request).
 pub(crate) type ConfigSource = Arc<dyn Fn() -> Option<Conf> + Send + Sync>;
 
@@ -135,6 +145,17 @@ pub(crate) trait GuestRuntime: Send + Sync {
     fn stop(self: Arc<Self>, vmid: u32, config: Conf, grace: Duration) -> Option<Job>;
     /// `vzdestroy`: the guest and the volumes listed go.
     fn destroy(self: Arc<Self>, vmid: u32, config: Conf, volumes: Vec<String>) -> Option<Job>;
+    /// `vzclone`: make the new volumes of guest `newid` from the source's (`config` is the
+    /// target's config as the worker wrote it, without its volumes), then what
+    /// `post_clone_hook` does inside (only `/etc/machine-id` truncated).
+    fn clone_volumes(
+        self: Arc<Self>,
+        newid: u32,
+        copies: Vec<VolumeCopy>,
+        config: Conf,
+    ) -> Option<Job>;
+    /// `vztemplate`: volumes renamed (`vm-…` → `base-…`), as (from, to).
+    fn template(self: Arc<Self>, renames: Vec<(String, String)>) -> Option<Job>;
     /// A finished start or reboot, recorded in the state: what the boot leaves in the guest's
     /// record beyond `running` and `boots` (identity files, leases, when the lease shows).
     fn booted(&self, st: &mut State, vmid: u32, lease_visible_at: u64);

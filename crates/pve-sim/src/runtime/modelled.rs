@@ -46,6 +46,14 @@ impl GuestRuntime for Modelled {
         None
     }
 
+    fn clone_volumes(self: Arc<Self>, _: u32, _: Vec<super::VolumeCopy>, _: Conf) -> Option<Job> {
+        None
+    }
+
+    fn template(self: Arc<Self>, _: Vec<(String, String)>) -> Option<Job> {
+        None
+    }
+
     /// The boot model: identity files settle (machine-id, host keys) and each DHCP NIC's
     /// client asks for a lease, visible from `lease_visible_at`.
     fn booted(&self, st: &mut State, vmid: u32, lease_visible_at: u64) {

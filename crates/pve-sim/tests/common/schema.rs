@@ -78,6 +78,18 @@ impl Schema {
         self.endpoints.get(schema_path)?.get(method)
     }
 
+    /// The property names of an endpoint's answer (`returns`, or its array's `items`).
+    pub fn return_properties(&self, method: &str, schema_path: &str) -> Vec<String> {
+        let Some(r) = self.info(method, schema_path).map(|i| &i["returns"]) else {
+            return Vec::new();
+        };
+        let obj = if r["type"] == "array" { &r["items"] } else { r };
+        obj["properties"]
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Validate one recorded request (method, concrete path, params).
     pub fn validate(
         &self,

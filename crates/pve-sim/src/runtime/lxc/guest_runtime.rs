@@ -50,6 +50,21 @@ impl GuestRuntime for Lxc {
         job(self, move |l, _| Lxc::destroy(l, vmid, &config, &volumes))
     }
 
+    fn clone_volumes(
+        self: Arc<Self>,
+        newid: u32,
+        copies: Vec<crate::runtime::VolumeCopy>,
+        config: Conf,
+    ) -> Option<Job> {
+        job(self, move |l, cancel| {
+            Lxc::clone_volumes(l, newid, &copies, &config, cancel)
+        })
+    }
+
+    fn template(self: Arc<Self>, renames: Vec<(String, String)>) -> Option<Job> {
+        job(self, move |l, _| Lxc::template(l, &renames))
+    }
+
     /// The guest itself settled its identity files and asked for its lease: the record keeps
     /// no modelled lease time.
     fn booted(&self, st: &mut State, vmid: u32, _: u64) {

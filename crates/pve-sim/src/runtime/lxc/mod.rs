@@ -21,7 +21,8 @@
 //! | module | what |
 //! |---|---|
 //! | `mod.rs` | preflight, [`Lxc`] and its paths, id maps, adopting guests after a restart, shutdown |
-//! | `restore` | the `vzrestore` unpack |
+//! | `restore` | the `vzrestore` unpack; a rootfs too small for what was unpacked fails as ENOSPC |
+//! | `clone` | `vzclone` (a copy, `cp -a --reflink=auto`, linked or full; `post_clone_hook` empties `/etc/machine-id`) and `vztemplate` (volume directories renamed `base-…`) |
 //! | `start` | bridges and NICs, start-time setup, LXC config rendering, `lxc-start`, boot watcher |
 //! | `destroy` | a guest's teardown; sweeping volume directories the state no longer has |
 //! | `stop` | poweroff, then kill after the grace; is it stopped, waiting for that |
@@ -63,6 +64,7 @@ use super::setup::{self, GuestRoot, Nic, StartSetup};
 use super::{io_err, netns, RuntimeError};
 use crate::sim::now_ms;
 
+mod clone;
 mod destroy;
 mod guest_runtime;
 mod inspect;

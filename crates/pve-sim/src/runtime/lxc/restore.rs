@@ -142,6 +142,26 @@ impl Lxc {
                 output: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
             });
         }
+        // The volume is a directory here: what a file system of the requested size would
+        // refuse is measured after the unpack (allocated blocks, hard links once). Too much
+        // fails the task as tar's ENOSPC would; the worker then removes the volumes and the
+        // placeholder (audit §2 (a)). Mount-point paths unpack into the rootfs directory
+        // here, so their content counts against the rootfs.
+        if let Some(size) = conf
+            .get("rootfs")
+            .and_then(|r| pve_api::MountConfig::parse_rootfs(r).ok())
+            .and_then(|m| m.size)
+        {
+            let used = tree_bytes(&rootfs)?;
+            if used > size {
+                return Err(RuntimeError::Guest(format!(
+                    "tar: ./: Cannot write: {} (the archive's content needs {} MiB, the rootfs volume has {} MiB)",
+                    pve_api::texts::NO_SPACE,
+                    used.div_ceil(1 << 20),
+                    size >> 20
+                )));
+            }
+        }
         let mut log = vec![format!("extracting archive '{}'", archive.display())];
         log.extend(
             text.lines()
@@ -167,4 +187,31 @@ impl Lxc {
         ));
         Ok(log)
     }
+}
+
+/// The bytes a directory tree occupies: allocated blocks of every file and directory, each
+/// inode once, never leaving the tree's file system.
+pub(super) fn tree_bytes(dir: &Path) -> Result<u64, RuntimeError> {
+    fn walk(
+        dir: &Path,
+        dev: u64,
+        seen: &mut std::collections::HashSet<u64>,
+    ) -> Result<u64, RuntimeError> {
+        let mut total = 0;
+        for e in std::fs::read_dir(dir).map_err(io_err(format!("read {}", dir.display())))? {
+            let p = e.map_err(io_err(format!("read {}", dir.display())))?.path();
+            let m =
+                std::fs::symlink_metadata(&p).map_err(io_err(format!("stat {}", p.display())))?;
+            if m.dev() != dev || !seen.insert(m.ino()) {
+                continue;
+            }
+            total += m.blocks() * 512;
+            if m.is_dir() {
+                total += walk(&p, dev, seen)?;
+            }
+        }
+        Ok(total)
+    }
+    let m = std::fs::symlink_metadata(dir).map_err(io_err(format!("stat {}", dir.display())))?;
+    walk(dir, m.dev(), &mut std::collections::HashSet::new())
 }
