@@ -106,10 +106,7 @@ pub(crate) fn task_list(sim: &Sim, req: &Req) -> HResult {
         for w in wanted.iter_mut() {
             w.1 = false;
         }
-        for v in list
-            .split(|c: char| c == ',' || c == ';' || c == ' ' || c == '\0')
-            .filter(|v| !v.is_empty())
-        {
+        for v in list.split([',', ';', ' ', '\0']).filter(|v| !v.is_empty()) {
             let v = v.to_ascii_lowercase();
             match wanted.iter_mut().find(|w| w.0 == v) {
                 Some(w) => w.1 = true,
