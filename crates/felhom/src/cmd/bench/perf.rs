@@ -495,4 +495,13 @@ mod tests {
         assert_eq!(floor_ms(vec![10, 10, 10, 10], 3), 20);
         assert_eq!(percentile(&mut [3.0, 1.0, 2.0], 0.5), 2.0);
     }
+
+    #[test]
+    fn peak_is_the_busiest_second() {
+        let at = |ms: &[u64]| ms.iter().map(|m| json!({ "at_ms": m })).collect::<Vec<_>>();
+        assert_eq!(peak_per_second(&at(&[])), 0.0);
+        assert_eq!(peak_per_second(&at(&[0, 999, 1000, 1500, 1999])), 3.0);
+        assert_eq!(peak_per_second(&at(&[0, 10, 20, 999, 1000])), 4.0);
+        assert_eq!(peak_per_second(&at(&[5000, 0, 10_000])), 1.0);
+    }
 }
