@@ -34,6 +34,29 @@ pub enum SshEndpoint {
     Sim,
 }
 
+/// How a guest is built from its golden (`felhom.strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Restore with the rootfs and every mount point at their final sizes in the restore
+    /// request itself (`rootfs=<sid>:<GiB>`, `mpN=<sid>:<GiB>,mp=<path>`, PVE's explicit
+    /// mode, audit §2(a)): no resize task, no mount write.
+    #[default]
+    Restore,
+    /// The spike's sequence: restore at the golden's size (storage-only mode), then a resize
+    /// task for the rootfs and a config write per mount point. Kept to compare (`bench perf`).
+    RestoreResize,
+}
+
+impl Strategy {
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Restore => "restore",
+            Strategy::RestoreResize => "restore-resize",
+        }
+    }
+}
+
 /// The file format (`felhom.toml`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -141,6 +164,10 @@ pub struct FelhomSection {
     /// nothing about the guest.
     #[serde(default = "default_connect_budget")]
     pub connect_budget_secs: u64,
+    /// How guests are built: `restore` (sizes in the restore request, the default) or
+    /// `restore-resize` (the spike's sequence: restore, resize task, mount writes).
+    #[serde(default)]
+    pub strategy: Strategy,
     /// The work this installation is configured for: guest spec files that `preflight` and
     /// `role` check when given none (relative paths are relative to this file).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -198,6 +225,7 @@ pub struct Config {
     pub task_timeout: Duration,
     /// How long PVE may stay unreachable before a job pauses.
     pub connect_budget: Duration,
+    pub strategy: Strategy,
     /// `felhom.specs`, resolved against the config file's directory.
     pub specs: Vec<PathBuf>,
     /// `[agent]`, its paths resolved against the config file's directory.
@@ -395,6 +423,7 @@ impl Config {
             ssh_timeout: Duration::from_secs(file.felhom.ssh_timeout_secs),
             task_timeout: Duration::from_secs(file.felhom.task_timeout_secs),
             connect_budget: Duration::from_secs(file.felhom.connect_budget_secs),
+            strategy: file.felhom.strategy,
             specs: file.felhom.specs.iter().map(|p| resolve(p)).collect(),
             agent: {
                 let mut a = file.agent.clone().unwrap_or_default();

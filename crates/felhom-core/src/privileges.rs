@@ -90,8 +90,9 @@ pub fn bringup_needs(step: BringupStep, sc: &Scope) -> Vec<Need> {
             need(&mut n, vms, "VM.Allocate", "restore: POST /nodes/{node}/lxc restore=1 (reference §2.4)");
             need(&mut n, vms, "VM.Config.Network", "restore: hostname and net0 in the request (§3.5)");
             need(&mut n, vms, "VM.Config.Options", "restore: description (the ownership marker) in the request (§3.5)");
+            need(&mut n, vms, "VM.Config.Disk", "restore: rootfs=<sid>:<GiB> and mpN=<sid>:<GiB>,mp=<path> in the request (strategy restore, the default; checked per key, the pool's grant first; audit §2(a))");
             for s in &sc.target_storages {
-                need(&mut n, &format!("/storage/{s}"), "Datastore.AllocateSpace", "restore/mounts: allocate volumes on the target storage");
+                need(&mut n, &format!("/storage/{s}"), "Datastore.AllocateSpace", "restore/mounts: allocate the rootfs and mount volumes on the target storage (create_disks; the storage must allow rootdir)");
             }
             need(&mut n, &format!("/storage/{}", sc.backup_storage), "Datastore.AllocateSpace", "restore: read the golden archive (check_volume_access)");
             if let Some(owner) = sc.golden_owner {

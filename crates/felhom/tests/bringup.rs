@@ -191,6 +191,8 @@ fn drift_is_reported() {
 #[test]
 fn the_next_process_polls_where_tasks_end() {
     let sim = Sim::with("", 0.2); // restore 400 ms, resize 2.4 s, start 200 ms
+                                  // The spike's sequence, whose resize task is long enough to show what was learned.
+    sim.set_strategy("restore-resize");
     let status_polls = |sim: &Sim| {
         sim.get("requests")
             .as_array()
@@ -199,7 +201,11 @@ fn the_next_process_polls_where_tasks_end() {
             .filter(|r| {
                 r["path"]
                     .as_str()
-                    .is_some_and(|p| p.contains("/tasks/") && p.ends_with("/status"))
+                    // A task's own status, or the node's task list that watches them all.
+                    .is_some_and(|p| {
+                        (p.contains("/tasks/") && p.ends_with("/status"))
+                            || p.ends_with("/nodes/pve/tasks")
+                    })
             })
             .count()
     };
@@ -216,4 +222,137 @@ fn the_next_process_polls_where_tasks_end() {
     // start; warm, from the earliest moment the last run saw it still running (the
     // simulator varies task times by up to 10%, so a few cadence polls may follow).
     assert!(warm * 3 <= cold, "cold run {cold} polls, warm run {warm}");
+}
+
+/// Restore-time sizing (the default strategy, audit §2(a)): the restore request carries
+/// `rootfs=<sid>:<GiB>` and `mp0=<sid>:<GiB>,mp=<path>` (always `storage:size`), the guest
+/// gets exactly the spec's sizes, and there is no resize task and no config write for the
+/// mount. A guest made the old way (`restore-resize`) is `unchanged` under the new default.
+#[test]
+fn sizes_are_allocated_by_the_restore_request() {
+    let sim = Sim::start();
+    let spec_text = spec(
+        "sized",
+        "1120",
+        "[[mount]]\nstorage = \"local-lvm\"\nsize = \"1300M\"\npath = \"/srv/data\"\n",
+    );
+    let p = sim.write_spec("sized.toml", &spec_text);
+    let out = sim.felhom(&["provision", p.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let reqs = sim.get("requests");
+    let reqs = reqs.as_array().unwrap();
+    let restore = reqs
+        .iter()
+        .find(|r| r["method"] == "POST" && r["path"].as_str().unwrap().ends_with("/lxc"))
+        .expect("a restore request");
+    assert_eq!(restore["params"]["rootfs"], "local-lvm:12", "{restore}");
+    let mp0 = restore["params"]["mp0"].as_str().unwrap_or_default();
+    assert!(
+        mp0.contains("local-lvm:1.26953125") && mp0.contains("mp=/srv/data"),
+        "{restore}"
+    );
+    assert!(
+        !reqs
+            .iter()
+            .any(|r| r["path"].as_str().unwrap().ends_with("/resize")),
+        "no resize request"
+    );
+    assert!(
+        !reqs.iter().any(|r| r["method"] == "PUT"
+            && r["params"]
+                .as_object()
+                .is_some_and(|p| p.keys().any(|k| k.starts_with("mp")))),
+        "no mount write"
+    );
+    let state = sim.state();
+    assert!(
+        !state["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["type"] == "resize"),
+        "no resize task"
+    );
+    let g = guest(&state, 1120).unwrap();
+    assert!(
+        g["config"]["rootfs"].as_str().unwrap().contains("size=12G"),
+        "{}",
+        g["config"]
+    );
+    assert!(
+        g["config"]["mp0"].as_str().unwrap().contains("size=1300M"),
+        "{}",
+        g["config"]
+    );
+    assert_clean_invariants(&state);
+
+    // A guest made the spike's way is reconciled by the new default without a write.
+    sim.set_strategy("restore-resize");
+    let old = sim.write_spec("old.toml", &spec("oldway", "1121", MOUNT));
+    let out = sim.felhom(&["provision", old.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    assert!(
+        sim.state()["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["type"] == "resize"),
+        "restore-resize still grows with a resize task"
+    );
+    sim.set_strategy("restore");
+    let before = sim.write_count();
+    let out = sim.felhom(&[
+        "--output",
+        "json",
+        "apply",
+        old.to_str().unwrap(),
+        p.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    assert_eq!(sim.write_count(), before, "both unchanged: {}", both(&out));
+}
+
+/// Batched task watching: the tasks of guests brought up together are watched through the
+/// node's task list (one request per poll for all of them, at least 100 ms apart), not a
+/// status poll per task.
+#[test]
+fn guests_in_flight_share_one_task_list_poll() {
+    let sim = Sim::with("", 0.2);
+    let files: Vec<String> = (0..6)
+        .map(|i| {
+            let p = sim.write_spec(
+                &format!("batch{i}.toml"),
+                &spec(&format!("batch{i}"), &(1130 + i).to_string(), MOUNT),
+            );
+            p.to_str().unwrap().to_string()
+        })
+        .collect();
+    let mut args = vec!["provision"];
+    args.extend(files.iter().map(String::as_str));
+    let out = sim.felhom(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let reqs = sim.get("requests");
+    let reqs = reqs.as_array().unwrap();
+    let path = |r: &Value| r["path"].as_str().unwrap().to_string();
+    let status_reads = reqs
+        .iter()
+        .filter(|r| path(r).contains("/tasks/") && path(r).ends_with("/status"))
+        .count();
+    let mut lists: Vec<u64> = reqs
+        .iter()
+        .filter(|r| path(r).ends_with("/nodes/pve/tasks"))
+        .map(|r| r["at_ms"].as_u64().unwrap())
+        .collect();
+    lists.sort_unstable();
+    let tasks = sim.state()["tasks"].as_array().unwrap().len();
+    eprintln!(
+        "{tasks} tasks, {} task-list requests, {status_reads} status reads",
+        lists.len()
+    );
+    assert_eq!(status_reads, 0, "a status poll per task");
+    assert!(!lists.is_empty());
+    assert!(
+        lists.windows(2).all(|w| w[1] - w[0] >= 95),
+        "task-list requests closer than 100 ms: {lists:?}"
+    );
 }

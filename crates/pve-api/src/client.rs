@@ -82,6 +82,7 @@ struct Inner {
     token_id: String,
     counters: Counters,
     durations: crate::durations::TaskDurations,
+    watchers: crate::watch::Watchers,
     max_body: u64,
     /// The certificate refusal this client met, once it met one: from then on it sends
     /// nothing to that server (every call fails with the same error at once), so a man in
@@ -225,6 +226,7 @@ impl PveClient {
                 token_id: cfg.token.id().to_string(),
                 counters: Counters::default(),
                 durations: Default::default(),
+                watchers: Default::default(),
                 max_body: cfg.max_body_bytes,
                 refused: Default::default(),
                 observer: RwLock::new(None),
@@ -236,6 +238,18 @@ impl PveClient {
     /// persist it and feed it to the next client for the same host.
     pub fn durations(&self) -> &crate::durations::TaskDurations {
         &self.inner.durations
+    }
+
+    /// The shared task watch of `node` ([`crate::watch`]).
+    pub(crate) fn node_watch(&self, node: &str) -> Arc<crate::watch::NodeWatch> {
+        self.inner.watchers.node(node)
+    }
+
+    /// The user part of the token id (`felhom@pve` of `felhom@pve!agent`): what PVE's task
+    /// list calls a task's `user`.
+    pub(crate) fn token_user(&self) -> &str {
+        let id = self.inner.token_id.as_str();
+        id.split_once('!').map_or(id, |(u, _)| u)
     }
 
     /// Tell `observer` of every request and learned task duration from now on, for this

@@ -15,6 +15,7 @@
 //! | `texts` | the PVE error texts felhom tells apart | written once, cited to the Perl source; the simulator says them and `classify` recognises them from the same constants |
 //! | `property_string` | [`PropertyString`], [`NetConfig`], [`MountConfig`], [`Features`], [`MacAddr`], disk sizes | §3.3/§3.4: PVE has no escaping, so unsafe values are refused, never escaped |
 //! | `task` | [`Upid`], [`TaskStatus`], [`WaitOptions`], `wait_task` | §6.3: `WARNINGS: n` is success; a fresh UPID may be invisible for a moment |
+//! | `watch` | [`watch::TaskQuery`], [`watch::TaskEntry`], `watch_task` | every task waited for on a node observed by one shared node task-list request per poll: the request rate to a node is bounded however many guests are in flight |
 //! | `observe` | [`Observer`], `endpoint_template` | the hook a caller's metrics hang on ([`PveClient::set_observer`]); endpoints as bounded route templates, never raw ids |
 //! | `vmid` | [`Vmid`] | §3.4 `^[1-9][0-9]{2,8}$` |
 //! | `side_channel` | [`SIDE_CHANNEL_HEADER`], `PveClient::side_channel_get`/`_post` | a simulator's `/felhom-sim/*` side channel wants its secret in a header of its own (the `Authorization` header carries the PVE token); the value is marked sensitive |
@@ -40,6 +41,7 @@ mod task;
 pub mod texts;
 mod transport;
 mod vmid;
+pub mod watch;
 
 pub use access::Permissions;
 pub use auth::{ApiToken, Secret, TokenId, TokenIdError};

@@ -320,26 +320,21 @@ impl PveClient {
     }
 
     /// The tasks of `vmid` still running on `node`, as UPIDs of tasks this token can see:
-    /// `GET /nodes/{node}/tasks?vmid=…&source=active` (running entries carry no `status`,
-    /// pve-manager `API2/Tasks.pm`). What a caller whose dispatch lost its answer (a 595, a
+    /// `GET /nodes/{node}/tasks?vmid=…&source=active` (running entries carry `status:
+    /// "RUNNING"`, pve-manager `API2/Tasks.pm`). What a caller whose dispatch lost its answer (a 595, a
     /// dropped connection) looks at before it dispatches again.
     pub async fn active_tasks(&self, node: &str, vmid: crate::Vmid) -> Result<Vec<Upid>, ApiError> {
-        #[derive(Deserialize)]
-        struct Entry {
-            upid: String,
-            #[serde(default)]
-            status: Option<String>,
-        }
-        crate::client::check_node(node)?;
-        let list: Vec<Entry> = self
-            .get(
-                &format!("/nodes/{node}/tasks"),
-                &[("vmid", vmid.to_string()), ("source", "active".into())],
-            )
-            .await?;
-        Ok(list
+        let q = crate::watch::TaskQuery {
+            source: Some(crate::watch::TaskSource::Active),
+            vmid: Some(vmid),
+            ..Default::default()
+        };
+        Ok(self
+            .node_tasks(node, &q)
+            .await?
             .into_iter()
-            .filter(|e| e.status.is_none())
+            // PVE marks an active task `status: "RUNNING"` (older answers: no status).
+            .filter(|e| e.is_running())
             .filter_map(|e| e.upid.parse().ok())
             .collect())
     }
@@ -458,40 +453,145 @@ impl PveClient {
                 continue;
             }
             let exit = st.exitstatus.unwrap_or_else(|| "unexpected status".into());
-            if let Some(warnings) = exit_ok(&exit) {
-                if dispatch.is_some() {
-                    self.durations().record(
-                        &upid.task_type,
-                        Bracket {
-                            lo: running_at,
-                            hi: origin.elapsed(),
-                        },
-                    );
-                    if let (Some(o), Some(expected)) =
-                        (self.observer(), self.durations().expected(&upid.task_type))
-                    {
-                        o.task_duration(&upid.task_type, expected);
-                    }
-                }
-                return Ok(TaskOutcome {
-                    exitstatus: exit,
-                    warnings,
-                    polls,
-                });
-            }
-            // The log is best effort (the exit status is the error), but a log refused for
-            // its size says so instead of vanishing.
-            let log_tail = match self.task_log_tail(upid).await {
-                Ok(tail) => tail,
-                Err(e @ ApiError::BodyTooLarge { .. }) => vec![format!("(log not read: {e})")],
-                Err(_) => Vec::new(),
-            };
-            return Err(ApiError::TaskFailed {
-                upid: upid.to_string(),
-                kind: crate::TaskFailure::of(&exit),
-                exitstatus: exit,
-                log_tail,
+            let learn = dispatch.map(|origin| Bracket {
+                lo: running_at,
+                hi: origin.elapsed(),
             });
+            return self.task_ended(upid, exit, learn, polls).await;
+        }
+    }
+
+    /// A task seen stopped with `exit`: success (and what it teaches of its type's
+    /// duration, when this client dispatched it), or `TaskFailed` with the log's tail.
+    async fn task_ended(
+        &self,
+        upid: &Upid,
+        exit: String,
+        learn: Option<Bracket>,
+        polls: u32,
+    ) -> Result<TaskOutcome, ApiError> {
+        if let Some(warnings) = exit_ok(&exit) {
+            if let Some(b) = learn {
+                self.durations().record(&upid.task_type, b);
+                if let (Some(o), Some(expected)) =
+                    (self.observer(), self.durations().expected(&upid.task_type))
+                {
+                    o.task_duration(&upid.task_type, expected);
+                }
+            }
+            return Ok(TaskOutcome {
+                exitstatus: exit,
+                warnings,
+                polls,
+            });
+        }
+        // The log is best effort (the exit status is the error), but a log refused for
+        // its size says so instead of vanishing.
+        let log_tail = match self.task_log_tail(upid).await {
+            Ok(tail) => tail,
+            Err(e @ ApiError::BodyTooLarge { .. }) => vec![format!("(log not read: {e})")],
+            Err(_) => Vec::new(),
+        };
+        Err(ApiError::TaskFailed {
+            upid: upid.to_string(),
+            kind: crate::TaskFailure::of(&exit),
+            exitstatus: exit,
+            log_tail,
+        })
+    }
+
+    /// [`PveClient::wait_task`], batched: the task is observed through its node's shared
+    /// task list ([`crate::watch`]), one request per poll for every task this client waits
+    /// for on that node, so the request rate to a node stays bounded however many tasks are
+    /// in flight. The same schedule (learned durations included), deadline, unreachable
+    /// budget and outcomes as `wait_task`; `polls` counts the looks this wait took (shared
+    /// or not). A UPID the list does not show is read by its status once per look; a list
+    /// the node refuses (not transient) hands the rest of the wait to `wait_task`.
+    pub async fn watch_task(
+        &self,
+        upid: &Upid,
+        opts: &WaitOptions,
+    ) -> Result<TaskOutcome, ApiError> {
+        let started = Instant::now();
+        let timeout = |started: Instant| ApiError::TaskTimeout {
+            upid: upid.to_string(),
+            waited: started.elapsed(),
+        };
+        let node = self.node_watch(&upid.node);
+        let _registered = node.register(upid);
+        let key = upid.to_string();
+        let mut polls = 0u32;
+        let dispatch = self.durations().dispatch_of(&key);
+        let origin = dispatch.unwrap_or(started);
+        let hint = dispatch.and_then(|_| self.durations().expected(&upid.task_type));
+        let schedule = WaitOptions {
+            deadline: opts.deadline + started.saturating_duration_since(origin),
+            ..*opts
+        };
+        let mut running_at = Duration::ZERO;
+        let mut unreachable_since: Option<Instant> = None;
+        loop {
+            let pause = schedule
+                .next_pause_hinted(polls, origin.elapsed(), hint)
+                .ok_or_else(|| timeout(started))?;
+            tokio::time::sleep(pause).await;
+            polls += 1;
+            // A look sent a little before this wake-up is fresh enough, and shared.
+            let wanted = Instant::now()
+                .checked_sub(crate::watch::NODE_POLL_GAP / 2)
+                .unwrap_or_else(Instant::now);
+            let budget = opts
+                .deadline
+                .saturating_sub(started.elapsed())
+                .max(opts.max_interval);
+            let res =
+                tokio::time::timeout(budget, node.look(self, &upid.node, wanted, upid.starttime))
+                    .await
+                    .map_err(|_| timeout(started))?;
+            if let Err(e @ ApiError::Transport { .. }) = &res {
+                let since = *unreachable_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= opts.unreachable_budget {
+                    return Err(e.clone());
+                }
+            } else {
+                unreachable_since = None;
+            }
+            let look = match res {
+                Ok(look) => look,
+                Err(e) if e.is_transient() => continue,
+                Err(_) => {
+                    let rest = WaitOptions {
+                        deadline: opts.deadline.saturating_sub(started.elapsed()),
+                        ..*opts
+                    };
+                    return self.wait_task(upid, &rest).await;
+                }
+            };
+            let seen_at = look.sent.saturating_duration_since(origin);
+            let exit = match look.seen.get(&key) {
+                Some(None) => {
+                    running_at = running_at.max(seen_at);
+                    continue;
+                }
+                Some(Some(exit)) => exit.clone(),
+                // Not listed (cut off by the limit, or not visible yet): its own status.
+                None => match self.task_status(upid).await {
+                    Ok(st) if st.is_running() => {
+                        running_at = running_at.max(seen_at);
+                        continue;
+                    }
+                    Ok(st) => st.exitstatus.unwrap_or_else(|| "unexpected status".into()),
+                    Err(e) => match poll_error_action(&e, started.elapsed(), opts) {
+                        PollErrorAction::Retry => continue,
+                        PollErrorAction::Fail => return Err(e),
+                    },
+                },
+            };
+            let learn = dispatch.map(|origin| Bracket {
+                lo: running_at,
+                hi: origin.elapsed(),
+            });
+            return self.task_ended(upid, exit, learn, polls).await;
         }
     }
 }

@@ -1108,6 +1108,13 @@ fn plan_restore(
             disks.push((k.clone(), v.clone()));
         }
     }
+    // Allocated in `valid_volume_keys` order: rootfs, then mp0, mp1, … (pve-container
+    // `LXC.pm` `create_disks` through `foreach_volume`), so the rootfs is `disk-0`.
+    disks.sort_by_key(|(k, _)| {
+        k.strip_prefix("mp")
+            .and_then(|n| n.parse::<u32>().ok())
+            .map_or(0, |n| n + 1)
+    });
     for (k, v) in disks {
         let parsed = if k == "rootfs" {
             pve_api::MountConfig::parse_rootfs(&v)

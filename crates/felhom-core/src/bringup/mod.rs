@@ -5,15 +5,20 @@
 //! | # | step | module | observe | act | undo |
 //! |---|---|---|---|---|---|
 //! | 1 | reserve | [`reserve`] | lease on the VMID held by this job | pick the VMID, take the lease | release the lease |
-//! | 2 | restore | [`restore`] | guest exists with this job's marker | `POST lxc` restore=1 with hostname, the spec's net0 (felhom's MAC) and settings, marker — one request; wait | stop + destroy with purge, only with this job's marker |
+//! | 2 | restore | [`restore`] | guest exists with this job's marker | `POST lxc` restore=1 with hostname, the spec's net0 (felhom's MAC) and settings, marker, and (strategy `restore`, the default) `rootfs=<sid>:<GiB>` and each `mpN=<sid>:<GiB>,mp=<path>` — one request; wait | stop + destroy with purge, only with this job's marker |
 //! | 3 | identity | [`identity`] | MAC = chosen, ≠ golden, unique; hostname = spec; net0 bridge, tag, ip, gw, ip6, gw6, firewall = spec | `PUT config` net0 + hostname with digest | – |
 //! | 4 | settings | [`settings`] | cores, memory, swap, onboot, nameserver, searchdomain = spec (those it sets) | `PUT config` of the differing keys with digest | – |
-//! | 5 | rootfs | [`rootfs`] | rootfs size ≥ spec | `PUT resize` to the absolute size; wait | – |
-//! | 6 | mounts | [`mounts`] | an `mpN` per spec path, size ≥ spec | `PUT config mpN=<sid>:<GiB>,mp=<path>` | – |
+//! | 5 | rootfs | [`rootfs`] | rootfs size ≥ spec (after a sized restore: done) | `PUT resize` to the absolute size; wait | – |
+//! | 6 | mounts | [`mounts`] | an `mpN` per spec path, size ≥ spec (after a sized restore: done) | `PUT config mpN=<sid>:<GiB>,mp=<path>` | – |
 //! | 7 | start | [`start`] | status running (guest ours) | `POST status/start`; wait | stop |
 //! | 8 | linkup | [`linkup`] | eth0 has inet (the spec's static address, or a lease), its MAC = config, IP unique | poll with deadline | – |
 //! | 9 | ssh | [`ssh`] | host key proven by a handshake, unlike every other guest's | poll with deadline | – |
 //! | 10 | finish | [`finish`] | tags + marker say provisioned | `PUT config` tags + description | – |
+//!
+//! With `strategy = "restore"` (the default) steps 5 and 6 find the sizes made by the restore
+//! and only observe; they act for `restore-resize` (the spike's sequence, kept to compare) and
+//! to repair a guest that drifted or was made the old way. Task waits go through the node's
+//! shared task watch (`PveClient::watch_task`).
 //!
 //! Each step's module holds everything about that step: `observe`, `intent`, `act`, `undo`,
 //! the line `plan` prints for it, and the drift check `status` runs for it. This file keeps

@@ -1,4 +1,5 @@
-//! Step 6, mounts: one `mpN` per spec mount, on the spec's storage, at least the spec's size.
+//! Step 6, mounts: with the default strategy the restore request made them and this step
+//! only observes (and repairs). One `mpN` per spec mount, on the spec's storage, at least the spec's size.
 //! A missing one is added with `PUT config mpN=<storage>:<GiB>,mp=<path>` (PVE allocates the
 //! volume, reference §3.6) in the first free slot (`unusedN` slots count as taken); a smaller
 //! one is grown to the absolute size. A mount detached outside felhom from a running guest
@@ -106,6 +107,10 @@ pub(super) async fn act(cx: &JobCx) -> Result<(), StepError> {
 }
 
 pub(super) fn plan(p: &PlanCx) -> Vec<String> {
+    if p.config.strategy == crate::config::Strategy::Restore {
+        // Allocated by the restore request (its line names them).
+        return Vec::new();
+    }
     p.spec
         .mounts
         .iter()

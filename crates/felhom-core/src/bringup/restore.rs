@@ -2,7 +2,9 @@
 //! hostname, the spec's net0 (bridge, VLAN tag, addresses, firewall) carrying the MAC felhom
 //! chose (journaled with the intent, before the dispatch), the spec's settings (cores,
 //! memory, swap, onboot, DNS) and the ownership marker, all in that one request, so the guest
-//! never exists with the golden's identity (seed F1, F2) or the golden's sizing. Undo: stop
+//! never exists with the golden's identity (seed F1, F2) or the golden's settings. With the
+//! default strategy (`restore`) the rootfs and every mount point are allocated at their final
+//! sizes by the same request ([`sized_disks`]): no resize task, no mount write. Undo: stop
 //! and destroy with purge, only a guest that carries this job's marker.
 
 use std::time::{Duration, Instant};
@@ -12,6 +14,7 @@ use serde_json::{json, Value};
 use super::identity::{fresh_mac, taken_macs};
 use super::start::stop_if_running;
 use super::{marker, net0_of, record_guest, spec, Drift, GuestView, PlanCx};
+use crate::config::Strategy;
 use crate::guest::{self, Ownership};
 use crate::identity::{HostnameAction, IdentityPolicy, MacAction};
 use crate::job::{JobCx, Observed, StepError};
@@ -49,7 +52,7 @@ pub(super) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
                     .and_then(|u| u.parse::<pve_api::Upid>().ok())
                     .filter(|u| u.task_type == "vzrestore")
                 {
-                    let _ = cx.client.wait_task(&upid, &cx.wait_options()).await;
+                    let _ = cx.client.watch_task(&upid, &cx.wait_options()).await;
                 } else {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
@@ -100,7 +103,7 @@ pub(super) async fn intent(cx: &JobCx) -> Result<Value, StepError> {
     }
     record_guest(cx, "provisioning")?;
     Ok(
-        json!({ "golden": s.golden, "storage": s.storage, "hostname": s.hostname, "mac": cx.facts().mac }),
+        json!({ "golden": s.golden, "storage": s.storage, "hostname": s.hostname, "mac": cx.facts().mac, "strategy": cx.config.strategy.name() }),
     )
 }
 
@@ -117,8 +120,7 @@ pub(super) async fn act(cx: &JobCx) -> Result<(), StepError> {
     let marker = marker(cx, s, MarkerState::Provisioning);
     // Identity is set at restore (F1, F2): hostname and a net0 carrying felhom's MAC, so the
     // guest never exists with the golden's MAC. `storage` is always passed (PVE defaults to
-    // `local`, which rarely allows container directories); `rootfs` is not, so archived
-    // mount points are kept (reference §2.3 step 5).
+    // `local`, which rarely allows container directories; in explicit mode PVE ignores it).
     let mut params = vec![
         ("vmid".to_string(), vmid.to_string()),
         ("ostemplate".to_string(), s.golden.to_string()),
@@ -127,6 +129,7 @@ pub(super) async fn act(cx: &JobCx) -> Result<(), StepError> {
         ("net0".to_string(), net0.to_string()),
         ("description".to_string(), marker.to_string()),
     ];
+    params.extend(sized_disks(s, cx.config.strategy)?);
     if IdentityPolicy::named(s.identity).hostname() == HostnameAction::FromSpec {
         params.push(("hostname".to_string(), s.hostname.to_string()));
     }
@@ -139,6 +142,36 @@ pub(super) async fn act(cx: &JobCx) -> Result<(), StepError> {
     params.extend(s.settings().into_iter().map(|(k, v)| (k.to_string(), v)));
     let upid = cx.client.lxc_create(&cx.node, &params).await?;
     cx.wait("restore", &upid).await
+}
+
+/// The disks of the restore request. [`Strategy::Restore`]: `rootfs=<sid>:<GiB>` and one
+/// `mpN=<sid>:<GiB>,mp=<path>` per spec mount, in spec order (PVE's explicit mode, audit
+/// §2(a)): the worker allocates them at their final sizes (`int(GiB*1024)` MiB, so the exact
+/// fraction of [`crate::spec::ByteSize::gib_string`] gives the spec's size), unpacks into
+/// them, and the rootfs and mounts steps find nothing to do. Always `storage:size`: a bare
+/// number is refused for a token (R3). Archived mount points are then not recreated (a
+/// golden has none). [`Strategy::RestoreResize`]: none (storage-only mode, the golden's
+/// sizes and archived mount points; the rootfs and mounts steps grow and attach).
+pub(super) fn sized_disks(
+    s: &crate::spec::GuestSpec,
+    strategy: Strategy,
+) -> Result<Vec<(String, String)>, StepError> {
+    if strategy != Strategy::Restore {
+        return Ok(Vec::new());
+    }
+    let mut out = vec![(
+        "rootfs".to_string(),
+        format!("{}:{}", s.storage, s.rootfs_size.gib_string()),
+    )];
+    for (n, m) in s.mounts.iter().enumerate() {
+        let value = pve_api::MountConfig::new_volume(
+            &format!("{}:{}", m.storage, m.size.gib_string()),
+            m.path.as_str(),
+        )
+        .map_err(|e| StepError::Refused(format!("mount {}: {e}", m.path)))?;
+        out.push((format!("mp{n}"), value.to_string()));
+    }
+    Ok(out)
 }
 
 pub(super) async fn undo(cx: &JobCx) -> Result<(), StepError> {
@@ -195,8 +228,19 @@ pub(super) fn plan(p: &PlanCx) -> Vec<String> {
     } else {
         format!("; {settings}")
     };
+    let sizes = match p.config.strategy {
+        Strategy::Restore => {
+            let mounts: String = s
+                .mounts
+                .iter()
+                .map(|m| format!(", {} {}:{}G", m.path, m.storage, m.size.gib_string()))
+                .collect();
+            format!("; rootfs {}{mounts} allocated at restore", s.rootfs_size)
+        }
+        Strategy::RestoreResize => String::new(),
+    };
     vec![format!(
-        "restore {} to {} on {} with {hostname} and {mac}; net0 {}{settings} (one request)",
+        "restore {} to {} on {} with {hostname} and {mac}; net0 {}{settings}{sizes} (one request)",
         s.golden,
         p.vmid,
         s.storage,

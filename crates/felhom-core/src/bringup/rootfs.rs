@@ -1,4 +1,6 @@
-//! Step 5, rootfs: grow the root disk to the spec's absolute size (`PUT resize size=<N>G`,
+//! Step 5, rootfs: with the default strategy the restore made the rootfs at the spec's size
+//! and this step only observes (it repairs a guest made the old way, or shrunk outside
+//! felhom's reach). Otherwise: grow the root disk to the spec's absolute size (`PUT resize size=<N>G`,
 //! never `+N`, so a retried grow cannot grow twice), and wait for the task so the next config
 //! write never meets the resize's lock (seed F4). PVE cannot shrink a disk: `validate`
 //! refuses a spec below the golden's size before any job exists. After a dispatch whose
@@ -65,10 +67,17 @@ pub(super) fn plan(p: &PlanCx) -> Vec<String> {
         .rootfs_bytes
         .map(pve_api::format_disk_size)
         .unwrap_or_else(|| "?".into());
-    vec![format!(
-        "resize rootfs {from} → {} (absolute)",
-        p.spec.rootfs_size
-    )]
+    match p.config.strategy {
+        // The same growth, made by the restore request (its line names the sizes).
+        crate::config::Strategy::Restore => vec![format!(
+            "resize rootfs {from} → {} at restore (in the restore request; no resize task)",
+            p.spec.rootfs_size
+        )],
+        crate::config::Strategy::RestoreResize => vec![format!(
+            "resize rootfs {from} → {} (absolute)",
+            p.spec.rootfs_size
+        )],
+    }
 }
 
 pub(super) fn drift(v: &GuestView) -> Vec<Drift> {

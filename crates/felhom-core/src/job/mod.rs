@@ -340,7 +340,9 @@ impl JobCx {
             ..WaitOptions::default()
         }
     }
-    /// Wait for a task; the UPID is journaled first so a resumed job can wait for it again.
+    /// Wait for a task through its node's shared watch (`PveClient::watch_task`: one task-list
+    /// request per poll for all of this process's tasks on the node); the UPID is journaled
+    /// first so a resumed job can wait for it again.
     pub async fn wait(&self, step: &str, upid: &Upid) -> Result<(), StepError> {
         self.note(
             step,
@@ -350,7 +352,7 @@ impl JobCx {
             },
         )?;
         let opts = self.wait_options();
-        match self.client.wait_task(upid, &opts).await {
+        match self.client.watch_task(upid, &opts).await {
             Ok(_) => Ok(()),
             Err(e @ ApiError::Transport { .. }) => {
                 // The wait polled an unreachable PVE for its slice of the budget already.

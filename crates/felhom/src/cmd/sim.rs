@@ -174,6 +174,7 @@ pub fn sim_config(handle: &pve_sim::SimHandle, state_dir: &Path, journal: PathBu
             ssh_timeout_secs: 120,
             task_timeout_secs: 600,
             connect_budget_secs: 60,
+            strategy: Default::default(),
             specs: Vec::new(),
         },
         agent: None,

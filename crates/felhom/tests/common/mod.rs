@@ -249,6 +249,20 @@ impl Sim {
             .unwrap_or(0)
     }
 
+    /// Set `felhom.strategy` in the config felhom runs with (`restore`, `restore-resize`).
+    #[allow(dead_code)]
+    pub fn set_strategy(&self, strategy: &str) {
+        let mut t: toml::Table = std::fs::read_to_string(&self.config)
+            .expect("read config")
+            .parse()
+            .expect("config is TOML");
+        t["felhom"]
+            .as_table_mut()
+            .expect("[felhom]")
+            .insert("strategy".into(), toml::Value::String(strategy.into()));
+        std::fs::write(&self.config, toml::to_string(&t).expect("TOML")).expect("write config");
+    }
+
     pub fn journal(&self) -> PathBuf {
         self.dir.path().join("felhom-journal.db")
     }

@@ -73,6 +73,14 @@ pub(crate) fn task_log(sim: &Sim, req: &Req) -> HResult {
     })
 }
 
+/// `GET /nodes/{node}/tasks` as pve-manager `PVE/API2/Tasks.pm` `node_tasks` answers it:
+/// `source` `archive` (the default: finished tasks, the most recently ended first), `active`
+/// (running tasks, with `status: RUNNING`) or `all` (the active ones, then the archive);
+/// filters `userfilter` (case-insensitive substring of the user, tokens' tasks under their
+/// user), `typefilter` (exact), `vmid`, `since`/`until` (the start time), `statusfilter`
+/// (`ok,warning,error,unknown`; a running task counts as `unknown`) or `errors` (everything
+/// but `ok`, which then wins over `statusfilter`); then `start` skips and `limit` (default
+/// 50; 0 lists nothing) cuts, while `total` counts every match.
 pub(crate) fn task_list(sim: &Sim, req: &Req) -> HResult {
     validate(
         req,
@@ -83,38 +91,114 @@ pub(crate) fn task_list(sim: &Sim, req: &Req) -> HResult {
             ("vmid", Kind::Vmid),
             ("source", Kind::Enum(&["archive", "active", "all"])),
             ("errors", Kind::Bool),
-            ("typefilter", Kind::Str(64)),
-            ("userfilter", Kind::Str(128)),
+            ("typefilter", Kind::Str(256)),
+            ("userfilter", Kind::Str(256)),
+            ("since", Kind::Int(i64::MIN, i64::MAX)),
+            ("until", Kind::Int(i64::MIN, i64::MAX)),
+            ("statusfilter", Kind::Str(256)),
         ],
         &[],
     )?;
+    let errors = req.flag("errors");
+    // `pve-task-status-type-list` (pve-common `JSONSchema.pm` `verify_task_status_type`).
+    let mut wanted = ["ok", "warning", "error", "unknown"].map(|t| (t, true));
+    if let Some(list) = req.get("statusfilter").filter(|_| !errors) {
+        for w in wanted.iter_mut() {
+            w.1 = false;
+        }
+        for v in list.split([',', ';', ' ', '\0']).filter(|v| !v.is_empty()) {
+            let v = v.to_ascii_lowercase();
+            match wanted.iter_mut().find(|w| w.0 == v) {
+                Some(w) => w.1 = true,
+                None => return Err(param1("statusfilter", format!("invalid status '{v}'"))),
+            }
+        }
+    } else if errors {
+        wanted[0].1 = false;
+    }
+    let num = |k: &str| req.get(k).and_then(|s| s.parse::<i64>().ok());
+    let source = req.get("source").unwrap_or("archive");
+    let (since, until) = (num("since"), num("until"));
+    let start = num("start").unwrap_or(0).max(0) as usize;
+    let mut limit = num("limit").unwrap_or(50).max(0) as usize;
+    let userfilter = req.get("userfilter").map(str::to_ascii_lowercase);
+    let typefilter = req.get("typefilter");
+    let vmid = req.get("vmid");
     sim.read(|st| {
-        let limit: usize = req.get("limit").and_then(|s| s.parse().ok()).unwrap_or(50);
-        let v: Vec<Value> = st
-            .tasks
-            .iter()
-            .rev()
-            .filter(|t| task_visible(st, &req.who, t))
-            .filter(|t| req.get("vmid").is_none_or(|v| v == t.id))
-            // `source=active`: the running tasks only (pve-manager `Tasks.pm`).
-            .filter(|t| req.get("source") != Some("active") || t.status != "stopped")
-            .take(limit)
-            .map(|t| {
-                let u: Option<pve_api::Upid> = t.upid.parse().ok();
-                let mut v = json!({ "upid": t.upid, "node": t.node, "type": t.task_type, "id": t.id, "user": t.user, "starttime": t.start_ms / 1000, "pid": u.as_ref().map(|u| u.pid), "pstart": u.as_ref().map(|u| u.pstart) });
-                if let Some(tok) = &t.tokenid {
-                    v["tokenid"] = json!(tok);
-                }
-                // Running tasks carry neither `status` nor `endtime` (pve-manager `Tasks.pm`).
-                if t.status == "stopped" {
-                    v["status"] = json!(t.exitstatus.clone().unwrap_or_default());
+        let mut running: Vec<&crate::state::Task> =
+            st.tasks.iter().filter(|t| t.status != "stopped").collect();
+        running.sort_by_key(|t| t.start_ms);
+        let mut archive: Vec<&crate::state::Task> =
+            st.tasks.iter().filter(|t| t.status == "stopped").collect();
+        archive.sort_by_key(|t| std::cmp::Reverse(t.end_ms));
+        let listed: Vec<&crate::state::Task> = match source {
+            "active" => running,
+            "all" => running.into_iter().chain(archive).collect(),
+            _ => archive,
+        };
+        let mut count = 0usize;
+        let mut out = Vec::new();
+        for t in listed {
+            let u: Option<pve_api::Upid> = t.upid.parse().ok();
+            let starttime = u.as_ref().map(|u| u.starttime as i64).unwrap_or(0);
+            if userfilter
+                .as_ref()
+                .is_some_and(|f| !t.user.to_ascii_lowercase().contains(f.as_str()))
+                || !task_visible(st, &req.who, t)
+                || typefilter.is_some_and(|f| f != t.task_type)
+                || vmid.is_some_and(|v| v != t.id)
+                || since.is_some_and(|s| starttime < s)
+                || until.is_some_and(|s| starttime > s)
+            {
+                continue;
+            }
+            let exit = (t.status == "stopped")
+                .then(|| t.exitstatus.clone().unwrap_or_default());
+            if !wanted
+                .iter()
+                .any(|w| w.1 && w.0 == status_type(exit.as_deref()))
+            {
+                continue;
+            }
+            count += 1;
+            if count <= start || limit == 0 {
+                continue;
+            }
+            limit -= 1;
+            let mut v = json!({ "upid": t.upid, "node": t.node, "type": t.task_type, "id": t.id, "user": t.user, "starttime": starttime, "pid": u.as_ref().map(|u| u.pid), "pstart": u.as_ref().map(|u| u.pstart) });
+            if let Some(tok) = &t.tokenid {
+                v["tokenid"] = json!(tok);
+            }
+            match exit {
+                Some(exit) => {
+                    v["status"] = json!(exit);
                     v["endtime"] = json!(t.end_ms / 1000);
                 }
-                v
-            })
-            .collect();
-        Ok(json!(v).into())
+                // Set after the filters, so a running task filters as `unknown`.
+                None => v["status"] = json!("RUNNING"),
+            }
+            out.push(v);
+        }
+        Ok(Reply {
+            data: json!(out),
+            total: Some(count),
+        })
     })
+}
+
+/// pve-common `UPID.pm` `normalize_status_type`.
+fn status_type(exit: Option<&str>) -> &'static str {
+    match exit {
+        None | Some("") | Some("unexpected status") => "unknown",
+        Some("OK") => "ok",
+        Some(s)
+            if s.strip_prefix("WARNINGS: ")
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) =>
+        {
+            "warning"
+        }
+        Some(_) => "error",
+    }
 }
 
 /// `DELETE /nodes/{node}/tasks/{upid}`: stop a running task. Its owner may, anyone else needs
