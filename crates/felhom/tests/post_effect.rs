@@ -3,7 +3,8 @@
 //! volume, the resize, the start, the stop, the destroy) and answers it 595 with an empty
 //! body, as pveproxy does when its 30 s hop to pvedaemon times out while the change still
 //! completes. felhom must observe before every retry and converge: one guest per identity,
-//! grown once, exactly its volumes, and a teardown that leaves nothing.
+//! exactly its volumes, sized once (the spike's sequence, `restore-resize`: one resize task;
+//! restore-time sizing, the default: none), and a teardown that leaves nothing.
 
 mod common;
 use common::*;
@@ -50,9 +51,15 @@ fn lost_answers(state: &Value) -> u64 {
     state["counters"]["post_effect_595"].as_u64().unwrap_or(0)
 }
 
-/// `apply` of one guest (rootfs grown, one mount) with every `kind` request answered 595:
-/// converged once, and a second `apply` finds it unchanged and writes nothing.
-fn bring_up(sim: &Sim, name: &str, vmid: u64) {
+/// Resize tasks a bring-up makes under `strategy`: the spike's sequence grows the rootfs
+/// once; restore-time sizing allocates it at its size.
+fn expected_grows(strategy: &str) -> usize {
+    usize::from(strategy == "restore-resize")
+}
+
+/// `apply` of one guest (rootfs sized, one mount) under `strategy` with every `kind` request
+/// answered 595: converged once, and a second `apply` finds it unchanged and writes nothing.
+fn bring_up(sim: &Sim, name: &str, vmid: u64, strategy: &str) {
     let path = sim.write_spec(
         &format!("{name}.toml"),
         &spec(name, &vmid.to_string(), MOUNT),
@@ -78,7 +85,12 @@ fn bring_up(sim: &Sim, name: &str, vmid: u64) {
     assert_eq!(g["status"], "running", "{g}");
     let rootfs = g["config"]["rootfs"].as_str().unwrap_or_default();
     assert!(rootfs.split(',').any(|kv| kv == ROOTFS), "rootfs {rootfs}");
-    assert_eq!(grows(&state, vmid), 1, "grown once: {}", state["tasks"]);
+    assert_eq!(
+        grows(&state, vmid),
+        expected_grows(strategy),
+        "sized once: {}",
+        state["tasks"]
+    );
     assert_eq!(
         tasks(&state, vmid, "vzstart"),
         1,
@@ -116,29 +128,40 @@ fn bring_up(sim: &Sim, name: &str, vmid: u64) {
 /// first retry observes (a start, a stop, a resize take longer than the first backoff).
 const SLOW: f64 = 0.3;
 
-fn converges_when_lost(kind: &str, vmid: u64) {
+fn converges_when_lost(kind: &str, vmid: u64, strategy: &str) {
     let sim = Sim::with(&format!("post_effect_595:{kind}=1,seed=3"), SLOW);
-    bring_up(&sim, &format!("lost{kind}"), vmid);
+    sim.set_strategy(strategy);
+    bring_up(&sim, &format!("lost{kind}"), vmid, strategy);
 }
 
 #[test]
 fn restore_answered_595_makes_one_guest() {
-    converges_when_lost("restore", 1700);
+    converges_when_lost("restore", 1700, "restore");
+}
+
+#[test]
+fn restore_answered_595_makes_one_guest_in_the_spike_sequence() {
+    converges_when_lost("restore", 1706, "restore-resize");
 }
 
 #[test]
 fn config_writes_answered_595_attach_one_volume() {
-    converges_when_lost("config", 1701);
+    converges_when_lost("config", 1701, "restore-resize");
+}
+
+#[test]
+fn config_writes_answered_595_with_restore_time_sizing() {
+    converges_when_lost("config", 1707, "restore");
 }
 
 #[test]
 fn resize_answered_595_grows_once() {
-    converges_when_lost("resize", 1702);
+    converges_when_lost("resize", 1702, "restore-resize");
 }
 
 #[test]
 fn start_answered_595_starts_once() {
-    converges_when_lost("start", 1703);
+    converges_when_lost("start", 1703, "restore");
 }
 
 /// Teardown with every `kind` request answered 595: the guest and all its volumes are gone
@@ -190,7 +213,18 @@ fn teardown_with_destroy_answered_595() {
 /// Every kind at once, one request in three, for several guests in one batch.
 #[test]
 fn many_guests_with_a_third_of_the_answers_lost() {
+    many_guests_lost("restore");
+}
+
+/// The same in the spike's sequence, where each guest's rootfs is grown once by a resize.
+#[test]
+fn many_guests_with_a_third_of_the_answers_lost_in_the_spike_sequence() {
+    many_guests_lost("restore-resize");
+}
+
+fn many_guests_lost(strategy: &str) {
     let sim = Sim::with("post_effect_595=0.33,seed=11", 0.02);
+    sim.set_strategy(strategy);
     let mut text = String::new();
     for i in 0..6 {
         let one = spec(&format!("third{i}"), "\"auto\"", MOUNT);
@@ -207,7 +241,12 @@ fn many_guests_with_a_third_of_the_answers_lost() {
         let mine = guests_named(&state, &format!("third{i}-app"));
         assert_eq!(mine.len(), 1, "third{i}: {}", state["guests"]);
         let vmid = mine[0]["vmid"].as_u64().unwrap();
-        assert_eq!(grows(&state, vmid), 1, "{vmid}: {}", state["tasks"]);
+        assert_eq!(
+            grows(&state, vmid),
+            expected_grows(strategy),
+            "{vmid}: {}",
+            state["tasks"]
+        );
         assert_eq!(
             owned_volumes(&state, vmid),
             2,
