@@ -86,6 +86,8 @@ pub struct PlanCx<'a> {
     pub vmid: Vmid,
     pub golden: &'a GoldenInfo,
     pub config: &'a Config,
+    /// Strategy `linked-clone`: the published template this guest would be cloned from.
+    pub template: Option<u32>,
 }
 
 /// What `status` read of one live guest, once, for every step's drift check.
@@ -259,7 +261,7 @@ fn spec(cx: &JobCx) -> Result<&GuestSpec, StepError> {
 ///
 /// An observe's read is shared with the next observe and the act's first guard while
 /// nothing is written in between ([`JobCx::cached_config`]).
-async fn owned_config(cx: &JobCx, vmid: Vmid) -> Result<LxcConfig, StepError> {
+pub(crate) async fn owned_config(cx: &JobCx, vmid: Vmid) -> Result<LxcConfig, StepError> {
     let cfg = match cx.cached_config(vmid.get()) {
         Some(cfg) => cfg,
         None => {
@@ -308,7 +310,7 @@ fn other_live_guests(cx: &JobCx, vmid: Vmid) -> Result<Vec<GuestRecord>, StepErr
 }
 
 /// The journal's record of this guest, in `state` (`provisioning` until finish).
-fn record_guest(cx: &JobCx, state: &str) -> Result<(), StepError> {
+pub(crate) fn record_guest(cx: &JobCx, state: &str) -> Result<(), StepError> {
     let s = spec(cx)?;
     let f = cx.facts();
     let Some(vmid) = f.vmid else { return Ok(()) };

@@ -115,6 +115,9 @@ pub enum JobKind {
     /// `apply` converging a guest that exists: the bring-up steps, forward only (a failed
     /// repair never destroys the customer's guest).
     Repair,
+    /// `felhom golden publish`: restore the golden into a template VMID and make it a
+    /// template (`crate::publish`); rolls back like a bring-up.
+    Publish,
 }
 
 /// Where a job stands (the table in the module doc).
@@ -1020,6 +1023,7 @@ fn kind_str(k: JobKind) -> &'static str {
         JobKind::Bringup => "bringup",
         JobKind::Teardown => "teardown",
         JobKind::Repair => "repair",
+        JobKind::Publish => "publish",
     }
 }
 
@@ -1036,6 +1040,7 @@ fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(JobRow, Option<i64>)
         kind: match kind.as_str() {
             "teardown" => JobKind::Teardown,
             "repair" => JobKind::Repair,
+            "publish" => JobKind::Publish,
             _ => JobKind::Bringup,
         },
         vmid: r.get(2)?,
