@@ -171,27 +171,38 @@ pub fn recorded_template(
 
 /// Whether PVE's config of `vmid` is the published template of `line`.
 pub fn is_published(cfg: &LxcConfig, golden: &str, storage: &str) -> bool {
-    cfg.get_str("template") == Some("1")
+    cfg.get_string("template").as_deref() == Some("1")
         && TemplateLine::of(cfg).is_some_and(|l| l.golden == golden && l.storage == storage)
 }
 
-/// The guests on `node` whose volumes are linked clones of template `vmid`'s base volumes
-/// (`<sid>:base-<vmid>-disk-<n>/vm-…`).
+/// The guests that still use template `vmid`'s base volume: felhom's own clones (the
+/// journal's live guests whose clone step chose this template; on lvmthin a clone's volume
+/// name does not show its base) and any guest on `node` whose volume names the base
+/// (`<sid>:base-<vmid>-disk-<n>/vm-…`, as zfspool, btrfs and rbd name linked clones).
 pub async fn clones_of(
-    cx_client: &pve_api::PveClient,
+    journal: &Journal,
+    client: &pve_api::PveClient,
     node: &str,
     vmid: Vmid,
-) -> Result<Vec<u32>, pve_api::ApiError> {
+) -> Result<Vec<u32>, StepError> {
+    let mut out = std::collections::BTreeSet::new();
+    for g in journal.live_guests()? {
+        if g.vmid != vmid.get()
+            && g.node == node
+            && crate::job::load_facts(journal, &g.job_id)?.template == Some(vmid.get())
+        {
+            out.insert(g.vmid);
+        }
+    }
     let base = format!(":base-{vmid}-");
-    let mut out = Vec::new();
-    for g in cx_client.lxc_list(node).await? {
-        if g.vmid == vmid.get() {
+    for g in client.lxc_list(node).await? {
+        if g.vmid == vmid.get() || out.contains(&g.vmid) {
             continue;
         }
         let Ok(v) = Vmid::try_from(g.vmid) else {
             continue;
         };
-        let Some(cfg) = guest::config_of(cx_client, node, v).await? else {
+        let Some(cfg) = guest::config_of(client, node, v).await? else {
             continue;
         };
         let linked = cfg.values.iter().any(|(k, val)| {
@@ -203,10 +214,10 @@ pub async fn clones_of(
                 .is_some_and(|s| s.contains(&base) && s.contains('/'))
         });
         if linked {
-            out.push(g.vmid);
+            out.insert(g.vmid);
         }
     }
-    Ok(out)
+    Ok(out.into_iter().collect())
 }
 
 impl Step for PublishStep {
@@ -229,7 +240,7 @@ impl Step for PublishStep {
             PublishStep::Template => {
                 let vmid = cx.vmid()?;
                 let cfg = bringup::owned_config(cx, vmid).await?;
-                if cfg.get_str("template") == Some("1") {
+                if cfg.get_string("template").as_deref() == Some("1") {
                     record_template(cx, &cfg)?;
                     Ok(Observed::Done(json!({ "vmid": vmid.get(), "template": 1 })))
                 } else {
@@ -262,7 +273,7 @@ impl Step for PublishStep {
                 let deadline = std::time::Instant::now() + cx.config.task_timeout;
                 while std::time::Instant::now() < deadline {
                     if let Some(cfg) = guest::config_of(&cx.client, &cx.node, vmid).await? {
-                        if cfg.get_str("template") == Some("1") {
+                        if cfg.get_string("template").as_deref() == Some("1") {
                             return Ok(());
                         }
                     }

@@ -15,9 +15,9 @@ pub(super) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
     // would leave the clones on a base nobody owns.
     if cfg
         .as_ref()
-        .is_some_and(|c| c.get_str("template") == Some("1"))
+        .is_some_and(|c| c.get_string("template").as_deref() == Some("1"))
     {
-        let clones = crate::publish::clones_of(&cx.client, &cx.node, vmid).await?;
+        let clones = crate::publish::clones_of(&cx.journal, &cx.client, &cx.node, vmid).await?;
         if !clones.is_empty() {
             let list: Vec<String> = clones.iter().map(u32::to_string).collect();
             return Err(StepError::Refused(format!(
