@@ -410,7 +410,7 @@ mod tests {
         template_spec(
             "pve",
             "local-lvm",
-            "local:backup/vzdump-lxc-1-2026_01_01-00_00_00.tar.zst",
+            "local:backup/vzdump-lxc-9100-2026_06_09-20_41_10.tar.zst",
             "h",
         )
         .unwrap();
