@@ -373,7 +373,22 @@ impl crate::ops::Felhom {
             Some(TEMPLATE_HOSTNAME),
             &value,
         )?;
+        // Templates take the top of felhom's range (guests fill it from the bottom): the
+        // highest VMID neither PVE nor the journal uses; the reserve step tries it first.
+        let used: std::collections::BTreeSet<u32> = self
+            .client
+            .cluster_resources(Some(pve_api::ResourceType::Vm))
+            .await?
+            .into_iter()
+            .filter_map(|r| r.vmid)
+            .chain(self.journal.live_guests()?.into_iter().map(|g| g.vmid))
+            .collect();
+        let range = self.config.vmid_range;
+        let vmid_hint = (range.lo.get()..=range.hi.get())
+            .rev()
+            .find(|v| !used.contains(v));
         let facts = crate::job::Facts {
+            vmid_hint,
             golden_mac: golden_info.mac.map(|m| m.to_ascii_uppercase()),
             golden_rootfs_bytes: golden_info.rootfs_bytes,
             golden_sha256: Some(sha256.clone()),

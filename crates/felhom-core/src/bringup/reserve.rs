@@ -51,7 +51,7 @@ pub(crate) async fn act(cx: &JobCx) -> Result<(), StepError> {
                 .facts()
                 .vmid_hint
                 .and_then(|v| Vmid::try_from(v).ok())
-                .filter(|v| free.contains(v));
+                .filter(|v| free.contains(v) || picker.is_free(*v));
             let mut seen = HashSet::new();
             hint.into_iter()
                 .chain(free)
