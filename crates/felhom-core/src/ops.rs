@@ -325,6 +325,7 @@ impl Felhom {
                     s.storage.as_str(),
                     s.golden.as_str(),
                     None,
+                    Some(s.rootfs_size.bytes()),
                 )
                 .ok()
                 .flatten()
@@ -540,6 +541,7 @@ impl Felhom {
             spec.storage.as_str(),
             spec.golden.as_str(),
             None,
+            Some(spec.rootfs_size.bytes()),
         )?
         .map(|g| g.vmid);
         let p = bringup::PlanCx {

@@ -113,33 +113,37 @@ pub fn golden_hash(volid: &str, pct_conf: &str) -> String {
     hex::encode(h.finalize())
 }
 
-/// The template's name (its identity within [`TEMPLATE_CUSTOMER`]): one per golden hash and
-/// storage.
-pub fn template_name(hash: &str, storage: &str) -> String {
+/// The template's name (its identity within [`TEMPLATE_CUSTOMER`]): one per golden hash,
+/// storage and rootfs size.
+pub fn template_name(hash: &str, storage: &str, rootfs_bytes: u64) -> String {
     let mut h = Sha256::new();
     h.update(hash.as_bytes());
     h.update(b"\n");
     h.update(storage.as_bytes());
+    h.update(b"\n");
+    h.update(rootfs_bytes.to_string().as_bytes());
     format!("t{}", &hex::encode(h.finalize())[..16])
 }
 
-/// The synthetic spec a publish job carries: the golden on `storage` of `node`, at the
-/// golden's own sizes, with the template identity.
+/// The synthetic spec a publish job carries: the golden on `storage` of `node`, its rootfs
+/// at `rootfs` (the golden's own size unless `golden publish --rootfs-size`), with the
+/// template identity.
 pub fn template_spec(
     node: &str,
     storage: &str,
     golden: &str,
     hash: &str,
+    rootfs: crate::spec::ByteSize,
 ) -> Result<crate::spec::GuestSpec, String> {
     serde_json::from_value(json!({
         "customer": TEMPLATE_CUSTOMER,
         "hostname": TEMPLATE_HOSTNAME,
-        "name": template_name(hash, storage),
+        "name": template_name(hash, storage, rootfs.bytes()),
         "vmid": "next_free",
         "golden": golden,
         "node": node,
         "storage": storage,
-        "rootfs_size": "1M",
+        "rootfs_size": rootfs.to_string(),
         "bridge": "vmbr0",
         "mounts": [],
         "pool": null,
@@ -149,24 +153,33 @@ pub fn template_spec(
     .map_err(|e| format!("template spec: {e}"))
 }
 
-/// The journal's published template of `golden` on `node` and `storage` (newest first), if
-/// any. `hash`: only the template of that golden hash.
+/// The journal's published template of `golden` on `node` and `storage`, if any. `name`:
+/// only that template ([`template_name`]); `max_bytes`: only a template whose rootfs is no
+/// larger (a linked clone cannot be smaller than its base), the largest such, then the
+/// newest.
 pub fn recorded_template(
     journal: &Journal,
     node: &str,
     storage: &str,
     golden: &str,
-    hash: Option<&str>,
+    name: Option<&str>,
+    max_bytes: Option<u64>,
 ) -> Result<Option<GuestRecord>, crate::journal::JournalError> {
-    let name = hash.map(|h| template_name(h, storage));
+    let bytes = |g: &GuestRecord| {
+        g.spec["rootfs_size"]
+            .as_str()
+            .and_then(|s| s.parse::<crate::spec::ByteSize>().ok())
+            .map_or(u64::MAX, |b| b.bytes())
+    };
     Ok(journal
         .live_guests()?
         .into_iter()
         .filter(|g| g.customer == TEMPLATE_CUSTOMER && g.state == TEMPLATE_STATE)
         .filter(|g| g.node == node)
         .filter(|g| g.spec["golden"] == golden && g.spec["storage"] == storage)
-        .filter(|g| name.as_ref().is_none_or(|n| &g.name == n))
-        .max_by_key(|g| g.vmid))
+        .filter(|g| name.is_none_or(|n| g.name == n))
+        .filter(|g| max_bytes.is_none_or(|m| bytes(g) <= m))
+        .max_by_key(|g| (bytes(g), g.vmid)))
 }
 
 /// Whether PVE's config of `vmid` is the published template of `line`.
@@ -340,6 +353,7 @@ impl crate::ops::Felhom {
         node: &str,
         storage: &str,
         golden: &str,
+        rootfs_size: Option<crate::spec::ByteSize>,
         progress: std::sync::Arc<dyn crate::job::Progress>,
     ) -> Result<PublishReport, crate::ops::OpsError> {
         use crate::ops::OpsError;
@@ -349,7 +363,20 @@ impl crate::ops::Felhom {
         }
         let conf = self.client.vzdump_extractconfig(node, golden).await?;
         let sha256 = golden_hash(golden, &conf);
-        if let Some(g) = recorded_template(&self.journal, node, storage, golden, Some(&sha256))? {
+        let golden_info = self.golden_info(node, golden).await?;
+        let golden_bytes = golden_info.rootfs_bytes.unwrap_or(0);
+        let rootfs = match rootfs_size {
+            Some(b) if b.bytes() < golden_bytes => return Err(OpsError::Invalid(format!(
+                "rootfs_size: {b} would shrink the golden's {} rootfs; PVE cannot shrink a disk",
+                pve_api::format_disk_size(golden_bytes)
+            ))),
+            Some(b) => b,
+            None => crate::spec::ByteSize::from_bytes(golden_bytes)
+                .map_err(|e| OpsError::Invalid(format!("the golden's rootfs size: {e}")))?,
+        };
+        let name = template_name(&sha256, storage, rootfs.bytes());
+        if let Some(g) = recorded_template(&self.journal, node, storage, golden, Some(&name), None)?
+        {
             let v = Vmid::try_from(g.vmid).map_err(|e| OpsError::Invalid(e.to_string()))?;
             if let Some(cfg) = guest::config_of(&self.client, node, v).await? {
                 if is_published(&cfg, golden, storage)
@@ -362,8 +389,8 @@ impl crate::ops::Felhom {
                 }
             }
         }
-        let spec = template_spec(node, storage, golden, &sha256).map_err(OpsError::Invalid)?;
-        let golden_info = self.golden_info(node, golden).await?;
+        let spec =
+            template_spec(node, storage, golden, &sha256, rootfs).map_err(OpsError::Invalid)?;
         let id = crate::ops::new_job_id(crate::journal::JobKind::Publish);
         let value = serde_json::to_value(&spec).map_err(|e| OpsError::Invalid(e.to_string()))?;
         self.journal.create_job(
@@ -420,13 +447,15 @@ mod tests {
         };
         let d = format!("felhom: job=pub-1 customer=felhom-template state=provisioning\n{l}\n");
         assert_eq!(TemplateLine::find(&d), Some(l));
-        assert_ne!(template_name("h", "a"), template_name("h", "b"));
+        assert_ne!(template_name("h", "a", 1), template_name("h", "b", 1));
+        assert_ne!(template_name("h", "a", 1), template_name("h", "a", 2));
         assert_ne!(golden_hash("v", "x"), golden_hash("v", "y"));
         template_spec(
             "pve",
             "local-lvm",
             "local:backup/vzdump-lxc-9100-2026_06_09-20_41_10.tar.zst",
             "h",
+            "8G".parse().unwrap(),
         )
         .unwrap();
     }

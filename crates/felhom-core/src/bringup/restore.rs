@@ -108,6 +108,7 @@ pub(crate) async fn intent(cx: &JobCx) -> Result<Value, StepError> {
             s.storage.as_str(),
             s.golden.as_str(),
             None,
+            Some(s.rootfs_size.bytes()),
         )?
         .ok_or_else(|| StepError::Refused(not_published(s)))?;
         cx.update_facts(|f| f.template = Some(t.vmid));
@@ -168,10 +169,14 @@ pub(crate) async fn act(cx: &JobCx) -> Result<(), StepError> {
         ("net0".to_string(), net0.to_string()),
         ("description".to_string(), marker),
     ];
-    // A template keeps the golden's sizes: each clone grows its own.
-    if !publish {
-        params.extend(sized_disks(s, cx.config.strategy)?);
-    }
+    // A template's rootfs is allocated at its published size (the golden's unless
+    // `--rootfs-size`): a clone of the spec's size then needs no resize task.
+    let strategy = if publish {
+        Strategy::Restore
+    } else {
+        cx.config.strategy
+    };
+    params.extend(sized_disks(s, strategy)?);
     if IdentityPolicy::named(s.identity).hostname() == HostnameAction::FromSpec {
         params.push(("hostname".to_string(), s.hostname.to_string()));
     }

@@ -45,6 +45,10 @@ pub struct PublishArgs {
     /// rbd or btrfs).
     #[arg(long, default_value = "local-lvm")]
     pub storage: String,
+    /// The template's rootfs size (default: the golden's). Guests of at least this size
+    /// clone it; one of exactly this size needs no resize task.
+    #[arg(long, value_name = "SIZE")]
+    pub rootfs_size: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -164,8 +168,16 @@ async fn publish(a: PublishArgs, ctx: &Ctx) -> Result<(), CliError> {
             }
         }
     };
+    let rootfs = a
+        .rootfs_size
+        .as_deref()
+        .map(str::parse::<felhom_core::spec::ByteSize>)
+        .transpose()
+        .map_err(|e| CliError::invalid_field("invalid --rootfs-size", "rootfs_size", e))?;
     let progress = std::sync::Arc::new(output::CliProgress::new(ctx.format));
-    let report = f.publish(&node, &a.storage, &a.golden, progress).await?;
+    let report = f
+        .publish(&node, &a.storage, &a.golden, rootfs, progress)
+        .await?;
     match (&report, ctx.format) {
         (_, OutputFormat::Json) => output::json(&report),
         (PublishReport::Exists { vmid, sha256 }, OutputFormat::Human) => outln!(

@@ -259,6 +259,8 @@ async fn felhom_mode(n: usize, args: &PerfArgs, strategy: Strategy) -> anyhow::R
                 s0.node.as_str(),
                 s0.storage.as_str(),
                 &golden,
+                // At the guests' size: a clone then needs no resize task.
+                Some(s0.rootfs_size),
                 Arc::new(felhom_core::job::Quiet),
             )
             .await?;
