@@ -15,6 +15,12 @@
 //! | 9 | ssh | [`ssh`] | host key proven by a handshake, unlike every other guest's | poll with deadline | – |
 //! | 10 | finish | [`finish`] | tags + marker say provisioned | `PUT config` tags + description | – |
 //!
+//! With `strategy = "linked-clone"` step 2 clones felhom's published template instead
+//! (`POST …/{template}/clone` with hostname and marker, the template chosen and journaled
+//! with the intent; `crate::publish`), step 3 replaces the clone's fresh MAC by the
+//! journaled one, and steps 5 and 6 grow the rootfs (when the template is smaller) and attach
+//! the mounts.
+//!
 //! With `strategy = "restore"` (the default) steps 5 and 6 find the sizes made by the restore
 //! and only observe; they act for `restore-resize` (the spike's sequence, kept to compare) and
 //! to repair a guest that drifted or was made the old way. Task waits go through the node's
