@@ -366,10 +366,12 @@ impl crate::ops::Felhom {
         let golden_info = self.golden_info(node, golden).await?;
         let golden_bytes = golden_info.rootfs_bytes.unwrap_or(0);
         let rootfs = match rootfs_size {
-            Some(b) if b.bytes() < golden_bytes => return Err(OpsError::Invalid(format!(
+            Some(b) if b.bytes() < golden_bytes => {
+                return Err(OpsError::Invalid(format!(
                 "rootfs_size: {b} would shrink the golden's {} rootfs; PVE cannot shrink a disk",
                 pve_api::format_disk_size(golden_bytes)
-            ))),
+            )))
+            }
             Some(b) => b,
             None => crate::spec::ByteSize::from_bytes(golden_bytes)
                 .map_err(|e| OpsError::Invalid(format!("the golden's rootfs size: {e}")))?,
