@@ -124,6 +124,17 @@ fn apply_with_linked_clone_makes_linked_guests_with_their_own_identity() {
     assert!(state_has_mount(&state, 1100));
     assert_clean_invariants(&state);
 
+    let st = sim.felhom(&["--output", "json", "status"]);
+    assert_eq!(st.status.code(), Some(0), "status: {}", both(&st));
+    let tpl = json(&st)["guests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["vmid"].as_u64() == Some(t))
+        .cloned()
+        .expect("status lists the template");
+    assert_eq!(tpl["status"], "template", "{tpl}");
+
     // Re-apply: one guest per identity, nothing written.
     let writes = sim.write_count();
     let again = sim.felhom(&["apply", a.to_str().unwrap(), b.to_str().unwrap()]);
