@@ -405,13 +405,15 @@ impl Felhom {
         Ok(())
     }
 
-    /// felhom's live guests whose identity is in none of `specs`.
+    /// felhom's live guests whose identity is in none of `specs` (never a linked-clone
+    /// template: no spec names one; `felhom teardown <vmid>` removes an unused one).
     fn prunable(&self, specs: &[GuestSpec]) -> Result<Vec<(Identity, Decision)>, OpsError> {
         let wanted: BTreeSet<Identity> = specs.iter().map(GuestSpec::identity_key).collect();
         Ok(self
             .journal
             .live_guests()?
             .into_iter()
+            .filter(|g| g.customer != crate::publish::TEMPLATE_CUSTOMER)
             .filter(|g| {
                 !wanted.contains(&Identity {
                     customer: g.customer.clone(),

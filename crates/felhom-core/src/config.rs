@@ -46,6 +46,12 @@ pub enum Strategy {
     /// The spike's sequence: restore at the golden's size (storage-only mode), then a resize
     /// task for the rootfs and a config write per mount point. Kept to compare (`bench perf`).
     RestoreResize,
+    /// A linked clone of the golden's template, published once per node and storage by
+    /// `felhom golden publish` (a template VMID in felhom's range, `POST …/template`); the
+    /// clone shares the template's base volume, then felhom sets its MAC, settings, sizes
+    /// (resize: never smaller than the base) and mounts. Needs a storage that can link-clone
+    /// a container volume (lvmthin, zfspool, rbd, btrfs; never dir or thick LVM).
+    LinkedClone,
 }
 
 impl Strategy {
@@ -53,6 +59,7 @@ impl Strategy {
         match self {
             Strategy::Restore => "restore",
             Strategy::RestoreResize => "restore-resize",
+            Strategy::LinkedClone => "linked-clone",
         }
     }
 }

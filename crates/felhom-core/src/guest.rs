@@ -340,6 +340,11 @@ impl VmidPicker {
         }
     }
 
+    /// Whether `v` is in the range and free (not leased, not on the node).
+    pub fn is_free(&self, v: Vmid) -> bool {
+        self.range.contains(v) && !self.taken.contains(&v.get())
+    }
+
     /// Free VMIDs in order, without taking them.
     pub fn candidates(&self) -> impl Iterator<Item = Vmid> + '_ {
         self.range.iter().filter(|v| !self.taken.contains(&v.get()))

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod ops;
 pub mod preflight;
 pub mod privileges;
+pub mod publish;
 pub mod secrets;
 pub mod spec;
 pub mod ssh_probe;

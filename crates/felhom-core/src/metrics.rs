@@ -229,6 +229,7 @@ fn kind_name(kind: JobKind) -> &'static str {
         JobKind::Bringup => "bringup",
         JobKind::Repair => "repair",
         JobKind::Teardown => "teardown",
+        JobKind::Publish => "publish",
     }
 }
 

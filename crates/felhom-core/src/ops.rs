@@ -118,6 +118,7 @@ pub fn new_job_id(kind: JobKind) -> String {
         JobKind::Bringup => "up",
         JobKind::Teardown => "down",
         JobKind::Repair => "fix",
+        JobKind::Publish => crate::publish::JOB_PREFIX,
     };
     let t = crate::journal::now_ms();
     format!("{prefix}-{t:x}-{:06x}", rand::random::<u32>() & 0xff_ffff)
@@ -309,6 +310,36 @@ impl Felhom {
                 })
             };
             let id = s.identity_key();
+            if s.customer.as_str() == crate::publish::TEMPLATE_CUSTOMER {
+                err(
+                    "customer",
+                    format!(
+                        "'{}' is reserved for felhom's linked-clone templates",
+                        crate::publish::TEMPLATE_CUSTOMER
+                    ),
+                );
+            }
+            if self.config.strategy == crate::config::Strategy::LinkedClone
+                && crate::publish::recorded_template(
+                    &self.journal,
+                    s.node.as_str(),
+                    s.storage.as_str(),
+                    s.golden.as_str(),
+                    None,
+                    Some(s.rootfs_size.bytes()),
+                )
+                .ok()
+                .flatten()
+                .is_none()
+            {
+                err(
+                    "golden",
+                    format!(
+                        "strategy linked-clone: {} has no published template on node {} storage {}; run `felhom golden publish --node {} --storage {}` first",
+                        s.golden, s.node, s.storage, s.node, s.storage
+                    ),
+                );
+            }
             if let VmidChoice::Fixed(v) = s.vmid {
                 if !self.config.vmid_range.contains(v) {
                     err(
@@ -387,6 +418,15 @@ impl Felhom {
                         .entry(sid)
                         .or_insert(self.client.storage_status(s.node.as_str(), sid).await),
                 };
+                if let (Ok(st), true) = (status, field == "storage") {
+                    if self.config.strategy == crate::config::Strategy::LinkedClone {
+                        if let Some(rule) =
+                            crate::publish::link_clone_refusal(sid, &st.storage_type)
+                        {
+                            err(&field, rule);
+                        }
+                    }
+                }
                 match status {
                     Ok(st) if !st.content.split(',').any(|c| c == "rootdir") => err(
                         &field,
@@ -496,11 +536,21 @@ impl Felhom {
         let golden = self
             .golden_info(spec.node.as_str(), spec.golden.as_str())
             .await?;
+        let template = crate::publish::recorded_template(
+            &self.journal,
+            spec.node.as_str(),
+            spec.storage.as_str(),
+            spec.golden.as_str(),
+            None,
+            Some(spec.rootfs_size.bytes()),
+        )?
+        .map(|g| g.vmid);
         let p = bringup::PlanCx {
             spec,
             vmid,
             golden: &golden,
             config: &self.config,
+            template,
         };
         Ok(bringup::STEPS
             .iter()
@@ -534,9 +584,11 @@ impl Felhom {
             .unwrap_or_else(|| row.vmid.map(|v| v.to_string()).unwrap_or_default());
         let spec: Result<Option<GuestSpec>, String> = match row.kind {
             JobKind::Teardown => Ok(None),
-            JobKind::Bringup | JobKind::Repair => serde_json::from_value(row.spec.clone())
-                .map(Some)
-                .map_err(|e| e.to_string()),
+            JobKind::Bringup | JobKind::Repair | JobKind::Publish => {
+                serde_json::from_value(row.spec.clone())
+                    .map(Some)
+                    .map_err(|e| e.to_string())
+            }
         };
         let storage = spec
             .as_ref()
@@ -578,6 +630,7 @@ impl Felhom {
             JobKind::Bringup => job::run(&cx, &bringup::STEPS, true).await,
             JobKind::Repair => job::run(&cx, &bringup::STEPS, false).await,
             JobKind::Teardown => job::run(&cx, &teardown::STEPS, false).await,
+            JobKind::Publish => job::run(&cx, &crate::publish::STEPS, true).await,
         };
         if row.kind == JobKind::Repair && outcome == Outcome::Succeeded {
             if let Some(vmid) = cx.facts().vmid.and_then(|v| Vmid::try_from(v).ok()) {

@@ -104,6 +104,7 @@ pub fn bringup_needs(step: BringupStep, sc: &Scope) -> Vec<Need> {
             for k in &sc.settings {
                 need(&mut n, vms, setting_privilege(k), format!("restore: {k} in the request (§3.5)"));
             }
+            need(&mut n, vms, "VM.Clone", "restore (strategy linked-clone): POST /nodes/{node}/lxc/{template}/clone on felhom's published template (VM.Allocate on the new VMID, Datastore.AllocateSpace on the base's storage and SDN.Use on the bridge as above; audit §2(b))");
             need(&mut n, vms, "VM.PowerMgmt", "undo restore: stop the guest before destroying it");
         }
         BringupStep::Identity => {

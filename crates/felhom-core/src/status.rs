@@ -61,6 +61,8 @@ pub async fn status(f: &Felhom, vmids: &[Vmid]) -> Result<Vec<GuestStatus>, OpsE
             .collect();
         let mut st = if g.state == "active" {
             one(f, g).await?
+        } else if g.state == crate::publish::TEMPLATE_STATE {
+            template(f, g).await?
         } else {
             half_built(f, g).await?
         };
@@ -74,6 +76,48 @@ pub async fn status(f: &Felhom, vmids: &[Vmid]) -> Result<Vec<GuestStatus>, OpsE
         out.push(st);
     }
     Ok(out)
+}
+
+/// A published linked-clone template (`crate::publish`): still a template carrying its
+/// `felhom-template:` line for the golden and storage it was published for.
+async fn template(f: &Felhom, g: GuestRecord) -> Result<GuestStatus, OpsError> {
+    let vmid = Vmid::try_from(g.vmid).map_err(|e| OpsError::Invalid(e.to_string()))?;
+    let cfg = guest::config_of(&f.client, &g.node, vmid).await?;
+    let golden = g.spec["golden"].as_str().unwrap_or_default();
+    let storage = g.spec["storage"].as_str().unwrap_or_default();
+    let (status, drift) = match &cfg {
+        None => (
+            "missing".to_string(),
+            vec![Drift::new(
+                "template",
+                format!("template {vmid}"),
+                "missing",
+            )],
+        ),
+        Some(c) if crate::publish::is_published(c, golden, storage) => {
+            ("template".to_string(), Vec::new())
+        }
+        Some(_) => (
+            "not a template".to_string(),
+            vec![Drift::new(
+                "template",
+                format!("template: 1, felhom-template: golden={golden} storage={storage}"),
+                "a guest that is not that template",
+            )],
+        ),
+    };
+    Ok(GuestStatus {
+        vmid: g.vmid,
+        identity: format!("{}/{}", g.customer, g.name),
+        hostname: g.hostname,
+        node: g.node,
+        job: g.job_id,
+        status,
+        ip: None,
+        mac: g.mac,
+        ssh_fingerprint: None,
+        drift,
+    })
 }
 
 /// A guest whose bring-up has not finished: which job owns it and where that job stands.

@@ -308,3 +308,83 @@ fn crash_at_every_teardown_step_then_resume_finishes() {
     });
     assert_all_done(&sim);
 }
+
+/// Strategy `linked-clone`: SIGKILL `golden publish` before and after every publish step
+/// (`publish::STEPS`), then resume: the template is made once per case. Then every bring-up
+/// step of a linked clone (its restore step is the clone) before and after, then resume.
+#[test]
+fn crash_at_every_publish_and_linked_clone_step_then_resume_succeeds() {
+    let sim = Sim::start();
+    sim.set_strategy("linked-clone");
+    let points = crash_points(&felhom_core::publish::STEPS, &["before", "after"]);
+    // One template per case: each at its own size (the template's identity includes it).
+    for (i, crash) in points.iter().enumerate() {
+        let size = format!("{}G", 9 + i);
+        let out = sim.felhom_env(
+            &["golden", "publish", GOLDEN, "--rootfs-size", &size],
+            &[("FELHOM_CRASH_AT", crash.as_str())],
+        );
+        assert_eq!(out.status.signal(), Some(9), "{crash}: {}", both(&out));
+        let job = job_id(&sim, "publish", |j| j["state"] != "succeeded");
+        let (code, rep) = resume(&sim, &job, crash);
+        assert_eq!(code, Some(0), "{crash}: resume failed: {rep}");
+        assert_eq!(rep["outcome"], "succeeded", "{crash}: {rep}");
+        let t = rep["vmid"].as_u64().unwrap();
+        let state = sim.state();
+        let g = guest(&state, t).unwrap_or_else(|| panic!("{crash}: template {t} missing"));
+        assert_eq!(g["config"]["template"], "1", "{crash}: {g}");
+        assert!(
+            g["config"]["rootfs"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("size={size}")),
+            "{crash}: {g}"
+        );
+        assert_case_invariants(&state, t, crash);
+        // Published: a second publish finds it and writes nothing.
+        let writes = sim.write_count();
+        let again = sim.felhom(&["golden", "publish", GOLDEN, "--rootfs-size", &size]);
+        assert_eq!(again.status.code(), Some(0), "{crash}: {}", both(&again));
+        assert_eq!(
+            sim.write_count(),
+            writes,
+            "{crash}: publish after resume wrote"
+        );
+    }
+    // The largest template not above 12G is the clones' base (size 12G: no resize task).
+    let cases: Vec<(String, u64)> =
+        crash_points(&felhom_core::bringup::STEPS, &["before", "after"])
+            .into_iter()
+            .zip(1100..)
+            .collect();
+    run_concurrently(&cases, PARALLEL, |(crash, vmid)| {
+        let vmid = *vmid;
+        let customer = format!("l{vmid}");
+        provision_crashing(&sim, &customer, vmid, crash);
+        let hostname = format!("{customer}-app");
+        let job = job_id(&sim, "bringup", |j| j["hostname"] == hostname.as_str());
+        let (code, rep) = resume(&sim, &job, crash);
+        assert_eq!(code, Some(0), "{crash}: resume failed: {rep}");
+        assert_eq!(rep["outcome"], "succeeded", "{crash}: {rep}");
+        let state = sim.state();
+        assert_case_invariants(&state, vmid, crash);
+        let g = guest(&state, vmid).unwrap_or_else(|| panic!("{crash}: guest {vmid} missing"));
+        assert_eq!(g["status"], "running", "{crash}");
+        let rootfs = g["config"]["rootfs"].as_str().unwrap();
+        assert!(rootfs.contains("size=12G"), "{crash}: {rootfs}");
+        let volid = rootfs.split(',').next().unwrap();
+        assert!(
+            state["linked"][volid]
+                .as_str()
+                .is_some_and(|b| b.contains(":base-")),
+            "{crash}: {volid} is not a linked clone: {}",
+            state["linked"]
+        );
+        assert_eq!(
+            rep["mac"].as_str().map(str::to_ascii_uppercase),
+            g["config"]["net0"].as_str().and_then(mac_of),
+            "{crash}: journal and PVE disagree on the MAC"
+        );
+    });
+    assert_all_done(&sim);
+}

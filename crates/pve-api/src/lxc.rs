@@ -376,6 +376,8 @@ impl PveClient {
                 &[
                     ("vmid", vmid.to_string()),
                     ("typefilter", "vztemplate".into()),
+                    // Tasks.pm lists only finished tasks by default; the worker may still run.
+                    ("source", "all".into()),
                     ("limit", "20".into()),
                 ],
             )

@@ -222,6 +222,7 @@ pub const FELHOM_AGENT_PRIVS: &[&str] = &[
     "VM.Allocate",
     "VM.Audit",
     "VM.Backup",
+    "VM.Clone",
     "VM.Config.Disk",
     "VM.Config.Network",
     "VM.Config.Options",

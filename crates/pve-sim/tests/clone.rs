@@ -100,7 +100,10 @@ async fn template_answers_null_renames_to_base_and_refuses_start() {
     assert_eq!(answer, Value::Null, "PVE returns undef, not the UPID");
     // The task is found in the node's task list: type vztemplate, id the VMID.
     let tasks: Vec<Value> = c
-        .get("/nodes/pve/tasks", &[("vmid", "9000".into())])
+        .get(
+            "/nodes/pve/tasks",
+            &[("vmid", "9000".into()), ("source", "all".into())],
+        )
         .await
         .unwrap();
     let upid: pve_api::Upid = tasks

@@ -15,6 +15,12 @@
 //! | 9 | ssh | [`ssh`] | host key proven by a handshake, unlike every other guest's | poll with deadline | – |
 //! | 10 | finish | [`finish`] | tags + marker say provisioned | `PUT config` tags + description | – |
 //!
+//! With `strategy = "linked-clone"` step 2 clones felhom's published template instead
+//! (`POST …/{template}/clone` with hostname and marker, the template chosen and journaled
+//! with the intent; `crate::publish`), step 3 replaces the clone's fresh MAC by the
+//! journaled one, and steps 5 and 6 grow the rootfs (when the template is smaller) and attach
+//! the mounts.
+//!
 //! With `strategy = "restore"` (the default) steps 5 and 6 find the sizes made by the restore
 //! and only observe; they act for `restore-resize` (the spike's sequence, kept to compare) and
 //! to repair a guest that drifted or was made the old way. Task waits go through the node's
@@ -86,6 +92,8 @@ pub struct PlanCx<'a> {
     pub vmid: Vmid,
     pub golden: &'a GoldenInfo,
     pub config: &'a Config,
+    /// Strategy `linked-clone`: the published template this guest would be cloned from.
+    pub template: Option<u32>,
 }
 
 /// What `status` read of one live guest, once, for every step's drift check.
@@ -259,7 +267,7 @@ fn spec(cx: &JobCx) -> Result<&GuestSpec, StepError> {
 ///
 /// An observe's read is shared with the next observe and the act's first guard while
 /// nothing is written in between ([`JobCx::cached_config`]).
-async fn owned_config(cx: &JobCx, vmid: Vmid) -> Result<LxcConfig, StepError> {
+pub(crate) async fn owned_config(cx: &JobCx, vmid: Vmid) -> Result<LxcConfig, StepError> {
     let cfg = match cx.cached_config(vmid.get()) {
         Some(cfg) => cfg,
         None => {
@@ -308,7 +316,7 @@ fn other_live_guests(cx: &JobCx, vmid: Vmid) -> Result<Vec<GuestRecord>, StepErr
 }
 
 /// The journal's record of this guest, in `state` (`provisioning` until finish).
-fn record_guest(cx: &JobCx, state: &str) -> Result<(), StepError> {
+pub(crate) fn record_guest(cx: &JobCx, state: &str) -> Result<(), StepError> {
     let s = spec(cx)?;
     let f = cx.facts();
     let Some(vmid) = f.vmid else { return Ok(()) };

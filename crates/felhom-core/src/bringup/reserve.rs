@@ -15,7 +15,7 @@ use crate::job::{Facts, JobCx, Observed, StepError};
 use crate::journal::JournalError;
 use crate::spec::VmidChoice;
 
-pub(super) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
+pub(crate) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
     let Some(vmid) = cx.facts().vmid else {
         return Ok(Observed::NotDone);
     };
@@ -27,12 +27,12 @@ pub(super) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
     Ok(Observed::Done(json!({ "vmid": vmid.get() })))
 }
 
-pub(super) fn intent(cx: &JobCx) -> Result<Value, StepError> {
+pub(crate) fn intent(cx: &JobCx) -> Result<Value, StepError> {
     let s = spec(cx)?;
     Ok(json!({ "vmid": s.vmid, "range": cx.config.vmid_range, "preferred": cx.facts().vmid_hint }))
 }
 
-pub(super) async fn act(cx: &JobCx) -> Result<(), StepError> {
+pub(crate) async fn act(cx: &JobCx) -> Result<(), StepError> {
     let s = spec(cx)?;
     let range = cx.config.vmid_range;
     let candidates: Vec<Vmid> = match s.vmid {
@@ -51,7 +51,7 @@ pub(super) async fn act(cx: &JobCx) -> Result<(), StepError> {
                 .facts()
                 .vmid_hint
                 .and_then(|v| Vmid::try_from(v).ok())
-                .filter(|v| free.contains(v));
+                .filter(|v| free.contains(v) || picker.is_free(*v));
             let mut seen = HashSet::new();
             hint.into_iter()
                 .chain(free)
@@ -114,7 +114,7 @@ pub(super) async fn act(cx: &JobCx) -> Result<(), StepError> {
     )))
 }
 
-pub(super) fn undo(cx: &JobCx) -> Result<(), StepError> {
+pub(crate) fn undo(cx: &JobCx) -> Result<(), StepError> {
     if let Some(v) = cx.facts().vmid.and_then(|v| Vmid::try_from(v).ok()) {
         if let Some(g) = cx.journal.guest(v.get())? {
             if g.job_id == cx.job_id && g.state == "provisioning" {
@@ -126,6 +126,6 @@ pub(super) fn undo(cx: &JobCx) -> Result<(), StepError> {
     Ok(())
 }
 
-pub(super) fn plan(p: &PlanCx) -> Vec<String> {
+pub(crate) fn plan(p: &PlanCx) -> Vec<String> {
     vec![format!("lease VMID {}", p.vmid)]
 }

@@ -21,7 +21,7 @@ use crate::job::{JobCx, Observed, StepError};
 use crate::journal::Phase;
 use crate::marker::MarkerState;
 
-pub(super) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
+pub(crate) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
     let vmid = cx.vmid()?;
     let deadline = Instant::now() + cx.config.task_timeout;
     loop {
@@ -50,7 +50,7 @@ pub(super) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
                     .facts()
                     .upid
                     .and_then(|u| u.parse::<pve_api::Upid>().ok())
-                    .filter(|u| u.task_type == "vzrestore")
+                    .filter(|u| u.task_type == "vzrestore" || u.task_type == "vzclone")
                 {
                     let _ = cx.client.watch_task(&upid, &cx.wait_options()).await;
                 } else {
@@ -82,7 +82,7 @@ fn dispatched(cx: &JobCx) -> Result<bool, StepError> {
         .any(|e| e.step == "restore" && e.phase == Phase::Intent))
 }
 
-pub(super) async fn intent(cx: &JobCx) -> Result<Value, StepError> {
+pub(crate) async fn intent(cx: &JobCx) -> Result<Value, StepError> {
     let s = spec(cx)?;
     // The MAC is chosen here and journaled with the intent, before the restore is
     // dispatched, so a resumed job restores with the same MAC or recognises it.
@@ -101,13 +101,41 @@ pub(super) async fn intent(cx: &JobCx) -> Result<Value, StepError> {
         };
         cx.update_facts(|f| f.mac = Some(mac));
     }
+    if clones(cx) && cx.facts().template.is_none() {
+        let t = crate::publish::recorded_template(
+            &cx.journal,
+            &cx.node,
+            s.storage.as_str(),
+            s.golden.as_str(),
+            None,
+            Some(s.rootfs_size.bytes()),
+        )?
+        .ok_or_else(|| StepError::Refused(not_published(s)))?;
+        cx.update_facts(|f| f.template = Some(t.vmid));
+    }
     record_guest(cx, "provisioning")?;
     Ok(
-        json!({ "golden": s.golden, "storage": s.storage, "hostname": s.hostname, "mac": cx.facts().mac, "strategy": cx.config.strategy.name() }),
+        json!({ "golden": s.golden, "storage": s.storage, "hostname": s.hostname, "mac": cx.facts().mac, "strategy": cx.config.strategy.name(), "template": cx.facts().template }),
     )
 }
 
-pub(super) async fn act(cx: &JobCx) -> Result<(), StepError> {
+/// Whether this job's guest is a linked clone (strategy `linked-clone`; never a publish job,
+/// which restores the template itself).
+fn clones(cx: &JobCx) -> bool {
+    cx.config.strategy == Strategy::LinkedClone && !crate::publish::is_publish_job(&cx.job_id)
+}
+
+fn not_published(s: &crate::spec::GuestSpec) -> String {
+    format!(
+        "strategy linked-clone: golden {} has no published template on node {} storage {}; run `felhom golden publish --node {} --storage {}` first",
+        s.golden, s.node, s.storage, s.node, s.storage
+    )
+}
+
+pub(crate) async fn act(cx: &JobCx) -> Result<(), StepError> {
+    if clones(cx) {
+        return clone(cx).await;
+    }
     let s = spec(cx)?;
     let vmid = cx.vmid()?;
     let mac = cx
@@ -117,7 +145,19 @@ pub(super) async fn act(cx: &JobCx) -> Result<(), StepError> {
     let net0 = s
         .net0(None, &mac)
         .map_err(|e| StepError::Refused(format!("net0: {e}")))?;
-    let marker = marker(cx, s, MarkerState::Provisioning);
+    let mut marker = marker(cx, s, MarkerState::Provisioning).to_string();
+    let publish = crate::publish::is_publish_job(&cx.job_id);
+    if publish {
+        let sha256 = cx.facts().golden_sha256.ok_or_else(|| {
+            StepError::Refused("internal: a publish job without the golden's hash".into())
+        })?;
+        let line = crate::publish::TemplateLine {
+            sha256,
+            golden: s.golden.to_string(),
+            storage: s.storage.to_string(),
+        };
+        marker = format!("{marker}\n{line}");
+    }
     // Identity is set at restore (F1, F2): hostname and a net0 carrying felhom's MAC, so the
     // guest never exists with the golden's MAC. `storage` is always passed (PVE defaults to
     // `local`, which rarely allows container directories; in explicit mode PVE ignores it).
@@ -127,9 +167,16 @@ pub(super) async fn act(cx: &JobCx) -> Result<(), StepError> {
         ("restore".to_string(), "1".to_string()),
         ("storage".to_string(), s.storage.to_string()),
         ("net0".to_string(), net0.to_string()),
-        ("description".to_string(), marker.to_string()),
+        ("description".to_string(), marker),
     ];
-    params.extend(sized_disks(s, cx.config.strategy)?);
+    // A template's rootfs is allocated at its published size (the golden's unless
+    // `--rootfs-size`): a clone of the spec's size then needs no resize task.
+    let strategy = if publish {
+        Strategy::Restore
+    } else {
+        cx.config.strategy
+    };
+    params.extend(sized_disks(s, strategy)?);
     if IdentityPolicy::named(s.identity).hostname() == HostnameAction::FromSpec {
         params.push(("hostname".to_string(), s.hostname.to_string()));
     }
@@ -144,6 +191,39 @@ pub(super) async fn act(cx: &JobCx) -> Result<(), StepError> {
     cx.wait("restore", &upid).await
 }
 
+/// Strategy `linked-clone`: `POST /nodes/{node}/lxc/{template}/clone` with `newid`, the
+/// hostname and the marker; wait for the `vzclone` task (its UPID names the template). PVE
+/// gives the clone fresh MACs of its own; the identity step then sets the MAC journaled with
+/// this step's intent (one MAC per guest, chosen before dispatch, as for a restore). A
+/// concurrent clone of the same template holds `lock: disk` on it, and PVE refuses this one
+/// at once with `CT is locked (disk)`: not yet, retried.
+async fn clone(cx: &JobCx) -> Result<(), StepError> {
+    let s = spec(cx)?;
+    let vmid = cx.vmid()?;
+    let template = cx
+        .facts()
+        .template
+        .and_then(|t| pve_api::Vmid::try_from(t).ok())
+        .ok_or_else(|| StepError::Refused(not_published(s)))?;
+    let mut params = vec![(
+        "description".to_string(),
+        marker(cx, s, MarkerState::Provisioning).to_string(),
+    )];
+    if IdentityPolicy::named(s.identity).hostname() == HostnameAction::FromSpec {
+        params.push(("hostname".to_string(), s.hostname.to_string()));
+    }
+    if let Some(pool) = &s.pool {
+        params.push(("pool".to_string(), pool.to_string()));
+    }
+    match cx.client.lxc_clone(&cx.node, template, vmid, &params).await {
+        Ok(upid) => cx.wait("restore", &upid).await,
+        Err(pve_api::ApiError::Locked { lock, .. }) if lock == "disk" => Err(StepError::NotYet(
+            format!("template {template} is locked (disk) by another clone"),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The disks of the restore request. [`Strategy::Restore`]: `rootfs=<sid>:<GiB>` and one
 /// `mpN=<sid>:<GiB>,mp=<path>` per spec mount, in spec order (PVE's explicit mode, audit
 /// §2(a)): the worker allocates them at their final sizes (`int(GiB*1024)` MiB, so the exact
@@ -152,7 +232,7 @@ pub(super) async fn act(cx: &JobCx) -> Result<(), StepError> {
 /// number is refused for a token (R3). Archived mount points are then not recreated (a
 /// golden has none). [`Strategy::RestoreResize`]: none (storage-only mode, the golden's
 /// sizes and archived mount points; the rootfs and mounts steps grow and attach).
-pub(super) fn sized_disks(
+pub(crate) fn sized_disks(
     s: &crate::spec::GuestSpec,
     strategy: Strategy,
 ) -> Result<Vec<(String, String)>, StepError> {
@@ -174,7 +254,7 @@ pub(super) fn sized_disks(
     Ok(out)
 }
 
-pub(super) async fn undo(cx: &JobCx) -> Result<(), StepError> {
+pub(crate) async fn undo(cx: &JobCx) -> Result<(), StepError> {
     let vmid = cx.vmid()?;
     loop {
         let Some(cfg) = guest::config_of(&cx.client, &cx.node, vmid).await? else {
@@ -209,7 +289,7 @@ pub(super) async fn undo(cx: &JobCx) -> Result<(), StepError> {
     }
 }
 
-pub(super) fn plan(p: &PlanCx) -> Vec<String> {
+pub(crate) fn plan(p: &PlanCx) -> Vec<String> {
     let s = p.spec;
     let golden_mac = p.golden.mac.as_deref().unwrap_or("?");
     let mac = match IdentityPolicy::named(s.identity).mac() {
@@ -238,6 +318,21 @@ pub(super) fn plan(p: &PlanCx) -> Vec<String> {
             format!("; rootfs {}{mounts} allocated at restore", s.rootfs_size)
         }
         Strategy::RestoreResize => String::new(),
+        Strategy::LinkedClone => {
+            let template = p
+                .template
+                .map(|t| format!("template {t}"))
+                .unwrap_or_else(|| {
+                    "the published template (none yet: `felhom golden publish`)".into()
+                });
+            return vec![format!(
+                "linked clone of {template} (golden {} on {}) to {} with {hostname}, then {mac}; net0 {}{settings}",
+                s.golden,
+                s.storage,
+                p.vmid,
+                super::identity::describe_net0(s)
+            )];
+        }
     };
     vec![format!(
         "restore {} to {} on {} with {hostname} and {mac}; net0 {}{settings}{sizes} (one request)",
@@ -249,7 +344,7 @@ pub(super) fn plan(p: &PlanCx) -> Vec<String> {
 }
 
 /// The marker must still name the job the journal says made the guest.
-pub(super) fn drift(v: &GuestView) -> Vec<Drift> {
+pub(crate) fn drift(v: &GuestView) -> Vec<Drift> {
     let expected = format!("job={}", v.record.job_id);
     match Ownership::of(v.cfg, &v.record.job_id) {
         Ownership::Ours(_) => Vec::new(),

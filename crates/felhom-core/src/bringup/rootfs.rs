@@ -73,10 +73,12 @@ pub(super) fn plan(p: &PlanCx) -> Vec<String> {
             "resize rootfs {from} → {} at restore (in the restore request; no resize task)",
             p.spec.rootfs_size
         )],
-        crate::config::Strategy::RestoreResize => vec![format!(
-            "resize rootfs {from} → {} (absolute)",
-            p.spec.rootfs_size
-        )],
+        crate::config::Strategy::RestoreResize | crate::config::Strategy::LinkedClone => {
+            vec![format!(
+                "resize rootfs {from} → {} (absolute)",
+                p.spec.rootfs_size
+            )]
+        }
     }
 }
 

@@ -124,6 +124,13 @@ pub struct Facts {
     /// The rootfs volume the restore made (bound to the guest record with the MAC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rootfs: Option<String>,
+    /// A publish job's golden hash (`crate::publish::golden_hash`), written into the
+    /// template's description.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub golden_sha256: Option<String>,
+    /// A linked clone's template VMID, chosen with the clone's intent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<u32>,
 }
 
 impl Facts {
@@ -146,7 +153,9 @@ impl Facts {
             ssh_fingerprint,
             vmid_hint,
             owner_job,
-            rootfs
+            rootfs,
+            golden_sha256,
+            template
         );
     }
 }

@@ -115,6 +115,9 @@ pub enum JobKind {
     /// `apply` converging a guest that exists: the bring-up steps, forward only (a failed
     /// repair never destroys the customer's guest).
     Repair,
+    /// `felhom golden publish`: restore the golden into a template VMID and make it a
+    /// template (`crate::publish`); rolls back like a bring-up.
+    Publish,
 }
 
 /// Where a job stands (the table in the module doc).
@@ -1085,6 +1088,7 @@ fn kind_str(k: JobKind) -> &'static str {
         JobKind::Bringup => "bringup",
         JobKind::Teardown => "teardown",
         JobKind::Repair => "repair",
+        JobKind::Publish => "publish",
     }
 }
 
@@ -1101,6 +1105,7 @@ fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(JobRow, Option<i64>)
         kind: match kind.as_str() {
             "teardown" => JobKind::Teardown,
             "repair" => JobKind::Repair,
+            "publish" => JobKind::Publish,
             _ => JobKind::Bringup,
         },
         vmid: r.get(2)?,

@@ -27,6 +27,28 @@ pub enum GoldenCmd {
     Inspect(InspectArgs),
     /// Print the identity-reset table and what a policy does with each field.
     Identity(IdentityArgs),
+    /// Publish a golden as the linked-clone template of a node and storage (strategy
+    /// linked-clone): restore it once into a VMID of felhom's range and make it a PVE
+    /// template; a second run finds it and writes nothing.
+    Publish(PublishArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PublishArgs {
+    /// The golden archive's volume id (`<storage>:backup/vzdump-lxc-….tar.zst`).
+    #[arg(value_name = "GOLDEN")]
+    pub golden: String,
+    /// The node (default: the cluster's only node).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// The storage the template's volumes go to; its clones stay there (lvmthin, zfspool,
+    /// rbd or btrfs).
+    #[arg(long, default_value = "local-lvm")]
+    pub storage: String,
+    /// The template's rootfs size (default: the golden's). Guests of at least this size
+    /// clone it; one of exactly this size needs no resize task.
+    #[arg(long, value_name = "SIZE")]
+    pub rootfs_size: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -110,6 +132,78 @@ pub async fn run(cmd: GoldenCmd, ctx: &Ctx) -> Result<(), CliError> {
         GoldenCmd::Build(a) => build(a, ctx.format),
         GoldenCmd::Inspect(a) => inspect(a, ctx.format),
         GoldenCmd::Identity(a) => identity(a, ctx.format),
+        GoldenCmd::Publish(a) => publish(a, ctx).await,
+    }
+}
+
+/// `golden publish`: exit 0 when the template exists (made now or found), 2 for a storage
+/// that cannot link-clone or bad parameters (nothing written), 1 when the publish job failed
+/// (rolled back).
+async fn publish(a: PublishArgs, ctx: &Ctx) -> Result<(), CliError> {
+    use felhom_core::publish::PublishReport;
+    let f = super::open(ctx)?;
+    let node = match a.node {
+        Some(n) => n,
+        None => {
+            let nodes: Vec<String> = f
+                .client
+                .cluster_resources(Some(pve_api::ResourceType::Node))
+                .await
+                .map_err(|e| CliError::invalid_field("cannot list nodes", "node", e))?
+                .into_iter()
+                .filter_map(|r| r.node)
+                .collect();
+            match nodes.as_slice() {
+                [one] => one.clone(),
+                _ => {
+                    return Err(CliError::invalid_field(
+                        "which node?",
+                        "node",
+                        format!(
+                            "the cluster has {} nodes; name one with --node",
+                            nodes.len()
+                        ),
+                    ))
+                }
+            }
+        }
+    };
+    let rootfs = a
+        .rootfs_size
+        .as_deref()
+        .map(str::parse::<felhom_core::spec::ByteSize>)
+        .transpose()
+        .map_err(|e| CliError::invalid_field("invalid --rootfs-size", "rootfs_size", e))?;
+    let progress = std::sync::Arc::new(output::CliProgress::new(ctx.format));
+    let report = f
+        .publish(&node, &a.storage, &a.golden, rootfs, progress)
+        .await?;
+    match (&report, ctx.format) {
+        (_, OutputFormat::Json) => output::json(&report),
+        (PublishReport::Exists { vmid, sha256 }, OutputFormat::Human) => outln!(
+            "template {vmid} on {node}/{} is already published for {} (sha256 {}…): nothing to do",
+            a.storage,
+            a.golden,
+            &sha256[..12]
+        ),
+        (PublishReport::Ran { report, sha256 }, OutputFormat::Human) => {
+            output::print_reports(std::slice::from_ref(report), ctx.format);
+            if report.outcome == felhom_core::job::Outcome::Succeeded {
+                outln!(
+                    "published {} as template {} on {node}/{} (sha256 {}…)",
+                    a.golden,
+                    report.vmid.unwrap_or(0),
+                    a.storage,
+                    &sha256[..12]
+                );
+            }
+        }
+    }
+    match report {
+        PublishReport::Exists { .. } => Ok(()),
+        PublishReport::Ran { report, .. } => {
+            output::batch_exit(std::slice::from_ref(&report)).into_result()
+        }
     }
 }
 

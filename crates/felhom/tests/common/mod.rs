@@ -191,7 +191,7 @@ impl Sim {
         p
     }
 
-    fn client(&self) -> pve_api::PveClient {
+    pub fn client(&self) -> pve_api::PveClient {
         let text = std::fs::read_to_string(&self.config).expect("read config");
         let cfg =
             felhom_core::config::Config::parse(&self.config, &text).expect("sim config is valid");
