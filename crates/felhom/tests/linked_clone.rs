@@ -210,3 +210,40 @@ fn apply_without_a_published_template_says_to_publish() {
     );
     assert_eq!(sim.write_count(), 0);
 }
+
+/// Many guests cloned from one template in one `apply`: PVE runs one clone of a template at
+/// a time (`lock: disk` on it for the whole task) and refuses the others at once, so felhom
+/// queues its own clones of one template instead of spending their retry budget on refusals
+/// (at 100 guests, 44 gave up before it did). No clone request is refused; all converge.
+#[test]
+fn clones_of_one_template_take_turns_instead_of_being_refused() {
+    let sim = Sim::start();
+    sim.set_strategy("linked-clone");
+    let _t = publish(&sim);
+    let mut text = String::new();
+    for i in 0..8 {
+        let one = spec(&format!("turn{i}"), "\"auto\"", "");
+        text.push_str("[[guest]]\n");
+        text.push_str(&one);
+        text.push('\n');
+    }
+    let path = sim.write_spec("turns.toml", &text);
+    let out = sim.felhom(&["--output", "json", "apply", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let rep = json(&out);
+    let jobs = rep["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 8, "{rep}");
+    assert!(jobs.iter().all(|j| j["outcome"] == "succeeded"), "{rep}");
+    let requests = sim.get("requests");
+    let clones: Vec<&Value> = requests
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["method"] == "POST" && r["path"].as_str().is_some_and(|p| p.ends_with("/clone"))
+        })
+        .collect();
+    let refused: Vec<&&Value> = clones.iter().filter(|r| r["status"] != 200).collect();
+    assert_eq!(clones.len(), 8, "one clone request per guest: {clones:?}");
+    assert!(refused.is_empty(), "clone requests refused: {refused:?}");
+}

@@ -191,12 +191,31 @@ pub(crate) async fn act(cx: &JobCx) -> Result<(), StepError> {
     cx.wait("restore", &upid).await
 }
 
+/// Clones of one template, one at a time within this process. PVE holds `lock: disk` on the
+/// source for the whole `vzclone` task and refuses a second clone at once (`CT is locked
+/// (disk)`), so clones of one template are serial on the host whatever felhom does: queueing
+/// them here costs nothing, and keeps the step's retry budget for clones another felhom
+/// process starts (without it, the 45th of 100 guests gave up after its retries).
+fn clone_gate(node: &str, template: pve_api::Vmid) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+    type Gates =
+        std::collections::HashMap<(String, String), std::sync::Arc<tokio::sync::Mutex<()>>>;
+    static GATES: std::sync::LazyLock<std::sync::Mutex<Gates>> =
+        std::sync::LazyLock::new(Default::default);
+    GATES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry((node.to_string(), template.to_string()))
+        .or_default()
+        .clone()
+}
+
 /// Strategy `linked-clone`: `POST /nodes/{node}/lxc/{template}/clone` with `newid`, the
 /// hostname and the marker; wait for the `vzclone` task (its UPID names the template). PVE
 /// gives the clone fresh MACs of its own; the identity step then sets the MAC journaled with
-/// this step's intent (one MAC per guest, chosen before dispatch, as for a restore). A
-/// concurrent clone of the same template holds `lock: disk` on it, and PVE refuses this one
-/// at once with `CT is locked (disk)`: not yet, retried.
+/// this step's intent (one MAC per guest, chosen before dispatch, as for a restore). Clones
+/// of one template from this process wait their turn ([`clone_gate`]); one another process
+/// started holds `lock: disk` on it, and PVE refuses this one at once with `CT is locked
+/// (disk)`: not yet, retried.
 async fn clone(cx: &JobCx) -> Result<(), StepError> {
     let s = spec(cx)?;
     let vmid = cx.vmid()?;
@@ -215,6 +234,8 @@ async fn clone(cx: &JobCx) -> Result<(), StepError> {
     if let Some(pool) = &s.pool {
         params.push(("pool".to_string(), pool.to_string()));
     }
+    let gate = clone_gate(&cx.node, template);
+    let _turn = gate.lock().await;
     match cx.client.lxc_clone(&cx.node, template, vmid, &params).await {
         Ok(upid) => cx.wait("restore", &upid).await,
         Err(pve_api::ApiError::Locked { lock, .. }) if lock == "disk" => Err(StepError::NotYet(
