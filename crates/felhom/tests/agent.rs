@@ -20,7 +20,7 @@ mod browser;
 mod common;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -870,28 +870,13 @@ fn a_spec_file_is_reconciled_and_wins_over_the_api() {
 
 /// A client with an administrator's token: someone other than felhom changing PVE.
 fn admin(sim: &Sim) -> pve_api::PveClient {
-    let client_for = |config: &Path| {
-        let text = std::fs::read_to_string(config).unwrap();
-        let cfg = felhom_core::config::Config::parse(config, &text).unwrap();
-        pve_api::PveClient::new(cfg.client).unwrap()
-    };
-    let reply = sim.post(
-        "tokens",
-        &json!({ "userid": "admin@pve", "tokenid": "root", "privsep": false,
-                 "acl": [{ "path": "/", "privs": ["VM.Audit", "VM.PowerMgmt", "VM.Config.Memory", "VM.Config.Options", "Sys.Audit"] }] }),
-    );
-    let secret = sim.dir.path().join("admin.token");
-    std::fs::write(&secret, reply["secret"].as_str().unwrap()).unwrap();
-    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let mut t: toml::Table = std::fs::read_to_string(&sim.config)
-        .unwrap()
-        .parse()
-        .unwrap();
-    t["pve"]["token_id"] = toml::Value::String("admin@pve!root".into());
-    t["pve"]["token_secret_file"] = toml::Value::String(secret.display().to_string());
-    let p = sim.dir.path().join("admin.toml");
-    std::fs::write(&p, toml::to_string(&t).unwrap()).unwrap();
-    client_for(&p)
+    sim.admin(&[
+        "VM.Audit",
+        "VM.PowerMgmt",
+        "VM.Config.Memory",
+        "VM.Config.Options",
+        "Sys.Audit",
+    ])
 }
 
 #[test]

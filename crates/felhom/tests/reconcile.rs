@@ -30,33 +30,10 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn client_for(config: &std::path::Path) -> pve_api::PveClient {
-    let text = std::fs::read_to_string(config).unwrap();
-    let cfg = felhom_core::config::Config::parse(config, &text).unwrap();
-    pve_api::PveClient::new(cfg.client).unwrap()
-}
-
-/// A client with an administrator's token (all privileges on `/`, made through the
-/// simulator's loopback admin endpoint): someone other than felhom changing PVE.
+/// A client with an administrator's token (made through the simulator's side channel):
+/// someone other than felhom changing PVE.
 fn admin(sim: &Sim) -> pve_api::PveClient {
-    use std::os::unix::fs::PermissionsExt;
-    let reply: Value = sim.post(
-        "tokens",
-        &json!({ "userid": "admin@pve", "tokenid": "root", "privsep": false,
-                 "acl": [{ "path": "/", "privs": ADMIN_PRIVS }] }),
-    );
-    let secret = sim.dir.path().join("admin.token");
-    std::fs::write(&secret, reply["secret"].as_str().unwrap()).unwrap();
-    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let mut t: toml::Table = std::fs::read_to_string(&sim.config)
-        .unwrap()
-        .parse()
-        .unwrap();
-    t["pve"]["token_id"] = toml::Value::String("admin@pve!root".into());
-    t["pve"]["token_secret_file"] = toml::Value::String(secret.display().to_string());
-    let p = sim.dir.path().join("admin.toml");
-    std::fs::write(&p, toml::to_string(&t).unwrap()).unwrap();
-    client_for(&p)
+    sim.admin(ADMIN_PRIVS)
 }
 
 /// What an administrator may do to guests and storage (PVE's Administrator role has more).

@@ -192,10 +192,30 @@ impl Sim {
     }
 
     pub fn client(&self) -> pve_api::PveClient {
-        let text = std::fs::read_to_string(&self.config).expect("read config");
-        let cfg =
-            felhom_core::config::Config::parse(&self.config, &text).expect("sim config is valid");
-        pve_api::PveClient::new(cfg.client).expect("client")
+        client_for(&self.config)
+    }
+
+    /// A client with an administrator's token holding `privs` on `/` (minted through the
+    /// side channel): someone other than felhom changing PVE.
+    pub fn admin(&self, privs: &[&str]) -> pve_api::PveClient {
+        use std::os::unix::fs::PermissionsExt;
+        let reply = self.post(
+            "tokens",
+            &serde_json::json!({ "userid": "admin@pve", "tokenid": "root", "privsep": false,
+                                 "acl": [{ "path": "/", "privs": privs }] }),
+        );
+        let secret = self.dir.path().join("admin.token");
+        std::fs::write(&secret, reply["secret"].as_str().expect("token secret")).unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut t: toml::Table = std::fs::read_to_string(&self.config)
+            .unwrap()
+            .parse()
+            .unwrap();
+        t["pve"]["token_id"] = toml::Value::String("admin@pve!root".into());
+        t["pve"]["token_secret_file"] = toml::Value::String(secret.display().to_string());
+        let p = self.dir.path().join("admin.toml");
+        std::fs::write(&p, toml::to_string(&t).unwrap()).unwrap();
+        client_for(&p)
     }
 
     /// The side-channel secret the running simulator wrote into its state dir (new at every
@@ -418,4 +438,11 @@ pub fn run_concurrently<T: Sync + std::fmt::Debug>(
         cases.len(),
         failed.join("\n")
     );
+}
+
+/// A client for the felhom config at `config`.
+pub fn client_for(config: &Path) -> pve_api::PveClient {
+    let text = std::fs::read_to_string(config).expect("read config");
+    let cfg = felhom_core::config::Config::parse(config, &text).expect("config is valid");
+    pve_api::PveClient::new(cfg.client).expect("client")
 }
