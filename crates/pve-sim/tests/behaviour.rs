@@ -1220,7 +1220,10 @@ async fn the_side_channel_refuses_requests_without_the_secret_of_this_run() {
         secret.len() == 64 && secret.bytes().all(|b| b.is_ascii_hexdigit()),
         "{secret}"
     );
-    let wrong = format!("{}0", &secret[..63]);
+    // One digit changed (a fixed suffix would equal the secret whenever it ends in it).
+    let last = if secret.ends_with('0') { '1' } else { '0' };
+    let wrong = format!("{}{last}", &secret[..63]);
+    assert_ne!(wrong, secret);
     let mint = serde_json::json!({ "userid": "root@pam", "tokenid": "mine", "privsep": false,
         "acl": [{ "path": "/", "privs": ["Sys.Modify", "VM.Allocate"] }] });
     let refused = |r: Result<serde_json::Value, ApiError>, what: &str| match r {
