@@ -282,11 +282,24 @@ impl Sim {
             })
         };
         let job: Result<Job, String> = match plan? {
+            // A restored template's volumes are renamed after the extraction (R16).
             TaskPlan::Restore {
                 config,
                 archive: Some(archive),
                 ..
-            } => Ok(rt.restore(archive, config)?),
+            } => {
+                let renames = restored_template_renames(self, &config);
+                let restore = rt.clone().restore(archive, config)?;
+                let rename = renames.and_then(|r| rt.template(r));
+                Ok(match rename {
+                    None => restore,
+                    Some(rename) => Box::new(move |cancel: &AtomicBool| {
+                        let mut lines = restore(cancel)?;
+                        lines.extend(rename(cancel)?);
+                        Ok(lines)
+                    }),
+                })
+            }
             // The runtime says whether the task is its work; if it is, a config that cannot
             // be had fails the task (the unrun job is dropped).
             TaskPlan::Start { vmid } => {
@@ -798,6 +811,15 @@ fn apply_plan(
             warnings,
             ..
         } => {
+            // `$was_template`: `template_create` after the extraction, inside the worker's
+            // eval, so a storage without the `template` feature fails the restore and it
+            // cleans up (C:API2/LXC.pm `create_vm`; C:LXC.pm `template_create`; R16).
+            let renames = if config.get("template").is_some_and(|t| t == "1") {
+                crate::clone::template_renames(st, &config)
+                    .map_err(|e| texts::unable_to_restore(vmid, &e))?
+            } else {
+                Vec::new()
+            };
             let g = st.guests.entry(vmid).or_default();
             g.vmid = vmid;
             g.config = config;
@@ -808,6 +830,9 @@ fn apply_plan(
                 if !members.contains(&vmid) {
                     members.push(vmid);
                 }
+            }
+            if !renames.is_empty() {
+                crate::clone::apply_template(st, vmid, &renames);
             }
             Ok((warnings, start.then_some(vmid)))
         }
@@ -994,6 +1019,19 @@ fn destroy(st: &mut State, vmid: u32) -> Result<Vec<String>, String> {
     Ok(warnings)
 }
 
+/// The renames a restore of an archived template makes once its archive is extracted, for a
+/// runtime to apply to its volumes; `None` when there are none (or the storage refuses them:
+/// the task then fails when it applies).
+fn restored_template_renames(
+    sim: &Sim,
+    config: &BTreeMap<String, String>,
+) -> Option<Vec<(String, String)>> {
+    if config.get("template").is_none_or(|t| t != "1") {
+        return None;
+    }
+    sim.read(|st| crate::clone::template_renames(st, config).ok())
+}
+
 /// What a restore request asks for, after the synchronous checks.
 struct RestoreInput<'a> {
     vmid: u32,
@@ -1151,8 +1189,8 @@ fn plan_restore(
     conf.entry("memory".into()).or_insert_with(|| "512".into());
     conf.entry("swap".into()).or_insert_with(|| "512".into());
     conf.remove("lock");
-    // An archived template is made a template again (`create_vm`; audit top #10, R9). Not
-    // modelled: `template_create` renaming the volumes to `base-<vmid>-disk-N`.
+    // An archived template is made a template again (`create_vm`; audit top #10, R9); its
+    // volumes become `base-<vmid>-disk-N` when the task applies (R16).
     if archived.get("template") == Some("1") {
         conf.insert("template".into(), "1".into());
     }

@@ -438,6 +438,92 @@ async fn an_archived_template_stays_a_template_and_does_not_start() {
     }
 }
 
+/// R16: after the extraction, `create_vm` calls `template_create` for an archived template,
+/// which renames every volume with `vdisk_create_base` (`vm-<id>-disk-N` →
+/// `base-<id>-disk-N`) and writes them into the config (C:API2/LXC.pm `create_vm`,
+/// `$was_template`; C:LXC.pm `template_create`; S:Storage.pm `vdisk_create_base`). A
+/// storage without the `template` feature (thick LVM) fails the restore inside the worker,
+/// which then removes what it made (`destroy_disks`, `destroy_config`).
+#[tokio::test]
+async fn a_restored_template_has_base_volumes() {
+    let env = Env::start(0.02, "").await;
+    let dump = pve_sim::dump_dir(env.dir.path(), "local");
+    let name = "vzdump-lxc-9300-2026_06_09-20_41_10.tar.zst";
+    write_golden(&dump.join(name), &pct_conf("template: 1\n"), false, None);
+    let archive = format!("local:backup/{name}");
+    let mut p = params(
+        1585,
+        &[("rootfs", "local-lvm:1"), ("mp0", "local-lvm:1,mp=/srv")],
+    );
+    p[1].1 = archive.clone();
+    let upid = env.client.lxc_create("pve", &p).await.unwrap();
+    env.client
+        .wait_task(&upid, &WaitOptions::default())
+        .await
+        .unwrap();
+    let cfg = env.client.lxc_config("pve", vmid(1585)).await.unwrap();
+    assert_eq!(cfg.get("template").and_then(|v| v.as_u64()), Some(1));
+    assert!(
+        cfg.get_str("rootfs")
+            .unwrap()
+            .starts_with("local-lvm:base-1585-disk-0,"),
+        "{:?}",
+        cfg.get_str("rootfs")
+    );
+    assert!(
+        cfg.get_str("mp0")
+            .unwrap()
+            .starts_with("local-lvm:base-1585-disk-1,"),
+        "{:?}",
+        cfg.get_str("mp0")
+    );
+    let content: Vec<StorageVolume> = env
+        .client
+        .get(
+            "/nodes/pve/storage/local-lvm/content",
+            &[("vmid", "1585".to_string())],
+        )
+        .await
+        .unwrap();
+    let mut names: Vec<&str> = content.iter().map(|v| v.volid.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["local-lvm:base-1585-disk-0", "local-lvm:base-1585-disk-1"]
+    );
+
+    // Thick LVM has no `template` feature: the task fails and nothing of 1586 is left.
+    let _: serde_json::Value = env
+        .client
+        .side_channel_post(
+            "/felhom-sim/storages",
+            &json!({ "id": "thick", "type": "lvm", "content": ["rootdir", "images"] }),
+            env.sim().side_channel_secret(),
+        )
+        .await
+        .unwrap();
+    let mut p = params(1586, &[("rootfs", "thick:1")]);
+    p[1].1 = archive;
+    let upid = env.client.lxc_create("pve", &p).await.unwrap();
+    match env.client.wait_task(&upid, &WaitOptions::default()).await {
+        Err(ApiError::TaskFailed { exitstatus, .. }) => assert_eq!(
+            exitstatus,
+            "unable to restore CT 1586 - Template feature is not available for 'thick:vm-1586-disk-0'"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        env.client.lxc_config("pve", vmid(1586)).await,
+        Err(ApiError::NotFound { .. })
+    ));
+    let content: Vec<StorageVolume> = env
+        .client
+        .get("/nodes/pve/storage/thick/content", &[])
+        .await
+        .unwrap();
+    assert!(content.is_empty(), "{content:?}");
+}
+
 /// R8: `create_vm`'s worker checks the bridge of every archived NIC the request does not
 /// set, before anything else, `unique` or not (C:API2/LXC.pm `create_vm`,
 /// `check_bridge_access`).
