@@ -514,8 +514,12 @@ impl Sim {
                                     ),
                                 );
                             }
-                            self.log(st, upid, format!("restoring '{volid}' now.."));
                             st.volumes.extend(volumes.iter().cloned());
+                            // A forced restore over an existing CT: with the new volumes made,
+                            // the old ones go and the config becomes `lock: create` alone
+                            // (`destroy_lxc_container` with `{ lock => 'create' }`; R15).
+                            overwrite_old(st, vmid);
+                            self.log(st, upid, format!("restoring '{volid}' now.."));
                             if let Some(t) = st.tasks.iter_mut().find(|t| t.upid == upid) {
                                 t.plan = Some(TaskPlan::Restore {
                                     vmid,
@@ -773,19 +777,53 @@ fn cleanup_restore(st: &mut State, upid: &str) {
         return;
     }
     let vmid: u32 = t.id.parse().unwrap_or(0);
-    let created: Vec<String> = match &t.plan {
+    let created: Option<Vec<String>> = match &t.plan {
         Some(TaskPlan::Restore { volumes, .. }) => {
-            volumes.iter().map(|v| v.volid.clone()).collect()
+            Some(volumes.iter().map(|v| v.volid.clone()).collect())
         }
-        _ => Vec::new(),
+        _ => None,
     };
+    let made_volumes = created.is_some();
+    let created = created.unwrap_or_default();
     st.volumes.retain(|v| !created.contains(&v.volid));
-    if st
-        .guests
-        .get(&vmid)
-        .is_some_and(|g| g.config.get("lock").is_some_and(|l| l == "create"))
-    {
+    let Some(g) = st.guests.get_mut(&vmid) else {
+        return;
+    };
+    if g.config.get("lock").is_none_or(|l| l != "create") {
+        return;
+    }
+    // `$destroy_config_on_error`: a forced restore that failed before its new volumes only
+    // removes the lock from the existing config; after them (or for a new CT) the config goes
+    // (C:API2/LXC.pm `create_vm`; R15).
+    if !made_volumes && g.config.len() > 1 {
+        g.config.remove("lock");
+    } else {
         st.guests.remove(&vmid);
+    }
+}
+
+/// A forced restore's old CT, once the new volumes exist: its volumes are freed (bases that
+/// linked clones use stay, as on a destroy) and its config is replaced by `lock: create`.
+/// Nothing for a new CT (whose config is the placeholder alone).
+fn overwrite_old(st: &mut State, vmid: u32) {
+    let Some(g) = st.guests.get(&vmid) else {
+        return;
+    };
+    if g.config.len() <= 1 {
+        return;
+    }
+    let referenced = referenced_volumes(g);
+    let (kept, _) = crate::clone::bases_in_use(st, &referenced);
+    st.linked.retain(|clone, _| !referenced.contains(clone));
+    st.volumes
+        .retain(|v| kept.contains(&v.volid) || !(referenced.contains(&v.volid) && v.owner == vmid));
+    if let Some(g) = st.guests.get_mut(&vmid) {
+        *g = crate::state::Guest {
+            vmid,
+            config: BTreeMap::from([("lock".to_string(), "create".to_string())]),
+            pool: g.pool.clone(),
+            ..Default::default()
+        };
     }
 }
 
@@ -824,7 +862,10 @@ fn apply_plan(
             g.vmid = vmid;
             g.config = config;
             g.traits = traits;
-            g.pool = pool.clone();
+            // A forced restore without `pool` leaves the CT in the pool it was in.
+            if pool.is_some() {
+                g.pool = pool.clone();
+            }
             if let Some(p) = pool {
                 let members = st.pools.entry(p).or_default();
                 if !members.contains(&vmid) {
@@ -1108,7 +1149,15 @@ fn plan_restore(
         }
     }
     let unprivileged = unprivileged.unwrap_or_else(|| archived.get("unprivileged") == Some("1"));
-    if !unprivileged && !auth::has(st, who, "/", "Sys.Modify") {
+    // A new privileged CT, or an unprivileged one restored privileged (a forced restore over a
+    // privileged CT needs nothing more: `create_vm`, R15).
+    let old = st
+        .guests
+        .get(&vmid)
+        .map(|g| &g.config)
+        .filter(|c| c.len() > 1);
+    let was_unprivileged = old.is_none_or(|c| c.get("unprivileged").is_some_and(|u| u == "1"));
+    if !unprivileged && was_unprivileged && !auth::has(st, who, "/", "Sys.Modify") {
         return Err("Permission check failed (/, Sys.Modify)".into());
     }
     if unprivileged {

@@ -524,6 +524,151 @@ async fn a_restored_template_has_base_volumes() {
     assert!(content.is_empty(), "{content:?}");
 }
 
+/// R15: a forced restore (`restore=1, force=1`) onto an existing CT (C:API2/LXC.pm
+/// `create_vm`): refused on the call while the CT runs (`can't overwrite running
+/// container`) or is protected (`check_protection`); `VM.Backup` on `/vms/<id>` is enough
+/// instead of `VM.Allocate`; `create_and_lock_config($vmid, $force)` puts `lock: create` on
+/// the existing config; the worker makes the new volumes, then destroys the old ones
+/// (`destroy_lxc_container` with `{ lock => 'create' }`). A failure before the new volumes
+/// only removes the lock (`$destroy_config_on_error` still false), one after them removes
+/// the config too.
+#[tokio::test]
+async fn a_forced_restore_replaces_an_existing_ct_as_pve_does() {
+    let env = Env::start(0.5, "").await;
+    let c = &env.client;
+    let wait = |upid| async move { c.wait_task(&upid, &WaitOptions::default()).await };
+    env.restore(1600, &[("hostname", "old")]).await.unwrap();
+    let volumes = || async {
+        let v: Vec<StorageVolume> = c
+            .get(
+                "/nodes/pve/storage/local-lvm/content",
+                &[("vmid", "1600".to_string())],
+            )
+            .await
+            .unwrap();
+        let mut names: Vec<String> = v.into_iter().map(|v| v.volid).collect();
+        names.sort_unstable();
+        names
+    };
+    assert_eq!(volumes().await, ["local-lvm:vm-1600-disk-0"]);
+    let forced = |extra: &[(&str, &str)]| {
+        let mut p = params(1600, &[("storage", "local-lvm"), ("force", "1")]);
+        p.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        p
+    };
+
+    // Without force the VMID is taken; while it runs, or protected, force is refused too.
+    let e = c
+        .lxc_create("pve", &params(1600, &[("storage", "local-lvm")]))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("already exists"), "{e}");
+    wait(c.lxc_start("pve", vmid(1600)).await.unwrap())
+        .await
+        .unwrap();
+    let e = c.lxc_create("pve", &forced(&[])).await.unwrap_err();
+    assert_eq!(e.status(), Some(500), "{e:?}");
+    assert!(
+        e.to_string().contains("can't overwrite running container"),
+        "{e}"
+    );
+    wait(c.lxc_stop("pve", vmid(1600)).await.unwrap())
+        .await
+        .unwrap();
+    let set = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+    c.lxc_update_config("pve", vmid(1600), &set("protection", "1"), None)
+        .await
+        .unwrap();
+    let e = c.lxc_create("pve", &forced(&[])).await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("unable to restore CT 1600 - protection mode enabled"),
+        "{e}"
+    );
+    c.lxc_update_config("pve", vmid(1600), &set("protection", "0"), None)
+        .await
+        .unwrap();
+
+    // A missing archive fails the task before any volume: the old CT stays, unlocked.
+    let mut p = forced(&[]);
+    p[1].1 = "local:backup/vzdump-lxc-9100-2020_01_01-00_00_00.tar.zst".into();
+    let upid = c.lxc_create("pve", &p).await.unwrap();
+    assert!(matches!(wait(upid).await, Err(ApiError::TaskFailed { .. })));
+    let cfg = c.lxc_config("pve", vmid(1600)).await.unwrap();
+    assert_eq!(cfg.get_str("lock"), None);
+    assert_eq!(cfg.hostname(), Some("old"));
+    assert_eq!(volumes().await, ["local-lvm:vm-1600-disk-0"]);
+
+    // VM.Backup on the CT replaces VM.Allocate; the old volume goes after the new one came.
+    let backup_only = env
+        .token(
+            "backuponly",
+            json!([
+                { "path": "/vms/1600", "privs": ["VM.Backup", "VM.Config.Network", "VM.Config.Options"], "propagate": true },
+                { "path": "/vms/9100", "privs": ["VM.Backup"], "propagate": true },
+                { "path": "/storage", "privs": ["Datastore.AllocateSpace", "Datastore.Audit"], "propagate": true },
+                { "path": "/sdn", "privs": ["SDN.Use"], "propagate": true },
+            ]),
+        )
+        .await;
+    let e = backup_only
+        .lxc_create(
+            "pve",
+            &params(1601, &[("storage", "local-lvm"), ("force", "1")]),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ApiError::Permission { path: Some(path), .. } if path == "/vms/1601"),
+        "VM.Backup counts only for an existing CT: {e:?}"
+    );
+    let upid = backup_only
+        .lxc_create("pve", &forced(&[("hostname", "new")]))
+        .await
+        .unwrap();
+    assert_eq!(
+        c.lxc_config("pve", vmid(1600))
+            .await
+            .unwrap()
+            .get_str("lock"),
+        Some("create"),
+        "lock: create on the existing config from the call on"
+    );
+    backup_only
+        .wait_task(&upid, &WaitOptions::default())
+        .await
+        .unwrap();
+    let cfg = c.lxc_config("pve", vmid(1600)).await.unwrap();
+    assert_eq!(cfg.hostname(), Some("new"));
+    assert_eq!(cfg.get_str("lock"), None);
+    assert!(
+        cfg.get_str("rootfs")
+            .unwrap()
+            .starts_with("local-lvm:vm-1600-disk-1,"),
+        "{:?}",
+        cfg.get_str("rootfs")
+    );
+    assert_eq!(volumes().await, ["local-lvm:vm-1600-disk-1"]);
+
+    // A failure after the new volumes (tar: no space) leaves nothing of the CT.
+    let dump = pve_sim::dump_dir(env.dir.path(), "local");
+    let big = "vzdump-lxc-9200-2026_06_09-20_41_10.tar.zst";
+    let mut w = vzdump::ArchiveWriter::create(&dump.join(big), vzdump::Compression::Zstd).unwrap();
+    w.pct_conf(&pct_conf("")).unwrap();
+    w.dir("var", 0o755).unwrap();
+    w.file("var/blob", 0o644, &vec![7u8; 3 << 20]).unwrap();
+    w.finish().unwrap();
+    let mut p = forced(&[("rootfs", "local-lvm:0.002")]);
+    p[1].1 = format!("local:backup/{big}");
+    let upid = c.lxc_create("pve", &p).await.unwrap();
+    assert!(matches!(wait(upid).await, Err(ApiError::TaskFailed { .. })));
+    assert!(matches!(
+        c.lxc_config("pve", vmid(1600)).await,
+        Err(ApiError::NotFound { .. })
+    ));
+    assert!(volumes().await.is_empty());
+}
+
 /// R8: `create_vm`'s worker checks the bridge of every archived NIC the request does not
 /// set, before anything else, `unique` or not (C:API2/LXC.pm `create_vm`,
 /// `check_bridge_access`).

@@ -250,24 +250,43 @@ pub(crate) async fn create(sim: &Arc<Sim>, req: &Req) -> HResult {
         if req.flag("ha-managed") {
             need(st, &req.who, "/", "Sys.Console")?;
         }
-        if st.guests.contains_key(&vmid) {
-            if req.flag("force") {
-                return Err(die(
-                    "pve-sim does not model force-restore over an existing CT",
-                ));
+        // A forced restore onto an existing CT (`restore=1, force=1`): not while it runs,
+        // not when protected (R15).
+        let existing = st.guests.get(&vmid);
+        if let Some(g) = existing {
+            if !req.flag("force") {
+                return Err(die(texts::already_exists_on_node(vmid, &node)));
             }
-            return Err(die(texts::already_exists_on_node(vmid, &node)));
+            if g.running {
+                return Err(die(texts::CANT_OVERWRITE_RUNNING));
+            }
+            if g.config.get("protection").is_some_and(|p| p == "1") {
+                return Err(die(texts::protected(&format!(
+                    "unable to restore CT {vmid}"
+                ))));
+            }
         }
         if let Some(p) = &pool {
             if !st.pools.contains_key(p) {
                 return Err(perm_text(format!("pool '{p}' does not exist")));
             }
         }
+        let vms = format!("/vms/{vmid}");
         let by_pool = pool
             .as_ref()
             .is_some_and(|p| auth::has(st, &req.who, &format!("/pool/{p}"), "VM.Allocate"));
-        if !by_pool {
-            need(st, &req.who, &format!("/vms/{vmid}"), "VM.Allocate")?;
+        // Overwriting an existing CT needs only `VM.Backup` on it; turning an unprivileged
+        // one privileged explicitly needs `Sys.Modify` on `/` then.
+        let by_backup = existing.is_some() && auth::has(st, &req.who, &vms, "VM.Backup");
+        if !by_pool && !auth::has(st, &req.who, &vms, "VM.Allocate") {
+            if !by_backup {
+                need(st, &req.who, &vms, "VM.Allocate")?;
+            }
+            let was_unprivileged =
+                existing.is_some_and(|g| g.config.get("unprivileged").is_some_and(|u| u == "1"));
+            if was_unprivileged && unpriv_given == Some(false) {
+                need(st, &req.who, "/", "Sys.Modify")?;
+            }
         }
         check_config_perms(
             st,
@@ -352,17 +371,27 @@ pub(crate) async fn create(sim: &Arc<Sim>, req: &Req) -> HResult {
         .map_err(|e| die(texts::unable_to_restore(vmid, &e.to_string())))?;
     let who = req.who.clone();
     let upid = sim.mutate(|st| -> Result<String, PveErr> {
-        if st.guests.contains_key(&vmid) {
-            return Err(die(texts::already_exists_on_node(vmid, &node)));
+        match st.guests.get_mut(&vmid) {
+            // `create_and_lock_config($vmid, $force)`: an existing config (force) keeps its
+            // keys and gets `lock: create`, unless it is locked already.
+            Some(g) if req.flag("force") => {
+                if let Some(l) = g.config.get("lock") {
+                    return Err(die(texts::unable_to_restore(vmid, &texts::locked(l))));
+                }
+                g.config.insert("lock".into(), "create".into());
+            }
+            Some(_) => return Err(die(texts::already_exists_on_node(vmid, &node))),
+            None => {
+                st.guests.insert(
+                    vmid,
+                    Guest {
+                        vmid,
+                        config: BTreeMap::from([("lock".to_string(), "create".to_string())]),
+                        ..Guest::default()
+                    },
+                );
+            }
         }
-        st.guests.insert(
-            vmid,
-            Guest {
-                vmid,
-                config: BTreeMap::from([("lock".to_string(), "create".to_string())]),
-                ..Guest::default()
-            },
-        );
         let plan = TaskPlan::RestoreRequest {
             vmid,
             archive,
