@@ -362,6 +362,7 @@ fn job_cx(journal: &Path, job: &str) -> JobCx {
         spec: None,
         config_cache: Default::default(),
         acting: Default::default(),
+        shortcuts: Default::default(),
         waits: Default::default(),
         unreachable_since: Default::default(),
         dispatch_unsure: Default::default(),
