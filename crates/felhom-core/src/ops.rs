@@ -186,6 +186,7 @@ impl Felhom {
     pub fn open(config: Config) -> Result<Felhom, OpsError> {
         let client = PveClient::new(config.client.clone())?;
         client.set_observer(crate::metrics::pve_observer());
+        client.set_request_budget(config.max_requests_per_second);
         let journal = Arc::new(Journal::open(&config.journal)?);
         let limits = Arc::new(Limits::new(&config));
         let felhom = Felhom {

@@ -345,6 +345,7 @@ fn job_cx(journal: &Path, job: &str) -> JobCx {
         ssh_timeout: Duration::from_secs(1),
         task_timeout: Duration::from_secs(1),
         connect_budget: CONNECT_BUDGET,
+        max_requests_per_second: None,
         strategy: Default::default(),
         specs: Vec::new(),
         agent: Default::default(),

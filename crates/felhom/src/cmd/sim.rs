@@ -162,6 +162,7 @@ pub fn sim_config(handle: &pve_sim::SimHandle, state_dir: &Path, journal: PathBu
             ),
             timeout_secs: 30,
             max_response_mib: pve_api::DEFAULT_MAX_BODY_BYTES >> 20,
+            max_requests_per_second: None,
         },
         felhom: FelhomSection {
             vmid_range: SIM_VMID_RANGE,

@@ -49,6 +49,9 @@ pub struct PerfArgs {
     /// Also report each mode's requests per guest by endpoint (method and path, ids as `*`).
     #[arg(long)]
     pub by_endpoint: bool,
+    /// felhom's per-node request budget for the run (`pve.max_requests_per_second`).
+    #[arg(long, value_name = "N")]
+    pub max_requests_per_second: Option<f64>,
 }
 
 impl PerfArgs {
@@ -292,6 +295,7 @@ async fn felhom_mode(n: usize, args: &PerfArgs, strategy: Strategy) -> anyhow::R
     config.max_parallel_per_node = args.concurrency;
     config.max_parallel_per_storage = args.concurrency;
     config.strategy = strategy;
+    config.max_requests_per_second = args.max_requests_per_second;
     let felhom = Arc::new(Felhom::open(config)?);
     let golden = format!("local:backup/{}", crate::cmd::sim::SEED_GOLDEN);
     let specs = specs(n, &golden)?;
