@@ -136,7 +136,8 @@ pub async fn dump(sim: &Arc<Sim>) -> Value {
             .collect();
         let tasks: Vec<Value> = st.tasks.iter().map(|t| json!({ "upid": t.upid, "type": t.task_type, "id": t.id, "status": t.status, "exitstatus": t.exitstatus, "start_ms": t.start_ms, "end_ms": t.end_ms, "modelled_ms": t.modelled_ms })).collect();
         let faults = sim.cluster_faults.borrow().clone();
-        json!({ "node": st.node, "nodes": st.nodes.iter().map(|n| json!({ "name": n.name, "online": !faults.down.contains(&n.name) })).collect::<Vec<_>>(), "faults": { "node_down": faults.down, "no_quorum": faults.no_quorum }, "guests": guests, "volumes": st.volumes, "leases": st.leases, "tasks": tasks, "counters": st.counters, "pools": st.pools, "linked": st.linked })
+        let storages: Vec<Value> = st.storages.iter().map(|s| json!({ "id": s.id, "type": s.storage_type, "shared": s.shared, "nodes": s.nodes })).collect();
+        json!({ "node": st.node, "storages": storages, "nodes": st.nodes.iter().map(|n| json!({ "name": n.name, "online": !faults.down.contains(&n.name) })).collect::<Vec<_>>(), "faults": { "node_down": faults.down, "no_quorum": faults.no_quorum }, "guests": guests, "volumes": st.volumes, "leases": st.leases, "tasks": tasks, "counters": st.counters, "pools": st.pools, "linked": st.linked })
     });
     let mut body = body;
     body["locks"] = json!(flocks);
@@ -192,8 +193,11 @@ pub async fn requests(
     Json(Value::Array(reqs)).into_response()
 }
 
-/// A storage to add to the node (`POST /felhom-sim/storages`): the storage types decide what
-/// clones and templates may do (`crate::clone`).
+/// A storage to add to the cluster (`POST /felhom-sim/storages`): the storage types decide
+/// what clones and templates may do (`crate::clone`); `shared` makes one pool every node
+/// sees (else each node has its own volumes and space under it); `nodes` limits the nodes
+/// it is available on. A `dir` storage with `backup` content has one dump directory
+/// (`dump_dir`) whatever node reads it.
 #[derive(serde::Deserialize)]
 pub struct StorageReq {
     id: String,
@@ -236,6 +240,18 @@ pub async fn storages(
                 "id must be [a-z][a-z0-9._-]* and type one of {}",
                 STORAGE_TYPES.join(", ")
             ),
+        )
+            .into_response();
+    }
+    if let Some(bad) = s
+        .nodes
+        .iter()
+        .flatten()
+        .find(|n| !sim.read(|st| st.has_node(n)))
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "message": format!("nodes: '{bad}' is not a node of this cluster"), "data": null })),
         )
             .into_response();
     }

@@ -22,6 +22,19 @@ fn entry<'a>(all: &'a [Value], id: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {id} in {all:#?}"))
 }
 
+/// The cluster invariants and the volume ones (these tests restore the golden without
+/// `unique`, so its MAC repeats on purpose).
+fn assert_cluster_clean(st: &Value) {
+    let v = pve_sim::invariants::check(st);
+    assert!(
+        v.duplicate_vmids.is_empty()
+            && v.misplaced_volumes.is_empty()
+            && v.leaked_volumes.is_empty()
+            && v.detached_volumes.is_empty(),
+        "{v:?}"
+    );
+}
+
 fn message(e: &ApiError) -> String {
     e.to_string()
 }
@@ -141,6 +154,7 @@ async fn two_concurrent_restores_of_one_vmid_on_two_nodes_one_wins() {
     let st = env.state().await;
     let guests = st["guests"].as_array().unwrap();
     assert_eq!(guests.len(), 6);
+    assert_cluster_clean(&st);
 }
 
 /// A guest's config lives on one node: another node's `load_config` dies with
@@ -321,6 +335,7 @@ async fn resources_show_every_node_and_follow_a_migration() {
             .is_some_and(|r| r.starts_with(v["volid"].as_str().unwrap())));
     }
     assert_eq!(st["counters"]["migrations"], 1);
+    assert_cluster_clean(&st);
     // And it runs there.
     let u = env.client.lxc_start("pve3", vmid(100)).await.unwrap();
     env.client
@@ -555,4 +570,104 @@ async fn cluster_answers_use_schema_fields() {
             }
         }
     }
+}
+
+/// Storages: a shared one is one pool every node sees (storage.cfg `shared 1`: the same
+/// `disk` from every node, a migration leaves its volumes in place, pve-container
+/// `PVE/LXC/Migrate.pm` skips shared volumes); one limited with `nodes` is not available
+/// elsewhere (pve-storage `PVE/Storage.pm` `storage_check_node`).
+#[tokio::test]
+async fn shared_and_node_limited_storages() {
+    let env = Env::start_cluster(0.02, "", 3).await;
+    let add = |body: Value| {
+        let c = &env.client;
+        let secret = env.sim().side_channel_secret().to_string();
+        async move {
+            c.side_channel_post::<Value>("/felhom-sim/storages", &body, &secret)
+                .await
+        }
+    };
+    add(json!({ "id": "ceph", "type": "rbd", "content": ["images", "rootdir"], "shared": true }))
+        .await
+        .unwrap();
+    add(json!({ "id": "nas", "type": "nfs", "content": ["backup"], "shared": true }))
+        .await
+        .unwrap();
+    add(json!({ "id": "only1", "type": "dir", "content": ["backup"], "nodes": ["pve1"] }))
+        .await
+        .unwrap();
+    let e = add(json!({ "id": "bad", "type": "dir", "content": ["backup"], "nodes": ["pve9"] }))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("pve9"), "{e}");
+    for sid in ["nas", "only1"] {
+        let dump = pve_sim::dump_dir(env.dir.path(), sid);
+        std::fs::create_dir_all(&dump).unwrap();
+        write_golden(&dump.join(GOLDEN), &pct_conf(""), true, None);
+    }
+    let restore = |node: &'static str, id: u32, archive: &'static str, storage: &'static str| {
+        let c = &env.client;
+        async move {
+            let p = vec![
+                ("vmid".to_string(), id.to_string()),
+                ("ostemplate".into(), format!("{archive}:backup/{GOLDEN}")),
+                ("restore".into(), "1".into()),
+                ("storage".into(), storage.into()),
+            ];
+            let u = c.lxc_create(node, &p).await?;
+            c.wait_task(&u, &WaitOptions::default()).await
+        }
+    };
+    // The shared backup storage is readable from every node.
+    restore("pve2", 100, "nas", "ceph").await.unwrap();
+    restore("pve3", 101, "nas", "local-lvm").await.unwrap();
+    // The node-limited one only from its node.
+    restore("pve1", 102, "only1", "local-lvm").await.unwrap();
+    let e = restore("pve2", 103, "only1", "local-lvm")
+        .await
+        .unwrap_err();
+    assert!(
+        message(&e).contains("storage 'only1' is not available on node 'pve2'"),
+        "{e}"
+    );
+    let raw: Vec<Value> = env.client.get("/cluster/resources", &[]).await.unwrap();
+    let ceph: Vec<u64> = ["pve1", "pve2", "pve3"]
+        .iter()
+        .map(|n| {
+            entry(&raw, &format!("storage/{n}/ceph"))["disk"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        ceph[0] > 0 && ceph.iter().all(|d| *d == ceph[0]),
+        "{ceph:?}"
+    );
+    assert_eq!(entry(&raw, "storage/pve1/ceph")["shared"], 1);
+    assert!(raw.iter().all(|e| e["id"] != "storage/pve2/only1"));
+    assert!(raw.iter().any(|e| e["id"] == "storage/pve1/only1"));
+
+    // A guest on shared storage migrates; its volume stays where it is, visible to all.
+    env.migrate(100, "pve1").await.unwrap();
+    let st = env.state().await;
+    assert_cluster_clean(&st);
+    let u = env.client.lxc_start("pve1", vmid(100)).await.unwrap();
+    env.client
+        .wait_task(&u, &WaitOptions::default())
+        .await
+        .unwrap();
+    let list: Vec<Value> = env
+        .client
+        .get("/nodes/pve3/storage/ceph/content", &[])
+        .await
+        .unwrap();
+    assert!(list.iter().any(|v| v["vmid"] == 100), "{list:#?}");
+    // Node-local content is the node's own.
+    let list: Vec<Value> = env
+        .client
+        .get("/nodes/pve1/storage/local-lvm/content", &[])
+        .await
+        .unwrap();
+    let owners: Vec<u64> = list.iter().map(|v| v["vmid"].as_u64().unwrap()).collect();
+    assert_eq!(owners, [102]);
 }
