@@ -248,6 +248,8 @@ pub(crate) fn begin_template(st: &State, vmid: u32) -> Result<TaskPlan, String> 
         .guests
         .get(&vmid)
         .ok_or_else(|| texts::no_config(&st.node, vmid))?;
+    // (A missing config is reported on the first node: the template task checked its node
+    // when it was asked for.)
     let vols = config_volumes(&g.config);
     if let Some(v) = vols.iter().find(|v| !can_template(st, v)) {
         return Err(texts::template_unavailable(v));

@@ -683,9 +683,16 @@ impl Sim {
                 return true;
             };
             let referenced = referenced_volumes(g);
+            let node = g.node.clone();
             // vdisk_free refuses a base volume linked clones still use: the destroy goes on
             // and the base stays (destroy() warns about it at the end).
             let (kept, _) = crate::clone::bases_in_use(st, &referenced);
+            let shared: Vec<String> = st
+                .storages
+                .iter()
+                .filter(|s| s.shared)
+                .map(|s| s.id.clone())
+                .collect();
             st.linked.retain(|clone, _| !referenced.contains(clone));
             let mut skipped = Vec::new();
             st.volumes.retain(|v| {
@@ -697,7 +704,9 @@ impl Sim {
                     skipped.push(texts::not_owner_of_volume(&v.volid, vmid));
                     return true;
                 }
-                !(referenced || (destroy_unreferenced && v.owner == vmid))
+                // Unreferenced volumes are looked for on the storages this node sees.
+                let here = v.node == node || shared.contains(&v.storage);
+                !(referenced || (destroy_unreferenced && v.owner == vmid && here))
             });
             for line in skipped {
                 self.log(st, upid, line);
@@ -1002,7 +1011,11 @@ fn destroyed_volumes(st: &State, vmid: u32, destroy_unreferenced: bool) -> Vec<S
     let (kept, _) = crate::clone::bases_in_use(st, &referenced);
     st.volumes
         .iter()
-        .filter(|v| v.owner == vmid && (destroy_unreferenced || referenced.contains(&v.volid)))
+        .filter(|v| {
+            v.owner == vmid
+                && (referenced.contains(&v.volid)
+                    || (destroy_unreferenced && st.volume_on(&g.node, v)))
+        })
         .filter(|v| !kept.contains(&v.volid))
         .map(|v| v.volid.clone())
         .collect()
