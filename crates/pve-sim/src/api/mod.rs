@@ -6,8 +6,14 @@
 //! be listed without being answered, nor answered without being listed.
 //!
 //! Not modelled (yet): plain create from a template (only restore), force-restore over an
-//! existing guest, HA, replication, firewall files, snapshots, QEMU, clusters of more than one
-//! node, groups in ACLs, tag-access policies other than the default `free`.
+//! existing guest, HA, replication, firewall files, snapshots, QEMU, the migrate API (an
+//! offline migration is a side-channel call), groups in ACLs, tag-access policies other than
+//! the default `free`.
+//!
+//! A cluster (`SimConfig::nodes`) is served on one port: the `{node}` of the path decides
+//! where a call runs (`dispatch`: an unknown node dies as before, a down node answers 595
+//! before the handler, `no_quorum` refuses what `check_cfs_quorum` guards and config
+//! writes); handlers look guests up on the asked node only (`guest_or_err`).
 
 mod access;
 mod clone;
