@@ -447,11 +447,27 @@ pub async fn migrate(
             return (StatusCode::BAD_REQUEST, format!("migrate request: {e}")).into_response()
         }
     };
-    // The config flock, as the migration's `lock_config`.
-    let guard = match sim.flock(m.vmid, crate::sim::model::LOCK_TIMEOUT).await {
-        Ok(g) => g,
-        Err(e) => return refused(&e),
+    match migrate_guest(&sim, m.vmid, &m.node).await {
+        Ok(source) => {
+            Json(json!({ "vmid": m.vmid, "from": source, "node": m.node })).into_response()
+        }
+        Err(e) => refused(&e),
+    }
+}
+
+/// The offline migration itself (for the route and for in-process users through
+/// `SimHandle::migrate`): the node the guest came from, or PVE's refusal.
+pub(crate) async fn migrate_guest(
+    sim: &Arc<Sim>,
+    vmid: u32,
+    target: &str,
+) -> Result<String, String> {
+    let m = MigrateReq {
+        vmid,
+        node: target.to_string(),
     };
+    // The config flock, as the migration's `lock_config`.
+    let guard = sim.flock(m.vmid, crate::sim::model::LOCK_TIMEOUT).await?;
     let target = m.node.clone();
     let down = |n: &str| sim.node_down(n);
     let no_quorum = sim.no_quorum();
@@ -517,12 +533,7 @@ pub async fn migrate(
         Ok(source)
     });
     drop(guard);
-    match r {
-        Ok(source) => {
-            Json(json!({ "vmid": m.vmid, "from": source, "node": m.node })).into_response()
-        }
-        Err(e) => refused(&e),
-    }
+    r
 }
 
 fn refused(message: &str) -> Response {

@@ -171,6 +171,19 @@ impl SimHandle {
             .read(|st| st.nodes.iter().map(|n| n.name.clone()).collect())
     }
 
+    /// Set (`on`) or clear a cluster fault, `node_down:<node>` or `no_quorum`, as
+    /// `POST /felhom-sim/faults` does (for in-process users such as the demo).
+    pub fn cluster_fault(&self, fault: &str, on: bool) -> Result<(), String> {
+        let f: faults::ClusterFault = fault.parse()?;
+        self.sim.set_cluster_fault(&f, on).map(|_| ())
+    }
+
+    /// Offline-migrate a stopped guest to `node` as `POST /felhom-sim/migrate` does; the node
+    /// it came from, or the refusal (PVE's text).
+    pub async fn migrate(&self, vmid: u32, node: &str) -> Result<String, String> {
+        admin::migrate_guest(&self.sim, vmid, node).await
+    }
+
     /// Which runtime the guests use.
     pub fn guests(&self) -> RuntimeKind {
         self.sim.runtime.kind()

@@ -506,6 +506,14 @@ async fn cluster_faults_given_at_start() {
     get(&env, "/nodes/pve1/storage").await.unwrap();
     let status = get(&env, "/cluster/status").await.unwrap();
     assert_eq!(status[0]["quorate"], 0);
+    // In process, the handle clears them as the side channel does.
+    env.sim().cluster_fault("node_down:pve3", false).unwrap();
+    env.sim().cluster_fault("no_quorum", false).unwrap();
+    assert!(env.sim().cluster_fault("node_down:pve9", true).is_err());
+    get(&env, "/nodes/pve3/storage").await.unwrap();
+    env.restore_on("pve3", 100, &[]).await.unwrap();
+    assert_eq!(env.sim().migrate(100, "pve1").await.unwrap(), "pve3");
+    env.client.lxc_config("pve1", vmid(100)).await.unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let r = pve_sim::start(pve_sim::SimConfig {
