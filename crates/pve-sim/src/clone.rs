@@ -248,6 +248,8 @@ pub(crate) fn begin_template(st: &State, vmid: u32) -> Result<TaskPlan, String> 
         .guests
         .get(&vmid)
         .ok_or_else(|| texts::no_config(&st.node, vmid))?;
+    // (A missing config is reported on the first node: the template task checked its node
+    // when it was asked for.)
     let renames = template_renames(st, &g.config)?;
     Ok(TaskPlan::Template { vmid, renames })
 }
@@ -316,6 +318,8 @@ mod tests {
                 storage_type: ty.into(),
                 content: vec!["rootdir".into()],
                 total: 1 << 40,
+                shared: false,
+                nodes: None,
             });
         }
         assert_eq!(

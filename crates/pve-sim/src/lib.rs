@@ -7,6 +7,24 @@
 //! It is the default target of felhom's demo, tests and benchmarks (omicron's simulated
 //! sled-agent idea: the simulator implements the same interface as the real thing). What it
 //! does not model yet is listed in `api/mod.rs`.
+//!
+//! It can be a cluster ([`SimConfig::nodes`], `felhom sim serve --nodes N|a,b,c`): one port
+//! serves every node, and the path's node decides where a call runs. Guests, node-local
+//! volumes and tasks belong to a node; storages are cluster-wide definitions, node-local
+//! (`local`, `local-lvm`: each node its own volumes and space) or `shared`. VMIDs are
+//! reserved cluster-wide by the placeholder config. `docs/pve-fidelity.md` §2 (c) lists what
+//! follows PVE and what does not.
+//!
+//! | module | what is here |
+//! |---|---|
+//! | `api/` | the PVE request pipeline and one module per endpoint family; `api/cluster.rs`: `/nodes`, `/cluster/status`, `/cluster/resources`, `/cluster/nextid` |
+//! | `state.rs` | the persistent state: nodes, storages, guests (each with its `node`), volumes (each with its `node`), tasks, users, ACLs; an old single-node `state.json` loads as that node (`State::normalize`) |
+//! | `sim.rs` | the engine: state under a lock with group commit, the fault RNG, the cluster faults in force (`node_down`, `no_quorum`) and the down-node clock (`sleep_while_up`) |
+//! | `tasks.rs` `locks.rs` | UPID tasks on the node of their guest; the config flock per node and VMID |
+//! | `faults.rs` | `--faults`: `lock500`, `http503`, `task_fail:<type>`, `post_effect_595[:<kind>]`, `latency`, `dhcp_delay`, `seed`, `node_down:<node>`, `no_quorum` |
+//! | `admin.rs` | the side channel `/felhom-sim/*` (loopback, the run's secret): `state`, `requests`, `tokens`, `storages` (`{"id","type","content","shared"?,"nodes"?,"total_gib"?}`), `faults` (`{"set": "node_down:pve2"}`, `{"clear": "no_quorum"}`: answers `{"node_down": [...], "no_quorum": bool}`), `migrate` (`{"vmid": 105, "node": "pve3"}`: offline, as `pct migrate`; refusals 409 with PVE's text in `message`), `guests/{vmid}/ssh` |
+//! | `invariants.rs` | what must never hold of a dump: leaked/detached volumes, duplicate MACs, IPs, host keys, a VMID on two nodes, a node-local volume away from its owner's node |
+//! | `runtime/` | what guests are: modelled records or real LXC containers (with several nodes, one shared set of bridges: see `runtime/mod.rs`) |
 
 mod admin;
 mod api;
@@ -40,13 +58,57 @@ pub use state::{State, FELHOM_AGENT_PRIVS};
 pub struct SimConfig {
     pub listen: SocketAddr,
     pub state_dir: PathBuf,
+    /// The node of a single-node simulator (`pve`); ignored when `nodes` is not empty.
     pub node: String,
+    /// The cluster's nodes ([`cluster_node_names`]); empty: just `node`.
+    pub nodes: Vec<String>,
     pub faults: FaultSpec,
     /// Multiplies every modelled duration (tasks, DHCP, lock timeouts, the 401 delay).
     pub time_scale: f64,
     /// What the guests are (`runtime/mod.rs`): modelled records (the default) or real LXC
     /// containers.
     pub guests: RuntimeKind,
+}
+
+impl SimConfig {
+    /// The nodes this simulator serves: `nodes`, or `[node]` when it is empty.
+    pub fn node_names(&self) -> Vec<String> {
+        if self.nodes.is_empty() {
+            vec![self.node.clone()]
+        } else {
+            self.nodes.clone()
+        }
+    }
+}
+
+/// The node names `--nodes` means: a count N (1 → `pve`, N > 1 → `pve1`..`pveN`) or a comma
+/// list of names (each `[a-zA-Z][a-zA-Z0-9-]*`, at most 63 characters, no duplicates).
+pub fn cluster_node_names(spec: &str) -> Result<Vec<String>, String> {
+    let spec = spec.trim();
+    if let Ok(n) = spec.parse::<usize>() {
+        return match n {
+            0 => Err("--nodes: must be at least 1".into()),
+            1 => Ok(vec!["pve".into()]),
+            n if n > 64 => Err(format!("--nodes: at most 64 nodes, got {n}")),
+            n => Ok((1..=n).map(|i| format!("pve{i}")).collect()),
+        };
+    }
+    let mut out: Vec<String> = Vec::new();
+    for name in spec.split(',').map(str::trim) {
+        let ok = name.len() <= 63
+            && name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !ok {
+            return Err(format!(
+                "--nodes: node name '{name}' must be [a-zA-Z][a-zA-Z0-9-]* (at most 63 characters)"
+            ));
+        }
+        if out.iter().any(|x| x == name) {
+            return Err(format!("--nodes: node name '{name}' given twice"));
+        }
+        out.push(name.to_string());
+    }
+    Ok(out)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +163,25 @@ impl SimHandle {
     /// [`pve_api::SIDE_CHANNEL_HEADER`].
     pub fn side_channel_secret(&self) -> &str {
         &self.sim.side_secret
+    }
+
+    /// The cluster's node names, in order (the first is the single node of a one-node sim).
+    pub fn nodes(&self) -> Vec<String> {
+        self.sim
+            .read(|st| st.nodes.iter().map(|n| n.name.clone()).collect())
+    }
+
+    /// Set (`on`) or clear a cluster fault, `node_down:<node>` or `no_quorum`, as
+    /// `POST /felhom-sim/faults` does (for in-process users such as the demo).
+    pub fn cluster_fault(&self, fault: &str, on: bool) -> Result<(), String> {
+        let f: faults::ClusterFault = fault.parse()?;
+        self.sim.set_cluster_fault(&f, on).map(|_| ())
+    }
+
+    /// Offline-migrate a stopped guest to `node` as `POST /felhom-sim/migrate` does; the node
+    /// it came from, or the refusal (PVE's text).
+    pub async fn migrate(&self, vmid: u32, node: &str) -> Result<String, String> {
+        admin::migrate_guest(&self.sim, vmid, node).await
     }
 
     /// Which runtime the guests use.

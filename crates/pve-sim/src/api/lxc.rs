@@ -8,6 +8,7 @@ pub(crate) fn lxc_list(sim: &Sim, req: &Req) -> HResult {
             json!(st
                 .guests
                 .values()
+                .filter(|g| g.node == req.node)
                 .filter(|g| auth::has(st, &req.who, &format!("/vms/{}", g.vmid), "VM.Audit"))
                 .map(|g| {
                     let mut v = json!({ "vmid": g.vmid, "status": if g.running { "running" } else { "stopped" }, "type": "lxc", "name": g.config.get("hostname").cloned().unwrap_or_else(|| format!("CT{}", g.vmid)) });
@@ -250,12 +251,13 @@ pub(crate) async fn create(sim: &Arc<Sim>, req: &Req) -> HResult {
         if req.flag("ha-managed") {
             need(st, &req.who, "/", "Sys.Console")?;
         }
-        // A forced restore onto an existing CT (`restore=1, force=1`): not while it runs,
-        // not when protected (R15).
+        // A forced restore onto an existing CT of this node (`restore=1, force=1`): not
+        // while it runs, not when protected (R15). Otherwise `check_vmid_unused` names the
+        // owning node (pve-cluster `PVE/Cluster.pm`).
         let existing = st.guests.get(&vmid);
         if let Some(g) = existing {
-            if !req.flag("force") {
-                return Err(die(texts::already_exists_on_node(vmid, &node)));
+            if !(req.flag("force") && g.node == node) {
+                return Err(die(texts::already_exists_on_node(vmid, &g.node)));
             }
             if g.running {
                 return Err(die(texts::CANT_OVERWRITE_RUNNING));
@@ -298,7 +300,7 @@ pub(crate) async fn create(sim: &Arc<Sim>, req: &Req) -> HResult {
             unpriv_given,
         )?;
         // Only the name is checked here; a missing file fails the task (audit top #7).
-        let archive = archive_access(sim, st, &req.who, &volid, Some(vmid))?;
+        let archive = archive_access(sim, st, &node, &req.who, &volid, Some(vmid))?;
         let explicit = config_keys
             .iter()
             .any(|(k, _)| *k == "rootfs" || k.starts_with("mp"));
@@ -325,9 +327,7 @@ pub(crate) async fn create(sim: &Arc<Sim>, req: &Req) -> HResult {
         }
         for sid in storages {
             // `storage_check_enabled`: an unknown id dies (500, R5).
-            let s = st
-                .storage(&sid)
-                .ok_or_else(|| die(texts::storage_missing(&sid)))?;
+            let s = super::storage::storage_on(st, &node, &sid)?;
             if !s.content.iter().any(|c| c == "rootdir") {
                 return Err(param1(
                     "storage",
@@ -366,26 +366,30 @@ pub(crate) async fn create(sim: &Arc<Sim>, req: &Req) -> HResult {
     // create_and_lock_config: the flock (5 s) and the `lock: create` placeholder; from here
     // the VMID is reserved.
     let guard = sim
-        .flock(vmid, model::CREATE_LOCK_TIMEOUT)
+        .flock_on(&node, vmid, model::CREATE_LOCK_TIMEOUT)
         .await
         .map_err(|e| die(texts::unable_to_restore(vmid, &e.to_string())))?;
     let who = req.who.clone();
     let upid = sim.mutate(|st| -> Result<String, PveErr> {
+        // The placeholder config is the reservation: pmxcfs refuses a second config of one
+        // VMID on any node (`memdb.c` create, `-EEXIST`), and `check_vmid_unused` names the
+        // owner. Decided here, under the state lock, so two nodes racing cannot both win.
+        // `create_and_lock_config($vmid, $force)`: an existing config of this node (force)
+        // keeps its keys and gets `lock: create`, unless it is locked already (R15).
         match st.guests.get_mut(&vmid) {
-            // `create_and_lock_config($vmid, $force)`: an existing config (force) keeps its
-            // keys and gets `lock: create`, unless it is locked already.
-            Some(g) if req.flag("force") => {
+            Some(g) if req.flag("force") && g.node == node => {
                 if let Some(l) = g.config.get("lock") {
                     return Err(die(texts::unable_to_restore(vmid, &texts::locked(l))));
                 }
                 g.config.insert("lock".into(), "create".into());
             }
-            Some(_) => return Err(die(texts::already_exists_on_node(vmid, &node))),
+            Some(g) => return Err(die(texts::already_exists_on_node(vmid, &g.node))),
             None => {
                 st.guests.insert(
                     vmid,
                     Guest {
                         vmid,
+                        node: node.clone(),
                         config: BTreeMap::from([("lock".to_string(), "create".to_string())]),
                         ..Guest::default()
                     },
