@@ -517,7 +517,7 @@ async fn dispatch(
         }
         // The config file cannot be written on a read-only `/etc/pve`. Not verified: the
         // exact text (audit §3); the simulator says what `file_set_contents` would.
-        return Err(die(texts_sim::read_only_config(&req.node, vmid_of(&req))));
+        return Err(die(texts_sim::read_only_config(&req.node, req.vmid())));
     }
     // Injected faults, for mutating guest calls: the config-lock timeout and 503s.
     let vmid = req.get("vmid").and_then(|v| v.parse::<u32>().ok());
@@ -627,10 +627,6 @@ pub(crate) fn need_any(
     } else {
         Err(perm_err(path, &privs.join("|")))
     }
-}
-
-fn vmid_of(req: &Req) -> u32 {
-    req.vmid()
 }
 
 /// Texts of a cluster the simulator words itself (not in `pve_api::texts`: felhom matches
