@@ -93,4 +93,16 @@ fn sim_serve_refuses_bad_node_lists() {
         assert!(err.contains("--nodes") && err.contains(says), "{err}");
         assert!(!dir.path().join("sim").join("state.json").exists());
     }
+    let out = Command::new(BIN)
+        .args(["sim", "serve", "--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(dir.path().join("sim"))
+        .args(["--nodes", "2", "--faults", "node_down:pve"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("node_down:pve: no such node (--nodes gives pve1, pve2)"),
+        "{}",
+        stderr(&out)
+    );
 }

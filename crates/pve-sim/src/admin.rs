@@ -134,7 +134,7 @@ pub async fn dump(sim: &Arc<Sim>) -> Value {
                 })
             })
             .collect();
-        let tasks: Vec<Value> = st.tasks.iter().map(|t| json!({ "upid": t.upid, "type": t.task_type, "id": t.id, "status": t.status, "exitstatus": t.exitstatus, "start_ms": t.start_ms, "end_ms": t.end_ms, "modelled_ms": t.modelled_ms })).collect();
+        let tasks: Vec<Value> = st.tasks.iter().map(|t| json!({ "upid": t.upid, "node": t.node, "type": t.task_type, "id": t.id, "status": t.status, "exitstatus": t.exitstatus, "start_ms": t.start_ms, "end_ms": t.end_ms, "modelled_ms": t.modelled_ms })).collect();
         let faults = sim.cluster_faults.borrow().clone();
         let storages: Vec<Value> = st.storages.iter().map(|s| json!({ "id": s.id, "type": s.storage_type, "shared": s.shared, "nodes": s.nodes })).collect();
         json!({ "node": st.node, "storages": storages, "nodes": st.nodes.iter().map(|n| json!({ "name": n.name, "online": !faults.down.contains(&n.name) })).collect::<Vec<_>>(), "faults": { "node_down": faults.down, "no_quorum": faults.no_quorum }, "guests": guests, "volumes": st.volumes, "leases": st.leases, "tasks": tasks, "counters": st.counters, "pools": st.pools, "linked": st.linked })

@@ -203,6 +203,12 @@ pub fn sim_settings(args: &ServeArgs) -> anyhow::Result<pve_sim::SimConfig> {
         .parse::<pve_sim::FaultSpec>()
         .map_err(|e| anyhow::anyhow!("--faults: {e}"))?;
     let nodes = pve_sim::cluster_node_names(&args.nodes).map_err(|e| anyhow::anyhow!(e))?;
+    if let Some(n) = faults.node_down.iter().find(|n| !nodes.contains(n)) {
+        anyhow::bail!(
+            "--faults node_down:{n}: no such node (--nodes gives {})",
+            nodes.join(", ")
+        );
+    }
     Ok(pve_sim::SimConfig {
         listen: args.listen,
         state_dir: args.state_dir.clone(),
