@@ -120,6 +120,11 @@ pub fn unable_to_restore(vmid: impl std::fmt::Display, err: &str) -> String {
     format!("unable to restore CT {vmid} - {err}")
 }
 
+/// `create_vm`'s `$emsg` for a plain create (no `restore`).
+pub fn unable_to_create(vmid: impl std::fmt::Display, err: &str) -> String {
+    format!("unable to create CT {vmid} - {err}")
+}
+
 /// The worker could not be forked, so nothing was done (pve-common `RESTEnvironment.pm`
 /// `fork_worker`): the one 500 that is worth repeating.
 pub const NO_WORKER_UPID: &str = "got no worker upid";

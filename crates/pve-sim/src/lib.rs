@@ -195,6 +195,15 @@ pub fn dump_dir(state_dir: &Path, storage: &str) -> PathBuf {
     state_dir.join("storage").join(storage).join("dump")
 }
 
+/// Where a storage's `vztmpl` templates live (PVE: `template/cache/` of a dir storage).
+pub fn template_dir(state_dir: &Path, storage: &str) -> PathBuf {
+    state_dir
+        .join("storage")
+        .join(storage)
+        .join("template")
+        .join("cache")
+}
+
 /// The file in the state dir holding the side-channel secret of the running simulator
 /// (mode 0600, rewritten at every start): what tests, benches and scripts present in
 /// [`pve_api::SIDE_CHANNEL_HEADER`] to reach `/felhom-sim/*`.

@@ -455,6 +455,106 @@ impl Sim {
         });
     }
 
+    /// `create_vm`'s worker without `restore` (pve-container `src/PVE/API2/LXC.pm`, R15):
+    /// the request's disks (rootfs `<storage>:4` unless given), the template unpacked into
+    /// them, the OS detected, defaults for hostname (`CT<vmid>`), memory and swap (512), then
+    /// `post_create_hook` (`src/PVE/LXC/Setup.pm`): machine-id emptied, fresh SSH host keys
+    /// (`rewrite_ssh_host_keys`). A missing template fails the task and leaves nothing.
+    /// Modelled: the OS is read from the template's name (`debian-12-standard_…` → `debian`),
+    /// not from its `/etc/os-release`, and the template's content is not sized against the
+    /// rootfs.
+    fn begin_create(&self, upid: &str, c: CreateInput, who: &Subject) -> Result<(), String> {
+        let CreateInput {
+            vmid,
+            template,
+            storage,
+            request,
+            pool,
+            start,
+            unprivileged,
+        } = c;
+        let name = template
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let sid = template
+            .ancestors()
+            .nth(3)
+            .and_then(|p| p.file_name())
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let volid = format!("{sid}:vztmpl/{name}");
+        if !template.is_file() {
+            return Err(texts::unable_to_create(
+                vmid,
+                &texts::cant_find_file(&volid),
+            ));
+        }
+        let traits = crate::state::ArchiveTraits {
+            machine_id: Some(String::new()),
+            ssh_host_key: Some(crate::guest::new_host_key()),
+            keygen_unit: false,
+            raw_lxc: Vec::new(),
+        };
+        self.mutate(|st| {
+            let r = RestoreInput {
+                vmid,
+                storage: &storage,
+                request,
+                unique: false,
+                unprivileged,
+                who,
+            };
+            let (mut config, volumes, warnings) = plan_restore(st, r, &vzdump::PctConf::default())
+                .map_err(|e| texts::unable_to_create(vmid, &e))?;
+            let defaults = [
+                ("hostname", format!("CT{vmid}")),
+                ("memory", "512".to_string()),
+                ("swap", "512".to_string()),
+                ("arch", "amd64".to_string()),
+                ("ostype", ostype_of_template(&name).to_string()),
+            ];
+            for (k, v) in defaults {
+                config.entry(k.to_string()).or_insert(v);
+            }
+            for v in &volumes {
+                self.log(
+                    st,
+                    upid,
+                    format!(
+                        "  Logical volume \"{}\" created.",
+                        v.volid.split(':').nth(1).unwrap_or("")
+                    ),
+                );
+            }
+            st.volumes.extend(volumes.iter().cloned());
+            overwrite_old(st, vmid);
+            self.log(
+                st,
+                upid,
+                format!("extracting archive '{}'", template.display()),
+            );
+            self.log(
+                st,
+                upid,
+                "Creating SSH host key 'ssh_host_ed25519_key' - this may take some time ...".into(),
+            );
+            if let Some(t) = st.tasks.iter_mut().find(|t| t.upid == upid) {
+                t.plan = Some(TaskPlan::Restore {
+                    vmid,
+                    archive: Some(template.clone()),
+                    config,
+                    volumes,
+                    traits,
+                    pool,
+                    start,
+                    warnings,
+                });
+            }
+            Ok(())
+        })
+    }
+
     /// The worker's first phase, under the flock.
     async fn begin(self: &Arc<Self>, upid: &str) -> Result<(), String> {
         let Some((plan, who)) = self.read(|st| {
@@ -475,8 +575,32 @@ impl Sim {
                 request,
                 pool,
                 start,
+                unprivileged,
+                create: true,
+                ..
+            } => self.begin_create(
+                upid,
+                CreateInput {
+                    vmid,
+                    template: archive,
+                    storage,
+                    request,
+                    pool,
+                    start,
+                    unprivileged,
+                },
+                &who,
+            ),
+            TaskPlan::RestoreRequest {
+                vmid,
+                archive,
+                storage,
+                request,
+                pool,
+                start,
                 unique,
                 unprivileged,
+                create: false,
             } => {
                 let volid = format!(
                     "{}:backup/{}",
@@ -828,7 +952,7 @@ fn cleanup_restore(st: &mut State, upid: &str) {
         }
         return;
     }
-    if t.task_type != "vzrestore" {
+    if t.task_type != "vzrestore" && t.task_type != "vzcreate" {
         return;
     }
     let vmid: u32 = t.id.parse().unwrap_or(0);
@@ -1147,6 +1271,40 @@ type Planned = (BTreeMap<String, String>, Vec<Volume>, Vec<String>);
 
 /// The `vzrestore` worker's decisions (reference §2.3, `docs/guests.md`, "Restore"): privileges on
 /// archived bridges, the privileged check, the disk layout, and the config merge.
+/// What a plain create's worker needs ([`Sim::begin_create`]).
+struct CreateInput {
+    vmid: u32,
+    template: std::path::PathBuf,
+    storage: String,
+    request: BTreeMap<String, String>,
+    pool: Option<String>,
+    start: bool,
+    unprivileged: Option<bool>,
+}
+
+/// The `ostype` PVE would detect, read from a template's name (modelled; PVE reads the
+/// unpacked `/etc/os-release`, `src/PVE/LXC/Setup.pm`).
+fn ostype_of_template(name: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "debian",
+        "devuan",
+        "ubuntu",
+        "centos",
+        "fedora",
+        "opensuse",
+        "archlinux",
+        "alpine",
+        "gentoo",
+        "nixos",
+    ];
+    let first = name.split(['-', '_']).next().unwrap_or_default();
+    KNOWN
+        .iter()
+        .find(|k| k.eq_ignore_ascii_case(first))
+        .copied()
+        .unwrap_or("unmanaged")
+}
+
 fn plan_restore(
     st: &State,
     r: RestoreInput<'_>,

@@ -669,6 +669,172 @@ async fn a_forced_restore_replaces_an_existing_ct_as_pve_does() {
     assert!(volumes().await.is_empty());
 }
 
+/// R15, the other half: a plain create (no `restore`) from a `vztmpl` template, as
+/// `create_vm` does it (pve-container `src/PVE/API2/LXC.pm`): `check_volume_access` with
+/// content type `vztmpl` (pve-storage `src/PVE/Storage.pm` L619-656: the type first, then
+/// `Datastore.AllocateSpace` or `Datastore.Audit` on the storage), worker `vzcreate`, rootfs
+/// `<storage>:4` by default ("defaults to 4GB"), `hostname` `CT<vmid>`, memory and swap 512,
+/// `post_create_hook` (`src/PVE/LXC/Setup.pm`: "Creating SSH host key"), and a failure
+/// named `unable to create CT <id> -` that leaves nothing behind.
+#[tokio::test]
+async fn a_plain_create_from_a_template_makes_a_ct_as_pve_does() {
+    let env = Env::start(0.05, "").await;
+    let c = &env.client;
+    let name = "debian-12-standard_12.7-1_amd64.tar.zst";
+    let dir = pve_sim::template_dir(env.dir.path(), "local");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(name), b"not read by the model").unwrap();
+    let template = format!("local:vztmpl/{name}");
+    let create = |id: u32, tmpl: &str, extra: &[(&str, &str)]| {
+        let mut p = vec![
+            ("vmid".to_string(), id.to_string()),
+            ("ostemplate".to_string(), tmpl.to_string()),
+        ];
+        p.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        p
+    };
+    let volumes = |id: u32| async move {
+        let v: Vec<StorageVolume> = c
+            .get(
+                "/nodes/pve/storage/local-lvm/content",
+                &[("vmid", id.to_string())],
+            )
+            .await
+            .unwrap();
+        v.into_iter().map(|v| v.volid).collect::<Vec<_>>()
+    };
+
+    // A backup is no template: the content type is checked before anything is made.
+    let e = c
+        .lxc_create("pve", &create(1700, GOLDEN_VOLID, &[]))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains(&format!(
+            "unable to use volume {GOLDEN_VOLID} - content type needs to be 'vztmpl'"
+        )),
+        "{e}"
+    );
+    // Without Datastore.AllocateSpace or Datastore.Audit on the template's storage: 403.
+    let blind = env
+        .token(
+            "blind",
+            json!([
+                { "path": "/vms", "privs": ["VM.Allocate", "VM.Config.Disk", "VM.Config.Options"], "propagate": true },
+                { "path": "/storage/local-lvm", "privs": ["Datastore.AllocateSpace"], "propagate": true },
+            ]),
+        )
+        .await;
+    let e = blind
+        .lxc_create("pve", &create(1700, &template, &[("storage", "local-lvm")]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ApiError::Permission { path: Some(p), .. } if p == "/storage/local"),
+        "{e:?}"
+    );
+    assert!(matches!(
+        c.lxc_config("pve", vmid(1700)).await,
+        Err(ApiError::NotFound { .. })
+    ));
+
+    // Unprivileged unless asked: a privileged create needs Sys.Modify on `/`, which the
+    // felhom token does not have; `force` does not let a create replace a CT.
+    let e = c
+        .lxc_create(
+            "pve",
+            &create(
+                1700,
+                &template,
+                &[("storage", "local-lvm"), ("unprivileged", "0")],
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ApiError::Permission { path: Some(p), .. } if p == "/"),
+        "{e:?}"
+    );
+
+    // The create: task vzcreate, a 4 GiB rootfs on `storage`, PVE's defaults, a NIC's MAC.
+    let upid = c
+        .lxc_create(
+            "pve",
+            &create(
+                1700,
+                &template,
+                &[
+                    ("storage", "local-lvm"),
+                    ("net0", "name=eth0,bridge=vmbr0,ip=dhcp"),
+                ],
+            ),
+        )
+        .await
+        .unwrap();
+    assert!(upid.to_string().contains(":vzcreate:1700:"), "{upid}");
+    c.wait_task(&upid, &WaitOptions::default()).await.unwrap();
+    let cfg = c.lxc_config("pve", vmid(1700)).await.unwrap();
+    assert_eq!(cfg.hostname(), Some("CT1700"));
+    assert_eq!(cfg.get_string("memory").as_deref(), Some("512"));
+    assert_eq!(cfg.get_string("swap").as_deref(), Some("512"));
+    assert_eq!(cfg.get_str("ostype"), Some("debian"));
+    assert_eq!(cfg.get_str("arch"), Some("amd64"));
+    assert_eq!(cfg.get_str("lock"), None);
+    assert_eq!(cfg.get_string("unprivileged").as_deref(), Some("1"));
+    assert_eq!(
+        cfg.get_str("rootfs"),
+        Some("local-lvm:vm-1700-disk-0,size=4G")
+    );
+    assert!(
+        cfg.get_str("net0").unwrap().contains("hwaddr="),
+        "{:?}",
+        cfg.get_str("net0")
+    );
+    assert_eq!(volumes(1700).await, ["local-lvm:vm-1700-disk-0"]);
+    let log = c.task_log(&upid, 0, 500).await.unwrap().join("\n");
+    assert!(log.contains("Creating SSH host key"), "{log}");
+
+    let e = c
+        .lxc_create(
+            "pve",
+            &create(1700, &template, &[("storage", "local-lvm"), ("force", "1")]),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("CT 1700 already exists on node 'pve'"),
+        "{e}"
+    );
+
+    // A missing template fails the task, named as a create, and leaves no config or volume.
+    let upid = c
+        .lxc_create(
+            "pve",
+            &create(
+                1701,
+                "local:vztmpl/missing.tar.zst",
+                &[("storage", "local-lvm"), ("rootfs", "local-lvm:2")],
+            ),
+        )
+        .await
+        .unwrap();
+    match c.wait_task(&upid, &WaitOptions::default()).await {
+        Err(ApiError::TaskFailed { exitstatus, .. }) => assert!(
+            exitstatus.contains(
+                "unable to create CT 1701 - can't find file 'local:vztmpl/missing.tar.zst'"
+            ),
+            "{exitstatus}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        c.lxc_config("pve", vmid(1701)).await,
+        Err(ApiError::NotFound { .. })
+    ));
+    assert!(volumes(1701).await.is_empty());
+}
+
 /// R8: `create_vm`'s worker checks the bridge of every archived NIC the request does not
 /// set, before anything else, `unique` or not (C:API2/LXC.pm `create_vm`,
 /// `check_bridge_access`).

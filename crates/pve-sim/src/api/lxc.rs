@@ -204,9 +204,13 @@ pub(crate) async fn create(sim: &Arc<Sim>, req: &Req) -> HResult {
         .map_err(param_err)?;
     let vmid = req.vmid();
     let node = req.node.clone();
-    if !req.flag("restore") {
+    // Without `restore`, a plain create from a `vztmpl` template (`create_vm`'s other half,
+    // R15): the same checks and placeholder, task `vzcreate`. The lxc runtime unpacks vzdump
+    // archives only; a template's rootfs is not booted by it.
+    let restore = req.flag("restore");
+    if !restore && sim.runtime.kind() != crate::runtime::RuntimeKind::Modelled {
         return Err(die(
-            "pve-sim models restore (restore=1) only; create from a template is not simulated",
+            "pve-sim: create from a template (no restore=1) is modelled with --guests modelled only",
         ));
     }
     let volid = req.get("ostemplate").unwrap_or_default().to_string();
@@ -243,11 +247,21 @@ pub(crate) async fn create(sim: &Arc<Sim>, req: &Req) -> HResult {
     let unpriv_given = req
         .get("unprivileged")
         .map(|v| matches!(v, "1" | "on" | "yes" | "true"));
+    // A plain create is unprivileged unless asked otherwise, and a privileged one needs
+    // `Sys.Modify` on `/`, first thing (`create_vm`).
+    let unpriv_given = if restore {
+        unpriv_given
+    } else {
+        Some(unpriv_given.unwrap_or(true))
+    };
 
     // The synchronous checks in `create_vm`'s order (pve-container `API2/LXC.pm`).
     let (archive, size) = sim.read(|st| -> Result<(std::path::PathBuf, u64), PveErr> {
         // Before anything about the VMID (audit R14). The HA resource that `ha-manager add`
         // would make at the end of the task is not modelled.
+        if unpriv_given == Some(false) && !restore {
+            need(st, &req.who, "/", "Sys.Modify")?;
+        }
         if req.flag("ha-managed") {
             need(st, &req.who, "/", "Sys.Console")?;
         }
@@ -256,7 +270,8 @@ pub(crate) async fn create(sim: &Arc<Sim>, req: &Req) -> HResult {
         // owning node (pve-cluster `PVE/Cluster.pm`).
         let existing = st.guests.get(&vmid);
         if let Some(g) = existing {
-            if !(req.flag("force") && g.node == node) {
+            // `force` is for restores only: a create always needs a free VMID.
+            if !(restore && req.flag("force") && g.node == node) {
                 return Err(die(texts::already_exists_on_node(vmid, &g.node)));
             }
             if g.running {
@@ -300,7 +315,11 @@ pub(crate) async fn create(sim: &Arc<Sim>, req: &Req) -> HResult {
             unpriv_given,
         )?;
         // Only the name is checked here; a missing file fails the task (audit top #7).
-        let archive = archive_access(sim, st, &node, &req.who, &volid, Some(vmid))?;
+        let archive = if restore {
+            archive_access(sim, st, &node, &req.who, &volid, Some(vmid))?
+        } else {
+            super::storage::template_access(sim, st, &node, &req.who, &volid)?
+        };
         let explicit = config_keys
             .iter()
             .any(|(k, _)| *k == "rootfs" || k.starts_with("mp"));
@@ -347,6 +366,10 @@ pub(crate) async fn create(sim: &Arc<Sim>, req: &Req) -> HResult {
 
     // Request keys → a fresh config; a netN without hwaddr gets a random MAC here.
     let mut request_conf: BTreeMap<String, String> = BTreeMap::new();
+    if !restore && !normalised.contains_key("rootfs") {
+        // `$mp_param->{rootfs} = "$storage:4"; # defaults to 4GB` (create_vm's worker).
+        request_conf.insert("rootfs".into(), format!("{storage}:4"));
+    }
     for (k, v) in &config_keys {
         let v = v.unwrap_or_default();
         if k.starts_with("unused") {
@@ -368,7 +391,14 @@ pub(crate) async fn create(sim: &Arc<Sim>, req: &Req) -> HResult {
     let guard = sim
         .flock_on(&node, vmid, model::CREATE_LOCK_TIMEOUT)
         .await
-        .map_err(|e| die(texts::unable_to_restore(vmid, &e.to_string())))?;
+        .map_err(|e| {
+            let e = e.to_string();
+            die(if restore {
+                texts::unable_to_restore(vmid, &e)
+            } else {
+                texts::unable_to_create(vmid, &e)
+            })
+        })?;
     let who = req.who.clone();
     let upid = sim.mutate(|st| -> Result<String, PveErr> {
         // The placeholder config is the reservation: pmxcfs refuses a second config of one
@@ -377,7 +407,7 @@ pub(crate) async fn create(sim: &Arc<Sim>, req: &Req) -> HResult {
         // `create_and_lock_config($vmid, $force)`: an existing config of this node (force)
         // keeps its keys and gets `lock: create`, unless it is locked already (R15).
         match st.guests.get_mut(&vmid) {
-            Some(g) if req.flag("force") && g.node == node => {
+            Some(g) if restore && req.flag("force") && g.node == node => {
                 if let Some(l) = g.config.get("lock") {
                     return Err(die(texts::unable_to_restore(vmid, &texts::locked(l))));
                 }
@@ -405,9 +435,11 @@ pub(crate) async fn create(sim: &Arc<Sim>, req: &Req) -> HResult {
             start: req.flag("start"),
             unique: req.flag("unique"),
             unprivileged: unpriv_given,
+            create: !restore,
         };
         let modelled = model::RESTORE_BASE + size * model::RESTORE_PER_100MB / 100_000_000;
-        Ok(sim.new_task(st, "vzrestore", &vmid.to_string(), &who, modelled, plan))
+        let worker = if restore { "vzrestore" } else { "vzcreate" };
+        Ok(sim.new_task(st, worker, &vmid.to_string(), &who, modelled, plan))
     })?;
     sim.spawn_task(upid.clone(), Some(vmid), Some(guard));
     Ok(json!(upid).into())
