@@ -12,10 +12,49 @@
 //! stopped: detection stays within one interval while the polls before the likely end are
 //! skipped. Where durations barely vary that is two polls: one at the bracket's start, one
 //! at its end.
+//!
+//! Before a type has been seen on this host, [`prior`] says how long such a task at least
+//! takes on a typical PVE host, so the first wait of the type does not poll it from zero
+//! at the fast cadence: it probes at geometrically growing gaps (a fast host, or a task
+//! that fails at once, is still seen early) and polls at the cadence from the prior on
+//! ([`crate::WaitOptions::next_pause_prior`]). The first learned bracket replaces it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// The cold prior: how long a task of this type at least takes on a typical PVE host,
+/// before this host has shown one (`None`: no prior, the usual cadence from the start).
+///
+/// A value a little under the typical duration: a task that ends before it is found by
+/// the probes before it (late by at most the time it ran, once per type and host), one
+/// that ends after it by the cadence. Sources, PVE-typical figures at time scale 1:
+///
+/// | task | prior | typical on PVE | source |
+/// |---|---|---|---|
+/// | `vzrestore`, `vzcreate` | 1.6 s | 2 s + 1 s per 100 MB of archive | pve-sim `model::RESTORE_BASE` (docs/pve-reference.md); unpacking the 173 MB Debian golden alone takes 0.6 s (docs/guests.md) |
+/// | `vzstart` | 0.8 s | 1 s | pve-sim `model::START` |
+/// | `vzstop` | 0.4 s | 0.5 s | pve-sim `model::STOP` |
+/// | `vzshutdown` | 1.0 s | 1.5 s; `systemctl poweroff` of the golden about 1 s | pve-sim `model::SHUTDOWN`, docs/guests.md |
+/// | `vzdestroy` | 0.4 s | 0.5 s | pve-sim `model::DESTROY` |
+/// | `vzclone` | 1.2 s | linked 1.5 s, full 2 s + 1 s/GiB | docs/pve-fidelity.md (clone) |
+/// | `vztemplate` | 0.8 s | 1 s | docs/pve-fidelity.md (clone) |
+/// | `resize` | 8 s | e2fsck -f + resize2fs: over 10 s in the seed's F4 (the PUT behind it waited out the 10 s flock) | docs/seed.md, docs/pve-reference.md §10, pve-sim `model::RESIZE` 12 s |
+///
+/// Others (`vzdump`, …) vary too much with the guest to guess.
+pub fn prior(task_type: &str) -> Option<Duration> {
+    let ms = match task_type {
+        "vzrestore" | "vzcreate" => 1600,
+        "vzstart" => 800,
+        "vzstop" | "vzdestroy" => 400,
+        "vzshutdown" => 1000,
+        "vzclone" => 1200,
+        "vztemplate" => 800,
+        "resize" => 8000,
+        _ => return None,
+    };
+    Some(Duration::from_millis(ms))
+}
 
 /// How many recent tasks per type the estimate is drawn from.
 const KEEP: usize = 16;

@@ -238,7 +238,33 @@ impl WaitOptions {
         };
         Some(pause.min(left))
     }
+
+    /// The pause before poll `n` of the first wait of a task type this host has not shown
+    /// yet, when such tasks at least take `prior` on PVE ([`crate::durations::prior`]):
+    /// probes at `first_poll` and then at [`PRIOR_PROBE_GROWTH`] times the time elapsed
+    /// (a task faster than the prior, on a fast host or failing at once, is seen no later
+    /// than that many times its duration), the poll at `prior`, then the usual cadence.
+    /// Pure.
+    pub fn next_pause_prior(&self, n: u32, elapsed: Duration, prior: Duration) -> Option<Duration> {
+        let left = self
+            .deadline
+            .checked_sub(elapsed)
+            .filter(|d| !d.is_zero())?;
+        let pause = if elapsed < prior {
+            let probe = self
+                .first_poll
+                .max(elapsed.saturating_mul(PRIOR_PROBE_GROWTH));
+            probe.min(prior) - elapsed
+        } else {
+            // From the prior on, the usual cadence.
+            self.interval(n.max(1))
+        };
+        Some(pause.min(left))
+    }
 }
+
+/// Before the cold prior: each probe at this many times the time elapsed since dispatch.
+pub const PRIOR_PROBE_GROWTH: u32 = 4;
 
 /// A task that ended well.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -461,6 +487,10 @@ impl PveClient {
         let dispatch = self.durations().dispatch_of(&upid.to_string());
         let origin = dispatch.unwrap_or(started);
         let hint = dispatch.and_then(|_| self.durations().expected(&upid.task_type));
+        // Nothing learned of this type yet: PVE's typical figure, for a task we dispatched.
+        let prior = dispatch
+            .filter(|_| hint.is_none())
+            .and_then(|_| crate::durations::prior(&upid.task_type));
         // The schedule counts from the origin; the deadline still from this call.
         let schedule = WaitOptions {
             deadline: opts.deadline + started.saturating_duration_since(origin),
@@ -471,9 +501,11 @@ impl PveClient {
         // Since when every look failed to reach PVE.
         let mut unreachable_since: Option<Instant> = None;
         loop {
-            let pause = schedule
-                .next_pause_hinted(polls, origin.elapsed(), hint)
-                .ok_or_else(|| timeout(started))?;
+            let pause = match prior {
+                Some(p) => schedule.next_pause_prior(polls, origin.elapsed(), p),
+                None => schedule.next_pause_hinted(polls, origin.elapsed(), hint),
+            }
+            .ok_or_else(|| timeout(started))?;
             tokio::time::sleep(pause).await;
             polls += 1;
             // One request may overrun the deadline by at most one `max_interval`.
@@ -715,6 +747,35 @@ mod tests {
         assert_eq!(short.next_pause_hinted(0, ms(0), Some(b)), Some(ms(120)));
         // Without a hint: exactly next_pause.
         assert_eq!(o.next_pause_hinted(0, ms(0), None), o.next_pause(0, ms(0)));
+    }
+
+    #[test]
+    fn a_cold_prior_is_probed_towards_and_polled_from() {
+        let o = WaitOptions::default();
+        let ms = Duration::from_millis;
+        let p = ms(1600);
+        // Probes at 100 ms, then 4× the time elapsed, landing on the prior.
+        assert_eq!(o.next_pause_prior(0, ms(3), p), Some(ms(97)));
+        assert_eq!(o.next_pause_prior(1, ms(102), p), Some(ms(306)));
+        assert_eq!(o.next_pause_prior(2, ms(410), p), Some(ms(1190)));
+        // From the prior on: the usual cadence.
+        assert_eq!(o.next_pause_prior(3, ms(1601), p), Some(ms(100)));
+        assert_eq!(o.next_pause_prior(30, ms(9000), p), Some(ms(500)));
+        // A long prior (resize): the probes grow geometrically, a few polls to reach it.
+        let mut at = ms(2);
+        let mut polls = 0;
+        while at < ms(8000) {
+            at += o.next_pause_prior(polls, at, ms(8000)).unwrap();
+            polls += 1;
+        }
+        assert_eq!((polls, at), (5, ms(8000)));
+        // The deadline still clamps.
+        let short = WaitOptions {
+            deadline: ms(300),
+            ..o
+        };
+        assert_eq!(short.next_pause_prior(1, ms(150), p), Some(ms(150)));
+        assert_eq!(short.next_pause_prior(1, ms(300), p), None);
     }
 
     #[test]
