@@ -388,3 +388,30 @@ fn a_bring_up_does_not_ask_again_what_it_just_saw() {
     assert_eq!(count("/status/current"), 0, "{after:#?}");
     assert_eq!(count("/config"), 2, "{after:#?}");
 }
+
+/// A fresh host (nothing learned, no journal): the restore and the start are first polled
+/// near PVE's typical durations (the cold prior, `pve_api::durations::prior`), not from
+/// zero at 10 polls a second. At time scale 1 the simulator models a restore of ~2.1 s and
+/// a start of 1 s: polled from zero at 100 ms that is ~31 task polls; with the prior ~15.
+#[test]
+fn a_cold_bring_up_polls_its_tasks_from_near_their_typical_end() {
+    let sim = Sim::with("", 1.0);
+    let spec = sim.write_spec("acme.toml", &spec("acme", "1160", MOUNT));
+    let out = sim.felhom(&["--output", "json", "provision", spec.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let reqs = sim.get("requests").as_array().unwrap().clone();
+    let task_polls = reqs
+        .iter()
+        .filter(|r| {
+            r["method"] == "GET"
+                && r["path"].as_str().is_some_and(|p| {
+                    p == "/nodes/pve/tasks"
+                        || (p.starts_with("/nodes/pve/tasks/") && p.ends_with("/status"))
+                })
+        })
+        .count();
+    assert!(
+        (1..=18).contains(&task_polls),
+        "{task_polls} task polls for one cold bring-up"
+    );
+}
