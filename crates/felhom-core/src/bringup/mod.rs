@@ -347,7 +347,15 @@ pub(crate) fn record_guest(cx: &JobCx, state: &str) -> Result<(), StepError> {
 
 /// The act of a "wait for the guest" step: observe until done or the deadline. Polled like
 /// a PVE task (`WaitOptions::next_pause_hinted`): once this host's lease or key time is
-/// known, one look at its start, a look every 50 ms to its end, then a short back-off.
+/// known, one look at its start, then a look every `min_interval` to its end, then a short
+/// back-off. Before it is known, a lease (a request to PVE per look) is probed towards
+/// [`linkup::LEASE_PRIOR`] and looked for at the cadence from there
+/// (`WaitOptions::next_pause_prior`); an SSH key (no PVE request) is looked for from the
+/// start.
+///
+/// The lease cadence is 100 ms, the key's 50 ms: each lease look is a request to the
+/// node, and at 100 guests a 50 ms cadence inside the learned bracket made most of the
+/// node's busiest second; 100 ms keeps the median detection near 50 ms.
 async fn poll_until(
     cx: &JobCx,
     step: BringupStep,
@@ -363,11 +371,26 @@ async fn poll_until(
         deadline: timeout,
         ..pve_api::WaitOptions::default()
     };
+    let (opts, prior) = match step {
+        BringupStep::Linkup => (
+            pve_api::WaitOptions {
+                min_interval: Duration::from_millis(100),
+                fast_polls: 10,
+                ..opts
+            },
+            linkup::lease_prior(cx),
+        ),
+        _ => (opts, None),
+    };
     let hint = cx.waits.expected(step.name());
     let started = Instant::now();
     let mut not_yet_at = Duration::ZERO;
     for n in 0.. {
-        let Some(pause) = opts.next_pause_hinted(n, started.elapsed(), hint) else {
+        let pause = match (hint, prior) {
+            (None, Some(p)) => opts.next_pause_prior(n, started.elapsed(), p),
+            _ => opts.next_pause_hinted(n, started.elapsed(), hint),
+        };
+        let Some(pause) = pause else {
             break;
         };
         tokio::time::sleep(pause).await;
