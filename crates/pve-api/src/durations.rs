@@ -39,9 +39,11 @@ use std::time::{Duration, Instant};
 /// | `vzdestroy` | 0.4 s | 0.5 s | pve-sim `model::DESTROY` |
 /// | `vzclone` | 1.2 s | linked 1.5 s, full 2 s + 1 s/GiB | docs/pve-fidelity.md (clone) |
 /// | `vztemplate` | 0.8 s | 1 s | docs/pve-fidelity.md (clone) |
-/// | `resize` | 8 s | e2fsck -f + resize2fs: over 10 s in the seed's F4 (the PUT behind it waited out the 10 s flock) | docs/seed.md, docs/pve-reference.md §10, pve-sim `model::RESIZE` 12 s |
 ///
-/// Others (`vzdump`, …) vary too much with the guest to guess.
+/// None for `resize` (e2fsck -f and resize2fs: over 10 s in the seed's F4, but it scales with
+/// the file system, from about a second for a small one; a prior far above a small resize
+/// would make its wait late by seconds and teach a bracket too wide to save anything), nor
+/// for others (`vzdump`, …) that vary as much with the guest.
 pub fn prior(task_type: &str) -> Option<Duration> {
     let ms = match task_type {
         "vzrestore" | "vzcreate" => 1600,
@@ -50,7 +52,6 @@ pub fn prior(task_type: &str) -> Option<Duration> {
         "vzshutdown" => 1000,
         "vzclone" => 1200,
         "vztemplate" => 800,
-        "resize" => 8000,
         _ => return None,
     };
     Some(Duration::from_millis(ms))

@@ -761,7 +761,7 @@ mod tests {
         // From the prior on: the usual cadence.
         assert_eq!(o.next_pause_prior(3, ms(1601), p), Some(ms(100)));
         assert_eq!(o.next_pause_prior(30, ms(9000), p), Some(ms(500)));
-        // A long prior (resize): the probes grow geometrically, a few polls to reach it.
+        // A long prior: the probes grow geometrically, a few polls to reach it.
         let mut at = ms(2);
         let mut polls = 0;
         while at < ms(8000) {
@@ -769,6 +769,8 @@ mod tests {
             polls += 1;
         }
         assert_eq!((polls, at), (5, ms(8000)));
+        assert_eq!(crate::durations::prior("resize"), None);
+        assert_eq!(crate::durations::prior("vzstart"), Some(ms(800)));
         // The deadline still clamps.
         let short = WaitOptions {
             deadline: ms(300),
