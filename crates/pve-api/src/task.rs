@@ -463,8 +463,8 @@ impl PveClient {
     }
 
     /// The one schedule of [`PveClient::wait_task`] and [`PveClient::watch_task`]: sleep as
-    /// the learned durations and [`WaitOptions`] say, take a look (`look`: its own status,
-    /// or the node's shared task list), and end on a stopped task, the deadline, PVE
+    /// the learned durations (before any, the type's cold prior) and [`WaitOptions`] say,
+    /// take a look (`look`: its own status, or the node's shared task list), and end on a stopped task, the deadline, PVE
     /// unreachable past the budget, or an error that is not "not yet". A task this client
     /// did not start (another process's, or one resumed from a journal) has no known
     /// origin: it is waited for at the usual cadence and teaches nothing.

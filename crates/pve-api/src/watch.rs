@@ -13,7 +13,7 @@
 //! How: each waiter keeps its own schedule ([`crate::WaitOptions`], the learned durations
 //! of [`crate::durations`]); when it wants a look it asks its node's [`NodeWatch`] for a
 //! list sent no earlier than that moment. The first asker sends the request (never sooner
-//! than [`NODE_POLL_GAP`] after the previous one's answer); everyone waiting meanwhile shares that
+//! than [`NODE_POLL_GAP`] after the previous one); everyone waiting meanwhile shares that
 //! answer. There is no background task: a node with no waiter sends nothing. A watched UPID
 //! missing from the list (cut off by `limit`, or not visible yet) is read with one status
 //! request, as a single-task wait would; a list the node refuses (not transient) hands the
@@ -170,9 +170,9 @@ pub(crate) struct Look {
 pub(crate) struct NodeWatch {
     /// Watched UPID → (start time, waiters).
     waiting: Mutex<HashMap<String, (u64, usize)>>,
-    /// The last look or error, when its request was sent and when its answer came, behind
-    /// the lock that makes one request at a time.
-    last: tokio::sync::Mutex<Option<(Instant, Instant, Result<Look, ApiError>)>>,
+    /// The last look or error and when its request was sent, behind the lock that makes
+    /// one request at a time.
+    last: tokio::sync::Mutex<Option<(Instant, Result<Look, ApiError>)>>,
 }
 
 /// Removes a waiter from its node's watch when its wait ends, however it ends.
@@ -214,15 +214,13 @@ impl NodeWatch {
         starttime: u64,
     ) -> Result<Look, ApiError> {
         let mut last = self.last.lock().await;
-        if let Some((sent, answered, prev)) = last.as_ref() {
+        if let Some((sent, prev)) = last.as_ref() {
             // Sent since this waiter asked: share it (an error too, so a node that is down
             // gets one request per gap, not one per waiter).
             if *sent >= wanted && prev.as_ref().map_or(true, |l| l.since <= starttime) {
                 return prev.clone();
             }
-            // The gap counts from the answer: two requests sent 100 ms apart can reach the
-            // node closer than that (the first one slower on its way), answers cannot.
-            tokio::time::sleep_until((*answered + NODE_POLL_GAP).into()).await;
+            tokio::time::sleep_until((*sent + NODE_POLL_GAP).into()).await;
         }
         let (since, watched) = {
             let w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
@@ -249,7 +247,7 @@ impl NodeWatch {
                     .collect(),
             ),
         });
-        *last = Some((sent, Instant::now(), res.clone()));
+        *last = Some((sent, res.clone()));
         res
     }
 }
