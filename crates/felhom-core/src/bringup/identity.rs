@@ -109,7 +109,7 @@ pub(super) fn modified_is_not_yet(e: ApiError) -> StepError {
     }
 }
 
-/// MACs in use on the node, other than `except`'s, plus the golden's (F1: every guest
+/// MACs in use on any node of the cluster, other than `except`'s, plus the golden's (F1: every guest
 /// restored without a reset would share the golden's MAC).
 pub(super) async fn taken_macs(
     cx: &JobCx,
@@ -129,18 +129,20 @@ pub(super) async fn taken_macs(
         .into_iter()
         .map(|g| (g.vmid, g))
         .collect();
-    for g in cx.client.lxc_list(&cx.node).await? {
-        if Some(g.vmid) == except.map(|v| v.get()) {
+    // Every node's guests (one cluster read): a MAC is unique across the cluster.
+    let cluster = crate::cluster::ClusterView::read(&cx.client).await?;
+    for (vmid, at) in cluster.guests() {
+        if Some(vmid) == except.map(|v| v.get()) {
             continue;
         }
-        if let Some(mac) = recorded.get(&g.vmid).and_then(|r| r.mac.clone()) {
+        if let Some(mac) = recorded.get(&vmid).and_then(|r| r.mac.clone()) {
             taken.insert(mac.to_ascii_uppercase());
             continue;
         }
-        let Ok(v) = Vmid::try_from(g.vmid) else {
+        let Ok(v) = Vmid::try_from(vmid) else {
             continue;
         };
-        if let Some(cfg) = guest::config_of(&cx.client, &cx.node, v).await? {
+        if let Some(cfg) = guest::config_of(&cx.client, &at.node, v).await? {
             taken.extend(guest::all_macs(&cfg));
         }
     }

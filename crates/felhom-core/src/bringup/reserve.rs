@@ -40,7 +40,7 @@ pub(crate) async fn act(cx: &JobCx) -> Result<(), StepError> {
         VmidChoice::NextFree => {
             // The VMID `plan` showed (chosen for this job in spec order) first, then the
             // next free ones if another process took it meanwhile.
-            let picker = VmidPicker::new(&cx.client, &cx.journal, &cx.node, range)
+            let picker = VmidPicker::new(&cx.client, &cx.journal, range)
                 .await
                 .map_err(|e| match e {
                     guest::PickError::Api(e) => StepError::Api(e),

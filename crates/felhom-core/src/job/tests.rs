@@ -347,6 +347,7 @@ fn job_cx(journal: &Path, job: &str) -> JobCx {
         connect_budget: CONNECT_BUDGET,
         strategy: Default::default(),
         specs: Vec::new(),
+        nodes: Vec::new(),
         agent: Default::default(),
     };
     JobCx {
