@@ -308,12 +308,22 @@ impl<'v> Placer<'v> {
                 format!("no node fits: {}", rejected.join("; "))
             });
         };
+        let figure = |b: u64, known: bool| if known { gib(b) } else { "unknown".into() };
+        let mem_known = self.view.nodes.get(&node).is_some_and(|n| n.maxmem > 0);
+        let disk_known = self
+            .view
+            .storage(&node, &need.storage)
+            .is_some_and(|s| s.maxdisk > 0);
         let why = format!(
-            "most free memory ({}), then free space on {} ({}), then fewest running guests ({running}), then name; of {} candidate(s)",
-            gib(free_mem),
+            "most free memory ({}), then free space on {} ({}), then fewest running guests ({running}), then name; of {} candidate(s): {}",
+            figure(free_mem, mem_known),
             need.storage,
-            gib(free_disk),
-            fits.len()
+            figure(free_disk, disk_known),
+            fits.len(),
+            fits.iter()
+                .map(|f| f.3.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         *self.placed_mem.entry(node.clone()).or_default() += need.mem;
         *self.placed_count.entry(node.clone()).or_default() += 1;
