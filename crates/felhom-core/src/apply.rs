@@ -172,8 +172,19 @@ impl Felhom {
             if !self.config.vmid_range.contains(vmid) || recorded.contains(&vmid.get()) {
                 continue;
             }
-            let Some(cfg) = guest::config_of(&self.client, &at.node, vmid).await? else {
+            // A guest on a node that is down cannot be read; it is looked at again on the
+            // next run (its VMID stays taken for the pickers: it is in the read).
+            if !cluster.node_online(&at.node) && cluster.node_names().next().is_some() {
                 continue;
+            }
+            let cfg = match guest::config_of(&self.client, &at.node, vmid).await {
+                Ok(Some(c)) => c,
+                Ok(None) => continue,
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(%vmid, node = %at.node, error = %e, "cannot read an unrecorded guest's marker now");
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
             };
             if let Some(m) = guest::marker_of(&cfg) {
                 if let Some(name) = m.name {
@@ -569,7 +580,19 @@ impl Felhom {
                         Ok((placed, how)) => {
                             // The job keeps the node placement chose: placed once.
                             *s = placed;
-                            with_placement(self.decide_with(s, &observed).await?, how)
+                            match self.decide_with(s, &observed).await {
+                                Ok(d) => with_placement(d, how),
+                                // One guest PVE cannot tell about now (its node down, no
+                                // answer): that guest pauses, the others go on.
+                                Err(OpsError::Api(e)) if self.client.refused_certificate().is_none() => {
+                                    Decision::Refuse {
+                                        vmid: None,
+                                        why: format!("cannot look at this guest now ({e}); nothing was done: apply again when PVE answers for node {}", s.node),
+                                        needs_person: true,
+                                    }
+                                }
+                                Err(e) => return Err(e),
+                            }
                         }
                         Err(why) => refuse(None, format!("node: {why}")),
                     }),

@@ -77,10 +77,12 @@ impl Limits {
             .clone()
     }
     /// Permits in a fixed order (storage, node, global) so two jobs can never deadlock.
+    /// `node` is the job's (placed or followed) node; a storage is counted per node, as
+    /// `local-lvm` on two nodes is two volume groups with locks of their own.
     async fn acquire(&self, node: &str, storage: Option<&str>) -> Vec<OwnedSemaphorePermit> {
         let mut permits = Vec::new();
         if let Some(s) = storage {
-            if let Ok(p) = Self::sem(&self.per_storage, s, self.storage_cap)
+            if let Ok(p) = Self::sem(&self.per_storage, &format!("{node}/{s}"), self.storage_cap)
                 .acquire_owned()
                 .await
             {
