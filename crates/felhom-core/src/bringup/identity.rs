@@ -47,7 +47,11 @@ pub(super) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
     };
     let net_ok = net0_drift(net0_of(&cfg)?.as_ref(), s).is_empty();
     if hostname_ok && mac_ok && net_ok {
-        let taken = taken_macs(cx, Some(vmid)).await?;
+        let scan = scan_cluster(cx, Some(vmid)).await?;
+        if cx.owner_job() == cx.job_id {
+            one_guest_per_identity(vmid, s, &scan.twins)?;
+        }
+        let taken = scan.macs;
         if !taken.contains(mac.as_deref().unwrap_or_default()) {
             return Ok(Observed::Done(
                 json!({ "mac": mac, "hostname": s.hostname }),
@@ -109,12 +113,65 @@ pub(super) fn modified_is_not_yet(e: ApiError) -> StepError {
     }
 }
 
+/// Several felhom processes (each with its own journal) may bring up one identity at the same
+/// time: each decided `create` before the other's guest carried its marker. PVE is the only
+/// shared truth, so the bring-up settles it there, after its own restore made its marker
+/// visible and before its guest ever starts: it reads every guest's marker (the same cluster
+/// scan as the MAC check) and, finding another guest of its identity made by another job,
+/// - that guest has the lower VMID, or it finished its bring-up (`state=provisioned`): this
+///   one yields — refused, so the bring-up rolls back and destroys its own guest;
+/// - else (higher VMID, still provisioning): not yet — that process sees this guest when it
+///   gets here and yields; this one waits (the step's retries, then it pauses).
+///
+/// Each process writes (its marker) before it reads (this scan), so of two racing bring-ups
+/// at least one sees the other: never both keep a guest. Both may yield only if the lower one
+/// gives up waiting; a re-run then makes the one guest.
+fn one_guest_per_identity(
+    vmid: Vmid,
+    s: &GuestSpec,
+    twins: &[(u32, crate::marker::Marker)],
+) -> Result<(), StepError> {
+    let id = s.identity_key();
+    for (other, m) in twins {
+        if m.customer != id.customer || m.name.as_deref().unwrap_or_default() != id.name {
+            continue;
+        }
+        if *other < vmid.get() || m.state == crate::marker::MarkerState::Provisioned {
+            return Err(StepError::Refused(format!(
+                "identity {id} is already guest {other}, made by felhom job {} (another felhom process); this bring-up yields and removes its own guest {vmid}",
+                m.job
+            )));
+        }
+        return Err(StepError::NotYet(format!(
+            "guest {other} (felhom job {}, another felhom process) is bringing up {id} too; waiting for it to yield to guest {vmid}",
+            m.job
+        )));
+    }
+    Ok(())
+}
+
+/// What one scan of the cluster's guests found: MACs in use, and felhom's markers on guests
+/// this journal has no record of (another felhom process's guests).
+pub(super) struct ClusterScan {
+    pub macs: HashSet<String>,
+    pub twins: Vec<(u32, crate::marker::Marker)>,
+}
+
 /// MACs in use on any node of the cluster, other than `except`'s, plus the golden's (F1: every guest
 /// restored without a reset would share the golden's MAC).
 pub(super) async fn taken_macs(
     cx: &JobCx,
     except: Option<Vmid>,
 ) -> Result<HashSet<String>, StepError> {
+    Ok(scan_cluster(cx, except).await?.macs)
+}
+
+/// [`taken_macs`] with the unrecorded guests' markers.
+pub(super) async fn scan_cluster(
+    cx: &JobCx,
+    except: Option<Vmid>,
+) -> Result<ClusterScan, StepError> {
+    let mut twins = Vec::new();
     let mut taken = HashSet::new();
     // Under the provision policy the golden's MAC is never a guest's (F1); a DR restore
     // keeps the archived MAC on purpose.
@@ -135,6 +192,10 @@ pub(super) async fn taken_macs(
         if Some(vmid) == except.map(|v| v.get()) {
             continue;
         }
+        // A down node's guests cannot be read until it is back.
+        if !cluster.node_online(&at.node) && cluster.node_names().next().is_some() {
+            continue;
+        }
         if let Some(mac) = recorded.get(&vmid).and_then(|r| r.mac.clone()) {
             taken.insert(mac.to_ascii_uppercase());
             continue;
@@ -144,9 +205,12 @@ pub(super) async fn taken_macs(
         };
         if let Some(cfg) = guest::config_of(&cx.client, &at.node, v).await? {
             taken.extend(guest::all_macs(&cfg));
+            if let Some(m) = guest::marker_of(&cfg) {
+                twins.push((vmid, m));
+            }
         }
     }
-    Ok(taken)
+    Ok(ClusterScan { macs: taken, twins })
 }
 
 pub(super) fn fresh_mac(taken: &HashSet<String>) -> String {

@@ -129,3 +129,25 @@ pub(crate) fn undo(cx: &JobCx) -> Result<(), StepError> {
 pub(crate) fn plan(p: &PlanCx) -> Vec<String> {
     vec![format!("lease VMID {}", p.vmid)]
 }
+
+/// The restore found `taken` occupied after all: another felhom process (another journal) or
+/// someone else created a guest there between this job's reserve and its restore — PVE's
+/// placeholder config is the only VMID reservation that holds across processes. A job whose
+/// spec says `vmid = "auto"` gives the VMID up (lease, provisioning record) and reserves the
+/// next free one; the restore then dispatches there. Returns the new VMID.
+pub(crate) async fn move_on(cx: &JobCx, taken: Vmid) -> Result<Vmid, StepError> {
+    if let Some(g) = cx.journal.guest(taken.get())? {
+        if g.job_id == cx.job_id && g.state == "provisioning" {
+            cx.journal.forget_guest(taken.get(), &cx.job_id)?;
+        }
+    }
+    cx.journal.release_lease(taken, &cx.job_id)?;
+    cx.update_facts(|f| {
+        f.vmid = None;
+        f.vmid_hint = None;
+    });
+    act(cx).await?;
+    let now = cx.vmid()?;
+    super::record_guest(cx, "provisioning")?;
+    Ok(now)
+}
