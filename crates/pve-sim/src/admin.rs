@@ -14,7 +14,9 @@
 //! and nothing changes. The one route without it, `guests/{vmid}/ssh`, only names a
 //! loopback port any local user can list (`ss -tln`), and is what felhom's SSH step asks on
 //! its own (`SshEndpoint::Sim`), holding only its PVE token. Faults are set by `--faults` at
-//! start; no route changes them.
+//! start; the cluster faults (`node_down:<node>`, `no_quorum`) are also set and cleared at
+//! run time (`POST /felhom-sim/faults`), and `POST /felhom-sim/migrate` moves a stopped guest
+//! to another node as `pct migrate` would (someone else's migration, for felhom to follow).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -115,6 +117,7 @@ pub async fn dump(sim: &Arc<Sim>) -> Value {
                 let ip = ips.first().cloned();
                 json!({
                     "vmid": g.vmid,
+                    "node": g.node,
                     "status": if g.running { "running" } else { "stopped" },
                     "config": g.config,
                     "lock": g.config.get("lock"),
@@ -132,7 +135,9 @@ pub async fn dump(sim: &Arc<Sim>) -> Value {
             })
             .collect();
         let tasks: Vec<Value> = st.tasks.iter().map(|t| json!({ "upid": t.upid, "type": t.task_type, "id": t.id, "status": t.status, "exitstatus": t.exitstatus, "start_ms": t.start_ms, "end_ms": t.end_ms, "modelled_ms": t.modelled_ms })).collect();
-        json!({ "node": st.node, "guests": guests, "volumes": st.volumes, "leases": st.leases, "tasks": tasks, "counters": st.counters, "pools": st.pools, "linked": st.linked })
+        let faults = sim.cluster_faults.borrow().clone();
+        let storages: Vec<Value> = st.storages.iter().map(|s| json!({ "id": s.id, "type": s.storage_type, "shared": s.shared, "nodes": s.nodes })).collect();
+        json!({ "node": st.node, "storages": storages, "nodes": st.nodes.iter().map(|n| json!({ "name": n.name, "online": !faults.down.contains(&n.name) })).collect::<Vec<_>>(), "faults": { "node_down": faults.down, "no_quorum": faults.no_quorum }, "guests": guests, "volumes": st.volumes, "leases": st.leases, "tasks": tasks, "counters": st.counters, "pools": st.pools, "linked": st.linked })
     });
     let mut body = body;
     body["locks"] = json!(flocks);
@@ -188,8 +193,11 @@ pub async fn requests(
     Json(Value::Array(reqs)).into_response()
 }
 
-/// A storage to add to the node (`POST /felhom-sim/storages`): the storage types decide what
-/// clones and templates may do (`crate::clone`).
+/// A storage to add to the cluster (`POST /felhom-sim/storages`): the storage types decide
+/// what clones and templates may do (`crate::clone`); `shared` makes one pool every node
+/// sees (else each node has its own volumes and space under it); `nodes` limits the nodes
+/// it is available on. A `dir` storage with `backup` content has one dump directory
+/// (`dump_dir`) whatever node reads it.
 #[derive(serde::Deserialize)]
 pub struct StorageReq {
     id: String,
@@ -198,6 +206,12 @@ pub struct StorageReq {
     content: Vec<String>,
     #[serde(default)]
     total_gib: Option<u64>,
+    /// One pool of volumes every node sees (storage.cfg `shared 1`).
+    #[serde(default)]
+    shared: bool,
+    /// The nodes it is available on (storage.cfg `nodes`); all when absent.
+    #[serde(default)]
+    nodes: Option<Vec<String>>,
 }
 
 /// PVE's storage plugin types the simulator knows.
@@ -229,11 +243,25 @@ pub async fn storages(
         )
             .into_response();
     }
+    if let Some(bad) = s
+        .nodes
+        .iter()
+        .flatten()
+        .find(|n| !sim.read(|st| st.has_node(n)))
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "message": format!("nodes: '{bad}' is not a node of this cluster"), "data": null })),
+        )
+            .into_response();
+    }
     let def = crate::state::StorageDef {
         id: s.id.clone(),
         storage_type: s.storage_type,
         content: s.content,
         total: s.total_gib.unwrap_or(1024) << 30,
+        shared: s.shared,
+        nodes: s.nodes,
     };
     sim.mutate(|st| {
         st.storages.retain(|x| x.id != def.id);
@@ -343,4 +371,164 @@ pub async fn ssh(
         )
             .into_response(),
     }
+}
+
+/// `POST /felhom-sim/faults` `{"set": "node_down:pve2"}` / `{"clear": "node_down:pve2"}` /
+/// `{"set": "no_quorum"}` / `{"clear": "no_quorum"}`: change a cluster fault at run time.
+/// Answers the faults now in force, `{"node_down": [...], "no_quorum": bool}`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultReq {
+    #[serde(default)]
+    set: Option<String>,
+    #[serde(default)]
+    clear: Option<String>,
+}
+
+pub async fn faults(
+    AxState(sim): AxState<Arc<Sim>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = authorized(&sim, &peer, &headers) {
+        return r;
+    }
+    let bad = |m: String| (StatusCode::BAD_REQUEST, m).into_response();
+    let f: FaultReq = match serde_json::from_slice(&body) {
+        Ok(f) => f,
+        Err(e) => return bad(format!("fault request: {e}")),
+    };
+    let (text, on) = match (f.set, f.clear) {
+        (Some(t), None) => (t, true),
+        (None, Some(t)) => (t, false),
+        _ => return bad("fault request: give exactly one of \"set\" or \"clear\"".into()),
+    };
+    let fault: crate::faults::ClusterFault = match text.parse() {
+        Ok(f) => f,
+        Err(e) => return bad(e),
+    };
+    match sim.set_cluster_fault(&fault, on) {
+        Ok(now) => {
+            Json(json!({ "node_down": now.down, "no_quorum": now.no_quorum })).into_response()
+        }
+        Err(e) => bad(e),
+    }
+}
+
+/// `POST /felhom-sim/migrate` `{"vmid": 105, "node": "pve3"}`: an offline migration as
+/// `pct migrate <vmid> <node>` does it (pve-container `src/PVE/API2/LXC.pm` `migrate_vm`,
+/// `src/PVE/LXC/Migrate.pm`), done at once (no `vzmigrate` task): the config moves to the
+/// target node, and so do the guest's volumes on node-local storages (same volume ids);
+/// volumes on shared storages stay where they are. Refused (409, PVE's text in `message`):
+/// a running guest (`can't migrate running container without --online or --restart`), a
+/// locked one, an unknown or down node, the node it is on, and a node-local storage that is
+/// not available on the target. A linked clone on node-local storage is refused as
+/// `Migrate.pm` refuses it.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateReq {
+    vmid: u32,
+    node: String,
+}
+
+pub async fn migrate(
+    AxState(sim): AxState<Arc<Sim>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = authorized(&sim, &peer, &headers) {
+        return r;
+    }
+    let m: MigrateReq = match serde_json::from_slice(&body) {
+        Ok(m) => m,
+        Err(e) => {
+            return (StatusCode::BAD_REQUEST, format!("migrate request: {e}")).into_response()
+        }
+    };
+    // The config flock, as the migration's `lock_config`.
+    let guard = match sim.flock(m.vmid, crate::sim::model::LOCK_TIMEOUT).await {
+        Ok(g) => g,
+        Err(e) => return refused(&e),
+    };
+    let target = m.node.clone();
+    let down = |n: &str| sim.node_down(n);
+    let no_quorum = sim.no_quorum();
+    let r = sim.mutate(|st| -> Result<String, String> {
+        if no_quorum {
+            return Err(crate::api::NO_QUORUM.to_string());
+        }
+        if !st.has_node(&target) {
+            return Err(format!("no such cluster node '{target}'"));
+        }
+        let g = st
+            .guests
+            .get(&m.vmid)
+            .ok_or_else(|| pve_api::texts::no_config(&st.node, m.vmid))?;
+        let source = g.node.clone();
+        if down(&source) || down(&target) {
+            let which = if down(&source) { &source } else { &target };
+            return Err(format!("node '{which}' is down"));
+        }
+        if source == target {
+            return Err("target is local node.".to_string());
+        }
+        if g.running {
+            return Err("can't migrate running container without --online or --restart".into());
+        }
+        if let Some(l) = g.config.get("lock") {
+            return Err(pve_api::texts::locked(l));
+        }
+        for v in st.volumes.iter().filter(|v| v.owner == m.vmid) {
+            let Some(sdef) = st.storage(&v.storage) else {
+                continue;
+            };
+            if sdef.shared {
+                continue;
+            }
+            if !sdef.on_node(&target) {
+                return Err(format!(
+                    "storage '{}' is not available on node '{target}'",
+                    v.storage
+                ));
+            }
+            if let Some(base) = st.linked.get(&v.volid) {
+                return Err(format!(
+                    "can't migrate local volume '{}': clone of '{base}'",
+                    v.volid
+                ));
+            }
+        }
+        let moved: Vec<String> = st
+            .volumes
+            .iter()
+            .filter(|v| v.owner == m.vmid && v.node == source)
+            .filter(|v| st.storage(&v.storage).is_some_and(|s| !s.shared))
+            .map(|v| v.volid.clone())
+            .collect();
+        for v in st.volumes.iter_mut().filter(|v| moved.contains(&v.volid)) {
+            v.node = target.clone();
+        }
+        if let Some(g) = st.guests.get_mut(&m.vmid) {
+            g.node = target.clone();
+        }
+        st.counters.migrations += 1;
+        Ok(source)
+    });
+    drop(guard);
+    match r {
+        Ok(source) => {
+            Json(json!({ "vmid": m.vmid, "from": source, "node": m.node })).into_response()
+        }
+        Err(e) => refused(&e),
+    }
+}
+
+fn refused(message: &str) -> Response {
+    (
+        StatusCode::CONFLICT,
+        Json(json!({ "message": message, "data": null })),
+    )
+        .into_response()
 }

@@ -306,6 +306,8 @@ mod tests {
                 storage_type: ty.into(),
                 content: vec!["rootdir".into()],
                 total: 1 << 40,
+                shared: false,
+                nodes: None,
             });
         }
         assert_eq!(

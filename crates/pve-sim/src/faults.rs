@@ -30,6 +30,62 @@ pub struct FaultSpec {
     pub post_effect_595: Vec<(String, f64)>,
     /// Seed for the fault RNG, so runs are repeatable.
     pub seed: Option<u64>,
+    /// `node_down:<name>`: nodes down from the start (also set and cleared at run time
+    /// through `POST /felhom-sim/faults`).
+    pub node_down: Vec<String>,
+    /// `no_quorum`: the cluster has lost quorum from the start (also at run time).
+    pub no_quorum: bool,
+}
+
+/// The cluster faults in force now: what `--faults` set at start, changed at run time by
+/// `POST /felhom-sim/faults` (`admin.rs`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterFaults {
+    pub down: std::collections::BTreeSet<String>,
+    pub no_quorum: bool,
+}
+
+/// One cluster fault as the side channel and `--faults` name it: `node_down:<name>` or
+/// `no_quorum`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterFault {
+    NodeDown(String),
+    NoQuorum,
+}
+
+impl FromStr for ClusterFault {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s == "no_quorum" || s == "no_quorum=1" {
+            return Ok(ClusterFault::NoQuorum);
+        }
+        let name = s
+            .strip_prefix("node_down:")
+            .or_else(|| s.strip_prefix("node_down="))
+            .ok_or_else(|| {
+                format!("cluster fault '{s}' must be node_down:<node name> or no_quorum")
+            })?;
+        if name.is_empty() {
+            return Err("node_down: wants a node name (node_down:<name>)".into());
+        }
+        Ok(ClusterFault::NodeDown(name.to_string()))
+    }
+}
+
+impl ClusterFaults {
+    /// Set (`on`) or clear a fault.
+    pub fn apply(&mut self, f: &ClusterFault, on: bool) {
+        match f {
+            ClusterFault::NodeDown(n) if on => {
+                self.down.insert(n.clone());
+            }
+            ClusterFault::NodeDown(n) => {
+                self.down.remove(n);
+            }
+            ClusterFault::NoQuorum => self.no_quorum = on,
+        }
+    }
 }
 
 /// The kinds of mutating guest request `post_effect_595:<kind>` can name.
@@ -103,6 +159,13 @@ impl FromStr for FaultSpec {
     fn from_str(s: &str) -> Result<Self, String> {
         let mut f = FaultSpec::default();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            if part.starts_with("node_down") || part.starts_with("no_quorum") {
+                match part.parse::<ClusterFault>()? {
+                    ClusterFault::NodeDown(n) => f.node_down.push(n),
+                    ClusterFault::NoQuorum => f.no_quorum = true,
+                }
+                continue;
+            }
             let (k, v) = part
                 .split_once('=')
                 .ok_or_else(|| format!("fault '{part}' must be key=value"))?;
@@ -131,7 +194,7 @@ impl FromStr for FaultSpec {
                     }
                     f.task_fail.push((t, prob(k, v)?));
                 }
-                other => return Err(format!("unknown fault '{other}' (known: lock500, http503, post_effect_595[:<kind>], task_fail:<type>, latency, dhcp_delay, seed)")),
+                other => return Err(format!("unknown fault '{other}' (known: lock500, http503, post_effect_595[:<kind>], task_fail:<type>, latency, dhcp_delay, seed, node_down:<node>, no_quorum)")),
             }
         }
         Ok(f)
@@ -173,5 +236,10 @@ mod tests {
             .unwrap_err()
             .contains("boot"));
         assert!("post_effect_595=1.5".parse::<FaultSpec>().is_err());
+        let f: FaultSpec = "node_down:pve2,no_quorum,seed=1".parse().unwrap();
+        assert_eq!(f.node_down, vec!["pve2".to_string()]);
+        assert!(f.no_quorum);
+        assert!("node_down:".parse::<FaultSpec>().is_err());
+        assert!("no_quorumx".parse::<FaultSpec>().is_err());
     }
 }

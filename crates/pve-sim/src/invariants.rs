@@ -1,6 +1,7 @@
 //! What must never be true of a host after felhom is done with it, read from the state dump
 //! (`GET /felhom-sim/state`): a volume no guest owns, two guests sharing a MAC, an IP or an
-//! SSH host key. The integration tests assert these are empty and `felhom bench reliability`
+//! SSH host key; and of a cluster: a VMID on more than one node, a volume of a node-local
+//! storage on another node than its owner's config. The integration tests assert these are empty and `felhom bench reliability`
 //! counts them, so both judge by the same rules.
 
 use std::collections::{BTreeSet, HashMap};
@@ -22,6 +23,11 @@ pub struct Violations {
     pub duplicate_ips: Vec<String>,
     /// SSH host-key fingerprints served by more than one guest.
     pub duplicate_keys: Vec<String>,
+    /// VMIDs with a config on more than one node (pmxcfs allows one).
+    pub duplicate_vmids: Vec<u64>,
+    /// Volume ids on a node-local storage held by another node than the one its owner's
+    /// config is on (a migration that left a disk behind): the guest cannot start there.
+    pub misplaced_volumes: Vec<String>,
 }
 
 impl Violations {
@@ -41,6 +47,19 @@ pub fn check(state: &Value) -> Violations {
         .filter(|(k, _)| *k == "rootfs" || mount_key(k))
         .filter_map(|(_, v)| v.as_str()?.split(',').next())
         .collect();
+    // Cluster facts, where the dump has them (a dump without nodes is one node).
+    let owner_node: HashMap<u64, &str> = guests
+        .iter()
+        .filter_map(|g| Some((g["vmid"].as_u64()?, g["node"].as_str()?)))
+        .collect();
+    let shared: BTreeSet<&str> = state["storages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["shared"].as_bool() == Some(true))
+        .filter_map(|s| s["id"].as_str())
+        .collect();
+    let mut misplaced_volumes = Vec::new();
     let (mut leaked_volumes, mut detached_volumes) = (Vec::new(), Vec::new());
     for v in state["volumes"]
         .as_array()
@@ -50,6 +69,15 @@ pub fn check(state: &Value) -> Violations {
         let volid = v["volid"]
             .as_str()
             .map_or_else(|| v.to_string(), str::to_string);
+        let storage = v["storage"].as_str().unwrap_or_default();
+        if let (Some(node), Some(owner)) = (
+            v["node"].as_str(),
+            v["owner"].as_u64().and_then(|o| owner_node.get(&o)),
+        ) {
+            if node != *owner && !shared.contains(storage) {
+                misplaced_volumes.push(volid.clone());
+            }
+        }
         if !v["owner"].as_u64().is_some_and(|o| vmids.contains(&o)) {
             leaked_volumes.push(volid);
         } else if !in_use.contains(volid.as_str()) {
@@ -69,7 +97,17 @@ pub fn check(state: &Value) -> Violations {
     let keys = guests
         .iter()
         .filter_map(|g| g["ssh"]["fingerprint"].as_str().map(str::to_string));
+    let duplicate_vmids = repeated(
+        guests
+            .iter()
+            .filter_map(|g| g["vmid"].as_u64().map(|v| v.to_string())),
+    )
+    .into_iter()
+    .filter_map(|v| v.parse().ok())
+    .collect();
     Violations {
+        duplicate_vmids,
+        misplaced_volumes,
         leaked_volumes,
         detached_volumes,
         duplicate_macs: repeated(macs),
@@ -133,5 +171,29 @@ mod tests {
         assert_eq!(v.duplicate_ips, ["10.77.0.2"]);
         assert_eq!(v.duplicate_keys, ["SHA256:a"]);
         assert!(!v.is_clean());
+    }
+
+    #[test]
+    fn cluster_violations_are_named() {
+        let state = json!({
+            "storages": [{"id": "local-lvm", "shared": false}, {"id": "ceph", "shared": true}],
+            "guests": [
+                {"vmid": 100, "node": "pve1", "config": {"rootfs": "local-lvm:vm-100-disk-0,size=8G", "mp0": "ceph:vm-100-disk-1,mp=/srv,size=1G"}},
+                {"vmid": 101, "node": "pve2", "config": {"rootfs": "local-lvm:vm-101-disk-0,size=8G"}},
+                {"vmid": 101, "node": "pve3", "config": {"rootfs": "local-lvm:vm-101-disk-0,size=8G"}},
+            ],
+            "volumes": [
+                {"volid": "local-lvm:vm-100-disk-0", "storage": "local-lvm", "owner": 100, "node": "pve2"},
+                {"volid": "ceph:vm-100-disk-1", "storage": "ceph", "owner": 100, "node": "pve3"},
+            ],
+        });
+        let v = check(&state);
+        assert_eq!(v.duplicate_vmids, [101]);
+        assert_eq!(v.misplaced_volumes, ["local-lvm:vm-100-disk-0"]);
+        // A volume on the owner's node, and one on a shared storage, are fine.
+        let mut ok = state.clone();
+        ok["volumes"][0]["node"] = json!("pve1");
+        ok["guests"].as_array_mut().unwrap().pop();
+        assert!(check(&ok).is_clean(), "{:?}", check(&ok));
     }
 }

@@ -40,13 +40,57 @@ pub use state::{State, FELHOM_AGENT_PRIVS};
 pub struct SimConfig {
     pub listen: SocketAddr,
     pub state_dir: PathBuf,
+    /// The node of a single-node simulator (`pve`); ignored when `nodes` is not empty.
     pub node: String,
+    /// The cluster's nodes ([`cluster_node_names`]); empty: just `node`.
+    pub nodes: Vec<String>,
     pub faults: FaultSpec,
     /// Multiplies every modelled duration (tasks, DHCP, lock timeouts, the 401 delay).
     pub time_scale: f64,
     /// What the guests are (`runtime/mod.rs`): modelled records (the default) or real LXC
     /// containers.
     pub guests: RuntimeKind,
+}
+
+impl SimConfig {
+    /// The nodes this simulator serves: `nodes`, or `[node]` when it is empty.
+    pub fn node_names(&self) -> Vec<String> {
+        if self.nodes.is_empty() {
+            vec![self.node.clone()]
+        } else {
+            self.nodes.clone()
+        }
+    }
+}
+
+/// The node names `--nodes` means: a count N (1 → `pve`, N > 1 → `pve1`..`pveN`) or a comma
+/// list of names (each `[a-zA-Z][a-zA-Z0-9-]*`, at most 63 characters, no duplicates).
+pub fn cluster_node_names(spec: &str) -> Result<Vec<String>, String> {
+    let spec = spec.trim();
+    if let Ok(n) = spec.parse::<usize>() {
+        return match n {
+            0 => Err("--nodes: must be at least 1".into()),
+            1 => Ok(vec!["pve".into()]),
+            n if n > 64 => Err(format!("--nodes: at most 64 nodes, got {n}")),
+            n => Ok((1..=n).map(|i| format!("pve{i}")).collect()),
+        };
+    }
+    let mut out: Vec<String> = Vec::new();
+    for name in spec.split(',').map(str::trim) {
+        let ok = name.len() <= 63
+            && name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !ok {
+            return Err(format!(
+                "--nodes: node name '{name}' must be [a-zA-Z][a-zA-Z0-9-]* (at most 63 characters)"
+            ));
+        }
+        if out.iter().any(|x| x == name) {
+            return Err(format!("--nodes: node name '{name}' given twice"));
+        }
+        out.push(name.to_string());
+    }
+    Ok(out)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +145,12 @@ impl SimHandle {
     /// [`pve_api::SIDE_CHANNEL_HEADER`].
     pub fn side_channel_secret(&self) -> &str {
         &self.sim.side_secret
+    }
+
+    /// The cluster's node names, in order (the first is the single node of a one-node sim).
+    pub fn nodes(&self) -> Vec<String> {
+        self.sim
+            .read(|st| st.nodes.iter().map(|n| n.name.clone()).collect())
     }
 
     /// Which runtime the guests use.

@@ -44,12 +44,19 @@ pub mod model {
     pub const DHCP: u64 = 1_500;
     /// How long an injected lock500 blocks before failing (a short, scaled wait).
     pub const INJECTED_LOCK_WAIT: u64 = 1_000;
+    /// How long a call for a down node takes to fail with 595 (the proxy's connect attempt).
+    pub const NODE_DOWN_DELAY: u64 = 1_000;
+    /// Memory a node uses with no guest running (`/cluster/resources` `mem`).
+    pub const NODE_BASE_MEM: u64 = 2 << 30;
 }
+
+/// The config flocks: one per node and VMID (`locks.rs`).
+pub(crate) type FlockMap = HashMap<(String, u32), Arc<tokio::sync::Mutex<()>>>;
 
 pub struct Sim {
     pub cfg: SimConfig,
     pub state: Mutex<State>,
-    pub(crate) locks: Mutex<HashMap<u32, Arc<tokio::sync::Mutex<()>>>>,
+    pub(crate) locks: Mutex<FlockMap>,
     pub(crate) cancels: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
     /// Set by `shutdown`: workers stop waiting (their tasks stay `running`) and nothing more
     /// is persisted, so a stopped simulator never clobbers the state a new one loaded.
@@ -65,6 +72,9 @@ pub struct Sim {
     /// What a side-channel request must present (`admin.rs`); made fresh at every start.
     pub(crate) side_secret: String,
     persist: Persist,
+    /// The cluster faults in force (`node_down`, `no_quorum`); workers of a down node's tasks
+    /// wait on it for the node to return.
+    pub(crate) cluster_faults: tokio::sync::watch::Sender<crate::faults::ClusterFaults>,
 }
 
 /// Group commit of `state.json`. Every mutation is durable before `mutate` returns (write,
@@ -107,7 +117,7 @@ impl Sim {
         let st = match state::load(&cfg.state_dir)? {
             Some(st) => st,
             None => {
-                let mut st = State::bootstrap(&cfg.node);
+                let mut st = State::bootstrap_cluster(&cfg.node_names());
                 // The felhom token; its secret goes to a 0600 file, only its hash to the state.
                 let secret = random_uuid();
                 crate::files::write_atomic(
@@ -125,6 +135,25 @@ impl Sim {
                 st
             }
         };
+        let mut st = st;
+        st.normalize(&cfg.node_names());
+        for n in &cfg.faults.node_down {
+            if !st.has_node(n) {
+                return Err(format!(
+                    "--faults node_down:{n}: no such node (the nodes are {})",
+                    st.nodes
+                        .iter()
+                        .map(|x| x.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        }
+        let faults = crate::faults::ClusterFaults {
+            down: cfg.faults.node_down.iter().cloned().collect(),
+            no_quorum: cfg.faults.no_quorum,
+        };
+        let (cluster_faults, _) = tokio::sync::watch::channel(faults);
         let seed = cfg.faults.seed.unwrap_or_else(rand::random);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         Ok(Arc::new(Sim {
@@ -142,6 +171,7 @@ impl Sim {
             traits_cache: Mutex::default(),
             side_secret,
             persist: Persist::default(),
+            cluster_faults,
         }))
     }
 
@@ -151,6 +181,57 @@ impl Sim {
         self.stopping.store(true, Ordering::SeqCst);
         let _ = self.stop_tx.send(true);
         self.ssh.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// Whether `node` is down (`node_down:<node>`).
+    pub fn node_down(&self, node: &str) -> bool {
+        self.cluster_faults.borrow().down.contains(node)
+    }
+
+    /// Whether the cluster has lost quorum (`no_quorum`).
+    pub fn no_quorum(&self) -> bool {
+        self.cluster_faults.borrow().no_quorum
+    }
+
+    /// Set or clear a cluster fault at run time. A node that does not exist is refused.
+    pub fn set_cluster_fault(
+        &self,
+        f: &crate::faults::ClusterFault,
+        on: bool,
+    ) -> Result<crate::faults::ClusterFaults, String> {
+        if let crate::faults::ClusterFault::NodeDown(n) = f {
+            if !self.read(|st| st.has_node(n)) {
+                return Err(format!("node_down: no such node '{n}'"));
+            }
+        }
+        self.cluster_faults.send_modify(|c| c.apply(f, on));
+        Ok(self.cluster_faults.borrow().clone())
+    }
+
+    /// Wait until `node` is up (at once if it is).
+    pub async fn wait_node_up(&self, node: &str) {
+        let mut rx = self.cluster_faults.subscribe();
+        let _ = rx.wait_for(|c| !c.down.contains(node)).await;
+    }
+
+    /// Sleep `total` of the time `node` is up: a down node's clock stops (its tasks pause)
+    /// and goes on when it returns.
+    pub async fn sleep_while_up(&self, node: &str, total: Duration) {
+        let mut left = total;
+        loop {
+            self.wait_node_up(node).await;
+            let mut rx = self.cluster_faults.subscribe();
+            let began = std::time::Instant::now();
+            tokio::select! {
+                _ = tokio::time::sleep(left) => return,
+                _ = rx.wait_for(|c| c.down.contains(node)) => {
+                    left = left.saturating_sub(began.elapsed());
+                    if left.is_zero() {
+                        return;
+                    }
+                }
+            }
+        }
     }
 
     pub fn scaled(&self, ms: u64) -> Duration {
@@ -386,6 +467,7 @@ mod tests {
             listen: "127.0.0.1:0".parse().unwrap(),
             state_dir: dir.path().to_path_buf(),
             node: "pve".into(),
+            nodes: Vec::new(),
             faults: Default::default(),
             time_scale: 1.0,
             guests: Default::default(),

@@ -24,6 +24,10 @@ pub struct ArchiveTraits {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Guest {
     pub vmid: u32,
+    /// The node whose `nodes/<node>/lxc/<vmid>.conf` this is (empty in a state saved before
+    /// clusters: the state's first node, filled in by [`State::normalize`]).
+    #[serde(default)]
+    pub node: String,
     /// The config as PVE stores it: key → value (description raw, without trailing `\n`).
     pub config: BTreeMap<String, String>,
     pub running: bool,
@@ -48,6 +52,11 @@ pub struct Volume {
     pub storage: String,
     pub owner: u32,
     pub size: u64,
+    /// The node holding it. For a node-local storage it is the only node that sees it; on a
+    /// shared one it is where it was made (every node sees it). Empty in an old state: the
+    /// state's first node ([`State::normalize`]).
+    #[serde(default)]
+    pub node: String,
 }
 
 /// What a task does when its modelled duration has passed. Kept in the state so a
@@ -162,7 +171,43 @@ pub struct StorageDef {
     #[serde(rename = "type")]
     pub storage_type: String,
     pub content: Vec<String>,
+    /// Capacity (per node for a node-local storage, once for a shared one).
     pub total: u64,
+    /// `shared 1` in storage.cfg: one pool of volumes every node sees. Otherwise each node has
+    /// its own volumes and free space under the same definition (`local`, `local-lvm`).
+    #[serde(default)]
+    pub shared: bool,
+    /// storage.cfg `nodes`: the nodes it is available on (`None`: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Vec<String>>,
+}
+
+impl StorageDef {
+    /// Whether the storage is available on `node` (storage.cfg `nodes`).
+    pub fn on_node(&self, node: &str) -> bool {
+        self.nodes
+            .as_ref()
+            .is_none_or(|ns| ns.iter().any(|n| n == node))
+    }
+}
+
+/// One cluster node: its name and the capacity `/cluster/resources` and `/nodes` report.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeDef {
+    pub name: String,
+    pub maxcpu: u32,
+    /// Bytes.
+    pub maxmem: u64,
+}
+
+impl NodeDef {
+    pub fn new(name: &str) -> NodeDef {
+        NodeDef {
+            name: name.to_string(),
+            maxcpu: 8,
+            maxmem: 64 * GIB,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -192,11 +237,25 @@ pub struct Counters {
     /// Requests performed and then answered 595 (`post_effect_595`).
     #[serde(default)]
     pub post_effect_595: u64,
+    /// Requests answered 595 because their node was down (`node_down:<name>`).
+    #[serde(default)]
+    pub node_down_595: u64,
+    /// Requests refused with `cluster not ready - no quorum?` (`no_quorum`).
+    #[serde(default)]
+    pub no_quorum: u64,
+    /// Side-channel migrations done (`POST /felhom-sim/migrate`).
+    #[serde(default)]
+    pub migrations: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct State {
+    /// The first node (the only one of a single-node simulator, `pve` by default).
     pub node: String,
+    /// Every node of the cluster, in order (empty in an old state: `[node]`, filled in by
+    /// [`State::normalize`]).
+    #[serde(default)]
+    pub nodes: Vec<NodeDef>,
     pub storages: Vec<StorageDef>,
     pub bridges: Vec<String>,
     pub guests: BTreeMap<u32, Guest>,
@@ -272,6 +331,55 @@ pub const ALL_PRIVS: &[&str] = &[
 pub const GIB: u64 = 1 << 30;
 
 impl State {
+    /// A fresh cluster of `nodes` (at least one; the first is [`State::node`]).
+    pub fn bootstrap_cluster(nodes: &[String]) -> State {
+        let first = nodes.first().map(String::as_str).unwrap_or("pve");
+        let mut st = State::bootstrap(first);
+        st.nodes = nodes.iter().map(|n| NodeDef::new(n)).collect();
+        st.normalize(nodes);
+        st
+    }
+
+    /// Make a loaded state whole: an old single-node state gets its node list, guests and
+    /// volumes without a node belong to the first node, and nodes the configuration names
+    /// that the state lacks are added (nodes are never dropped: their guests stay).
+    pub fn normalize(&mut self, configured: &[String]) {
+        if self.nodes.is_empty() {
+            self.nodes.push(NodeDef::new(&self.node));
+        }
+        for n in configured {
+            if !self.nodes.iter().any(|x| &x.name == n) {
+                self.nodes.push(NodeDef::new(n));
+            }
+        }
+        let first = self.node.clone();
+        for g in self.guests.values_mut() {
+            if g.node.is_empty() {
+                g.node = first.clone();
+            }
+        }
+        for v in self.volumes.iter_mut() {
+            if v.node.is_empty() {
+                v.node = first.clone();
+            }
+        }
+    }
+
+    /// Whether `name` is a node of the cluster.
+    pub fn has_node(&self, name: &str) -> bool {
+        self.nodes.iter().any(|n| n.name == name)
+    }
+
+    /// The guest `vmid` if its config lives on `node`.
+    pub fn guest_on(&self, node: &str, vmid: u32) -> Option<&Guest> {
+        self.guests.get(&vmid).filter(|g| g.node == node)
+    }
+
+    /// Whether `node` sees volume `v` (its own node-local volumes, and every shared one).
+    pub fn volume_on(&self, node: &str, v: &Volume) -> bool {
+        v.node == node || self.storage(&v.storage).is_some_and(|s| s.shared)
+    }
+
     pub fn bootstrap(node: &str) -> State {
         let mut roles = BTreeMap::new();
         roles.insert(
@@ -309,12 +417,16 @@ impl State {
                     storage_type: "dir".into(),
                     content: vec!["backup".into(), "iso".into(), "vztmpl".into()],
                     total: 100 * GIB,
+                    shared: false,
+                    nodes: None,
                 },
                 StorageDef {
                     id: "local-lvm".into(),
                     storage_type: "lvmthin".into(),
                     content: vec!["images".into(), "rootdir".into()],
                     total: 2048 * GIB,
+                    shared: false,
+                    nodes: None,
                 },
             ],
             bridges: vec!["vmbr0".into()],
@@ -330,16 +442,19 @@ impl State {
         self.storages.iter().find(|s| s.id == id)
     }
 
-    pub fn used_bytes(&self, storage: &str) -> u64 {
+    /// Bytes used on `storage` as `node` sees it (a node-local storage: that node's volumes;
+    /// a shared one: all).
+    pub fn used_bytes(&self, node: &str, storage: &str) -> u64 {
         self.volumes
             .iter()
-            .filter(|v| v.storage == storage)
+            .filter(|v| v.storage == storage && self.volume_on(node, v))
             .map(|v| v.size)
             .sum()
     }
 
-    /// Allocate a new volume of `bytes` for `vmid` on `storage`: named after the ones that
-    /// exist and the ones this change allocated already (`new`), and added to `new`.
+    /// Allocate a new volume of `bytes` for `vmid` on `storage`, on the node of `vmid`'s
+    /// config: named after the ones that exist and the ones this change allocated already
+    /// (`new`), and added to `new`.
     pub fn allocate_volume(
         &self,
         storage: String,
@@ -348,16 +463,25 @@ impl State {
         new: &mut Vec<Volume>,
     ) -> String {
         let volid = self.next_disk_name(&storage, vmid, new);
+        let node = self
+            .guests
+            .get(&vmid)
+            .map(|g| g.node.clone())
+            .unwrap_or_else(|| self.node.clone());
         new.push(Volume {
             volid: volid.clone(),
             storage,
             owner: vmid,
             size: bytes,
+            node,
         });
         volid
     }
 
-    /// The next free `vm-<vmid>-disk-<n>` on a storage.
+    /// The next free `vm-<vmid>-disk-<n>` on a storage. A name taken on any node counts as
+    /// taken (PVE looks only at the node's own storage): a volume id is unique in the whole
+    /// simulator, so volume bookkeeping keyed by it stays unambiguous; it differs from PVE
+    /// only when another node holds an orphan of the same VMID.
     pub fn next_disk_name(&self, storage: &str, vmid: u32, taken: &[Volume]) -> String {
         let mut n = 0;
         loop {

@@ -43,10 +43,33 @@ impl Sim {
         modelled_ms: u64,
         plan: TaskPlan,
     ) -> String {
+        // The task runs on the node of the guest it is about (its UPID names that node).
+        let node = id
+            .parse::<u32>()
+            .ok()
+            .and_then(|v| st.guests.get(&v))
+            .map(|g| g.node.clone())
+            .unwrap_or_else(|| st.node.clone());
+        self.new_task_on(st, &node, task_type, id, who, modelled_ms, plan)
+    }
+
+    /// [`Sim::new_task`] on a given node.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new_task_on(
+        &self,
+        st: &mut State,
+        node: &str,
+        task_type: &str,
+        id: &str,
+        who: &Subject,
+        modelled_ms: u64,
+        plan: TaskPlan,
+    ) -> String {
+        let node = node.to_string();
         st.next_pid += 1;
         let start = now_ms();
         let upid = pve_api::Upid {
-            node: st.node.clone(),
+            node: node.clone(),
             pid: st.next_pid,
             pstart: 0x0100_0000 + st.next_pid as u64,
             starttime: start / 1000,
@@ -62,7 +85,7 @@ impl Sim {
         }
         st.tasks.push(Task {
             upid: upid.clone(),
-            node: st.node.clone(),
+            node,
             task_type: task_type.into(),
             id: id.into(),
             user: who.userid.clone(),
@@ -203,7 +226,12 @@ impl Sim {
                     .read(|st| st.tasks.iter().find(|t| t.upid == upid).map(|t| t.end_ms))
                     .unwrap_or(0);
                 let wait = Duration::from_millis(end.saturating_sub(now_ms()));
-                match self.interruptible(kill, tokio::time::sleep(wait)).await {
+                // A down node's clock stops: its task goes on when the node returns.
+                let node = self.task_node(upid);
+                match self
+                    .interruptible(kill, self.sleep_while_up(&node, wait))
+                    .await
+                {
                     Ok(()) => {}
                     Err(Interrupt::Killed) => {
                         return self.fail(upid, "interrupted by signal".into())
@@ -217,6 +245,11 @@ impl Sim {
             if let Err(Interrupt::Shutdown) = self.interruptible(kill, last).await {
                 return;
             }
+        }
+        // Nothing is applied on a node that is down (a runtime's own work may end meanwhile).
+        let node = self.task_node(upid);
+        if let Err(Interrupt::Shutdown) = self.interruptible(kill, self.wait_node_up(&node)).await {
+            return;
         }
         let follow_up = self.apply(upid);
         self.collect_volumes().await;
@@ -235,6 +268,17 @@ impl Sim {
             });
             self.spawn_task(upid, Some(vmid), None);
         }
+    }
+
+    /// The node a task runs on (its UPID's).
+    fn task_node(&self, upid: &str) -> String {
+        self.read(|st| {
+            st.tasks
+                .iter()
+                .find(|t| t.upid == upid)
+                .map(|t| t.node.clone())
+                .unwrap_or_else(|| st.node.clone())
+        })
     }
 
     /// A failure of a runtime's own work as PVE words it for the task type.
@@ -408,7 +452,7 @@ impl Sim {
         }) else {
             return Ok(());
         };
-        let node = self.read(|st| st.node.clone());
+        let node = self.task_node(upid);
         let no_conf = |vmid: u32| texts::no_config(&node, vmid);
         match plan {
             TaskPlan::RestoreRequest {
@@ -578,6 +622,7 @@ impl Sim {
             } => self.mutate(|st| {
                 let target = crate::api::resize_check(
                     st,
+                    &node,
                     &who,
                     vmid,
                     &disk,
@@ -695,7 +740,8 @@ impl Sim {
                 finish(st, upid, Err(msg));
                 return;
             }
-            let result = apply_plan(st, plan, dhcp_at, &*rt);
+            let node = t.node.clone();
+            let result = apply_plan(st, &node, plan, dhcp_at, &*rt);
             match result {
                 Ok((warnings, start)) => {
                     if let (Some(vmid), Some(who)) = (start, who) {
@@ -779,12 +825,12 @@ fn cleanup_restore(st: &mut State, upid: &str) {
 /// The effect of a plan; `Ok((warnings, start_vmid))`.
 fn apply_plan(
     st: &mut State,
+    node: &str,
     plan: TaskPlan,
     dhcp_at: u64,
     rt: &dyn GuestRuntime,
 ) -> Result<(Vec<String>, Option<u32>), String> {
-    let node = st.node.clone();
-    let no_conf = |vmid: u32| texts::no_config(&node, vmid);
+    let no_conf = |vmid: u32| texts::no_config(node, vmid);
     match plan {
         TaskPlan::RestoreRequest { vmid, .. } => Err(format!(
             "unable to restore CT {vmid} - worker did not start"

@@ -61,6 +61,7 @@ async fn lxc_runtime_sizes_restores_templates_and_clones_on_disk() {
         listen: "127.0.0.1:0".parse().unwrap(),
         state_dir: dir.path().to_path_buf(),
         node: "pve".into(),
+        nodes: Vec::new(),
         faults: Default::default(),
         time_scale: 0.02,
         guests: RuntimeKind::Lxc,

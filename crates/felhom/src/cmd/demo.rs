@@ -111,6 +111,7 @@ pub async fn run(args: DemoArgs, ctx: &Ctx) -> Result<(), CliError> {
         listen: "127.0.0.1:0".parse().context("loopback address")?,
         state_dir: state.clone(),
         node: "pve".into(),
+        nodes: Vec::new(),
         faults: pve_sim::FaultSpec::default(),
         time_scale: args.time_scale,
         guests: if args.real {

@@ -49,6 +49,12 @@ pub struct ServeArgs {
     /// make a real one with `felhom golden build`.
     #[arg(long, value_name = "ARCHIVE")]
     pub golden: Option<PathBuf>,
+    /// The cluster's nodes: a count N (1: the single node `pve`; N > 1: `pve1`..`pveN`) or a
+    /// comma list of names. One HTTPS port serves them all; the node in the path decides
+    /// where a call runs. `local`/`local-lvm` are per node; the golden on `local` is readable
+    /// from every node.
+    #[arg(long, default_value = "1", value_name = "N|NAMES")]
+    pub nodes: String,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,10 +202,12 @@ pub fn sim_settings(args: &ServeArgs) -> anyhow::Result<pve_sim::SimConfig> {
         .faults
         .parse::<pve_sim::FaultSpec>()
         .map_err(|e| anyhow::anyhow!("--faults: {e}"))?;
+    let nodes = pve_sim::cluster_node_names(&args.nodes).map_err(|e| anyhow::anyhow!(e))?;
     Ok(pve_sim::SimConfig {
         listen: args.listen,
         state_dir: args.state_dir.clone(),
         node: "pve".into(),
+        nodes,
         faults,
         time_scale: args.time_scale,
         guests: args.guests.into(),
@@ -257,6 +265,7 @@ async fn serve(args: ServeArgs, format: OutputFormat) -> Result<(), CliError> {
             "state_dir": std::path::absolute(&args.state_dir).unwrap_or(args.state_dir.clone()),
             "golden": (!golden.is_empty()).then_some(&golden),
             "guests": handle.guests().to_string(),
+            "nodes": handle.nodes(),
             "config": config,
             "side_channel_secret_file": std::path::absolute(pve_sim::side_channel_secret_file(&args.state_dir)).ok(),
         })),
@@ -269,6 +278,7 @@ async fn serve(args: ServeArgs, format: OutputFormat) -> Result<(), CliError> {
                 outln!("golden archive: {golden}");
             }
             outln!("guests: {}", handle.guests());
+            outln!("nodes: {}", handle.nodes().join(", "));
             outln!(
                 "side channel (/felhom-sim/*): send the secret in {} as the {} header",
                 pve_sim::side_channel_secret_file(&args.state_dir).display(),

@@ -41,6 +41,47 @@ impl Sim {
         Sim::spawn_in(dir, faults, time_scale, Vec::new(), false)
     }
 
+    /// A simulator serving a cluster of `nodes` nodes (`sim serve --nodes N`: `pve` for 1,
+    /// `pve1`..`pveN` otherwise); the golden on `local` is readable from every node.
+    pub fn cluster(nodes: usize, faults: &str, time_scale: f64) -> Sim {
+        let dir = tempfile::Builder::new()
+            .prefix("felhom-it-")
+            .tempdir()
+            .expect("tempdir");
+        let extra = vec!["--nodes".into(), nodes.to_string()];
+        Sim::spawn_in(dir, faults, time_scale, extra, false)
+    }
+
+    /// Set a cluster fault at run time: `node_down:<node>` (that node's calls answer 595 with
+    /// an empty body, its guests are `unknown` in `/cluster/resources`, its tasks pause) or
+    /// `no_quorum` (create/restore/clone/start die with `cluster not ready - no quorum?`,
+    /// config writes fail). Answers `{"node_down": [...], "no_quorum": bool}`.
+    pub fn fault_set(&self, fault: &str) -> Value {
+        self.post("faults", &serde_json::json!({ "set": fault }))
+    }
+
+    /// Clear a cluster fault set by [`Sim::fault_set`] (or by `--faults` at start).
+    pub fn fault_clear(&self, fault: &str) -> Value {
+        self.post("faults", &serde_json::json!({ "clear": fault }))
+    }
+
+    /// Offline-migrate a stopped guest to `node` as `pct migrate` would (someone else's
+    /// migration). `Err` carries the simulator's refusal (a running guest: PVE's
+    /// `can't migrate running container without --online or --restart`).
+    pub fn migrate(&self, vmid: u32, node: &str) -> Result<Value, String> {
+        let client = self.client();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(client.side_channel_post::<Value>(
+            "/felhom-sim/migrate",
+            &serde_json::json!({ "vmid": vmid, "node": node }),
+            &self.side_secret(),
+        ))
+        .map_err(|e| e.to_string())
+    }
+
     /// A simulator whose guests are real LXC containers restored from `golden` (placed as
     /// the seed golden, [`GOLDEN`]). Its directory is reachable by the guests' shifted root
     /// (mode 0711), which LXC needs to mount their rootfs.

@@ -65,8 +65,13 @@ pub(crate) async fn clone(sim: &Arc<Sim>, req: &Req) -> HResult {
             }
         }
         if let Some(t) = req.get("target") {
-            if t != st.node && t != "localhost" {
+            if !st.has_node(t) && t != "localhost" {
                 return Err(die(format!("no such cluster node '{t}'")));
+            }
+            if t != node && t != "localhost" {
+                return Err(die(
+                    "pve-sim does not model clones to another node (target)",
+                ));
             }
         }
         if let Some(sid) = &storage {
@@ -83,6 +88,7 @@ pub(crate) async fn clone(sim: &Arc<Sim>, req: &Req) -> HResult {
         let g = st
             .guests
             .get_mut(&vmid)
+            .filter(|g| g.node == node)
             .ok_or_else(|| no_conf(&node, vmid))?;
         if let Some(l) = g.config.get("lock") {
             return Err(die(texts::locked(l)));
@@ -93,16 +99,18 @@ pub(crate) async fn clone(sim: &Arc<Sim>, req: &Req) -> HResult {
     drop(src_guard);
 
     // create_and_lock_config(newid): its flock (5 s) and the placeholder.
-    let placed = match sim.flock(newid, model::CREATE_LOCK_TIMEOUT).await {
+    let placed = match sim.flock_on(&node, newid, model::CREATE_LOCK_TIMEOUT).await {
         Ok(guard) => {
             let r = sim.mutate(|st| -> Result<(), PveErr> {
-                if st.guests.contains_key(&newid) {
-                    return Err(die(texts::already_exists_on_node(newid, &node)));
+                // The placeholder reserves the VMID cluster-wide (see `lxc::create`).
+                if let Some(g) = st.guests.get(&newid) {
+                    return Err(die(texts::already_exists_on_node(newid, &g.node)));
                 }
                 st.guests.insert(
                     newid,
                     Guest {
                         vmid: newid,
+                        node: node.clone(),
                         config: BTreeMap::from([("lock".to_string(), "create".to_string())]),
                         ..Guest::default()
                     },
@@ -124,6 +132,7 @@ pub(crate) async fn clone(sim: &Arc<Sim>, req: &Req) -> HResult {
         let src = st
             .guests
             .get(&vmid)
+            .filter(|g| g.node == node)
             .cloned()
             .ok_or_else(|| no_conf(&node, vmid))?;
         let running = src.running;

@@ -393,6 +393,7 @@ pub(crate) async fn put_config(sim: &Arc<Sim>, req: &Req) -> HResult {
         let g = st
             .guests
             .get_mut(&vmid)
+            .filter(|g| g.node == req.node)
             .ok_or_else(|| no_conf(&req.node, vmid))?;
         for r in &reverts {
             g.pending.remove(r);
@@ -482,7 +483,16 @@ pub(crate) fn resize(sim: &Arc<Sim>, req: &Req) -> HResult {
     let digest = req.get("digest").map(str::to_string);
     let who = req.who.clone();
     let upid = sim.mutate(|st| -> Result<String, PveErr> {
-        resize_check(st, &who, vmid, &disk, relative, bytes, digest.as_deref())?;
+        resize_check(
+            st,
+            &req.node,
+            &who,
+            vmid,
+            &disk,
+            relative,
+            bytes,
+            digest.as_deref(),
+        )?;
         let plan = if sim.chance(sim.cfg.faults.task_fail_probability("resize")) {
             TaskPlan::Fail {
                 vmid,
@@ -509,8 +519,10 @@ pub(crate) fn resize(sim: &Arc<Sim>, req: &Req) -> HResult {
 /// (which for `{disk => …}` asks `VM.Config.Options`, reference §5), the digest, the owner
 /// (Z3), `Datastore.AllocateSpace`, and the size against the volume's size on its storage,
 /// `volume_size_info`, not the config's `size=` (Z1, top #4). Returns the new size in bytes.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn resize_check(
     st: &State,
+    node: &str,
     who: &Subject,
     vmid: u32,
     disk: &str,
@@ -518,7 +530,7 @@ pub(crate) fn resize_check(
     bytes: u64,
     digest: Option<&str>,
 ) -> Result<u64, PveErr> {
-    let g = guest_or_err(st, &st.node, vmid)?;
+    let g = guest_or_err(st, node, vmid)?;
     if let Some(l) = g.config.get("lock") {
         return Err(die(texts::locked(l)));
     }

@@ -8,6 +8,7 @@ pub(crate) fn lxc_list(sim: &Sim, req: &Req) -> HResult {
             json!(st
                 .guests
                 .values()
+                .filter(|g| g.node == req.node)
                 .filter(|g| auth::has(st, &req.who, &format!("/vms/{}", g.vmid), "VM.Audit"))
                 .map(|g| {
                     let mut v = json!({ "vmid": g.vmid, "status": if g.running { "running" } else { "stopped" }, "type": "lxc", "name": g.config.get("hostname").cloned().unwrap_or_else(|| format!("CT{}", g.vmid)) });
@@ -250,13 +251,14 @@ pub(crate) async fn create(sim: &Arc<Sim>, req: &Req) -> HResult {
         if req.flag("ha-managed") {
             need(st, &req.who, "/", "Sys.Console")?;
         }
-        if st.guests.contains_key(&vmid) {
-            if req.flag("force") {
+        if let Some(owner) = st.guests.get(&vmid).map(|g| g.node.clone()) {
+            if req.flag("force") && owner == node {
                 return Err(die(
                     "pve-sim does not model force-restore over an existing CT",
                 ));
             }
-            return Err(die(texts::already_exists_on_node(vmid, &node)));
+            // `check_vmid_unused` names the owning node (pve-cluster `PVE/Cluster.pm`).
+            return Err(die(texts::already_exists_on_node(vmid, &owner)));
         }
         if let Some(p) = &pool {
             if !st.pools.contains_key(p) {
@@ -279,7 +281,7 @@ pub(crate) async fn create(sim: &Arc<Sim>, req: &Req) -> HResult {
             unpriv_given,
         )?;
         // Only the name is checked here; a missing file fails the task (audit top #7).
-        let archive = archive_access(sim, st, &req.who, &volid, Some(vmid))?;
+        let archive = archive_access(sim, st, &node, &req.who, &volid, Some(vmid))?;
         let explicit = config_keys
             .iter()
             .any(|(k, _)| *k == "rootfs" || k.starts_with("mp"));
@@ -306,9 +308,7 @@ pub(crate) async fn create(sim: &Arc<Sim>, req: &Req) -> HResult {
         }
         for sid in storages {
             // `storage_check_enabled`: an unknown id dies (500, R5).
-            let s = st
-                .storage(&sid)
-                .ok_or_else(|| die(texts::storage_missing(&sid)))?;
+            let s = super::storage::storage_on(st, &node, &sid)?;
             if !s.content.iter().any(|c| c == "rootdir") {
                 return Err(param1(
                     "storage",
@@ -347,18 +347,22 @@ pub(crate) async fn create(sim: &Arc<Sim>, req: &Req) -> HResult {
     // create_and_lock_config: the flock (5 s) and the `lock: create` placeholder; from here
     // the VMID is reserved.
     let guard = sim
-        .flock(vmid, model::CREATE_LOCK_TIMEOUT)
+        .flock_on(&node, vmid, model::CREATE_LOCK_TIMEOUT)
         .await
         .map_err(|e| die(texts::unable_to_restore(vmid, &e.to_string())))?;
     let who = req.who.clone();
     let upid = sim.mutate(|st| -> Result<String, PveErr> {
-        if st.guests.contains_key(&vmid) {
-            return Err(die(texts::already_exists_on_node(vmid, &node)));
+        // The placeholder config is the reservation: pmxcfs refuses a second config of one
+        // VMID on any node (`memdb.c` create, `-EEXIST`), and `check_vmid_unused` names the
+        // owner. Decided here, under the state lock, so two nodes racing cannot both win.
+        if let Some(g) = st.guests.get(&vmid) {
+            return Err(die(texts::already_exists_on_node(vmid, &g.node)));
         }
         st.guests.insert(
             vmid,
             Guest {
                 vmid,
+                node: node.clone(),
                 config: BTreeMap::from([("lock".to_string(), "create".to_string())]),
                 ..Guest::default()
             },

@@ -24,6 +24,7 @@ pub(crate) use config::resize_check;
 pub(crate) use lxc::check_vnet_access;
 pub(crate) use std::collections::BTreeMap;
 pub(crate) use std::sync::Arc;
+pub(crate) use texts_sim::NO_QUORUM;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -98,12 +99,8 @@ const ROUTES: &[Route] = &[
     }),
     sync("GET", "/pools", |s, r| access::pools(s, r)),
     sync("POST", "/pools", |s, r| access::create_pool(s, r)),
-    sync("GET", "/nodes", |s, _| {
-        Ok(
-            s.read(|st| json!([{ "node": st.node, "status": "online", "type": "node" }]))
-                .into(),
-        )
-    }),
+    sync("GET", "/nodes", |s, r| cluster::nodes(s, r)),
+    sync("GET", "/cluster/status", |s, r| cluster::status(s, r)),
     sync("GET", "/nodes/{node}/network", |s, r| {
         network::network_list(s, r)
     }),
@@ -220,6 +217,8 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/felhom-sim/requests", get(crate::admin::requests))
         .route("/felhom-sim/tokens", post(crate::admin::tokens))
         .route("/felhom-sim/storages", post(crate::admin::storages))
+        .route("/felhom-sim/faults", post(crate::admin::faults))
+        .route("/felhom-sim/migrate", post(crate::admin::migrate))
         .route("/felhom-sim/guests/{vmid}/ssh", get(crate::admin::ssh))
         .fallback(api_entry)
         .with_state(sim)
@@ -360,6 +359,16 @@ async fn api_entry(
                 }
                 params.insert(k.clone(), v.clone());
             }
+            // A call for a down node: the receiving node tries to proxy it and the hop fails
+            // (`node_down:<name>`).
+            if let Some(n) = vars.get("node") {
+                if sim.node_down(n) && sim.read(|st| st.has_node(n)) {
+                    tokio::time::sleep(sim.scaled(model::NODE_DOWN_DELAY)).await;
+                    sim.count(|st| st.counters.node_down_595 += 1);
+                    log_request(&sim, method.as_str(), &path, &params, 595);
+                    return node_down_response();
+                }
+            }
             let result = dispatch(&sim, route, who, params.clone()).await;
             if result.is_ok() && answer_lost(&sim, route) {
                 log_request(&sim, method.as_str(), &path, &params, 595);
@@ -426,6 +435,45 @@ fn proxy_timeout_response() -> Response {
     resp
 }
 
+/// What a client gets for a call whose node is down: pveproxy on the receiving node checks
+/// the permissions, then proxies to the node's IP from the corosync nodelist; the connection
+/// fails and AnyEvent::HTTP's pseudo-status 595 is passed through with the errno text as the
+/// reason phrase and an empty body (pve-http-server `src/PVE/APIServer/AnyEvent.pm`
+/// `proxy_request`; pve-manager `PVE/HTTPServer.pm` L176-190; audit §2 (c)). The simulator
+/// answers before the handler's own permission checks: the schema-level check of the
+/// receiving node is not modelled for a down node.
+fn node_down_response() -> Response {
+    let mut resp = Response::new(axum::body::Body::empty());
+    *resp.status_mut() = StatusCode::from_u16(595).unwrap_or(StatusCode::GATEWAY_TIMEOUT);
+    resp.extensions_mut()
+        .insert(hyper::ext::ReasonPhrase::from_static(b"No route to host"));
+    resp
+}
+
+/// The routes that die with `cluster not ready - no quorum?` without quorum: those that call
+/// `check_cfs_quorum` (pve-cluster `PVE/Cluster.pm` L121-132) before anything else: create
+/// and restore, clone, template, start (pve-container `API2/LXC.pm`, `API2/LXC/Status.pm`).
+fn needs_quorum(route: &Route) -> bool {
+    matches!(
+        (route.method, route.path),
+        ("POST", "/nodes/{node}/lxc")
+            | ("POST", "/nodes/{node}/lxc/{vmid}/clone")
+            | ("POST", "/nodes/{node}/lxc/{vmid}/template")
+            | ("POST", "/nodes/{node}/lxc/{vmid}/status/start")
+    )
+}
+
+/// The routes that write a guest config (or remove it): without quorum `/etc/pve` is
+/// read-only and the write fails.
+fn writes_config(route: &Route) -> bool {
+    matches!(
+        (route.method, route.path),
+        ("PUT", "/nodes/{node}/lxc/{vmid}/config")
+            | ("PUT", "/nodes/{node}/lxc/{vmid}/resize")
+            | ("DELETE", "/nodes/{node}/lxc/{vmid}")
+    )
+}
+
 fn log_request(
     sim: &Sim,
     method: &str,
@@ -452,10 +500,18 @@ async fn dispatch(
     let node = params.get("node").cloned().unwrap_or_default();
     let req = Req { who, params, node };
     if let Some(n) = req.params.get("node") {
-        let ours = sim.read(|st| st.node.clone());
-        if *n != ours {
+        if !sim.read(|st| st.has_node(n)) {
             return Err(die(format!("no such cluster node '{n}'")));
         }
+    }
+    if sim.no_quorum() && (needs_quorum(route) || writes_config(route)) {
+        sim.count(|st| st.counters.no_quorum += 1);
+        if needs_quorum(route) {
+            return Err(die(texts_sim::NO_QUORUM));
+        }
+        // The config file cannot be written on a read-only `/etc/pve`. Not verified: the
+        // exact text (audit §3); the simulator says what `file_set_contents` would.
+        return Err(die(texts_sim::read_only_config(&req.node, vmid_of(&req))));
     }
     // Injected faults, for mutating guest calls: the config-lock timeout and 503s.
     let vmid = req.get("vmid").and_then(|v| v.parse::<u32>().ok());
@@ -510,7 +566,7 @@ fn injected_lock_task(sim: &Arc<Sim>, route: &Route, req: &Req, vmid: u32) -> Op
         _ => return None,
     };
     let upid = sim.mutate(|st| {
-        st.guests.contains_key(&vmid).then(|| {
+        st.guest_on(&req.node, vmid).is_some().then(|| {
             st.counters.faults_injected += 1;
             st.counters.lock500 += 1;
             let plan = TaskPlan::Fail {
@@ -567,9 +623,27 @@ pub(crate) fn need_any(
     }
 }
 
+fn vmid_of(req: &Req) -> u32 {
+    req.vmid()
+}
+
+/// Texts of a cluster the simulator words itself (not in `pve_api::texts`: felhom matches
+/// them through the status and the `no quorum` wording only).
+pub(crate) mod texts_sim {
+    /// `check_cfs_quorum` (pve-cluster `PVE/Cluster.pm` L121-132).
+    pub const NO_QUORUM: &str = "cluster not ready - no quorum?";
+
+    /// A config write on a cluster without quorum (`/etc/pve` read-only). Not verified.
+    pub fn read_only_config(node: &str, vmid: u32) -> String {
+        format!(
+            "unable to open file '/etc/pve/nodes/{node}/lxc/{vmid}.conf.tmp' - Permission denied"
+        )
+    }
+}
+
 pub(crate) const NODE: (&str, Kind) = ("node", Kind::Node);
 pub(crate) const VMID: (&str, Kind) = ("vmid", Kind::Vmid);
 
 pub(crate) fn guest_or_err<'a>(st: &'a State, node: &str, vmid: u32) -> Result<&'a Guest, PveErr> {
-    st.guests.get(&vmid).ok_or_else(|| no_conf(node, vmid))
+    st.guest_on(node, vmid).ok_or_else(|| no_conf(node, vmid))
 }

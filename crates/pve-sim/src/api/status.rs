@@ -55,7 +55,24 @@ pub(crate) fn power(sim: &Arc<Sim>, req: &Req, action: &str) -> HResult {
         // its start gets a UPID and the worker's `load_config` fails the task; stop, shutdown
         // and reboot say it is not running (C:API2/LXC/Status.pm `vm_start`, `vm_stop`,
         // `vm_shutdown`, `vm_reboot`; audit S1).
-        let running = st.guests.get(&vmid).is_some_and(|g| g.running);
+        let running = st.guest_on(&req.node, vmid).is_some_and(|g| g.running);
+        if action == "start" && st.guests.get(&vmid).is_some_and(|g| g.node != req.node) {
+            // The guest lives on another node: this node's worker cannot load its config.
+            let plan = TaskPlan::Fail {
+                vmid,
+                message: texts::no_config(&req.node, vmid),
+                cleanup_restore: false,
+            };
+            return Ok(sim.new_task_on(
+                st,
+                &req.node,
+                "vzstart",
+                &vmid.to_string(),
+                &who,
+                model::START,
+                plan,
+            ));
+        }
         let (ty, modelled, plan) = match action {
             "start" if running => return Err(die(texts::already_running(vmid))),
             "start" => ("vzstart", model::START, TaskPlan::Start { vmid }),
@@ -83,8 +100,7 @@ pub(crate) async fn interfaces(sim: &Sim, req: &Req) -> HResult {
     validate(req, &[NODE, VMID], &[])?;
     let vmid = req.vmid();
     let guest = sim.read(|st| {
-        st.guests
-            .get(&vmid)
+        st.guest_on(&req.node, vmid)
             .filter(|g| g.running)
             .map(|g| (g.clone(), st.leases.clone()))
     });

@@ -1,8 +1,28 @@
 use super::*;
 
-pub(crate) fn storage_json(st: &State, s: &crate::state::StorageDef) -> Value {
-    let used = st.used_bytes(&s.id);
-    json!({ "storage": s.id, "type": s.storage_type, "content": s.content.join(","), "total": s.total, "used": used, "avail": s.total.saturating_sub(used), "enabled": 1, "active": 1, "shared": 0 })
+/// A storage as `node` sees it: a node-local storage's own volumes and free space there; a
+/// shared one's, the same from every node.
+pub(crate) fn storage_json(st: &State, node: &str, s: &crate::state::StorageDef) -> Value {
+    let used = st.used_bytes(node, &s.id);
+    json!({ "storage": s.id, "type": s.storage_type, "content": s.content.join(","), "total": s.total, "used": used, "avail": s.total.saturating_sub(used), "enabled": 1, "active": 1, "shared": u8::from(s.shared) })
+}
+
+/// The storage `sid` if it is defined and available on `node` (storage.cfg `nodes`);
+/// otherwise the text pve-storage gives (`storage_config`, `storage_check_node`).
+pub(crate) fn storage_on<'a>(
+    st: &'a State,
+    node: &str,
+    sid: &str,
+) -> Result<&'a crate::state::StorageDef, PveErr> {
+    let s = st
+        .storage(sid)
+        .ok_or_else(|| die(texts::storage_missing(sid)))?;
+    if !s.on_node(node) {
+        return Err(die(format!(
+            "storage '{sid}' is not available on node '{node}'"
+        )));
+    }
+    Ok(s)
 }
 
 pub(crate) fn storage_list(sim: &Sim, req: &Req) -> HResult {
@@ -32,7 +52,8 @@ pub(crate) fn storage_list(sim: &Sim, req: &Req) -> HResult {
                     &format!("/storage/{}", s.id),
                     "Datastore.AllocateSpace"
                 ))
-                .map(|s| storage_json(st, s))
+                .filter(|s| s.on_node(&req.node))
+                .map(|s| storage_json(st, &req.node, s))
                 .collect::<Vec<_>>())
         })
         .into())
@@ -48,10 +69,8 @@ pub(crate) fn storage_status(sim: &Sim, req: &Req) -> HResult {
             &format!("/storage/{sid}"),
             &["Datastore.Audit", "Datastore.AllocateSpace"],
         )?;
-        let s = st
-            .storage(sid)
-            .ok_or_else(|| die(texts::storage_missing(sid)))?;
-        Ok(storage_json(st, s).into())
+        let s = storage_on(st, &req.node, sid)?;
+        Ok(storage_json(st, &req.node, s).into())
     })
 }
 
@@ -98,15 +117,12 @@ pub(crate) fn storage_content(sim: &Sim, req: &Req) -> HResult {
             &format!("/storage/{sid}"),
             &["Datastore.Audit", "Datastore.AllocateSpace"],
         )?;
-        let s = st
-            .storage(&sid)
-            .cloned()
-            .ok_or_else(|| die(texts::storage_missing(&sid)))?;
+        let s = storage_on(st, &req.node, &sid)?.clone();
         Ok::<_, PveErr>((
             s,
             st.volumes
                 .iter()
-                .filter(|v| v.storage == sid)
+                .filter(|v| v.storage == sid && st.volume_on(&req.node, v))
                 .cloned()
                 .collect::<Vec<_>>(),
         ))
@@ -205,9 +221,15 @@ pub(crate) fn check_volume_access(
 /// Archive access on restore: the name must be a backup on a storage holding backups, then
 /// `check_volume_access` with the target VMID. Whether the file exists is not checked here:
 /// PVE finds out in the worker (audit top #7).
+///
+/// The archive's storage must be available on `node`. A backup directory is one directory
+/// in the simulator, whatever node reads it: a node-local `dir` storage such as `local`
+/// shows every node the same archives (as if the golden had been copied onto each node's
+/// `local`); a storage limited with `nodes` is not readable elsewhere.
 pub(crate) fn archive_access(
     sim: &Sim,
     st: &State,
+    node: &str,
     who: &Subject,
     volid: &str,
     target_vmid: Option<u32>,
@@ -215,9 +237,7 @@ pub(crate) fn archive_access(
     let (sid, rest) = volid
         .split_once(':')
         .ok_or_else(|| die(format!("unable to parse volume ID '{volid}'")))?;
-    let s = st
-        .storage(sid)
-        .ok_or_else(|| die(texts::storage_missing(sid)))?;
+    let s = storage_on(st, node, sid)?;
     let Some(name) = rest.strip_prefix("backup/") else {
         return Err(die(format!(
             "unable to use volume {volid} - content type needs to be 'backup'"
@@ -238,7 +258,7 @@ pub(crate) fn extractconfig(sim: &Sim, req: &Req) -> HResult {
     // `check_volume_access`, then `VM.Backup` on the archive's owner in any case, even for
     // a holder of `Datastore.Allocate` (pve-manager `API2/VZDump.pm` `extractconfig`, audit A1).
     let path = sim.read(|st| {
-        let path = archive_access(sim, st, &req.who, volid, None)?;
+        let path = archive_access(sim, st, &req.node, &req.who, volid, None)?;
         if let Some(owner) = volid
             .rsplit('/')
             .next()

@@ -15,10 +15,11 @@ pub(crate) fn find_task<'a>(st: &'a State, req: &Req) -> Result<&'a crate::state
     if upid.parse::<pve_api::Upid>().is_err() {
         return Err(param1("upid", "unable to parse worker upid"));
     }
+    // The task file is on the node that ran it: another node has no such task.
     let t = st
         .tasks
         .iter()
-        .find(|t| t.upid == upid)
+        .find(|t| t.upid == upid && t.node == req.node)
         .ok_or_else(|| param1("upid", "no such task"))?;
     if !task_visible(st, &req.who, t) {
         return Err(perm_err(&format!("/nodes/{}", t.node), "Sys.Audit"));
@@ -141,8 +142,10 @@ pub(crate) fn task_list(sim: &Sim, req: &Req) -> HResult {
         for t in listed {
             let u: Option<pve_api::Upid> = t.upid.parse().ok();
             let starttime = u.as_ref().map(|u| u.starttime as i64).unwrap_or(0);
-            if userfilter
-                .as_ref()
+            // Each node lists its own task index (the UPID's node).
+            if t.node != req.node
+                || userfilter
+                    .as_ref()
                 .is_some_and(|f| !t.user.to_ascii_lowercase().contains(f.as_str()))
                 || !task_visible(st, &req.who, t)
                 || typefilter.is_some_and(|f| f != t.task_type)

@@ -60,18 +60,31 @@ pub fn client_for(sim: &SimHandle, token: &str, secret: &str) -> PveClient {
 
 impl Env {
     pub async fn start(time_scale: f64, faults: &str) -> Env {
+        Self::start_cluster(time_scale, faults, 1).await
+    }
+
+    /// A simulator of `nodes` nodes (`pve` for 1, `pve1`..`pveN` otherwise; `--nodes N`),
+    /// with the golden on `local` (readable from every node).
+    pub async fn start_cluster(time_scale: f64, faults: &str, nodes: usize) -> Env {
         let dir = tempfile::tempdir().unwrap();
         let dump = pve_sim::dump_dir(dir.path(), "local");
         std::fs::create_dir_all(&dump).unwrap();
         write_golden(&dump.join(GOLDEN), &pct_conf(""), true, None);
-        Self::boot(dir, time_scale, faults).await
+        let names = pve_sim::cluster_node_names(&nodes.to_string()).unwrap();
+        Self::boot(dir, time_scale, faults, names).await
     }
 
-    async fn boot(dir: tempfile::TempDir, time_scale: f64, faults: &str) -> Env {
+    async fn boot(
+        dir: tempfile::TempDir,
+        time_scale: f64,
+        faults: &str,
+        nodes: Vec<String>,
+    ) -> Env {
         let sim = pve_sim::start(SimConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             state_dir: dir.path().to_path_buf(),
             node: "pve".into(),
+            nodes,
             faults: faults.parse().unwrap(),
             time_scale,
             guests: Default::default(),
@@ -100,9 +113,20 @@ impl Env {
     /// Stop and start the simulator on the same state dir with these injected faults.
     pub async fn restart_with(mut self, faults: &str) -> Env {
         let sim = self.sim.take().unwrap();
-        sim.shutdown().await;
         let (dir, ts) = (self.dir, self.time_scale);
-        Self::boot(dir, ts, faults).await
+        let nodes = sim_nodes(&sim);
+        sim.shutdown().await;
+        Self::boot(dir, ts, faults, nodes).await
+    }
+
+    /// Stop the simulator, let `edit` change its state dir, start it again.
+    pub async fn restart_editing(mut self, edit: impl FnOnce(&Path)) -> Env {
+        let sim = self.sim.take().unwrap();
+        let nodes = sim_nodes(&sim);
+        sim.shutdown().await;
+        edit(self.dir.path());
+        let (dir, ts) = (self.dir, self.time_scale);
+        Self::boot(dir, ts, "", nodes).await
     }
 
     pub async fn state(&self) -> serde_json::Value {
@@ -138,6 +162,61 @@ impl Env {
         )
     }
 
+    /// Set a cluster fault through the side channel: `node_down:<node>` or `no_quorum`
+    /// (`POST /felhom-sim/faults {"set": …}`). Answers the faults in force.
+    pub async fn fault_set(&self, fault: &str) -> serde_json::Value {
+        self.fault("set", fault).await
+    }
+
+    /// Clear a cluster fault (`POST /felhom-sim/faults {"clear": …}`).
+    pub async fn fault_clear(&self, fault: &str) -> serde_json::Value {
+        self.fault("clear", fault).await
+    }
+
+    async fn fault(&self, op: &str, fault: &str) -> serde_json::Value {
+        self.client
+            .side_channel_post(
+                "/felhom-sim/faults",
+                &serde_json::json!({ op: fault }),
+                self.sim().side_channel_secret(),
+            )
+            .await
+            .unwrap()
+    }
+
+    /// Offline-migrate a guest as `pct migrate` would (`POST /felhom-sim/migrate`).
+    pub async fn migrate(
+        &self,
+        vmid: u32,
+        node: &str,
+    ) -> Result<serde_json::Value, pve_api::ApiError> {
+        self.client
+            .side_channel_post(
+                "/felhom-sim/migrate",
+                &serde_json::json!({ "vmid": vmid, "node": node }),
+                self.sim().side_channel_secret(),
+            )
+            .await
+    }
+
+    /// [`Env::restore`] on a given node.
+    pub async fn restore_on(
+        &self,
+        node: &str,
+        vmid: u32,
+        extra: &[(&str, &str)],
+    ) -> Result<pve_api::TaskOutcome, pve_api::ApiError> {
+        let mut params: Vec<(String, String)> = vec![
+            ("vmid".into(), vmid.to_string()),
+            ("ostemplate".into(), GOLDEN_VOLID.into()),
+            ("restore".into(), "1".into()),
+            ("storage".into(), "local-lvm".into()),
+        ];
+        params.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let upid = self.client.lxc_create(node, &params).await?;
+        self.client.wait_task(&upid, &WaitOptions::default()).await
+    }
+
     pub async fn restore(
         &self,
         vmid: u32,
@@ -153,6 +232,11 @@ impl Env {
         let upid = self.client.lxc_create("pve", &params).await?;
         self.client.wait_task(&upid, &WaitOptions::default()).await
     }
+}
+
+/// The node names a running simulator serves.
+pub fn sim_nodes(sim: &SimHandle) -> Vec<String> {
+    sim.nodes()
 }
 
 pub fn vmid(n: u32) -> Vmid {
