@@ -779,22 +779,12 @@ impl Felhom {
             JobKind::Bringup
         };
         let id = crate::ops::new_job_id(kind);
-        // A repair acts where the guest lives now (followed); a creation where the spec
-        // (placed, if it said "auto") puts it.
-        let spec = match existing {
-            Some(rec) if rec.node != spec.node.as_str() => {
-                &spec.on_node(&rec.node).map_err(OpsError::Invalid)?
-            }
-            _ => spec,
-        };
+        // A repair acts where the guest lives now (followed: the job's node, the spec keeps
+        // the node it named); a creation where the spec (placed, if it said "auto") puts it.
+        let node = existing.map_or(spec.node.as_str(), |r| r.node.as_str());
         let value = serde_json::to_value(spec).map_err(|e| OpsError::Invalid(e.to_string()))?;
-        self.journal.create_job(
-            &id,
-            kind,
-            spec.node.as_str(),
-            Some(spec.hostname.as_str()),
-            &value,
-        )?;
+        self.journal
+            .create_job(&id, kind, node, Some(spec.hostname.as_str()), &value)?;
         let mut facts = Facts {
             golden_mac: golden.mac.map(|m| m.to_ascii_uppercase()),
             golden_rootfs_bytes: golden.rootfs_bytes,

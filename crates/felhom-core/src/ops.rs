@@ -299,15 +299,8 @@ impl Felhom {
         let many = specs.len() > 1;
         // Each node's bridges, listed once (None: the node would not say).
         let mut bridges_of: HashMap<String, Option<Vec<String>>> = HashMap::new();
-        // Where guests live and where `auto` ones would go: one cluster read, when needed.
-        let needs_cluster = specs
-            .iter()
-            .any(|s| s.node_is_auto() || matches!(s.vmid, VmidChoice::Fixed(_)));
-        let cluster = if needs_cluster {
-            crate::cluster::ClusterView::read(&self.client).await
-        } else {
-            Ok(Default::default())
-        };
+        // Where guests live, which nodes are up, where `auto` ones would go: one cluster read.
+        let cluster = crate::cluster::ClusterView::read(&self.client).await;
         let resolved: Vec<Option<crate::apply::Resolved>> = match &cluster {
             Ok(c) => match self.resolve_nodes(c, specs).await {
                 Ok(r) => r.into_iter().map(Some).collect(),
@@ -352,6 +345,13 @@ impl Felhom {
                     continue;
                 }
             };
+            // A node the cluster says is down cannot answer for its golden, storages and
+            // bridges; that is no fault of the spec: its guest's job pauses instead.
+            if cluster.as_ref().is_ok_and(|c| {
+                c.node_names().any(|n| n == s.node.as_str()) && !c.node_online(s.node.as_str())
+            }) {
+                continue;
+            }
             let id = s.identity_key();
             if s.customer.as_str() == crate::publish::TEMPLATE_CUSTOMER {
                 err(

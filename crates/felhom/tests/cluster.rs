@@ -303,3 +303,192 @@ fn two_processes_with_their_own_journals_make_one_guest_per_identity() {
     }
     assert_clean_invariants(&sim.state());
 }
+#[test]
+fn a_batch_spreads_over_the_nodes_and_felhom_nodes_limits_it() {
+    let sim = Sim::cluster(3, "", 0.02);
+    let specs: Vec<_> = ["aa", "bb", "cc"]
+        .iter()
+        .map(|c| sim.write_spec(&format!("{c}.toml"), &auto_spec(c, "")))
+        .collect();
+    let refs: Vec<&std::path::Path> = specs.iter().map(|p| p.as_path()).collect();
+    let o = apply(&sim, &refs);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let mut nodes: Vec<String> = guests_on(&sim).into_iter().map(|(_, n)| n).collect();
+    nodes.sort();
+    assert_eq!(nodes, ["pve1", "pve2", "pve3"], "one guest per node");
+    assert_clean_invariants(&sim.state());
+
+    // Only pve3 allowed: two more guests both go there.
+    set_config_nodes(&sim, "[\"pve3\"]");
+    let more: Vec<_> = ["dd", "ee"]
+        .iter()
+        .map(|c| sim.write_spec(&format!("{c}.toml"), &auto_spec(c, "")))
+        .collect();
+    let refs: Vec<&std::path::Path> = more.iter().map(|p| p.as_path()).collect();
+    let plan = sim.felhom(&["plan", refs[0].to_str().unwrap(), refs[1].to_str().unwrap()]);
+    assert!(
+        stdout(&plan).contains("node pve3: most free memory"),
+        "{}",
+        both(&plan)
+    );
+    let o = apply(&sim, &refs);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let on3 = guests_on(&sim).iter().filter(|(_, n)| n == "pve3").count();
+    assert_eq!(on3, 3, "{:?}", guests_on(&sim));
+}
+
+#[test]
+fn a_guest_migrated_outside_felhom_is_followed() {
+    let sim = Sim::cluster(3, "", 0.02);
+    let a = sim.write_spec(
+        "a.toml",
+        &spec("acme", "\"auto\"", MOUNT).replacen("node = \"pve\"", "node = \"pve1\"", 1),
+    );
+    let o = apply(&sim, &[&a]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let vmid = reports(&o)[0].2.unwrap() as u32;
+    assert_eq!(guests_on(&sim), [(u64::from(vmid), "pve1".to_string())]);
+
+    // Someone stops it and migrates it to pve3.
+    let admin = sim.admin(&["VM.PowerMgmt", "VM.Audit", "VM.Migrate", "Sys.Audit"]);
+    rt().block_on(async {
+        let v = pve_api::Vmid::try_from(vmid).unwrap();
+        let upid = admin.lxc_stop("pve1", v).await.unwrap();
+        admin
+            .wait_task(&upid, &pve_api::WaitOptions::default())
+            .await
+            .unwrap();
+    });
+    sim.migrate(vmid, "pve3").expect("migrate");
+    assert_eq!(guests_on(&sim), [(u64::from(vmid), "pve3".to_string())]);
+
+    // status follows it: stopped on pve3 is drift, not a missing guest.
+    let st = sim.felhom(&["--output", "json", "status"]);
+    assert_eq!(st.status.code(), Some(1), "{}", both(&st));
+    let st = json(&st);
+    let g = st["guests"]
+        .as_array()
+        .or_else(|| st.as_array())
+        .unwrap_or_else(|| panic!("{st}"))[0]
+        .clone();
+    assert_eq!(g["node"], "pve3", "{g}");
+    assert_eq!(g["status"], "stopped", "{g}");
+
+    // apply repairs it where it lives: started on pve3, no second guest, no write to pve1.
+    let before = sim.write_count();
+    let o = apply(&sim, &[&a]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert_eq!(reports(&o)[0].2, Some(u64::from(vmid)));
+    assert_eq!(guests_on(&sim), [(u64::from(vmid), "pve3".to_string())]);
+    let writes: Vec<String> = sim.get("requests").as_array().unwrap()[..]
+        .iter()
+        .filter(|r| matches!(r["method"].as_str(), Some("POST" | "PUT" | "DELETE")))
+        .map(|r| r["path"].as_str().unwrap_or_default().to_string())
+        .collect::<Vec<_>>()[before..]
+        .to_vec();
+    assert!(!writes.is_empty(), "the start");
+    assert!(
+        writes.iter().all(|p| p.contains("/nodes/pve3/")),
+        "every write went to the guest's new node: {writes:?}"
+    );
+    let jobs = json(&sim.felhom(&["--output", "json", "jobs"]));
+    assert!(
+        jobs["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|j| j["kind"] == "repair" && j["node"] == "pve3"),
+        "the repair job acted on pve3: {jobs}"
+    );
+    let guest = &sim.state()["guests"][0];
+    assert_eq!(guest["status"], "running", "{guest}");
+
+    // Then nothing to do.
+    let before = sim.write_count();
+    let o = apply(&sim, &[&a]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert_eq!(reports(&o)[0].1, "unchanged");
+    assert_eq!(sim.write_count(), before);
+
+    // teardown finds it on pve3 and destroys it there.
+    let o = sim.felhom(&["teardown", &vmid.to_string()]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert!(guests_on(&sim).is_empty(), "{:?}", guests_on(&sim));
+    assert_clean_invariants(&sim.state());
+}
+
+#[test]
+fn a_down_node_pauses_only_its_guests() {
+    let sim = Sim::cluster(3, "", 0.02);
+    let on2 = sim.write_spec(
+        "on2.toml",
+        &spec("two", "\"auto\"", "").replacen("node = \"pve\"", "node = \"pve2\"", 1),
+    );
+    let o = apply(&sim, &[&on2]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+
+    sim.fault_set("node_down:pve2");
+    let news: Vec<_> = ["n1", "n2"]
+        .iter()
+        .map(|c| sim.write_spec(&format!("{c}.toml"), &auto_spec(c, "")))
+        .collect();
+    let o = apply(&sim, &[&on2, &news[0], &news[1]]);
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "the down node's guest pauses: {}",
+        both(&o)
+    );
+    let r = reports(&o);
+    assert_eq!(r[0].1, "paused", "{r:?}");
+    assert_eq!(r[1].1, "succeeded", "{r:?}");
+    assert_eq!(r[2].1, "succeeded", "{r:?}");
+    let nodes: Vec<String> = guests_on(&sim).into_iter().map(|(_, n)| n).collect();
+    assert_eq!(
+        nodes.iter().filter(|n| *n == "pve2").count(),
+        1,
+        "nothing new on the down node: {nodes:?}"
+    );
+
+    sim.fault_clear("node_down:pve2");
+    let o = apply(&sim, &[&on2, &news[0], &news[1]]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert!(
+        reports(&o).iter().all(|r| r.1 == "unchanged"),
+        "{:?}",
+        reports(&o)
+    );
+    assert_eq!(guests_on(&sim).len(), 3);
+    assert_clean_invariants(&sim.state());
+}
+
+#[test]
+fn no_quorum_pauses_and_resume_finishes() {
+    let sim = Sim::cluster(2, "", 0.02);
+    sim.fault_set("no_quorum");
+    let a = sim.write_spec("a.toml", &auto_spec("acme", ""));
+    let o = apply(&sim, &[&a]);
+    assert_eq!(o.status.code(), Some(3), "{}", both(&o));
+    let r = reports(&o);
+    assert_eq!(r[0].1, "paused", "{r:?}");
+    let v = json(&o);
+    assert!(
+        v["jobs"][0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no quorum")),
+        "{v}"
+    );
+    assert!(
+        guests_on(&sim).is_empty(),
+        "nothing made, nothing to roll back"
+    );
+
+    sim.fault_clear("no_quorum");
+    let o = sim.felhom(&["--output", "json", "resume"]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert_eq!(reports(&o)[0].1, "succeeded", "{:?}", reports(&o));
+    assert_eq!(guests_on(&sim).len(), 1);
+    let o = apply(&sim, &[&a]);
+    assert_eq!(reports(&o)[0].1, "unchanged");
+    assert_clean_invariants(&sim.state());
+}
