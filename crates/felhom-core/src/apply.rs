@@ -9,7 +9,7 @@
 //! | no guest, no record | `create` (with the VMID `plan` shows) | a bring-up job |
 //! | one recorded guest, bound to its record, as specified | `unchanged` | nothing: zero writes |
 //! | the same, with drift the steps can repair | `repair` (fields) | a repair job: the bring-up steps, forward only |
-//! | drift no step may repair (MAC, golden, storage, node, shrink, a mount to remove, a mount felhom made whose detach outside it already happened) | `refuse` (why) | – |
+//! | drift no step may repair (MAC, golden, storage, a spec naming a third node — a guest migrated outside felhom is followed, shrink, a mount to remove, a mount felhom made whose detach outside it already happened) | `refuse` (why) | – |
 //! | a guest whose marker or MAC/rootfs no longer match felhom's record | `refuse` | – |
 //! | two live guests with one identity, or a marked guest felhom has no record of | `refuse` | – |
 //!
@@ -17,6 +17,12 @@
 //! marker names the record's job and identity — or the marker was rewritten, which is then
 //! drift the finish step repairs. A description alone (which anyone with
 //! `VM.Config.Options` may rewrite) never makes a guest felhom's, and never unmakes it.
+//!
+//! Every decision of a run shares one look at PVE ([`Observed`]): one `/cluster/resources`
+//! read says where each guest lives (a guest migrated outside felhom is followed, and the
+//! journal's record and unfinished jobs get its node: [`Felhom::follow_guests`]), and `auto`
+//! specs are placed from the same read ([`Felhom::resolve_nodes`], rule in `cluster.rs`).
+//! A guest PVE cannot answer for now (its node down) pauses alone.
 //!
 //! Two felhom processes never work on one identity at once: each holds the journal's
 //! identity lease while it decides and acts (a live holder is waited for, a dead one's lease

@@ -9,6 +9,7 @@
 //! | `a_guest_migrated_outside_felhom_is_followed` | stopped and migrated by someone else: `status` finds it on its new node (drift: stopped, not missing), `apply` starts it there (no new guest, the journal's node updated), then writes nothing; `teardown` destroys it there |
 //! | `a_down_node_pauses_only_its_guests` | `node_down:pve2`: its guest pauses (exit 3), new guests go to the other nodes and converge; cleared, apply converges with no new guest |
 //! | `two_processes_with_their_own_journals_make_one_guest_per_identity` | two `apply` processes, separate journals, overlapping specs, at once (rounds, one with a SIGKILL and a re-run): one guest per identity, no VMID twice, no guest of one torn down by the other |
+//! | `a_job_whose_node_goes_down_pauses_and_resumes_when_it_is_back` | `node_down` during a bring-up on that node: paused (exit 3), nothing rolled back; back up, `resume` finishes it |
 //! | `no_quorum_pauses_and_resume_finishes` | `no_quorum`: the bring-up pauses at once (exit 3, nothing rolled back); cleared, `felhom resume` finishes it |
 
 mod common;
@@ -490,5 +491,56 @@ fn no_quorum_pauses_and_resume_finishes() {
     assert_eq!(guests_on(&sim).len(), 1);
     let o = apply(&sim, &[&a]);
     assert_eq!(reports(&o)[0].1, "unchanged");
+    assert_clean_invariants(&sim.state());
+}
+
+#[test]
+fn a_job_whose_node_goes_down_pauses_and_resumes_when_it_is_back() {
+    let sim = Sim::cluster(2, "", 0.3);
+    // A short connect budget: the test need not wait a minute for the pause.
+    let text = std::fs::read_to_string(&sim.config).unwrap();
+    let text = text.replace("connect_budget_secs = 60", "connect_budget_secs = 2");
+    assert!(text.contains("connect_budget_secs = 2"), "{text}");
+    std::fs::write(&sim.config, text).unwrap();
+    let a = sim.write_spec(
+        "a.toml",
+        &spec("late", "\"auto\"", "").replacen("node = \"pve\"", "node = \"pve2\"", 1),
+    );
+    let child = sim
+        .cmd(&["--output", "json", "apply", a.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the restore to run on pve2, then take the node down.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let st = sim.state();
+        if st["guests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["node"] == "pve2")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no restore began: {st}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    sim.fault_set("node_down:pve2");
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", both(&o));
+    assert_eq!(reports(&o)[0].1, "paused", "{}", both(&o));
+
+    sim.fault_clear("node_down:pve2");
+    let r = sim.felhom(&["--output", "json", "resume"]);
+    assert_eq!(r.status.code(), Some(0), "{}", both(&r));
+    assert_eq!(reports(&r)[0].1, "succeeded", "{}", both(&r));
+    assert_eq!(guests_on(&sim).len(), 1, "{:?}", guests_on(&sim));
+    let o = apply(&sim, &[&a]);
+    assert_eq!(reports(&o)[0].1, "unchanged", "{}", both(&o));
     assert_clean_invariants(&sim.state());
 }

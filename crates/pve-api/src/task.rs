@@ -430,7 +430,9 @@ impl PveClient {
             let res = tokio::time::timeout(budget, self.task_status(upid))
                 .await
                 .map_err(|_| timeout(started))?;
-            if let Err(e @ ApiError::Transport { .. }) = &res {
+            // A 595 with an empty body for every look is a node that is down (pveproxy cannot
+            // reach it): as unreachable as a refused connection.
+            if let Err(e @ (ApiError::Transport { .. } | ApiError::AnswerLost { .. })) = &res {
                 let since = *unreachable_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= opts.unreachable_budget {
                     return Err(e.clone());
@@ -548,7 +550,9 @@ impl PveClient {
                 tokio::time::timeout(budget, node.look(self, &upid.node, wanted, upid.starttime))
                     .await
                     .map_err(|_| timeout(started))?;
-            if let Err(e @ ApiError::Transport { .. }) = &res {
+            // A 595 with an empty body for every look is a node that is down (pveproxy cannot
+            // reach it): as unreachable as a refused connection.
+            if let Err(e @ (ApiError::Transport { .. } | ApiError::AnswerLost { .. })) = &res {
                 let since = *unreachable_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= opts.unreachable_budget {
                     return Err(e.clone());

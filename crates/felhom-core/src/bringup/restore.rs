@@ -62,12 +62,16 @@ pub(crate) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
                     )));
                 }
             }
-            // Another process's guest took the VMID before this job dispatched anything
-            // there: an "auto" guest moves on to the next free VMID.
-            _ if cx.owner_job() == cx.job_id
-                && !owner.is_ours()
-                && spec(cx)?.vmid == crate::spec::VmidChoice::NextFree
-                && !dispatched_at(cx, vmid)? =>
+            // Another felhom process's guest (its marker, or its restore still running) took
+            // the VMID before this job dispatched anything there: an "auto" guest moves on
+            // to the next free VMID. A finished guest without felhom's marker is refused as
+            // before: a person looks at who put it at felhom's VMID.
+            (lock, _)
+                if cx.owner_job() == cx.job_id
+                    && !owner.is_ours()
+                    && (lock == Some("create") || matches!(owner, Ownership::OtherJob(_)))
+                    && spec(cx)?.vmid == crate::spec::VmidChoice::NextFree
+                    && !dispatched_at(cx, vmid)? =>
             {
                 super::reserve::move_on(cx, vmid).await?;
                 return Ok(Observed::NotDone);
