@@ -88,6 +88,41 @@ impl ClusterView {
         Ok(Self::from_resources(client.cluster_resources(None).await?))
     }
 
+    /// One read shared by the jobs of this process: the newest read of `server` that
+    /// *started* at or after `since` is reused, else this call reads (one read at a time per
+    /// server; callers arriving meanwhile take the next one). A bring-up's VMID pick and MAC
+    /// choice accept a read a moment old (a VMID taken since is PVE's to refuse, and the
+    /// restore then moves on); the identity step's scan asks for one started after its own
+    /// marker was visible. Without it every guest in flight read every guest of the
+    /// cluster two or three times: quadratic in the batch.
+    pub async fn read_shared(
+        client: &PveClient,
+        server: &str,
+        since: std::time::Instant,
+    ) -> Result<std::sync::Arc<ClusterView>, ApiError> {
+        type Slot = std::sync::Arc<
+            tokio::sync::Mutex<Option<(std::time::Instant, std::sync::Arc<ClusterView>)>>,
+        >;
+        static SHARED: std::sync::LazyLock<std::sync::Mutex<BTreeMap<String, Slot>>> =
+            std::sync::LazyLock::new(Default::default);
+        let slot = SHARED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(server.to_string())
+            .or_default()
+            .clone();
+        let mut last = slot.lock().await;
+        if let Some((started, view)) = &*last {
+            if *started >= since {
+                return Ok(view.clone());
+            }
+        }
+        let started = std::time::Instant::now();
+        let view = std::sync::Arc::new(Self::read(client).await?);
+        *last = Some((started, view.clone()));
+        Ok(view)
+    }
+
     pub fn from_resources(items: Vec<ClusterResource>) -> ClusterView {
         let mut v = ClusterView::default();
         for r in items {

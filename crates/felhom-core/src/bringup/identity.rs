@@ -47,7 +47,9 @@ pub(super) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
     };
     let net_ok = net0_drift(net0_of(&cfg)?.as_ref(), s).is_empty();
     if hostname_ok && mac_ok && net_ok {
-        let scan = scan_cluster(cx, Some(vmid)).await?;
+        // A read that began after this guest's marker was visible (see
+        // one_guest_per_identity), shared with the other guests in flight.
+        let scan = scan_cluster(cx, Some(vmid), std::time::Instant::now()).await?;
         if cx.owner_job() == cx.job_id {
             one_guest_per_identity(vmid, s, &scan.twins)?;
         }
@@ -163,13 +165,22 @@ pub(super) async fn taken_macs(
     cx: &JobCx,
     except: Option<Vmid>,
 ) -> Result<HashSet<String>, StepError> {
-    Ok(scan_cluster(cx, except).await?.macs)
+    let since = std::time::Instant::now()
+        .checked_sub(SHARED_READ_AGE)
+        .unwrap_or_else(std::time::Instant::now);
+    Ok(scan_cluster(cx, except, since).await?.macs)
 }
 
-/// [`taken_macs`] with the unrecorded guests' markers.
+/// How old a shared cluster read may be for a MAC choice (MACs are random: a guest made
+/// meanwhile collides with a chance of one in 2^24, and the identity step checks again).
+const SHARED_READ_AGE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// [`taken_macs`] with the unrecorded guests' markers, from a cluster read started at or
+/// after `since`.
 pub(super) async fn scan_cluster(
     cx: &JobCx,
     except: Option<Vmid>,
+    since: std::time::Instant,
 ) -> Result<ClusterScan, StepError> {
     let mut twins = Vec::new();
     let mut taken = HashSet::new();
@@ -187,7 +198,12 @@ pub(super) async fn scan_cluster(
         .map(|g| (g.vmid, g))
         .collect();
     // Every node's guests (one cluster read): a MAC is unique across the cluster.
-    let cluster = crate::cluster::ClusterView::read(&cx.client).await?;
+    let cluster = crate::cluster::ClusterView::read_shared(
+        &cx.client,
+        cx.config.client.base_url.as_str(),
+        since,
+    )
+    .await?;
     for (vmid, at) in cluster.guests() {
         if Some(vmid) == except.map(|v| v.get()) {
             continue;

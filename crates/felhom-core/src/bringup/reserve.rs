@@ -40,12 +40,21 @@ pub(crate) async fn act(cx: &JobCx) -> Result<(), StepError> {
         VmidChoice::NextFree => {
             // The VMID `plan` showed (chosen for this job in spec order) first, then the
             // next free ones if another process took it meanwhile.
-            let picker = VmidPicker::new(&cx.client, &cx.journal, range)
-                .await
-                .map_err(|e| match e {
-                    guest::PickError::Api(e) => StepError::Api(e),
-                    guest::PickError::Journal(e) => StepError::Journal(e),
-                })?;
+            // A shared read a moment old will do: a VMID taken since is PVE's to refuse,
+            // and the restore then moves on.
+            let since = std::time::Instant::now()
+                .checked_sub(std::time::Duration::from_millis(500))
+                .unwrap_or_else(std::time::Instant::now);
+            let view = crate::cluster::ClusterView::read_shared(
+                &cx.client,
+                cx.config.client.base_url.as_str(),
+                since,
+            )
+            .await?;
+            let picker = VmidPicker::from_view(&cx.journal, &view, range).map_err(|e| match e {
+                guest::PickError::Api(e) => StepError::Api(e),
+                guest::PickError::Journal(e) => StepError::Journal(e),
+            })?;
             let free: Vec<Vmid> = picker.candidates().take(64).collect();
             let hint = cx
                 .facts()
