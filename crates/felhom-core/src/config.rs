@@ -129,6 +129,10 @@ pub struct PveSection {
     /// the request fails naming the endpoint (a hostile or broken server cannot fill memory).
     #[serde(default = "default_max_response_mib")]
     pub max_response_mib: u64,
+    /// At most this many API requests a second to any one node (a token bucket, burst of
+    /// one second's worth); unset: no budget beyond what felhom's own pacing gives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_second: Option<f64>,
 }
 
 fn default_timeout() -> u64 {
@@ -236,6 +240,8 @@ pub struct Config {
     pub task_timeout: Duration,
     /// How long PVE may stay unreachable before a job pauses.
     pub connect_budget: Duration,
+    /// `pve.max_requests_per_second`.
+    pub max_requests_per_second: Option<f64>,
     pub strategy: Strategy,
     /// `felhom.specs`, resolved against the config file's directory.
     pub specs: Vec<PathBuf>,
@@ -416,6 +422,14 @@ impl Config {
         if file.pve.timeout_secs == 0 {
             err("pve.timeout_secs", "must be > 0".into());
         }
+        if let Some(r) = file.pve.max_requests_per_second {
+            if !(r.is_finite() && r > 0.0 && r <= 10_000.0) {
+                err(
+                    "pve.max_requests_per_second",
+                    format!("must be > 0 and ≤ 10000 (requests a second per node); got {r}"),
+                );
+            }
+        }
         if !(1..=4096).contains(&file.pve.max_response_mib) {
             err(
                 "pve.max_response_mib",
@@ -449,6 +463,7 @@ impl Config {
             ssh_timeout: Duration::from_secs(file.felhom.ssh_timeout_secs),
             task_timeout: Duration::from_secs(file.felhom.task_timeout_secs),
             connect_budget: Duration::from_secs(file.felhom.connect_budget_secs),
+            max_requests_per_second: file.pve.max_requests_per_second,
             strategy: file.felhom.strategy,
             specs: file.felhom.specs.iter().map(|p| resolve(p)).collect(),
             nodes: file.felhom.nodes.clone(),
@@ -530,6 +545,43 @@ pub fn write_config_file(path: &Path, file: &ConfigFile) -> std::io::Result<()> 
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, format!("# written by felhom; see README.md\n{text}"))?;
     std::fs::rename(tmp, path)
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    fn with(extra: &str) -> Result<Config, ConfigError> {
+        let text = format!(
+            "[pve]\nurl = \"https://pve.example:8006\"\nfingerprint = \"{}\"\ntoken_id = \"felhom@pve!agent\"\n{extra}\n[felhom]\nvmid_range = [1000, 1999]\njournal = \"j.db\"\n",
+            ["AA"; 32].join(":")
+        );
+        std::env::set_var(
+            "FELHOM_TOKEN_SECRET",
+            "00000000-0000-0000-0000-000000000000",
+        );
+        Config::parse(Path::new("/tmp/x/felhom.toml"), &text)
+    }
+
+    #[test]
+    fn the_request_budget_is_optional_and_checked() {
+        match with("") {
+            Ok(c) => assert_eq!(c.max_requests_per_second, None),
+            Err(e) => panic!("{e}"),
+        }
+        match with("max_requests_per_second = 20") {
+            Ok(c) => assert_eq!(c.max_requests_per_second, Some(20.0)),
+            Err(e) => panic!("{e}"),
+        }
+        for bad in ["0", "-1", "nan", "20000"] {
+            let e = with(&format!("max_requests_per_second = {bad}"))
+                .err()
+                .unwrap_or_else(|| panic!("{bad} accepted"))
+                .to_string();
+            assert!(e.contains("pve.max_requests_per_second"), "{e}");
+            assert!(e.contains("must be > 0 and ≤ 10000"), "{e}");
+        }
+    }
 }
 
 #[cfg(test)]

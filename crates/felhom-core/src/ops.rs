@@ -113,6 +113,9 @@ pub struct Felhom {
     /// What each golden archive says about itself, by (node, volid): a vzdump archive never
     /// changes under its name (the name carries its timestamp), so one read per process.
     golden: std::sync::Mutex<std::collections::HashMap<(String, String), GoldenInfo>>,
+    /// Held while a golden's config is read: a batch's jobs that all miss the cache at once
+    /// wait for the one read instead of each sending its own.
+    golden_read: tokio::sync::Mutex<()>,
 }
 
 pub fn new_job_id(kind: JobKind) -> String {
@@ -185,6 +188,7 @@ impl Felhom {
     pub fn open(config: Config) -> Result<Felhom, OpsError> {
         let client = PveClient::new(config.client.clone())?;
         client.set_observer(crate::metrics::pve_observer());
+        client.set_request_budget(config.max_requests_per_second);
         let journal = Arc::new(Journal::open(&config.journal)?);
         let limits = Arc::new(Limits::new(&config));
         let felhom = Felhom {
@@ -194,6 +198,7 @@ impl Felhom {
             limits,
             waits: Default::default(),
             golden: Default::default(),
+            golden_read: Default::default(),
         };
         felhom.recall_durations()?;
         Ok(felhom)
@@ -259,6 +264,7 @@ impl Felhom {
             spec,
             config_cache: Default::default(),
             acting: Default::default(),
+            shortcuts: Default::default(),
             waits: self.waits.clone(),
             unreachable_since: Default::default(),
             dispatch_unsure: Default::default(),
@@ -268,13 +274,19 @@ impl Felhom {
     /// [`crate::guest::golden_info`], read once per archive and process.
     pub async fn golden_info(&self, node: &str, volid: &str) -> Result<GoldenInfo, ApiError> {
         let key = (node.to_string(), volid.to_string());
-        if let Some(g) = self
-            .golden
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            return Ok(g.clone());
+        let cached = || {
+            self.golden
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&key)
+                .cloned()
+        };
+        if let Some(g) = cached() {
+            return Ok(g);
+        }
+        let _reading = self.golden_read.lock().await;
+        if let Some(g) = cached() {
+            return Ok(g);
         }
         let g = crate::guest::golden_info(&self.client, node, volid).await?;
         self.golden

@@ -356,3 +356,35 @@ fn guests_in_flight_share_one_task_list_poll() {
         "task-list requests closer than 100 ms: {lists:?}"
     );
 }
+
+/// Fewer requests per guest (issue 16): what the bring-up's own acts saw is not asked again.
+/// The restore leaves the guest stopped and a start task that ended well leaves it running,
+/// so no `status/current` is read; the config read after the restore serves every step up
+/// to finish (a start and the two waits write no config), and finish's write is verified
+/// by one more read: two config reads after the restore request in all.
+#[test]
+fn a_bring_up_does_not_ask_again_what_it_just_saw() {
+    let sim = Sim::start();
+    let spec = sim.write_spec("acme.toml", &spec("acme", "1150", MOUNT));
+    let out = sim.felhom(&["--output", "json", "provision", spec.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let reqs = sim.get("requests").as_array().unwrap().clone();
+    let restore_at = reqs
+        .iter()
+        .position(|r| r["method"] == "POST" && r["path"] == "/nodes/pve/lxc")
+        .expect("a restore request");
+    let after: Vec<&Value> = reqs[restore_at..].iter().collect();
+    let count = |tail: &str| {
+        after
+            .iter()
+            .filter(|r| {
+                r["method"] == "GET"
+                    && r["path"]
+                        .as_str()
+                        .is_some_and(|p| p.starts_with("/nodes/pve/lxc/1150") && p.ends_with(tail))
+            })
+            .count()
+    };
+    assert_eq!(count("/status/current"), 0, "{after:#?}");
+    assert_eq!(count("/config"), 2, "{after:#?}");
+}

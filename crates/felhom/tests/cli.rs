@@ -280,6 +280,51 @@ fn demo_prints_one_json_document() {
     assert!(v["error"].as_str().unwrap().contains("--guests"), "{v}");
 }
 
+/// `demo --strategy restore,linked-clone` runs both, the second after `golden publish`, and
+/// reports each one's times; `--keep` keeps one strategy's guests only.
+#[test]
+fn demo_runs_each_strategy_and_reports_its_times() {
+    let out = Command::new(BIN)
+        .args([
+            "--output",
+            "json",
+            "demo",
+            "--guests",
+            "2",
+            "--time-scale",
+            "0.02",
+        ])
+        .args(["--strategy", "restore,linked-clone"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let v = one_document(&out.stdout, "demo");
+    let runs = v["strategies"].as_array().expect("strategies");
+    let names: Vec<&str> = runs.iter().filter_map(|r| r["strategy"].as_str()).collect();
+    assert_eq!(names, ["restore", "linked-clone"], "{v}");
+    for r in runs {
+        assert_eq!(r["succeeded"], 2, "{r}");
+        assert!(r["up_s"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["steps_s"]["restore"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["steps_s"]["ssh"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    assert!(runs[0]["publish_s"].is_null(), "{v}");
+    assert!(runs[1]["publish_s"].as_f64().unwrap() > 0.0, "{v}");
+
+    let out = Command::new(BIN)
+        .args(["demo", "--keep", "--strategy", "restore,linked-clone"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", both(&out));
+    assert!(stderr(&out).contains("--keep"), "{}", both(&out));
+    let out = Command::new(BIN)
+        .args(["demo", "--strategy", "clone"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", both(&out));
+    assert!(stderr(&out).contains("--strategy"), "{}", both(&out));
+}
+
 #[test]
 fn completions_and_man_come_from_the_clap_tree() {
     let out = Command::new(BIN)

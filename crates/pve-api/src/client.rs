@@ -89,6 +89,8 @@ struct Inner {
     /// the middle gets one handshake, never a retry or a parallel request.
     refused: std::sync::Mutex<Option<ApiError>>,
     observer: RwLock<Option<Arc<dyn crate::observe::Observer>>>,
+    /// The per-node request budget, when one is set.
+    budget: RwLock<Option<Arc<crate::budget::Budget>>>,
 }
 
 /// A PVE API client. Cheap to clone (shared connection pool and counters).
@@ -230,6 +232,7 @@ impl PveClient {
                 max_body: cfg.max_body_bytes,
                 refused: Default::default(),
                 observer: RwLock::new(None),
+                budget: RwLock::new(None),
             }),
         })
     }
@@ -254,6 +257,16 @@ impl PveClient {
 
     /// Tell `observer` of every request and learned task duration from now on, for this
     /// client and all its clones (replacing any observer set before).
+    /// At most `per_second` API requests a second to any one node (a token bucket with a
+    /// burst of one second's worth, [`crate::budget`]); `None` (the default) sends at once.
+    /// Shared by this client's clones. A value that is not a positive number is ignored.
+    pub fn set_request_budget(&self, per_second: Option<f64>) {
+        let budget = per_second
+            .filter(|r| r.is_finite() && *r > 0.0)
+            .map(|r| Arc::new(crate::budget::Budget::new(r)));
+        *self.inner.budget.write().unwrap_or_else(|p| p.into_inner()) = budget;
+    }
+
     pub fn set_observer(&self, observer: Arc<dyn crate::observe::Observer>) {
         *self
             .inner
@@ -326,6 +339,17 @@ impl PveClient {
         let url = self.url(full_path)?;
         if let Some(e) = self.refused_certificate() {
             return Err(e);
+        }
+        if full_path.starts_with("/api2/") {
+            let budget = self
+                .inner
+                .budget
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if let Some(b) = budget {
+                b.take(crate::budget::Budget::key(full_path)).await;
+            }
         }
         let mut req = self.inner.http.request(method.clone(), url);
         if method == Method::GET || method == Method::DELETE {

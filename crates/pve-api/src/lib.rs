@@ -27,6 +27,7 @@
 
 mod access;
 mod auth;
+mod budget;
 mod client;
 mod cluster;
 pub mod durations;

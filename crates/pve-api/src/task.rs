@@ -303,6 +303,25 @@ enum PollErrorAction {
     Fail,
 }
 
+/// What one look of a wait saw of its task.
+enum Seen {
+    /// Running when the look's request was sent (this long after the wait's origin).
+    Running(Duration),
+    /// Stopped with this exit status.
+    Stopped(String),
+}
+
+/// A look that failed, and which kind of request failed.
+enum Failed {
+    /// The task's own status ([`poll_error_action`] decides).
+    Status(ApiError),
+    /// The node's task list (transient: again; otherwise the wait falls back to status).
+    List(ApiError),
+    /// The status of a task the (answered) list did not show: as a status poll's, but the
+    /// node was reached.
+    Unlisted(ApiError),
+}
+
 impl PveClient {
     fn task_path(upid: &Upid, tail: &str) -> Result<String, ApiError> {
         crate::client::check_node(&upid.node)?;
@@ -395,14 +414,50 @@ impl PveClient {
         opts: &WaitOptions,
     ) -> Result<TaskOutcome, ApiError> {
         let started = Instant::now();
+        let origin = self.origin_of(upid, started);
+        self.poll_task(upid, opts, started, |_| async move {
+            let sent = origin.elapsed();
+            match self.task_status(upid).await {
+                Ok(st) if st.status != "stopped" => Ok(Seen::Running(sent)),
+                Ok(st) => Ok(Seen::Stopped(
+                    st.exitstatus.unwrap_or_else(|| "unexpected status".into()),
+                )),
+                Err(e) => Err(Failed::Status(e)),
+            }
+        })
+        .await
+    }
+
+    /// Where a wait on `upid` measures from: the dispatch, when this client sent it (its
+    /// durations are learned from there, `durations.rs`); else the start of the wait.
+    fn origin_of(&self, upid: &Upid, started: Instant) -> Instant {
+        self.durations()
+            .dispatch_of(&upid.to_string())
+            .unwrap_or(started)
+    }
+
+    /// The one schedule of [`PveClient::wait_task`] and [`PveClient::watch_task`]: sleep as
+    /// the learned durations and [`WaitOptions`] say, take a look (`look`: its own status,
+    /// or the node's shared task list), and end on a stopped task, the deadline, PVE
+    /// unreachable past the budget, or an error that is not "not yet". A task this client
+    /// did not start (another process's, or one resumed from a journal) has no known
+    /// origin: it is waited for at the usual cadence and teaches nothing.
+    async fn poll_task<F, Fut>(
+        &self,
+        upid: &Upid,
+        opts: &WaitOptions,
+        started: Instant,
+        mut look: F,
+    ) -> Result<TaskOutcome, ApiError>
+    where
+        F: FnMut(Instant) -> Fut,
+        Fut: std::future::Future<Output = Result<Seen, Failed>>,
+    {
         let timeout = |started: Instant| ApiError::TaskTimeout {
             upid: upid.to_string(),
             waited: started.elapsed(),
         };
         let mut polls = 0u32;
-        // Durations are measured from the task's dispatch (`durations.rs`). A task this
-        // client did not start (another process's, or one resumed from a journal) has no
-        // known origin: it is waited for at the usual cadence and teaches nothing.
         let dispatch = self.durations().dispatch_of(&upid.to_string());
         let origin = dispatch.unwrap_or(started);
         let hint = dispatch.and_then(|_| self.durations().expected(&upid.task_type));
@@ -413,7 +468,7 @@ impl PveClient {
         };
         // The last moment the task was seen running: the lower end of its bracket.
         let mut running_at = Duration::ZERO;
-        // Since when every poll failed to reach PVE.
+        // Since when every look failed to reach PVE.
         let mut unreachable_since: Option<Instant> = None;
         loop {
             let pause = schedule
@@ -421,18 +476,23 @@ impl PveClient {
                 .ok_or_else(|| timeout(started))?;
             tokio::time::sleep(pause).await;
             polls += 1;
-            let sent = origin.elapsed();
             // One request may overrun the deadline by at most one `max_interval`.
             let budget = opts
                 .deadline
                 .saturating_sub(started.elapsed())
                 .max(opts.max_interval);
-            let res = tokio::time::timeout(budget, self.task_status(upid))
+            let res = tokio::time::timeout(budget, look(Instant::now()))
                 .await
                 .map_err(|_| timeout(started))?;
             // A 595 with an empty body for every look is a node that is down (pveproxy cannot
             // reach it): as unreachable as a refused connection.
-            if let Err(e @ (ApiError::Transport { .. } | ApiError::AnswerLost { .. })) = &res {
+            if let Err(Failed::Status(
+                e @ (ApiError::Transport { .. } | ApiError::AnswerLost { .. }),
+            ))
+            | Err(Failed::List(
+                e @ (ApiError::Transport { .. } | ApiError::AnswerLost { .. }),
+            )) = &res
+            {
                 let since = *unreachable_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= opts.unreachable_budget {
                     return Err(e.clone());
@@ -440,21 +500,31 @@ impl PveClient {
             } else {
                 unreachable_since = None;
             }
-            let st = match res {
-                Ok(st) => st,
-                Err(e) => match poll_error_action(&e, started.elapsed(), opts) {
-                    PollErrorAction::Retry => {
-                        tracing::debug!(upid = %upid, error = %e, "task status not available yet");
-                        continue;
+            let exit = match res {
+                Ok(Seen::Running(at)) => {
+                    running_at = running_at.max(at);
+                    continue;
+                }
+                Ok(Seen::Stopped(exit)) => exit,
+                Err(Failed::Status(e) | Failed::Unlisted(e)) => {
+                    match poll_error_action(&e, started.elapsed(), opts) {
+                        PollErrorAction::Retry => {
+                            tracing::debug!(upid = %upid, error = %e, "task status not available yet");
+                            continue;
+                        }
+                        PollErrorAction::Fail => return Err(e),
                     }
-                    PollErrorAction::Fail => return Err(e),
-                },
+                }
+                Err(Failed::List(e)) if e.is_transient() => continue,
+                // A list the node refuses: the rest of the wait reads the task's own status.
+                Err(Failed::List(_)) => {
+                    let rest = WaitOptions {
+                        deadline: opts.deadline.saturating_sub(started.elapsed()),
+                        ..*opts
+                    };
+                    return Box::pin(self.wait_task(upid, &rest)).await;
+                }
             };
-            if st.status != "stopped" {
-                running_at = sent;
-                continue;
-            }
-            let exit = st.exitstatus.unwrap_or_else(|| "unexpected status".into());
             let learn = dispatch.map(|origin| Bracket {
                 lo: running_at,
                 hi: origin.elapsed(),
@@ -506,97 +576,45 @@ impl PveClient {
     /// task list ([`crate::watch`]), one request per poll for every task this client waits
     /// for on that node, so the request rate to a node stays bounded however many tasks are
     /// in flight. The same schedule (learned durations included), deadline, unreachable
-    /// budget and outcomes as `wait_task`; `polls` counts the looks this wait took (shared
-    /// or not). A UPID the list does not show is read by its status once per look; a list
-    /// the node refuses (not transient) hands the rest of the wait to `wait_task`.
+    /// budget and outcomes as `wait_task` (one loop, [`PveClient::poll_task`]); `polls`
+    /// counts the looks this wait took (shared or not). A UPID the list does not show is
+    /// read by its status once per look; a list the node refuses (not transient) hands the
+    /// rest of the wait to `wait_task`.
     pub async fn watch_task(
         &self,
         upid: &Upid,
         opts: &WaitOptions,
     ) -> Result<TaskOutcome, ApiError> {
         let started = Instant::now();
-        let timeout = |started: Instant| ApiError::TaskTimeout {
-            upid: upid.to_string(),
-            waited: started.elapsed(),
-        };
         let node = self.node_watch(&upid.node);
         let _registered = node.register(upid);
         let key = upid.to_string();
-        let mut polls = 0u32;
-        let dispatch = self.durations().dispatch_of(&key);
-        let origin = dispatch.unwrap_or(started);
-        let hint = dispatch.and_then(|_| self.durations().expected(&upid.task_type));
-        let schedule = WaitOptions {
-            deadline: opts.deadline + started.saturating_duration_since(origin),
-            ..*opts
-        };
-        let mut running_at = Duration::ZERO;
-        let mut unreachable_since: Option<Instant> = None;
-        loop {
-            let pause = schedule
-                .next_pause_hinted(polls, origin.elapsed(), hint)
-                .ok_or_else(|| timeout(started))?;
-            tokio::time::sleep(pause).await;
-            polls += 1;
+        let origin = self.origin_of(upid, started);
+        let (node, key) = (&node, &key);
+        self.poll_task(upid, opts, started, |now| async move {
             // A look sent a little before this wake-up is fresh enough, and shared.
-            let wanted = Instant::now()
+            let wanted = now
                 .checked_sub(crate::watch::NODE_POLL_GAP / 2)
-                .unwrap_or_else(Instant::now);
-            let budget = opts
-                .deadline
-                .saturating_sub(started.elapsed())
-                .max(opts.max_interval);
-            let res =
-                tokio::time::timeout(budget, node.look(self, &upid.node, wanted, upid.starttime))
-                    .await
-                    .map_err(|_| timeout(started))?;
-            // A 595 with an empty body for every look is a node that is down (pveproxy cannot
-            // reach it): as unreachable as a refused connection.
-            if let Err(e @ (ApiError::Transport { .. } | ApiError::AnswerLost { .. })) = &res {
-                let since = *unreachable_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= opts.unreachable_budget {
-                    return Err(e.clone());
-                }
-            } else {
-                unreachable_since = None;
-            }
-            let look = match res {
-                Ok(look) => look,
-                Err(e) if e.is_transient() => continue,
-                Err(_) => {
-                    let rest = WaitOptions {
-                        deadline: opts.deadline.saturating_sub(started.elapsed()),
-                        ..*opts
-                    };
-                    return self.wait_task(upid, &rest).await;
-                }
-            };
+                .unwrap_or(now);
+            let look = node
+                .look(self, &upid.node, wanted, upid.starttime)
+                .await
+                .map_err(Failed::List)?;
             let seen_at = look.sent.saturating_duration_since(origin);
-            let exit = match look.seen.get(&key) {
-                Some(None) => {
-                    running_at = running_at.max(seen_at);
-                    continue;
-                }
-                Some(Some(exit)) => exit.clone(),
+            match look.seen.get(key) {
+                Some(None) => Ok(Seen::Running(seen_at)),
+                Some(Some(exit)) => Ok(Seen::Stopped(exit.clone())),
                 // Not listed (cut off by the limit, or not visible yet): its own status.
                 None => match self.task_status(upid).await {
-                    Ok(st) if st.is_running() => {
-                        running_at = running_at.max(seen_at);
-                        continue;
-                    }
-                    Ok(st) => st.exitstatus.unwrap_or_else(|| "unexpected status".into()),
-                    Err(e) => match poll_error_action(&e, started.elapsed(), opts) {
-                        PollErrorAction::Retry => continue,
-                        PollErrorAction::Fail => return Err(e),
-                    },
+                    Ok(st) if st.is_running() => Ok(Seen::Running(seen_at)),
+                    Ok(st) => Ok(Seen::Stopped(
+                        st.exitstatus.unwrap_or_else(|| "unexpected status".into()),
+                    )),
+                    Err(e) => Err(Failed::Unlisted(e)),
                 },
-            };
-            let learn = dispatch.map(|origin| Bracket {
-                lo: running_at,
-                hi: origin.elapsed(),
-            });
-            return self.task_ended(upid, exit, learn, polls).await;
-        }
+            }
+        })
+        .await
     }
 }
 

@@ -126,6 +126,11 @@ pub fn unable_to_restore(vmid: impl std::fmt::Display, err: &str) -> String {
     format!("unable to restore CT {vmid} - {err}")
 }
 
+/// `create_vm`'s `$emsg` for a plain create (no `restore`).
+pub fn unable_to_create(vmid: impl std::fmt::Display, err: &str) -> String {
+    format!("unable to create CT {vmid} - {err}")
+}
+
 /// The worker could not be forked, so nothing was done (pve-common `RESTEnvironment.pm`
 /// `fork_worker`): the one 500 that is worth repeating.
 pub const NO_WORKER_UPID: &str = "got no worker upid";
@@ -199,6 +204,8 @@ pub fn clone_failed(err: &str) -> String {
 /// `POST …/template` on a template (pve-container `API2/LXC.pm` `template`).
 pub const TEMPLATE_OF_TEMPLATE: &str = "you can't convert a template to a template";
 /// `POST …/template` on a running CT (same function).
+/// `create_vm` with `restore=1, force=1` onto a running CT (pve-container `API2/LXC.pm`).
+pub const CANT_OVERWRITE_RUNNING: &str = "can't overwrite running container";
 pub const TEMPLATE_RUNNING: &str = "you can't convert a CT to template if the CT is running";
 /// A volume whose storage has no `template` feature (thick LVM), in the `vztemplate` worker
 /// (pve-container `LXC.pm` `template_create`).

@@ -134,7 +134,7 @@ pub async fn dump(sim: &Arc<Sim>) -> Value {
                 })
             })
             .collect();
-        let tasks: Vec<Value> = st.tasks.iter().map(|t| json!({ "upid": t.upid, "type": t.task_type, "id": t.id, "status": t.status, "exitstatus": t.exitstatus, "start_ms": t.start_ms, "end_ms": t.end_ms, "modelled_ms": t.modelled_ms })).collect();
+        let tasks: Vec<Value> = st.tasks.iter().map(|t| json!({ "upid": t.upid, "node": t.node, "type": t.task_type, "id": t.id, "status": t.status, "exitstatus": t.exitstatus, "start_ms": t.start_ms, "end_ms": t.end_ms, "modelled_ms": t.modelled_ms })).collect();
         let faults = sim.cluster_faults.borrow().clone();
         let storages: Vec<Value> = st.storages.iter().map(|s| json!({ "id": s.id, "type": s.storage_type, "shared": s.shared, "nodes": s.nodes })).collect();
         json!({ "node": st.node, "storages": storages, "nodes": st.nodes.iter().map(|n| json!({ "name": n.name, "online": !faults.down.contains(&n.name) })).collect::<Vec<_>>(), "faults": { "node_down": faults.down, "no_quorum": faults.no_quorum }, "guests": guests, "volumes": st.volumes, "leases": st.leases, "tasks": tasks, "counters": st.counters, "pools": st.pools, "linked": st.linked })
@@ -447,11 +447,27 @@ pub async fn migrate(
             return (StatusCode::BAD_REQUEST, format!("migrate request: {e}")).into_response()
         }
     };
-    // The config flock, as the migration's `lock_config`.
-    let guard = match sim.flock(m.vmid, crate::sim::model::LOCK_TIMEOUT).await {
-        Ok(g) => g,
-        Err(e) => return refused(&e),
+    match migrate_guest(&sim, m.vmid, &m.node).await {
+        Ok(source) => {
+            Json(json!({ "vmid": m.vmid, "from": source, "node": m.node })).into_response()
+        }
+        Err(e) => refused(&e),
+    }
+}
+
+/// The offline migration itself (for the route and for in-process users through
+/// `SimHandle::migrate`): the node the guest came from, or PVE's refusal.
+pub(crate) async fn migrate_guest(
+    sim: &Arc<Sim>,
+    vmid: u32,
+    target: &str,
+) -> Result<String, String> {
+    let m = MigrateReq {
+        vmid,
+        node: target.to_string(),
     };
+    // The config flock, as the migration's `lock_config`.
+    let guard = sim.flock(m.vmid, crate::sim::model::LOCK_TIMEOUT).await?;
     let target = m.node.clone();
     let down = |n: &str| sim.node_down(n);
     let no_quorum = sim.no_quorum();
@@ -517,12 +533,7 @@ pub async fn migrate(
         Ok(source)
     });
     drop(guard);
-    match r {
-        Ok(source) => {
-            Json(json!({ "vmid": m.vmid, "from": source, "node": m.node })).into_response()
-        }
-        Err(e) => refused(&e),
-    }
+    r
 }
 
 fn refused(message: &str) -> Response {

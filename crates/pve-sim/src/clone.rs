@@ -248,12 +248,24 @@ pub(crate) fn begin_template(st: &State, vmid: u32) -> Result<TaskPlan, String> 
         .guests
         .get(&vmid)
         .ok_or_else(|| texts::no_config(&st.node, vmid))?;
-    let vols = config_volumes(&g.config);
+    // (A missing config is reported on the first node: the template task checked its node
+    // when it was asked for.)
+    let renames = template_renames(st, &g.config)?;
+    Ok(TaskPlan::Template { vmid, renames })
+}
+
+/// `template_create`'s two passes over a config's volumes (`C:LXC.pm`): first every volume
+/// must have the `template` feature, then each is renamed to its base name. Used by
+/// `vztemplate` and by a restore of an archived template (audit R16).
+pub(crate) fn template_renames(
+    st: &State,
+    conf: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<(String, String)>, String> {
+    let vols = config_volumes(conf);
     if let Some(v) = vols.iter().find(|v| !can_template(st, v)) {
         return Err(texts::template_unavailable(v));
     }
-    let renames = vols.iter().map(|v| (v.clone(), base_name(v))).collect();
-    Ok(TaskPlan::Template { vmid, renames })
+    Ok(vols.iter().map(|v| (v.clone(), base_name(v))).collect())
 }
 
 /// The end of a `vztemplate`: volumes renamed in the state and the config, `template: 1`.

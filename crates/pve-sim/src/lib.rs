@@ -7,6 +7,24 @@
 //! It is the default target of felhom's demo, tests and benchmarks (omicron's simulated
 //! sled-agent idea: the simulator implements the same interface as the real thing). What it
 //! does not model yet is listed in `api/mod.rs`.
+//!
+//! It can be a cluster ([`SimConfig::nodes`], `felhom sim serve --nodes N|a,b,c`): one port
+//! serves every node, and the path's node decides where a call runs. Guests, node-local
+//! volumes and tasks belong to a node; storages are cluster-wide definitions, node-local
+//! (`local`, `local-lvm`: each node its own volumes and space) or `shared`. VMIDs are
+//! reserved cluster-wide by the placeholder config. `docs/pve-fidelity.md` §2 (c) lists what
+//! follows PVE and what does not.
+//!
+//! | module | what is here |
+//! |---|---|
+//! | `api/` | the PVE request pipeline and one module per endpoint family; `api/cluster.rs`: `/nodes`, `/cluster/status`, `/cluster/resources`, `/cluster/nextid` |
+//! | `state.rs` | the persistent state: nodes, storages, guests (each with its `node`), volumes (each with its `node`), tasks, users, ACLs; an old single-node `state.json` loads as that node (`State::normalize`) |
+//! | `sim.rs` | the engine: state under a lock with group commit, the fault RNG, the cluster faults in force (`node_down`, `no_quorum`) and the down-node clock (`sleep_while_up`) |
+//! | `tasks.rs` `locks.rs` | UPID tasks on the node of their guest; the config flock per node and VMID |
+//! | `faults.rs` | `--faults`: `lock500`, `http503`, `task_fail:<type>`, `post_effect_595[:<kind>]`, `latency`, `dhcp_delay`, `seed`, `node_down:<node>`, `no_quorum` |
+//! | `admin.rs` | the side channel `/felhom-sim/*` (loopback, the run's secret): `state`, `requests`, `tokens`, `storages` (`{"id","type","content","shared"?,"nodes"?,"total_gib"?}`), `faults` (`{"set": "node_down:pve2"}`, `{"clear": "no_quorum"}`: answers `{"node_down": [...], "no_quorum": bool}`), `migrate` (`{"vmid": 105, "node": "pve3"}`: offline, as `pct migrate`; refusals 409 with PVE's text in `message`), `guests/{vmid}/ssh` |
+//! | `invariants.rs` | what must never hold of a dump: leaked/detached volumes, duplicate MACs, IPs, host keys, a VMID on two nodes, a node-local volume away from its owner's node |
+//! | `runtime/` | what guests are: modelled records or real LXC containers (with several nodes, one shared set of bridges: see `runtime/mod.rs`) |
 
 mod admin;
 mod api;
@@ -153,6 +171,19 @@ impl SimHandle {
             .read(|st| st.nodes.iter().map(|n| n.name.clone()).collect())
     }
 
+    /// Set (`on`) or clear a cluster fault, `node_down:<node>` or `no_quorum`, as
+    /// `POST /felhom-sim/faults` does (for in-process users such as the demo).
+    pub fn cluster_fault(&self, fault: &str, on: bool) -> Result<(), String> {
+        let f: faults::ClusterFault = fault.parse()?;
+        self.sim.set_cluster_fault(&f, on).map(|_| ())
+    }
+
+    /// Offline-migrate a stopped guest to `node` as `POST /felhom-sim/migrate` does; the node
+    /// it came from, or the refusal (PVE's text).
+    pub async fn migrate(&self, vmid: u32, node: &str) -> Result<String, String> {
+        admin::migrate_guest(&self.sim, vmid, node).await
+    }
+
     /// Which runtime the guests use.
     pub fn guests(&self) -> RuntimeKind {
         self.sim.runtime.kind()
@@ -162,6 +193,15 @@ impl SimHandle {
 /// Where vzdump archives of a `dir` storage live (as `/var/lib/vz/dump` for `local`).
 pub fn dump_dir(state_dir: &Path, storage: &str) -> PathBuf {
     state_dir.join("storage").join(storage).join("dump")
+}
+
+/// Where a storage's `vztmpl` templates live (PVE: `template/cache/` of a dir storage).
+pub fn template_dir(state_dir: &Path, storage: &str) -> PathBuf {
+    state_dir
+        .join("storage")
+        .join(storage)
+        .join("template")
+        .join("cache")
 }
 
 /// The file in the state dir holding the side-channel secret of the running simulator

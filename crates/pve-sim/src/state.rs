@@ -74,6 +74,9 @@ pub enum TaskPlan {
         start: bool,
         unique: bool,
         unprivileged: Option<bool>,
+        /// A plain create (`vzcreate`): `archive` is a `vztmpl` template, not a vzdump.
+        #[serde(default)]
+        create: bool,
     },
     /// A restore after the worker read the archive and allocated the volumes (in the state,
     /// owned by `vmid`): what is applied at its end.

@@ -326,11 +326,24 @@ impl Sim {
             })
         };
         let job: Result<Job, String> = match plan? {
+            // A restored template's volumes are renamed after the extraction (R16).
             TaskPlan::Restore {
                 config,
                 archive: Some(archive),
                 ..
-            } => Ok(rt.restore(archive, config)?),
+            } => {
+                let renames = restored_template_renames(self, &config);
+                let restore = rt.clone().restore(archive, config)?;
+                let rename = renames.and_then(|r| rt.template(r));
+                Ok(match rename {
+                    None => restore,
+                    Some(rename) => Box::new(move |cancel: &AtomicBool| {
+                        let mut lines = restore(cancel)?;
+                        lines.extend(rename(cancel)?);
+                        Ok(lines)
+                    }),
+                })
+            }
             // The runtime says whether the task is its work; if it is, a config that cannot
             // be had fails the task (the unrun job is dropped).
             TaskPlan::Start { vmid } => {
@@ -442,6 +455,106 @@ impl Sim {
         });
     }
 
+    /// `create_vm`'s worker without `restore` (pve-container `src/PVE/API2/LXC.pm`, R15):
+    /// the request's disks (rootfs `<storage>:4` unless given), the template unpacked into
+    /// them, the OS detected, defaults for hostname (`CT<vmid>`), memory and swap (512), then
+    /// `post_create_hook` (`src/PVE/LXC/Setup.pm`): machine-id emptied, fresh SSH host keys
+    /// (`rewrite_ssh_host_keys`). A missing template fails the task and leaves nothing.
+    /// Modelled: the OS is read from the template's name (`debian-12-standard_…` → `debian`),
+    /// not from its `/etc/os-release`, and the template's content is not sized against the
+    /// rootfs.
+    fn begin_create(&self, upid: &str, c: CreateInput, who: &Subject) -> Result<(), String> {
+        let CreateInput {
+            vmid,
+            template,
+            storage,
+            request,
+            pool,
+            start,
+            unprivileged,
+        } = c;
+        let name = template
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let sid = template
+            .ancestors()
+            .nth(3)
+            .and_then(|p| p.file_name())
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let volid = format!("{sid}:vztmpl/{name}");
+        if !template.is_file() {
+            return Err(texts::unable_to_create(
+                vmid,
+                &texts::cant_find_file(&volid),
+            ));
+        }
+        let traits = crate::state::ArchiveTraits {
+            machine_id: Some(String::new()),
+            ssh_host_key: Some(crate::guest::new_host_key()),
+            keygen_unit: false,
+            raw_lxc: Vec::new(),
+        };
+        self.mutate(|st| {
+            let r = RestoreInput {
+                vmid,
+                storage: &storage,
+                request,
+                unique: false,
+                unprivileged,
+                who,
+            };
+            let (mut config, volumes, warnings) = plan_restore(st, r, &vzdump::PctConf::default())
+                .map_err(|e| texts::unable_to_create(vmid, &e))?;
+            let defaults = [
+                ("hostname", format!("CT{vmid}")),
+                ("memory", "512".to_string()),
+                ("swap", "512".to_string()),
+                ("arch", "amd64".to_string()),
+                ("ostype", ostype_of_template(&name).to_string()),
+            ];
+            for (k, v) in defaults {
+                config.entry(k.to_string()).or_insert(v);
+            }
+            for v in &volumes {
+                self.log(
+                    st,
+                    upid,
+                    format!(
+                        "  Logical volume \"{}\" created.",
+                        v.volid.split(':').nth(1).unwrap_or("")
+                    ),
+                );
+            }
+            st.volumes.extend(volumes.iter().cloned());
+            overwrite_old(st, vmid);
+            self.log(
+                st,
+                upid,
+                format!("extracting archive '{}'", template.display()),
+            );
+            self.log(
+                st,
+                upid,
+                "Creating SSH host key 'ssh_host_ed25519_key' - this may take some time ...".into(),
+            );
+            if let Some(t) = st.tasks.iter_mut().find(|t| t.upid == upid) {
+                t.plan = Some(TaskPlan::Restore {
+                    vmid,
+                    archive: Some(template.clone()),
+                    config,
+                    volumes,
+                    traits,
+                    pool,
+                    start,
+                    warnings,
+                });
+            }
+            Ok(())
+        })
+    }
+
     /// The worker's first phase, under the flock.
     async fn begin(self: &Arc<Self>, upid: &str) -> Result<(), String> {
         let Some((plan, who)) = self.read(|st| {
@@ -462,8 +575,32 @@ impl Sim {
                 request,
                 pool,
                 start,
+                unprivileged,
+                create: true,
+                ..
+            } => self.begin_create(
+                upid,
+                CreateInput {
+                    vmid,
+                    template: archive,
+                    storage,
+                    request,
+                    pool,
+                    start,
+                    unprivileged,
+                },
+                &who,
+            ),
+            TaskPlan::RestoreRequest {
+                vmid,
+                archive,
+                storage,
+                request,
+                pool,
+                start,
                 unique,
                 unprivileged,
+                create: false,
             } => {
                 let volid = format!(
                     "{}:backup/{}",
@@ -545,8 +682,12 @@ impl Sim {
                                     ),
                                 );
                             }
-                            self.log(st, upid, format!("restoring '{volid}' now.."));
                             st.volumes.extend(volumes.iter().cloned());
+                            // A forced restore over an existing CT: with the new volumes made,
+                            // the old ones go and the config becomes `lock: create` alone
+                            // (`destroy_lxc_container` with `{ lock => 'create' }`; R15).
+                            overwrite_old(st, vmid);
+                            self.log(st, upid, format!("restoring '{volid}' now.."));
                             if let Some(t) = st.tasks.iter_mut().find(|t| t.upid == upid) {
                                 t.plan = Some(TaskPlan::Restore {
                                     vmid,
@@ -683,9 +824,16 @@ impl Sim {
                 return true;
             };
             let referenced = referenced_volumes(g);
+            let node = g.node.clone();
             // vdisk_free refuses a base volume linked clones still use: the destroy goes on
             // and the base stays (destroy() warns about it at the end).
             let (kept, _) = crate::clone::bases_in_use(st, &referenced);
+            let shared: Vec<String> = st
+                .storages
+                .iter()
+                .filter(|s| s.shared)
+                .map(|s| s.id.clone())
+                .collect();
             st.linked.retain(|clone, _| !referenced.contains(clone));
             let mut skipped = Vec::new();
             st.volumes.retain(|v| {
@@ -697,7 +845,9 @@ impl Sim {
                     skipped.push(texts::not_owner_of_volume(&v.volid, vmid));
                     return true;
                 }
-                !(referenced || (destroy_unreferenced && v.owner == vmid))
+                // Unreferenced volumes are looked for on the storages this node sees.
+                let here = v.node == node || shared.contains(&v.storage);
+                !(referenced || (destroy_unreferenced && v.owner == vmid && here))
             });
             for line in skipped {
                 self.log(st, upid, line);
@@ -802,23 +952,58 @@ fn cleanup_restore(st: &mut State, upid: &str) {
         }
         return;
     }
-    if t.task_type != "vzrestore" {
+    if t.task_type != "vzrestore" && t.task_type != "vzcreate" {
         return;
     }
     let vmid: u32 = t.id.parse().unwrap_or(0);
-    let created: Vec<String> = match &t.plan {
+    let created: Option<Vec<String>> = match &t.plan {
         Some(TaskPlan::Restore { volumes, .. }) => {
-            volumes.iter().map(|v| v.volid.clone()).collect()
+            Some(volumes.iter().map(|v| v.volid.clone()).collect())
         }
-        _ => Vec::new(),
+        _ => None,
     };
+    let made_volumes = created.is_some();
+    let created = created.unwrap_or_default();
     st.volumes.retain(|v| !created.contains(&v.volid));
-    if st
-        .guests
-        .get(&vmid)
-        .is_some_and(|g| g.config.get("lock").is_some_and(|l| l == "create"))
-    {
+    let Some(g) = st.guests.get_mut(&vmid) else {
+        return;
+    };
+    if g.config.get("lock").is_none_or(|l| l != "create") {
+        return;
+    }
+    // `$destroy_config_on_error`: a forced restore that failed before its new volumes only
+    // removes the lock from the existing config; after them (or for a new CT) the config goes
+    // (C:API2/LXC.pm `create_vm`; R15).
+    if !made_volumes && g.config.len() > 1 {
+        g.config.remove("lock");
+    } else {
         st.guests.remove(&vmid);
+    }
+}
+
+/// A forced restore's old CT, once the new volumes exist: its volumes are freed (bases that
+/// linked clones use stay, as on a destroy) and its config is replaced by `lock: create`.
+/// Nothing for a new CT (whose config is the placeholder alone).
+fn overwrite_old(st: &mut State, vmid: u32) {
+    let Some(g) = st.guests.get(&vmid) else {
+        return;
+    };
+    if g.config.len() <= 1 {
+        return;
+    }
+    let referenced = referenced_volumes(g);
+    let (kept, _) = crate::clone::bases_in_use(st, &referenced);
+    st.linked.retain(|clone, _| !referenced.contains(clone));
+    st.volumes
+        .retain(|v| kept.contains(&v.volid) || !(referenced.contains(&v.volid) && v.owner == vmid));
+    if let Some(g) = st.guests.get_mut(&vmid) {
+        *g = crate::state::Guest {
+            vmid,
+            config: BTreeMap::from([("lock".to_string(), "create".to_string())]),
+            node: g.node.clone(),
+            pool: g.pool.clone(),
+            ..Default::default()
+        };
     }
 }
 
@@ -844,16 +1029,31 @@ fn apply_plan(
             warnings,
             ..
         } => {
+            // `$was_template`: `template_create` after the extraction, inside the worker's
+            // eval, so a storage without the `template` feature fails the restore and it
+            // cleans up (C:API2/LXC.pm `create_vm`; C:LXC.pm `template_create`; R16).
+            let renames = if config.get("template").is_some_and(|t| t == "1") {
+                crate::clone::template_renames(st, &config)
+                    .map_err(|e| texts::unable_to_restore(vmid, &e))?
+            } else {
+                Vec::new()
+            };
             let g = st.guests.entry(vmid).or_default();
             g.vmid = vmid;
             g.config = config;
             g.traits = traits;
-            g.pool = pool.clone();
+            // A forced restore without `pool` leaves the CT in the pool it was in.
+            if pool.is_some() {
+                g.pool = pool.clone();
+            }
             if let Some(p) = pool {
                 let members = st.pools.entry(p).or_default();
                 if !members.contains(&vmid) {
                     members.push(vmid);
                 }
+            }
+            if !renames.is_empty() {
+                crate::clone::apply_template(st, vmid, &renames);
             }
             Ok((warnings, start.then_some(vmid)))
         }
@@ -1002,7 +1202,11 @@ fn destroyed_volumes(st: &State, vmid: u32, destroy_unreferenced: bool) -> Vec<S
     let (kept, _) = crate::clone::bases_in_use(st, &referenced);
     st.volumes
         .iter()
-        .filter(|v| v.owner == vmid && (destroy_unreferenced || referenced.contains(&v.volid)))
+        .filter(|v| {
+            v.owner == vmid
+                && (referenced.contains(&v.volid)
+                    || (destroy_unreferenced && st.volume_on(&g.node, v)))
+        })
         .filter(|v| !kept.contains(&v.volid))
         .map(|v| v.volid.clone())
         .collect()
@@ -1040,6 +1244,19 @@ fn destroy(st: &mut State, vmid: u32) -> Result<Vec<String>, String> {
     Ok(warnings)
 }
 
+/// The renames a restore of an archived template makes once its archive is extracted, for a
+/// runtime to apply to its volumes; `None` when there are none (or the storage refuses them:
+/// the task then fails when it applies).
+fn restored_template_renames(
+    sim: &Sim,
+    config: &BTreeMap<String, String>,
+) -> Option<Vec<(String, String)>> {
+    if config.get("template").is_none_or(|t| t != "1") {
+        return None;
+    }
+    sim.read(|st| crate::clone::template_renames(st, config).ok())
+}
+
 /// What a restore request asks for, after the synchronous checks.
 struct RestoreInput<'a> {
     vmid: u32,
@@ -1054,6 +1271,40 @@ type Planned = (BTreeMap<String, String>, Vec<Volume>, Vec<String>);
 
 /// The `vzrestore` worker's decisions (reference §2.3, `docs/guests.md`, "Restore"): privileges on
 /// archived bridges, the privileged check, the disk layout, and the config merge.
+/// What a plain create's worker needs ([`Sim::begin_create`]).
+struct CreateInput {
+    vmid: u32,
+    template: std::path::PathBuf,
+    storage: String,
+    request: BTreeMap<String, String>,
+    pool: Option<String>,
+    start: bool,
+    unprivileged: Option<bool>,
+}
+
+/// The `ostype` PVE would detect, read from a template's name (modelled; PVE reads the
+/// unpacked `/etc/os-release`, `src/PVE/LXC/Setup.pm`).
+fn ostype_of_template(name: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "debian",
+        "devuan",
+        "ubuntu",
+        "centos",
+        "fedora",
+        "opensuse",
+        "archlinux",
+        "alpine",
+        "gentoo",
+        "nixos",
+    ];
+    let first = name.split(['-', '_']).next().unwrap_or_default();
+    KNOWN
+        .iter()
+        .find(|k| k.eq_ignore_ascii_case(first))
+        .copied()
+        .unwrap_or("unmanaged")
+}
+
 fn plan_restore(
     st: &State,
     r: RestoreInput<'_>,
@@ -1116,7 +1367,15 @@ fn plan_restore(
         }
     }
     let unprivileged = unprivileged.unwrap_or_else(|| archived.get("unprivileged") == Some("1"));
-    if !unprivileged && !auth::has(st, who, "/", "Sys.Modify") {
+    // A new privileged CT, or an unprivileged one restored privileged (a forced restore over a
+    // privileged CT needs nothing more: `create_vm`, R15).
+    let old = st
+        .guests
+        .get(&vmid)
+        .map(|g| &g.config)
+        .filter(|c| c.len() > 1);
+    let was_unprivileged = old.is_none_or(|c| c.get("unprivileged").is_some_and(|u| u == "1"));
+    if !unprivileged && was_unprivileged && !auth::has(st, who, "/", "Sys.Modify") {
         return Err("Permission check failed (/, Sys.Modify)".into());
     }
     if unprivileged {
@@ -1197,8 +1456,8 @@ fn plan_restore(
     conf.entry("memory".into()).or_insert_with(|| "512".into());
     conf.entry("swap".into()).or_insert_with(|| "512".into());
     conf.remove("lock");
-    // An archived template is made a template again (`create_vm`; audit top #10, R9). Not
-    // modelled: `template_create` renaming the volumes to `base-<vmid>-disk-N`.
+    // An archived template is made a template again (`create_vm`; audit top #10, R9); its
+    // volumes become `base-<vmid>-disk-N` when the task applies (R16).
     if archived.get("template") == Some("1") {
         conf.insert("template".into(), "1".into());
     }

@@ -506,6 +506,14 @@ async fn cluster_faults_given_at_start() {
     get(&env, "/nodes/pve1/storage").await.unwrap();
     let status = get(&env, "/cluster/status").await.unwrap();
     assert_eq!(status[0]["quorate"], 0);
+    // In process, the handle clears them as the side channel does.
+    env.sim().cluster_fault("node_down:pve3", false).unwrap();
+    env.sim().cluster_fault("no_quorum", false).unwrap();
+    assert!(env.sim().cluster_fault("node_down:pve9", true).is_err());
+    get(&env, "/nodes/pve3/storage").await.unwrap();
+    env.restore_on("pve3", 100, &[]).await.unwrap();
+    assert_eq!(env.sim().migrate(100, "pve1").await.unwrap(), "pve3");
+    env.client.lxc_config("pve1", vmid(100)).await.unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let r = pve_sim::start(pve_sim::SimConfig {
@@ -670,4 +678,38 @@ async fn shared_and_node_limited_storages() {
         .unwrap();
     let owners: Vec<u64> = list.iter().map(|v| v["vmid"].as_u64().unwrap()).collect();
     assert_eq!(owners, [102]);
+}
+
+/// A call for a down node is permission-checked on the receiving node before the proxy hop
+/// fails (pve-manager `PVE/HTTPServer.pm` L176-190: `check_api2_permissions`, then
+/// `proxy_request`): a token without the schema's privilege gets the 403, one with it the
+/// 595.
+#[tokio::test]
+async fn a_down_node_checks_permissions_before_595() {
+    let env = Env::start_cluster(0.02, "", 2).await;
+    env.restore_on("pve2", 100, &[]).await.unwrap();
+    let narrow = env
+        .token(
+            "audit",
+            json!([{ "path": "/vms/100", "privs": ["VM.Audit"] }]),
+        )
+        .await;
+    env.fault_set("node_down:pve2").await;
+    let e = narrow.lxc_config("pve2", vmid(100)).await.unwrap_err();
+    assert!(
+        matches!(e, ApiError::AnswerLost { status: 595, .. }),
+        "{e:?}"
+    );
+    let e = narrow.lxc_start("pve2", vmid(100)).await.unwrap_err();
+    match &e {
+        ApiError::Permission {
+            path, privilege, ..
+        } => {
+            assert_eq!(path.as_deref(), Some("/vms/100"));
+            assert_eq!(privilege.as_deref(), Some("VM.PowerMgmt"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let e = narrow.lxc_config("pve2", vmid(101)).await.unwrap_err();
+    assert!(matches!(e, ApiError::Permission { .. }), "{e:?}");
 }

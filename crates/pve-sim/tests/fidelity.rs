@@ -438,6 +438,403 @@ async fn an_archived_template_stays_a_template_and_does_not_start() {
     }
 }
 
+/// R16: after the extraction, `create_vm` calls `template_create` for an archived template,
+/// which renames every volume with `vdisk_create_base` (`vm-<id>-disk-N` →
+/// `base-<id>-disk-N`) and writes them into the config (C:API2/LXC.pm `create_vm`,
+/// `$was_template`; C:LXC.pm `template_create`; S:Storage.pm `vdisk_create_base`). A
+/// storage without the `template` feature (thick LVM) fails the restore inside the worker,
+/// which then removes what it made (`destroy_disks`, `destroy_config`).
+#[tokio::test]
+async fn a_restored_template_has_base_volumes() {
+    let env = Env::start(0.02, "").await;
+    let dump = pve_sim::dump_dir(env.dir.path(), "local");
+    let name = "vzdump-lxc-9300-2026_06_09-20_41_10.tar.zst";
+    write_golden(&dump.join(name), &pct_conf("template: 1\n"), false, None);
+    let archive = format!("local:backup/{name}");
+    let mut p = params(
+        1585,
+        &[("rootfs", "local-lvm:1"), ("mp0", "local-lvm:1,mp=/srv")],
+    );
+    p[1].1 = archive.clone();
+    let upid = env.client.lxc_create("pve", &p).await.unwrap();
+    env.client
+        .wait_task(&upid, &WaitOptions::default())
+        .await
+        .unwrap();
+    let cfg = env.client.lxc_config("pve", vmid(1585)).await.unwrap();
+    assert_eq!(cfg.get("template").and_then(|v| v.as_u64()), Some(1));
+    assert!(
+        cfg.get_str("rootfs")
+            .unwrap()
+            .starts_with("local-lvm:base-1585-disk-0,"),
+        "{:?}",
+        cfg.get_str("rootfs")
+    );
+    assert!(
+        cfg.get_str("mp0")
+            .unwrap()
+            .starts_with("local-lvm:base-1585-disk-1,"),
+        "{:?}",
+        cfg.get_str("mp0")
+    );
+    let content: Vec<StorageVolume> = env
+        .client
+        .get(
+            "/nodes/pve/storage/local-lvm/content",
+            &[("vmid", "1585".to_string())],
+        )
+        .await
+        .unwrap();
+    let mut names: Vec<&str> = content.iter().map(|v| v.volid.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["local-lvm:base-1585-disk-0", "local-lvm:base-1585-disk-1"]
+    );
+
+    // Thick LVM has no `template` feature: the task fails and nothing of 1586 is left.
+    let _: serde_json::Value = env
+        .client
+        .side_channel_post(
+            "/felhom-sim/storages",
+            &json!({ "id": "thick", "type": "lvm", "content": ["rootdir", "images"] }),
+            env.sim().side_channel_secret(),
+        )
+        .await
+        .unwrap();
+    let mut p = params(1586, &[("rootfs", "thick:1")]);
+    p[1].1 = archive;
+    let upid = env.client.lxc_create("pve", &p).await.unwrap();
+    match env.client.wait_task(&upid, &WaitOptions::default()).await {
+        Err(ApiError::TaskFailed { exitstatus, .. }) => assert_eq!(
+            exitstatus,
+            "unable to restore CT 1586 - Template feature is not available for 'thick:vm-1586-disk-0'"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        env.client.lxc_config("pve", vmid(1586)).await,
+        Err(ApiError::NotFound { .. })
+    ));
+    let content: Vec<StorageVolume> = env
+        .client
+        .get("/nodes/pve/storage/thick/content", &[])
+        .await
+        .unwrap();
+    assert!(content.is_empty(), "{content:?}");
+}
+
+/// R15: a forced restore (`restore=1, force=1`) onto an existing CT (C:API2/LXC.pm
+/// `create_vm`): refused on the call while the CT runs (`can't overwrite running
+/// container`) or is protected (`check_protection`); `VM.Backup` on `/vms/<id>` is enough
+/// instead of `VM.Allocate`; `create_and_lock_config($vmid, $force)` puts `lock: create` on
+/// the existing config; the worker makes the new volumes, then destroys the old ones
+/// (`destroy_lxc_container` with `{ lock => 'create' }`). A failure before the new volumes
+/// only removes the lock (`$destroy_config_on_error` still false), one after them removes
+/// the config too.
+#[tokio::test]
+async fn a_forced_restore_replaces_an_existing_ct_as_pve_does() {
+    let env = Env::start(0.5, "").await;
+    let c = &env.client;
+    let wait = |upid| async move { c.wait_task(&upid, &WaitOptions::default()).await };
+    env.restore(1600, &[("hostname", "old")]).await.unwrap();
+    let volumes = || async {
+        let v: Vec<StorageVolume> = c
+            .get(
+                "/nodes/pve/storage/local-lvm/content",
+                &[("vmid", "1600".to_string())],
+            )
+            .await
+            .unwrap();
+        let mut names: Vec<String> = v.into_iter().map(|v| v.volid).collect();
+        names.sort_unstable();
+        names
+    };
+    assert_eq!(volumes().await, ["local-lvm:vm-1600-disk-0"]);
+    let forced = |extra: &[(&str, &str)]| {
+        let mut p = params(1600, &[("storage", "local-lvm"), ("force", "1")]);
+        p.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        p
+    };
+
+    // Without force the VMID is taken; while it runs, or protected, force is refused too.
+    let e = c
+        .lxc_create("pve", &params(1600, &[("storage", "local-lvm")]))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("already exists"), "{e}");
+    wait(c.lxc_start("pve", vmid(1600)).await.unwrap())
+        .await
+        .unwrap();
+    let e = c.lxc_create("pve", &forced(&[])).await.unwrap_err();
+    assert_eq!(e.status(), Some(500), "{e:?}");
+    assert!(
+        e.to_string().contains("can't overwrite running container"),
+        "{e}"
+    );
+    wait(c.lxc_stop("pve", vmid(1600)).await.unwrap())
+        .await
+        .unwrap();
+    let set = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+    c.lxc_update_config("pve", vmid(1600), &set("protection", "1"), None)
+        .await
+        .unwrap();
+    let e = c.lxc_create("pve", &forced(&[])).await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("unable to restore CT 1600 - protection mode enabled"),
+        "{e}"
+    );
+    c.lxc_update_config("pve", vmid(1600), &set("protection", "0"), None)
+        .await
+        .unwrap();
+
+    // A missing archive fails the task before any volume: the old CT stays, unlocked.
+    let mut p = forced(&[]);
+    p[1].1 = "local:backup/vzdump-lxc-9100-2020_01_01-00_00_00.tar.zst".into();
+    let upid = c.lxc_create("pve", &p).await.unwrap();
+    assert!(matches!(wait(upid).await, Err(ApiError::TaskFailed { .. })));
+    let cfg = c.lxc_config("pve", vmid(1600)).await.unwrap();
+    assert_eq!(cfg.get_str("lock"), None);
+    assert_eq!(cfg.hostname(), Some("old"));
+    assert_eq!(volumes().await, ["local-lvm:vm-1600-disk-0"]);
+
+    // VM.Backup on the CT replaces VM.Allocate; the old volume goes after the new one came.
+    let backup_only = env
+        .token(
+            "backuponly",
+            json!([
+                { "path": "/vms/1600", "privs": ["VM.Backup", "VM.Config.Network", "VM.Config.Options"], "propagate": true },
+                { "path": "/vms/9100", "privs": ["VM.Backup"], "propagate": true },
+                { "path": "/storage", "privs": ["Datastore.AllocateSpace", "Datastore.Audit"], "propagate": true },
+                { "path": "/sdn", "privs": ["SDN.Use"], "propagate": true },
+            ]),
+        )
+        .await;
+    let e = backup_only
+        .lxc_create(
+            "pve",
+            &params(1601, &[("storage", "local-lvm"), ("force", "1")]),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ApiError::Permission { path: Some(path), .. } if path == "/vms/1601"),
+        "VM.Backup counts only for an existing CT: {e:?}"
+    );
+    let upid = backup_only
+        .lxc_create("pve", &forced(&[("hostname", "new")]))
+        .await
+        .unwrap();
+    assert_eq!(
+        c.lxc_config("pve", vmid(1600))
+            .await
+            .unwrap()
+            .get_str("lock"),
+        Some("create"),
+        "lock: create on the existing config from the call on"
+    );
+    backup_only
+        .wait_task(&upid, &WaitOptions::default())
+        .await
+        .unwrap();
+    let cfg = c.lxc_config("pve", vmid(1600)).await.unwrap();
+    assert_eq!(cfg.hostname(), Some("new"));
+    assert_eq!(cfg.get_str("lock"), None);
+    assert!(
+        cfg.get_str("rootfs")
+            .unwrap()
+            .starts_with("local-lvm:vm-1600-disk-1,"),
+        "{:?}",
+        cfg.get_str("rootfs")
+    );
+    assert_eq!(volumes().await, ["local-lvm:vm-1600-disk-1"]);
+
+    // A failure after the new volumes (tar: no space) leaves nothing of the CT.
+    let dump = pve_sim::dump_dir(env.dir.path(), "local");
+    let big = "vzdump-lxc-9200-2026_06_09-20_41_10.tar.zst";
+    let mut w = vzdump::ArchiveWriter::create(&dump.join(big), vzdump::Compression::Zstd).unwrap();
+    w.pct_conf(&pct_conf("")).unwrap();
+    w.dir("var", 0o755).unwrap();
+    w.file("var/blob", 0o644, &vec![7u8; 3 << 20]).unwrap();
+    w.finish().unwrap();
+    let mut p = forced(&[("rootfs", "local-lvm:0.002")]);
+    p[1].1 = format!("local:backup/{big}");
+    let upid = c.lxc_create("pve", &p).await.unwrap();
+    assert!(matches!(wait(upid).await, Err(ApiError::TaskFailed { .. })));
+    assert!(matches!(
+        c.lxc_config("pve", vmid(1600)).await,
+        Err(ApiError::NotFound { .. })
+    ));
+    assert!(volumes().await.is_empty());
+}
+
+/// R15, the other half: a plain create (no `restore`) from a `vztmpl` template, as
+/// `create_vm` does it (pve-container `src/PVE/API2/LXC.pm`): `check_volume_access` with
+/// content type `vztmpl` (pve-storage `src/PVE/Storage.pm` L619-656: the type first, then
+/// `Datastore.AllocateSpace` or `Datastore.Audit` on the storage), worker `vzcreate`, rootfs
+/// `<storage>:4` by default ("defaults to 4GB"), `hostname` `CT<vmid>`, memory and swap 512,
+/// `post_create_hook` (`src/PVE/LXC/Setup.pm`: "Creating SSH host key"), and a failure
+/// named `unable to create CT <id> -` that leaves nothing behind.
+#[tokio::test]
+async fn a_plain_create_from_a_template_makes_a_ct_as_pve_does() {
+    let env = Env::start(0.05, "").await;
+    let c = &env.client;
+    let name = "debian-12-standard_12.7-1_amd64.tar.zst";
+    let dir = pve_sim::template_dir(env.dir.path(), "local");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(name), b"not read by the model").unwrap();
+    let template = format!("local:vztmpl/{name}");
+    let create = |id: u32, tmpl: &str, extra: &[(&str, &str)]| {
+        let mut p = vec![
+            ("vmid".to_string(), id.to_string()),
+            ("ostemplate".to_string(), tmpl.to_string()),
+        ];
+        p.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        p
+    };
+    let volumes = |id: u32| async move {
+        let v: Vec<StorageVolume> = c
+            .get(
+                "/nodes/pve/storage/local-lvm/content",
+                &[("vmid", id.to_string())],
+            )
+            .await
+            .unwrap();
+        v.into_iter().map(|v| v.volid).collect::<Vec<_>>()
+    };
+
+    // A backup is no template: the content type is checked before anything is made.
+    let e = c
+        .lxc_create("pve", &create(1700, GOLDEN_VOLID, &[]))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains(&format!(
+            "unable to use volume {GOLDEN_VOLID} - content type needs to be 'vztmpl'"
+        )),
+        "{e}"
+    );
+    // Without Datastore.AllocateSpace or Datastore.Audit on the template's storage: 403.
+    let blind = env
+        .token(
+            "blind",
+            json!([
+                { "path": "/vms", "privs": ["VM.Allocate", "VM.Config.Disk", "VM.Config.Options"], "propagate": true },
+                { "path": "/storage/local-lvm", "privs": ["Datastore.AllocateSpace"], "propagate": true },
+            ]),
+        )
+        .await;
+    let e = blind
+        .lxc_create("pve", &create(1700, &template, &[("storage", "local-lvm")]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ApiError::Permission { path: Some(p), .. } if p == "/storage/local"),
+        "{e:?}"
+    );
+    assert!(matches!(
+        c.lxc_config("pve", vmid(1700)).await,
+        Err(ApiError::NotFound { .. })
+    ));
+
+    // Unprivileged unless asked: a privileged create needs Sys.Modify on `/`, which the
+    // felhom token does not have; `force` does not let a create replace a CT.
+    let e = c
+        .lxc_create(
+            "pve",
+            &create(
+                1700,
+                &template,
+                &[("storage", "local-lvm"), ("unprivileged", "0")],
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ApiError::Permission { path: Some(p), .. } if p == "/"),
+        "{e:?}"
+    );
+
+    // The create: task vzcreate, a 4 GiB rootfs on `storage`, PVE's defaults, a NIC's MAC.
+    let upid = c
+        .lxc_create(
+            "pve",
+            &create(
+                1700,
+                &template,
+                &[
+                    ("storage", "local-lvm"),
+                    ("net0", "name=eth0,bridge=vmbr0,ip=dhcp"),
+                ],
+            ),
+        )
+        .await
+        .unwrap();
+    assert!(upid.to_string().contains(":vzcreate:1700:"), "{upid}");
+    c.wait_task(&upid, &WaitOptions::default()).await.unwrap();
+    let cfg = c.lxc_config("pve", vmid(1700)).await.unwrap();
+    assert_eq!(cfg.hostname(), Some("CT1700"));
+    assert_eq!(cfg.get_string("memory").as_deref(), Some("512"));
+    assert_eq!(cfg.get_string("swap").as_deref(), Some("512"));
+    assert_eq!(cfg.get_str("ostype"), Some("debian"));
+    assert_eq!(cfg.get_str("arch"), Some("amd64"));
+    assert_eq!(cfg.get_str("lock"), None);
+    assert_eq!(cfg.get_string("unprivileged").as_deref(), Some("1"));
+    assert_eq!(
+        cfg.get_str("rootfs"),
+        Some("local-lvm:vm-1700-disk-0,size=4G")
+    );
+    assert!(
+        cfg.get_str("net0").unwrap().contains("hwaddr="),
+        "{:?}",
+        cfg.get_str("net0")
+    );
+    assert_eq!(volumes(1700).await, ["local-lvm:vm-1700-disk-0"]);
+    let log = c.task_log(&upid, 0, 500).await.unwrap().join("\n");
+    assert!(log.contains("Creating SSH host key"), "{log}");
+
+    let e = c
+        .lxc_create(
+            "pve",
+            &create(1700, &template, &[("storage", "local-lvm"), ("force", "1")]),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("CT 1700 already exists on node 'pve'"),
+        "{e}"
+    );
+
+    // A missing template fails the task, named as a create, and leaves no config or volume.
+    let upid = c
+        .lxc_create(
+            "pve",
+            &create(
+                1701,
+                "local:vztmpl/missing.tar.zst",
+                &[("storage", "local-lvm"), ("rootfs", "local-lvm:2")],
+            ),
+        )
+        .await
+        .unwrap();
+    match c.wait_task(&upid, &WaitOptions::default()).await {
+        Err(ApiError::TaskFailed { exitstatus, .. }) => assert!(
+            exitstatus.contains(
+                "unable to create CT 1701 - can't find file 'local:vztmpl/missing.tar.zst'"
+            ),
+            "{exitstatus}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        c.lxc_config("pve", vmid(1701)).await,
+        Err(ApiError::NotFound { .. })
+    ));
+    assert!(volumes(1701).await.is_empty());
+}
+
 /// R8: `create_vm`'s worker checks the bridge of every archived NIC the request does not
 /// set, before anything else, `unique` or not (C:API2/LXC.pm `create_vm`,
 /// `check_bridge_access`).

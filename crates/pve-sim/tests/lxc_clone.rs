@@ -181,3 +181,69 @@ async fn lxc_runtime_sizes_restores_templates_and_clones_on_disk() {
     assert!(left.is_empty(), "{left:?}");
     sim.shutdown().await;
 }
+
+/// The lxc runtime with two nodes (`--guests lxc --nodes pve1,pve2`): its volumes and
+/// containers are keyed by volume id and VMID, unique in the whole simulator, so every node
+/// shares one volume directory and one set of bridge namespaces. A restore on `pve2` unpacks
+/// its rootfs; an offline migration to `pve1` (the side channel, as `pct migrate`) leaves
+/// the rootfs where the runtime finds it, and a destroy on `pve1` removes it.
+#[tokio::test]
+async fn lxc_runtime_serves_two_nodes() {
+    if let Err(e) = pve_sim::runtime::lxc::preflight() {
+        panic!("this test needs the lxc runtime's host: {e}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let dump = pve_sim::dump_dir(dir.path(), "local");
+    std::fs::create_dir_all(&dump).unwrap();
+    archive(&dump.join(GOLDEN), 0);
+    let sim = pve_sim::start(SimConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        state_dir: dir.path().to_path_buf(),
+        node: "pve".into(),
+        nodes: vec!["pve1".into(), "pve2".into()],
+        faults: Default::default(),
+        time_scale: 0.02,
+        guests: RuntimeKind::Lxc,
+    })
+    .await
+    .unwrap();
+    let secret = std::fs::read_to_string(dir.path().join("felhom-agent.token")).unwrap();
+    let c = client_for(&sim, "felhom@pve!agent", secret.trim());
+    let w = WaitOptions::default();
+    let vols = std::fs::canonicalize(dir.path())
+        .unwrap()
+        .join("lxc/volumes/local-lvm");
+    let p = vec![
+        ("vmid".to_string(), "1200".to_string()),
+        ("ostemplate".to_string(), GOLDEN_VOLID.to_string()),
+        ("restore".to_string(), "1".to_string()),
+        ("storage".to_string(), "local-lvm".to_string()),
+    ];
+    let u = c.lxc_create("pve2", &p).await.unwrap();
+    assert_eq!(u.node, "pve2");
+    c.wait_task(&u, &w).await.unwrap();
+    let rootfs = vols.join("vm-1200-disk-0");
+    assert!(
+        rootfs.join("etc/machine-id").is_file(),
+        "{}",
+        rootfs.display()
+    );
+
+    let moved: Value = c
+        .side_channel_post(
+            "/felhom-sim/migrate",
+            &json!({ "vmid": 1200, "node": "pve1" }),
+            sim.side_channel_secret(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(moved["from"], "pve2");
+    assert!(rootfs.join("etc/machine-id").is_file());
+    c.lxc_config("pve1", vmid(1200)).await.unwrap();
+    let u = c.lxc_delete("pve1", vmid(1200), true, true).await.unwrap();
+    assert_eq!(u.node, "pve1");
+    c.wait_task(&u, &w).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!rootfs.exists(), "the rootfs is removed");
+    sim.shutdown().await;
+}

@@ -13,6 +13,13 @@ use crate::spec::Ipv4Setting;
 
 pub(super) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
     owned_config(cx, cx.vmid()?).await?;
+    // This process started the guest just now, and on this host no lease ever showed that
+    // soon after a start (the learned wait): not yet, without asking.
+    if let (Some(started), Some(b)) = (cx.shortcuts.started_at(), cx.waits.expected("linkup")) {
+        if started.elapsed() < b.lo {
+            return Ok(Observed::NotDone);
+        }
+    }
     look(cx).await
 }
 

@@ -188,6 +188,14 @@ impl Step for BringupStep {
         )
     }
 
+    /// A start and the two waits write no config: the read before them stays good after.
+    fn keeps_config(&self) -> bool {
+        matches!(
+            self,
+            BringupStep::Start | BringupStep::Linkup | BringupStep::Ssh
+        )
+    }
+
     async fn observe(&self, cx: &JobCx) -> Result<Observed, StepError> {
         match self {
             BringupStep::Reserve => reserve::observe(cx).await,
@@ -368,7 +376,7 @@ async fn poll_until(
             BringupStep::Linkup => linkup::look(cx).await?,
             _ => ssh::look(cx).await?,
         };
-        if let Observed::Done(_) = seen {
+        if let Observed::Done(v) = seen {
             cx.waits.record(
                 step.name(),
                 pve_api::durations::Bracket {
@@ -376,6 +384,8 @@ async fn poll_until(
                     hi: started.elapsed(),
                 },
             );
+            // The look that saw it is the observe the engine would make next.
+            cx.prove(v);
             return Ok(());
         }
         not_yet_at = looked;

@@ -224,7 +224,10 @@ pub(crate) async fn act(cx: &JobCx) -> Result<(), StepError> {
         }
         Err(e) => return Err(e.into()),
     };
-    cx.wait("restore", &upid).await
+    cx.wait("restore", &upid).await?;
+    // A restore without `start=1` leaves the guest stopped: the start step need not ask.
+    cx.shortcuts.note_restored();
+    Ok(())
 }
 
 /// Clones of one template, one at a time within this process. PVE holds `lock: disk` on the
@@ -273,7 +276,12 @@ async fn clone(cx: &JobCx) -> Result<(), StepError> {
     let gate = clone_gate(&cx.node, template);
     let _turn = gate.lock().await;
     match cx.client.lxc_clone(&cx.node, template, vmid, &params).await {
-        Ok(upid) => cx.wait("restore", &upid).await,
+        Ok(upid) => {
+            cx.wait("restore", &upid).await?;
+            // A clone is stopped, like a restore.
+            cx.shortcuts.note_restored();
+            Ok(())
+        }
         Err(pve_api::ApiError::Locked { lock, .. }) if lock == "disk" => Err(StepError::NotYet(
             format!("template {template} is locked (disk) by another clone"),
         )),

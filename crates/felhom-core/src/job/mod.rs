@@ -92,6 +92,11 @@ pub trait Step: Copy + Send + Sync + 'static {
     fn act(&self, cx: &JobCx) -> impl Future<Output = Result<(), StepError>> + Send;
     /// The compensating action; idempotent (observes first).
     fn undo(&self, cx: &JobCx) -> impl Future<Output = Result<(), StepError>> + Send;
+    /// Whether the act writes nothing to the guest's config (a start, a wait): the config
+    /// an observe read before it is still the config after it, so the engine keeps it.
+    fn keeps_config(&self) -> bool {
+        false
+    }
 }
 
 /// Facts a job learns along the way; every fact is journaled (in an intent, note or done
@@ -222,6 +227,45 @@ pub struct JobCx {
     /// deadline; or an act of a crashed run being resumed): the step's observe then looks
     /// for the task it may have started ([`JobCx::settle_lost_dispatch`]).
     pub dispatch_unsure: std::sync::atomic::AtomicBool,
+    /// What this process's own acts saw, so the reads after them can be spared.
+    pub shortcuts: Shortcuts,
+}
+
+/// What an act of this process saw and the next reads need not ask PVE again (issue 16,
+/// requests per guest). In memory only: a resumed job has none and reads everything.
+#[derive(Debug, Default)]
+pub struct Shortcuts {
+    /// The act proved its step done, with this value (a start task that ended OK, a wait
+    /// whose last look saw the effect): the engine takes it instead of observing again.
+    proved: Mutex<Option<Value>>,
+    /// The running act keeps the config ([`Step::keeps_config`]).
+    keeps_config: std::sync::atomic::AtomicBool,
+    /// When this process restored the guest (it is stopped until a start of ours).
+    pub restored_at: Mutex<Option<std::time::Instant>>,
+    /// When this process's start of the guest ended.
+    pub started_at: Mutex<Option<std::time::Instant>>,
+}
+
+impl Shortcuts {
+    pub fn note_restored(&self) {
+        *self.restored_at.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(std::time::Instant::now());
+    }
+    pub fn note_started(&self) {
+        *self.started_at.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(std::time::Instant::now());
+        // A started guest is no longer the stopped one the restore left.
+        *self.restored_at.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+    pub fn restored(&self) -> bool {
+        self.restored_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+    pub fn started_at(&self) -> Option<std::time::Instant> {
+        *self.started_at.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl JobCx {
@@ -249,7 +293,7 @@ impl JobCx {
     pub fn cached_config(&self, vmid: u32) -> Option<pve_api::LxcConfig> {
         let mut c = self.config_cache.lock().unwrap_or_else(|p| p.into_inner());
         if c.as_ref().is_some_and(|(v, _)| *v == vmid) {
-            if self.is_acting() {
+            if self.is_acting() && !self.keeps_config() {
                 return c.take().map(|(_, cfg)| cfg);
             }
             return c.as_ref().map(|(_, cfg)| cfg.clone());
@@ -258,7 +302,7 @@ impl JobCx {
     }
     /// Keep a config an observe read (a read inside an act or undo is not kept).
     pub fn cache_config(&self, vmid: u32, cfg: &pve_api::LxcConfig) {
-        if !self.is_acting() {
+        if !self.is_acting() || self.keeps_config() {
             *self.config_cache.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some((vmid, cfg.clone()));
         }
@@ -269,13 +313,45 @@ impl JobCx {
     fn is_acting(&self) -> bool {
         self.acting.load(std::sync::atomic::Ordering::SeqCst)
     }
-    /// Enter or leave an act or undo; leaving forgets the cached config.
-    fn set_acting(&self, acting: bool) {
+    fn keeps_config(&self) -> bool {
+        self.shortcuts
+            .keeps_config
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+    /// Enter or leave an act or undo; leaving forgets the cached config unless the act
+    /// keeps it ([`Step::keeps_config`]; an undo never does).
+    fn set_acting(&self, acting: bool, keeps_config: bool) {
         self.acting
             .store(acting, std::sync::atomic::Ordering::SeqCst);
-        if !acting {
+        self.shortcuts
+            .keeps_config
+            .store(acting && keeps_config, std::sync::atomic::Ordering::SeqCst);
+        if !acting && !keeps_config {
             self.forget_config();
         }
+        if acting {
+            self.shortcuts
+                .proved
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+        }
+    }
+    /// The running act saw its step done, with the value its observe would return: the
+    /// engine takes it instead of observing again (no read repeats what the act just saw).
+    pub fn prove(&self, v: Value) {
+        *self
+            .shortcuts
+            .proved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(v);
+    }
+    fn take_proved(&self) -> Option<Value> {
+        self.shortcuts
+            .proved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
     fn set_dispatch_unsure(&self, unsure: bool) {
         self.dispatch_unsure
@@ -708,11 +784,16 @@ async fn drive<S: Step>(cx: &JobCx, step: S, mut attempt: u32) -> Result<Value, 
                 cx.journal
                     .record(&cx.job_id, name, attempt, Phase::Intent, &data)?;
                 crash_point(name, "before");
-                cx.set_acting(true);
+                cx.set_acting(true, step.keeps_config());
                 let r = step.act(cx).await;
-                cx.set_acting(false);
+                cx.set_acting(false, step.keeps_config());
                 cx.set_dispatch_unsure(matches!(&r, Err(StepError::Api(e)) if e.maybe_performed()));
                 crash_point(name, "after");
+                if r.is_ok() {
+                    if let Some(v) = cx.take_proved() {
+                        return Ok(v);
+                    }
+                }
                 r
             }
             Err(e) => Err(e),
@@ -836,9 +917,9 @@ async fn roll_back<S: Step>(cx: &JobCx, steps: &[S], error: String) -> Outcome {
         let mut retries = 0;
         loop {
             cx.forget_config();
-            cx.set_acting(true);
+            cx.set_acting(true, false);
             let r = step.undo(cx).await;
-            cx.set_acting(false);
+            cx.set_acting(false, false);
             if let Err(e) = &r {
                 crate::metrics::step_error(e);
             }

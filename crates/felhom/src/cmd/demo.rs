@@ -9,6 +9,12 @@
 //! runtime, so each guest boots as an unprivileged LXC container with systemd as PID 1,
 //! leases its address from the simulator's DHCP server and proves its own SSH host key.
 //! The demo then shows what each guest says about itself from the inside.
+//!
+//! `--strategy restore,linked-clone` (any of `restore`, `restore-resize`, `linked-clone`)
+//! runs the bring-up once per strategy, one after the other on the same simulator (each with
+//! its own journal, its guests torn down before the next), and reports their times side by
+//! side: publishing the template (linked-clone only, once), each step's mean time per guest,
+//! and the bring-up's wall time.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use felhom_core::config::Config;
-use felhom_core::job::Outcome;
+use felhom_core::config::{Config, Strategy};
+use felhom_core::job::{Outcome, Progress, ProgressEvent};
 use felhom_core::ops::Felhom;
 use felhom_core::spec::GuestSpec;
 
@@ -44,6 +50,21 @@ pub struct DemoArgs {
     /// With --real: this golden archive instead of the cached build.
     #[arg(long, value_name = "ARCHIVE", requires = "real")]
     pub golden: Option<PathBuf>,
+    /// How guests are built (restore, restore-resize, linked-clone); several, comma
+    /// separated, run one after the other and are reported side by side.
+    #[arg(long, value_delimiter = ',', default_value = "restore", value_parser = parse_strategy)]
+    pub strategy: Vec<Strategy>,
+}
+
+fn parse_strategy(s: &str) -> Result<Strategy, String> {
+    [
+        Strategy::Restore,
+        Strategy::RestoreResize,
+        Strategy::LinkedClone,
+    ]
+    .into_iter()
+    .find(|k| k.name() == s)
+    .ok_or_else(|| format!("one of restore, restore-resize, linked-clone; got '{s}'"))
 }
 
 const CUSTOMERS: &[&str] = &[
@@ -63,6 +84,13 @@ pub async fn run(args: DemoArgs, ctx: &Ctx) -> Result<(), CliError> {
             "--time-scale must be > 0 and ≤ 100; got {}",
             args.time_scale
         )));
+    }
+    let mut strategies = args.strategy.clone();
+    strategies.dedup();
+    if strategies.len() > 1 && args.keep {
+        return Err(CliError::bad_input(
+            "--keep keeps one strategy's guests: give one --strategy",
+        ));
     }
     let format = ctx.format;
     let human = format == OutputFormat::Human;
@@ -125,15 +153,6 @@ pub async fn run(args: DemoArgs, ctx: &Ctx) -> Result<(), CliError> {
     if human {
         outln!("simulator at {} (certificate {})", sim.url, sim.fingerprint);
     }
-    let cfg_path = dir.path().join("felhom.toml");
-    felhom_core::config::write_config_file(
-        &cfg_path,
-        &sim_config(&sim, &state, dir.path().join("journal.db")),
-    )
-    .context("write the demo config")?;
-    let config = Config::load(Some(&cfg_path)).context("load the demo config")?;
-    let felhom = Arc::new(Felhom::open(config).context("open felhom")?);
-
     let specs: Vec<GuestSpec> = (0..args.guests)
         .map(|i| {
             let customer = CUSTOMERS.get(i).map(|c| c.to_string()).unwrap_or_else(|| format!("customer{i}"));
@@ -143,15 +162,175 @@ pub async fn run(args: DemoArgs, ctx: &Ctx) -> Result<(), CliError> {
             GuestSpec::parse_many(&text).map(|mut v| v.remove(0)).map_err(|e| anyhow::anyhow!("{e}"))
         })
         .collect::<anyhow::Result<_>>()?;
-    let errors = felhom.validate(&specs).await;
+
+    let mut runs = Vec::new();
+    for strategy in &strategies {
+        let run = run_strategy(&sim, &state, dir.path(), *strategy, &specs, &args, format).await;
+        match run {
+            Ok(run) => runs.push(run),
+            Err(e) => {
+                sim.shutdown().await;
+                return Err(e);
+            }
+        }
+    }
+    let mut exit = runs
+        .iter()
+        .map(|r| r.exit)
+        .max()
+        .unwrap_or(crate::error::Exit::Ok);
+    let mut kept = None;
+    if args.keep {
+        let path = dir.keep();
+        if human {
+            outln!("kept: state and config in {}", path.display());
+            outln!("the simulator stops when this process exits; restart it with: felhom sim serve --state-dir {} --listen 127.0.0.1:0", path.join("sim").display());
+        }
+        kept = Some(path);
+    }
+    let (sim_url, sim_fingerprint) = (sim.url.to_string(), sim.fingerprint.clone());
+    sim.shutdown().await;
+    let total_secs = started.elapsed().as_secs_f64();
+    let guests_word = format!(
+        "{} {}guest(s)",
+        args.guests,
+        if args.real { "real " } else { "" }
+    );
+    if human && runs.len() > 1 {
+        print_comparison(&runs, &guests_word, args.time_scale);
+    }
+    let Some(first) = runs.first() else {
+        exit = exit.max(crate::error::Exit::Failed);
+        return exit.into_result();
+    };
+    match format {
+        // The top-level fields are the first strategy's run (what one strategy reports);
+        // `strategies` has every run's.
+        OutputFormat::Json => output::json(&serde_json::json!({
+            "guests": args.guests,
+            "real": args.real,
+            "time_scale": args.time_scale,
+            "golden": {
+                "volid": golden,
+                "errors": report.error_count(),
+                "warnings": report.warning_count(),
+            },
+            "simulator": { "url": sim_url, "fingerprint": sim_fingerprint },
+            "strategy": first.strategy.name(),
+            "provision": first.reports,
+            "apply_again": { "jobs": first.again, "writes": first.again_writes },
+            "real_guests": first.real_guests,
+            "teardown": first.down,
+            "kept": kept,
+            "up_s": first.up_secs,
+            "down_s": first.down_secs,
+            "total_s": total_secs,
+            "strategies": runs.iter().map(StrategyRun::figures).collect::<Vec<_>>(),
+        })),
+        OutputFormat::Human => {
+            let ups: Vec<String> = runs
+                .iter()
+                .map(|r| format!("{:.2}s ({})", r.up_secs, r.strategy.name()))
+                .collect();
+            let down: f64 = runs.iter().map(|r| r.down_secs).sum();
+            outln!(
+                "demo: {guests_word} up in {}, torn down in {down:.2}s, {total_secs:.2}s in all (time scale {})",
+                ups.join(", "),
+                args.time_scale
+            )
+        }
+    }
+    exit.into_result()
+}
+
+/// One strategy's bring-up, reconcile, look and teardown, with its times.
+struct StrategyRun {
+    strategy: Strategy,
+    /// `golden publish` before the bring-up (linked-clone only).
+    publish_secs: Option<f64>,
+    up_secs: f64,
+    down_secs: f64,
+    /// Each step's mean time per guest, in the order the steps first ran.
+    steps: Vec<(&'static str, f64)>,
+    reports: Vec<felhom_core::ops::JobReport>,
+    again: Vec<felhom_core::ops::JobReport>,
+    again_writes: u64,
+    real_guests: Vec<serde_json::Value>,
+    down: Vec<felhom_core::ops::JobReport>,
+    exit: crate::error::Exit,
+}
+
+impl StrategyRun {
+    fn figures(&self) -> serde_json::Value {
+        serde_json::json!({
+            "strategy": self.strategy.name(),
+            "publish_s": self.publish_secs,
+            "up_s": self.up_secs,
+            "down_s": self.down_secs,
+            "steps_s": self.steps.iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
+            "succeeded": self.reports.iter().filter(|r| r.outcome == Outcome::Succeeded).count(),
+        })
+    }
+}
+
+async fn run_strategy(
+    sim: &pve_sim::SimHandle,
+    state: &Path,
+    dir: &Path,
+    strategy: Strategy,
+    specs: &[GuestSpec],
+    args: &DemoArgs,
+    format: OutputFormat,
+) -> Result<StrategyRun, CliError> {
+    let human = format == OutputFormat::Human;
+    let name = strategy.name();
+    if human && args.strategy.len() > 1 {
+        outln!("strategy {name}:");
+    }
+    let cfg_path = dir.join(format!("felhom-{name}.toml"));
+    let mut file = sim_config(sim, state, dir.join(format!("journal-{name}.db")));
+    file.felhom.strategy = strategy;
+    felhom_core::config::write_config_file(&cfg_path, &file).context("write the demo config")?;
+    let config = Config::load(Some(&cfg_path)).context("load the demo config")?;
+    let felhom = Arc::new(Felhom::open(config).context("open felhom")?);
+
+    let mut publish_secs = None;
+    if strategy == Strategy::LinkedClone {
+        // Once per golden, node and storage, at the guests' rootfs size.
+        let s0 = &specs[0];
+        let t = Instant::now();
+        let published = felhom
+            .publish(
+                s0.node.as_str(),
+                s0.storage.as_str(),
+                s0.golden.as_str(),
+                Some(s0.rootfs_size),
+                Arc::new(CliProgress::new(format)),
+            )
+            .await?;
+        if let felhom_core::publish::PublishReport::Ran { report, .. } = &published {
+            if report.outcome != Outcome::Succeeded {
+                return Err(CliError::failed(format!(
+                    "golden publish for the linked clones failed: {:?}",
+                    report.outcome
+                )));
+            }
+        }
+        publish_secs = Some(t.elapsed().as_secs_f64());
+        if human {
+            outln!("golden publish: {:.2}s", t.elapsed().as_secs_f64());
+        }
+    }
+    // After the publish: a linked clone's spec needs its template.
+    let errors = felhom.validate(specs).await;
     if !errors.is_empty() {
         return Err(CliError::failed(format!("demo specs rejected: {errors:?}")));
     }
+    let clock = Arc::new(StepClock::new(Arc::new(CliProgress::new(format))));
     let t_up = Instant::now();
-    let reports = felhom
-        .apply(specs.clone(), false, Arc::new(CliProgress::new(format)))
-        .await?;
+    let reports = felhom.apply(specs.to_vec(), false, clock.clone()).await?;
     let up_secs = t_up.elapsed().as_secs_f64();
+    let steps = clock.means();
     if human {
         output::print_reports(&reports, format);
     }
@@ -159,7 +338,7 @@ pub async fn run(args: DemoArgs, ctx: &Ctx) -> Result<(), CliError> {
     // felhom reconciles: the same specs again find every guest as specified, and write nothing.
     let before = felhom.client.stats();
     let again = felhom
-        .apply(specs, false, Arc::new(CliProgress::new(format)))
+        .apply(specs.to_vec(), false, Arc::new(CliProgress::new(format)))
         .await?;
     let again_writes = felhom.client.stats().since(&before).writes;
     if human {
@@ -175,7 +354,7 @@ pub async fn run(args: DemoArgs, ctx: &Ctx) -> Result<(), CliError> {
         .filter_map(|r| r.vmid.and_then(|v| pve_api::Vmid::try_from(v).ok()))
         .collect();
     let real_guests = if args.real && !vmids.is_empty() {
-        let guests = look_at_real_guests(&sim, &vmids).await;
+        let guests = look_at_real_guests(sim, &vmids).await;
         if human {
             print_real_guests(&vmids, &guests);
         }
@@ -185,15 +364,7 @@ pub async fn run(args: DemoArgs, ctx: &Ctx) -> Result<(), CliError> {
     };
     let mut down_secs = 0.0;
     let mut down = Vec::new();
-    let mut kept = None;
-    if args.keep {
-        let path = dir.keep();
-        if human {
-            outln!("kept: state and config in {}", path.display());
-            outln!("the simulator stops when this process exits; restart it with: felhom sim serve --state-dir {} --listen 127.0.0.1:0", path.join("sim").display());
-        }
-        kept = Some(path);
-    } else if !vmids.is_empty() {
+    if !args.keep && !vmids.is_empty() {
         let t_down = Instant::now();
         down = felhom
             .teardown(vmids, Arc::new(CliProgress::new(format)))
@@ -205,37 +376,115 @@ pub async fn run(args: DemoArgs, ctx: &Ctx) -> Result<(), CliError> {
         }
         exit = exit.max(output::batch_exit(&down));
     }
-    let (sim_url, sim_fingerprint) = (sim.url.to_string(), sim.fingerprint.clone());
-    sim.shutdown().await;
-    let total_secs = started.elapsed().as_secs_f64();
-    match format {
-        OutputFormat::Json => output::json(&serde_json::json!({
-            "guests": args.guests,
-            "real": args.real,
-            "time_scale": args.time_scale,
-            "golden": {
-                "volid": golden,
-                "errors": report.error_count(),
-                "warnings": report.warning_count(),
-            },
-            "simulator": { "url": sim_url, "fingerprint": sim_fingerprint },
-            "provision": reports,
-            "apply_again": { "jobs": again, "writes": again_writes },
-            "real_guests": real_guests,
-            "teardown": down,
-            "kept": kept,
-            "up_s": up_secs,
-            "down_s": down_secs,
-            "total_s": total_secs,
-        })),
-        OutputFormat::Human => outln!(
-            "demo: {} {}guest(s) up in {up_secs:.2}s, torn down in {down_secs:.2}s, {total_secs:.2}s in all (time scale {})",
-            args.guests,
-            if args.real { "real " } else { "" },
-            args.time_scale
-        ),
+    Ok(StrategyRun {
+        strategy,
+        publish_secs,
+        up_secs,
+        down_secs,
+        steps,
+        reports,
+        again,
+        again_writes,
+        real_guests,
+        down,
+        exit,
+    })
+}
+
+/// The strategies side by side: publish, each step's mean per guest, the bring-up's wall.
+fn print_comparison(runs: &[StrategyRun], guests: &str, time_scale: f64) {
+    outln!("strategies side by side ({guests}, time scale {time_scale}; a step's mean time per guest):");
+    let mut names: Vec<&'static str> = Vec::new();
+    for r in runs {
+        for (k, _) in &r.steps {
+            if !names.contains(k) {
+                names.push(k);
+            }
+        }
     }
-    exit.into_result()
+    let head: Vec<String> = runs
+        .iter()
+        .map(|r| format!("{:>14}", r.strategy.name()))
+        .collect();
+    outln!("  {:<16}{}", "", head.join(""));
+    let secs =
+        |v: Option<f64>| v.map_or_else(|| format!("{:>14}", "-"), |v| format!("{:>13.2}s", v));
+    let row = |label: &str, cells: Vec<String>| outln!("  {label:<16}{}", cells.join(""));
+    row(
+        "publish (once)",
+        runs.iter().map(|r| secs(r.publish_secs)).collect(),
+    );
+    for n in names {
+        row(
+            n,
+            runs.iter()
+                .map(|r| secs(r.steps.iter().find(|(k, _)| *k == n).map(|(_, v)| *v)))
+                .collect(),
+        );
+    }
+    row(
+        "bring-up (wall)",
+        runs.iter().map(|r| secs(Some(r.up_secs))).collect(),
+    );
+}
+
+/// A progress sink that passes every event on and times each job's steps (from a step's
+/// first start to its end, retries included).
+struct StepClock {
+    inner: Arc<dyn Progress>,
+    open: std::sync::Mutex<std::collections::HashMap<(String, &'static str), Instant>>,
+    done: std::sync::Mutex<Vec<(&'static str, f64)>>,
+}
+
+impl StepClock {
+    fn new(inner: Arc<dyn Progress>) -> StepClock {
+        StepClock {
+            inner,
+            open: Default::default(),
+            done: Default::default(),
+        }
+    }
+
+    /// Each step's mean over the jobs that ran it, in the order the steps first ended.
+    fn means(&self) -> Vec<(&'static str, f64)> {
+        let done = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<(&'static str, f64, usize)> = Vec::new();
+        for (step, secs) in done.iter() {
+            match out.iter_mut().find(|(k, _, _)| k == step) {
+                Some((_, sum, n)) => {
+                    *sum += secs;
+                    *n += 1;
+                }
+                None => out.push((step, *secs, 1)),
+            }
+        }
+        out.into_iter()
+            .map(|(k, sum, n)| (k, sum / n as f64))
+            .collect()
+    }
+}
+
+impl Progress for StepClock {
+    fn event(&self, job: &str, label: &str, event: ProgressEvent<'_>) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        match event {
+            ProgressEvent::Step(step) => {
+                open.entry((job.to_string(), step))
+                    .or_insert_with(Instant::now);
+            }
+            ProgressEvent::StepDone(step) => {
+                if let Some(t) = open.remove(&(job.to_string(), step)) {
+                    self.done
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((step, t.elapsed().as_secs_f64()));
+                }
+            }
+            _ => {}
+        }
+        drop(open);
+        self.inner.event(job, label, event);
+    }
 }
 
 /// The golden `--real` boots: built with the product's own builder (Docker from Debian, the

@@ -168,6 +168,7 @@ pub fn sim_config(handle: &pve_sim::SimHandle, state_dir: &Path, journal: PathBu
             ),
             timeout_secs: 30,
             max_response_mib: pve_api::DEFAULT_MAX_BODY_BYTES >> 20,
+            max_requests_per_second: None,
         },
         felhom: FelhomSection {
             vmid_range: SIM_VMID_RANGE,
@@ -203,6 +204,12 @@ pub fn sim_settings(args: &ServeArgs) -> anyhow::Result<pve_sim::SimConfig> {
         .parse::<pve_sim::FaultSpec>()
         .map_err(|e| anyhow::anyhow!("--faults: {e}"))?;
     let nodes = pve_sim::cluster_node_names(&args.nodes).map_err(|e| anyhow::anyhow!(e))?;
+    if let Some(n) = faults.node_down.iter().find(|n| !nodes.contains(n)) {
+        anyhow::bail!(
+            "--faults node_down:{n}: no such node (--nodes gives {})",
+            nodes.join(", ")
+        );
+    }
     Ok(pve_sim::SimConfig {
         listen: args.listen,
         state_dir: args.state_dir.clone(),

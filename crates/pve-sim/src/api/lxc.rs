@@ -204,9 +204,13 @@ pub(crate) async fn create(sim: &Arc<Sim>, req: &Req) -> HResult {
         .map_err(param_err)?;
     let vmid = req.vmid();
     let node = req.node.clone();
-    if !req.flag("restore") {
+    // Without `restore`, a plain create from a `vztmpl` template (`create_vm`'s other half,
+    // R15): the same checks and placeholder, task `vzcreate`. The lxc runtime unpacks vzdump
+    // archives only; a template's rootfs is not booted by it.
+    let restore = req.flag("restore");
+    if !restore && sim.runtime.kind() != crate::runtime::RuntimeKind::Modelled {
         return Err(die(
-            "pve-sim models restore (restore=1) only; create from a template is not simulated",
+            "pve-sim: create from a template (no restore=1) is modelled with --guests modelled only",
         ));
     }
     let volid = req.get("ostemplate").unwrap_or_default().to_string();
@@ -243,33 +247,63 @@ pub(crate) async fn create(sim: &Arc<Sim>, req: &Req) -> HResult {
     let unpriv_given = req
         .get("unprivileged")
         .map(|v| matches!(v, "1" | "on" | "yes" | "true"));
+    // A plain create is unprivileged unless asked otherwise, and a privileged one needs
+    // `Sys.Modify` on `/`, first thing (`create_vm`).
+    let unpriv_given = if restore {
+        unpriv_given
+    } else {
+        Some(unpriv_given.unwrap_or(true))
+    };
 
     // The synchronous checks in `create_vm`'s order (pve-container `API2/LXC.pm`).
     let (archive, size) = sim.read(|st| -> Result<(std::path::PathBuf, u64), PveErr> {
         // Before anything about the VMID (audit R14). The HA resource that `ha-manager add`
         // would make at the end of the task is not modelled.
+        if unpriv_given == Some(false) && !restore {
+            need(st, &req.who, "/", "Sys.Modify")?;
+        }
         if req.flag("ha-managed") {
             need(st, &req.who, "/", "Sys.Console")?;
         }
-        if let Some(owner) = st.guests.get(&vmid).map(|g| g.node.clone()) {
-            if req.flag("force") && owner == node {
-                return Err(die(
-                    "pve-sim does not model force-restore over an existing CT",
-                ));
+        // A forced restore onto an existing CT of this node (`restore=1, force=1`): not
+        // while it runs, not when protected (R15). Otherwise `check_vmid_unused` names the
+        // owning node (pve-cluster `PVE/Cluster.pm`).
+        let existing = st.guests.get(&vmid);
+        if let Some(g) = existing {
+            // `force` is for restores only: a create always needs a free VMID.
+            if !(restore && req.flag("force") && g.node == node) {
+                return Err(die(texts::already_exists_on_node(vmid, &g.node)));
             }
-            // `check_vmid_unused` names the owning node (pve-cluster `PVE/Cluster.pm`).
-            return Err(die(texts::already_exists_on_node(vmid, &owner)));
+            if g.running {
+                return Err(die(texts::CANT_OVERWRITE_RUNNING));
+            }
+            if g.config.get("protection").is_some_and(|p| p == "1") {
+                return Err(die(texts::protected(&format!(
+                    "unable to restore CT {vmid}"
+                ))));
+            }
         }
         if let Some(p) = &pool {
             if !st.pools.contains_key(p) {
                 return Err(perm_text(format!("pool '{p}' does not exist")));
             }
         }
+        let vms = format!("/vms/{vmid}");
         let by_pool = pool
             .as_ref()
             .is_some_and(|p| auth::has(st, &req.who, &format!("/pool/{p}"), "VM.Allocate"));
-        if !by_pool {
-            need(st, &req.who, &format!("/vms/{vmid}"), "VM.Allocate")?;
+        // Overwriting an existing CT needs only `VM.Backup` on it; turning an unprivileged
+        // one privileged explicitly needs `Sys.Modify` on `/` then.
+        let by_backup = existing.is_some() && auth::has(st, &req.who, &vms, "VM.Backup");
+        if !by_pool && !auth::has(st, &req.who, &vms, "VM.Allocate") {
+            if !by_backup {
+                need(st, &req.who, &vms, "VM.Allocate")?;
+            }
+            let was_unprivileged =
+                existing.is_some_and(|g| g.config.get("unprivileged").is_some_and(|u| u == "1"));
+            if was_unprivileged && unpriv_given == Some(false) {
+                need(st, &req.who, "/", "Sys.Modify")?;
+            }
         }
         check_config_perms(
             st,
@@ -281,7 +315,11 @@ pub(crate) async fn create(sim: &Arc<Sim>, req: &Req) -> HResult {
             unpriv_given,
         )?;
         // Only the name is checked here; a missing file fails the task (audit top #7).
-        let archive = archive_access(sim, st, &node, &req.who, &volid, Some(vmid))?;
+        let archive = if restore {
+            archive_access(sim, st, &node, &req.who, &volid, Some(vmid))?
+        } else {
+            super::storage::template_access(sim, st, &node, &req.who, &volid)?
+        };
         let explicit = config_keys
             .iter()
             .any(|(k, _)| *k == "rootfs" || k.starts_with("mp"));
@@ -328,6 +366,10 @@ pub(crate) async fn create(sim: &Arc<Sim>, req: &Req) -> HResult {
 
     // Request keys → a fresh config; a netN without hwaddr gets a random MAC here.
     let mut request_conf: BTreeMap<String, String> = BTreeMap::new();
+    if !restore && !normalised.contains_key("rootfs") {
+        // `$mp_param->{rootfs} = "$storage:4"; # defaults to 4GB` (create_vm's worker).
+        request_conf.insert("rootfs".into(), format!("{storage}:4"));
+    }
     for (k, v) in &config_keys {
         let v = v.unwrap_or_default();
         if k.starts_with("unused") {
@@ -349,24 +391,41 @@ pub(crate) async fn create(sim: &Arc<Sim>, req: &Req) -> HResult {
     let guard = sim
         .flock_on(&node, vmid, model::CREATE_LOCK_TIMEOUT)
         .await
-        .map_err(|e| die(texts::unable_to_restore(vmid, &e.to_string())))?;
+        .map_err(|e| {
+            let e = e.to_string();
+            die(if restore {
+                texts::unable_to_restore(vmid, &e)
+            } else {
+                texts::unable_to_create(vmid, &e)
+            })
+        })?;
     let who = req.who.clone();
     let upid = sim.mutate(|st| -> Result<String, PveErr> {
         // The placeholder config is the reservation: pmxcfs refuses a second config of one
         // VMID on any node (`memdb.c` create, `-EEXIST`), and `check_vmid_unused` names the
         // owner. Decided here, under the state lock, so two nodes racing cannot both win.
-        if let Some(g) = st.guests.get(&vmid) {
-            return Err(die(texts::already_exists_on_node(vmid, &g.node)));
+        // `create_and_lock_config($vmid, $force)`: an existing config of this node (force)
+        // keeps its keys and gets `lock: create`, unless it is locked already (R15).
+        match st.guests.get_mut(&vmid) {
+            Some(g) if restore && req.flag("force") && g.node == node => {
+                if let Some(l) = g.config.get("lock") {
+                    return Err(die(texts::unable_to_restore(vmid, &texts::locked(l))));
+                }
+                g.config.insert("lock".into(), "create".into());
+            }
+            Some(g) => return Err(die(texts::already_exists_on_node(vmid, &g.node))),
+            None => {
+                st.guests.insert(
+                    vmid,
+                    Guest {
+                        vmid,
+                        node: node.clone(),
+                        config: BTreeMap::from([("lock".to_string(), "create".to_string())]),
+                        ..Guest::default()
+                    },
+                );
+            }
         }
-        st.guests.insert(
-            vmid,
-            Guest {
-                vmid,
-                node: node.clone(),
-                config: BTreeMap::from([("lock".to_string(), "create".to_string())]),
-                ..Guest::default()
-            },
-        );
         let plan = TaskPlan::RestoreRequest {
             vmid,
             archive,
@@ -376,9 +435,11 @@ pub(crate) async fn create(sim: &Arc<Sim>, req: &Req) -> HResult {
             start: req.flag("start"),
             unique: req.flag("unique"),
             unprivileged: unpriv_given,
+            create: !restore,
         };
         let modelled = model::RESTORE_BASE + size * model::RESTORE_PER_100MB / 100_000_000;
-        Ok(sim.new_task(st, "vzrestore", &vmid.to_string(), &who, modelled, plan))
+        let worker = if restore { "vzrestore" } else { "vzcreate" };
+        Ok(sim.new_task(st, worker, &vmid.to_string(), &who, modelled, plan))
     })?;
     sim.spawn_task(upid.clone(), Some(vmid), Some(guard));
     Ok(json!(upid).into())

@@ -252,6 +252,45 @@ pub(crate) fn archive_access(
     Ok(crate::dump_dir(&sim.cfg.state_dir, sid).join(name))
 }
 
+/// `check_volume_access(..., 'vztmpl')` for a plain create's `ostemplate` (pve-storage
+/// `Storage.pm` L619-656): the content type first, then `Datastore.Allocate` opens it, else
+/// `Datastore.AllocateSpace` or `Datastore.Audit` on the storage ("templates could be
+/// sensitive"). Only the name is checked here; a missing file fails the task.
+pub(crate) fn template_access(
+    sim: &Sim,
+    st: &State,
+    node: &str,
+    who: &Subject,
+    volid: &str,
+) -> Result<std::path::PathBuf, PveErr> {
+    let Some((sid, rest)) = volid.split_once(':') else {
+        if who.is_root() {
+            return Ok(std::path::PathBuf::from(volid));
+        }
+        return Err(die(texts::arbitrary_paths_root_only()));
+    };
+    let s = storage_on(st, node, sid)?;
+    let wrong = || {
+        die(format!(
+            "unable to use volume {volid} - content type needs to be 'vztmpl'"
+        ))
+    };
+    let name = rest.strip_prefix("vztmpl/").ok_or_else(wrong)?;
+    if !s.content.iter().any(|c| c == "vztmpl") || name.contains('/') || name.starts_with('.') {
+        return Err(wrong());
+    }
+    let storage = format!("/storage/{sid}");
+    if !auth::has(st, who, &storage, "Datastore.Allocate") {
+        need_any(
+            st,
+            who,
+            &storage,
+            &["Datastore.AllocateSpace", "Datastore.Audit"],
+        )?;
+    }
+    Ok(crate::template_dir(&sim.cfg.state_dir, sid).join(name))
+}
+
 pub(crate) fn extractconfig(sim: &Sim, req: &Req) -> HResult {
     validate(req, &[NODE, ("volume", Kind::Str(255))], &["volume"])?;
     let volid = req.get("volume").unwrap_or_default();

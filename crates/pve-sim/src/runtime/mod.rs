@@ -19,6 +19,15 @@
 //!   own sshd. Restore, start, stop and destroy take as long as they really do. Needs root and
 //!   the tools [`lxc::preflight`] names.
 //!
+//! Several nodes (`--nodes`): the runtimes know nothing of nodes. Containers are named by
+//! VMID and volumes by volume id, both unique in the whole simulator, so all nodes share one
+//! volume directory and one set of bridge namespaces with their DHCP servers: the nodes'
+//! `vmbr0` are one L2 segment, as cluster nodes' bridges usually are on one LAN. An offline
+//! migration moves nothing on disk. A down node (`node_down:<n>`) is a node whose API is
+//! unreachable: with the lxc runtime its containers keep running, as behind a network
+//! partition, and its tasks' runtime work already started runs to its end (only the task's
+//! result waits for the node to return).
+//!
 //! How the two differ is in what the trait's methods return, not in the callers: a lifecycle
 //! method returns the runtime's own blocking work for a task ([`Job`]), or `None` when the
 //! runtime models the task (the worker then waits the task's modelled duration); the methods

@@ -43,6 +43,57 @@ pub struct PerfArgs {
     /// journal keeps them between runs).
     #[arg(long)]
     pub warm: bool,
+    /// Which modes to run (restore-resize, restore, linked-clone, naive); all by default.
+    #[arg(long, value_delimiter = ',', value_parser = ["restore-resize", "restore", "linked-clone", "naive"])]
+    pub modes: Vec<String>,
+    /// Also report each mode's requests per guest by endpoint (method and path, ids as `*`).
+    #[arg(long)]
+    pub by_endpoint: bool,
+    /// felhom's per-node request budget for the run (`pve.max_requests_per_second`).
+    #[arg(long, value_name = "N")]
+    pub max_requests_per_second: Option<f64>,
+}
+
+impl PerfArgs {
+    fn runs(&self, mode: &str) -> bool {
+        self.modes.is_empty() || self.modes.iter().any(|m| m == mode)
+    }
+}
+
+/// Requests per guest by endpoint: `GET /nodes/*/lxc/*/config` (a path's numbers and UPIDs
+/// as `*`), the busiest first.
+fn by_endpoint(reqs: &[Value], n: usize) -> Vec<(String, f64)> {
+    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+    for r in reqs {
+        let path = r["path"].as_str().unwrap_or("?");
+        let shape: Vec<&str> = path
+            .split('/')
+            .enumerate()
+            .map(|(i, seg)| {
+                let node = i >= 2 && path.split('/').nth(i - 1) == Some("nodes");
+                if node
+                    || seg.starts_with("UPID:")
+                    || seg.bytes().all(|b| b.is_ascii_digit()) && !seg.is_empty()
+                {
+                    "*"
+                } else {
+                    seg
+                }
+            })
+            .collect();
+        let key = format!(
+            "{} {}",
+            r["method"].as_str().unwrap_or("?"),
+            shape.join("/")
+        );
+        *counts.entry(key).or_default() += 1;
+    }
+    let mut v: Vec<(String, f64)> = counts
+        .into_iter()
+        .map(|(k, c)| (k, c as f64 / n.max(1) as f64))
+        .collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    v
 }
 
 fn rusage() -> (f64, u64) {
@@ -244,6 +295,7 @@ async fn felhom_mode(n: usize, args: &PerfArgs, strategy: Strategy) -> anyhow::R
     config.max_parallel_per_node = args.concurrency;
     config.max_parallel_per_storage = args.concurrency;
     config.strategy = strategy;
+    config.max_requests_per_second = args.max_requests_per_second;
     let felhom = Arc::new(Felhom::open(config)?);
     let golden = format!("local:backup/{}", crate::cmd::sim::SEED_GOLDEN);
     let specs = specs(n, &golden)?;
@@ -320,6 +372,12 @@ async fn felhom_mode(n: usize, args: &PerfArgs, strategy: Strategy) -> anyhow::R
     {
         v["first_failure"] = json!(r);
     }
+    if args.by_endpoint {
+        v["by_endpoint"] = json!(by_endpoint(&requests, n)
+            .into_iter()
+            .map(|(k, c)| json!({ "endpoint": k, "per_guest": c }))
+            .collect::<Vec<_>>());
+    }
     v["writes_per_guest"] = json!(per_guest(stats.writes));
     v["polls_per_guest"] = json!(per_guest(stats.task_polls));
     v["other_gets_per_guest"] = json!(per_guest(stats.gets));
@@ -361,12 +419,17 @@ async fn naive_mode(n: usize, args: &PerfArgs) -> anyhow::Result<Value> {
 }
 
 async fn one_batch(n: usize, args: &PerfArgs) -> anyhow::Result<Vec<Value>> {
-    let mut rows = vec![
-        felhom_mode(n, args, Strategy::RestoreResize).await?,
-        felhom_mode(n, args, Strategy::Restore).await?,
-        felhom_mode(n, args, Strategy::LinkedClone).await?,
-    ];
-    if !args.no_naive {
+    let mut rows = Vec::new();
+    for s in [
+        Strategy::RestoreResize,
+        Strategy::Restore,
+        Strategy::LinkedClone,
+    ] {
+        if args.runs(s.name()) {
+            rows.push(felhom_mode(n, args, s).await?);
+        }
+    }
+    if !args.no_naive && args.runs("naive") {
         rows.push(naive_mode(n, args).await?);
     }
     Ok(rows)
@@ -518,6 +581,20 @@ fn print_table(args: &PerfArgs, rows: &[Value], checks: &[(String, bool, String)
         ]);
     }
     output::print_table(&t);
+    for r in rows.iter().filter(|r| r["by_endpoint"].is_array()) {
+        outln!(
+            "{} guest(s), {}: requests per guest by endpoint",
+            r["guests"],
+            r["mode"].as_str().unwrap_or("?")
+        );
+        for e in r["by_endpoint"].as_array().into_iter().flatten() {
+            outln!(
+                "  {:>6.2}  {}",
+                e["per_guest"].as_f64().unwrap_or(f64::NAN),
+                e["endpoint"].as_str().unwrap_or("?")
+            );
+        }
+    }
     for (what, met, v) in checks {
         outln!("{} {what}: {v}", if *met { "met    " } else { "NOT met" });
     }
