@@ -845,6 +845,9 @@ async fn drive<S: Step>(cx: &JobCx, step: S, mut attempt: u32) -> Result<Value, 
                     )));
                 }
             }
+            // Quorum lost: PVE refuses every write until the cluster is whole again, which
+            // no backoff of ours bridges. Pause now; `felhom resume` (or apply) goes on.
+            Err(e @ StepError::Api(ApiError::NoQuorum { .. })) => return Err(e),
             Err(e) if e.is_transient() && retries < cx.backoff.max_attempts => {
                 retries += 1;
                 retry_later(
