@@ -9,7 +9,7 @@
 //! | no guest, no record | `create` (with the VMID `plan` shows) | a bring-up job |
 //! | one recorded guest, bound to its record, as specified | `unchanged` | nothing: zero writes |
 //! | the same, with drift the steps can repair | `repair` (fields) | a repair job: the bring-up steps, forward only |
-//! | drift no step may repair (MAC, golden, storage, node, shrink, a mount to remove, a mount felhom made whose detach outside it already happened) | `refuse` (why) | – |
+//! | drift no step may repair (MAC, golden, storage, a spec naming a third node — a guest migrated outside felhom is followed, shrink, a mount to remove, a mount felhom made whose detach outside it already happened) | `refuse` (why) | – |
 //! | a guest whose marker or MAC/rootfs no longer match felhom's record | `refuse` | – |
 //! | two live guests with one identity, or a marked guest felhom has no record of | `refuse` | – |
 //!
@@ -17,6 +17,12 @@
 //! marker names the record's job and identity — or the marker was rewritten, which is then
 //! drift the finish step repairs. A description alone (which anyone with
 //! `VM.Config.Options` may rewrite) never makes a guest felhom's, and never unmakes it.
+//!
+//! Every decision of a run shares one look at PVE ([`Observed`]): one `/cluster/resources`
+//! read says where each guest lives (a guest migrated outside felhom is followed, and the
+//! journal's record and unfinished jobs get its node: [`Felhom::follow_guests`]), and `auto`
+//! specs are placed from the same read ([`Felhom::resolve_nodes`], rule in `cluster.rs`).
+//! A guest PVE cannot answer for now (its node down) pauses alone.
 //!
 //! Two felhom processes never work on one identity at once: each holds the journal's
 //! identity lease while it decides and acts (a live holder is waited for, a dead one's lease
@@ -32,6 +38,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::bringup::{self, Drift, GuestView};
+use crate::cluster::{ClusterView, Need, Placement, Placer};
 use crate::guest::{self, Ownership};
 use crate::job::{Facts, Outcome, Progress};
 use crate::journal::{GuestRecord, JobKind, JobRow, JobState, JournalError, Phase};
@@ -42,12 +49,27 @@ use crate::spec::{GuestSpec, Identity};
 #[derive(Debug, Default)]
 pub struct MarkerIndex(std::collections::BTreeMap<Identity, (u32, String)>);
 
+/// One look at PVE that every decision of a run shares ([`Felhom::observe`]).
+#[derive(Debug, Default)]
+pub struct Observed {
+    /// Where every guest lives, node and storage figures: one `/cluster/resources` read.
+    pub cluster: ClusterView,
+    markers: MarkerIndex,
+}
+
 /// What `apply` will do (or did decide) for one guest.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "decision", rename_all = "snake_case")]
 pub enum Decision {
-    /// No such guest: bring it up at `vmid` (None: no free VMID is known yet).
-    Create { vmid: Option<u32> },
+    /// No such guest: bring it up at `vmid` (None: no free VMID is known yet) on `node`
+    /// (None: the spec's); `placed` says why placement chose that node (`node = "auto"`).
+    Create {
+        vmid: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        placed: Option<String>,
+    },
     /// There and as specified: nothing to do.
     Unchanged { vmid: u32 },
     /// There, with drift the steps repair.
@@ -77,8 +99,16 @@ impl Decision {
     /// One line for `plan`.
     pub fn describe(&self) -> String {
         match self {
-            Decision::Create { vmid: Some(v) } => format!("create at VMID {v}"),
-            Decision::Create { vmid: None } => "create (no free VMID in range now)".into(),
+            Decision::Create { vmid, node, placed } => {
+                let mut line = match vmid {
+                    Some(v) => format!("create at VMID {v}"),
+                    None => "create (no free VMID in range now)".into(),
+                };
+                if let (Some(n), Some(why)) = (node, placed) {
+                    line.push_str(&format!(" on node {n}: {why}"));
+                }
+                line
+            }
             Decision::Unchanged { vmid } => format!("unchanged (VMID {vmid})"),
             Decision::Repair { vmid, drift, .. } => format!(
                 "repair VMID {vmid}: {}",
@@ -126,33 +156,51 @@ fn refuse(vmid: Option<u32>, why: impl Into<String>) -> Decision {
 const IDENTITY_WAIT_POLL: Duration = Duration::from_millis(200);
 
 impl Felhom {
-    /// The markers of guests in felhom's range on `nodes` that the journal has no live record
-    /// of (a lost or another journal's guests): read once per invocation, so deciding N
-    /// guests costs one list per node, plus one config read per unrecorded guest.
-    pub async fn unrecorded_markers(&self, nodes: &[&str]) -> Result<MarkerIndex, OpsError> {
+    /// What a decision needs to know of PVE beyond one guest, read once per run (or per
+    /// observe pass): where every guest lives (one `/cluster/resources` read) and the
+    /// markers of guests in felhom's range that the journal has no live record of (a lost or
+    /// another journal's guests: one config read each, on the node the read names).
+    pub async fn observe(&self) -> Result<Observed, OpsError> {
+        let cluster = ClusterView::read(&self.client).await?;
+        let markers = self.unrecorded_markers(&cluster).await?;
+        Ok(Observed { cluster, markers })
+    }
+
+    /// The markers of guests in felhom's range, on any node, that the journal has no live
+    /// record of.
+    pub async fn unrecorded_markers(&self, cluster: &ClusterView) -> Result<MarkerIndex, OpsError> {
         let recorded: BTreeSet<u32> = self.journal.live_guests()?.iter().map(|g| g.vmid).collect();
         let mut index = MarkerIndex::default();
-        for node in nodes.iter().collect::<BTreeSet<_>>() {
-            for g in self.client.lxc_list(node).await? {
-                let Ok(vmid) = Vmid::try_from(g.vmid) else {
-                    continue;
-                };
-                if !self.config.vmid_range.contains(vmid) || recorded.contains(&g.vmid) {
+        for (vmid, at) in cluster.guests() {
+            let Ok(vmid) = Vmid::try_from(vmid) else {
+                continue;
+            };
+            if !self.config.vmid_range.contains(vmid) || recorded.contains(&vmid.get()) {
+                continue;
+            }
+            // A guest on a node that is down cannot be read; it is looked at again on the
+            // next run (its VMID stays taken for the pickers: it is in the read).
+            if !cluster.node_online(&at.node) && cluster.node_names().next().is_some() {
+                continue;
+            }
+            let cfg = match guest::config_of(&self.client, &at.node, vmid).await {
+                Ok(Some(c)) => c,
+                Ok(None) => continue,
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(%vmid, node = %at.node, error = %e, "cannot read an unrecorded guest's marker now");
                     continue;
                 }
-                let Some(cfg) = guest::config_of(&self.client, node, vmid).await? else {
-                    continue;
-                };
-                if let Some(m) = guest::marker_of(&cfg) {
-                    if let Some(name) = m.name {
-                        index.0.insert(
-                            Identity {
-                                customer: m.customer,
-                                name,
-                            },
-                            (vmid.get(), m.job),
-                        );
-                    }
+                Err(e) => return Err(e.into()),
+            };
+            if let Some(m) = guest::marker_of(&cfg) {
+                if let Some(name) = m.name {
+                    index.0.insert(
+                        Identity {
+                            customer: m.customer,
+                            name,
+                        },
+                        (vmid.get(), m.job),
+                    );
                 }
             }
         }
@@ -161,16 +209,17 @@ impl Felhom {
 
     /// Decide what `apply` does for `spec`, reading only (PVE and the journal).
     pub async fn decide(&self, spec: &GuestSpec) -> Result<Decision, OpsError> {
-        let index = self.unrecorded_markers(&[spec.node.as_str()]).await?;
-        self.decide_with(spec, &index).await
+        let observed = self.observe().await?;
+        self.decide_with(spec, &observed).await
     }
 
-    /// [`Felhom::decide`] with the unrecorded guests' markers already read.
+    /// [`Felhom::decide`] with PVE already observed.
     pub async fn decide_with(
         &self,
         spec: &GuestSpec,
-        unrecorded: &MarkerIndex,
+        observed: &Observed,
     ) -> Result<Decision, OpsError> {
+        let unrecorded = &observed.markers;
         let id = spec.identity_key();
         // 1. A job of this identity that did not finish comes first.
         if let Some(j) = self
@@ -205,9 +254,13 @@ impl Felhom {
                     Some(*vmid),
                     format!("guest {vmid} carries felhom's marker for {id} (job {job}), but this journal has no record of it; felhom cannot prove it is its own"),
                 ),
-                None => Decision::Create { vmid: None },
+                None => Decision::Create {
+                    vmid: None,
+                    node: None,
+                    placed: None,
+                },
             }),
-            [rec] => self.decide_recorded(spec, rec).await,
+            [rec] => self.decide_recorded(spec, rec, &observed.cluster).await,
             many => Ok(refuse(
                 None,
                 format!(
@@ -226,12 +279,24 @@ impl Felhom {
         &self,
         spec: &GuestSpec,
         rec: &GuestRecord,
+        cluster: &ClusterView,
     ) -> Result<Decision, OpsError> {
         let vmid = Vmid::try_from(rec.vmid).map_err(|e| OpsError::Invalid(e.to_string()))?;
         let v = Some(rec.vmid);
+        // The guest is where the cluster says it is (migrated outside felhom: followed, not
+        // drift); a guest the read does not list is looked for where felhom left it.
+        let mut followed = rec.clone();
+        if let Some(n) = cluster.node_of(rec.vmid) {
+            followed.node = n.to_string();
+        }
+        let rec = &followed;
         let Some(cfg) = guest::config_of(&self.client, &rec.node, vmid).await? else {
             // The journal remembers a guest PVE no longer has: it is absent, bring it up.
-            return Ok(Decision::Create { vmid: None });
+            return Ok(Decision::Create {
+                vmid: None,
+                node: None,
+                placed: None,
+            });
         };
         if let Some(why) = unbound(&cfg, rec) {
             return Ok(refuse(v, why));
@@ -247,7 +312,10 @@ impl Felhom {
                     old.golden, spec.golden
                 ));
             }
-            if old.node != spec.node {
+            // The spec's node says where to create; a guest that lives elsewhere (placed
+            // by "auto", or migrated outside felhom) is followed. Only a spec naming a third
+            // node asks for a migration.
+            if !spec.node_is_auto() && old.node != spec.node && rec.node != spec.node.as_str() {
                 changed.push(format!(
                     "node ({} → {}): felhom does not migrate guests",
                     old.node, spec.node
@@ -368,14 +436,30 @@ impl Felhom {
         specs: &[GuestSpec],
         prune: bool,
     ) -> Result<Vec<(Identity, Decision)>, OpsError> {
-        let nodes: Vec<&str> = specs.iter().map(|s| s.node.as_str()).collect();
-        let unrecorded = self.unrecorded_markers(&nodes).await?;
+        let observed = self.observe().await?;
+        let resolved = self.resolve_nodes(&observed.cluster, specs).await?;
         let mut out = Vec::new();
-        for s in specs {
-            out.push((s.identity_key(), self.decide_with(s, &unrecorded).await?));
+        let mut placed_specs = Vec::new();
+        for (s, r) in specs.iter().zip(resolved) {
+            let d = match r {
+                Ok((placed, how)) => {
+                    let d = self.decide_with(&placed, &observed).await?;
+                    placed_specs.push(placed);
+                    with_placement(d, how)
+                }
+                Err(why) => {
+                    placed_specs.push(s.clone());
+                    refuse(None, format!("node: {why}"))
+                }
+            };
+            out.push((s.identity_key(), d));
         }
-        self.assign_vmids(specs, out.iter_mut().map(|(_, d)| Some(d)))
-            .await?;
+        self.assign_vmids(
+            &observed.cluster,
+            &placed_specs,
+            out.iter_mut().map(|(_, d)| Some(d)),
+        )
+        .await?;
         if prune {
             out.extend(self.prunable(specs)?);
         }
@@ -386,6 +470,7 @@ impl Felhom {
     /// follows `specs`; `None` is a guest not decided yet (its identity held elsewhere).
     async fn assign_vmids<'d>(
         &self,
+        cluster: &ClusterView,
         specs: &[GuestSpec],
         decisions: impl Iterator<Item = Option<&'d mut Decision>>,
     ) -> Result<(), OpsError> {
@@ -393,12 +478,12 @@ impl Felhom {
             .iter()
             .zip(decisions)
             .filter_map(|(s, d)| match d {
-                Some(Decision::Create { vmid }) => Some((s.clone(), vmid)),
+                Some(Decision::Create { vmid, .. }) => Some((s.clone(), vmid)),
                 _ => None,
             })
             .collect();
         let (specs, slots): (Vec<GuestSpec>, Vec<&mut Option<u32>>) = creating.into_iter().unzip();
-        let picks = self.pick_vmids(&specs).await?;
+        let picks = self.pick_vmids_in(cluster, &specs)?;
         for (slot, pick) in slots.into_iter().zip(picks) {
             *slot = pick.map(|v| v.get());
         }
@@ -441,7 +526,8 @@ impl Felhom {
         progress: Arc<dyn Progress>,
     ) -> Result<Vec<JobReport>, OpsError> {
         let holder = crate::ops::new_apply_id();
-        let (decided, prunes) = match self.decide_all(&specs, prune, &holder).await {
+        let mut specs = specs;
+        let (decided, prunes) = match self.decide_all(&mut specs, prune, &holder).await {
             Ok(d) => d,
             Err(e) => {
                 // Nothing was done: give back every identity this call took.
@@ -481,28 +567,58 @@ impl Felhom {
     /// the guests to remove. Reads PVE; writes only identity leases.
     async fn decide_all(
         &self,
-        specs: &[GuestSpec],
+        specs: &mut [GuestSpec],
         prune: bool,
         holder: &str,
     ) -> Result<(Vec<Option<Decision>>, Vec<(Identity, Decision)>), OpsError> {
-        let nodes: Vec<&str> = specs.iter().map(|s| s.node.as_str()).collect();
-        let unrecorded = self.unrecorded_markers(&nodes).await?;
+        let observed = self.observe().await?;
+        self.follow_guests(&observed.cluster)?;
+        let resolved = self.resolve_nodes(&observed.cluster, specs).await?;
         let mut decided = Vec::new();
-        for s in specs {
+        for (s, r) in specs.iter_mut().zip(resolved) {
             let id = s.identity_key();
             decided.push(
                 match self
                     .journal
                     .acquire_identity(&id.customer, &id.name, holder)
                 {
-                    Ok(()) => Some(self.decide_with(s, &unrecorded).await?),
-                    Err(JournalError::IdentityHeld { .. }) => None,
+                    Ok(()) => Some(match r {
+                        Ok((placed, how)) => {
+                            // The job keeps the node placement chose: placed once.
+                            *s = placed;
+                            match self.decide_with(s, &observed).await {
+                                Ok(d) => with_placement(d, how),
+                                // One guest PVE cannot tell about now (its node down, no
+                                // answer): that guest pauses, the others go on.
+                                Err(OpsError::Api(e)) if self.client.refused_certificate().is_none() => {
+                                    Decision::Refuse {
+                                        vmid: None,
+                                        why: format!("cannot look at this guest now ({e}); nothing was done: apply again when PVE answers for node {}", s.node),
+                                        needs_person: true,
+                                    }
+                                }
+                                Err(e) => return Err(e),
+                            }
+                        }
+                        Err(why) => refuse(None, format!("node: {why}")),
+                    }),
+                    Err(JournalError::IdentityHeld { .. }) => {
+                        // Decided later in its own task; the node resolved now stands.
+                        if let Ok((placed, _)) = r {
+                            *s = placed;
+                        }
+                        None
+                    }
                     Err(e) => return Err(e.into()),
                 },
             );
         }
-        self.assign_vmids(specs, decided.iter_mut().map(Option::as_mut))
-            .await?;
+        self.assign_vmids(
+            &observed.cluster,
+            specs,
+            decided.iter_mut().map(Option::as_mut),
+        )
+        .await?;
         let prunes = if prune {
             self.prunable(specs)?
         } else {
@@ -606,7 +722,7 @@ impl Felhom {
                     };
                     return JobReport::decided(&label, vmid, outcome);
                 }
-                Decision::Create { vmid } => {
+                Decision::Create { vmid, .. } => {
                     return match self.start_bringup(&spec, vmid, None).await {
                         Ok(job) => self.run_job(job, progress).await,
                         Err(e) => paused(None, &e),
@@ -669,14 +785,12 @@ impl Felhom {
             JobKind::Bringup
         };
         let id = crate::ops::new_job_id(kind);
+        // A repair acts where the guest lives now (followed: the job's node, the spec keeps
+        // the node it named); a creation where the spec (placed, if it said "auto") puts it.
+        let node = existing.map_or(spec.node.as_str(), |r| r.node.as_str());
         let value = serde_json::to_value(spec).map_err(|e| OpsError::Invalid(e.to_string()))?;
-        self.journal.create_job(
-            &id,
-            kind,
-            spec.node.as_str(),
-            Some(spec.hostname.as_str()),
-            &value,
-        )?;
+        self.journal
+            .create_job(&id, kind, node, Some(spec.hostname.as_str()), &value)?;
         let mut facts = Facts {
             golden_mac: golden.mac.map(|m| m.to_ascii_uppercase()),
             golden_rootfs_bytes: golden.rootfs_bytes,
@@ -698,6 +812,163 @@ impl Felhom {
         Ok(self.journal.job(&id)?)
     }
 }
+
+/// A creation decided for a placed spec says where, and why.
+fn with_placement(d: Decision, how: Option<Placement>) -> Decision {
+    match (d, how) {
+        (Decision::Create { vmid, .. }, Some(p)) => Decision::Create {
+            vmid,
+            node: Some(p.node),
+            placed: Some(p.why),
+        },
+        (d, _) => d,
+    }
+}
+
+/// One spec's node for this run: the spec with a concrete node, and the placement that
+/// chose it (None: the spec named it, or the guest already lives there); `Err`: no node fits.
+pub type Resolved = Result<(GuestSpec, Option<Placement>), String>;
+
+impl Felhom {
+    /// Every spec's node for this run (`cluster.rs` has the rule): a spec naming a node keeps
+    /// it; an `auto` spec of a guest felhom already has (a live record, an unfinished job)
+    /// gets the node that guest lives on now — never placed again; a new one is placed,
+    /// counting the placements before it.
+    pub async fn resolve_nodes(
+        &self,
+        cluster: &ClusterView,
+        specs: &[GuestSpec],
+    ) -> Result<Vec<Resolved>, OpsError> {
+        let mut placer = Placer::new(cluster, &self.config.nodes);
+        let mut golden_on: std::collections::HashMap<(String, String, u64), BTreeSet<String>> =
+            Default::default();
+        let mut out = Vec::new();
+        for s in specs {
+            if !s.node_is_auto() {
+                out.push(Ok((s.clone(), None)));
+                continue;
+            }
+            let id = s.identity_key();
+            let known = match self
+                .journal
+                .unfinished_jobs_for_identity(&id.customer, &id.name)?
+                .into_iter()
+                .next()
+            {
+                Some(j) => Some((j.vmid, j.node)),
+                None => self
+                    .journal
+                    .guests_by_identity(&id.customer, &id.name)?
+                    .into_iter()
+                    .next()
+                    .map(|g| (Some(g.vmid), g.node)),
+            };
+            if let Some((vmid, node)) = known {
+                let node = vmid
+                    .and_then(|v| cluster.node_of(v))
+                    .map(str::to_string)
+                    .unwrap_or(node);
+                out.push(s.on_node(&node).map(|s| (s, None)));
+                continue;
+            }
+            let key = (
+                s.golden.to_string(),
+                s.storage.to_string(),
+                s.rootfs_size.bytes(),
+            );
+            if !golden_on.contains_key(&key) {
+                let on = self.golden_nodes(cluster, &placer.candidates(), s).await;
+                golden_on.insert(key.clone(), on);
+            }
+            let need = Need {
+                storage: s.storage.to_string(),
+                disk: s.rootfs_size.bytes()
+                    + s.mounts
+                        .iter()
+                        .filter(|m| m.storage == s.storage)
+                        .map(|m| m.size.bytes())
+                        .sum::<u64>(),
+                mem: u64::from(s.memory.map(|m| m.get()).unwrap_or(DEFAULT_MEMORY_MIB)) << 20,
+                golden_on: golden_on.get(&key).cloned(),
+            };
+            out.push(
+                placer
+                    .place(&need)
+                    .and_then(|p| Ok((s.on_node(&p.node)?, Some(p)))),
+            );
+        }
+        Ok(out)
+    }
+
+    /// The nodes (of `candidates`) where a guest of `s` can be made: with `linked-clone`,
+    /// where a template of its golden is published; else where the golden archive can be
+    /// read (a shared storage: every node that has it available; a node-local one: the nodes
+    /// whose `extractconfig` answers, read once per node and process).
+    async fn golden_nodes(
+        &self,
+        cluster: &ClusterView,
+        candidates: &[String],
+        s: &GuestSpec,
+    ) -> BTreeSet<String> {
+        if self.config.strategy == crate::config::Strategy::LinkedClone {
+            return candidates
+                .iter()
+                .filter(|n| {
+                    crate::publish::recorded_template(
+                        &self.journal,
+                        n,
+                        s.storage.as_str(),
+                        s.golden.as_str(),
+                        None,
+                        Some(s.rootfs_size.bytes()),
+                    )
+                    .ok()
+                    .flatten()
+                    .is_some()
+                })
+                .cloned()
+                .collect();
+        }
+        let sid = s.golden.as_str().split(':').next().unwrap_or_default();
+        let mut on = BTreeSet::new();
+        for n in candidates {
+            let readable = match cluster.storage(n, sid) {
+                Some(st) if !st.available => false,
+                Some(st) if st.shared => true,
+                _ => self.golden_info(n, s.golden.as_str()).await.is_ok(),
+            };
+            if readable {
+                on.insert(n.clone());
+            }
+        }
+        on
+    }
+
+    /// Guests that live elsewhere than the journal says (migrated outside felhom) are
+    /// followed: the record's node, and the node of any unfinished job of that guest, become
+    /// the one `/cluster/resources` names, so the next step acts where the guest is.
+    pub fn follow_guests(&self, cluster: &ClusterView) -> Result<(), OpsError> {
+        for g in self.journal.live_guests()? {
+            if let Some(n) = cluster.node_of(g.vmid).filter(|n| *n != g.node) {
+                tracing::info!(vmid = g.vmid, from = %g.node, to = n, "guest lives on another node now: followed");
+                self.journal.set_guest_node(g.vmid, n)?;
+            }
+        }
+        for j in self.journal.resumable_jobs()? {
+            if let Some(n) = j
+                .vmid
+                .and_then(|v| cluster.node_of(v))
+                .filter(|n| *n != j.node)
+            {
+                self.journal.set_job_node(&j.id, n)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Memory a guest is counted with when its spec does not say (PVE's default for a CT).
+const DEFAULT_MEMORY_MIB: u32 = 512;
 
 fn unreachable_prune() -> ! {
     unreachable!("prune decisions are made by `prunable`, never by `decide`")

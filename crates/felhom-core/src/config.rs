@@ -183,6 +183,10 @@ pub struct FelhomSection {
     /// `role` check when given none (relative paths are relative to this file).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub specs: Vec<PathBuf>,
+    /// The PVE nodes felhom places new guests on when a spec says `node = "auto"` or names
+    /// no node (empty: every online node of the cluster).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
 }
 
 fn default_parallel() -> usize {
@@ -241,6 +245,8 @@ pub struct Config {
     pub strategy: Strategy,
     /// `felhom.specs`, resolved against the config file's directory.
     pub specs: Vec<PathBuf>,
+    /// `felhom.nodes`: where `node = "auto"` places new guests (empty: every online node).
+    pub nodes: Vec<String>,
     /// `[agent]`, its paths resolved against the config file's directory.
     pub agent: AgentSection,
 }
@@ -385,6 +391,19 @@ impl Config {
                 None
             }
         };
+        for (i, n) in file.felhom.nodes.iter().enumerate() {
+            if let Err(rule) = n.parse::<crate::spec::NodeName>() {
+                err(&format!("felhom.nodes[{i}]"), rule);
+            } else if n == crate::spec::AUTO_NODE {
+                err(
+                    &format!("felhom.nodes[{i}]"),
+                    format!(
+                        "\"{}\" means \"let felhom place it\"; list node names",
+                        crate::spec::AUTO_NODE
+                    ),
+                );
+            }
+        }
         for (name, v) in [
             ("felhom.max_parallel", file.felhom.max_parallel),
             (
@@ -447,6 +466,7 @@ impl Config {
             max_requests_per_second: file.pve.max_requests_per_second,
             strategy: file.felhom.strategy,
             specs: file.felhom.specs.iter().map(|p| resolve(p)).collect(),
+            nodes: file.felhom.nodes.clone(),
             agent: {
                 let mut a = file.agent.clone().unwrap_or_default();
                 for p in [

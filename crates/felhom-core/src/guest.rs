@@ -303,7 +303,7 @@ pub enum EndpointError {
     Api(#[from] ApiError),
 }
 
-/// Chooses VMIDs for new guests: the lowest in felhom's range that no guest on the node uses,
+/// Chooses VMIDs for new guests: the lowest in felhom's range that no guest in the cluster uses,
 /// no live journal lease holds, and no earlier pick of this picker took. `plan` and
 /// `provision` both walk their specs in order through one picker, so `plan` shows exactly the
 /// VMIDs `provision` reserves first (a concurrent felhom process may still take one: the
@@ -314,14 +314,25 @@ pub struct VmidPicker {
 }
 
 impl VmidPicker {
+    /// VMIDs are cluster-wide: every guest on every node counts, from one
+    /// `/cluster/resources` read.
     pub async fn new(
         client: &PveClient,
         journal: &Journal,
-        node: &str,
+        range: VmidRange,
+    ) -> Result<VmidPicker, PickError> {
+        let view = crate::cluster::ClusterView::read(client).await?;
+        Self::from_view(journal, &view, range)
+    }
+
+    /// The picker over a cluster read already made.
+    pub fn from_view(
+        journal: &Journal,
+        view: &crate::cluster::ClusterView,
         range: VmidRange,
     ) -> Result<VmidPicker, PickError> {
         let mut taken: HashSet<u32> = journal.leased_vmids()?.into_iter().collect();
-        taken.extend(client.lxc_list(node).await?.into_iter().map(|g| g.vmid));
+        taken.extend(view.vmids());
         Ok(VmidPicker { range, taken })
     }
 
@@ -340,7 +351,7 @@ impl VmidPicker {
         }
     }
 
-    /// Whether `v` is in the range and free (not leased, not on the node).
+    /// Whether `v` is in the range and free (not leased, on no node).
     pub fn is_free(&self, v: Vmid) -> bool {
         self.range.contains(v) && !self.taken.contains(&v.get())
     }

@@ -8,6 +8,7 @@
 pub mod adversarial;
 pub mod apply;
 pub mod bringup;
+pub mod cluster;
 pub mod config;
 pub mod golden;
 pub mod golden_build;

@@ -77,10 +77,12 @@ impl Limits {
             .clone()
     }
     /// Permits in a fixed order (storage, node, global) so two jobs can never deadlock.
+    /// `node` is the job's (placed or followed) node; a storage is counted per node, as
+    /// `local-lvm` on two nodes is two volume groups with locks of their own.
     async fn acquire(&self, node: &str, storage: Option<&str>) -> Vec<OwnedSemaphorePermit> {
         let mut permits = Vec::new();
         if let Some(s) = storage {
-            if let Ok(p) = Self::sem(&self.per_storage, s, self.storage_cap)
+            if let Ok(p) = Self::sem(&self.per_storage, &format!("{node}/{s}"), self.storage_cap)
                 .acquire_owned()
                 .await
             {
@@ -309,7 +311,16 @@ impl Felhom {
         let many = specs.len() > 1;
         // Each node's bridges, listed once (None: the node would not say).
         let mut bridges_of: HashMap<String, Option<Vec<String>>> = HashMap::new();
-        for (i, s) in specs.iter().enumerate() {
+        // Where guests live, which nodes are up, where `auto` ones would go: one cluster read.
+        let cluster = crate::cluster::ClusterView::read(&self.client).await;
+        let resolved: Vec<Option<crate::apply::Resolved>> = match &cluster {
+            Ok(c) => match self.resolve_nodes(c, specs).await {
+                Ok(r) => r.into_iter().map(Some).collect(),
+                Err(e) => specs.iter().map(|_| Some(Err(e.to_string()))).collect(),
+            },
+            Err(_) => specs.iter().map(|_| None).collect(),
+        };
+        for (i, (s, placed)) in specs.iter().zip(resolved).enumerate() {
             let prefix = if many {
                 format!("guest[{i}].")
             } else {
@@ -321,6 +332,38 @@ impl Felhom {
                     rule,
                 })
             };
+            // An `auto` spec is checked on the node it would get (or already lives on).
+            let placed_spec;
+            let s = match (s.node_is_auto(), placed) {
+                (false, _) => s,
+                (true, Some(Ok((p, _)))) => {
+                    placed_spec = p;
+                    &placed_spec
+                }
+                (true, Some(Err(why))) => {
+                    err("node", format!("\"auto\": {why}"));
+                    continue;
+                }
+                (true, None) => {
+                    let e = cluster
+                        .as_ref()
+                        .err()
+                        .map(|e| e.to_string())
+                        .unwrap_or_default();
+                    err(
+                        "node",
+                        format!("\"auto\": cannot read the cluster's nodes: {e}"),
+                    );
+                    continue;
+                }
+            };
+            // A node the cluster says is down cannot answer for its golden, storages and
+            // bridges; that is no fault of the spec: its guest's job pauses instead.
+            if cluster.as_ref().is_ok_and(|c| {
+                c.node_names().any(|n| n == s.node.as_str()) && !c.node_online(s.node.as_str())
+            }) {
+                continue;
+            }
             let id = s.identity_key();
             if s.customer.as_str() == crate::publish::TEMPLATE_CUSTOMER {
                 err(
@@ -377,7 +420,12 @@ impl Felhom {
                     // The journal's guest for this identity: `apply` proves it is still
                     // felhom's (MAC, rootfs volume, marker) and decides.
                 } else {
-                    match crate::guest::config_of(&self.client, s.node.as_str(), v).await {
+                    let node = cluster
+                        .as_ref()
+                        .ok()
+                        .and_then(|c| c.node_of(v.get()))
+                        .unwrap_or(s.node.as_str());
+                    match crate::guest::config_of(&self.client, node, v).await {
                         Ok(None) => {}
                         Ok(Some(cfg)) => match crate::guest::marker_of(&cfg) {
                             // The guest this spec describes: `apply` decides what to do.
@@ -514,22 +562,23 @@ impl Felhom {
     /// The VMIDs `provision` would give these specs, in order (fixed ones as given, "auto"
     /// ones the lowest free in turn): `plan` shows them and `provision` reserves them first.
     pub async fn pick_vmids(&self, specs: &[GuestSpec]) -> Result<Vec<Option<Vmid>>, OpsError> {
-        let mut pickers: HashMap<String, VmidPicker> = HashMap::new();
-        let mut out = Vec::new();
-        for s in specs {
-            let node = s.node.to_string();
-            if !pickers.contains_key(&node) {
-                let p = VmidPicker::new(&self.client, &self.journal, &node, self.config.vmid_range)
-                    .await
-                    .map_err(|e| match e {
-                        PickError::Api(e) => OpsError::Api(e),
-                        PickError::Journal(e) => OpsError::Journal(e),
-                    })?;
-                pickers.insert(node.clone(), p);
-            }
-            out.push(pickers.get_mut(&node).and_then(|p| p.pick(s.vmid)));
-        }
-        Ok(out)
+        let cluster = crate::cluster::ClusterView::read(&self.client).await?;
+        self.pick_vmids_in(&cluster, specs)
+    }
+
+    /// [`Felhom::pick_vmids`] over a cluster read already made: one picker for every node,
+    /// as VMIDs are unique across the cluster.
+    pub fn pick_vmids_in(
+        &self,
+        cluster: &crate::cluster::ClusterView,
+        specs: &[GuestSpec],
+    ) -> Result<Vec<Option<Vmid>>, OpsError> {
+        let mut picker = VmidPicker::from_view(&self.journal, cluster, self.config.vmid_range)
+            .map_err(|e| match e {
+                PickError::Api(e) => OpsError::Api(e),
+                PickError::Journal(e) => OpsError::Journal(e),
+            })?;
+        Ok(specs.iter().map(|s| picker.pick(s.vmid)).collect())
     }
 
     /// What `provision` would do for one spec that gets `vmid`, reading only: each step's
@@ -671,6 +720,12 @@ impl Felhom {
     ) -> Result<Vec<JobReport>, OpsError> {
         let mut rows = Vec::new();
         let mut reports = Vec::new();
+        // Where each guest lives now (one cluster read): a teardown acts on the node that
+        // holds the guest, never on a stale one where it would look absent.
+        // PVE unreachable now: the recorded node, and the job pauses as before if it stays so.
+        let cluster = crate::cluster::ClusterView::read(&self.client)
+            .await
+            .unwrap_or_default();
         for t in targets {
             let rec = match &t {
                 Target::Vmid(vmid) => {
@@ -716,11 +771,15 @@ impl Felhom {
                 continue;
             };
             let vmid = Vmid::try_from(rec.vmid).map_err(|e| OpsError::Invalid(e.to_string()))?;
+            let node = cluster.node_of(rec.vmid).unwrap_or(&rec.node).to_string();
+            if node != rec.node {
+                self.journal.set_guest_node(rec.vmid, &node)?;
+            }
             let id = new_job_id(JobKind::Teardown);
             self.journal.create_job(
                 &id,
                 JobKind::Teardown,
-                &rec.node,
+                &node,
                 Some(&rec.hostname),
                 &json!({ "vmid": vmid.get() }),
             )?;
@@ -778,6 +837,10 @@ impl Felhom {
         job: Option<&str>,
         progress: Arc<dyn Progress>,
     ) -> Result<Vec<JobReport>, OpsError> {
+        // Guests migrated while their jobs waited are followed first (one cluster read).
+        if let Ok(cluster) = crate::cluster::ClusterView::read(&self.client).await {
+            self.follow_guests(&cluster)?;
+        }
         let jobs = match job {
             Some(id) => {
                 let row = self.journal.job(id)?;

@@ -55,7 +55,31 @@ pub async fn preflight(
         field: "spec".into(),
         message: "preflight needs at least one guest spec to know the work".into(),
     })?;
-    let first = &specs[0];
+    // Guests on every node count (one cluster read); an `auto` spec is checked on the node
+    // placement would give it.
+    let cluster = crate::cluster::ClusterView::read(&f.client).await?;
+    let placed = if specs[0].node_is_auto() {
+        match f.resolve_nodes(&cluster, &specs[..1]).await {
+            Ok(mut r) => match r.pop() {
+                Some(Ok((s, _))) => Some(s),
+                Some(Err(why)) => {
+                    return Err(ApiError::InvalidInput {
+                        field: "node".into(),
+                        message: format!("\"auto\": {why}"),
+                    })
+                }
+                None => None,
+            },
+            Err(e) => {
+                return Err(ApiError::Decode {
+                    message: e.to_string(),
+                })
+            }
+        }
+    } else {
+        None
+    };
+    let first = placed.as_ref().unwrap_or(&specs[0]);
     let node = first.node.as_str();
     let mut checks = Vec::new();
 
@@ -161,12 +185,8 @@ pub async fn preflight(
         .into_iter()
         .map(|g| g.vmid)
         .collect();
-    let foreign: Vec<u32> = f
-        .client
-        .lxc_list(node)
-        .await?
-        .into_iter()
-        .map(|g| g.vmid)
+    let foreign: Vec<u32> = cluster
+        .vmids()
         .filter(|v| {
             pve_api::Vmid::try_from(*v).is_ok_and(|v| f.config.vmid_range.contains(v))
                 && !owned.contains(v)

@@ -182,10 +182,14 @@ fn validate_node(s: &str) -> Result<(), String> {
     }
 }
 string_newtype!(
-    /// A PVE node name (`pve-node`).
+    /// A PVE node name (`pve-node`), or [`AUTO_NODE`].
     NodeName,
     validate_node
 );
+
+/// The `node` of a spec that lets felhom place the guest (also what a spec without `node`
+/// gets): the rule is in `cluster.rs`. The placed node is what the job and the journal keep.
+pub const AUTO_NODE: &str = "auto";
 
 fn validate_customer(s: &str) -> Result<(), String> {
     let mut b = s.bytes();
@@ -977,6 +981,18 @@ impl std::fmt::Display for Identity {
 }
 
 impl GuestSpec {
+    /// Whether felhom places this guest (`node = "auto"`, or no `node`).
+    pub fn node_is_auto(&self) -> bool {
+        self.node.as_str() == AUTO_NODE
+    }
+
+    /// This spec with its node set (placement's answer, or where the guest lives).
+    pub fn on_node(&self, node: &str) -> Result<GuestSpec, String> {
+        let mut s = self.clone();
+        s.node = node.parse()?;
+        Ok(s)
+    }
+
     /// The guest's name: `name`, or the hostname.
     pub fn name(&self) -> &str {
         self.name.as_ref().unwrap_or(&self.hostname).as_str()
@@ -1263,7 +1279,12 @@ impl GuestSpec {
             }
         };
         let golden = w.parsed::<BackupVolid>("golden", true);
-        let node = w.parsed::<NodeName>("node", true);
+        // No node, or "auto": felhom places the guest (cluster.rs), once, when it creates it.
+        let node = if w.raw("node").is_some() {
+            w.parsed::<NodeName>("node", true)
+        } else {
+            Some(NodeName(AUTO_NODE.to_string()))
+        };
         let storage = w.parsed::<StorageId>("storage", true);
         let rootfs_size = w.parsed::<ByteSize>("rootfs_size", true);
         if let Some(size) = rootfs_size {

@@ -2,7 +2,8 @@
 //! with what the journal recorded at bring-up (MAC, hostname, size, mounts, running, IP,
 //! SSH host key), and say what drifted. The guest is read once ([`crate::guest`]); each
 //! bring-up step judges its own part of it ([`bringup::BringupStep::drift`]), so `status`
-//! checks exactly what the steps make.
+//! checks exactly what the steps make. Each guest is read on the node `/cluster/resources`
+//! says it lives on (one read per call): a guest migrated outside felhom is followed.
 
 use pve_api::Vmid;
 use serde::Serialize;
@@ -52,8 +53,18 @@ pub async fn status(f: &Felhom, vmids: &[Vmid]) -> Result<Vec<GuestStatus>, OpsE
             .or_default()
             .push(g.vmid);
     }
+    // Where each guest lives now: one cluster read, so a guest migrated outside felhom is
+    // read on its new node (a config read on the old one would say "does not exist").
+    let cluster = if guests.is_empty() {
+        Default::default()
+    } else {
+        crate::cluster::ClusterView::read(&f.client).await?
+    };
     let mut out = Vec::new();
-    for g in guests {
+    for mut g in guests {
+        if let Some(n) = cluster.node_of(g.vmid) {
+            g.node = n.to_string();
+        }
         let twins: Vec<String> = by_identity[&(g.customer.clone(), g.name.clone())]
             .iter()
             .filter(|v| **v != g.vmid)

@@ -338,9 +338,11 @@ fn guests_in_flight_share_one_task_list_poll() {
         .iter()
         .filter(|r| path(r).contains("/tasks/") && path(r).ends_with("/status"))
         .count();
+    // The watch's shared polls (`source=all`); a lost dispatch's look for its task
+    // (`source=active` with a `vmid`) is a different question, asked on its own.
     let mut lists: Vec<u64> = reqs
         .iter()
-        .filter(|r| path(r).ends_with("/nodes/pve/tasks"))
+        .filter(|r| path(r).ends_with("/nodes/pve/tasks") && r["params"]["source"] == "all")
         .map(|r| r["at_ms"].as_u64().unwrap())
         .collect();
     lists.sort_unstable();
@@ -351,9 +353,13 @@ fn guests_in_flight_share_one_task_list_poll() {
     );
     assert_eq!(status_reads, 0, "a status poll per task");
     assert!(!lists.is_empty());
+    // At most one shared poll per 100 ms (`NODE_POLL_GAP`), counted over the whole span:
+    // arrival times jitter on a loaded machine, so single gaps are not asserted.
+    let span = lists.last().unwrap() - lists.first().unwrap();
     assert!(
-        lists.windows(2).all(|w| w[1] - w[0] >= 95),
-        "task-list requests closer than 100 ms: {lists:?}"
+        lists.len() as u64 <= span / 100 + 2,
+        "{} task-list requests in {span} ms: more than one per 100 ms: {lists:?}",
+        lists.len()
     );
 }
 

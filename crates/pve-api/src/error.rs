@@ -71,6 +71,12 @@ pub enum ApiError {
     /// Not transient (was a plain 500).
     #[error("PVE error (HTTP 500): {message}")]
     AlreadyExists { message: String },
+    /// 500 [`texts::NO_QUORUM`] (`cluster not ready - no quorum?`): the node PVE asked has
+    /// lost the cluster's quorum, so pmxcfs refuses writes (create, restore, clone, start,
+    /// config writes). Transient: quorum comes back; nothing was done. A job that keeps
+    /// meeting it pauses and resumes when asked.
+    #[error("PVE cluster has no quorum (HTTP 500): {message}")]
+    NoQuorum { message: String },
     /// 501: unknown path or method (an older PVE, or a typo). Not transient.
     #[error("not implemented by this PVE: {message}")]
     NotImplemented { message: String },
@@ -167,6 +173,8 @@ pub enum TaskFailure {
     CannotShrink,
     /// [`texts::already_exists_on_node`].
     AlreadyExists,
+    /// [`texts::NO_QUORUM`].
+    NoQuorum,
     /// Anything else, [`texts::NO_WORKER_UPID`] included.
     Other,
 }
@@ -193,6 +201,9 @@ impl TaskFailure {
         }
         if text.contains(texts::NO_WORKER_UPID) {
             return TaskFailure::Other;
+        }
+        if text.contains(texts::NO_QUORUM) {
+            return TaskFailure::NoQuorum;
         }
         if text.contains(texts::GOT_TIMEOUT_PART) {
             return TaskFailure::Timeout;
@@ -271,6 +282,7 @@ impl ApiError {
     /// Whether trying again may succeed without anyone changing anything.
     ///
     /// - `LockTimeout`: another task held the config lock; it ends (F4). Transient.
+    /// - `NoQuorum`: the cluster lost quorum; it comes back, nothing was done. Transient.
     /// - `Transport`: connection refused/reset, timeouts. Transient — but a caller must
     ///   re-observe before repeating a non-idempotent write when `maybe_sent` is true.
     /// - `AnswerLost` (595/596, empty body): transient with the same duty to re-observe: the
@@ -290,7 +302,8 @@ impl ApiError {
         match self {
             ApiError::LockTimeout { .. }
             | ApiError::Transport { .. }
-            | ApiError::AnswerLost { .. } => true,
+            | ApiError::AnswerLost { .. }
+            | ApiError::NoQuorum { .. } => true,
             ApiError::Server { status, message } => {
                 matches!(status, 502 | 503 | 504 | 595 | 596)
                     || message.contains(texts::NO_WORKER_UPID)
@@ -329,7 +342,8 @@ impl ApiError {
             | ApiError::NotRunning { .. }
             | ApiError::AlreadyAtSize { .. }
             | ApiError::CannotShrink { .. }
-            | ApiError::AlreadyExists { .. } => Some(500),
+            | ApiError::AlreadyExists { .. }
+            | ApiError::NoQuorum { .. } => Some(500),
             ApiError::NotImplemented { .. } => Some(501),
             ApiError::Server { status, .. } | ApiError::AnswerLost { status, .. } => Some(*status),
             _ => None,
@@ -397,6 +411,7 @@ pub fn classify(status: u16, reason: &str, body: &[u8]) -> ApiError {
             TaskFailure::AlreadyAtSize => ApiError::AlreadyAtSize { message },
             TaskFailure::CannotShrink => ApiError::CannotShrink { message },
             TaskFailure::AlreadyExists => ApiError::AlreadyExists { message },
+            TaskFailure::NoQuorum => ApiError::NoQuorum { message },
             TaskFailure::BridgeMissing { .. } | TaskFailure::Timeout | TaskFailure::Other => {
                 ApiError::Server { status, message }
             }
@@ -902,6 +917,7 @@ mod tests {
                     TaskFailure::AlreadyAtSize => ApiError::AlreadyAtSize { message: t.clone() },
                     TaskFailure::CannotShrink => ApiError::CannotShrink { message: t.clone() },
                     TaskFailure::AlreadyExists => ApiError::AlreadyExists { message: t.clone() },
+                    TaskFailure::NoQuorum => ApiError::NoQuorum { message: t.clone() },
                     TaskFailure::BridgeMissing { .. }
                     | TaskFailure::Timeout
                     | TaskFailure::Other => ApiError::Server {
@@ -1060,6 +1076,18 @@ mod fuzz {
             prop_assert!(!e.is_transient());
             let kind = TaskFailure::of(&msg);
             prop_assert!(!matches!(kind, TaskFailure::Other | TaskFailure::NotFound), "{msg:?} -> {kind:?}");
+        }
+
+        /// `cluster not ready - no quorum?`, however PVE prefixes it, is `NoQuorum`: transient,
+        /// a 500, and the same kind inside a task's exit status.
+        #[test]
+        fn no_quorum_survives_prefixes(prefix in "[a-z0-9 ]{0,30}( - )?", tail in "(\n[a-z ]{0,10})?") {
+            let msg = format!("{prefix}{}{tail}", texts::NO_QUORUM);
+            let e = classify(500, "", serde_json::json!({ "data": null, "message": format!("{msg}\n") }).to_string().as_bytes());
+            prop_assert!(matches!(e, ApiError::NoQuorum { .. }), "{msg:?} -> {e:?}");
+            prop_assert!(e.is_transient());
+            prop_assert_eq!(e.status(), Some(500));
+            prop_assert_eq!(TaskFailure::of(&msg), TaskFailure::NoQuorum);
         }
 
         #[test]

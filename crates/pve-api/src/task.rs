@@ -516,8 +516,14 @@ impl PveClient {
             let res = tokio::time::timeout(budget, look(Instant::now()))
                 .await
                 .map_err(|_| timeout(started))?;
-            if let Err(Failed::Status(e @ ApiError::Transport { .. }))
-            | Err(Failed::List(e @ ApiError::Transport { .. })) = &res
+            // A 595 with an empty body for every look is a node that is down (pveproxy cannot
+            // reach it): as unreachable as a refused connection.
+            if let Err(Failed::Status(
+                e @ (ApiError::Transport { .. } | ApiError::AnswerLost { .. }),
+            ))
+            | Err(Failed::List(
+                e @ (ApiError::Transport { .. } | ApiError::AnswerLost { .. }),
+            )) = &res
             {
                 let since = *unreachable_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= opts.unreachable_budget {

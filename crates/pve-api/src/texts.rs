@@ -32,7 +32,13 @@
 //! | [`TEMPLATE_OF_TEMPLATE`], [`TEMPLATE_RUNNING`], [`template_unavailable`] | pve-container `src/PVE/API2/LXC.pm` `template`, `src/PVE/LXC.pm` `template_create`, `src/PVE/API2/LXC/Status.pm` `vm_start` (audit §2b) | `Server` / task exit status |
 //! | [`base_in_use`] | pve-storage `src/PVE/Storage.pm` `vdisk_free` | task exit status |
 //! | [`NO_SPACE`] | tar's `Cannot write: No space left on device` (ENOSPC) inside a restore (audit §2a) | prefix `unable to restore` |
+//! | [`NO_QUORUM`] | pve-cluster `src/PVE/Cluster.pm` `check_cfs_quorum` (audit §2 (c)) | `NoQuorum`, transient |
 //! | [`protected`] | pve-guest-common `src/PVE/AbstractConfig.pm` `check_protection`, from pve-container `destroy_vm` and `LXC/Config.pm` `update_pct_config` (audit P3) | plain 500 |
+
+/// Without quorum, a create, restore, clone or start dies with this (pve-cluster
+/// `src/PVE/Cluster.pm` `check_cfs_quorum`; audit §2 (c)): pmxcfs is read-only until the
+/// node sees a majority again.
+pub const NO_QUORUM: &str = "cluster not ready - no quorum?";
 
 /// A stale `digest` on a config write (pve-common `Tools.pm` `assert_if_modified`).
 pub const CONFIG_MODIFIED: &str =

@@ -47,7 +47,13 @@ pub(super) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
     };
     let net_ok = net0_drift(net0_of(&cfg)?.as_ref(), s).is_empty();
     if hostname_ok && mac_ok && net_ok {
-        let taken = taken_macs(cx, Some(vmid)).await?;
+        // A read that began after this guest's marker was visible (see
+        // one_guest_per_identity), shared with the other guests in flight.
+        let scan = scan_cluster(cx, Some(vmid), std::time::Instant::now()).await?;
+        if cx.owner_job() == cx.job_id {
+            one_guest_per_identity(vmid, s, &scan.twins)?;
+        }
+        let taken = scan.macs;
         if !taken.contains(mac.as_deref().unwrap_or_default()) {
             return Ok(Observed::Done(
                 json!({ "mac": mac, "hostname": s.hostname }),
@@ -109,12 +115,74 @@ pub(super) fn modified_is_not_yet(e: ApiError) -> StepError {
     }
 }
 
-/// MACs in use on the node, other than `except`'s, plus the golden's (F1: every guest
+/// Several felhom processes (each with its own journal) may bring up one identity at the same
+/// time: each decided `create` before the other's guest carried its marker. PVE is the only
+/// shared truth, so the bring-up settles it there, after its own restore made its marker
+/// visible and before its guest ever starts: it reads every guest's marker (the same cluster
+/// scan as the MAC check) and, finding another guest of its identity made by another job,
+/// - that guest has the lower VMID, or it finished its bring-up (`state=provisioned`): this
+///   one yields — refused, so the bring-up rolls back and destroys its own guest;
+/// - else (higher VMID, still provisioning): not yet — that process sees this guest when it
+///   gets here and yields; this one waits (the step's retries, then it pauses).
+///
+/// Each process writes (its marker) before it reads (this scan), so of two racing bring-ups
+/// at least one sees the other: never both keep a guest. Both may yield only if the lower one
+/// gives up waiting; a re-run then makes the one guest.
+fn one_guest_per_identity(
+    vmid: Vmid,
+    s: &GuestSpec,
+    twins: &[(u32, crate::marker::Marker)],
+) -> Result<(), StepError> {
+    let id = s.identity_key();
+    for (other, m) in twins {
+        if m.customer != id.customer || m.name.as_deref().unwrap_or_default() != id.name {
+            continue;
+        }
+        if *other < vmid.get() || m.state == crate::marker::MarkerState::Provisioned {
+            return Err(StepError::Refused(format!(
+                "identity {id} is already guest {other}, made by felhom job {} (another felhom process); this bring-up yields and removes its own guest {vmid}",
+                m.job
+            )));
+        }
+        return Err(StepError::NotYet(format!(
+            "guest {other} (felhom job {}, another felhom process) is bringing up {id} too; waiting for it to yield to guest {vmid}",
+            m.job
+        )));
+    }
+    Ok(())
+}
+
+/// What one scan of the cluster's guests found: MACs in use, and felhom's markers on guests
+/// this journal has no record of (another felhom process's guests).
+pub(super) struct ClusterScan {
+    pub macs: HashSet<String>,
+    pub twins: Vec<(u32, crate::marker::Marker)>,
+}
+
+/// MACs in use on any node of the cluster, other than `except`'s, plus the golden's (F1: every guest
 /// restored without a reset would share the golden's MAC).
 pub(super) async fn taken_macs(
     cx: &JobCx,
     except: Option<Vmid>,
 ) -> Result<HashSet<String>, StepError> {
+    let since = std::time::Instant::now()
+        .checked_sub(SHARED_READ_AGE)
+        .unwrap_or_else(std::time::Instant::now);
+    Ok(scan_cluster(cx, except, since).await?.macs)
+}
+
+/// How old a shared cluster read may be for a MAC choice (MACs are random: a guest made
+/// meanwhile collides with a chance of one in 2^24, and the identity step checks again).
+const SHARED_READ_AGE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// [`taken_macs`] with the unrecorded guests' markers, from a cluster read started at or
+/// after `since`.
+pub(super) async fn scan_cluster(
+    cx: &JobCx,
+    except: Option<Vmid>,
+    since: std::time::Instant,
+) -> Result<ClusterScan, StepError> {
+    let mut twins = Vec::new();
     let mut taken = HashSet::new();
     // Under the provision policy the golden's MAC is never a guest's (F1); a DR restore
     // keeps the archived MAC on purpose.
@@ -129,22 +197,36 @@ pub(super) async fn taken_macs(
         .into_iter()
         .map(|g| (g.vmid, g))
         .collect();
-    for g in cx.client.lxc_list(&cx.node).await? {
-        if Some(g.vmid) == except.map(|v| v.get()) {
+    // Every node's guests (one cluster read): a MAC is unique across the cluster.
+    let cluster = crate::cluster::ClusterView::read_shared(
+        &cx.client,
+        cx.config.client.base_url.as_str(),
+        since,
+    )
+    .await?;
+    for (vmid, at) in cluster.guests() {
+        if Some(vmid) == except.map(|v| v.get()) {
             continue;
         }
-        if let Some(mac) = recorded.get(&g.vmid).and_then(|r| r.mac.clone()) {
+        // A down node's guests cannot be read until it is back.
+        if !cluster.node_online(&at.node) && cluster.node_names().next().is_some() {
+            continue;
+        }
+        if let Some(mac) = recorded.get(&vmid).and_then(|r| r.mac.clone()) {
             taken.insert(mac.to_ascii_uppercase());
             continue;
         }
-        let Ok(v) = Vmid::try_from(g.vmid) else {
+        let Ok(v) = Vmid::try_from(vmid) else {
             continue;
         };
-        if let Some(cfg) = guest::config_of(&cx.client, &cx.node, v).await? {
+        if let Some(cfg) = guest::config_of(&cx.client, &at.node, v).await? {
             taken.extend(guest::all_macs(&cfg));
+            if let Some(m) = guest::marker_of(&cfg) {
+                twins.push((vmid, m));
+            }
         }
     }
-    Ok(taken)
+    Ok(ClusterScan { macs: taken, twins })
 }
 
 pub(super) fn fresh_mac(taken: &HashSet<String>) -> String {

@@ -40,12 +40,21 @@ pub(crate) async fn act(cx: &JobCx) -> Result<(), StepError> {
         VmidChoice::NextFree => {
             // The VMID `plan` showed (chosen for this job in spec order) first, then the
             // next free ones if another process took it meanwhile.
-            let picker = VmidPicker::new(&cx.client, &cx.journal, &cx.node, range)
-                .await
-                .map_err(|e| match e {
-                    guest::PickError::Api(e) => StepError::Api(e),
-                    guest::PickError::Journal(e) => StepError::Journal(e),
-                })?;
+            // A shared read a moment old will do: a VMID taken since is PVE's to refuse,
+            // and the restore then moves on.
+            let since = std::time::Instant::now()
+                .checked_sub(std::time::Duration::from_millis(500))
+                .unwrap_or_else(std::time::Instant::now);
+            let view = crate::cluster::ClusterView::read_shared(
+                &cx.client,
+                cx.config.client.base_url.as_str(),
+                since,
+            )
+            .await?;
+            let picker = VmidPicker::from_view(&cx.journal, &view, range).map_err(|e| match e {
+                guest::PickError::Api(e) => StepError::Api(e),
+                guest::PickError::Journal(e) => StepError::Journal(e),
+            })?;
             let free: Vec<Vmid> = picker.candidates().take(64).collect();
             let hint = cx
                 .facts()
@@ -128,4 +137,26 @@ pub(crate) fn undo(cx: &JobCx) -> Result<(), StepError> {
 
 pub(crate) fn plan(p: &PlanCx) -> Vec<String> {
     vec![format!("lease VMID {}", p.vmid)]
+}
+
+/// The restore found `taken` occupied after all: another felhom process (another journal) or
+/// someone else created a guest there between this job's reserve and its restore — PVE's
+/// placeholder config is the only VMID reservation that holds across processes. A job whose
+/// spec says `vmid = "auto"` gives the VMID up (lease, provisioning record) and reserves the
+/// next free one; the restore then dispatches there. Returns the new VMID.
+pub(crate) async fn move_on(cx: &JobCx, taken: Vmid) -> Result<Vmid, StepError> {
+    if let Some(g) = cx.journal.guest(taken.get())? {
+        if g.job_id == cx.job_id && g.state == "provisioning" {
+            cx.journal.forget_guest(taken.get(), &cx.job_id)?;
+        }
+    }
+    cx.journal.release_lease(taken, &cx.job_id)?;
+    cx.update_facts(|f| {
+        f.vmid = None;
+        f.vmid_hint = None;
+    });
+    act(cx).await?;
+    let now = cx.vmid()?;
+    super::record_guest(cx, "provisioning")?;
+    Ok(now)
 }

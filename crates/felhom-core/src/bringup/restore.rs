@@ -62,6 +62,20 @@ pub(crate) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
                     )));
                 }
             }
+            // Another felhom process's guest (its marker, or its restore still running) took
+            // the VMID before this job dispatched anything there: an "auto" guest moves on
+            // to the next free VMID. A finished guest without felhom's marker is refused as
+            // before: a person looks at who put it at felhom's VMID.
+            (lock, _)
+                if cx.owner_job() == cx.job_id
+                    && !owner.is_ours()
+                    && (lock == Some("create") || matches!(owner, Ownership::OtherJob(_)))
+                    && spec(cx)?.vmid == crate::spec::VmidChoice::NextFree
+                    && !dispatched_at(cx, vmid)? =>
+            {
+                super::reserve::move_on(cx, vmid).await?;
+                return Ok(Observed::NotDone);
+            }
             (lock, _) => {
                 let lock = lock.map(|l| format!(", locked ({l})")).unwrap_or_default();
                 return Err(StepError::Refused(format!(
@@ -71,6 +85,16 @@ pub(crate) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
             }
         }
     }
+}
+
+/// Whether this job dispatched its restore to `vmid` (the intent, journaled before the
+/// POST, carries the VMID in its facts).
+fn dispatched_at(cx: &JobCx, vmid: pve_api::Vmid) -> Result<bool, StepError> {
+    Ok(cx.journal.events(&cx.job_id)?.iter().any(|e| {
+        e.step == "restore"
+            && e.phase == Phase::Intent
+            && e.data["facts"]["vmid"].as_u64() == Some(u64::from(vmid.get()))
+    }))
 }
 
 /// Whether this job ever dispatched its restore (an intent is journaled before the POST).
@@ -187,7 +211,19 @@ pub(crate) async fn act(cx: &JobCx) -> Result<(), StepError> {
     // the archive's (pve-container `src/PVE/LXC/Create.pm` `sanitize_and_merge_config`), so
     // the guest never exists with the golden's CPU, memory or DNS (one write, no PUT after).
     params.extend(s.settings().into_iter().map(|(k, v)| (k.to_string(), v)));
-    let upid = cx.client.lxc_create(&cx.node, &params).await?;
+    let upid = match cx.client.lxc_create(&cx.node, &params).await {
+        Ok(u) => u,
+        // Taken since the reserve (another felhom process): an "auto" guest moves on.
+        Err(pve_api::ApiError::AlreadyExists { message })
+            if s.vmid == crate::spec::VmidChoice::NextFree && cx.owner_job() == cx.job_id =>
+        {
+            let next = super::reserve::move_on(cx, vmid).await?;
+            return Err(StepError::NotYet(format!(
+                "VMID {vmid} was taken meanwhile ({message}); this guest moves to VMID {next}"
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
     cx.wait("restore", &upid).await?;
     // A restore without `start=1` leaves the guest stopped: the start step need not ask.
     cx.shortcuts.note_restored();

@@ -32,6 +32,7 @@ pub(super) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
 pub(super) async fn act(cx: &JobCx) -> Result<(), StepError> {
     let vmid = cx.vmid()?;
     owned_config(cx, vmid).await?;
+    cx.shortcuts.note_start_sent();
     match cx.client.lxc_start(&cx.node, vmid).await {
         Ok(upid) => {
             cx.wait("start", &upid).await?;

@@ -257,6 +257,11 @@ impl Shortcuts {
         // A started guest is no longer the stopped one the restore left.
         *self.restored_at.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
+    /// A start of ours is about to be sent: from now on the guest may be running, even if
+    /// the answer is lost (a 595 after the work), so the next observe asks PVE.
+    pub fn note_start_sent(&self) {
+        *self.restored_at.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
     pub fn restored(&self) -> bool {
         self.restored_at
             .lock()
@@ -840,6 +845,9 @@ async fn drive<S: Step>(cx: &JobCx, step: S, mut attempt: u32) -> Result<Value, 
                     )));
                 }
             }
+            // Quorum lost: PVE refuses every write until the cluster is whole again, which
+            // no backoff of ours bridges. Pause now; `felhom resume` (or apply) goes on.
+            Err(e @ StepError::Api(ApiError::NoQuorum { .. })) => return Err(e),
             Err(e) if e.is_transient() && retries < cx.backoff.max_attempts => {
                 retries += 1;
                 retry_later(

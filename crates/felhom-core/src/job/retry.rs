@@ -49,7 +49,10 @@ impl Backoff {
 pub fn is_transient(err: &ApiError) -> bool {
     match err {
         ApiError::TaskFailed { kind, .. } => {
-            matches!(kind, TaskFailure::LockTimeout { .. } | TaskFailure::Timeout)
+            matches!(
+                kind,
+                TaskFailure::LockTimeout { .. } | TaskFailure::Timeout | TaskFailure::NoQuorum
+            )
         }
         other => other.is_transient(),
     }

@@ -348,6 +348,7 @@ fn job_cx(journal: &Path, job: &str) -> JobCx {
         max_requests_per_second: None,
         strategy: Default::default(),
         specs: Vec::new(),
+        nodes: Vec::new(),
         agent: Default::default(),
     };
     JobCx {

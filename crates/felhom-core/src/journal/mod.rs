@@ -583,6 +583,27 @@ impl Journal {
         Ok(())
     }
 
+    /// The node a job acts on, after the guest it works on was found elsewhere in the
+    /// cluster (migrated outside felhom): the next run of the job acts there.
+    pub fn set_job_node(&self, id: &str, node: &str) -> Result<(), JournalError> {
+        self.conn().execute(
+            "UPDATE jobs SET node = ?2, updated_at = ?3 WHERE id = ?1",
+            params![id, node, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Where a recorded guest lives now, as `/cluster/resources` says (a guest migrated
+    /// outside felhom is followed, not re-created). The record's spec keeps the node it was
+    /// made on.
+    pub fn set_guest_node(&self, vmid: u32, node: &str) -> Result<(), JournalError> {
+        self.conn().execute(
+            "UPDATE guests SET node = ?2, updated_at = ?3 WHERE vmid = ?1",
+            params![vmid, node, now_ms()],
+        )?;
+        Ok(())
+    }
+
     pub fn set_job_vmid(&self, id: &str, vmid: Vmid) -> Result<(), JournalError> {
         self.conn().execute(
             "UPDATE jobs SET vmid = ?2, updated_at = ?3 WHERE id = ?1",

@@ -815,7 +815,7 @@ async fn plan(State(a): St, headers: HeaderMap, body: Result<Bytes, BytesRejecti
                     name: id.name,
                     decision: d.name().to_string(),
                     vmid: match &d {
-                        felhom_core::apply::Decision::Create { vmid } => *vmid,
+                        felhom_core::apply::Decision::Create { vmid, .. } => *vmid,
                         felhom_core::apply::Decision::Unchanged { vmid }
                         | felhom_core::apply::Decision::Repair { vmid, .. }
                         | felhom_core::apply::Decision::Prune { vmid } => Some(*vmid),

@@ -28,9 +28,21 @@ pub async fn run(args: PlanArgs, ctx: &Ctx) -> Result<(), CliError> {
     for (i, (id, d)) in decisions.iter().enumerate() {
         // A creation lists what each step will do; other decisions say it in one line.
         let steps = match (d, specs.get(i)) {
-            (Decision::Create { vmid }, Some(s)) => {
+            (Decision::Create { vmid, node, placed }, Some(s)) => {
                 let vmid = vmid.and_then(|v| Vmid::try_from(v).ok());
-                f.plan(s, vmid).await?
+                // A placed guest: where placement put it and why, then its steps there.
+                let spec = match node {
+                    Some(n) => s.on_node(n).map_err(|rule| {
+                        CliError::invalid_field("invalid guest spec", "node", &rule)
+                    })?,
+                    None => s.clone(),
+                };
+                let mut steps = Vec::new();
+                if let (Some(n), Some(why)) = (node, placed) {
+                    steps.push(("place".to_string(), format!("node {n}: {why}")));
+                }
+                steps.extend(f.plan(&spec, vmid).await?);
+                steps
             }
             _ => Vec::new(),
         };

@@ -183,6 +183,7 @@ pub fn sim_config(handle: &pve_sim::SimHandle, state_dir: &Path, journal: PathBu
             connect_budget_secs: 60,
             strategy: Default::default(),
             specs: Vec::new(),
+            nodes: Vec::new(),
         },
         agent: None,
     }
