@@ -913,19 +913,7 @@ impl Felhom {
         if self.config.strategy == crate::config::Strategy::LinkedClone {
             return candidates
                 .iter()
-                .filter(|n| {
-                    crate::publish::recorded_template(
-                        &self.journal,
-                        n,
-                        s.storage.as_str(),
-                        s.golden.as_str(),
-                        None,
-                        Some(s.rootfs_size.bytes()),
-                    )
-                    .ok()
-                    .flatten()
-                    .is_some()
-                })
+                .filter(|n| crate::publish::has_template_for(&self.journal, n, s))
                 .cloned()
                 .collect();
         }

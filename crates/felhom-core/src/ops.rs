@@ -375,17 +375,7 @@ impl Felhom {
                 );
             }
             if self.config.strategy == crate::config::Strategy::LinkedClone
-                && crate::publish::recorded_template(
-                    &self.journal,
-                    s.node.as_str(),
-                    s.storage.as_str(),
-                    s.golden.as_str(),
-                    None,
-                    Some(s.rootfs_size.bytes()),
-                )
-                .ok()
-                .flatten()
-                .is_none()
+                && !crate::publish::has_template_for(&self.journal, s.node.as_str(), s)
             {
                 err(
                     "golden",

@@ -157,6 +157,22 @@ pub fn template_spec(
 /// only that template ([`template_name`]); `max_bytes`: only a template whose rootfs is no
 /// larger (a linked clone cannot be smaller than its base), the largest such, then the
 /// newest.
+/// Whether a template a guest of `s` can be linked-cloned from is recorded on `node` (its
+/// golden and storage, a rootfs no larger than the guest's).
+pub fn has_template_for(journal: &Journal, node: &str, s: &crate::spec::GuestSpec) -> bool {
+    recorded_template(
+        journal,
+        node,
+        s.storage.as_str(),
+        s.golden.as_str(),
+        None,
+        Some(s.rootfs_size.bytes()),
+    )
+    .ok()
+    .flatten()
+    .is_some()
+}
+
 pub fn recorded_template(
     journal: &Journal,
     node: &str,

@@ -455,6 +455,24 @@ impl Sim {
         });
     }
 
+    /// `create_vm`'s worker made the new disks (`create_disks`): logged, owned, and over an
+    /// existing CT (a forced restore) the old volumes go and its config becomes `lock:
+    /// create` alone (`destroy_lxc_container` with `{ lock => 'create' }`; R15).
+    fn take_new_volumes(&self, st: &mut State, upid: &str, vmid: u32, volumes: &[Volume]) {
+        for v in volumes {
+            self.log(
+                st,
+                upid,
+                format!(
+                    "  Logical volume \"{}\" created.",
+                    v.volid.split(':').nth(1).unwrap_or("")
+                ),
+            );
+        }
+        st.volumes.extend(volumes.iter().cloned());
+        overwrite_old(st, vmid);
+    }
+
     /// `create_vm`'s worker without `restore` (pve-container `src/PVE/API2/LXC.pm`, R15):
     /// the request's disks (rootfs `<storage>:4` unless given), the template unpacked into
     /// them, the OS detected, defaults for hostname (`CT<vmid>`), memory and swap (512), then
@@ -517,18 +535,7 @@ impl Sim {
             for (k, v) in defaults {
                 config.entry(k.to_string()).or_insert(v);
             }
-            for v in &volumes {
-                self.log(
-                    st,
-                    upid,
-                    format!(
-                        "  Logical volume \"{}\" created.",
-                        v.volid.split(':').nth(1).unwrap_or("")
-                    ),
-                );
-            }
-            st.volumes.extend(volumes.iter().cloned());
-            overwrite_old(st, vmid);
+            self.take_new_volumes(st, upid, vmid, &volumes);
             self.log(
                 st,
                 upid,
@@ -672,21 +679,7 @@ impl Sim {
                                 upid,
                                 format!("recovering backed-up configuration from '{volid}'"),
                             );
-                            for v in &volumes {
-                                self.log(
-                                    st,
-                                    upid,
-                                    format!(
-                                        "  Logical volume \"{}\" created.",
-                                        v.volid.split(':').nth(1).unwrap_or("")
-                                    ),
-                                );
-                            }
-                            st.volumes.extend(volumes.iter().cloned());
-                            // A forced restore over an existing CT: with the new volumes made,
-                            // the old ones go and the config becomes `lock: create` alone
-                            // (`destroy_lxc_container` with `{ lock => 'create' }`; R15).
-                            overwrite_old(st, vmid);
+                            self.take_new_volumes(st, upid, vmid, &volumes);
                             self.log(st, upid, format!("restoring '{volid}' now.."));
                             if let Some(t) = st.tasks.iter_mut().find(|t| t.upid == upid) {
                                 t.plan = Some(TaskPlan::Restore {
@@ -1285,20 +1278,8 @@ struct CreateInput {
 /// The `ostype` PVE would detect, read from a template's name (modelled; PVE reads the
 /// unpacked `/etc/os-release`, `src/PVE/LXC/Setup.pm`).
 fn ostype_of_template(name: &str) -> &'static str {
-    const KNOWN: &[&str] = &[
-        "debian",
-        "devuan",
-        "ubuntu",
-        "centos",
-        "fedora",
-        "opensuse",
-        "archlinux",
-        "alpine",
-        "gentoo",
-        "nixos",
-    ];
     let first = name.split(['-', '_']).next().unwrap_or_default();
-    KNOWN
+    crate::api::params::OSTYPES
         .iter()
         .find(|k| k.eq_ignore_ascii_case(first))
         .copied()

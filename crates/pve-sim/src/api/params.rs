@@ -521,19 +521,7 @@ pub fn config_kind(key: &str) -> Option<Kind> {
         "env" => Kind::Env,
         "tty" => Kind::Int(0, 6),
         "arch" => Kind::Enum(&["amd64", "i386", "arm64", "armhf", "riscv32", "riscv64"]),
-        "ostype" => Kind::Enum(&[
-            "debian",
-            "devuan",
-            "ubuntu",
-            "centos",
-            "fedora",
-            "opensuse",
-            "archlinux",
-            "alpine",
-            "gentoo",
-            "nixos",
-            "unmanaged",
-        ]),
+        "ostype" => Kind::Enum(OSTYPES),
         "cmode" => Kind::Enum(&["shell", "console", "tty"]),
         "lock" => Kind::Enum(&[
             "backup",
@@ -555,6 +543,21 @@ pub fn config_kind(key: &str) -> Option<Kind> {
 }
 
 /// Extra parameters of `POST /nodes/{node}/lxc`.
+/// The schema's `ostype` values (`unmanaged` last: PVE's answer for an OS it does not know).
+pub(crate) const OSTYPES: &[&str] = &[
+    "debian",
+    "devuan",
+    "ubuntu",
+    "centos",
+    "fedora",
+    "opensuse",
+    "archlinux",
+    "alpine",
+    "gentoo",
+    "nixos",
+    "unmanaged",
+];
+
 pub fn create_kind(key: &str) -> Option<Kind> {
     Some(match key {
         "node" => Kind::Node,
