@@ -280,6 +280,48 @@ fn demo_prints_one_json_document() {
     assert!(v["error"].as_str().unwrap().contains("--guests"), "{v}");
 }
 
+/// `demo --nodes 3` runs on a simulated three-node cluster with `node = "auto"`: the
+/// guests are spread over the nodes (most free memory first, placements of the run counted),
+/// each lives where the placement says, and a re-apply writes nothing; bad combinations are
+/// refused before anything starts.
+#[test]
+fn demo_on_a_cluster_shows_the_placement() {
+    let out = Command::new(BIN)
+        .args(["--output", "json", "demo", "--guests", "6", "--nodes", "3"])
+        .args(["--time-scale", "0.02"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let v = one_document(&out.stdout, "demo");
+    assert_eq!(v["nodes"], 3, "{v}");
+    let placement = v["placement"].as_array().expect("placement");
+    assert_eq!(placement.len(), 6, "{v}");
+    let mut per_node = std::collections::BTreeMap::<String, usize>::new();
+    for p in placement {
+        *per_node
+            .entry(p["node"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(
+        per_node,
+        [("pve1", 2), ("pve2", 2), ("pve3", 2)]
+            .into_iter()
+            .map(|(n, c)| (n.to_string(), c))
+            .collect(),
+        "{v}"
+    );
+    assert_eq!(v["apply_again"]["writes"], 0, "{v}");
+
+    for bad in [
+        &["demo", "--nodes", "0"][..],
+        &["demo", "--nodes", "3", "--strategy", "linked-clone"][..],
+    ] {
+        let out = Command::new(BIN).args(bad).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", both(&out));
+        assert!(stderr(&out).contains("--nodes"), "{}", both(&out));
+    }
+}
+
 /// `demo --strategy restore,linked-clone` runs both, the second after `golden publish`, and
 /// reports each one's times; `--keep` keeps one strategy's guests only.
 #[test]

@@ -54,6 +54,10 @@ pub struct DemoArgs {
     /// separated, run one after the other and are reported side by side.
     #[arg(long, value_delimiter = ',', default_value = "restore", value_parser = parse_strategy)]
     pub strategy: Vec<Strategy>,
+    /// A simulated cluster of this many nodes (pve1…pveN): the guests get `node = "auto"`
+    /// and the demo shows where placement put each one (modelled guests, restore strategies).
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
 }
 
 fn parse_strategy(s: &str) -> Result<Strategy, String> {
@@ -84,6 +88,22 @@ pub async fn run(args: DemoArgs, ctx: &Ctx) -> Result<(), CliError> {
             "--time-scale must be > 0 and ≤ 100; got {}",
             args.time_scale
         )));
+    }
+    if args.nodes == 0 || args.nodes > 10 {
+        return Err(CliError::bad_input(format!(
+            "--nodes must be 1–10; got {}",
+            args.nodes
+        )));
+    }
+    if args.nodes > 1 && args.real {
+        return Err(CliError::bad_input(
+            "--nodes with --real: the lxc runtime's nodes share one network and are not booted as a cluster by the demo; use modelled guests",
+        ));
+    }
+    if args.nodes > 1 && args.strategy.contains(&Strategy::LinkedClone) {
+        return Err(CliError::bad_input(
+            "--nodes with --strategy linked-clone: the demo publishes one template, on one node; use restore or restore-resize",
+        ));
     }
     let mut strategies = args.strategy.clone();
     strategies.dedup();
@@ -139,7 +159,11 @@ pub async fn run(args: DemoArgs, ctx: &Ctx) -> Result<(), CliError> {
         listen: "127.0.0.1:0".parse().context("loopback address")?,
         state_dir: state.clone(),
         node: "pve".into(),
-        nodes: Vec::new(),
+        nodes: if args.nodes > 1 {
+            pve_sim::cluster_node_names(&args.nodes.to_string()).map_err(CliError::bad_input)?
+        } else {
+            Vec::new()
+        },
         faults: pve_sim::FaultSpec::default(),
         time_scale: args.time_scale,
         guests: if args.real {
@@ -153,11 +177,13 @@ pub async fn run(args: DemoArgs, ctx: &Ctx) -> Result<(), CliError> {
     if human {
         outln!("simulator at {} (certificate {})", sim.url, sim.fingerprint);
     }
+    // One node: the node by name; a cluster: placement chooses.
+    let node = if args.nodes > 1 { "auto" } else { "pve" };
     let specs: Vec<GuestSpec> = (0..args.guests)
         .map(|i| {
             let customer = CUSTOMERS.get(i).map(|c| c.to_string()).unwrap_or_else(|| format!("customer{i}"));
             let text = format!(
-                "customer = \"{customer}\"\nhostname = \"{customer}-app\"\nvmid = \"auto\"\ngolden = \"{golden}\"\nnode = \"pve\"\nstorage = \"local-lvm\"\nrootfs_size = \"12G\"\nbridge = \"vmbr0\"\ntags = [\"demo\"]\n\n[[mount]]\nstorage = \"local-lvm\"\nsize = \"4G\"\npath = \"/srv/data\"\n"
+                "customer = \"{customer}\"\nhostname = \"{customer}-app\"\nvmid = \"auto\"\ngolden = \"{golden}\"\nnode = \"{node}\"\nstorage = \"local-lvm\"\nrootfs_size = \"12G\"\nbridge = \"vmbr0\"\ntags = [\"demo\"]\n\n[[mount]]\nstorage = \"local-lvm\"\nsize = \"4G\"\npath = \"/srv/data\"\n"
             );
             GuestSpec::parse_many(&text).map(|mut v| v.remove(0)).map_err(|e| anyhow::anyhow!("{e}"))
         })
@@ -208,6 +234,7 @@ pub async fn run(args: DemoArgs, ctx: &Ctx) -> Result<(), CliError> {
         // `strategies` has every run's.
         OutputFormat::Json => output::json(&serde_json::json!({
             "guests": args.guests,
+            "nodes": args.nodes,
             "real": args.real,
             "time_scale": args.time_scale,
             "golden": {
@@ -217,6 +244,7 @@ pub async fn run(args: DemoArgs, ctx: &Ctx) -> Result<(), CliError> {
             },
             "simulator": { "url": sim_url, "fingerprint": sim_fingerprint },
             "strategy": first.strategy.name(),
+            "placement": first.placement,
             "provision": first.reports,
             "apply_again": { "jobs": first.again, "writes": first.again_writes },
             "real_guests": first.real_guests,
@@ -246,6 +274,8 @@ pub async fn run(args: DemoArgs, ctx: &Ctx) -> Result<(), CliError> {
 /// One strategy's bring-up, reconcile, look and teardown, with its times.
 struct StrategyRun {
     strategy: Strategy,
+    /// With `--nodes`: where each guest was placed (`label`, `vmid`, `node`).
+    placement: Vec<serde_json::Value>,
     /// `golden publish` before the bring-up (linked-clone only).
     publish_secs: Option<f64>,
     up_secs: f64,
@@ -269,6 +299,7 @@ impl StrategyRun {
             "down_s": self.down_secs,
             "steps_s": self.steps.iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
             "succeeded": self.reports.iter().filter(|r| r.outcome == Outcome::Succeeded).count(),
+            "placement": self.placement,
         })
     }
 }
@@ -334,6 +365,22 @@ async fn run_strategy(
     if human {
         output::print_reports(&reports, format);
     }
+    let placement = if args.nodes > 1 {
+        placement_of(&felhom, &reports).await
+    } else {
+        Vec::new()
+    };
+    if human && !placement.is_empty() {
+        outln!("placement (node = \"auto\"):");
+        for p in &placement {
+            outln!(
+                "  {} → {} (vmid {})",
+                p["label"].as_str().unwrap_or_default(),
+                p["node"].as_str().unwrap_or_default(),
+                p["vmid"]
+            );
+        }
+    }
     let mut exit = output::batch_exit(&reports);
     // felhom reconciles: the same specs again find every guest as specified, and write nothing.
     let before = felhom.client.stats();
@@ -378,6 +425,7 @@ async fn run_strategy(
     }
     Ok(StrategyRun {
         strategy,
+        placement,
         publish_secs,
         up_secs,
         down_secs,
@@ -389,6 +437,31 @@ async fn run_strategy(
         down,
         exit,
     })
+}
+
+/// Where PVE says each succeeded guest lives (one `/cluster/resources` read).
+async fn placement_of(
+    felhom: &Felhom,
+    reports: &[felhom_core::ops::JobReport],
+) -> Vec<serde_json::Value> {
+    let Ok(resources) = felhom
+        .client
+        .cluster_resources(Some(pve_api::ResourceType::Vm))
+        .await
+    else {
+        return Vec::new();
+    };
+    reports
+        .iter()
+        .filter_map(|r| {
+            let vmid = r.vmid?;
+            let node = resources
+                .iter()
+                .find(|x| x.vmid == Some(vmid))
+                .and_then(|x| x.node.clone())?;
+            Some(serde_json::json!({ "label": r.label, "vmid": vmid, "node": node }))
+        })
+        .collect()
 }
 
 /// The strategies side by side: publish, each step's mean per guest, the bring-up's wall.
