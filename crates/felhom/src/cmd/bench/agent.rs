@@ -52,13 +52,7 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 
 /// Peak RSS (bytes) and CPU seconds of `pid`, from /proc.
 fn proc_usage(pid: u32) -> (u64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap_or(0)
-        * 1024;
+    let hwm = super::peak_rss_kib(&pid.to_string()).unwrap_or(0) * 1024;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let rest = stat.rfind(')').map(|i| &stat[i + 2..]).unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();

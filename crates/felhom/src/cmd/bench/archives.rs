@@ -95,16 +95,7 @@ fn run_measured(mut cmd: Command) -> anyhow::Result<(Option<i32>, String, f64)> 
 
 /// A process's peak RSS in MB (`VmHWM` of /proc/PID/status).
 fn peak_rss_mb(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb / 1024.0)
+    super::peak_rss_kib(&pid.to_string()).map(|kib| kib as f64 / 1024.0)
 }
 
 /// Every hostile kind through inspect and through restore, against `sim` (a fresh one).

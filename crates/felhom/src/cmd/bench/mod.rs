@@ -25,6 +25,19 @@ pub enum BenchCmd {
     Agent(agent::AgentBenchArgs),
 }
 
+/// A process's peak RSS in KiB (`VmHWM` of `/proc/<pid>/status`; `pid` may be `self`).
+fn peak_rss_kib(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
 pub async fn run(cmd: BenchCmd, ctx: &Ctx) -> Result<(), CliError> {
     match cmd {
         BenchCmd::Perf(args) => perf::run(args, ctx.format).await,

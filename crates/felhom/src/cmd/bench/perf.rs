@@ -156,17 +156,9 @@ fn naive_script() -> PathBuf {
 /// Peak RSS since the last reset, and a reset (Linux: `5` into `clear_refs` resets VmHWM), so
 /// each mode reports its own peak.
 fn peak_rss_and_reset() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
+    let kib = super::peak_rss_kib("self")?;
     let _ = std::fs::write("/proc/self/clear_refs", "5");
-    Some(kb / 1024.0)
+    Some(kib as f64 / 1024.0)
 }
 
 /// The most requests to the node in any one second of the run (a sliding window over the
