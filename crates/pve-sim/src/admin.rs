@@ -65,6 +65,22 @@ pub(crate) fn authorized(sim: &Sim, peer: &SocketAddr, headers: &HeaderMap) -> O
     )
 }
 
+/// The secret first, then the body: a refused caller learns nothing from how its body would
+/// parse, and a body that does not parse is a 400 naming the request (`what`).
+fn authorized_body<T: serde::de::DeserializeOwned>(
+    sim: &Sim,
+    peer: &SocketAddr,
+    headers: &HeaderMap,
+    body: &[u8],
+    what: &str,
+) -> Result<T, Box<Response>> {
+    if let Some(r) = authorized(sim, peer, headers) {
+        return Err(Box::new(r));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| Box::new((StatusCode::BAD_REQUEST, format!("{what}: {e}")).into_response()))
+}
+
 pub async fn state(
     AxState(sim): AxState<Arc<Sim>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -223,11 +239,12 @@ pub async fn storages(
     AxState(sim): AxState<Arc<Sim>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Json(s): Json<StorageReq>,
+    body: Bytes,
 ) -> Response {
-    if let Some(r) = authorized(&sim, &peer, &headers) {
-        return r;
-    }
+    let s: StorageReq = match authorized_body(&sim, &peer, &headers, &body, "storage request") {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
     let id_ok = s.id.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
         && s.id.len() <= 64
         && s.id.bytes().all(|b| {
@@ -298,13 +315,9 @@ pub async fn tokens(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    // The secret first: a refused caller learns nothing from how its body would parse.
-    if let Some(r) = authorized(&sim, &peer, &headers) {
-        return r;
-    }
-    let t: TokenReq = match serde_json::from_slice(&body) {
+    let t: TokenReq = match authorized_body(&sim, &peer, &headers, &body, "token request") {
         Ok(t) => t,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("token request: {e}")).into_response(),
+        Err(r) => return *r,
     };
     if !t.userid.contains('@')
         || t.tokenid.is_empty()
@@ -391,13 +404,10 @@ pub async fn faults(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = authorized(&sim, &peer, &headers) {
-        return r;
-    }
     let bad = |m: String| (StatusCode::BAD_REQUEST, m).into_response();
-    let f: FaultReq = match serde_json::from_slice(&body) {
+    let f: FaultReq = match authorized_body(&sim, &peer, &headers, &body, "fault request") {
         Ok(f) => f,
-        Err(e) => return bad(format!("fault request: {e}")),
+        Err(r) => return *r,
     };
     let (text, on) = match (f.set, f.clear) {
         (Some(t), None) => (t, true),
@@ -438,14 +448,9 @@ pub async fn migrate(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = authorized(&sim, &peer, &headers) {
-        return r;
-    }
-    let m: MigrateReq = match serde_json::from_slice(&body) {
+    let m: MigrateReq = match authorized_body(&sim, &peer, &headers, &body, "migrate request") {
         Ok(m) => m,
-        Err(e) => {
-            return (StatusCode::BAD_REQUEST, format!("migrate request: {e}")).into_response()
-        }
+        Err(r) => return *r,
     };
     match migrate_guest(&sim, m.vmid, &m.node).await {
         Ok(source) => {
