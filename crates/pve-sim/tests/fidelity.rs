@@ -32,6 +32,21 @@ fn params(vmid: u32, extra: &[(&str, &str)]) -> Vec<(String, String)> {
     p
 }
 
+/// The volume ids `local-lvm` lists for `vmid` (its storage content, filtered as PVE does),
+/// sorted.
+async fn lvm_volumes(c: &pve_api::PveClient, vmid: u32) -> Vec<String> {
+    let v: Vec<StorageVolume> = c
+        .get(
+            "/nodes/pve/storage/local-lvm/content",
+            &[("vmid", vmid.to_string())],
+        )
+        .await
+        .unwrap();
+    let mut names: Vec<String> = v.into_iter().map(|v| v.volid).collect();
+    names.sort_unstable();
+    names
+}
+
 async fn make_pool(env: &Env, pool: &str) {
     let admin = env
         .token(
@@ -396,19 +411,8 @@ async fn extractconfig_and_storage_content_check_volume_access() {
         .await
         .unwrap();
     assert_eq!(all.len(), 1, "{all:?}");
-    let by = |v: u32| {
-        let c = env.client.clone();
-        async move {
-            c.get::<Vec<StorageVolume>>(
-                "/nodes/pve/storage/local-lvm/content",
-                &[("vmid", v.to_string())],
-            )
-            .await
-            .unwrap()
-        }
-    };
-    assert_eq!(by(1570).await.len(), 1);
-    assert!(by(1571).await.is_empty());
+    assert_eq!(lvm_volumes(&env.client, 1570).await.len(), 1);
+    assert!(lvm_volumes(&env.client, 1571).await.is_empty());
 }
 
 /// Top #10, R9: an archived `template: 1` makes the restored CT a template again
@@ -477,18 +481,8 @@ async fn a_restored_template_has_base_volumes() {
         "{:?}",
         cfg.get_str("mp0")
     );
-    let content: Vec<StorageVolume> = env
-        .client
-        .get(
-            "/nodes/pve/storage/local-lvm/content",
-            &[("vmid", "1585".to_string())],
-        )
-        .await
-        .unwrap();
-    let mut names: Vec<&str> = content.iter().map(|v| v.volid.as_str()).collect();
-    names.sort_unstable();
     assert_eq!(
-        names,
+        lvm_volumes(&env.client, 1585).await,
         ["local-lvm:base-1585-disk-0", "local-lvm:base-1585-disk-1"]
     );
 
@@ -538,18 +532,7 @@ async fn a_forced_restore_replaces_an_existing_ct_as_pve_does() {
     let c = &env.client;
     let wait = |upid| async move { c.wait_task(&upid, &WaitOptions::default()).await };
     env.restore(1600, &[("hostname", "old")]).await.unwrap();
-    let volumes = || async {
-        let v: Vec<StorageVolume> = c
-            .get(
-                "/nodes/pve/storage/local-lvm/content",
-                &[("vmid", "1600".to_string())],
-            )
-            .await
-            .unwrap();
-        let mut names: Vec<String> = v.into_iter().map(|v| v.volid).collect();
-        names.sort_unstable();
-        names
-    };
+    let volumes = || lvm_volumes(c, 1600);
     assert_eq!(volumes().await, ["local-lvm:vm-1600-disk-0"]);
     let forced = |extra: &[(&str, &str)]| {
         let mut p = params(1600, &[("storage", "local-lvm"), ("force", "1")]);
@@ -693,16 +676,7 @@ async fn a_plain_create_from_a_template_makes_a_ct_as_pve_does() {
         p.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         p
     };
-    let volumes = |id: u32| async move {
-        let v: Vec<StorageVolume> = c
-            .get(
-                "/nodes/pve/storage/local-lvm/content",
-                &[("vmid", id.to_string())],
-            )
-            .await
-            .unwrap();
-        v.into_iter().map(|v| v.volid).collect::<Vec<_>>()
-    };
+    let volumes = |id: u32| lvm_volumes(c, id);
 
     // A backup is no template: the content type is checked before anything is made.
     let e = c
