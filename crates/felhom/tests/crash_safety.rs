@@ -157,6 +157,34 @@ fn crash_points<S: Step>(steps: &[S], phases: &[&'static str]) -> Vec<String> {
         .collect()
 }
 
+/// One crash case of a bring-up: `customer`'s guest at `vmid` provisioned with felhom
+/// SIGKILLed at `crash`, then resumed: the resume succeeds, the case's invariants hold, the
+/// guest runs with its 12G rootfs (grown once, or made at that size), and the journal and PVE
+/// agree on its MAC. Returns the simulator's state and the guest's rootfs.
+fn crash_then_resume(sim: &Sim, customer: &str, vmid: u64, crash: &str) -> (Value, String) {
+    provision_crashing(sim, customer, vmid, crash);
+    let hostname = format!("{customer}-app");
+    let job = job_id(sim, "bringup", |j| j["hostname"] == hostname.as_str());
+    let (code, rep) = resume(sim, &job, crash);
+    assert_eq!(code, Some(0), "{crash}: resume failed: {rep}");
+    assert_eq!(rep["outcome"], "succeeded", "{crash}: {rep}");
+    let state = sim.state();
+    assert_case_invariants(&state, vmid, crash);
+    let g = guest(&state, vmid).unwrap_or_else(|| panic!("{crash}: guest {vmid} missing"));
+    assert_eq!(g["status"], "running", "{crash}");
+    let rootfs = g["config"]["rootfs"].as_str().unwrap().to_string();
+    assert!(
+        rootfs.contains("size=12G"),
+        "{crash}: double grow or no grow: {rootfs}"
+    );
+    assert_eq!(
+        rep["mac"].as_str().map(str::to_ascii_uppercase),
+        g["config"]["net0"].as_str().and_then(mac_of),
+        "{crash}: journal and PVE disagree on the MAC"
+    );
+    (state, rootfs)
+}
+
 /// For every bring-up step: SIGKILL felhom just before and just after its act, then resume.
 #[test]
 fn crash_at_every_bringup_step_then_resume_succeeds() {
@@ -167,35 +195,12 @@ fn crash_at_every_bringup_step_then_resume_succeeds() {
             .zip(1100..)
             .collect();
     run_concurrently(&cases, PARALLEL, |(crash, vmid)| {
-        let vmid = *vmid;
-        let customer = format!("c{vmid}");
-        provision_crashing(&sim, &customer, vmid, crash);
-        let hostname = format!("{customer}-app");
-        let job = job_id(&sim, "bringup", |j| j["hostname"] == hostname.as_str());
-
-        let (code, rep) = resume(&sim, &job, crash);
-        assert_eq!(code, Some(0), "{crash}: resume failed: {rep}");
-        assert_eq!(rep["outcome"], "succeeded", "{crash}: {rep}");
-
-        let state = sim.state();
-        assert_case_invariants(&state, vmid, crash);
-        let g = guest(&state, vmid).unwrap_or_else(|| panic!("{crash}: guest {vmid} missing"));
-        assert_eq!(g["status"], "running", "{crash}");
-        let rootfs = g["config"]["rootfs"].as_str().unwrap();
-        assert!(
-            rootfs.contains("size=12G"),
-            "{crash}: double grow or no grow: {rootfs}"
-        );
-        let owned = volumes_of(&state, vmid);
+        let (state, _) = crash_then_resume(&sim, &format!("c{vmid}"), *vmid, crash);
+        let owned = volumes_of(&state, *vmid);
         assert_eq!(
             owned.len(),
             2,
             "{crash}: expected rootfs + one data volume, got {owned:?}"
-        );
-        assert_eq!(
-            rep["mac"].as_str().map(str::to_ascii_uppercase),
-            g["config"]["net0"].as_str().and_then(mac_of),
-            "{crash}: journal and PVE disagree on the MAC"
         );
     });
     assert_all_done(&sim);
@@ -358,20 +363,7 @@ fn crash_at_every_publish_and_linked_clone_step_then_resume_succeeds() {
             .zip(1100..)
             .collect();
     run_concurrently(&cases, PARALLEL, |(crash, vmid)| {
-        let vmid = *vmid;
-        let customer = format!("l{vmid}");
-        provision_crashing(&sim, &customer, vmid, crash);
-        let hostname = format!("{customer}-app");
-        let job = job_id(&sim, "bringup", |j| j["hostname"] == hostname.as_str());
-        let (code, rep) = resume(&sim, &job, crash);
-        assert_eq!(code, Some(0), "{crash}: resume failed: {rep}");
-        assert_eq!(rep["outcome"], "succeeded", "{crash}: {rep}");
-        let state = sim.state();
-        assert_case_invariants(&state, vmid, crash);
-        let g = guest(&state, vmid).unwrap_or_else(|| panic!("{crash}: guest {vmid} missing"));
-        assert_eq!(g["status"], "running", "{crash}");
-        let rootfs = g["config"]["rootfs"].as_str().unwrap();
-        assert!(rootfs.contains("size=12G"), "{crash}: {rootfs}");
+        let (state, rootfs) = crash_then_resume(&sim, &format!("l{vmid}"), *vmid, crash);
         let volid = rootfs.split(',').next().unwrap();
         assert!(
             state["linked"][volid]
@@ -379,11 +371,6 @@ fn crash_at_every_publish_and_linked_clone_step_then_resume_succeeds() {
                 .is_some_and(|b| b.contains(":base-")),
             "{crash}: {volid} is not a linked clone: {}",
             state["linked"]
-        );
-        assert_eq!(
-            rep["mac"].as_str().map(str::to_ascii_uppercase),
-            g["config"]["net0"].as_str().and_then(mac_of),
-            "{crash}: journal and PVE disagree on the MAC"
         );
     });
     assert_all_done(&sim);
