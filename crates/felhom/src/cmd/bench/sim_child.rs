@@ -15,6 +15,8 @@ pub struct SimChild {
     dir: tempfile::TempDir,
     time_scale: f64,
     faults: String,
+    /// `sim serve --nodes`: a count (1: the single node `pve`; N > 1: `pve1`..`pveN`).
+    nodes: usize,
     /// The port of the first start, kept across restarts so running felhoms see one URL.
     port: Option<u16>,
     client: Option<pve_api::PveClient>,
@@ -22,12 +24,18 @@ pub struct SimChild {
 
 impl SimChild {
     pub fn start(time_scale: f64, faults: &str) -> anyhow::Result<SimChild> {
+        SimChild::start_cluster(time_scale, faults, 1)
+    }
+
+    /// A simulated cluster of `nodes` nodes (`pve1`..`pveN`; one node is `pve`).
+    pub fn start_cluster(time_scale: f64, faults: &str, nodes: usize) -> anyhow::Result<SimChild> {
         let dir = tempfile::Builder::new().prefix("felhom-bench-").tempdir()?;
         let mut sim = SimChild {
             child: None,
             dir,
             time_scale,
             faults: faults.to_string(),
+            nodes: nodes.max(1),
             port: None,
             client: None,
         };
@@ -46,6 +54,8 @@ impl SimChild {
             .arg(self.time_scale.to_string())
             .arg("--faults")
             .arg(&self.faults)
+            .arg("--nodes")
+            .arg(self.nodes.to_string())
             .arg("--state-dir")
             .arg(self.dir.path().join("sim"))
             .arg("--write-config")
