@@ -42,6 +42,8 @@ pub(super) struct NodeDown {
     first_exit: Option<i32>,
     /// Guests on the other nodes that succeeded and run while the node was down.
     converged_while_down: usize,
+    /// Guests on the down node that had succeeded before it went down.
+    done_on_down_node_before: usize,
     /// Guests of the first apply not on the down node that did not converge (must be 0).
     other_nodes_not_converged: usize,
     /// Jobs paused (with a job in the journal) and decisions paused (before any job).
@@ -76,7 +78,7 @@ impl NodeDown {
         let paused = self.paused_jobs + self.paused_decisions;
         self.first_exit == Some(3)
             && paused > 0
-            && self.converged_while_down + paused == self.guests
+            && self.converged_while_down + self.done_on_down_node_before + paused == self.guests
             && self.other_nodes_not_converged + self.other_outcomes == 0
             && self.resume_exit == Some(0)
             && self.resumed_to_success == self.paused_jobs
@@ -104,6 +106,10 @@ impl NodeDown {
         row(
             "node down converged on other nodes while down",
             self.converged_while_down.to_string(),
+        );
+        row(
+            "node down: done on it before it went down",
+            self.done_on_down_node_before.to_string(),
         );
         row(
             "node down other nodes not converged",
@@ -292,6 +298,11 @@ pub(super) async fn node_down(
                         j["label"]
                     ));
                 }
+            }
+            (Some("succeeded"), Some((node, status, _)))
+                if *node == down && status == "running" =>
+            {
+                r.done_on_down_node_before += 1
             }
             (Some("succeeded"), _) => {
                 r.other_nodes_not_converged += 1;
