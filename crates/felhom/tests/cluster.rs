@@ -564,9 +564,12 @@ fn a_guest_on_a_down_node_is_not_made_twice_by_another_process() {
     sim.fault_set("node_down:pve3");
     let placed = sim.write_spec("twin-auto.toml", &auto_spec("twin", ""));
     let writes = sim.write_count();
-    let o = felhom_with(&other, &["--output", "json", "apply", placed.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let o = felhom_with(
+        &other,
+        &["--output", "json", "apply", placed.to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
     assert_eq!(o.status.code(), Some(3), "pauses: {}", both(&o));
     let r = reports(&o);
     assert_eq!(r[0].1, "paused", "{r:?}");
@@ -579,10 +582,18 @@ fn a_guest_on_a_down_node_is_not_made_twice_by_another_process() {
     assert_eq!(identities(&sim).len(), 1, "{:?}", identities(&sim));
 
     sim.fault_clear("node_down:pve3");
-    let o = felhom_with(&other, &["--output", "json", "apply", placed.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert_eq!(reports(&o)[0].1, "refused", "the other's guest: {}", both(&o));
+    let o = felhom_with(
+        &other,
+        &["--output", "json", "apply", placed.to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(
+        reports(&o)[0].1,
+        "refused",
+        "the other's guest: {}",
+        both(&o)
+    );
     assert_eq!(identities(&sim).len(), 1, "{:?}", identities(&sim));
     // The first installation's own apply is untouched by all this.
     let o = apply(&sim, &[&on3]);
