@@ -592,3 +592,60 @@ fn a_vmid_taken_by_the_other_process_after_a_crash_before_the_restore_moves_on()
     let o = apply(&sim, &[&a]);
     assert_eq!(reports(&o)[0].1, "unchanged", "{}", both(&o));
 }
+
+/// A guest of another installation on a node that is down cannot be read, so nobody can
+/// tell whose identity it carries: a second process pauses creating (exit 3, naming the
+/// VMID and the node) instead of making a second guest of that identity; when the node is
+/// back, the marker is read again and the identity is refused as the other's.
+#[test]
+fn a_guest_on_a_down_node_is_not_made_twice_by_another_process() {
+    let sim = Sim::cluster(3, "", 0.02);
+    let other = second_config(&sim);
+    let on3 = sim.write_spec(
+        "twin.toml",
+        &spec("twin", "\"auto\"", "").replacen("node = \"pve\"", "node = \"pve3\"", 1),
+    );
+    let o = apply(&sim, &[&on3]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let (vmid, _) = guests_on(&sim)[0].clone();
+
+    sim.fault_set("node_down:pve3");
+    let placed = sim.write_spec("twin-auto.toml", &auto_spec("twin", ""));
+    let writes = sim.write_count();
+    let o = felhom_with(
+        &other,
+        &["--output", "json", "apply", placed.to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), Some(3), "pauses: {}", both(&o));
+    let r = reports(&o);
+    assert_eq!(r[0].1, "paused", "{r:?}");
+    assert!(
+        stdout(&o).contains(&format!("VMID {vmid} on node pve3")),
+        "names the guest it cannot read: {}",
+        both(&o)
+    );
+    assert_eq!(sim.write_count(), writes, "nothing written");
+    assert_eq!(identities(&sim).len(), 1, "{:?}", identities(&sim));
+
+    sim.fault_clear("node_down:pve3");
+    let o = felhom_with(
+        &other,
+        &["--output", "json", "apply", placed.to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(
+        reports(&o)[0].1,
+        "refused",
+        "the other's guest: {}",
+        both(&o)
+    );
+    assert_eq!(identities(&sim).len(), 1, "{:?}", identities(&sim));
+    // The first installation's own apply is untouched by all this.
+    let o = apply(&sim, &[&on3]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert_eq!(reports(&o)[0].1, "unchanged", "{:?}", reports(&o));
+    assert_clean_invariants(&sim.state());
+}
