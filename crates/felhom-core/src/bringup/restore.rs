@@ -62,16 +62,20 @@ pub(crate) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
                     )));
                 }
             }
-            // Another felhom process's guest (its marker, or its restore still running) took
-            // the VMID before this job dispatched anything there: an "auto" guest moves on
-            // to the next free VMID. A finished guest without felhom's marker is refused as
-            // before: a person looks at who put it at felhom's VMID.
+            // Another felhom process's guest took the VMID: an "auto" guest moves on to the
+            // next free VMID. A guest with another job's marker is never this job's restore,
+            // even if this job journaled its intent there (PVE makes one config per VMID, and
+            // this job's restore carries this job's marker): it was killed or its POST lost
+            // before PVE acted, and the other took the VMID. A restore still running there
+            // (`create`) is another's only if this job never dispatched to it. A finished
+            // guest without felhom's marker is refused as before: a person looks at who put
+            // it at felhom's VMID.
             (lock, _)
                 if cx.owner_job() == cx.job_id
                     && !owner.is_ours()
-                    && (lock == Some("create") || matches!(owner, Ownership::OtherJob(_)))
-                    && spec(cx)?.vmid == crate::spec::VmidChoice::NextFree
-                    && !dispatched_at(cx, vmid)? =>
+                    && (matches!(owner, Ownership::OtherJob(_))
+                        || (lock == Some("create") && !dispatched_at(cx, vmid)?))
+                    && spec(cx)?.vmid == crate::spec::VmidChoice::NextFree =>
             {
                 super::reserve::move_on(cx, vmid).await?;
                 return Ok(Observed::NotDone);
