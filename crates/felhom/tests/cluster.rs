@@ -649,3 +649,52 @@ fn a_guest_on_a_down_node_is_not_made_twice_by_another_process() {
     assert_eq!(reports(&o)[0].1, "unchanged", "{:?}", reports(&o));
     assert_clean_invariants(&sim.state());
 }
+
+/// A rollback cut off after its restore undo destroyed the guest (`restore:undone`: before
+/// that was journaled) frees the VMID, and the other installation takes it. The resumed
+/// rollback finds another felhom job's guest there: nothing of its own, so its rollback
+/// completes (rolled back, exit 1) and the other's guest is left as it is — not a
+/// "rollback incomplete" that needs a person, and not a destroy.
+#[test]
+fn a_rollback_resumed_after_its_vmid_was_reused_completes_and_touches_nothing() {
+    let sim = Sim::with("task_fail:start=1.0", 0.02);
+    let other = second_config(&sim);
+    let a = sim.write_spec("a.toml", &spec("acme", "\"auto\"", ""));
+    let o = sim.felhom_env(
+        &["apply", a.to_str().unwrap()],
+        &[("FELHOM_CRASH_AT", "restore:undone")],
+    );
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&o.status),
+        Some(9),
+        "killed at restore:undone: {}",
+        both(&o)
+    );
+    let jobs = json(&sim.felhom(&["--output", "json", "jobs"]));
+    let vmid = jobs["jobs"][0]["vmid"].as_u64().unwrap();
+    assert!(guests_on(&sim).is_empty(), "the undo destroyed the guest");
+
+    // The other installation's bring-up at that VMID, stopped before its start.
+    let b = sim.write_spec("b.toml", &spec("beta", &vmid.to_string(), ""));
+    let o = felhom_with(&other, &["apply", b.to_str().unwrap()])
+        .env("FELHOM_CRASH_AT", "start:before")
+        .output()
+        .unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&o.status),
+        Some(9),
+        "{}",
+        both(&o)
+    );
+    assert_eq!(identities(&sim), [("beta/beta-app".to_string(), vmid)]);
+
+    let r = sim.felhom(&["--output", "json", "resume"]);
+    assert_eq!(r.status.code(), Some(1), "{}", both(&r));
+    assert_eq!(reports(&r)[0].1, "rolled_back", "{}", both(&r));
+    assert_eq!(
+        identities(&sim),
+        [("beta/beta-app".to_string(), vmid)],
+        "the other's guest is untouched"
+    );
+    assert_clean_invariants(&sim.state());
+}

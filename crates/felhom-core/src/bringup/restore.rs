@@ -348,6 +348,15 @@ pub(crate) async fn undo(cx: &JobCx) -> Result<(), StepError> {
                 let upid = cx.client.lxc_delete(&cx.node, vmid, true, true).await?;
                 cx.wait("restore", &upid).await?;
             }
+            (_, false) if matches!(owner, Ownership::OtherJob(_)) => {
+                // Another felhom job's guest: nothing of this job is at this VMID (PVE holds
+                // one config per VMID, and this job's restore carries this job's marker from
+                // its first write), so there is nothing to undo here. This job's guest was
+                // destroyed by an undo that was cut off before it was journaled, or never
+                // made; the VMID was free and the other job took it. Left untouched.
+                tracing::info!(%vmid, holder = %owner.describe(), "undo restore: the VMID holds another felhom job's guest; nothing of this job is there");
+                return Ok(());
+            }
             (_, false) => {
                 return Err(StepError::Refused(format!(
                     "refusing to destroy guest {vmid}: it does not carry this job's ownership marker ({}); a person must look at it",
