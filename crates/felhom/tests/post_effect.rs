@@ -210,6 +210,46 @@ fn teardown_with_destroy_answered_595() {
     teardown_when_lost("destroy", 1705);
 }
 
+/// A rollback whose undo's destroy (or stop) is answered 595: the undo waits for the task
+/// the lost answer started (never a second one behind it) and does not mistake the end of
+/// a destroy — the config is `lock: destroyed` alone there, without the marker — for a
+/// guest that is not its own: rolled back, one destroy, nothing left.
+fn rollback_when_lost(kind: &str, vmid: u64) {
+    let sim = Sim::with(
+        &format!("post_effect_595:{kind}=1,task_fail:start=1.0,seed=5"),
+        SLOW,
+    );
+    let name = format!("back{kind}");
+    let path = sim.write_spec(
+        &format!("{name}.toml"),
+        &spec(&name, &vmid.to_string(), MOUNT),
+    );
+    let out = sim.felhom(&["--output", "json", "apply", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rep["jobs"][0]["outcome"], "rolled_back", "{rep}");
+    let state = sim.state();
+    assert!(
+        lost_answers(&state) > 0,
+        "no answer was lost: {}",
+        state["counters"]
+    );
+    assert!(guest(&state, vmid).is_none(), "{}", state["guests"]);
+    assert_eq!(
+        tasks(&state, vmid, "vzdestroy"),
+        1,
+        "destroyed once: {}",
+        state["tasks"]
+    );
+    assert_eq!(owned_volumes(&state, vmid), 0, "{}", state["volumes"]);
+    assert_clean_invariants(&state);
+}
+
+#[test]
+fn rollback_with_destroy_answered_595() {
+    rollback_when_lost("destroy", 1706);
+}
+
 /// Every kind at once, one request in three, for several guests in one batch.
 #[test]
 fn many_guests_with_a_third_of_the_answers_lost() {

@@ -325,6 +325,10 @@ pub(crate) fn sized_disks(
 
 pub(crate) async fn undo(cx: &JobCx) -> Result<(), StepError> {
     let vmid = cx.vmid()?;
+    // A destroy (or stop) whose answer was lost may still be running: wait for it before
+    // reading, so the undo never dispatches a second one behind it.
+    cx.settle_lost_dispatch(vmid, &["vzstop", "vzdestroy"])
+        .await?;
     loop {
         let Some(cfg) = guest::config_of(&cx.client, &cx.node, vmid).await? else {
             return Ok(());
@@ -338,7 +342,12 @@ pub(crate) async fn undo(cx: &JobCx) -> Result<(), StepError> {
                     "guest {vmid} is still being restored (lock: create)"
                 )));
             }
-            (Some("destroyed"), true) => {
+            // The end of a destroy: PVE has freed the volumes and replaced the config by
+            // `lock: destroyed` alone (pve-container `destroy_lxc_container` with
+            // `{ lock => 'destroyed' }`), so the marker is gone; the config goes next.
+            // Whoever's destroy it is, wait for it rather than judge a config without
+            // its marker.
+            (Some("destroyed"), _) => {
                 return Err(StepError::NotYet(format!(
                     "guest {vmid} is being destroyed"
                 )));
