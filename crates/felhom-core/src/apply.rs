@@ -45,9 +45,15 @@ use crate::journal::{GuestRecord, JobKind, JobRow, JobState, JournalError, Phase
 use crate::ops::{Felhom, JobReport, OpsError};
 use crate::spec::{GuestSpec, Identity};
 
-/// Guests that carry felhom's marker for an identity but have no live journal record.
+/// Guests in felhom's range that the journal has no live record of: those that carry
+/// felhom's marker for an identity, and those whose marker cannot be read now.
 #[derive(Debug, Default)]
-pub struct MarkerIndex(std::collections::BTreeMap<Identity, (u32, String)>);
+pub struct MarkerIndex {
+    by_identity: std::collections::BTreeMap<Identity, (u32, String)>,
+    /// (VMID, node) of guests whose config cannot be read now (their node down, no
+    /// answer): any of them may carry an identity this run would otherwise create again.
+    unreadable: Vec<(u32, String)>,
+}
 
 /// One look at PVE that every decision of a run shares ([`Felhom::observe`]).
 #[derive(Debug, Default)]
@@ -169,7 +175,9 @@ impl Felhom {
     /// The markers of guests in felhom's range, on any node, that the journal has no live
     /// record of.
     pub async fn unrecorded_markers(&self, cluster: &ClusterView) -> Result<MarkerIndex, OpsError> {
-        let recorded: BTreeSet<u32> = self.journal.live_guests()?.iter().map(|g| g.vmid).collect();
+        let mut recorded: BTreeSet<u32> =
+            self.journal.live_guests()?.iter().map(|g| g.vmid).collect();
+        recorded.extend(self.journal.unfinished_vmids()?);
         let mut index = MarkerIndex::default();
         for (vmid, at) in cluster.guests() {
             let Ok(vmid) = Vmid::try_from(vmid) else {
@@ -178,9 +186,10 @@ impl Felhom {
             if !self.config.vmid_range.contains(vmid) || recorded.contains(&vmid.get()) {
                 continue;
             }
-            // A guest on a node that is down cannot be read; it is looked at again on the
-            // next run (its VMID stays taken for the pickers: it is in the read).
+            // A guest on a node that is down cannot be read: its VMID stays taken for the
+            // pickers (it is in the read), and no identity is created while it may be its.
             if !cluster.node_online(&at.node) && cluster.node_names().next().is_some() {
+                index.unreadable.push((vmid.get(), at.node.clone()));
                 continue;
             }
             let cfg = match guest::config_of(&self.client, &at.node, vmid).await {
@@ -188,13 +197,14 @@ impl Felhom {
                 Ok(None) => continue,
                 Err(e) if e.is_transient() => {
                     tracing::warn!(%vmid, node = %at.node, error = %e, "cannot read an unrecorded guest's marker now");
+                    index.unreadable.push((vmid.get(), at.node.clone()));
                     continue;
                 }
                 Err(e) => return Err(e.into()),
             };
             if let Some(m) = guest::marker_of(&cfg) {
                 if let Some(name) = m.name {
-                    index.0.insert(
+                    index.by_identity.insert(
                         Identity {
                             customer: m.customer,
                             name,
@@ -249,11 +259,34 @@ impl Felhom {
         // 2. The guest felhom recorded for this identity.
         let records = self.journal.guests_by_identity(&id.customer, &id.name)?;
         match records.as_slice() {
-            [] => Ok(match unrecorded.0.get(&id) {
+            [] => Ok(match unrecorded.by_identity.get(&id) {
                 Some((vmid, job)) => refuse(
                     Some(*vmid),
                     format!("guest {vmid} carries felhom's marker for {id} (job {job}), but this journal has no record of it; felhom cannot prove it is its own"),
                 ),
+                // Another journal's guest (or a lost record) that cannot be read now may be
+                // this identity's: creating it would make a second guest. Pause instead.
+                None if !unrecorded.unreadable.is_empty() => Decision::Refuse {
+                    vmid: None,
+                    why: format!(
+                        "cannot tell whether {id} already has a guest: {} in felhom's range, with no record in this journal, cannot be read now; nothing was done: apply again when PVE answers for {}",
+                        unrecorded
+                            .unreadable
+                            .iter()
+                            .map(|(v, n)| format!("VMID {v} on node {n}"))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        unrecorded
+                            .unreadable
+                            .iter()
+                            .map(|(_, n)| n.as_str())
+                            .collect::<BTreeSet<_>>()
+                            .into_iter()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    needs_person: true,
+                },
                 None => Decision::Create {
                     vmid: None,
                     node: None,

@@ -56,32 +56,75 @@ pub async fn preflight(
         message: "preflight needs at least one guest spec to know the work".into(),
     })?;
     // Guests on every node count (one cluster read); an `auto` spec is checked on the node
-    // placement would give it.
+    // placement would give it. Placement failing is a finding, not bad input: it may be the
+    // missing grants below (no view of the golden, the storages or the nodes' memory), so
+    // preflight reports it and checks the rest on the first candidate node.
     let cluster = crate::cluster::ClusterView::read(&f.client).await?;
-    let placed = if specs[0].node_is_auto() {
-        match f.resolve_nodes(&cluster, &specs[..1]).await {
-            Ok(mut r) => match r.pop() {
-                Some(Ok((s, _))) => Some(s),
-                Some(Err(why)) => {
-                    return Err(ApiError::InvalidInput {
-                        field: "node".into(),
-                        message: format!("\"auto\": {why}"),
-                    })
+    let mut checks = Vec::new();
+    let placed =
+        if specs[0].node_is_auto() {
+            let candidates = crate::cluster::Placer::new(&cluster, &f.config.nodes).candidates();
+            let (placed, check) = match f.resolve_nodes(&cluster, &specs[..1]).await {
+                Ok(mut r) => match r.pop() {
+                    Some(Ok((s, _))) => {
+                        let detail = format!("node \"auto\" places the first guest on {}", s.node);
+                        (
+                            Some(s),
+                            Check {
+                                name: "placement",
+                                ok: true,
+                                detail,
+                            },
+                        )
+                    }
+                    Some(Err(why)) => (
+                        None,
+                        Check {
+                            name: "placement",
+                            ok: false,
+                            detail: format!("node \"auto\": {why}"),
+                        },
+                    ),
+                    None => (
+                        None,
+                        Check {
+                            name: "placement",
+                            ok: false,
+                            detail: "node \"auto\": nothing placed".into(),
+                        },
+                    ),
+                },
+                Err(e) => (
+                    None,
+                    Check {
+                        name: "placement",
+                        ok: false,
+                        detail: format!("node \"auto\": {e}"),
+                    },
+                ),
+            };
+            checks.push(check);
+            match (placed, candidates.first()) {
+                (Some(s), _) => Some(s),
+                (None, Some(node)) => {
+                    let mut s = specs[0].clone();
+                    s.node = node
+                        .parse()
+                        .map_err(|e: String| ApiError::Decode { message: e })?;
+                    Some(s)
                 }
-                None => None,
-            },
-            Err(e) => {
-                return Err(ApiError::Decode {
-                    message: e.to_string(),
-                })
+                (None, None) => return Err(ApiError::InvalidInput {
+                    field: "node".into(),
+                    message:
+                        "\"auto\": no node of the cluster is online (or none of [felhom] nodes is)"
+                            .into(),
+                }),
             }
-        }
-    } else {
-        None
-    };
+        } else {
+            None
+        };
     let first = placed.as_ref().unwrap_or(&specs[0]);
     let node = first.node.as_str();
-    let mut checks = Vec::new();
 
     let version = f.client.version().await?;
     checks.push(Check {
@@ -263,7 +306,7 @@ fn grant_missing(paths: &[PathReport], token: &str) -> Vec<String> {
             "pveum role add {role} -privs \"{}\"",
             p.missing.join(",")
         ));
-        let propagate = if p.path == "/vms" {
+        let propagate = if crate::privileges::propagates(&p.path) {
             " -propagate 1"
         } else {
             ""

@@ -32,6 +32,12 @@ pub struct Scope {
     /// The config keys beyond net0 some spec sets (`cores`, `memory`, …): each needs its own
     /// privilege, and only a spec that sets it makes felhom ask for it.
     pub settings: BTreeSet<&'static str>,
+    /// Some spec leaves its node to felhom (`node = "auto"`, or none): placement reads the
+    /// nodes' memory in `/cluster/resources`, which PVE shows only with `Sys.Audit` on
+    /// `/nodes/<node>` (pve-manager `API2/Cluster.pm` resources, `extract_node_stats` with
+    /// `exclude_stats`); without it every node looks alike and placement goes by running
+    /// guests and name alone.
+    pub placement: bool,
 }
 
 /// The privilege PVE checks for a config key felhom's settings write (reference §3.5).
@@ -68,6 +74,7 @@ impl Scope {
                 .iter()
                 .flat_map(|s| s.settings().into_iter().map(|(k, _)| k))
                 .collect(),
+            placement: specs.iter().any(GuestSpec::node_is_auto),
         })
     }
 }
@@ -173,6 +180,14 @@ pub fn required(sc: &Scope) -> BTreeMap<String, BTreeMap<&'static str, Vec<Strin
         privilege: "Datastore.Audit",
         why: "preflight: list the golden archive".into(),
     });
+    if sc.placement {
+        // Granted on `/nodes` with propagate, so it covers every node placement may pick.
+        all.push(Need {
+            path: "/nodes".into(),
+            privilege: "Sys.Audit",
+            why: "placement (node \"auto\"): each node's memory in GET /cluster/resources, shown only with Sys.Audit on /nodes/<node>; the target storages' free space needs their Datastore.Audit (above)".into(),
+        });
+    }
     if let Some(p) = &sc.pool {
         all.push(Need {
             path: format!("/pool/{p}"),
@@ -188,6 +203,12 @@ pub fn required(sc: &Scope) -> BTreeMap<String, BTreeMap<&'static str, Vec<Strin
             .push(n.why);
     }
     out
+}
+
+/// Whether felhom's grant on `path` must propagate: `/vms` stands for the VMID range and
+/// `/nodes` for every node placement may pick; every other path is the object itself.
+pub fn propagates(path: &str) -> bool {
+    path == "/vms" || path == "/nodes"
 }
 
 /// The privileges of the role felhom's token needs (the union over all paths).
@@ -209,7 +230,11 @@ pub fn pveum_commands(sc: &Scope, token_id: &str) -> Vec<String> {
     ];
     for path in required(sc).keys() {
         // With privilege separation both the user and the token need the grant (§8).
-        let propagate = if path == "/vms" { " -propagate 1" } else { "" };
+        let propagate = if propagates(path) {
+            " -propagate 1"
+        } else {
+            ""
+        };
         cmds.push(format!(
             "pveum acl modify {path} -user {user} -role FelhomAgent{propagate}"
         ));

@@ -10,6 +10,7 @@
 //! | `a_down_node_pauses_only_its_guests` | `node_down:pve2`: its guest pauses (exit 3), new guests go to the other nodes and converge; cleared, apply converges with no new guest |
 //! | `two_processes_with_their_own_journals_make_one_guest_per_identity` | two `apply` processes, separate journals, overlapping specs, at once (rounds, one with a SIGKILL and a re-run): one guest per identity, no VMID twice, no guest of one torn down by the other |
 //! | `a_job_whose_node_goes_down_pauses_and_resumes_when_it_is_back` | `node_down` during a bring-up on that node: paused (exit 3), nothing rolled back; back up, `resume` finishes it |
+//! | `a_vmid_taken_by_the_other_process_after_a_crash_before_the_restore_moves_on` | felhom killed after journaling its restore intent, before the POST; the other installation makes its guest at that VMID; `resume` moves on to the next VMID (succeeded), the other's guest untouched — found by `bench reliability`'s two-process part (it was a refused restore and a rollback_incomplete) |
 //! | `no_quorum_pauses_and_resume_finishes` | `no_quorum`: the bring-up pauses at once (exit 3, nothing rolled back); cleared, `felhom resume` finishes it |
 
 mod common;
@@ -542,5 +543,158 @@ fn a_job_whose_node_goes_down_pauses_and_resumes_when_it_is_back() {
     assert_eq!(guests_on(&sim).len(), 1, "{:?}", guests_on(&sim));
     let o = apply(&sim, &[&a]);
     assert_eq!(reports(&o)[0].1, "unchanged", "{}", both(&o));
+    assert_clean_invariants(&sim.state());
+}
+
+#[test]
+fn a_vmid_taken_by_the_other_process_after_a_crash_before_the_restore_moves_on() {
+    let sim = Sim::start();
+    let other = second_config(&sim);
+    let a = sim.write_spec("a.toml", &spec("acme", "\"auto\"", ""));
+    let o = sim.felhom_env(
+        &["apply", a.to_str().unwrap()],
+        &[("FELHOM_CRASH_AT", "restore:before")],
+    );
+    assert_ne!(
+        o.status.code(),
+        Some(0),
+        "killed at restore:before: {}",
+        both(&o)
+    );
+    let jobs = json(&sim.felhom(&["--output", "json", "jobs"]));
+    let vmid = jobs["jobs"][0]["vmid"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("the job reserved a VMID: {jobs}"));
+    assert!(guests_on(&sim).is_empty(), "nothing restored yet");
+
+    // The other installation makes its own guest at exactly that VMID.
+    let b = sim.write_spec("b.toml", &spec("beta", &vmid.to_string(), ""));
+    let o = felhom_with(&other, &["--output", "json", "apply", b.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert_eq!(identities(&sim), [("beta/beta-app".to_string(), vmid)]);
+
+    // The first resumes: its restore never reached PVE, the VMID is the other's now, so
+    // its "auto" guest moves on; nothing of the other's is touched.
+    let r = sim.felhom(&["--output", "json", "resume"]);
+    assert_eq!(r.status.code(), Some(0), "{}", both(&r));
+    let rep = reports(&r);
+    assert_eq!(rep[0].1, "succeeded", "{rep:?}");
+    assert_ne!(rep[0].2, Some(vmid), "{rep:?}");
+    let ids = identities(&sim);
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(
+        ids.contains(&("beta/beta-app".to_string(), vmid)),
+        "{ids:?}"
+    );
+    assert_clean_invariants(&sim.state());
+    let o = apply(&sim, &[&a]);
+    assert_eq!(reports(&o)[0].1, "unchanged", "{}", both(&o));
+}
+
+/// A guest of another installation on a node that is down cannot be read, so nobody can
+/// tell whose identity it carries: a second process pauses creating (exit 3, naming the
+/// VMID and the node) instead of making a second guest of that identity; when the node is
+/// back, the marker is read again and the identity is refused as the other's.
+#[test]
+fn a_guest_on_a_down_node_is_not_made_twice_by_another_process() {
+    let sim = Sim::cluster(3, "", 0.02);
+    let other = second_config(&sim);
+    let on3 = sim.write_spec(
+        "twin.toml",
+        &spec("twin", "\"auto\"", "").replacen("node = \"pve\"", "node = \"pve3\"", 1),
+    );
+    let o = apply(&sim, &[&on3]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let (vmid, _) = guests_on(&sim)[0].clone();
+
+    sim.fault_set("node_down:pve3");
+    let placed = sim.write_spec("twin-auto.toml", &auto_spec("twin", ""));
+    let writes = sim.write_count();
+    let o = felhom_with(
+        &other,
+        &["--output", "json", "apply", placed.to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), Some(3), "pauses: {}", both(&o));
+    let r = reports(&o);
+    assert_eq!(r[0].1, "paused", "{r:?}");
+    assert!(
+        stdout(&o).contains(&format!("VMID {vmid} on node pve3")),
+        "names the guest it cannot read: {}",
+        both(&o)
+    );
+    assert_eq!(sim.write_count(), writes, "nothing written");
+    assert_eq!(identities(&sim).len(), 1, "{:?}", identities(&sim));
+
+    sim.fault_clear("node_down:pve3");
+    let o = felhom_with(
+        &other,
+        &["--output", "json", "apply", placed.to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(
+        reports(&o)[0].1,
+        "refused",
+        "the other's guest: {}",
+        both(&o)
+    );
+    assert_eq!(identities(&sim).len(), 1, "{:?}", identities(&sim));
+    // The first installation's own apply is untouched by all this.
+    let o = apply(&sim, &[&on3]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert_eq!(reports(&o)[0].1, "unchanged", "{:?}", reports(&o));
+    assert_clean_invariants(&sim.state());
+}
+
+/// A rollback cut off after its restore undo destroyed the guest (`restore:undone`: before
+/// that was journaled) frees the VMID, and the other installation takes it. The resumed
+/// rollback finds another felhom job's guest there: nothing of its own, so its rollback
+/// completes (rolled back, exit 1) and the other's guest is left as it is — not a
+/// "rollback incomplete" that needs a person, and not a destroy.
+#[test]
+fn a_rollback_resumed_after_its_vmid_was_reused_completes_and_touches_nothing() {
+    let sim = Sim::with("task_fail:start=1.0", 0.02);
+    let other = second_config(&sim);
+    let a = sim.write_spec("a.toml", &spec("acme", "\"auto\"", ""));
+    let o = sim.felhom_env(
+        &["apply", a.to_str().unwrap()],
+        &[("FELHOM_CRASH_AT", "restore:undone")],
+    );
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&o.status),
+        Some(9),
+        "killed at restore:undone: {}",
+        both(&o)
+    );
+    let jobs = json(&sim.felhom(&["--output", "json", "jobs"]));
+    let vmid = jobs["jobs"][0]["vmid"].as_u64().unwrap();
+    assert!(guests_on(&sim).is_empty(), "the undo destroyed the guest");
+
+    // The other installation's bring-up at that VMID, stopped before its start.
+    let b = sim.write_spec("b.toml", &spec("beta", &vmid.to_string(), ""));
+    let o = felhom_with(&other, &["apply", b.to_str().unwrap()])
+        .env("FELHOM_CRASH_AT", "start:before")
+        .output()
+        .unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&o.status),
+        Some(9),
+        "{}",
+        both(&o)
+    );
+    assert_eq!(identities(&sim), [("beta/beta-app".to_string(), vmid)]);
+
+    let r = sim.felhom(&["--output", "json", "resume"]);
+    assert_eq!(r.status.code(), Some(1), "{}", both(&r));
+    assert_eq!(reports(&r)[0].1, "rolled_back", "{}", both(&r));
+    assert_eq!(
+        identities(&sim),
+        [("beta/beta-app".to_string(), vmid)],
+        "the other's guest is untouched"
+    );
     assert_clean_invariants(&sim.state());
 }

@@ -1,5 +1,5 @@
 //! Crash safety: SIGKILL felhom at every crash point the job engine has
-//! (`FELHOM_CRASH_AT=<step>:<before|after|undo>`), then `felhom resume`. The guest must end
+//! (`FELHOM_CRASH_AT=<step>:<before|after|undo|undone>`), then `felhom resume`. The guest must end
 //! correct — no leaked volume, no duplicate MAC, no double grow — and the job's outcome must
 //! be the one the crash interrupted.
 //!
@@ -9,7 +9,7 @@
 //! | group    | steps                              | points          | after resume            |
 //! |----------|------------------------------------|-----------------|-------------------------|
 //! | bring-up | `bringup::STEPS`                   | before, after   | succeeded, guest right  |
-//! | undo     | `bringup::STEPS` with `has_undo()` | undo            | rolled back, nothing left |
+//! | undo     | `bringup::STEPS` with `has_undo()` | undo, undone    | rolled back, nothing left |
 //! | teardown | `teardown::STEPS`                  | before, after   | succeeded, guest gone   |
 //!
 //! The undo group forces a permanent failure with a simulator fault (every start task
@@ -216,7 +216,7 @@ fn crash_during_rollback_then_resume_rolls_back_fully() {
         .filter(|s| s.has_undo())
         .collect();
     assert!(!undoable.is_empty(), "bring-up has no step with an undo");
-    let cases: Vec<(String, u64)> = crash_points(&undoable, &["undo"])
+    let cases: Vec<(String, u64)> = crash_points(&undoable, &["undo", "undone"])
         .into_iter()
         .zip(1190..)
         .collect();

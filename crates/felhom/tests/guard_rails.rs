@@ -38,11 +38,10 @@ fn config_with_token(sim: &Sim, name: &str, acl: &Value) -> std::path::PathBuf {
     p
 }
 
-#[test]
-fn preflight_names_exactly_the_missing_privilege_and_the_role_suffices() {
-    let sim = Sim::start();
-    let spec_path = sim.write_spec("pf.toml", &spec("pf", "1600", MOUNT));
-    let spec = &spec_path;
+/// `felhom role`'s grants for `spec` on `sim`: exactly them make preflight ready with no
+/// excess, and each single privilege removed makes it not ready, naming exactly that
+/// privilege and path. Returns the role's JSON.
+fn role_grants_are_exactly_what_preflight_needs(sim: &Sim, spec: &std::path::Path) -> Value {
     let out = sim.felhom(&["preflight", spec.to_str().unwrap()]);
     assert_eq!(
         out.status.code(),
@@ -60,7 +59,7 @@ fn preflight_names_exactly_the_missing_privilege_and_the_role_suffices() {
         .starts_with("pveum role add FelhomAgent -privs"));
 
     // Exactly the generated grants: ready, and no excess.
-    let exact = config_with_token(&sim, "exact", &acl);
+    let exact = config_with_token(sim, "exact", &acl);
     let out = std::process::Command::new(BIN)
         .arg("--config")
         .arg(&exact)
@@ -84,7 +83,7 @@ fn preflight_names_exactly_the_missing_privilege_and_the_role_suffices() {
         for (j, privilege) in entry["privs"].as_array().unwrap().iter().enumerate() {
             let mut narrowed = acl.clone();
             narrowed[i]["privs"].as_array_mut().unwrap().remove(j);
-            let cfg = config_with_token(&sim, &format!("minus{i}x{j}"), &narrowed);
+            let cfg = config_with_token(sim, &format!("minus{i}x{j}"), &narrowed);
             let out = std::process::Command::new(BIN)
                 .arg("--config")
                 .arg(&cfg)
@@ -128,6 +127,53 @@ fn preflight_names_exactly_the_missing_privilege_and_the_role_suffices() {
         }
     }
     assert!(tried >= 10, "only {tried} privileges tried");
+    role
+}
+
+#[test]
+fn preflight_names_exactly_the_missing_privilege_and_the_role_suffices() {
+    let sim = Sim::start();
+    let spec_path = sim.write_spec("pf.toml", &spec("pf", "1600", MOUNT));
+    let role = role_grants_are_exactly_what_preflight_needs(&sim, &spec_path);
+    // A guest on a fixed node needs no view of the nodes.
+    assert!(
+        role["acl"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["path"] != "/nodes"),
+        "{role}"
+    );
+}
+
+/// A spec placed by felhom (`node = "auto"`) on a cluster: placement reads each node's
+/// memory in `/cluster/resources`, which PVE shows only with `Sys.Audit` on the node, so
+/// the role grants it on `/nodes` (propagating) and preflight names it when it is missing.
+#[test]
+fn placement_needs_sys_audit_on_the_nodes_and_preflight_says_so() {
+    let sim = Sim::cluster(3, "", 0.05);
+    let text =
+        spec("pfauto", "\"auto\"", MOUNT).replacen("node = \"pve\"\n", "node = \"auto\"\n", 1);
+    assert!(text.contains("node = \"auto\""), "{text}");
+    let spec_path = sim.write_spec("pfauto.toml", &text);
+    let role = role_grants_are_exactly_what_preflight_needs(&sim, &spec_path);
+    let nodes: Vec<&Value> = role["acl"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["path"] == "/nodes")
+        .collect();
+    assert_eq!(nodes.len(), 1, "{role}");
+    assert_eq!(nodes[0]["privs"], json!(["Sys.Audit"]), "{role}");
+    assert_eq!(nodes[0]["propagate"], true, "{role}");
+    assert!(
+        role["commands"].as_array().unwrap().iter().any(|c| c
+            .as_str()
+            .unwrap()
+            .starts_with("pveum acl modify /nodes ")
+            && c.as_str().unwrap().ends_with("-propagate 1")),
+        "{role}"
+    );
 }
 
 /// With no SPEC, preflight and role check the work the config names (`felhom.specs`);

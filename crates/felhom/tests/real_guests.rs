@@ -558,6 +558,135 @@ fn the_real_demo_boots_guests_and_shows_their_identity() {
     assert!(stdout.contains("bring-up (wall)"), "{stdout}");
 }
 
+/// Issue 17 with real guests: the lxc runtime serves a cluster (its nodes share one set of
+/// bridges). Two guests placed by felhom land on the two nodes and boot; one, stopped and
+/// migrated offline by someone else (as `pct migrate` would), is followed by `apply` —
+/// started on its new node, not made again — and keeps its identity there: the same MAC,
+/// lease, hostname and SSH host key, proved again by a handshake. Teardown finds both on
+/// whatever node they live on and leaves nothing.
+#[test]
+fn real_guests_on_a_cluster_are_placed_followed_and_keep_their_identity() {
+    require_real_guest_host();
+    let (golden, _) = cached_golden(&BuildOptions::new("unused.tar.zst"), &[]);
+    let sim = Sim::lxc_cluster(&golden, 0.05, 2);
+    let specs: Vec<PathBuf> = ["north", "south"]
+        .iter()
+        .map(|c| {
+            let text = spec(c, "\"auto\"", "").replacen("node = \"pve\"", "node = \"auto\"", 1);
+            assert!(text.contains("node = \"auto\""), "{text}");
+            sim.write_spec(&format!("{c}.toml"), &text)
+        })
+        .collect();
+    let apply = |sim: &Sim| {
+        let mut args = vec!["--output", "json", "apply"];
+        args.extend(specs.iter().map(|p| p.to_str().unwrap()));
+        let out = sim.felhom(&args);
+        assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["jobs"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let jobs = apply(&sim);
+    let node_of = |vmid: u64| -> String {
+        guest(&sim.state(), vmid).unwrap()["node"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let vmids: Vec<u64> = jobs.iter().map(|j| j["vmid"].as_u64().unwrap()).collect();
+    let nodes: BTreeSet<String> = vmids.iter().map(|v| node_of(*v)).collect();
+    assert_eq!(
+        nodes,
+        BTreeSet::from(["pve1".to_string(), "pve2".to_string()]),
+        "placement spreads the two guests"
+    );
+    // Booted for real, each on its node: systemd running, the key felhom proved on its disk.
+    let booted = |vmid: u64| -> (u64, String) {
+        let g = wait_for(
+            &format!("guest {vmid}'s systemd to finish booting"),
+            Duration::from_secs(90),
+            || {
+                let s = sim.state();
+                let g = guest(&s, vmid)?.clone();
+                g["lxc"]["boot"]["systemd_state"].as_str()?;
+                Some(g)
+            },
+        );
+        assert_eq!(g["lxc"]["boot"]["systemd_state"], "running", "guest {vmid}");
+        let rootfs = PathBuf::from(g["lxc"]["rootfs"].as_str().unwrap());
+        let key = fingerprint(
+            &std::fs::read_to_string(rootfs.join("etc/ssh/ssh_host_ed25519_key.pub")).unwrap(),
+        );
+        (g["lxc"]["init_pid"].as_u64().expect("init pid"), key)
+    };
+    for j in &jobs {
+        let (_, key) = booted(j["vmid"].as_u64().unwrap());
+        assert_eq!(j["ssh_fingerprint"], key.as_str(), "{j}");
+    }
+
+    // Someone stops the first guest and migrates it to the other node.
+    let moved = &jobs[0];
+    let vmid = moved["vmid"].as_u64().unwrap();
+    let from = node_of(vmid);
+    let to = if from == "pve1" { "pve2" } else { "pve1" };
+    let client = sim.client();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let v = pve_api::Vmid::try_from(vmid as u32).unwrap();
+        let upid = client.lxc_stop(&from, v).await.unwrap();
+        client
+            .wait_task(&upid, &pve_api::WaitOptions::default())
+            .await
+            .expect("the stop task ends well");
+    });
+    sim.migrate(vmid as u32, to).unwrap();
+    assert_eq!(node_of(vmid), to);
+
+    // apply follows it: started where it now lives, the same guest, the same identity.
+    let again = apply(&sim);
+    let after = again.iter().find(|j| j["vmid"] == vmid).unwrap();
+    assert_eq!(
+        after["outcome"], "succeeded",
+        "the stopped guest is started: {after}"
+    );
+    assert_eq!(again.len(), 2);
+    assert_eq!(
+        sim.state()["guests"].as_array().unwrap().len(),
+        2,
+        "not made again"
+    );
+    assert_eq!(node_of(vmid), to, "not moved back");
+    let (pid, key) = booted(vmid);
+    assert_eq!(after["ssh_fingerprint"], key.as_str(), "{after}");
+    assert_eq!(
+        after["ssh_fingerprint"], moved["ssh_fingerprint"],
+        "the same host key"
+    );
+    assert_eq!(after["mac"], moved["mac"]);
+    assert_eq!(
+        after["ip"], moved["ip"],
+        "the same lease on the shared bridge"
+    );
+    assert_eq!(in_guest(pid, &["uname", "-n"]), format!("{}-app", "north"));
+    let status = sim.felhom(&["--output", "json", "status"]);
+    assert_eq!(status.status.code(), Some(0), "no drift: {}", both(&status));
+    assert_clean_invariants(&sim.state());
+
+    // Teardown finds both wherever they live; nothing is left.
+    let args: Vec<String> = vmids.iter().map(u64::to_string).collect();
+    let mut targs = vec!["--output", "json", "teardown"];
+    targs.extend(args.iter().map(String::as_str));
+    let out = sim.felhom(&targs);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let state = sim.state();
+    assert!(state["guests"].as_array().unwrap().is_empty(), "{state}");
+    assert_clean_invariants(&state);
+}
+
 /// A live process (a zombie, dead but not yet reaped by init, is not).
 fn alive(pid: u64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {

@@ -62,16 +62,20 @@ pub(crate) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
                     )));
                 }
             }
-            // Another felhom process's guest (its marker, or its restore still running) took
-            // the VMID before this job dispatched anything there: an "auto" guest moves on
-            // to the next free VMID. A finished guest without felhom's marker is refused as
-            // before: a person looks at who put it at felhom's VMID.
+            // Another felhom process's guest took the VMID: an "auto" guest moves on to the
+            // next free VMID. A guest with another job's marker is never this job's restore,
+            // even if this job journaled its intent there (PVE makes one config per VMID, and
+            // this job's restore carries this job's marker): it was killed or its POST lost
+            // before PVE acted, and the other took the VMID. A restore still running there
+            // (`create`) is another's only if this job never dispatched to it. A finished
+            // guest without felhom's marker is refused as before: a person looks at who put
+            // it at felhom's VMID.
             (lock, _)
                 if cx.owner_job() == cx.job_id
                     && !owner.is_ours()
-                    && (lock == Some("create") || matches!(owner, Ownership::OtherJob(_)))
-                    && spec(cx)?.vmid == crate::spec::VmidChoice::NextFree
-                    && !dispatched_at(cx, vmid)? =>
+                    && (matches!(owner, Ownership::OtherJob(_))
+                        || (lock == Some("create") && !dispatched_at(cx, vmid)?))
+                    && spec(cx)?.vmid == crate::spec::VmidChoice::NextFree =>
             {
                 super::reserve::move_on(cx, vmid).await?;
                 return Ok(Observed::NotDone);
@@ -343,6 +347,15 @@ pub(crate) async fn undo(cx: &JobCx) -> Result<(), StepError> {
                 stop_if_running(cx, vmid, "restore").await?;
                 let upid = cx.client.lxc_delete(&cx.node, vmid, true, true).await?;
                 cx.wait("restore", &upid).await?;
+            }
+            (_, false) if matches!(owner, Ownership::OtherJob(_)) => {
+                // Another felhom job's guest: nothing of this job is at this VMID (PVE holds
+                // one config per VMID, and this job's restore carries this job's marker from
+                // its first write), so there is nothing to undo here. This job's guest was
+                // destroyed by an undo that was cut off before it was journaled, or never
+                // made; the VMID was free and the other job took it. Left untouched.
+                tracing::info!(%vmid, holder = %owner.describe(), "undo restore: the VMID holds another felhom job's guest; nothing of this job is there");
+                return Ok(());
             }
             (_, false) => {
                 return Err(StepError::Refused(format!(

@@ -47,10 +47,15 @@ pub(super) async fn act(cx: &JobCx) -> Result<(), StepError> {
 
 pub(super) async fn undo(cx: &JobCx) -> Result<(), StepError> {
     let vmid = cx.vmid()?;
-    if guest::config_of(&cx.client, &cx.node, vmid)
-        .await?
-        .is_none()
-    {
+    let Some(cfg) = guest::config_of(&cx.client, &cx.node, vmid).await? else {
+        return Ok(());
+    };
+    // Another felhom job's guest: this job's is not there (see restore's undo), nothing
+    // of it to stop. Only a bring-up rolls back, so the owner is this job.
+    if matches!(
+        guest::Ownership::of(&cfg, &cx.owner_job()),
+        guest::Ownership::OtherJob(_)
+    ) {
         return Ok(());
     }
     owned_config(cx, vmid).await?;

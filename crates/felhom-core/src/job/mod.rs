@@ -535,10 +535,12 @@ impl Outcome {
 /// felhom kill itself.
 pub const CRASH_POINTS: bool = cfg!(feature = "crash-points");
 
-/// The test hook for crash-safety tests: `FELHOM_CRASH_AT=<step>:<before|after|undo>` makes
-/// the process SIGKILL itself at that point, exactly like a power cut would: `before` is after
-/// the intent is durable and before the act, `after` is after the act and before `done` is
-/// journaled (for a step observed already done, both fire before `done` is journaled).
+/// The test hook for crash-safety tests: `FELHOM_CRASH_AT=<step>:<before|after|undo|undone>`
+/// makes the process SIGKILL itself at that point, exactly like a power cut would: `before` is
+/// after the intent is durable and before the act, `after` is after the act and before `done`
+/// is journaled (for a step observed already done, both fire before `done` is journaled);
+/// `undo` is after the undo's intent and before it acts, `undone` after it acted and before
+/// that is journaled.
 /// Live only in builds with [`CRASH_POINTS`].
 fn crash_point(step: &str, phase: &str) {
     if crash_requested(
@@ -930,7 +932,10 @@ async fn roll_back<S: Step>(cx: &JobCx, steps: &[S], error: String) -> Outcome {
             }
             cx.set_dispatch_unsure(matches!(&r, Err(StepError::Api(e)) if e.maybe_performed()));
             match r {
-                Ok(()) => break,
+                Ok(()) => {
+                    crash_point(name, "undone");
+                    break;
+                }
                 Err(e) if e.is_transient() && retries < cx.backoff.max_attempts => {
                     retries += 1;
                     retry_later(

@@ -56,6 +56,7 @@ mod schema;
 
 pub use schema::CURRENT as SCHEMA_VERSION;
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -1007,6 +1008,19 @@ impl Journal {
                 guest_from_row,
             )
             .optional()?)
+    }
+
+    /// The VMIDs this journal's jobs hold that are not final (a bring-up under way, paused
+    /// or interrupted): their guests are this journal's even before a guest record exists.
+    pub fn unfinished_vmids(&self) -> Result<BTreeSet<u32>, JournalError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT vmid FROM jobs WHERE vmid IS NOT NULL AND state NOT IN ('succeeded', 'rolled_back', 'superseded')",
+        )?;
+        let rows = st
+            .query_map([], |r| r.get::<_, u32>(0))?
+            .collect::<Result<BTreeSet<_>, _>>()?;
+        Ok(rows)
     }
 
     /// Every guest felhom recorded that is not torn down.

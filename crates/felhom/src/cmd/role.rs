@@ -39,7 +39,7 @@ pub async fn run(args: RoleArgs, ctx: &Ctx) -> Result<(), CliError> {
             let acl: Vec<_> = privileges::required(&scope)
                 .into_iter()
                 .map(|(path, privs)| {
-                    let propagate = path == "/vms";
+                    let propagate = privileges::propagates(&path);
                     serde_json::json!({ "path": path, "privs": privs.keys().collect::<Vec<_>>(), "propagate": propagate })
                 })
                 .collect();

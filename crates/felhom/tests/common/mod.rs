@@ -86,6 +86,12 @@ impl Sim {
     /// the seed golden, [`GOLDEN`]). Its directory is reachable by the guests' shifted root
     /// (mode 0711), which LXC needs to mount their rootfs.
     pub fn lxc(golden: &Path, time_scale: f64) -> Sim {
+        Sim::lxc_cluster(golden, time_scale, 1)
+    }
+
+    /// [`Sim::lxc`] serving a cluster of `nodes` nodes (`pve1`..`pveN`; 1: the node `pve`),
+    /// whose real guests share one set of bridges.
+    pub fn lxc_cluster(golden: &Path, time_scale: f64, nodes: usize) -> Sim {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::Builder::new()
             .prefix("felhom-it-lxc-")
@@ -93,12 +99,15 @@ impl Sim {
             .expect("tempdir");
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))
             .expect("chmod the test dir");
-        let extra = vec![
+        let mut extra = vec![
             "--guests".into(),
             "lxc".into(),
             "--golden".into(),
             golden.display().to_string(),
         ];
+        if nodes > 1 {
+            extra.extend(["--nodes".into(), nodes.to_string()]);
+        }
         Sim::spawn_in(dir, "", time_scale, extra, true)
     }
 

@@ -37,6 +37,8 @@ use felhom_core::job::Step;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+mod cluster;
+
 use super::sim_child::SimChild;
 use crate::error::{CliError, Exit};
 use crate::output::{self, outln, OutputFormat};
@@ -62,6 +64,37 @@ pub struct ReliabilityArgs {
     /// Simulator time scale.
     #[arg(long, default_value_t = 0.02)]
     pub time_scale: f64,
+    /// The parts to run, comma-separated (default: all of them).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "crash,soak,bad,archives,rerun,node-down,two"
+    )]
+    pub parts: Vec<Part>,
+    /// Nodes of the simulated cluster of the `node-down` and `two` parts (pve1..pveN).
+    #[arg(long, default_value_t = 4)]
+    pub nodes: usize,
+}
+
+/// One part of the bench (`--parts`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Part {
+    /// Every crash point, then `resume`.
+    Crash,
+    /// N guests under transient faults and two simulator restarts.
+    Soak,
+    /// Hostile specs and VMIDs: exit 2, zero writes.
+    Bad,
+    /// Hostile archives through `golden inspect` and the simulator's restore.
+    Archives,
+    /// The same `apply` SIGKILLed at random moments and run again.
+    Rerun,
+    /// A cluster node down during an `apply` of N guests, then back.
+    NodeDown,
+    /// Two felhom processes with their own journals on overlapping specs, SIGKILLed.
+    Two,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -147,32 +180,55 @@ struct BadInputs {
 
 #[derive(Debug, Default, Serialize)]
 struct Report {
-    crash_points: CrashPoints,
-    soak: Soak,
+    parts: Vec<Part>,
+    /// Each part's section is `null` when `--parts` left it out.
+    crash_points: Option<CrashPoints>,
+    soak: Option<Soak>,
     leaks: Leaks,
-    bad_inputs: BadInputs,
-    rerun: Rerun,
-    hostile_archives: Vec<super::archives::ArchiveRow>,
+    bad_inputs: Option<BadInputs>,
+    rerun: Option<Rerun>,
+    hostile_archives: Option<Vec<super::archives::ArchiveRow>>,
+    node_down: Option<cluster::NodeDown>,
+    two_processes: Option<cluster::TwoProcesses>,
+}
+
+impl Leaks {
+    fn total(&self) -> usize {
+        self.leaked_volumes
+            + self.detached_volumes
+            + self.duplicate_macs
+            + self.duplicate_ips
+            + self.duplicate_ssh_keys
+            + self.duplicate_guests
+            + self.double_grows
+    }
 }
 
 impl Report {
     fn all_good(&self) -> bool {
-        let l = &self.leaks;
-        self.crash_points.correct == self.crash_points.tried
-            && self.soak.stuck == 0
-            && self.soak.succeeded + self.soak.rolled_back == self.soak.guests
-            && l.leaked_volumes
-                + l.detached_volumes
-                + l.duplicate_macs
-                + l.duplicate_ips
-                + l.duplicate_ssh_keys
-                + l.duplicate_guests
-                + l.double_grows
-                == 0
-            && self.bad_inputs.refused_exit_2 == self.bad_inputs.tried
-            && self.bad_inputs.writes_caused == 0
-            && self.rerun.good()
-            && super::archives::all_good(&self.hostile_archives)
+        self.leaks.total() == 0
+            && self
+                .crash_points
+                .as_ref()
+                .is_none_or(|c| c.correct == c.tried)
+            && self
+                .soak
+                .as_ref()
+                .is_none_or(|s| s.stuck == 0 && s.succeeded + s.rolled_back == s.guests)
+            && self
+                .bad_inputs
+                .as_ref()
+                .is_none_or(|b| b.refused_exit_2 == b.tried && b.writes_caused == 0)
+            && self.rerun.as_ref().is_none_or(Rerun::good)
+            && self
+                .hostile_archives
+                .as_ref()
+                .is_none_or(|a| super::archives::all_good(a))
+            && self.node_down.as_ref().is_none_or(cluster::NodeDown::good)
+            && self
+                .two_processes
+                .as_ref()
+                .is_none_or(cluster::TwoProcesses::good)
     }
 }
 
@@ -566,24 +622,51 @@ pub async fn run(args: ReliabilityArgs, format: OutputFormat) -> Result<(), CliE
     args.faults
         .parse::<pve_sim::FaultSpec>()
         .map_err(|e| CliError::bad_input(format!("--faults: {e}")))?;
+    if args.parts.is_empty() {
+        return Err(CliError::bad_input("--parts must name at least one part"));
+    }
+    if !(2..=16).contains(&args.nodes) {
+        return Err(CliError::bad_input(format!(
+            "--nodes must be 2–16 (a node goes down while the others carry on), got {}",
+            args.nodes
+        )));
+    }
     if !felhom_core::job::CRASH_POINTS {
         return Err(CliError::bad_input(
             "bench reliability kills felhom at its crash points, and this build has no crash-point hook: build it with `cargo build --release -p felhom --features crash-points` (a build for benches, never for hosts)",
         ));
     }
-    let mut report = Report::default();
-    {
+    let mut report = Report {
+        parts: args.parts.clone(),
+        ..Report::default()
+    };
+    let runs = |p: Part| args.parts.contains(&p);
+    if runs(Part::Bad) || runs(Part::Crash) {
         let sim = SimChild::start(args.time_scale, "")?;
-        report.bad_inputs = bad_inputs(&sim).await?;
-        report.crash_points = crash_points(&sim, &mut report.leaks).await?;
+        if runs(Part::Bad) {
+            report.bad_inputs = Some(bad_inputs(&sim).await?);
+        }
+        if runs(Part::Crash) {
+            report.crash_points = Some(crash_points(&sim, &mut report.leaks).await?);
+        }
     }
-    report.hostile_archives =
-        super::archives::hostile_archive_rows(&SimChild::start(args.time_scale, "")?).await?;
-    report.soak = soak(&args, &mut report.leaks).await?;
-    report.rerun = rerun(&args, &mut report.leaks).await?;
-    // Hostile archives (header bombs, truncated zstd, tar path traversal) through `golden
-    // inspect` and restore: the h-archives part goes here, one call that fills its own
-    // report section, adds its rows to the table and its loss counters to `all_good`.
+    if runs(Part::Archives) {
+        report.hostile_archives = Some(
+            super::archives::hostile_archive_rows(&SimChild::start(args.time_scale, "")?).await?,
+        );
+    }
+    if runs(Part::Soak) {
+        report.soak = Some(soak(&args, &mut report.leaks).await?);
+    }
+    if runs(Part::Rerun) {
+        report.rerun = Some(rerun(&args, &mut report.leaks).await?);
+    }
+    if runs(Part::NodeDown) {
+        report.node_down = Some(cluster::node_down(&args, &mut report.leaks).await?);
+    }
+    if runs(Part::Two) {
+        report.two_processes = Some(cluster::two_processes(&args, &mut report.leaks).await?);
+    }
     let good = report.all_good();
     match format {
         OutputFormat::Json => output::json(&json!({ "reliability": report, "all_good": good })),
@@ -593,11 +676,7 @@ pub async fn run(args: ReliabilityArgs, format: OutputFormat) -> Result<(), CliE
 }
 
 fn print_table(r: &Report, good: bool) {
-    let c = &r.crash_points;
-    let s = &r.soak;
     let l = &r.leaks;
-    let b = &r.bad_inputs;
-    let rr = &r.rerun;
     outln!("felhom bench reliability");
     let mut t = output::table(["what", "count"]);
     if let Some(col) = t.column_mut(1) {
@@ -606,68 +685,75 @@ fn print_table(r: &Report, good: bool) {
     let mut row = |k: &str, v: String| {
         t.add_row([k.to_string(), v]);
     };
-    row(
-        &format!("crash points tried ({} steps x before/after)", STEPS.len()),
-        c.tried.to_string(),
-    );
-    row("crash points ended correct", c.correct.to_string());
-    row("soak guests", s.guests.to_string());
-    row("soak simulator restarts", s.simulator_restarts.to_string());
-    row(
-        "soak faults injected",
-        s.transient_faults_injected.to_string(),
-    );
-    row(
-        "soak answers lost (595 after the work)",
-        s.answers_lost.to_string(),
-    );
-    row("soak succeeded", s.succeeded.to_string());
-    row("soak rolled back", s.rolled_back.to_string());
-    row("soak stuck", s.stuck.to_string());
-    row(
-        "soak needed a resume",
-        if s.resumed { "yes" } else { "no" }.into(),
-    );
-    row("soak wall s (incl. resume)", format!("{:.1}", s.wall_s));
-    row("re-run guests", rr.guests.to_string());
-    row("re-run felhom killed", rr.felhom_killed.to_string());
-    row("re-run faults injected", rr.faults_injected.to_string());
-    row(
-        "re-run answers lost (595 after the work)",
-        rr.answers_lost.to_string(),
-    );
-    row(
-        "re-run simulator restarts",
-        rr.simulator_restarts.to_string(),
-    );
-    row(
-        "re-run final apply exit",
-        rr.final_exit
-            .map(|c| c.to_string())
-            .unwrap_or_else(|| "signal".into()),
-    );
-    row(
-        "re-run identities with exactly 1 guest",
-        rr.identities_exactly_one.to_string(),
-    );
-    row(
-        "re-run identities missing",
-        rr.identities_missing.to_string(),
-    );
-    row(
-        "re-run identities duplicated",
-        rr.identities_duplicated.to_string(),
-    );
-    row("re-run jobs left open", rr.jobs_open.to_string());
-    row(
-        "re-run unchanged on the last run",
-        rr.unchanged_on_last_run.to_string(),
-    );
-    row(
-        "re-run writes on the last run",
-        rr.writes_on_last_run.to_string(),
-    );
-    row("re-run wall s", format!("{:.1}", rr.wall_s));
+    if let Some(c) = &r.crash_points {
+        row(
+            &format!("crash points tried ({} steps x before/after)", STEPS.len()),
+            c.tried.to_string(),
+        );
+        row("crash points ended correct", c.correct.to_string());
+    }
+    if let Some(s) = &r.soak {
+        row("soak guests", s.guests.to_string());
+        row("soak simulator restarts", s.simulator_restarts.to_string());
+        row(
+            "soak faults injected",
+            s.transient_faults_injected.to_string(),
+        );
+        row(
+            "soak answers lost (595 after the work)",
+            s.answers_lost.to_string(),
+        );
+        row("soak succeeded", s.succeeded.to_string());
+        row("soak rolled back", s.rolled_back.to_string());
+        row("soak stuck", s.stuck.to_string());
+        row(
+            "soak needed a resume",
+            if s.resumed { "yes" } else { "no" }.into(),
+        );
+        row("soak wall s (incl. resume)", format!("{:.1}", s.wall_s));
+    }
+    if let Some(rr) = &r.rerun {
+        row("re-run guests", rr.guests.to_string());
+        row("re-run felhom killed", rr.felhom_killed.to_string());
+        row("re-run faults injected", rr.faults_injected.to_string());
+        row(
+            "re-run answers lost (595 after the work)",
+            rr.answers_lost.to_string(),
+        );
+        row(
+            "re-run simulator restarts",
+            rr.simulator_restarts.to_string(),
+        );
+        row("re-run final apply exit", exit_text(rr.final_exit));
+        row(
+            "re-run identities with exactly 1 guest",
+            rr.identities_exactly_one.to_string(),
+        );
+        row(
+            "re-run identities missing",
+            rr.identities_missing.to_string(),
+        );
+        row(
+            "re-run identities duplicated",
+            rr.identities_duplicated.to_string(),
+        );
+        row("re-run jobs left open", rr.jobs_open.to_string());
+        row(
+            "re-run unchanged on the last run",
+            rr.unchanged_on_last_run.to_string(),
+        );
+        row(
+            "re-run writes on the last run",
+            rr.writes_on_last_run.to_string(),
+        );
+        row("re-run wall s", format!("{:.1}", rr.wall_s));
+    }
+    if let Some(n) = &r.node_down {
+        n.rows(&mut row);
+    }
+    if let Some(t2) = &r.two_processes {
+        t2.rows(&mut row);
+    }
     row("leaked volumes", l.leaked_volumes.to_string());
     row("detached volumes", l.detached_volumes.to_string());
     row("duplicate MACs", l.duplicate_macs.to_string());
@@ -678,23 +764,41 @@ fn print_table(r: &Report, good: bool) {
         l.duplicate_guests.to_string(),
     );
     row("double grows", l.double_grows.to_string());
-    row("bad inputs tried", b.tried.to_string());
-    row("bad inputs refused (exit 2)", b.refused_exit_2.to_string());
-    row("writes caused by bad inputs", b.writes_caused.to_string());
+    if let Some(b) = &r.bad_inputs {
+        row("bad inputs tried", b.tried.to_string());
+        row("bad inputs refused (exit 2)", b.refused_exit_2.to_string());
+        row("writes caused by bad inputs", b.writes_caused.to_string());
+    }
     output::print_table(&t);
-    super::archives::print_rows(&r.hostile_archives);
-    outln!("soak faults: {}", s.faults);
-    for (point, why) in &c.wrong {
+    if let Some(a) = &r.hostile_archives {
+        super::archives::print_rows(a);
+    }
+    if let Some(s) = &r.soak {
+        outln!("soak faults: {}", s.faults);
+    }
+    for (point, why) in r.crash_points.iter().flat_map(|c| &c.wrong) {
         outln!("crash point {point}: {why}");
     }
     for d in &l.details {
         outln!("leak: {d}");
     }
-    for a in &b.accepted {
+    for a in r.bad_inputs.iter().flat_map(|b| &b.accepted) {
         outln!("bad input not refused: {a}");
     }
-    for d in &rr.details {
+    for d in r.rerun.iter().flat_map(|rr| &rr.details) {
         outln!("re-run: {d}");
     }
+    for d in r.node_down.iter().flat_map(|n| &n.details) {
+        outln!("node down: {d}");
+    }
+    for d in r.two_processes.iter().flat_map(|t| &t.details) {
+        outln!("two processes: {d}");
+    }
     outln!("{}", if good { "all good" } else { "NOT ALL GOOD" });
+}
+
+/// An exit code for the table (`signal` when a signal ended the process).
+fn exit_text(code: Option<i32>) -> String {
+    code.map(|c| c.to_string())
+        .unwrap_or_else(|| "signal".into())
 }

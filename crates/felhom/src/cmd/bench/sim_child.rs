@@ -136,6 +136,15 @@ impl SimChild {
             .side_channel_get::<Value>(&format!("/felhom-sim/{what}"), &self.side_secret()?)
             .await?)
     }
+
+    /// `POST /felhom-sim/<what>` with a JSON body (e.g. `faults`, `{"set": "node_down:pve2"}`),
+    /// like [`SimChild::get`].
+    pub async fn post(&self, what: &str, body: &Value) -> anyhow::Result<Value> {
+        let client = self.client.as_ref().context("simulator not running")?;
+        Ok(client
+            .side_channel_post::<Value>(&format!("/felhom-sim/{what}"), body, &self.side_secret()?)
+            .await?)
+    }
 }
 
 impl Drop for SimChild {
