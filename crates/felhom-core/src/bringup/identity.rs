@@ -7,7 +7,7 @@
 //! Act: one `PUT config` of net0 (every key felhom does not manage kept) and hostname, with
 //! the digest of the config it was decided on.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use pve_api::{ApiError, MacAddr, NetConfig, Vmid};
 use serde_json::{json, Value};
@@ -16,7 +16,6 @@ use super::{net0_of, owned_config, spec, Drift, GuestView, PlanCx};
 use crate::guest;
 use crate::identity::{HostnameAction, IdentityPolicy, MacAction};
 use crate::job::{Facts, JobCx, Observed, StepError};
-use crate::journal::GuestRecord;
 use crate::spec::{GuestSpec, Ipv4Setting, Ipv6Setting};
 
 /// PVE's default MAC prefix (Proxmox OUI, `datacenter.cfg mac_prefix`, reference §3.3).
@@ -191,12 +190,7 @@ pub(super) async fn scan_cluster(
     if let (true, Some(g)) = (fresh, cx.facts().golden_mac) {
         taken.insert(g.to_ascii_uppercase());
     }
-    let recorded: HashMap<u32, GuestRecord> = cx
-        .journal
-        .live_guests()?
-        .into_iter()
-        .map(|g| (g.vmid, g))
-        .collect();
+    let recorded = cx.journal.live_guest_macs()?;
     // Every node's guests (one cluster read): a MAC is unique across the cluster.
     let cluster = crate::cluster::ClusterView::read_shared(
         &cx.client,
@@ -212,7 +206,7 @@ pub(super) async fn scan_cluster(
         if !cluster.node_online(&at.node) && cluster.node_names().next().is_some() {
             continue;
         }
-        if let Some(mac) = recorded.get(&vmid).and_then(|r| r.mac.clone()) {
+        if let Some(mac) = recorded.get(&vmid).cloned().flatten() {
             taken.insert(mac.to_ascii_uppercase());
             continue;
         }

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::{other_live_guests, owned_config, poll_until, BringupStep, Drift, GuestView, PlanCx};
+use super::{
+    other_live_guest_sharing, owned_config, poll_until, BringupStep, Drift, GuestView, PlanCx,
+};
 use crate::guest;
 use crate::job::{JobCx, Observed, StepError};
 use crate::spec::Ipv4Setting;
@@ -68,13 +70,10 @@ pub(super) async fn look(cx: &JobCx) -> Result<Observed, StepError> {
             return Ok(Observed::NotDone);
         }
     }
-    if let Some(other) = other_live_guests(cx, vmid)?
-        .into_iter()
-        .find(|g| g.ip.as_deref() == Some(ip.as_str()))
+    if let Some(other) = other_live_guest_sharing(cx, vmid, crate::journal::SharedColumn::Ip, &ip)?
     {
         return Err(StepError::Refused(format!(
-            "guest {vmid} got IP {ip}, which guest {} already has: DHCP identity is shared (DUID or client-id from the golden?)",
-            other.vmid
+            "guest {vmid} got IP {ip}, which guest {other} already has: DHCP identity is shared (DUID or client-id from the golden?)"
         )));
     }
     cx.update_facts(|f| f.ip = Some(ip.clone()));

@@ -314,13 +314,14 @@ fn net0_of(cfg: &LxcConfig) -> Result<Option<pve_api::NetConfig>, StepError> {
     guest::net0_of(cfg).map_err(StepError::Refused)
 }
 
-fn other_live_guests(cx: &JobCx, vmid: Vmid) -> Result<Vec<GuestRecord>, StepError> {
-    Ok(cx
-        .journal
-        .live_guests()?
-        .into_iter()
-        .filter(|g| g.vmid != vmid.get())
-        .collect())
+/// Another live guest recorded with the same IP or SSH host key as `vmid` now has.
+fn other_live_guest_sharing(
+    cx: &JobCx,
+    vmid: Vmid,
+    column: crate::journal::SharedColumn,
+    value: &str,
+) -> Result<Option<u32>, StepError> {
+    Ok(cx.journal.live_guest_sharing(column, value, vmid.get())?)
 }
 
 /// The journal's record of this guest, in `state` (`provisioning` until finish).

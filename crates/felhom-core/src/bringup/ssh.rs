@@ -7,8 +7,8 @@ use pve_api::Vmid;
 use serde_json::json;
 
 use super::{
-    other_live_guests, owned_config, poll_until, record_guest, spec, BringupStep, Drift, GuestView,
-    PlanCx,
+    other_live_guest_sharing, owned_config, poll_until, record_guest, spec, BringupStep, Drift,
+    GuestView, PlanCx,
 };
 use crate::guest::{self, EndpointError};
 use crate::identity::{IdentityPolicy, KeyAction};
@@ -52,13 +52,11 @@ pub(super) async fn look(cx: &JobCx) -> Result<Observed, StepError> {
             }
         }
     }
-    if let Some(other) = other_live_guests(cx, vmid)?
-        .into_iter()
-        .find(|g| g.ssh_fingerprint.as_deref() == Some(fp.as_str()))
+    if let Some(other) =
+        other_live_guest_sharing(cx, vmid, crate::journal::SharedColumn::SshFingerprint, &fp)?
     {
         return Err(StepError::Refused(format!(
-            "guest {vmid} presents SSH host key {fp}, the same as guest {}: the golden carries baked host keys (seed F3); rebuild it with `felhom golden recipe` and check it with `felhom golden inspect`",
-            other.vmid
+            "guest {vmid} presents SSH host key {fp}, the same as guest {other}: the golden carries baked host keys (seed F3); rebuild it with `felhom golden recipe` and check it with `felhom golden inspect`"
         )));
     }
     cx.update_facts(|f| f.ssh_fingerprint = Some(fp.clone()));
