@@ -129,8 +129,8 @@ pub struct PveSection {
     /// the request fails naming the endpoint (a hostile or broken server cannot fill memory).
     #[serde(default = "default_max_response_mib")]
     pub max_response_mib: u64,
-    /// At most this many API requests a second to any one node (a token bucket, burst of
-    /// one second's worth); unset: no budget beyond what felhom's own pacing gives.
+    /// At most this many API requests to any one node in any one second (a sliding window
+    /// over the send times); unset: no budget beyond what felhom's own pacing gives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_requests_per_second: Option<f64>,
 }

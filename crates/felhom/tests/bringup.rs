@@ -445,3 +445,62 @@ fn a_cold_bring_up_polls_its_tasks_from_near_their_typical_end() {
         "{task_polls} task polls for one cold bring-up"
     );
 }
+
+/// `pve.max_requests_per_second` is a ceiling on any one second: a batch's start, when
+/// every guest does its first reads at once, sends at most that many requests to the node
+/// in any one-second window (a token bucket with a burst let twice as many through there).
+/// Counted at the simulator, by arrival, for the node's own paths (the budget's unit; the
+/// cluster-wide reads spend from the entry host's window), over windows of 900 ms: 100 ms
+/// of slack for the jitter between a send and its arrival on a loaded machine.
+#[test]
+fn the_request_budget_holds_in_any_second() {
+    let sim = Sim::start();
+    let mut t: toml::Table = std::fs::read_to_string(&sim.config)
+        .unwrap()
+        .parse()
+        .unwrap();
+    t["pve"]
+        .as_table_mut()
+        .unwrap()
+        .insert("max_requests_per_second".into(), toml::Value::Integer(5));
+    std::fs::write(&sim.config, toml::to_string(&t).unwrap()).unwrap();
+    let specs: Vec<_> = (0..4)
+        .map(|i| {
+            sim.write_spec(
+                &format!("b{i}.toml"),
+                &spec(&format!("budget{i}"), &(1470 + i).to_string(), ""),
+            )
+        })
+        .collect();
+    let mut args = vec!["apply"];
+    args.extend(specs.iter().map(|p| p.to_str().unwrap()));
+    let out = sim.felhom(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let mut at: Vec<u64> = sim
+        .get("requests")
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["path"]
+                .as_str()
+                .is_some_and(|p| p.contains("/nodes/pve/"))
+        })
+        .filter_map(|r| r["at_ms"].as_u64())
+        .collect();
+    at.sort_unstable();
+    assert!(at.len() >= 20, "{} node requests", at.len());
+    let peak = (0..at.len())
+        .map(|i| at[i..].iter().take_while(|t| **t - at[i] < 900).count())
+        .max()
+        .unwrap();
+    let span_s = (at[at.len() - 1] - at[0]) as f64 / 1000.0;
+    eprintln!(
+        "{} node requests over {span_s:.1} s, at most {peak} in any 900 ms",
+        at.len()
+    );
+    assert!(
+        peak <= 5,
+        "{peak} requests to the node within 900 ms (budget 5 a second)"
+    );
+}

@@ -257,8 +257,8 @@ impl PveClient {
 
     /// Tell `observer` of every request and learned task duration from now on, for this
     /// client and all its clones (replacing any observer set before).
-    /// At most `per_second` API requests a second to any one node (a token bucket with a
-    /// burst of one second's worth, [`crate::budget`]); `None` (the default) sends at once.
+    /// At most `per_second` API requests to any one node in any one second (a sliding
+    /// window, [`crate::budget`]); `None` (the default) sends at once.
     /// Shared by this client's clones. A value that is not a positive number is ignored.
     pub fn set_request_budget(&self, per_second: Option<f64>) {
         let budget = per_second
