@@ -1,25 +1,24 @@
 //! `felhom bench perf --nodes 3` end to end at a small N (the real binary, a simulated cluster
 //! over loopback HTTPS): felhom places every guest, and the report's per-node rows add up.
 
+mod common;
+use common::*;
 use serde_json::Value;
 
 #[test]
 fn perf_bench_on_a_cluster_reports_each_node() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_felhom"))
-        .args([
-            "--output", "json", "bench", "perf", "--nodes", "3", "--guests", "6",
-        ])
-        .args(["--modes", "restore", "--no-naive", "--concurrency", "2"])
-        .output()
-        .expect("run felhom bench perf");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_str(&text).expect("JSON report");
+    let v = bench_report(&[
+        "perf",
+        "--nodes",
+        "3",
+        "--guests",
+        "6",
+        "--modes",
+        "restore",
+        "--no-naive",
+        "--concurrency",
+        "2",
+    ]);
     let rows = v["perf"].as_array().expect("perf rows");
     assert_eq!(rows.len(), 1, "{v}");
     let r = &rows[0];

@@ -6,31 +6,18 @@
 //! two felhom processes with their own journals on overlapping specs, SIGKILLed at random
 //! (one guest per identity, each owned by one journal, nothing torn down).
 
-use serde_json::Value;
+mod common;
+use common::*;
 
 #[test]
 fn reliability_bench_reports_every_part_and_all_good() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_felhom"))
-        .args([
-            "--output",
-            "json",
-            "bench",
-            "reliability",
-            "--guests",
-            "4",
-            "--parts",
-            "crash,soak,bad,archives,rerun",
-        ])
-        .output()
-        .expect("run felhom bench reliability");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_str(&text).expect("JSON report");
+    let v = bench_report(&[
+        "reliability",
+        "--guests",
+        "4",
+        "--parts",
+        "crash,soak,bad,archives,rerun",
+    ]);
     let r = &v["reliability"];
     assert_eq!(v["all_good"], true, "{v}");
     // A crash before and after every bring-up step.
@@ -95,29 +82,15 @@ fn reliability_bench_reports_every_part_and_all_good() {
 
 #[test]
 fn reliability_bench_cluster_parts_end_with_one_guest_per_identity_and_nothing_lost() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_felhom"))
-        .args([
-            "--output",
-            "json",
-            "bench",
-            "reliability",
-            "--parts",
-            "node-down,two",
-            "--guests",
-            "10",
-            "--nodes",
-            "3",
-        ])
-        .output()
-        .expect("run felhom bench reliability");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_str(&text).expect("JSON report");
+    let v = bench_report(&[
+        "reliability",
+        "--parts",
+        "node-down,two",
+        "--guests",
+        "10",
+        "--nodes",
+        "3",
+    ]);
     assert_eq!(v["all_good"], true, "{v}");
     let r = &v["reliability"];
     assert_eq!(r["parts"], serde_json::json!(["node-down", "two"]), "{r}");

@@ -449,6 +449,18 @@ pub fn cached_golden(opts: &BuildOptions, cli: &[&str]) -> (PathBuf, serde_json:
     (archive, r)
 }
 
+/// `felhom --output json bench ARGS…` through the real binary: its JSON report, after
+/// asserting exit 0 (both streams shown otherwise).
+pub fn bench_report(args: &[&str]) -> Value {
+    let out = Command::new(BIN)
+        .args(["--output", "json", "bench"])
+        .args(args)
+        .output()
+        .expect("run felhom bench");
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    json(&out)
+}
+
 pub fn json(o: &Output) -> Value {
     serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", both(o)))
