@@ -29,7 +29,23 @@ impl SimChild {
 
     /// A simulated cluster of `nodes` nodes (`pve1`..`pveN`; one node is `pve`).
     pub fn start_cluster(time_scale: f64, faults: &str, nodes: usize) -> anyhow::Result<SimChild> {
-        let dir = tempfile::Builder::new().prefix("felhom-bench-").tempdir()?;
+        SimChild::start_in(None, time_scale, faults, nodes)
+    }
+
+    /// [`SimChild::start_cluster`] with its directory (the simulator's state, the config it
+    /// writes, the journal the config names) under `base`, else the system's temp dir.
+    pub fn start_in(
+        base: Option<&Path>,
+        time_scale: f64,
+        faults: &str,
+        nodes: usize,
+    ) -> anyhow::Result<SimChild> {
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("felhom-bench-");
+        let dir = match base {
+            Some(b) => builder.tempdir_in(b)?,
+            None => builder.tempdir()?,
+        };
         let mut sim = SimChild {
             child: None,
             dir,
