@@ -546,8 +546,10 @@ impl Sim {
                 upid,
                 "Creating SSH host key 'ssh_host_ed25519_key' - this may take some time ...".into(),
             );
-            if let Some(t) = st.tasks.iter_mut().find(|t| t.upid == upid) {
-                t.plan = Some(TaskPlan::Restore {
+            set_plan(
+                st,
+                upid,
+                TaskPlan::Restore {
                     vmid,
                     archive: Some(template.clone()),
                     config,
@@ -556,8 +558,8 @@ impl Sim {
                     pool,
                     start,
                     warnings,
-                });
-            }
+                },
+            );
             Ok(())
         })
     }
@@ -681,8 +683,10 @@ impl Sim {
                             );
                             self.take_new_volumes(st, upid, vmid, &volumes);
                             self.log(st, upid, format!("restoring '{volid}' now.."));
-                            if let Some(t) = st.tasks.iter_mut().find(|t| t.upid == upid) {
-                                t.plan = Some(TaskPlan::Restore {
+                            set_plan(
+                                st,
+                                upid,
+                                TaskPlan::Restore {
                                     vmid,
                                     archive: Some(archive.clone()),
                                     config,
@@ -691,8 +695,8 @@ impl Sim {
                                     pool,
                                     start,
                                     warnings,
-                                });
-                            }
+                                },
+                            );
                             // tar stops at the first member that does not fit; the worker
                             // removes the volumes and the placeholder (`fail`).
                             if let Some(member) = &over {
@@ -765,30 +769,28 @@ impl Sim {
                     digest.as_deref(),
                 )
                 .map_err(|e| e.message)?;
-                if let Some(t) = st.tasks.iter_mut().find(|t| t.upid == upid) {
-                    t.plan = Some(TaskPlan::Resize {
+                set_plan(
+                    st,
+                    upid,
+                    TaskPlan::Resize {
                         vmid,
                         disk,
                         bytes: target,
                         relative: false,
                         digest: None,
-                    });
-                }
+                    },
+                );
                 Ok(())
             }),
             TaskPlan::Clone { .. } => self.mutate(|st| {
                 let plan =
                     crate::clone::begin_clone(st, &plan).map_err(|e| texts::clone_failed(&e))?;
-                if let Some(t) = st.tasks.iter_mut().find(|t| t.upid == upid) {
-                    t.plan = Some(plan);
-                }
+                set_plan(st, upid, plan);
                 Ok(())
             }),
             TaskPlan::Template { vmid, .. } => self.mutate(|st| {
                 let plan = crate::clone::begin_template(st, vmid)?;
-                if let Some(t) = st.tasks.iter_mut().find(|t| t.upid == upid) {
-                    t.plan = Some(plan);
-                }
+                set_plan(st, upid, plan);
                 Ok(())
             }),
             _ => Ok(()),
@@ -899,6 +901,13 @@ impl Sim {
             }
         });
         follow_up
+    }
+}
+
+/// What a running task will apply at its end (its plan, as its worker made it ready).
+fn set_plan(st: &mut State, upid: &str, plan: TaskPlan) {
+    if let Some(t) = st.tasks.iter_mut().find(|t| t.upid == upid) {
+        t.plan = Some(plan);
     }
 }
 
