@@ -46,22 +46,27 @@ fn rand_byte() -> u8 {
     (x >> 24) as u8
 }
 
-#[tokio::test]
-async fn lxc_runtime_sizes_restores_templates_and_clones_on_disk() {
+/// A simulator with the lxc runtime serving `nodes` (none: the one node `pve`), its `local`
+/// storage holding `archives` (name, bytes of incompressible content), and the felhom
+/// token's client. Fails on a host without the runtime's tools.
+async fn lxc_sim(
+    nodes: Vec<String>,
+    archives: &[(&str, usize)],
+) -> (tempfile::TempDir, pve_sim::SimHandle, pve_api::PveClient) {
     if let Err(e) = pve_sim::runtime::lxc::preflight() {
         panic!("this test needs the lxc runtime's host: {e}");
     }
     let dir = tempfile::tempdir().unwrap();
     let dump = pve_sim::dump_dir(dir.path(), "local");
     std::fs::create_dir_all(&dump).unwrap();
-    archive(&dump.join(GOLDEN), 0);
-    let big = "vzdump-lxc-9101-2026_06_09-20_41_10.tar.zst";
-    archive(&dump.join(big), 3 << 20);
+    for (name, big) in archives {
+        archive(&dump.join(name), *big);
+    }
     let sim = pve_sim::start(SimConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         state_dir: dir.path().to_path_buf(),
         node: "pve".into(),
-        nodes: Vec::new(),
+        nodes,
         faults: Default::default(),
         time_scale: 0.02,
         guests: RuntimeKind::Lxc,
@@ -69,7 +74,14 @@ async fn lxc_runtime_sizes_restores_templates_and_clones_on_disk() {
     .await
     .unwrap();
     let secret = std::fs::read_to_string(dir.path().join("felhom-agent.token")).unwrap();
-    let felhom = client_for(&sim, "felhom@pve!agent", secret.trim());
+    let client = client_for(&sim, "felhom@pve!agent", secret.trim());
+    (dir, sim, client)
+}
+
+#[tokio::test]
+async fn lxc_runtime_sizes_restores_templates_and_clones_on_disk() {
+    let big = "vzdump-lxc-9101-2026_06_09-20_41_10.tar.zst";
+    let (dir, sim, felhom) = lxc_sim(Vec::new(), &[(GOLDEN, 0), (big, 3 << 20)]).await;
     let reply: Value = felhom
         .side_channel_post(
             "/felhom-sim/tokens",
@@ -189,26 +201,7 @@ async fn lxc_runtime_sizes_restores_templates_and_clones_on_disk() {
 /// the rootfs where the runtime finds it, and a destroy on `pve1` removes it.
 #[tokio::test]
 async fn lxc_runtime_serves_two_nodes() {
-    if let Err(e) = pve_sim::runtime::lxc::preflight() {
-        panic!("this test needs the lxc runtime's host: {e}");
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let dump = pve_sim::dump_dir(dir.path(), "local");
-    std::fs::create_dir_all(&dump).unwrap();
-    archive(&dump.join(GOLDEN), 0);
-    let sim = pve_sim::start(SimConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        state_dir: dir.path().to_path_buf(),
-        node: "pve".into(),
-        nodes: vec!["pve1".into(), "pve2".into()],
-        faults: Default::default(),
-        time_scale: 0.02,
-        guests: RuntimeKind::Lxc,
-    })
-    .await
-    .unwrap();
-    let secret = std::fs::read_to_string(dir.path().join("felhom-agent.token")).unwrap();
-    let c = client_for(&sim, "felhom@pve!agent", secret.trim());
+    let (dir, sim, c) = lxc_sim(vec!["pve1".into(), "pve2".into()], &[(GOLDEN, 0)]).await;
     let w = WaitOptions::default();
     let vols = std::fs::canonicalize(dir.path())
         .unwrap()

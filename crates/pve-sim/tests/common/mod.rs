@@ -222,15 +222,7 @@ impl Env {
         vmid: u32,
         extra: &[(&str, &str)],
     ) -> Result<pve_api::TaskOutcome, pve_api::ApiError> {
-        let mut params: Vec<(String, String)> = vec![
-            ("vmid".into(), vmid.to_string()),
-            ("ostemplate".into(), GOLDEN_VOLID.into()),
-            ("restore".into(), "1".into()),
-            ("storage".into(), "local-lvm".into()),
-        ];
-        params.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let upid = self.client.lxc_create("pve", &params).await?;
-        self.client.wait_task(&upid, &WaitOptions::default()).await
+        self.restore_on("pve", vmid, extra).await
     }
 }
 
