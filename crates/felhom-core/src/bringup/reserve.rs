@@ -74,7 +74,11 @@ pub(crate) async fn act(cx: &JobCx) -> Result<(), StepError> {
                 "VMID {vmid} is outside felhom's range {range}"
             )));
         }
-        match cx.journal.acquire_lease(vmid, &cx.job_id) {
+        let leased = match s.vmid {
+            VmidChoice::Fixed(_) => cx.journal.acquire_lease(vmid, &cx.job_id),
+            VmidChoice::NextFree => cx.journal.acquire_free_lease(vmid, &cx.job_id),
+        };
+        match leased {
             Ok(()) => {}
             Err(e @ JournalError::Held { .. }) => {
                 if matches!(s.vmid, VmidChoice::Fixed(_)) {

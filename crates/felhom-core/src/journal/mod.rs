@@ -806,6 +806,19 @@ impl Journal {
     /// Take the lease on `vmid` for `job`, or say who holds it. A lease held by this same
     /// job (resume) or by a process that is gone is taken over.
     pub fn acquire_lease(&self, vmid: Vmid, job: &str) -> Result<(), JournalError> {
+        self.take_lease(vmid, job, true)
+    }
+
+    /// [`Journal::acquire_lease`] for a VMID chosen among free ones: a lease another job
+    /// holds is never taken over, even when its process is gone. That job crashed after
+    /// its reserve and will resume on this VMID; a job that may pick any free VMID takes
+    /// the next one instead (the race: it listed this VMID as free just before the other
+    /// leased it and died).
+    pub fn acquire_free_lease(&self, vmid: Vmid, job: &str) -> Result<(), JournalError> {
+        self.take_lease(vmid, job, false)
+    }
+
+    fn take_lease(&self, vmid: Vmid, job: &str, take_stale: bool) -> Result<(), JournalError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let held: Option<(String, u32, i64)> = tx
@@ -817,7 +830,7 @@ impl Journal {
             .optional()?;
         if let Some((holder, pid, start)) = held {
             let mine = holder == job;
-            if !mine && process_alive(pid, start as u64) {
+            if !mine && (!take_stale || process_alive(pid, start as u64)) {
                 return Err(JournalError::Held {
                     vmid: vmid.get(),
                     job: holder,
@@ -1376,11 +1389,17 @@ mod tests {
         let j = Journal::open(&dir.path().join("j.db")).unwrap();
         // A pid that cannot exist (beyond pid_max) with a made-up start time.
         j.conn().execute("INSERT INTO leases (vmid, job_id, pid, pid_start, acquired_at) VALUES (1300, 'dead', 99999999, 1, 0)", []).unwrap();
+        // Not by a job picking among free VMIDs: the dead one will resume on it.
+        match j.acquire_free_lease(vmid(1300), "alive") {
+            Err(JournalError::Held { job, .. }) => assert_eq!(job, "dead"),
+            other => panic!("expected Held, got {other:?}"),
+        }
         j.acquire_lease(vmid(1300), "alive").unwrap();
         assert_eq!(
             j.lease_holder(vmid(1300)).unwrap().as_deref(),
             Some("alive")
         );
+        j.acquire_free_lease(vmid(1300), "alive").unwrap();
     }
 
     fn journal() -> (tempfile::TempDir, Journal) {
