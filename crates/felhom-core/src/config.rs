@@ -133,6 +133,11 @@ pub struct PveSection {
     /// over the send times); unset: no budget beyond what felhom's own pacing gives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_requests_per_second: Option<f64>,
+    /// The cluster node whose pveproxy `url` reaches: it answers the cluster-wide requests
+    /// (`/cluster/…`) itself, so they spend from its `max_requests_per_second`. Unset, they
+    /// spend from a window of their own, and that node can see up to twice the budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry_node: Option<String>,
 }
 
 fn default_timeout() -> u64 {
@@ -242,6 +247,8 @@ pub struct Config {
     pub connect_budget: Duration,
     /// `pve.max_requests_per_second`.
     pub max_requests_per_second: Option<f64>,
+    /// `pve.entry_node`.
+    pub entry_node: Option<String>,
     pub strategy: Strategy,
     /// `felhom.specs`, resolved against the config file's directory.
     pub specs: Vec<PathBuf>,
@@ -430,6 +437,11 @@ impl Config {
                 );
             }
         }
+        if let Some(n) = &file.pve.entry_node {
+            if let Err(rule) = n.parse::<crate::spec::NodeName>() {
+                err("pve.entry_node", rule);
+            }
+        }
         if !(1..=4096).contains(&file.pve.max_response_mib) {
             err(
                 "pve.max_response_mib",
@@ -464,6 +476,7 @@ impl Config {
             task_timeout: Duration::from_secs(file.felhom.task_timeout_secs),
             connect_budget: Duration::from_secs(file.felhom.connect_budget_secs),
             max_requests_per_second: file.pve.max_requests_per_second,
+            entry_node: file.pve.entry_node.clone(),
             strategy: file.felhom.strategy,
             specs: file.felhom.specs.iter().map(|p| resolve(p)).collect(),
             nodes: file.felhom.nodes.clone(),

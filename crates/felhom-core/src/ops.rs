@@ -188,7 +188,7 @@ impl Felhom {
     pub fn open(config: Config) -> Result<Felhom, OpsError> {
         let client = PveClient::new(config.client.clone())?;
         client.set_observer(crate::metrics::pve_observer());
-        client.set_request_budget(config.max_requests_per_second);
+        client.set_request_budget(config.max_requests_per_second, config.entry_node.as_deref());
         let journal = Arc::new(Journal::open(&config.journal)?);
         let limits = Arc::new(Limits::new(&config));
         let felhom = Felhom {

@@ -255,18 +255,23 @@ impl PveClient {
         id.split_once('!').map_or(id, |(u, _)| u)
     }
 
-    /// Tell `observer` of every request and learned task duration from now on, for this
-    /// client and all its clones (replacing any observer set before).
     /// At most `per_second` API requests to any one node in any one second (a sliding
-    /// window, [`crate::budget`]); `None` (the default) sends at once.
-    /// Shared by this client's clones. A value that is not a positive number is ignored.
-    pub fn set_request_budget(&self, per_second: Option<f64>) {
-        let budget = per_second
-            .filter(|r| r.is_finite() && *r > 0.0)
-            .map(|r| Arc::new(crate::budget::Budget::new(r)));
+    /// window, [`crate::budget`]); `None` (the default) sends at once. `entry_node`: the
+    /// node whose pveproxy this client talks to (its cluster-wide requests spend from that
+    /// node's window). Shared by this client's clones. A value that is not a positive
+    /// number is ignored.
+    pub fn set_request_budget(&self, per_second: Option<f64>, entry_node: Option<&str>) {
+        let budget = per_second.filter(|r| r.is_finite() && *r > 0.0).map(|r| {
+            Arc::new(crate::budget::Budget::new(
+                r,
+                entry_node.map(str::to_string),
+            ))
+        });
         *self.inner.budget.write().unwrap_or_else(|p| p.into_inner()) = budget;
     }
 
+    /// Tell `observer` of every request and learned task duration from now on, for this
+    /// client and all its clones (replacing any observer set before).
     pub fn set_observer(&self, observer: Arc<dyn crate::observe::Observer>) {
         *self
             .inner
@@ -348,9 +353,14 @@ impl PveClient {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone();
             if let Some(b) = budget {
-                b.take(crate::budget::Budget::key(full_path)).await;
+                b.take(
+                    b.key(full_path),
+                    crate::budget::Class::of(&method, full_path),
+                )
+                .await;
             }
         }
+        crate::budget::note_sent();
         let mut req = self.inner.http.request(method.clone(), url);
         if method == Method::GET || method == Method::DELETE {
             if !params.is_empty() {

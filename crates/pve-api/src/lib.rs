@@ -16,6 +16,7 @@
 //! | `property_string` | [`PropertyString`], [`NetConfig`], [`MountConfig`], [`Features`], [`MacAddr`], disk sizes | §3.3/§3.4: PVE has no escaping, so unsafe values are refused, never escaped |
 //! | `task` | [`Upid`], [`TaskStatus`], [`WaitOptions`], `wait_task` | §6.3: `WARNINGS: n` is success; a fresh UPID may be invisible for a moment |
 //! | `watch` | [`watch::TaskQuery`], [`watch::TaskEntry`], `watch_task` | every task waited for on a node observed by one shared node task-list request per poll: the request rate to a node is bounded however many guests are in flight |
+//! | `budget` | `pve.max_requests_per_second`, [`sent_at`] | a sliding window per node over send times, where polls (task list and status, a guest's status and interfaces) take at most three quarters and hold no place ahead, so writes never queue behind them; [`sent_at`] tells a poll when its request really went out |
 //! | `observe` | [`Observer`], `endpoint_template` | the hook a caller's metrics hang on ([`PveClient::set_observer`]); endpoints as bounded route templates, never raw ids |
 //! | `vmid` | [`Vmid`] | §3.4 `^[1-9][0-9]{2,8}$` |
 //! | `side_channel` | [`SIDE_CHANNEL_HEADER`], `PveClient::side_channel_get`/`_post` | a simulator's `/felhom-sim/*` side channel wants its secret in a header of its own (the `Authorization` header carries the PVE token); the value is marked sensitive |
@@ -46,6 +47,7 @@ pub mod watch;
 
 pub use access::Permissions;
 pub use auth::{ApiToken, Secret, TokenId, TokenIdError};
+pub use budget::sent_at;
 pub use client::{ClientConfig, ClientStats, PveClient, DEFAULT_MAX_BODY_BYTES};
 pub use cluster::{ClusterResource, ResourceType, VersionInfo};
 pub use error::{classify, ApiError, TaskFailure};

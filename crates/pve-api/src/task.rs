@@ -442,8 +442,11 @@ impl PveClient {
         let started = Instant::now();
         let origin = self.origin_of(upid, started);
         self.poll_task(upid, opts, started, |_| async move {
-            let sent = origin.elapsed();
-            match self.task_status(upid).await {
+            let asked = Instant::now();
+            let (st, sent) = crate::budget::sent_at(self.task_status(upid)).await;
+            // Running as of when the request went out (after the budget's wait).
+            let sent = sent.unwrap_or(asked).saturating_duration_since(origin);
+            match st {
                 Ok(st) if st.status != "stopped" => Ok(Seen::Running(sent)),
                 Ok(st) => Ok(Seen::Stopped(
                     st.exitstatus.unwrap_or_else(|| "unexpected status".into()),

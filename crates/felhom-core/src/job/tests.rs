@@ -346,6 +346,7 @@ fn job_cx(journal: &Path, job: &str) -> JobCx {
         task_timeout: Duration::from_secs(1),
         connect_budget: CONNECT_BUDGET,
         max_requests_per_second: None,
+        entry_node: None,
         strategy: Default::default(),
         specs: Vec::new(),
         nodes: Vec::new(),

@@ -169,6 +169,9 @@ pub fn sim_config(handle: &pve_sim::SimHandle, state_dir: &Path, journal: PathBu
             timeout_secs: 30,
             max_response_mib: pve_api::DEFAULT_MAX_BODY_BYTES >> 20,
             max_requests_per_second: None,
+            // The simulator answers for every node on one port as its first node (its
+            // `/cluster/status` marks that one `local`).
+            entry_node: handle.nodes().into_iter().next(),
         },
         felhom: FelhomSection {
             vmid_range: SIM_VMID_RANGE,
