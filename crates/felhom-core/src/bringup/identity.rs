@@ -190,7 +190,6 @@ pub(super) async fn scan_cluster(
     if let (true, Some(g)) = (fresh, cx.facts().golden_mac) {
         taken.insert(g.to_ascii_uppercase());
     }
-    let recorded = cx.journal.live_guest_macs()?;
     // Every node's guests (one cluster read): a MAC is unique across the cluster.
     let cluster = crate::cluster::ClusterView::read_shared(
         &cx.client,
@@ -198,6 +197,11 @@ pub(super) async fn scan_cluster(
         since,
     )
     .await?;
+    // The journal after the read: every guest of this process the read shows was recorded
+    // before it (a job records its guest before the restore's POST). Read before, the
+    // records of guests made while this scan waited for its shared read were missing, and
+    // each scan then read those guests' configs.
+    let recorded = cx.journal.live_guest_macs()?;
     for (vmid, at) in cluster.guests() {
         if Some(vmid) == except.map(|v| v.get()) {
             continue;
