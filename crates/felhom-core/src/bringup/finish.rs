@@ -34,9 +34,7 @@ pub(super) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
         Ownership::Ours(m) if m.state == MarkerState::Provisioned
     );
     if tagged && provisioned {
-        record_guest(cx, "active")?;
-        cx.journal.release_lease(vmid, &cx.job_id)?;
-        Ok(Observed::Done(json!({ "tags": cfg.get_str("tags") })))
+        Ok(Observed::Done(finished(cx, vmid, cfg.get_str("tags"))?))
     } else {
         Ok(Observed::NotDone)
     }
@@ -62,7 +60,19 @@ pub(super) async fn act(cx: &JobCx) -> Result<(), StepError> {
     cx.client
         .lxc_update_config(&cx.node, vmid, &params, cfg.digest.as_deref())
         .await
-        .map_err(modified_is_not_yet)
+        .map_err(modified_is_not_yet)?;
+    // The write, accepted against the digest of the config just proved ours, is what the
+    // observe would read back: `tags` and `description` are written at once even on a
+    // running CT (reference §3.2), never left pending. No read to confirm it.
+    cx.prove(finished(cx, vmid, Some(&params[0].1))?);
+    Ok(())
+}
+
+/// The guest is finished: the journal records it active and the lease goes.
+fn finished(cx: &JobCx, vmid: pve_api::Vmid, tags: Option<&str>) -> Result<Value, StepError> {
+    record_guest(cx, "active")?;
+    cx.journal.release_lease(vmid, &cx.job_id)?;
+    Ok(json!({ "tags": tags }))
 }
 
 pub(super) fn plan(p: &PlanCx) -> Vec<String> {

@@ -15,12 +15,21 @@ use crate::guest;
 use crate::job::{JobCx, Observed, StepError};
 use crate::spec::Ipv4Setting;
 
-/// How long after a start a DHCP lease at least takes on a typical host, before this host
-/// has shown one: 80% of the typical 1.5 s (the guest boots, 0.3–0.7 s to `running` for
-/// the Debian golden in docs/guests.md, then its DHCP client asks; pve-sim models 1.5 s,
-/// `model::DHCP`). As for PVE tasks (`pve_api::durations::prior`): probed towards, then
-/// looked for at the cadence; the first lease seen replaces it.
-pub(super) const LEASE_PRIOR: Duration = Duration::from_millis(1200);
+/// How long after the start request a DHCP lease at least takes on a typical host, before
+/// this host has shown one: the start task's own prior (`pve_api::durations::prior`,
+/// `vzstart` 0.8 s) plus 80% of the typical 1.5 s from its end to a lease (the guest boots,
+/// 0.3–0.7 s to `running` for the Debian golden in docs/guests.md, then its DHCP client
+/// asks; pve-sim models 1.5 s, `model::DHCP`). As for PVE tasks: probed towards, then looked
+/// for at the cadence; the first lease seen replaces it.
+pub(super) const LEASE_PRIOR: Duration = Duration::from_millis(2000);
+
+/// The name the lease's learned wait is kept under (`wait:lease` in the journal): measured
+/// from the moment this process's start request went out, like a PVE task's duration from
+/// its dispatch. Measured from the moment felhom *saw* the start task end, it carried the
+/// start's detection delay, which varies with the node's load and the request budget: the
+/// learned bracket was as wide as that spread, and every lease took one look per 100 ms of
+/// it (4 looks a guest at 1000 guests on 10 nodes under a budget of 20 requests/s).
+pub(super) const LEASE_WAIT: &str = "lease";
 
 /// The cold prior of this guest's wait: only for a DHCP lease (a static address shows from
 /// the start).
@@ -31,10 +40,10 @@ pub(super) fn lease_prior(cx: &JobCx) -> Option<Duration> {
 pub(super) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
     owned_config(cx, cx.vmid()?).await?;
     // This process started the guest just now, and on this host no lease ever showed that
-    // soon after a start (the learned wait, else the cold prior of a DHCP lease): not yet,
-    // without asking; the act's first look comes soon enough for a faster host.
+    // soon after a start request (the learned wait, else the cold prior of a DHCP lease):
+    // not yet, without asking; the act's first look comes soon enough for a faster host.
     if let Some(started) = cx.shortcuts.started_at() {
-        let soonest = match cx.waits.expected("linkup") {
+        let soonest = match cx.waits.expected(LEASE_WAIT) {
             Some(b) => Some(b.lo),
             None => lease_prior(cx),
         };

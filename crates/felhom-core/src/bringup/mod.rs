@@ -348,8 +348,9 @@ pub(crate) fn record_guest(cx: &JobCx, state: &str) -> Result<(), StepError> {
 
 /// The act of a "wait for the guest" step: observe until done or the deadline. Polled like
 /// a PVE task (`WaitOptions::next_pause_hinted`): once this host's lease or key time is
-/// known, one look at its start, then a look every `min_interval` to its end, then a short
-/// back-off. Before it is known, a lease (a request to PVE per look) is probed towards
+/// known (a lease timed from this process's start request, [`linkup::LEASE_WAIT`]; a key
+/// from the wait's start), one look at its start, then a look every `min_interval` to its
+/// end, then a short back-off. Before it is known, a lease (a request to PVE per look) is probed towards
 /// [`linkup::LEASE_PRIOR`] and looked for at the cadence from there
 /// (`WaitOptions::next_pause_prior`); an SSH key (no PVE request) is looked for from the
 /// start.
@@ -375,7 +376,7 @@ async fn poll_until(
     let (opts, prior) = match step {
         BringupStep::Linkup => (
             pve_api::WaitOptions {
-                min_interval: Duration::from_millis(100),
+                min_interval: Duration::from_millis(150),
                 fast_polls: 10,
                 ..opts
             },
@@ -383,8 +384,21 @@ async fn poll_until(
         ),
         _ => (opts, None),
     };
-    let hint = cx.waits.expected(step.name());
-    let started = Instant::now();
+    // A lease is timed from this process's start request (`linkup::LEASE_WAIT`); a guest
+    // this process did not start (a resumed job) is looked for from now and teaches nothing.
+    let (key, origin) = match step {
+        BringupStep::Linkup => (linkup::LEASE_WAIT, cx.shortcuts.started_at()),
+        _ => (step.name(), Some(Instant::now())),
+    };
+    let started = origin.unwrap_or_else(Instant::now);
+    let opts = pve_api::WaitOptions {
+        deadline: opts.deadline + started.elapsed(),
+        ..opts
+    };
+    let (hint, prior) = match origin {
+        Some(_) => (cx.waits.expected(key), prior),
+        None => (None, None),
+    };
     let mut not_yet_at = Duration::ZERO;
     for n in 0.. {
         let pause = match (hint, prior) {
@@ -395,19 +409,28 @@ async fn poll_until(
             break;
         };
         tokio::time::sleep(pause).await;
-        let looked = started.elapsed();
-        let seen = match step {
-            BringupStep::Linkup => linkup::look(cx).await?,
-            _ => ssh::look(cx).await?,
-        };
+        let asked = Instant::now();
+        let (seen, sent) = pve_api::sent_at(async {
+            match step {
+                BringupStep::Linkup => linkup::look(cx).await,
+                _ => ssh::look(cx).await,
+            }
+        })
+        .await;
+        let seen = seen?;
+        // A lease look saw the guest as it was when its request went out (after any wait
+        // for the request budget), not when it asked.
+        let looked = sent.unwrap_or(asked).saturating_duration_since(started);
         if let Observed::Done(v) = seen {
-            cx.waits.record(
-                step.name(),
-                pve_api::durations::Bracket {
-                    lo: not_yet_at,
-                    hi: started.elapsed(),
-                },
-            );
+            if origin.is_some() {
+                cx.waits.record(
+                    key,
+                    pve_api::durations::Bracket {
+                        lo: not_yet_at,
+                        hi: started.elapsed(),
+                    },
+                );
+            }
             // The look that saw it is the observe the engine would make next.
             cx.prove(v);
             return Ok(());

@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 
-use pve_api::{ApiError, Vmid};
+use pve_api::Vmid;
 use serde_json::{json, Value};
 
 use super::{spec, PlanCx};
@@ -35,22 +35,24 @@ pub(crate) fn intent(cx: &JobCx) -> Result<Value, StepError> {
 pub(crate) async fn act(cx: &JobCx) -> Result<(), StepError> {
     let s = spec(cx)?;
     let range = cx.config.vmid_range;
+    // One shared read a moment old serves every job of the batch: a VMID taken since is
+    // PVE's to refuse (the placeholder config is the only reservation that holds across
+    // processes), and the restore then moves on. `nextid` would tell no more (it reserves
+    // nothing, reference §8) and cost a request to the entry node per guest.
+    let since = std::time::Instant::now()
+        .checked_sub(std::time::Duration::from_millis(500))
+        .unwrap_or_else(std::time::Instant::now);
+    let view = crate::cluster::ClusterView::read_shared(
+        &cx.client,
+        cx.config.client.base_url.as_str(),
+        since,
+    )
+    .await?;
     let candidates: Vec<Vmid> = match s.vmid {
         VmidChoice::Fixed(v) => vec![v],
         VmidChoice::NextFree => {
             // The VMID `plan` showed (chosen for this job in spec order) first, then the
             // next free ones if another process took it meanwhile.
-            // A shared read a moment old will do: a VMID taken since is PVE's to refuse,
-            // and the restore then moves on.
-            let since = std::time::Instant::now()
-                .checked_sub(std::time::Duration::from_millis(500))
-                .unwrap_or_else(std::time::Instant::now);
-            let view = crate::cluster::ClusterView::read_shared(
-                &cx.client,
-                cx.config.client.base_url.as_str(),
-                since,
-            )
-            .await?;
             let picker = VmidPicker::from_view(&cx.journal, &view, range).map_err(|e| match e {
                 guest::PickError::Api(e) => StepError::Api(e),
                 guest::PickError::Journal(e) => StepError::Journal(e),
@@ -88,31 +90,19 @@ pub(crate) async fn act(cx: &JobCx) -> Result<(), StepError> {
             }
             Err(e) => return Err(e.into()),
         }
-        // VMIDs are cluster-wide: ask the cluster whether it is free (not a reservation —
-        // the lease is felhom's; the restore's placeholder config is PVE's).
-        match cx.client.next_id(Some(vmid)).await {
-            Ok(_) => {}
-            Err(ApiError::Param { .. }) if matches!(s.vmid, VmidChoice::NextFree) => {
+        // A fixed VMID the cluster read shows a guest at: this job's only if it carries this
+        // job's marker (the restore step then recognises it); otherwise not ours.
+        if let (VmidChoice::Fixed(_), Some(at)) = (s.vmid, view.guest(vmid.get())) {
+            let ours = guest::config_of(&cx.client, &at.node, vmid)
+                .await?
+                .is_some_and(|cfg| Ownership::of(&cfg, &cx.job_id).is_ours());
+            if !ours {
                 cx.journal.release_lease(vmid, &cx.job_id)?;
-                continue;
-            }
-            Err(ApiError::Param { .. }) => {
-                // A guest already sits at the requested VMID. If it carries this job's
-                // marker the restore step will recognise it; otherwise it is not ours.
-                let ours = guest::config_of(&cx.client, &cx.node, vmid)
-                    .await?
-                    .is_some_and(|cfg| Ownership::of(&cfg, &cx.job_id).is_ours());
-                if !ours {
-                    cx.journal.release_lease(vmid, &cx.job_id)?;
-                    return Err(StepError::Refused(format!("VMID {vmid} already holds a guest felhom did not create for this job; refusing to touch it")));
-                }
-            }
-            Err(e) => {
-                cx.journal.release_lease(vmid, &cx.job_id)?;
-                return Err(e.into());
+                return Err(StepError::Refused(format!("VMID {vmid} already holds a guest felhom did not create for this job; refusing to touch it")));
             }
         }
         cx.journal.set_job_vmid(&cx.job_id, vmid)?;
+        cx.shortcuts.note_reserved();
         cx.note(
             "reserve",
             Facts {

@@ -23,6 +23,15 @@ use crate::marker::MarkerState;
 
 pub(crate) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
     let vmid = cx.vmid()?;
+    // This process reserved the VMID from a cluster read a moment old, and the job never
+    // journaled a restore intent, so never sent one (the intent goes first): nothing
+    // carries its marker, no need to ask. A guest someone put at the VMID since makes the
+    // POST fail (`AlreadyExists`; PVE's placeholder config is the atomic check either
+    // way). A resumed job has no such knowledge and reads: a foreign guest found there is
+    // refused without a request to its VMID.
+    if cx.shortcuts.reserved() && cx.owner_job() == cx.job_id && !dispatched(cx)? {
+        return Ok(Observed::NotDone);
+    }
     let deadline = Instant::now() + cx.config.task_timeout;
     loop {
         let Some(cfg) = guest::config_of(&cx.client, &cx.node, vmid).await? else {

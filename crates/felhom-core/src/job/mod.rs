@@ -240,20 +240,29 @@ pub struct Shortcuts {
     proved: Mutex<Option<Value>>,
     /// The running act keeps the config ([`Step::keeps_config`]).
     keeps_config: std::sync::atomic::AtomicBool,
+    /// This process's reserve picked the VMID from a cluster read a moment old.
+    pub reserved: std::sync::atomic::AtomicBool,
     /// When this process restored the guest (it is stopped until a start of ours).
     pub restored_at: Mutex<Option<std::time::Instant>>,
-    /// When this process's start of the guest ended.
+    /// When this process's start request went out (set once its task ended well).
     pub started_at: Mutex<Option<std::time::Instant>>,
 }
 
 impl Shortcuts {
+    pub fn note_reserved(&self) {
+        self.reserved
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    pub fn reserved(&self) -> bool {
+        self.reserved.load(std::sync::atomic::Ordering::SeqCst)
+    }
     pub fn note_restored(&self) {
         *self.restored_at.lock().unwrap_or_else(|p| p.into_inner()) =
             Some(std::time::Instant::now());
     }
-    pub fn note_started(&self) {
-        *self.started_at.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(std::time::Instant::now());
+    /// This process's start, its request sent at `went_out`, ended well.
+    pub fn note_started(&self, went_out: std::time::Instant) {
+        *self.started_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(went_out);
         // A started guest is no longer the stopped one the restore left.
         *self.restored_at.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
