@@ -47,8 +47,14 @@ pub(super) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
     let net_ok = net0_drift(net0_of(&cfg)?.as_ref(), s).is_empty();
     if hostname_ok && mac_ok && net_ok {
         // A read that began after this guest's marker was visible (see
-        // one_guest_per_identity), shared with the other guests in flight.
-        let scan = scan_cluster(cx, Some(vmid), std::time::Instant::now()).await?;
+        // one_guest_per_identity), shared with the other guests in flight: the marker came
+        // with the restore's end, which this process saw (`restored_at`) before it read the
+        // config back, so a read started since will do.
+        let since = cx
+            .shortcuts
+            .restored_at()
+            .unwrap_or_else(std::time::Instant::now);
+        let scan = scan_cluster(cx, Some(vmid), since).await?;
         if cx.owner_job() == cx.job_id {
             one_guest_per_identity(vmid, s, &scan.twins)?;
         }

@@ -272,10 +272,11 @@ impl Shortcuts {
         *self.restored_at.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
     pub fn restored(&self) -> bool {
-        self.restored_at
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
+        self.restored_at().is_some()
+    }
+    /// When this process saw its restore of the guest end (cleared by a start of ours).
+    pub fn restored_at(&self) -> Option<std::time::Instant> {
+        *self.restored_at.lock().unwrap_or_else(|p| p.into_inner())
     }
     pub fn started_at(&self) -> Option<std::time::Instant> {
         *self.started_at.lock().unwrap_or_else(|p| p.into_inner())
