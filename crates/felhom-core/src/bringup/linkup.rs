@@ -15,13 +15,13 @@ use crate::guest;
 use crate::job::{JobCx, Observed, StepError};
 use crate::spec::Ipv4Setting;
 
-/// How long after the start request a DHCP lease at least takes on a typical host, before
-/// this host has shown one: the start task's own prior (`pve_api::durations::prior`,
-/// `vzstart` 0.8 s) plus 80% of the typical 1.5 s from its end to a lease (the guest boots,
-/// 0.3–0.7 s to `running` for the Debian golden in docs/guests.md, then its DHCP client
-/// asks; pve-sim models 1.5 s, `model::DHCP`). As for PVE tasks: probed towards, then looked
-/// for at the cadence; the first lease seen replaces it.
-pub(super) const LEASE_PRIOR: Duration = Duration::from_millis(2000);
+/// How long after a start a DHCP lease at least takes on a typical host, before this host
+/// has shown one: 80% of the typical 1.5 s (the guest boots, 0.3–0.7 s to `running` for the
+/// Debian golden in docs/guests.md, then its DHCP client asks; pve-sim models 1.5 s,
+/// `model::DHCP`). As for PVE tasks (`pve_api::durations::prior`): probed towards from the
+/// moment the start was seen to end, then looked for at the cadence; the first lease seen
+/// replaces it (learned from the start request, [`LEASE_WAIT`]).
+pub(super) const LEASE_PRIOR: Duration = Duration::from_millis(1200);
 
 /// The name the lease's learned wait is kept under (`wait:lease` in the journal): measured
 /// from the moment this process's start request went out, like a PVE task's duration from
@@ -39,15 +39,15 @@ pub(super) fn lease_prior(cx: &JobCx) -> Option<Duration> {
 
 pub(super) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
     owned_config(cx, cx.vmid()?).await?;
-    // This process started the guest just now, and on this host no lease ever showed that
-    // soon after a start request (the learned wait, else the cold prior of a DHCP lease):
-    // not yet, without asking; the act's first look comes soon enough for a faster host.
+    // This process started the guest just now: before this host's earliest lease after a
+    // start request (learned), or while a cold wait has its probes to come (the act's first
+    // look comes soon enough for a faster host), not yet, without asking.
     if let Some(started) = cx.shortcuts.started_at() {
-        let soonest = match cx.waits.expected(LEASE_WAIT) {
-            Some(b) => Some(b.lo),
-            None => lease_prior(cx),
+        let soon = match cx.waits.expected(LEASE_WAIT) {
+            Some(b) => started.elapsed() < b.lo,
+            None => lease_prior(cx).is_some(),
         };
-        if soonest.is_some_and(|lo| started.elapsed() < lo) {
+        if soon {
             return Ok(Observed::NotDone);
         }
     }

@@ -386,24 +386,31 @@ async fn poll_until(
     };
     // A lease is timed from this process's start request (`linkup::LEASE_WAIT`); a guest
     // this process did not start (a resumed job) is looked for from now and teaches nothing.
+    let now = Instant::now();
     let (key, origin) = match step {
         BringupStep::Linkup => (linkup::LEASE_WAIT, cx.shortcuts.started_at()),
-        _ => (step.name(), Some(Instant::now())),
+        _ => (step.name(), Some(now)),
     };
-    let started = origin.unwrap_or_else(Instant::now);
+    let hint = origin.and_then(|_| cx.waits.expected(key));
+    // Once learned, the looks are scheduled on the learned bracket, from the origin; before
+    // that, probed from now towards the cold prior (as a task's first wait is probed from
+    // its dispatch): a fast host's lease is still seen early.
+    let sched = match (hint, origin) {
+        (Some(_), Some(o)) => o,
+        _ => now,
+    };
+    let prior = prior.filter(|_| origin.is_some());
     let opts = pve_api::WaitOptions {
-        deadline: opts.deadline + started.elapsed(),
+        deadline: opts.deadline + sched.elapsed(),
         ..opts
     };
-    let (hint, prior) = match origin {
-        Some(_) => (cx.waits.expected(key), prior),
-        None => (None, None),
-    };
+    // Brackets are learned from the origin.
+    let from = origin.unwrap_or(now);
     let mut not_yet_at = Duration::ZERO;
     for n in 0.. {
         let pause = match (hint, prior) {
-            (None, Some(p)) => opts.next_pause_prior(n, started.elapsed(), p),
-            _ => opts.next_pause_hinted(n, started.elapsed(), hint),
+            (None, Some(p)) => opts.next_pause_prior(n, sched.elapsed(), p),
+            _ => opts.next_pause_hinted(n, sched.elapsed(), hint),
         };
         let Some(pause) = pause else {
             break;
@@ -420,14 +427,14 @@ async fn poll_until(
         let seen = seen?;
         // A lease look saw the guest as it was when its request went out (after any wait
         // for the request budget), not when it asked.
-        let looked = sent.unwrap_or(asked).saturating_duration_since(started);
+        let looked = sent.unwrap_or(asked).saturating_duration_since(from);
         if let Observed::Done(v) = seen {
             if origin.is_some() {
                 cx.waits.record(
                     key,
                     pve_api::durations::Bracket {
                         lo: not_yet_at,
-                        hi: started.elapsed(),
+                        hi: from.elapsed(),
                     },
                 );
             }
