@@ -426,6 +426,77 @@ fn a_bring_up_does_not_ask_again_what_it_just_saw() {
     assert_eq!(before_count("/cluster/nextid"), 0, "{before:#?}");
 }
 
+/// A batch's bring-ups share their cluster reads (issue 17): the reads start at least
+/// `SHARED_READ_GAP` (250 ms) apart, each serving every scan waiting for it, and a scan
+/// knows this process's guests from its journal, so no bring-up reads another guest of its
+/// own batch: each guest's config is read once, by its own job.
+#[test]
+fn a_batch_shares_its_cluster_reads_and_reads_no_guest_of_its_own_twice() {
+    let sim = Sim::start();
+    // Four at a time: later guests are recorded and restored while earlier ones' scans wait
+    // for their shared read.
+    let mut t: toml::Table = std::fs::read_to_string(&sim.config)
+        .unwrap()
+        .parse()
+        .unwrap();
+    t["felhom"]
+        .as_table_mut()
+        .unwrap()
+        .insert("max_parallel".into(), toml::Value::Integer(4));
+    std::fs::write(&sim.config, toml::to_string(&t).unwrap()).unwrap();
+    let specs: Vec<_> = (0..12)
+        .map(|i| {
+            sim.write_spec(
+                &format!("s{i}.toml"),
+                &spec(&format!("share{i}"), "\"auto\"", ""),
+            )
+        })
+        .collect();
+    let mut args = vec!["--output", "json", "apply"];
+    args.extend(specs.iter().map(|p| p.to_str().unwrap()));
+    let out = sim.felhom(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let reqs = sim.get("requests").as_array().unwrap().clone();
+    // The bring-ups' reads: from the first restore on (the run's own reads before it —
+    // validation, the decisions, the VMIDs `plan` shows — are one each per run).
+    let first_restore = reqs
+        .iter()
+        .find(|r| r["method"] == "POST" && r["path"] == "/nodes/pve/lxc")
+        .and_then(|r| r["at_ms"].as_u64())
+        .unwrap();
+    let mut reads: Vec<u64> = reqs
+        .iter()
+        .filter(|r| r["path"] == "/cluster/resources")
+        .filter_map(|r| r["at_ms"].as_u64())
+        .filter(|t| *t >= first_restore)
+        .collect();
+    reads.sort_unstable();
+    let span = reads.last().unwrap() - reads.first().unwrap();
+    eprintln!("{} cluster reads in {span} ms for 12 guests", reads.len());
+    assert!(reads.len() < 12, "a read per guest: {reads:?}");
+    // Counted over the whole span (single gaps jitter on a loaded machine).
+    assert!(
+        reads.len() as u64 <= span / 250 + 2,
+        "{} cluster reads in {span} ms: more than one per 250 ms: {reads:?}",
+        reads.len()
+    );
+    let vmids: Vec<u64> = json(&out)["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["vmid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(vmids.len(), 12);
+    for v in vmids {
+        let config = format!("/nodes/pve/lxc/{v}/config");
+        let n = reqs
+            .iter()
+            .filter(|r| r["method"] == "GET" && r["path"] == config.as_str())
+            .count();
+        assert_eq!(n, 1, "guest {v}'s config read {n} times");
+    }
+}
+
 /// A fresh host (nothing learned, no journal): the restore and the start are first polled
 /// near PVE's typical durations (the cold prior, `pve_api::durations::prior`), not from
 /// zero at 10 polls a second. At time scale 1 the simulator models a restore of ~2.1 s and
@@ -483,16 +554,13 @@ fn the_request_budget_holds_in_any_second() {
     args.extend(specs.iter().map(|p| p.to_str().unwrap()));
     let out = sim.felhom(&args);
     assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    // Every request, the cluster-wide ones too: the simulator's config names its node as
+    // `pve.entry_node`, and those spend from that node's window.
     let mut at: Vec<u64> = sim
         .get("requests")
         .as_array()
         .unwrap()
         .iter()
-        .filter(|r| {
-            r["path"]
-                .as_str()
-                .is_some_and(|p| p.contains("/nodes/pve/"))
-        })
         .filter_map(|r| r["at_ms"].as_u64())
         .collect();
     at.sort_unstable();
