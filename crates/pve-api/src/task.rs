@@ -274,6 +274,11 @@ pub struct TaskOutcome {
     pub warnings: u32,
     /// Status requests this wait made.
     pub polls: u32,
+    /// The task had ended by then: when the answer of the look that saw it stopped came
+    /// back (not when that look was sent: the task may end between the send and the node's
+    /// answer). What it did is visible from that moment (a read started after it sees it),
+    /// a little before the wait returns; the looks of one shared task list give the same.
+    pub ended_by: Instant,
 }
 
 #[derive(Deserialize)]
@@ -333,8 +338,8 @@ enum PollErrorAction {
 enum Seen {
     /// Running when the look's request was sent (this long after the wait's origin).
     Running(Duration),
-    /// Stopped with this exit status.
-    Stopped(String),
+    /// Stopped with this exit status, by the moment the look's answer came back.
+    Stopped(String, Instant),
 }
 
 /// A look that failed, and which kind of request failed.
@@ -444,12 +449,16 @@ impl PveClient {
         self.poll_task(upid, opts, started, |_| async move {
             let asked = Instant::now();
             let (st, sent) = crate::budget::sent_at(self.task_status(upid)).await;
-            // Running as of when the request went out (after the budget's wait).
-            let sent = sent.unwrap_or(asked).saturating_duration_since(origin);
+            // Running as of when the request went out (after the budget's wait); stopped by
+            // when the answer came.
+            let sent = sent.unwrap_or(asked);
             match st {
-                Ok(st) if st.status != "stopped" => Ok(Seen::Running(sent)),
+                Ok(st) if st.status != "stopped" => {
+                    Ok(Seen::Running(sent.saturating_duration_since(origin)))
+                }
                 Ok(st) => Ok(Seen::Stopped(
                     st.exitstatus.unwrap_or_else(|| "unexpected status".into()),
+                    Instant::now(),
                 )),
                 Err(e) => Err(Failed::Status(e)),
             }
@@ -535,12 +544,12 @@ impl PveClient {
             } else {
                 unreachable_since = None;
             }
-            let exit = match res {
+            let (exit, ended_by) = match res {
                 Ok(Seen::Running(at)) => {
                     running_at = running_at.max(at);
                     continue;
                 }
-                Ok(Seen::Stopped(exit)) => exit,
+                Ok(Seen::Stopped(exit, by)) => (exit, by),
                 Err(Failed::Status(e) | Failed::Unlisted(e)) => {
                     match poll_error_action(&e, started.elapsed(), opts) {
                         PollErrorAction::Retry => {
@@ -564,7 +573,7 @@ impl PveClient {
                 lo: running_at,
                 hi: origin.elapsed(),
             });
-            return self.task_ended(upid, exit, learn, polls).await;
+            return self.task_ended(upid, exit, ended_by, learn, polls).await;
         }
     }
 
@@ -574,6 +583,7 @@ impl PveClient {
         &self,
         upid: &Upid,
         exit: String,
+        ended_by: Instant,
         learn: Option<Bracket>,
         polls: u32,
     ) -> Result<TaskOutcome, ApiError> {
@@ -590,6 +600,7 @@ impl PveClient {
                 exitstatus: exit,
                 warnings,
                 polls,
+                ended_by,
             });
         }
         // The log is best effort (the exit status is the error), but a log refused for
@@ -638,12 +649,13 @@ impl PveClient {
             let seen_at = look.sent.saturating_duration_since(origin);
             match look.seen.get(key) {
                 Some(None) => Ok(Seen::Running(seen_at)),
-                Some(Some(exit)) => Ok(Seen::Stopped(exit.clone())),
+                Some(Some(exit)) => Ok(Seen::Stopped(exit.clone(), look.answered)),
                 // Not listed (cut off by the limit, or not visible yet): its own status.
                 None => match self.task_status(upid).await {
                     Ok(st) if st.is_running() => Ok(Seen::Running(seen_at)),
                     Ok(st) => Ok(Seen::Stopped(
                         st.exitstatus.unwrap_or_else(|| "unexpected status".into()),
+                        Instant::now(),
                     )),
                     Err(e) => Err(Failed::Unlisted(e)),
                 },

@@ -157,8 +157,11 @@ impl PveClient {
 /// One shared look at a node's tasks: what each listed UPID said.
 #[derive(Debug, Clone)]
 pub(crate) struct Look {
-    /// When its request was sent.
+    /// When its request was sent: a task it shows running ran then.
     pub sent: Instant,
+    /// When its answer came back: a task it shows finished had ended by then (not by
+    /// `sent`: the task may end between the send and the node's reading of its list).
+    pub answered: Instant,
     /// Its `since`: it speaks for tasks started at or after this.
     pub since: u64,
     /// UPID → `None` running, `Some(exit status)` finished.
@@ -238,8 +241,10 @@ impl NodeWatch {
         let (res, sent) = crate::budget::sent_at(client.node_tasks(node, &q)).await;
         // What the list shows is as of when it went out (after the request budget's wait).
         let sent = sent.unwrap_or(asked);
+        let answered = Instant::now();
         let res = res.map(|list| Look {
             sent,
+            answered,
             since,
             seen: Arc::new(
                 list.into_iter()
