@@ -35,6 +35,11 @@ pub struct FaultSpec {
     pub node_down: Vec<String>,
     /// `no_quorum`: the cluster has lost quorum from the start (also at run time).
     pub no_quorum: bool,
+    /// `taken_before_create=<vmid>`: the first create or restore at that VMID finds a guest
+    /// someone else (not felhom) made there a moment before: a config without felhom's
+    /// marker, on the request's node. The race a VMID picked from a read a moment old can
+    /// lose; PVE refuses the create (`CT <vmid> already exists on node …`).
+    pub taken_before_create: Vec<u32>,
 }
 
 /// The cluster faults in force now: what `--faults` set at start, changed at run time by
@@ -186,6 +191,10 @@ impl FromStr for FaultSpec {
                 "seed" => f.seed = Some(v.parse().map_err(|_| format!("seed: '{v}' is not a number"))?),
                 "latency" => f.latency = duration(k, v)?,
                 "dhcp_delay" => f.dhcp_delay = Some(duration(k, v)?),
+                "taken_before_create" => f.taken_before_create.push(
+                    v.parse()
+                        .map_err(|_| format!("taken_before_create: '{v}' is not a VMID"))?,
+                ),
                 k if k.starts_with("task_fail:") => {
                     let t = task_type_alias(&k["task_fail:".len()..]).to_string();
                     let known = ["vzrestore", "vzcreate", "vzstart", "vzstop", "vzshutdown", "vzdestroy", "resize", "vzclone", "vztemplate"];
@@ -194,7 +203,7 @@ impl FromStr for FaultSpec {
                     }
                     f.task_fail.push((t, prob(k, v)?));
                 }
-                other => return Err(format!("unknown fault '{other}' (known: lock500, http503, post_effect_595[:<kind>], task_fail:<type>, latency, dhcp_delay, seed, node_down:<node>, no_quorum)")),
+                other => return Err(format!("unknown fault '{other}' (known: lock500, http503, post_effect_595[:<kind>], task_fail:<type>, latency, dhcp_delay, taken_before_create, seed, node_down:<node>, no_quorum)")),
             }
         }
         Ok(f)

@@ -21,7 +21,7 @@
 //! | `state.rs` | the persistent state: nodes, storages, guests (each with its `node`), volumes (each with its `node`), tasks, users, ACLs; an old single-node `state.json` loads as that node (`State::normalize`) |
 //! | `sim.rs` | the engine: state under a lock with group commit, the fault RNG, the cluster faults in force (`node_down`, `no_quorum`) and the down-node clock (`sleep_while_up`) |
 //! | `tasks.rs` `locks.rs` | UPID tasks on the node of their guest; the config flock per node and VMID |
-//! | `faults.rs` | `--faults`: `lock500`, `http503`, `task_fail:<type>`, `post_effect_595[:<kind>]`, `latency`, `dhcp_delay`, `seed`, `node_down:<node>`, `no_quorum` |
+//! | `faults.rs` | `--faults`: `lock500`, `http503`, `task_fail:<type>`, `post_effect_595[:<kind>]`, `latency`, `dhcp_delay`, `taken_before_create=<vmid>`, `seed`, `node_down:<node>`, `no_quorum` |
 //! | `admin.rs` | the side channel `/felhom-sim/*` (loopback, the run's secret): `state`, `requests`, `tokens`, `storages` (`{"id","type","content","shared"?,"nodes"?,"total_gib"?}`), `faults` (`{"set": "node_down:pve2"}`, `{"clear": "no_quorum"}`: answers `{"node_down": [...], "no_quorum": bool}`), `migrate` (`{"vmid": 105, "node": "pve3"}`: offline, as `pct migrate`; refusals 409 with PVE's text in `message`), `guests/{vmid}/ssh` |
 //! | `invariants.rs` | what must never hold of a dump: leaked/detached volumes, duplicate MACs, IPs, host keys, a VMID on two nodes, a node-local volume away from its owner's node |
 //! | `runtime/` | what guests are: modelled records or real LXC containers (with several nodes, one shared set of bridges: see `runtime/mod.rs`) |

@@ -2,7 +2,7 @@
 //! RNG, the request log, the per-guest SSH endpoints. The config flock lives in `locks.rs`,
 //! the task workers in `tasks.rs`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::runtime::GuestRuntime;
 use crate::ssh::SshEndpoint;
-use crate::state::{self, ArchiveTraits, State};
+use crate::state::{self, ArchiveTraits, Guest, State};
 use crate::SimConfig;
 
 pub fn now_ms() -> u64 {
@@ -75,6 +75,8 @@ pub struct Sim {
     /// The cluster faults in force (`node_down`, `no_quorum`); workers of a down node's tasks
     /// wait on it for the node to return.
     pub(crate) cluster_faults: tokio::sync::watch::Sender<crate::faults::ClusterFaults>,
+    /// The `taken_before_create` VMIDs whose foreign guest was made already (once each).
+    taken_fired: Mutex<std::collections::BTreeSet<u32>>,
 }
 
 /// Group commit of `state.json`. Every mutation is durable before `mutate` returns (write,
@@ -172,6 +174,7 @@ impl Sim {
             side_secret,
             persist: Persist::default(),
             cluster_faults,
+            taken_fired: Mutex::default(),
         }))
     }
 
@@ -184,6 +187,32 @@ impl Sim {
     }
 
     /// Whether `node` is down (`node_down:<node>`).
+    /// The `taken_before_create` fault: before the first create at `vmid`, someone else's
+    /// guest appears there on `node` (once per VMID).
+    pub(crate) fn take_before_create(&self, vmid: u32, node: &str) {
+        if !self.cfg.faults.taken_before_create.contains(&vmid)
+            || !self
+                .taken_fired
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(vmid)
+        {
+            return;
+        }
+        self.mutate(|st| {
+            st.guests.entry(vmid).or_insert_with(|| Guest {
+                vmid,
+                node: node.to_string(),
+                config: BTreeMap::from([
+                    ("hostname".to_string(), "someone-else".to_string()),
+                    ("memory".to_string(), "512".to_string()),
+                    ("ostype".to_string(), "debian".to_string()),
+                ]),
+                ..Guest::default()
+            });
+        });
+    }
+
     pub fn node_down(&self, node: &str) -> bool {
         self.cluster_faults.borrow().down.contains(node)
     }

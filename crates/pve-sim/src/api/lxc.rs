@@ -204,6 +204,7 @@ pub(crate) async fn create(sim: &Arc<Sim>, req: &Req) -> HResult {
         .map_err(param_err)?;
     let vmid = req.vmid();
     let node = req.node.clone();
+    sim.take_before_create(vmid, &node);
     // Without `restore`, a plain create from a `vztmpl` template (`create_vm`'s other half,
     // R15): the same checks and placeholder, task `vzcreate`. The lxc runtime unpacks vzdump
     // archives only; a template's rootfs is not booted by it.
