@@ -110,6 +110,8 @@ pub struct Felhom {
     pub limits: Arc<Limits>,
     /// Learned durations of the waits on guests (DHCP lease, SSH keys), shared by all jobs.
     pub waits: Arc<pve_api::durations::TaskDurations>,
+    /// `JobCx::created`, shared by this process's jobs.
+    pub created: Arc<std::sync::Mutex<std::collections::HashSet<u32>>>,
     /// What each golden archive says about itself, by (node, volid): a vzdump archive never
     /// changes under its name (the name carries its timestamp), so one read per process.
     golden: std::sync::Mutex<std::collections::HashMap<(String, String), GoldenInfo>>,
@@ -197,6 +199,7 @@ impl Felhom {
             journal,
             limits,
             waits: Default::default(),
+            created: Default::default(),
             golden: Default::default(),
             golden_read: Default::default(),
         };
@@ -266,6 +269,7 @@ impl Felhom {
             acting: Default::default(),
             shortcuts: Default::default(),
             waits: self.waits.clone(),
+            created: self.created.clone(),
             unreachable_since: Default::default(),
             dispatch_unsure: Default::default(),
         }

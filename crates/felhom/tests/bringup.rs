@@ -393,8 +393,7 @@ fn guests_in_flight_share_one_task_list_poll() {
 /// step up to finish (a start and the two waits write no config), and finish's write,
 /// accepted against that config's digest, proves itself: one config read in all. Before
 /// the restore, the job that just reserved the VMID has nothing to look for there (the one
-/// config read is the command's validation of the fixed VMID), and the shared cluster read
-/// says the VMID is free (no `nextid`).
+/// config read is the command's validation of the fixed VMID).
 #[test]
 fn a_bring_up_does_not_ask_again_what_it_just_saw() {
     let sim = Sim::start();
@@ -421,15 +420,19 @@ fn a_bring_up_does_not_ask_again_what_it_just_saw() {
     assert_eq!(count("/status/current"), 0, "{after:#?}");
     assert_eq!(count("/config"), 1, "{after:#?}");
     let before = &reqs[..restore_at];
-    let before_count = |p: &str| before.iter().filter(|r| r["path"] == p).count();
-    assert_eq!(before_count("/nodes/pve/lxc/1150/config"), 1, "{before:#?}");
-    assert_eq!(before_count("/cluster/nextid"), 0, "{before:#?}");
+    let reads = before
+        .iter()
+        .filter(|r| r["path"] == "/nodes/pve/lxc/1150/config")
+        .count();
+    assert_eq!(reads, 1, "{before:#?}");
 }
 
-/// A batch's bring-ups share their cluster reads (issue 17): the reads start at least
-/// `SHARED_READ_GAP` (250 ms) apart, each serving every scan waiting for it, and a scan
+/// A batch's bring-ups share their cluster reads (issue 17): they start at most
+/// `SHARED_READS_PER_SECOND` (4) a second from a bucket of `SHARED_READ_BURST` (2), each
+/// serving every scan waiting for it, and a scan
 /// knows this process's guests from its journal, so no bring-up reads another guest of its
-/// own batch: each guest's config is read once, by its own job.
+/// own batch: each guest's config is read once, by its own job. A VMID picked from the
+/// shared read is not asked of `/cluster/nextid` again.
 #[test]
 fn a_batch_shares_its_cluster_reads_and_reads_no_guest_of_its_own_twice() {
     let sim = Sim::start();
@@ -474,11 +477,24 @@ fn a_batch_shares_its_cluster_reads_and_reads_no_guest_of_its_own_twice() {
     let span = reads.last().unwrap() - reads.first().unwrap();
     eprintln!("{} cluster reads in {span} ms for 12 guests", reads.len());
     assert!(reads.len() < 12, "a read per guest: {reads:?}");
-    // Counted over the whole span (single gaps jitter on a loaded machine).
     assert!(
-        reads.len() as u64 <= span / 250 + 2,
-        "{} cluster reads in {span} ms: more than one per 250 ms: {reads:?}",
-        reads.len()
+        !reqs.iter().any(|r| r["path"] == "/cluster/nextid"),
+        "nextid asked for a VMID the shared read picked"
+    );
+    // In 900 ms windows: arrival times jitter on a loaded machine.
+    let busiest = (0..reads.len())
+        .map(|i| {
+            reads[i..]
+                .iter()
+                .take_while(|t| **t - reads[i] < 900)
+                .count()
+        })
+        .max()
+        .unwrap();
+    // At most 2 + 4 × 0.9 starts in 900 ms; arrivals may bunch a whole second's 6.
+    assert!(
+        busiest <= 6,
+        "{busiest} cluster reads within 900 ms: {reads:?}"
     );
     let vmids: Vec<u64> = json(&out)["jobs"]
         .as_array()

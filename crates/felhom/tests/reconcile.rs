@@ -291,6 +291,38 @@ fn a_torn_down_half_built_guest_never_comes_back() {
     assert_clean_invariants(&state);
 }
 
+/// A fixed VMID is checked against the batch's shared cluster read, a moment old (no
+/// `nextid` per guest), so someone else may take it between that read and the restore (the
+/// simulator's `taken_before_create` fault puts a guest without felhom's marker there just
+/// before the POST). PVE refuses the restore, nothing of the job is made, the guest there is
+/// never touched, and the rollback ends clean: no person is needed to tell that nothing of
+/// this job is at the VMID.
+#[test]
+fn a_fixed_vmid_taken_just_before_the_restore_is_refused_and_left_alone() {
+    let sim = Sim::with("taken_before_create=1310", 0.02);
+    let p = sim.write_spec("tk.toml", &spec("tk", "1310", ""));
+    let out = apply(&sim, &[path(&p)]);
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    let rep = json(&out)["jobs"][0].clone();
+    assert_eq!(rep["outcome"], "rolled_back", "{rep}");
+    assert!(
+        rep["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("VMID 1310 holds a guest this job did not create")),
+        "{rep}"
+    );
+    let state = sim.state();
+    let theirs = guest(&state, 1310).expect("the other guest stays");
+    assert_eq!(theirs["config"]["hostname"], "someone-else");
+    assert!(theirs["config"].get("description").is_none(), "{theirs}");
+    // The refused create is the only request felhom sent for that VMID that could write.
+    let w = writes_to(&sim, 1310);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0]["method"], "POST");
+    assert_eq!(w[0]["status"], 500);
+    assert!(guests_named(&state, "tk-app").is_empty());
+}
+
 #[test]
 fn a_foreign_guest_at_a_crashed_jobs_vmid_is_never_touched() {
     let sim = Sim::start();

@@ -48,8 +48,11 @@ pub(super) async fn observe(cx: &JobCx) -> Result<Observed, StepError> {
     if hostname_ok && mac_ok && net_ok {
         // A read that began after this guest's marker was visible (see
         // one_guest_per_identity), shared with the other guests in flight: the marker came
-        // with the restore's end, which this process saw (`restored_at`) before it read the
-        // config back, so a read started since will do.
+        // with the restore's end, which this process's task look saw (`restored_at`: when
+        // that look's answer came back, shared by the restores it saw end), so a read
+        // started since will do. Not the look's send time: the task may end between the
+        // send and the node's answer, and a read started before the marker showed could
+        // miss another process's twin while that one's read missed this guest.
         let since = cx
             .shortcuts
             .restored_at()
@@ -216,9 +219,16 @@ pub(super) async fn scan_cluster(
         if !cluster.node_online(&at.node) && cluster.node_names().next().is_some() {
             continue;
         }
-        if let Some(mac) = recorded.get(&vmid).cloned().flatten() {
-            taken.insert(mac.to_ascii_uppercase());
-            continue;
+        if let Some(rec) = recorded.get(&vmid) {
+            if let Some(mac) = &rec.mac {
+                taken.insert(mac.to_ascii_uppercase());
+            }
+            // This process's guest: past provisioning, or its create accepted here. A
+            // provisioning record alone may be a claim PVE is about to refuse, the guest at
+            // the VMID another process's: its marker is read.
+            if !rec.provisioning || cx.made_here(vmid) {
+                continue;
+            }
         }
         let Ok(v) = Vmid::try_from(vmid) else {
             continue;

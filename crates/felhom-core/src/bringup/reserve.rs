@@ -37,17 +37,12 @@ pub(crate) async fn act(cx: &JobCx) -> Result<(), StepError> {
     let range = cx.config.vmid_range;
     // One shared read a moment old serves every job of the batch: a VMID taken since is
     // PVE's to refuse (the placeholder config is the only reservation that holds across
-    // processes), and the restore then moves on. `nextid` would tell no more (it reserves
-    // nothing, reference §8) and cost a request to the entry node per guest. A fixed VMID
-    // cannot move on, so its read starts now: a guest put there after it is the same race
-    // `nextid` left open.
-    let now = std::time::Instant::now();
-    let since = match s.vmid {
-        VmidChoice::Fixed(_) => now,
-        VmidChoice::NextFree => now
-            .checked_sub(std::time::Duration::from_millis(500))
-            .unwrap_or(now),
-    };
+    // processes); an "auto" guest then moves on, a fixed one is refused with nothing of
+    // it made (`Facts::vmid_taken`). Asking `nextid` of each VMID would tell no more (it
+    // reserves nothing, reference §8) and cost the entry node a request per guest.
+    let since = std::time::Instant::now()
+        .checked_sub(std::time::Duration::from_millis(500))
+        .unwrap_or_else(std::time::Instant::now);
     let view = crate::cluster::ClusterView::read_shared(
         &cx.client,
         cx.config.client.base_url.as_str(),

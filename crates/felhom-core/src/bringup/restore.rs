@@ -235,11 +235,27 @@ pub(crate) async fn act(cx: &JobCx) -> Result<(), StepError> {
                 "VMID {vmid} was taken meanwhile ({message}); this guest moves to VMID {next}"
             )));
         }
+        // A fixed VMID taken since the reserve's read: PVE made nothing of this job there.
+        // Journaled, so the rollback's undo leaves the guest there alone without asking a
+        // person (it carries no marker of this job, and never did).
+        Err(pve_api::ApiError::AlreadyExists { message }) => {
+            cx.note(
+                "restore",
+                crate::job::Facts {
+                    vmid_taken: Some(vmid.get()),
+                    ..Default::default()
+                },
+            )?;
+            return Err(StepError::Refused(format!(
+                "VMID {vmid} holds a guest this job did not create ({message}); refusing to touch it"
+            )));
+        }
         Err(e) => return Err(e.into()),
     };
-    cx.wait("restore", &upid).await?;
+    cx.note_created(vmid.get(), true);
+    let ended_by = cx.wait_ended("restore", &upid).await?;
     // A restore without `start=1` leaves the guest stopped: the start step need not ask.
-    cx.shortcuts.note_restored();
+    cx.shortcuts.note_restored(ended_by);
     Ok(())
 }
 
@@ -290,9 +306,10 @@ async fn clone(cx: &JobCx) -> Result<(), StepError> {
     let _turn = gate.lock().await;
     match cx.client.lxc_clone(&cx.node, template, vmid, &params).await {
         Ok(upid) => {
-            cx.wait("restore", &upid).await?;
+            cx.note_created(vmid.get(), true);
+            let ended_by = cx.wait_ended("restore", &upid).await?;
             // A clone is stopped, like a restore.
-            cx.shortcuts.note_restored();
+            cx.shortcuts.note_restored(ended_by);
             Ok(())
         }
         Err(pve_api::ApiError::Locked { lock, .. }) if lock == "disk" => Err(StepError::NotYet(
@@ -365,6 +382,7 @@ pub(crate) async fn undo(cx: &JobCx) -> Result<(), StepError> {
                 stop_if_running(cx, vmid, "restore").await?;
                 let upid = cx.client.lxc_delete(&cx.node, vmid, true, true).await?;
                 cx.wait("restore", &upid).await?;
+                cx.note_created(vmid.get(), false);
             }
             (_, false) if matches!(owner, Ownership::OtherJob(_)) => {
                 // Another felhom job's guest: nothing of this job is at this VMID (PVE holds
@@ -373,6 +391,12 @@ pub(crate) async fn undo(cx: &JobCx) -> Result<(), StepError> {
                 // destroyed by an undo that was cut off before it was journaled, or never
                 // made; the VMID was free and the other job took it. Left untouched.
                 tracing::info!(%vmid, holder = %owner.describe(), "undo restore: the VMID holds another felhom job's guest; nothing of this job is there");
+                return Ok(());
+            }
+            (_, false) if cx.facts().vmid_taken == Some(vmid.get()) => {
+                // PVE refused this job's restore here: the guest was someone else's before
+                // this job sent anything, and nothing of this job is at this VMID.
+                tracing::info!(%vmid, holder = %owner.describe(), "undo restore: PVE refused this job's restore at the VMID; nothing of this job is there");
                 return Ok(());
             }
             (_, false) => {

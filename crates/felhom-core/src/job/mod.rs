@@ -136,6 +136,10 @@ pub struct Facts {
     /// A linked clone's template VMID, chosen with the clone's intent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<u32>,
+    /// PVE refused this job's restore at this VMID: a guest was there already
+    /// (`AlreadyExists`, before any work). Whatever is there is not this job's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmid_taken: Option<u32>,
 }
 
 impl Facts {
@@ -160,7 +164,8 @@ impl Facts {
             owner_job,
             rootfs,
             golden_sha256,
-            template
+            template,
+            vmid_taken
         );
     }
 }
@@ -219,6 +224,13 @@ pub struct JobCx {
     /// How long this host takes for the waits on the guest that are not PVE tasks (DHCP
     /// lease, SSH keys), learned like task durations, shared by all jobs of this process.
     pub waits: Arc<pve_api::durations::TaskDurations>,
+    /// The VMIDs where PVE accepted a create (restore or clone) from this process, not
+    /// undone since: the guest there is this process's. A `provisioning` record alone is
+    /// only a claim (the create may yet be refused: another process took the VMID), so the
+    /// uniqueness scan reads a recorded guest's marker unless its VMID is here or its
+    /// record is past `provisioning`. Shared by all jobs of this process; empty after a
+    /// restart (those guests are then read).
+    pub created: Arc<Mutex<std::collections::HashSet<u32>>>,
     /// Since when every request of this job failed to reach PVE (the connect budget runs
     /// from there; a task wait that gave up on an unreachable PVE has spent it already).
     pub unreachable_since: Mutex<Option<std::time::Instant>>,
@@ -256,9 +268,9 @@ impl Shortcuts {
     pub fn reserved(&self) -> bool {
         self.reserved.load(std::sync::atomic::Ordering::SeqCst)
     }
-    pub fn note_restored(&self) {
-        *self.restored_at.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(std::time::Instant::now());
+    /// This process's restore of the guest had ended by `at` (its marker visible since).
+    pub fn note_restored(&self, at: std::time::Instant) {
+        *self.restored_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(at);
     }
     /// This process's start, its request sent at `went_out`, ended well.
     pub fn note_started(&self, went_out: std::time::Instant) {
@@ -274,7 +286,7 @@ impl Shortcuts {
     pub fn restored(&self) -> bool {
         self.restored_at().is_some()
     }
-    /// When this process saw its restore of the guest end (cleared by a start of ours).
+    /// When this process's restore of the guest had ended by (cleared by a start of ours).
     pub fn restored_at(&self) -> Option<std::time::Instant> {
         *self.restored_at.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -284,6 +296,22 @@ impl Shortcuts {
 }
 
 impl JobCx {
+    /// PVE accepted this process's create at `vmid` (see [`JobCx::created`]).
+    pub fn note_created(&self, vmid: u32, created: bool) {
+        let mut set = self.created.lock().unwrap_or_else(|p| p.into_inner());
+        if created {
+            set.insert(vmid);
+        } else {
+            set.remove(&vmid);
+        }
+    }
+    /// Whether PVE accepted a create at `vmid` from this process, not undone since.
+    pub fn made_here(&self, vmid: u32) -> bool {
+        self.created
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&vmid)
+    }
     pub fn facts(&self) -> Facts {
         self.facts.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -444,6 +472,14 @@ impl JobCx {
     /// request per poll for all of this process's tasks on the node); the UPID is journaled
     /// first so a resumed job can wait for it again.
     pub async fn wait(&self, step: &str, upid: &Upid) -> Result<(), StepError> {
+        self.wait_ended(step, upid).await.map(|_| ())
+    }
+    /// [`JobCx::wait`], telling when the task had ended by (`TaskOutcome::ended_by`).
+    pub async fn wait_ended(
+        &self,
+        step: &str,
+        upid: &Upid,
+    ) -> Result<std::time::Instant, StepError> {
         self.note(
             step,
             Facts {
@@ -453,7 +489,7 @@ impl JobCx {
         )?;
         let opts = self.wait_options();
         match self.client.watch_task(upid, &opts).await {
-            Ok(_) => Ok(()),
+            Ok(out) => Ok(out.ended_by),
             Err(e @ ApiError::Transport { .. }) => {
                 // The wait polled an unreachable PVE for its slice of the budget already.
                 let spent = std::time::Instant::now()

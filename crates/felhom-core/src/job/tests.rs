@@ -367,6 +367,7 @@ fn job_cx(journal: &Path, job: &str) -> JobCx {
         acting: Default::default(),
         shortcuts: Default::default(),
         waits: Default::default(),
+        created: Default::default(),
         unreachable_since: Default::default(),
         dispatch_unsure: Default::default(),
     }

@@ -307,6 +307,14 @@ pub struct Event {
     pub at: i64,
 }
 
+/// One live guest as the uniqueness scan sees it ([`Journal::live_guest_macs`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveMac {
+    pub mac: Option<String>,
+    /// Still `provisioning`: its restore may not have been accepted by PVE yet.
+    pub provisioning: bool,
+}
+
 /// A guest record's column that must not be shared between live guests
 /// ([`Journal::live_guest_sharing`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1048,17 +1056,26 @@ impl Journal {
         Ok(rows)
     }
 
-    /// The MAC recorded for each live guest (`None`: not chosen yet), by VMID. What a
-    /// bring-up's MAC uniqueness check needs, without reading and decoding every guest's
-    /// spec: each of a batch's bring-ups asks, so a whole-record read per bring-up made a
-    /// 1000-guest batch quadratic in decoded specs (CPU, and peak memory with many in flight).
-    pub fn live_guest_macs(
-        &self,
-    ) -> Result<std::collections::HashMap<u32, Option<String>>, JournalError> {
+    /// The MAC recorded for each live guest (`None`: not chosen yet), by VMID, and whether
+    /// the guest is still `provisioning`. What a bring-up's uniqueness scan needs, without
+    /// reading and decoding every guest's spec: each of a batch's bring-ups asks, so a
+    /// whole-record read per bring-up made a 1000-guest batch quadratic in decoded specs
+    /// (CPU, and peak memory with many in flight).
+    pub fn live_guest_macs(&self) -> Result<std::collections::HashMap<u32, LiveMac>, JournalError> {
         let conn = self.conn();
-        let mut st = conn.prepare("SELECT vmid, mac FROM guests WHERE state != 'torn_down'")?;
+        let mut st = conn.prepare(
+            "SELECT vmid, mac, state = 'provisioning' FROM guests WHERE state != 'torn_down'",
+        )?;
         let rows = st
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    LiveMac {
+                        mac: r.get(1)?,
+                        provisioning: r.get(2)?,
+                    },
+                ))
+            })?
             .collect::<Result<_, _>>()?;
         Ok(rows)
     }
@@ -1627,8 +1644,8 @@ mod tests {
 
         let macs = j.live_guest_macs().unwrap();
         assert_eq!(macs.len(), 2, "{macs:?}");
-        assert_eq!(macs[&1200].as_deref(), Some("BC:24:11:00:00:01"));
-        assert_eq!(macs[&1201], None);
+        assert_eq!(macs[&1200].mac.as_deref(), Some("BC:24:11:00:00:01"));
+        assert_eq!(macs[&1201].mac, None);
 
         let ip = SharedColumn::Ip;
         let fp = SharedColumn::SshFingerprint;
