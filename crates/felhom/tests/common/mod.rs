@@ -322,14 +322,20 @@ impl Sim {
     /// Set `felhom.strategy` in the config felhom runs with (`restore`, `restore-resize`).
     #[allow(dead_code)]
     pub fn set_strategy(&self, strategy: &str) {
+        self.set_config("felhom", "strategy", toml::Value::String(strategy.into()));
+    }
+
+    /// Set `<section>.<key>` in the config felhom runs with.
+    #[allow(dead_code)]
+    pub fn set_config(&self, section: &str, key: &str, value: toml::Value) {
         let mut t: toml::Table = std::fs::read_to_string(&self.config)
             .expect("read config")
             .parse()
             .expect("config is TOML");
-        t["felhom"]
+        t[section]
             .as_table_mut()
-            .expect("[felhom]")
-            .insert("strategy".into(), toml::Value::String(strategy.into()));
+            .unwrap_or_else(|| panic!("[{section}]"))
+            .insert(key.into(), value);
         std::fs::write(&self.config, toml::to_string(&t).expect("TOML")).expect("write config");
     }
 
