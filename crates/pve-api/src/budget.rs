@@ -249,12 +249,14 @@ tokio::task_local! {
 /// for its turn in the request budget. A poll brackets what it saw by that moment, not by
 /// when it asked: a look held back by the budget saw the guest or task as it was when it
 /// was sent, and bracketing by the asking time widened every learned duration by the
-/// budget's waits (more looks next time, more waits: a feedback loop). `None`: no request
-/// went out.
-pub async fn sent_at<F: std::future::Future>(f: F) -> (F::Output, Option<Instant>) {
+/// budget's waits (more looks next time, more waits: a feedback loop). When no request
+/// went out (a look that asks no API, or one refused before sending), the moment `f`
+/// began.
+pub async fn sent_at<F: std::future::Future>(f: F) -> (F::Output, Instant) {
+    let began = Instant::now();
     SENT.scope(std::cell::Cell::new(None), async move {
         let out = f.await;
-        (out, SENT.with(|c| c.get()))
+        (out, SENT.with(|c| c.get()).unwrap_or(began))
     })
     .await
 }

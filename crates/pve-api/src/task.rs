@@ -447,11 +447,9 @@ impl PveClient {
         let started = Instant::now();
         let origin = self.origin_of(upid, started);
         self.poll_task(upid, opts, started, |_| async move {
-            let asked = Instant::now();
-            let (st, sent) = crate::budget::sent_at(self.task_status(upid)).await;
             // Running as of when the request went out (after the budget's wait); stopped by
             // when the answer came.
-            let sent = sent.unwrap_or(asked);
+            let (st, sent) = crate::budget::sent_at(self.task_status(upid)).await;
             match st {
                 Ok(st) if st.status != "stopped" => {
                     Ok(Seen::Running(sent.saturating_duration_since(origin)))

@@ -237,10 +237,8 @@ impl NodeWatch {
             limit: Some((watched + LIST_SLACK) as u64),
             ..TaskQuery::default()
         };
-        let asked = Instant::now();
-        let (res, sent) = crate::budget::sent_at(client.node_tasks(node, &q)).await;
         // What the list shows is as of when it went out (after the request budget's wait).
-        let sent = sent.unwrap_or(asked);
+        let (res, sent) = crate::budget::sent_at(client.node_tasks(node, &q)).await;
         let answered = Instant::now();
         let res = res.map(|list| Look {
             sent,

@@ -350,8 +350,8 @@ pub(crate) fn record_guest(cx: &JobCx, state: &str) -> Result<(), StepError> {
 /// a PVE task (`WaitOptions::next_pause_hinted`): once this host's lease or key time is
 /// known (a lease timed from this process's start request, [`linkup::LEASE_WAIT`]; a key
 /// from the wait's start), one look at its start, then a look every `min_interval` to its
-/// end, then a short back-off. Before it is known, a lease (a request to PVE per look) is probed towards
-/// [`linkup::LEASE_PRIOR`] and looked for at the cadence from there
+/// end, then a short back-off. Before it is known, a lease (a request to PVE per look) is
+/// probed towards [`linkup::LEASE_PRIOR`] and looked for at the cadence from there
 /// (`WaitOptions::next_pause_prior`); an SSH key (no PVE request) is looked for from the
 /// start.
 ///
@@ -416,7 +416,6 @@ async fn poll_until(
             break;
         };
         tokio::time::sleep(pause).await;
-        let asked = Instant::now();
         let (seen, sent) = pve_api::sent_at(async {
             match step {
                 BringupStep::Linkup => linkup::look(cx).await,
@@ -427,7 +426,7 @@ async fn poll_until(
         let seen = seen?;
         // A lease look saw the guest as it was when its request went out (after any wait
         // for the request budget), not when it asked.
-        let looked = sent.unwrap_or(asked).saturating_duration_since(from);
+        let looked = sent.saturating_duration_since(from);
         if let Observed::Done(v) = seen {
             if origin.is_some() {
                 cx.waits.record(

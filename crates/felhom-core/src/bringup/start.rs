@@ -33,13 +33,12 @@ pub(super) async fn act(cx: &JobCx) -> Result<(), StepError> {
     let vmid = cx.vmid()?;
     owned_config(cx, vmid).await?;
     cx.shortcuts.note_start_sent();
-    let asked = std::time::Instant::now();
     let (started, went_out) = pve_api::sent_at(cx.client.lxc_start(&cx.node, vmid)).await;
     match started {
         Ok(upid) => {
             cx.wait("start", &upid).await?;
             // The lease's wait is measured from the request (linkup::LEASE_WAIT).
-            cx.shortcuts.note_started(went_out.unwrap_or(asked));
+            cx.shortcuts.note_started(went_out);
             cx.prove(json!({ "status": "running" }));
             Ok(())
         }
